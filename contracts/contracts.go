@@ -1,0 +1,144 @@
+// Package contracts is the single source of truth for everything Strata's
+// services say to each other over NATS: subjects, streams, consumers, KV
+// buckets and message types. Every message carries a schema version and has a
+// Validate method; a message that fails to decode or validate is dead-lettered
+// (see pkg/bus), never retried forever.
+package contracts
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// SchemaVersion is the version every message is written with. Readers accept
+// exactly this version; a future version bump adds explicit upgrade code.
+const SchemaVersion = 1
+
+// Subjects. Wildcard tokens are documented on each constant.
+const (
+	// SubjectBackupRequested: scheduler → snapshotter. BackupRequested.
+	SubjectBackupRequested = "strata.backup.requested"
+	// SubjectBackupCommitted: merge → verifier. BackupCommitted.
+	SubjectBackupCommitted = "strata.backup.committed"
+	// SubjectBackupVerified / SubjectBackupFailed: verifier (or any service
+	// that hits a permanent failure) → snapshotter and scheduler. BackupOutcome.
+	SubjectBackupVerified = "strata.backup.verified"
+	SubjectBackupFailed   = "strata.backup.failed"
+	// SubjectTrigger: event trigger from outside (hypervisor events, scripts):
+	// the scheduler turns it into a backup. BackupTrigger.
+	SubjectTrigger = "strata.trigger.backup"
+
+	// SubjectSegmentPrefix + "<backup>.<disk>.<seg>": snapshotter → transfer.
+	// Segment. One message per ≤64 MiB range of one disk.
+	SubjectSegmentPrefix = "strata.transfer.segment."
+	// SubjectSegmentDonePrefix + "<backup>.<disk>.<seg>": transfer → merge.
+	// SegmentDone. The stream keeps one message per subject, so a redelivered
+	// segment replaces its own earlier result instead of adding a second one.
+	SubjectSegmentDonePrefix = "strata.segment.done."
+
+	// SubjectDLQPrefix + original subject: messages that could not be decoded,
+	// validated or handled. Headers carry the reason.
+	SubjectDLQPrefix = "strata.dlq."
+
+	// Request/reply endpoints (nats micro services).
+	SubjectDedupMissing = "strata.dedup.missing"    // MissingRequest → MissingReply
+	SubjectSchedulerRun = "strata.scheduler.backup" // BackupTrigger → BackupAccepted
+)
+
+// Headers used beside W3C trace context.
+const (
+	HeaderDLQReason  = "Strata-Dlq-Reason"
+	HeaderDLQSubject = "Strata-Dlq-Subject"
+	HeaderDLQService = "Strata-Dlq-Service"
+)
+
+// Streams and the subjects each one captures.
+const (
+	StreamBackups  = "STRATA_BACKUPS"  // strata.backup.>, strata.trigger.> (limits, events)
+	StreamSegments = "STRATA_SEGMENTS" // strata.transfer.segment.> (work queue)
+	StreamResults  = "STRATA_RESULTS"  // strata.segment.done.> (one per subject)
+	StreamDLQ      = "STRATA_DLQ"      // strata.dlq.>
+)
+
+// Durable consumer names.
+const (
+	ConsumerSnapshotterRequests = "snapshotter-requests"
+	ConsumerSnapshotterOutcomes = "snapshotter-outcomes"
+	ConsumerTransfer            = "transfer"
+	ConsumerMerge               = "merge"
+	ConsumerVerifier            = "verifier"
+	ConsumerSchedulerOutcomes   = "scheduler-outcomes"
+	ConsumerSchedulerTriggers   = "scheduler-triggers"
+)
+
+// KV buckets.
+const (
+	// BucketCatalog: key CatalogKey(vm, backup) → BackupRecord (JSON).
+	// Rebuildable from backups/… records in object storage.
+	BucketCatalog = "strata_catalog"
+)
+
+// MaxSegmentBytes bounds one transfer work item.
+const MaxSegmentBytes = 64 << 20
+
+// Message is implemented by every message type.
+type Message interface {
+	Validate() error
+}
+
+// Decode unmarshals data into m strictly (unknown fields are an error, as
+// they mean a writer speaks a schema we do not) and validates it.
+func Decode(data []byte, m Message) error {
+	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(m); err != nil {
+		return fmt.Errorf("decode %T: %w", m, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("decode %T: trailing data", m)
+	}
+	if err := m.Validate(); err != nil {
+		return fmt.Errorf("invalid %T: %w", m, err)
+	}
+	return nil
+}
+
+// Encode validates and marshals m; a service never sends what it would refuse.
+func Encode(m Message) ([]byte, error) {
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("refusing to send invalid %T: %w", m, err)
+	}
+	return json.Marshal(m)
+}
+
+func checkSchema(v int) error {
+	if v != SchemaVersion {
+		return fmt.Errorf("schema version %d, want %d", v, SchemaVersion)
+	}
+	return nil
+}
+
+// ValidToken reports whether s can be used as one NATS subject token and
+// one KV key token: ids we generate (UUIDs) always can.
+func ValidToken(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+var errEmpty = errors.New("must not be empty")
+
+func need(name, v string) error {
+	if strings.TrimSpace(v) == "" {
+		return fmt.Errorf("%s: %w", name, errEmpty)
+	}
+	return nil
+}

@@ -1,0 +1,3 @@
+module github.com/strata-backup/strata/contracts
+
+go 1.26

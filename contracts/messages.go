@@ -1,0 +1,280 @@
+package contracts
+
+import (
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"time"
+)
+
+// BackupTrigger asks for a backup of one VM now (CLI, HTTP, event).
+type BackupTrigger struct {
+	Schema int    `json:"schema"`
+	VM     string `json:"vm"`
+	Source string `json:"source"` // URL: file:///abs/path.img
+}
+
+func (m *BackupTrigger) Validate() error {
+	if err := checkSchema(m.Schema); err != nil {
+		return err
+	}
+	if err := need("vm", m.VM); err != nil {
+		return err
+	}
+	return ValidateSource(m.Source)
+}
+
+// BackupAccepted is the scheduler's reply to a BackupTrigger request.
+type BackupAccepted struct {
+	Schema   int    `json:"schema"`
+	BackupID string `json:"backup_id"`
+	TraceID  string `json:"trace_id,omitempty"`
+}
+
+func (m *BackupAccepted) Validate() error {
+	if err := checkSchema(m.Schema); err != nil {
+		return err
+	}
+	if !ValidToken(m.BackupID) {
+		return fmt.Errorf("backup_id %q is not a valid id", m.BackupID)
+	}
+	return nil
+}
+
+// BackupRequested starts one VM backup at the snapshotter.
+type BackupRequested struct {
+	Schema      int       `json:"schema"`
+	BackupID    string    `json:"backup_id"`
+	VM          string    `json:"vm"`
+	Source      string    `json:"source"`
+	RequestedAt time.Time `json:"requested_at"`
+}
+
+func (m *BackupRequested) Validate() error {
+	if err := checkSchema(m.Schema); err != nil {
+		return err
+	}
+	if !ValidToken(m.BackupID) {
+		return fmt.Errorf("backup_id %q is not a valid id", m.BackupID)
+	}
+	if err := need("vm", m.VM); err != nil {
+		return err
+	}
+	if m.RequestedAt.IsZero() {
+		return fmt.Errorf("requested_at: %w", errEmpty)
+	}
+	return ValidateSource(m.Source)
+}
+
+// Segment is one unit of transfer work: chunks [FirstChunk, FirstChunk+Chunks)
+// of one disk, i.e. bytes [FirstChunk*ChunkSize, min(end, Size)).
+type Segment struct {
+	Schema     int    `json:"schema"`
+	BackupID   string `json:"backup_id"`
+	VM         string `json:"vm"`
+	Disk       int    `json:"disk"`
+	Index      int    `json:"index"`
+	Source     string `json:"source"`
+	DiskSize   int64  `json:"disk_size"`
+	ChunkSize  int    `json:"chunk_size"`
+	FirstChunk int64  `json:"first_chunk"`
+	Chunks     int    `json:"chunks"`
+}
+
+func (m *Segment) Validate() error {
+	if err := checkSchema(m.Schema); err != nil {
+		return err
+	}
+	if !ValidToken(m.BackupID) {
+		return fmt.Errorf("backup_id %q is not a valid id", m.BackupID)
+	}
+	if err := need("vm", m.VM); err != nil {
+		return err
+	}
+	if m.Disk < 0 || m.Index < 0 || m.FirstChunk < 0 {
+		return fmt.Errorf("negative disk, index or first_chunk")
+	}
+	if err := ValidChunkSize(m.ChunkSize); err != nil {
+		return err
+	}
+	if m.Chunks <= 0 || int64(m.Chunks)*int64(m.ChunkSize) > MaxSegmentBytes {
+		return fmt.Errorf("segment of %d chunks of %d bytes: must be 1..%d bytes", m.Chunks, m.ChunkSize, MaxSegmentBytes)
+	}
+	if m.DiskSize <= 0 || m.FirstChunk*int64(m.ChunkSize) >= m.DiskSize {
+		return fmt.Errorf("segment starts at chunk %d beyond disk size %d", m.FirstChunk, m.DiskSize)
+	}
+	return ValidateSource(m.Source)
+}
+
+// Subject is where this segment is published.
+func (m *Segment) Subject() string {
+	return fmt.Sprintf("%s%s.%d.%d", SubjectSegmentPrefix, m.BackupID, m.Disk, m.Index)
+}
+
+// SegmentDone reports the chunk ids of one segment, in chunk order. An empty
+// string stands for an all-zero chunk, which is never stored.
+type SegmentDone struct {
+	Schema         int      `json:"schema"`
+	BackupID       string   `json:"backup_id"`
+	Disk           int      `json:"disk"`
+	Index          int      `json:"index"`
+	FirstChunk     int64    `json:"first_chunk"`
+	IDs            []string `json:"ids"`
+	ReadBytes      int64    `json:"read_bytes"`
+	UploadedChunks int      `json:"uploaded_chunks"`
+	UploadedBytes  int64    `json:"uploaded_bytes"` // as stored: compressed
+}
+
+func (m *SegmentDone) Validate() error {
+	if err := checkSchema(m.Schema); err != nil {
+		return err
+	}
+	if !ValidToken(m.BackupID) {
+		return fmt.Errorf("backup_id %q is not a valid id", m.BackupID)
+	}
+	if m.Disk < 0 || m.Index < 0 || m.FirstChunk < 0 {
+		return fmt.Errorf("negative disk, index or first_chunk")
+	}
+	if len(m.IDs) == 0 {
+		return fmt.Errorf("ids: %w", errEmpty)
+	}
+	for i, id := range m.IDs {
+		if id != "" {
+			if err := ValidChunkID(id); err != nil {
+				return fmt.Errorf("ids[%d]: %w", i, err)
+			}
+		}
+	}
+	return nil
+}
+
+// SegmentDoneSubject is where the result of one segment is published.
+func SegmentDoneSubject(backupID string, disk, index int) string {
+	return fmt.Sprintf("%s%s.%d.%d", SubjectSegmentDonePrefix, backupID, disk, index)
+}
+
+// BackupCommitted: manifests and record are written; verify next.
+type BackupCommitted struct {
+	Schema   int    `json:"schema"`
+	BackupID string `json:"backup_id"`
+	VM       string `json:"vm"`
+}
+
+func (m *BackupCommitted) Validate() error {
+	if err := checkSchema(m.Schema); err != nil {
+		return err
+	}
+	if !ValidToken(m.BackupID) {
+		return fmt.Errorf("backup_id %q is not a valid id", m.BackupID)
+	}
+	return need("vm", m.VM)
+}
+
+// BackupOutcome ends a backup: verified or failed.
+type BackupOutcome struct {
+	Schema   int    `json:"schema"`
+	BackupID string `json:"backup_id"`
+	VM       string `json:"vm"`
+	State    State  `json:"state"`
+	Reason   string `json:"reason,omitempty"`
+}
+
+func (m *BackupOutcome) Validate() error {
+	if err := checkSchema(m.Schema); err != nil {
+		return err
+	}
+	if !ValidToken(m.BackupID) {
+		return fmt.Errorf("backup_id %q is not a valid id", m.BackupID)
+	}
+	if err := need("vm", m.VM); err != nil {
+		return err
+	}
+	if m.State != StateVerified && m.State != StateFailed {
+		return fmt.Errorf("state %q: want verified or failed", m.State)
+	}
+	if m.State == StateFailed && m.Reason == "" {
+		return fmt.Errorf("failed outcome needs a reason")
+	}
+	return nil
+}
+
+// MissingRequest asks dedup which of these chunk ids the repository lacks.
+type MissingRequest struct {
+	Schema int      `json:"schema"`
+	IDs    []string `json:"ids"`
+}
+
+// MaxMissingBatch bounds one request (and keeps it under NATS's 1 MB payload).
+const MaxMissingBatch = 4096
+
+func (m *MissingRequest) Validate() error {
+	if err := checkSchema(m.Schema); err != nil {
+		return err
+	}
+	if len(m.IDs) == 0 || len(m.IDs) > MaxMissingBatch {
+		return fmt.Errorf("ids: %d, want 1..%d", len(m.IDs), MaxMissingBatch)
+	}
+	for i, id := range m.IDs {
+		if err := ValidChunkID(id); err != nil {
+			return fmt.Errorf("ids[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// MissingReply lists the subset of the requested ids that must be uploaded.
+type MissingReply struct {
+	Schema  int      `json:"schema"`
+	Missing []string `json:"missing"`
+}
+
+func (m *MissingReply) Validate() error { return checkSchema(m.Schema) }
+
+// ValidChunkID checks a hex-encoded 32-byte chunk id.
+func ValidChunkID(id string) error {
+	if len(id) != 64 {
+		return fmt.Errorf("chunk id %q: want 64 hex digits", id)
+	}
+	if _, err := hex.DecodeString(id); err != nil {
+		return fmt.Errorf("chunk id %q: %w", id, err)
+	}
+	return nil
+}
+
+// ValidChunkSize: a power of two between 64 KiB and 16 MiB.
+func ValidChunkSize(n int) error {
+	if n < 64<<10 || n > 16<<20 || n&(n-1) != 0 {
+		return fmt.Errorf("chunk size %d: want a power of two from 64 KiB to 16 MiB", n)
+	}
+	return nil
+}
+
+// ValidateSource accepts the source URLs Strata can read.
+func ValidateSource(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("source %q: %w", s, err)
+	}
+	switch u.Scheme {
+	case "file":
+		if u.Path == "" || u.Path[0] != '/' {
+			return fmt.Errorf("source %q: file source needs an absolute path (file:///abs/path.img)", s)
+		}
+		return nil
+	default:
+		return fmt.Errorf("source %q: unsupported scheme %q (supported: file)", s, u.Scheme)
+	}
+}
+
+// CatalogKey is the KV key of one backup. VM names may hold any character,
+// so they are base64url-encoded into one key token; keys of one VM share the
+// prefix CatalogVMPrefix(vm) and sort by backup id (UUIDv7: by time).
+func CatalogKey(vm, backupID string) string {
+	return CatalogVMPrefix(vm) + backupID
+}
+
+// CatalogVMPrefix is the key prefix of every backup of vm.
+func CatalogVMPrefix(vm string) string {
+	return "b." + base64.RawURLEncoding.EncodeToString([]byte(vm)) + "."
+}

@@ -1,0 +1,103 @@
+package contracts
+
+import (
+	"fmt"
+	"time"
+)
+
+// State of a backup. Transitions: transferring → committed → verified, and
+// any non-final state → failed. verified and failed are final.
+type State string
+
+const (
+	StateTransferring State = "transferring"
+	StateCommitted    State = "committed"
+	StateVerified     State = "verified"
+	StateFailed       State = "failed"
+)
+
+// Final reports whether no further transition is allowed.
+func (s State) Final() bool { return s == StateVerified || s == StateFailed }
+
+// BackupRecord is the catalog entry of one backup (KV) and, once committed,
+// the backups/<vm>/<id>.json object in the repository.
+type BackupRecord struct {
+	Schema     int          `json:"schema"`
+	ID         string       `json:"id"`
+	VM         string       `json:"vm"`
+	Source     string       `json:"source"`
+	State      State        `json:"state"`
+	Error      string       `json:"error,omitempty"`
+	ChunkSize  int          `json:"chunk_size"`
+	TraceID    string       `json:"trace_id,omitempty"`
+	CreatedAt  time.Time    `json:"created_at"`
+	UpdatedAt  time.Time    `json:"updated_at"`
+	FinishedAt *time.Time   `json:"finished_at,omitempty"`
+	Disks      []DiskRecord `json:"disks"`
+}
+
+// DiskRecord describes one disk of a backup.
+type DiskRecord struct {
+	Index          int    `json:"index"`
+	Name           string `json:"name"`
+	Size           int64  `json:"size"`
+	Segments       int    `json:"segments"`
+	Manifest       string `json:"manifest,omitempty"` // object key, set at commit
+	Chunks         int64  `json:"chunks,omitempty"`
+	ZeroChunks     int64  `json:"zero_chunks,omitempty"`
+	UploadedChunks int64  `json:"uploaded_chunks,omitempty"`
+	UploadedBytes  int64  `json:"uploaded_bytes,omitempty"`
+}
+
+func (r *BackupRecord) Validate() error {
+	if err := checkSchema(r.Schema); err != nil {
+		return err
+	}
+	if !ValidToken(r.ID) {
+		return fmt.Errorf("id %q is not a valid id", r.ID)
+	}
+	if err := need("vm", r.VM); err != nil {
+		return err
+	}
+	switch r.State {
+	case StateTransferring, StateCommitted, StateVerified, StateFailed:
+	default:
+		return fmt.Errorf("state %q unknown", r.State)
+	}
+	if err := ValidChunkSize(r.ChunkSize); err != nil {
+		return err
+	}
+	for i, d := range r.Disks {
+		if d.Index != i || d.Size <= 0 || d.Segments <= 0 {
+			return fmt.Errorf("disk %d: bad index, size or segment count", i)
+		}
+	}
+	return nil
+}
+
+// Size is the sum of the disks' sizes.
+func (r *BackupRecord) Size() int64 {
+	var n int64
+	for _, d := range r.Disks {
+		n += d.Size
+	}
+	return n
+}
+
+// StoredBytes is what this backup added to the repository (compressed).
+func (r *BackupRecord) StoredBytes() int64 {
+	var n int64
+	for _, d := range r.Disks {
+		n += d.UploadedBytes
+	}
+	return n
+}
+
+// Segments is the number of transfer segments over all disks.
+func (r *BackupRecord) Segments() int {
+	n := 0
+	for _, d := range r.Disks {
+		n += d.Segments
+	}
+	return n
+}

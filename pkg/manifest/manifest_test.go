@@ -1,0 +1,77 @@
+package manifest
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+
+	"github.com/strata-backup/strata/pkg/chunk"
+)
+
+func sample() *Manifest {
+	m := &Manifest{BackupID: "0193-b", Disk: 1, ChunkSize: 1 << 20, DiskSize: 3<<20 + 5}
+	m.IDs = []chunk.ID{chunk.Hash([]byte("a")), chunk.Zero, chunk.Hash([]byte("b")), chunk.Hash([]byte("c"))}
+	return m
+}
+
+func TestRoundTrip(t *testing.T) {
+	m := sample()
+	b, err := m.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, m) {
+		t.Fatalf("got %+v, want %+v", got, m)
+	}
+	if got.ChunkLen(3) != 5 || got.ChunkLen(0) != 1<<20 {
+		t.Fatalf("chunk lengths %d %d", got.ChunkLen(3), got.ChunkLen(0))
+	}
+}
+
+func TestDecodeRejectsEveryFlippedBitAndTruncation(t *testing.T) {
+	b, _ := sample().Encode()
+	for i := range b {
+		bad := append([]byte(nil), b...)
+		bad[i] ^= 0x80
+		if _, err := Decode(bad); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("flip at %d accepted: %v", i, err)
+		}
+	}
+	for n := 0; n < len(b); n += 13 {
+		if _, err := Decode(b[:n]); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("truncated to %d accepted: %v", n, err)
+		}
+	}
+}
+
+func TestEncodeRefusesInconsistent(t *testing.T) {
+	m := sample()
+	m.IDs = m.IDs[:2]
+	if _, err := m.Encode(); err == nil {
+		t.Fatal("wrong entry count encoded")
+	}
+}
+
+// FuzzDecode: no input may panic or decode to an inconsistent manifest.
+func FuzzDecode(f *testing.F) {
+	b, _ := sample().Encode()
+	f.Add(b)
+	f.Add([]byte("STRATAMF"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := Decode(data)
+		if err != nil {
+			return
+		}
+		if err := m.Check(); err != nil {
+			t.Fatalf("decoded an inconsistent manifest: %v", err)
+		}
+		again, err := m.Encode()
+		if err != nil || string(again) != string(data) {
+			t.Fatalf("decoded manifest does not re-encode to its input")
+		}
+	})
+}

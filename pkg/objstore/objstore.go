@@ -1,0 +1,41 @@
+// Package objstore is Strata's view of object storage: a flat namespace of
+// immutable-by-convention objects addressed by slash-separated keys.
+//
+// Contract every backend honours (checked by objstoretest.Run):
+//   - Put is atomic: a reader sees the whole new object or the old one/none,
+//     never a prefix. Writing the same key twice is harmless (chunks are
+//     content-addressed), which makes every caller idempotent under at-least-
+//     once delivery.
+//   - Get and Stat of an absent key return an error wrapping ErrNotFound.
+//   - Delete of an absent key succeeds.
+//   - List visits keys under a prefix in lexical order.
+//   - Backends do not retry; wrap them with Retry. Errors that retrying cannot
+//     fix (ErrNotFound, context cancellation) are not retried by Retry.
+package objstore
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// ErrNotFound is wrapped by errors for absent objects.
+var ErrNotFound = errors.New("object not found")
+
+// Info describes one stored object.
+type Info struct {
+	Key      string
+	Size     int64
+	Modified time.Time
+}
+
+// Store is an object store. Implementations are safe for concurrent use.
+type Store interface {
+	Put(ctx context.Context, key string, data []byte) error
+	Get(ctx context.Context, key string) ([]byte, error)
+	Stat(ctx context.Context, key string) (Info, error)
+	Delete(ctx context.Context, key string) error
+	List(ctx context.Context, prefix string, fn func(Info) error) error
+	// String names the store for logs and error messages.
+	String() string
+}

@@ -1,0 +1,212 @@
+// Package repo lays Strata's repository out on an object store:
+//
+//	config                                repository parameters (chunk size, id)
+//	chunks/ab/abcdef…                     stored chunks (see package chunk)
+//	manifests/<vm>/<disk>/<backup-id>     chunk maps (see package manifest)
+//	backups/<vm>/<backup-id>.json         backup records
+//
+// (<vm> is path-escaped.) Where a chunk lives is behind ChunkStore so that
+// packing small chunks into larger objects later changes one type.
+package repo
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/manifest"
+	"github.com/strata-backup/strata/pkg/objstore"
+)
+
+// FormatVersion of the repository layout.
+const FormatVersion = 1
+
+// Config holds the parameters fixed when the repository is created.
+type Config struct {
+	Version   int       `json:"version"`
+	ID        string    `json:"id"`
+	ChunkSize int       `json:"chunk_size"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// ChunkStore is where chunks live. Contract: PutChunk is idempotent (a
+// chunk's key is its id); GetChunk returns the verified bytes or an error
+// wrapping chunk.ErrCorrupt / objstore.ErrNotFound naming the object;
+// Missing returns the subset of ids not stored, in input order.
+type ChunkStore interface {
+	PutChunk(ctx context.Context, id chunk.ID, stored []byte) error
+	GetChunk(ctx context.Context, id chunk.ID) ([]byte, error)
+	Missing(ctx context.Context, ids []chunk.ID) ([]chunk.ID, error)
+}
+
+// Repository is an opened repository.
+type Repository struct {
+	Store  objstore.Store
+	Config Config
+	Chunks ChunkStore
+}
+
+const configKey = "config"
+
+// Open reads the repository's config, creating the repository with
+// chunkSize when there is none. An existing repository keeps its own chunk
+// size whatever chunkSize says: it is fixed at creation.
+func Open(ctx context.Context, store objstore.Store, chunkSize int) (*Repository, error) {
+	cfg, err := readConfig(ctx, store)
+	if errors.Is(err, objstore.ErrNotFound) {
+		if err := contracts.ValidChunkSize(chunkSize); err != nil {
+			return nil, fmt.Errorf("create repository in %s: %w", store, err)
+		}
+		cfg = Config{Version: FormatVersion, ID: uuid.NewString(), ChunkSize: chunkSize, CreatedAt: time.Now().UTC()}
+		b, _ := json.Marshal(cfg)
+		if err := store.Put(ctx, configKey, b); err != nil {
+			return nil, fmt.Errorf("create repository in %s: %w", store, err)
+		}
+		// Several services may create at once; whichever config is stored
+		// last is the repository's, and nobody has written a chunk yet.
+		cfg, err = readConfig(ctx, store)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &Repository{Store: store, Config: cfg, Chunks: &looseChunks{store: store}}, nil
+}
+
+func readConfig(ctx context.Context, store objstore.Store) (Config, error) {
+	var cfg Config
+	b, err := store.Get(ctx, configKey)
+	if err != nil {
+		return cfg, fmt.Errorf("read repository config from %s: %w", store, err)
+	}
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return cfg, fmt.Errorf("repository config in %s is corrupt: %w", store, err)
+	}
+	if cfg.Version != FormatVersion {
+		return cfg, fmt.Errorf("repository in %s has format version %d; this build reads %d", store, cfg.Version, FormatVersion)
+	}
+	if err := contracts.ValidChunkSize(cfg.ChunkSize); err != nil {
+		return cfg, fmt.Errorf("repository config in %s: %w", store, err)
+	}
+	return cfg, nil
+}
+
+// ChunkKey is the object key of a chunk stored on its own.
+func ChunkKey(id chunk.ID) string {
+	s := id.String()
+	return "chunks/" + s[:2] + "/" + s
+}
+
+// looseChunks stores one object per chunk.
+type looseChunks struct{ store objstore.Store }
+
+func (c *looseChunks) PutChunk(ctx context.Context, id chunk.ID, stored []byte) error {
+	return c.store.Put(ctx, ChunkKey(id), stored)
+}
+
+func (c *looseChunks) GetChunk(ctx context.Context, id chunk.ID) ([]byte, error) {
+	key := ChunkKey(id)
+	obj, err := c.store.Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("chunk object %s: %w", key, err)
+	}
+	data, err := chunk.Decode(obj, id)
+	if err != nil {
+		return nil, fmt.Errorf("chunk object %s: %w", key, err)
+	}
+	return data, nil
+}
+
+// Missing stats every id, 32 at a time: the cost is proportional to the
+// batch, never to the repository's size.
+func (c *looseChunks) Missing(ctx context.Context, ids []chunk.ID) ([]chunk.ID, error) {
+	present := make([]bool, len(ids))
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(32)
+	var mu sync.Mutex
+	for i, id := range ids {
+		g.Go(func() error {
+			_, err := c.store.Stat(ctx, ChunkKey(id))
+			if errors.Is(err, objstore.ErrNotFound) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			present[i] = true
+			mu.Unlock()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	var missing []chunk.ID
+	for i, id := range ids {
+		if !present[i] {
+			missing = append(missing, id)
+		}
+	}
+	return missing, nil
+}
+
+// ManifestKey is the object key of one disk's manifest.
+func ManifestKey(vm string, disk int, backupID string) string {
+	return fmt.Sprintf("manifests/%s/%d/%s", url.PathEscape(vm), disk, backupID)
+}
+
+// RecordKey is the object key of a backup record.
+func RecordKey(vm, backupID string) string {
+	return fmt.Sprintf("backups/%s/%s.json", url.PathEscape(vm), backupID)
+}
+
+// PutManifest stores a manifest and returns its key.
+func (r *Repository) PutManifest(ctx context.Context, vm string, m *manifest.Manifest) (string, error) {
+	b, err := m.Encode()
+	if err != nil {
+		return "", err
+	}
+	key := ManifestKey(vm, m.Disk, m.BackupID)
+	if err := r.Store.Put(ctx, key, b); err != nil {
+		return "", fmt.Errorf("write manifest %s: %w", key, err)
+	}
+	return key, nil
+}
+
+// GetManifest reads and decodes a manifest; errors name the object.
+func (r *Repository) GetManifest(ctx context.Context, key string) (*manifest.Manifest, error) {
+	b, err := r.Store.Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("manifest object %s: %w", key, err)
+	}
+	m, err := manifest.Decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("manifest object %s: %w", key, err)
+	}
+	if m.ChunkSize != r.Config.ChunkSize {
+		return nil, fmt.Errorf("manifest object %s: chunk size %d, repository's is %d", key, m.ChunkSize, r.Config.ChunkSize)
+	}
+	return m, nil
+}
+
+// PutRecord writes the backup record object.
+func (r *Repository) PutRecord(ctx context.Context, rec *contracts.BackupRecord) error {
+	b, err := json.MarshalIndent(rec, "", "  ")
+	if err != nil {
+		return err
+	}
+	key := RecordKey(rec.VM, rec.ID)
+	if err := r.Store.Put(ctx, key, b); err != nil {
+		return fmt.Errorf("write backup record %s: %w", key, err)
+	}
+	return nil
+}

@@ -1,0 +1,76 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/manifest"
+	"github.com/strata-backup/strata/pkg/objstore"
+)
+
+func TestChunkSizeFixedAtCreation(t *testing.T) {
+	ctx := context.Background()
+	store := objstore.NewMem()
+	if _, err := Open(ctx, store, 1000); err == nil {
+		t.Fatal("a chunk size that is not a power of two was accepted")
+	}
+	r, err := Open(ctx, store, 256<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := Open(ctx, store, 4<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Config.ChunkSize != 256<<10 || again.Config.ID != r.Config.ID {
+		t.Fatalf("reopened repository changed: %+v", again.Config)
+	}
+}
+
+func TestChunksAndManifests(t *testing.T) {
+	ctx := context.Background()
+	store := objstore.NewMem()
+	r, _ := Open(ctx, store, 64<<10)
+	a, b := []byte("chunk a"), bytes.Repeat([]byte("b"), 1000)
+	ida, idb := chunk.Hash(a), chunk.Hash(b)
+	if err := r.Chunks.PutChunk(ctx, ida, chunk.Encode(a)); err != nil {
+		t.Fatal(err)
+	}
+	missing, err := r.Chunks.Missing(ctx, []chunk.ID{ida, idb})
+	if err != nil || len(missing) != 1 || missing[0] != idb {
+		t.Fatalf("Missing = %v %v, want [b]", missing, err)
+	}
+	if got, err := r.Chunks.GetChunk(ctx, ida); err != nil || !bytes.Equal(got, a) {
+		t.Fatalf("GetChunk: %v", err)
+	}
+	if _, err := r.Chunks.GetChunk(ctx, idb); !errors.Is(err, objstore.ErrNotFound) || !strings.Contains(err.Error(), ChunkKey(idb)) {
+		t.Fatalf("missing chunk error must name the object: %v", err)
+	}
+	// A corrupted chunk object is refused, naming the object.
+	store.Put(ctx, ChunkKey(ida), chunk.Encode([]byte("chunk A")))
+	if _, err := r.Chunks.GetChunk(ctx, ida); !errors.Is(err, chunk.ErrCorrupt) || !strings.Contains(err.Error(), ChunkKey(ida)) {
+		t.Fatalf("corrupt chunk: %v", err)
+	}
+
+	m := &manifest.Manifest{BackupID: "b1", ChunkSize: 64 << 10, DiskSize: 100, IDs: []chunk.ID{ida}}
+	key, err := r.PutManifest(ctx, "vm/with slash", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Count(key, "/") != 3 {
+		t.Fatalf("vm name not escaped in %q", key)
+	}
+	if _, err := r.GetManifest(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := store.Get(ctx, key)
+	raw[20] ^= 1
+	store.Put(ctx, key, raw)
+	if _, err := r.GetManifest(ctx, key); !errors.Is(err, manifest.ErrCorrupt) || !strings.Contains(err.Error(), key) {
+		t.Fatalf("corrupt manifest: %v", err)
+	}
+}

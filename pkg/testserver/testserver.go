@@ -1,0 +1,241 @@
+// Package testserver starts the real servers Strata's tests run against —
+// nats-server with JetStream, versitygw (S3), Jaeger — as child processes
+// on loopback ports, and stops them when the test ends.
+//
+// Binaries are found on PATH or in the cache that `make servers` fills
+// (${XDG_CACHE_HOME:-~/.cache}/strata/bin/<name>-<version>). When one is
+// missing the test is skipped, unless STRATA_REQUIRE_SERVERS=1 (set by CI),
+// which turns the skip into a failure: CI must never pass by skipping.
+package testserver
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Pinned versions; keep in step with the Makefile.
+const (
+	NATSVersion    = "v2.15.2"
+	VersityVersion = "v1.8.0"
+	JaegerVersion  = "v1.76.0"
+)
+
+// Binary locates a server binary or skips/fails the test.
+func Binary(t testing.TB, name, version string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	cache := os.Getenv("XDG_CACHE_HOME")
+	if cache == "" {
+		home, _ := os.UserHomeDir()
+		cache = filepath.Join(home, ".cache")
+	}
+	p := filepath.Join(cache, "strata", "bin", name+"-"+version)
+	if _, err := os.Stat(p); err == nil {
+		return p
+	}
+	msg := fmt.Sprintf("%s %s not found on PATH or at %s (run `make servers`)", name, version, p)
+	if os.Getenv("STRATA_REQUIRE_SERVERS") == "1" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+	return ""
+}
+
+// FreePort returns a loopback port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Process is a started server.
+type Process struct {
+	Cmd *exec.Cmd
+	out *syncBuffer
+}
+
+// Output returns what the process printed so far.
+func (p *Process) Output() string { return p.out.String() }
+
+// Start runs a command until the test ends; its output is logged on failure.
+func Start(t testing.TB, name string, cmd *exec.Cmd) *Process {
+	t.Helper()
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	p := &Process{Cmd: cmd, out: out}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+		if t.Failed() {
+			t.Logf("--- output of %s ---\n%s", name, tail(out.String(), 8000))
+		}
+	})
+	return p
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "…" + s[len(s)-n:]
+	}
+	return s
+}
+
+// WaitTCP waits until addr accepts connections.
+func WaitTCP(t testing.TB, addr string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s did not accept connections within %v", addr, timeout)
+}
+
+// NATS starts nats-server with JetStream; returns its client URL.
+func NATS(t testing.TB) string {
+	bin := Binary(t, "nats-server", NATSVersion)
+	port := FreePort(t)
+	Start(t, "nats-server", exec.Command(bin, "-js", "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-sd", t.TempDir()))
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	WaitTCP(t, addr, 15*time.Second)
+	return "nats://" + addr
+}
+
+// S3 describes a started S3 server.
+type S3 struct {
+	Endpoint, AccessKey, SecretKey string
+	Dir                            string // posix backend root: <Dir>/<bucket>/<key>
+	Proc                           *Process
+}
+
+// Versity starts versitygw with the posix backend.
+func Versity(t testing.TB) S3 {
+	bin := Binary(t, "versitygw", VersityVersion)
+	port := FreePort(t)
+	dir := t.TempDir()
+	s := S3{Endpoint: fmt.Sprintf("http://127.0.0.1:%d", port), AccessKey: "strata-test", SecretKey: "strata-test-secret", Dir: dir}
+	cmd := exec.Command(bin, "--access", s.AccessKey, "--secret", s.SecretKey, "--port", fmt.Sprintf("127.0.0.1:%d", port), "posix", dir)
+	s.Proc = Start(t, "versitygw", cmd)
+	WaitTCP(t, fmt.Sprintf("127.0.0.1:%d", port), 30*time.Second)
+	return s
+}
+
+// Jaeger describes a started all-in-one Jaeger.
+type Jaeger struct {
+	OTLPHTTP string // http://127.0.0.1:port, for OTEL_EXPORTER_OTLP_ENDPOINT
+	Query    string // http://127.0.0.1:port, the query API
+}
+
+// StartJaeger starts Jaeger v1 all-in-one (v2 binary) with an explicit
+// loopback-only config.
+func StartJaeger(t testing.TB) Jaeger {
+	bin := Binary(t, "jaeger", JaegerVersion)
+	otlp, query, grpcQ, otlpGRPC, health := FreePort(t), FreePort(t), FreePort(t), FreePort(t), FreePort(t)
+	cfg := fmt.Sprintf(jaegerConfig, health, otlpGRPC, otlp, query, grpcQ)
+	path := filepath.Join(t.TempDir(), "jaeger.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	Start(t, "jaeger", exec.Command(bin, "--config", path))
+	j := Jaeger{OTLPHTTP: fmt.Sprintf("http://127.0.0.1:%d", otlp), Query: fmt.Sprintf("http://127.0.0.1:%d", query)}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(j.Query + "/api/services"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				WaitTCP(t, fmt.Sprintf("127.0.0.1:%d", otlp), 10*time.Second)
+				return j
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatal("jaeger did not come up")
+	return j
+}
+
+// JaegerConfig is a Jaeger v2 config with every endpoint on loopback.
+// Format args: health port, OTLP gRPC, OTLP HTTP, query HTTP, query gRPC.
+const jaegerConfig = `service:
+  extensions: [jaeger_storage, jaeger_query, healthcheckv2]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+    logs:
+      level: warn
+extensions:
+  healthcheckv2:
+    use_v2: true
+    http:
+      endpoint: 127.0.0.1:%d
+  jaeger_query:
+    storage:
+      traces: mem
+    http:
+      endpoint: 127.0.0.1:%[4]d
+    grpc:
+      endpoint: 127.0.0.1:%[5]d
+  jaeger_storage:
+    backends:
+      mem:
+        memory:
+          max_traces: 100000
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:%[2]d
+      http:
+        endpoint: 127.0.0.1:%[3]d
+processors:
+  batch:
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: mem
+`
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.b.Len() > 4<<20 { // keep memory bounded for chatty servers
+		s.b.Reset()
+	}
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
