@@ -117,6 +117,7 @@ func (m *Segment) Subject() string {
 type SegmentDone struct {
 	Schema         int      `json:"schema"`
 	BackupID       string   `json:"backup_id"`
+	VM             string   `json:"vm"`
 	Disk           int      `json:"disk"`
 	Index          int      `json:"index"`
 	FirstChunk     int64    `json:"first_chunk"`
@@ -132,6 +133,9 @@ func (m *SegmentDone) Validate() error {
 	}
 	if !ValidToken(m.BackupID) {
 		return fmt.Errorf("backup_id %q is not a valid id", m.BackupID)
+	}
+	if err := need("vm", m.VM); err != nil {
+		return err
 	}
 	if m.Disk < 0 || m.Index < 0 || m.FirstChunk < 0 {
 		return fmt.Errorf("negative disk, index or first_chunk")

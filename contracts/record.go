@@ -42,7 +42,9 @@ type DiskRecord struct {
 	Name           string `json:"name"`
 	Size           int64  `json:"size"`
 	Segments       int    `json:"segments"`
-	Manifest       string `json:"manifest,omitempty"` // object key, set at commit
+	SegmentsDone   int    `json:"segments_done"`
+	DoneBitmap     []byte `json:"done_bitmap,omitempty"` // bit i: segment i's result is in
+	Manifest       string `json:"manifest,omitempty"`    // object key, set at commit
 	Chunks         int64  `json:"chunks,omitempty"`
 	ZeroChunks     int64  `json:"zero_chunks,omitempty"`
 	UploadedChunks int64  `json:"uploaded_chunks,omitempty"`
@@ -89,6 +91,28 @@ func (r *BackupRecord) StoredBytes() int64 {
 	var n int64
 	for _, d := range r.Disks {
 		n += d.UploadedBytes
+	}
+	return n
+}
+
+// MarkSegmentDone sets segment i's bit; it reports whether it was new.
+func (d *DiskRecord) MarkSegmentDone(i int) bool {
+	if len(d.DoneBitmap) < (d.Segments+7)/8 {
+		d.DoneBitmap = append(d.DoneBitmap, make([]byte, (d.Segments+7)/8-len(d.DoneBitmap))...)
+	}
+	if d.DoneBitmap[i/8]&(1<<(i%8)) != 0 {
+		return false
+	}
+	d.DoneBitmap[i/8] |= 1 << (i % 8)
+	d.SegmentsDone++
+	return true
+}
+
+// SegmentsDone counts finished segments over all disks.
+func (r *BackupRecord) SegmentsDone() int {
+	n := 0
+	for _, d := range r.Disks {
+		n += d.SegmentsDone
 	}
 	return n
 }

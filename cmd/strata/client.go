@@ -1,0 +1,291 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/bus"
+	"github.com/strata-backup/strata/pkg/catalog"
+	"github.com/strata-backup/strata/pkg/repo"
+	"github.com/strata-backup/strata/pkg/restore"
+	"github.com/strata-backup/strata/pkg/runtime"
+	"github.com/strata-backup/strata/pkg/telemetry"
+)
+
+// client is the CLI's connection to a running Strata.
+type client struct {
+	cfg runtime.Common
+	bus *bus.Bus
+	cat *catalog.Catalog
+	tp  *sdktrace.TracerProvider
+}
+
+func connect(ctx context.Context) (*client, error) {
+	var cfg runtime.Common
+	if err := runtime.Load(&cfg); err != nil {
+		return nil, err
+	}
+	tp, err := telemetry.Tracing(ctx, "cli")
+	if err != nil {
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	b, err := bus.Connect(cctx, cfg.NATSURL, "cli", tp.Tracer("strata/cli"), log)
+	if err != nil {
+		return nil, fmt.Errorf("%w (is Strata running? STRATA_NATS_URL=%s)", err, cfg.NATSURL)
+	}
+	cat, err := catalog.Open(cctx, b.JS)
+	if err != nil {
+		return nil, fmt.Errorf("%w (have the services started once?)", err)
+	}
+	return &client{cfg: cfg, bus: b, cat: cat, tp: tp}, nil
+}
+
+func (c *client) close() {
+	c.bus.NC.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c.tp.Shutdown(ctx)
+}
+
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func cmdBackup(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
+	vm := fs.String("vm", "", "VM name")
+	src := fs.String("source", "", "source URL, e.g. file:///abs/path.img")
+	wait := fs.Bool("wait", false, "wait until the backup is verified (exit 0) or failed (exit 1)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return exitError{2, err}
+	}
+	trigger := &contracts.BackupTrigger{Schema: contracts.SchemaVersion, VM: *vm, Source: *src}
+	if err := trigger.Validate(); err != nil {
+		return exitError{2, err}
+	}
+	c, err := connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	// With OTLP export configured, the CLI's span is the trace's root;
+	// without it the scheduler opens the root span.
+	if telemetry.Exporting() {
+		var span trace.Span
+		ctx, span = c.bus.Tracer.Start(ctx, "strata backup "+*vm)
+		defer span.End()
+	}
+	var acc contracts.BackupAccepted
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := bus.Request(rctx, c.bus.NC, contracts.SubjectSchedulerRun, trigger, &acc); err != nil {
+		return fmt.Errorf("request backup: %w (is strata-scheduler running?)", err)
+	}
+	if !*wait {
+		if *asJSON {
+			return printJSON(map[string]string{"backup_id": acc.BackupID, "trace_id": acc.TraceID})
+		}
+		fmt.Println(acc.BackupID)
+		return nil
+	}
+	if !*asJSON {
+		fmt.Println(acc.BackupID)
+	}
+	rec, err := c.waitFinal(ctx, *vm, acc.BackupID, !*asJSON && isTerminal(os.Stderr))
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		printJSON(rec)
+	}
+	if rec.State != contracts.StateVerified {
+		return exitError{1, fmt.Errorf("backup %s failed: %s", rec.ID, rec.Error)}
+	}
+	if !*asJSON {
+		fmt.Fprintf(os.Stderr, "backup %s verified: %s read, %s stored\n", rec.ID, human(rec.Size()), human(rec.StoredBytes()))
+	}
+	return nil
+}
+
+// waitFinal watches the backup's catalog entry until it is verified or failed.
+func (c *client) waitFinal(ctx context.Context, vm, id string, progress bool) (*contracts.BackupRecord, error) {
+	w, err := c.cat.KV.Watch(ctx, contracts.CatalogKey(vm, id))
+	if err != nil {
+		return nil, fmt.Errorf("watch backup %s: %w", id, err)
+	}
+	defer w.Stop()
+	start := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, errors.New("catalog watch ended")
+			}
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			var r contracts.BackupRecord
+			if err := json.Unmarshal(e.Value(), &r); err != nil {
+				return nil, fmt.Errorf("catalog entry of %s: %w", id, err)
+			}
+			if progress {
+				total := max(1, r.Segments())
+				fmt.Fprintf(os.Stderr, "\r%-12s %3d%%  %d/%d segments  %s stored  %s   ", r.State,
+					100*r.SegmentsDone()/total, r.SegmentsDone(), r.Segments(), human(r.StoredBytes()), time.Since(start).Round(time.Second))
+			}
+			if r.State.Final() {
+				if progress {
+					fmt.Fprintln(os.Stderr)
+				}
+				return &r, nil
+			}
+		}
+	}
+}
+
+func human(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func cmdLs(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("ls", flag.ContinueOnError)
+	vm := fs.String("vm", "", "only this VM")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return exitError{2, err}
+	}
+	c, err := connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	recs, err := c.cat.List(ctx, *vm)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		if recs == nil {
+			recs = []*contracts.BackupRecord{}
+		}
+		return printJSON(recs)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VM\tBACKUP\tTIME\tSIZE\tSTORED\tSTATE")
+	for _, r := range recs {
+		state := string(r.State)
+		if r.Error != "" {
+			state += ": " + r.Error
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.ID, r.CreatedAt.Local().Format(time.DateTime), human(r.Size()), human(r.StoredBytes()), state)
+	}
+	return tw.Flush()
+}
+
+func cmdRestore(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
+	vm := fs.String("vm", "", "VM name")
+	id := fs.String("backup", "latest", "backup id, or latest (newest verified)")
+	to := fs.String("to", "", "path of the raw image to write (disk N>0 of a multi-disk VM goes to PATH.N)")
+	workers := fs.Int("parallel", 8, "chunks fetched at once")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return exitError{2, err}
+	}
+	if *vm == "" || *to == "" {
+		return exitError{2, errors.New("restore needs --vm and --to")}
+	}
+	c, err := connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	var rec *contracts.BackupRecord
+	if *id == "latest" {
+		rec, err = c.cat.Latest(ctx, *vm)
+	} else {
+		rec, _, err = c.cat.Get(ctx, *vm, *id)
+	}
+	if err != nil {
+		return err
+	}
+	if rec.State != contracts.StateVerified && rec.State != contracts.StateCommitted {
+		return fmt.Errorf("backup %s is %s, not restorable", rec.ID, rec.State)
+	}
+	store, err := c.cfg.OpenStore(ctx)
+	if err != nil {
+		return err
+	}
+	r, err := repo.Open(ctx, store, c.cfg.ChunkSize)
+	if err != nil {
+		return err
+	}
+	progress := !*asJSON && isTerminal(os.Stderr)
+	start := time.Now()
+	var results []map[string]any
+	for _, disk := range rec.Disks {
+		path := *to
+		if disk.Index > 0 {
+			path += "." + strconv.Itoa(disk.Index)
+		}
+		man, err := r.GetManifest(ctx, disk.Manifest)
+		if err != nil {
+			return fmt.Errorf("restore %s: %w", rec.ID, err)
+		}
+		var report func(int64)
+		if progress {
+			report = func(done int64) {
+				fmt.Fprintf(os.Stderr, "\rrestoring %s  %3d%%  %s   ", path, 100*done/man.DiskSize, human(done))
+			}
+		}
+		st, err := restore.ToFile(ctx, r, man, path, *workers, report)
+		if progress {
+			fmt.Fprintln(os.Stderr)
+		}
+		if err != nil {
+			return fmt.Errorf("restore %s: %w", rec.ID, err)
+		}
+		results = append(results, map[string]any{"path": path, "bytes": st.Bytes, "data_chunks": st.DataChunks, "zero_chunks": st.ZeroChunks})
+	}
+	secs := time.Since(start).Seconds()
+	if *asJSON {
+		return printJSON(map[string]any{"backup_id": rec.ID, "vm": rec.VM, "disks": results, "seconds": secs})
+	}
+	fmt.Printf("restored backup %s of %s to %s (%s in %.1fs)\n", rec.ID, rec.VM, *to, human(rec.Size()), secs)
+	return nil
+}

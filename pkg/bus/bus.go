@@ -1,0 +1,326 @@
+// Package bus is Strata's use of NATS: JetStream streams and durable pull
+// consumers for work, micro endpoints for request/reply, W3C trace context
+// in message headers, and a dead-letter path for messages nobody can handle.
+//
+// Delivery contract for Consume handlers: at least once. A handler must be
+// idempotent; returning an error redelivers the message with backoff,
+// returning Permanent(err) (or failing to decode/validate) dead-letters it
+// at once, and a message that fails MaxDeliver times is dead-lettered too.
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/strata-backup/strata/contracts"
+)
+
+// Bus is one service's connection to NATS.
+type Bus struct {
+	NC      *nats.Conn
+	JS      jetstream.JetStream
+	Service string // e.g. "transfer"
+	Tracer  trace.Tracer
+	Log     *slog.Logger
+}
+
+// Connect dials NATS, retrying until ctx ends, and reconnecting forever
+// afterwards: a service outlives NATS restarts.
+func Connect(ctx context.Context, url, service string, tracer trace.Tracer, log *slog.Logger) (*Bus, error) {
+	opts := []nats.Option{
+		nats.Name("strata-" + service),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("nats disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrl()) }),
+	}
+	var nc *nats.Conn
+	var err error
+	for {
+		nc, err = nats.Connect(url, opts...)
+		if err == nil {
+			break
+		}
+		log.Warn("waiting for nats", "url", url, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connect to nats %s: %w", url, err)
+		case <-time.After(time.Second):
+		}
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return &Bus{NC: nc, JS: js, Service: service, Tracer: tracer, Log: log}, nil
+}
+
+// Close drains the connection.
+func (b *Bus) Close() { b.NC.Drain() }
+
+// StreamConfigs are Strata's streams. Every service creates them at start;
+// creating an existing stream with the same config is a no-op.
+func StreamConfigs(replicas int) []jetstream.StreamConfig {
+	week := 7 * 24 * time.Hour
+	return []jetstream.StreamConfig{
+		{Name: contracts.StreamBackups, Subjects: []string{"strata.backup.>", "strata.trigger.>"}, MaxAge: week, Replicas: replicas, Duplicates: 10 * time.Minute},
+		{Name: contracts.StreamSegments, Subjects: []string{contracts.SubjectSegmentPrefix + ">"}, Retention: jetstream.WorkQueuePolicy, MaxAge: week, Replicas: replicas, Duplicates: 10 * time.Minute},
+		// One message per subject: a redelivered segment's result replaces
+		// its earlier one, so the stream itself deduplicates; merge reads
+		// results back by direct get.
+		{Name: contracts.StreamResults, Subjects: []string{contracts.SubjectSegmentDonePrefix + ">"}, MaxMsgsPerSubject: 1, AllowDirect: true, MaxAge: week, Replicas: replicas},
+		{Name: contracts.StreamDLQ, Subjects: []string{contracts.SubjectDLQPrefix + ">"}, MaxAge: 30 * 24 * time.Hour, Replicas: replicas},
+	}
+}
+
+// EnsureStreams creates (or updates) every stream and KV bucket.
+func (b *Bus) EnsureStreams(ctx context.Context, replicas int) error {
+	if replicas < 1 {
+		replicas = 1
+	}
+	for _, cfg := range StreamConfigs(replicas) {
+		if err := retryJS(ctx, func(ctx context.Context) error {
+			_, err := b.JS.CreateOrUpdateStream(ctx, cfg)
+			return err
+		}); err != nil {
+			return fmt.Errorf("create stream %s: %w", cfg.Name, err)
+		}
+	}
+	return retryJS(ctx, func(ctx context.Context) error {
+		_, err := b.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: contracts.BucketCatalog, History: 5, Replicas: replicas})
+		if err != nil {
+			return fmt.Errorf("create kv %s: %w", contracts.BucketCatalog, err)
+		}
+		return nil
+	})
+}
+
+// retryJS retries a JetStream API call with a per-attempt timeout: a request
+// lost while JetStream starts or elects a leader would otherwise wait for
+// the caller's whole deadline.
+func retryJS(ctx context.Context, f func(context.Context) error) error {
+	var err error
+	for attempt := 0; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err = f(actx)
+		cancel()
+		if err == nil || ctx.Err() != nil || attempt >= 20 {
+			return err
+		}
+		time.Sleep(time.Duration(min(attempt+1, 5)) * 200 * time.Millisecond)
+	}
+}
+
+// Publish sends m to a JetStream subject with the trace context of ctx.
+// msgID, when set, lets JetStream drop a duplicate publish (a handler that
+// is redelivered publishes the same message again).
+func (b *Bus) Publish(ctx context.Context, subject string, m contracts.Message, msgID string) error {
+	data, err := contracts.Encode(m)
+	if err != nil {
+		return err
+	}
+	msg := nats.NewMsg(subject)
+	msg.Data = data
+	otel.GetTextMapPropagator().Inject(ctx, HeaderCarrier(msg.Header))
+	var opts []jetstream.PublishOpt
+	if msgID != "" {
+		opts = append(opts, jetstream.WithMsgID(msgID))
+	}
+	if _, err := b.JS.PublishMsg(ctx, msg, opts...); err != nil {
+		return fmt.Errorf("publish %s: %w", subject, err)
+	}
+	return nil
+}
+
+// HeaderCarrier adapts NATS headers to OpenTelemetry propagation.
+type HeaderCarrier nats.Header
+
+func (c HeaderCarrier) Get(key string) string { return nats.Header(c).Get(key) }
+func (c HeaderCarrier) Set(key, value string) { nats.Header(c).Set(key, value) }
+func (c HeaderCarrier) Keys() []string {
+	keys := make([]string, 0, len(c))
+	for k := range c {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+// ContextFrom continues the trace carried by headers.
+func ContextFrom(ctx context.Context, h nats.Header) context.Context {
+	if h == nil {
+		return ctx
+	}
+	return otel.GetTextMapPropagator().Extract(ctx, HeaderCarrier(h))
+}
+
+type permanentError struct{ err error }
+
+func (e permanentError) Error() string { return e.err.Error() }
+func (e permanentError) Unwrap() error { return e.err }
+
+// Permanent marks an error that redelivery cannot fix.
+func Permanent(err error) error { return permanentError{err} }
+
+// IsPermanent reports whether err was marked Permanent.
+func IsPermanent(err error) bool {
+	var p permanentError
+	return errors.As(err, &p)
+}
+
+// DeadLetter copies a message to strata.dlq.<subject> with the reason.
+func (b *Bus) DeadLetter(ctx context.Context, subject string, data []byte, hdr nats.Header, reason string) {
+	msg := nats.NewMsg(contracts.SubjectDLQPrefix + subject)
+	msg.Data = data
+	for k, v := range hdr {
+		msg.Header[k] = v
+	}
+	msg.Header.Set(contracts.HeaderDLQReason, reason)
+	msg.Header.Set(contracts.HeaderDLQSubject, subject)
+	msg.Header.Set(contracts.HeaderDLQService, "strata-"+b.Service)
+	if _, err := b.JS.PublishMsg(ctx, msg); err != nil {
+		b.Log.ErrorContext(ctx, "dead-letter publish failed; message dropped", "subject", subject, "reason", reason, "err", err)
+		return
+	}
+	b.Log.WarnContext(ctx, "message dead-lettered", "subject", subject, "reason", reason)
+}
+
+// Spec describes one durable consumer.
+type Spec struct {
+	Stream      string
+	Durable     string
+	Filters     []string
+	AckWait     time.Duration // default 30s
+	MaxDeliver  int           // default 10
+	Concurrency int           // messages handled at once, default 1
+	// GiveUp, when set, is told about a decoded message that is being
+	// dead-lettered because handling it failed for good, so the backup it
+	// belongs to can be failed cleanly instead of waiting forever.
+	GiveUp func(ctx context.Context, m contracts.Message, err error)
+}
+
+// Consume runs h for every message of a durable pull consumer until ctx
+// ends. See the package comment for the delivery contract.
+func Consume[T any, PT interface {
+	*T
+	contracts.Message
+}](ctx context.Context, b *Bus, spec Spec, h func(context.Context, PT) error) error {
+	if spec.AckWait == 0 {
+		spec.AckWait = 30 * time.Second
+	}
+	if spec.MaxDeliver == 0 {
+		spec.MaxDeliver = 10
+	}
+	if spec.Concurrency < 1 {
+		spec.Concurrency = 1
+	}
+	var cons jetstream.Consumer
+	err := retryJS(ctx, func(actx context.Context) error {
+		var err error
+		cons, err = b.JS.CreateOrUpdateConsumer(actx, spec.Stream, jetstream.ConsumerConfig{
+			Durable:        spec.Durable,
+			FilterSubjects: spec.Filters,
+			AckPolicy:      jetstream.AckExplicitPolicy,
+			AckWait:        spec.AckWait,
+			MaxDeliver:     spec.MaxDeliver,
+			MaxAckPending:  1000,
+		})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("create consumer %s on %s: %w", spec.Durable, spec.Stream, err)
+	}
+	sem := make(chan struct{}, spec.Concurrency)
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			handle(ctx, b, spec, msg, h)
+		}()
+	}, jetstream.PullMaxMessages(spec.Concurrency), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		b.Log.Debug("consume", "consumer", spec.Durable, "err", err)
+	}))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", spec.Durable, err)
+	}
+	go func() {
+		<-ctx.Done()
+		cc.Stop()
+	}()
+	return nil
+}
+
+func handle[T any, PT interface {
+	*T
+	contracts.Message
+}](ctx context.Context, b *Bus, spec Spec, msg jetstream.Msg, h func(context.Context, PT) error) {
+	ctx, span := b.Tracer.Start(ContextFrom(ctx, msg.Headers()), spec.Durable,
+		trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attribute.String("messaging.destination.name", msg.Subject())))
+	defer span.End()
+
+	var m PT = new(T)
+	if err := contracts.Decode(msg.Data(), m); err != nil {
+		span.SetStatus(codes.Error, err.Error())
+		b.DeadLetter(ctx, msg.Subject(), msg.Data(), msg.Headers(), err.Error())
+		msg.Term()
+		return
+	}
+	// Keep the message ours while a long handler runs.
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(spec.AckWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				msg.InProgress()
+			}
+		}
+	}()
+	err := h(ctx, m)
+	close(done)
+	if err == nil {
+		if err := msg.DoubleAck(ctx); err != nil {
+			b.Log.WarnContext(ctx, "ack failed; message will be redelivered", "subject", msg.Subject(), "err", err)
+		}
+		return
+	}
+	span.RecordError(err)
+	span.SetStatus(codes.Error, err.Error())
+	delivered := uint64(1)
+	if md, mdErr := msg.Metadata(); mdErr == nil {
+		delivered = md.NumDelivered
+	}
+	if ctx.Err() != nil { // shutting down: let another instance have it
+		msg.Nak()
+		return
+	}
+	if IsPermanent(err) || delivered >= uint64(spec.MaxDeliver) {
+		reason := fmt.Sprintf("after %d deliveries: %v", delivered, err)
+		b.DeadLetter(ctx, msg.Subject(), msg.Data(), msg.Headers(), reason)
+		msg.Term()
+		if spec.GiveUp != nil {
+			spec.GiveUp(ctx, m, errors.New(reason))
+		}
+		return
+	}
+	delay := min(time.Duration(1<<min(delivered, 5))*time.Second, 30*time.Second)
+	b.Log.WarnContext(ctx, "handler failed; will retry", "subject", msg.Subject(), "delivery", delivered, "retry_in", delay, "err", err)
+	msg.NakWithDelay(delay)
+}

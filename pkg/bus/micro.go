@@ -1,0 +1,89 @@
+package bus
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/strata-backup/strata/contracts"
+)
+
+// Version is reported by every micro service.
+const Version = "0.1.0"
+
+// AddService registers the service with nats micro, so `nats micro ls`
+// lists it and `nats micro info|stats` describe it.
+func (b *Bus) AddService(description string) (micro.Service, error) {
+	svc, err := micro.AddService(b.NC, micro.Config{
+		Name:        "strata-" + b.Service,
+		Version:     Version,
+		Description: description,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("register micro service strata-%s: %w", b.Service, err)
+	}
+	return svc, nil
+}
+
+// Endpoint adds a request/reply endpoint whose requests are decoded and
+// validated into PT; a bad request gets a 400 error reply, a handler error
+// a 500, and neither stops the service.
+func Endpoint[T any, PT interface {
+	*T
+	contracts.Message
+}](b *Bus, svc micro.Service, name, subject string, h func(context.Context, PT) (contracts.Message, error)) error {
+	return svc.AddEndpoint(name, micro.HandlerFunc(func(req micro.Request) {
+		ctx := ContextFrom(context.Background(), nats.Header(req.Headers()))
+		ctx, span := b.Tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer))
+		defer span.End()
+		var m PT = new(T)
+		if err := contracts.Decode(req.Data(), m); err != nil {
+			span.SetStatus(codes.Error, err.Error())
+			b.Log.WarnContext(ctx, "bad request refused", "endpoint", name, "err", err)
+			req.Error("400", err.Error(), nil)
+			return
+		}
+		reply, err := h(ctx, m)
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+			b.Log.ErrorContext(ctx, "request failed", "endpoint", name, "err", err)
+			req.Error("500", err.Error(), nil)
+			return
+		}
+		data, err := contracts.Encode(reply)
+		if err != nil {
+			req.Error("500", err.Error(), nil)
+			return
+		}
+		req.Respond(data)
+	}), micro.WithEndpointSubject(subject))
+}
+
+// Request sends a request with the trace context of ctx and decodes the
+// reply into out; a micro error reply becomes an error.
+func Request(ctx context.Context, nc *nats.Conn, subject string, req, out contracts.Message) error {
+	data, err := contracts.Encode(req)
+	if err != nil {
+		return err
+	}
+	msg := nats.NewMsg(subject)
+	msg.Data = data
+	otel.GetTextMapPropagator().Inject(ctx, HeaderCarrier(msg.Header))
+	resp, err := nc.RequestMsgWithContext(ctx, msg)
+	if err != nil {
+		return fmt.Errorf("request %s: %w", subject, err)
+	}
+	if code := resp.Header.Get(micro.ErrorCodeHeader); code != "" {
+		return fmt.Errorf("request %s: %s %s", subject, code, resp.Header.Get(micro.ErrorHeader))
+	}
+	if err := json.Unmarshal(resp.Data, out); err != nil {
+		return fmt.Errorf("reply from %s: %w", subject, err)
+	}
+	return out.Validate()
+}

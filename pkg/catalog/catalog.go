@@ -1,0 +1,185 @@
+// Package catalog keeps backup records in the JetStream KV bucket
+// contracts.BucketCatalog. Every change is a compare-and-set on the key's
+// revision, so concurrent writers (several merge instances, a verifier and
+// a failing transfer worker) never lose each other's updates, and a final
+// state (verified, failed) is never left.
+package catalog
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/strata-backup/strata/contracts"
+)
+
+// ErrNotFound: no such backup.
+var ErrNotFound = errors.New("backup not found")
+
+// ErrFinal is returned by an update function to leave a record unchanged.
+var ErrUnchanged = errors.New("unchanged")
+
+// Catalog wraps the KV bucket.
+type Catalog struct{ KV jetstream.KeyValue }
+
+// Open binds to the bucket (created by bus.EnsureStreams).
+func Open(ctx context.Context, js jetstream.JetStream) (*Catalog, error) {
+	kv, err := js.KeyValue(ctx, contracts.BucketCatalog)
+	if err != nil {
+		return nil, fmt.Errorf("open catalog: %w", err)
+	}
+	return &Catalog{KV: kv}, nil
+}
+
+func decode(e jetstream.KeyValueEntry) (*contracts.BackupRecord, error) {
+	var r contracts.BackupRecord
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		return nil, fmt.Errorf("catalog entry %s is corrupt: %w", e.Key(), err)
+	}
+	if err := r.Validate(); err != nil {
+		return nil, fmt.Errorf("catalog entry %s is invalid: %w", e.Key(), err)
+	}
+	return &r, nil
+}
+
+// Get reads one record.
+func (c *Catalog) Get(ctx context.Context, vm, id string) (*contracts.BackupRecord, uint64, error) {
+	e, err := c.KV.Get(ctx, contracts.CatalogKey(vm, id))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, fmt.Errorf("backup %s of vm %q: %w", id, vm, ErrNotFound)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("read catalog: %w", err)
+	}
+	r, err := decode(e)
+	return r, e.Revision(), err
+}
+
+// Create stores a new record; an existing one is returned unchanged
+// (redelivered request), with created=false.
+func (c *Catalog) Create(ctx context.Context, r *contracts.BackupRecord) (existing *contracts.BackupRecord, created bool, err error) {
+	if err := r.Validate(); err != nil {
+		return nil, false, err
+	}
+	b, _ := json.Marshal(r)
+	if _, err := c.KV.Create(ctx, contracts.CatalogKey(r.VM, r.ID), b); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			old, _, gerr := c.Get(ctx, r.VM, r.ID)
+			return old, false, gerr
+		}
+		return nil, false, fmt.Errorf("create catalog entry: %w", err)
+	}
+	return r, true, nil
+}
+
+// Update applies f to the current record and stores the result by CAS,
+// retrying on conflicts. f may return ErrUnchanged to write nothing.
+// Records in a final state are passed to f but f must not move them on;
+// Update refuses to leave a final state.
+func (c *Catalog) Update(ctx context.Context, vm, id string, f func(*contracts.BackupRecord) error) (*contracts.BackupRecord, error) {
+	key := contracts.CatalogKey(vm, id)
+	for attempt := 0; attempt < 100; attempt++ {
+		r, rev, err := c.Get(ctx, vm, id)
+		if err != nil {
+			return nil, err
+		}
+		was := r.State
+		if err := f(r); err != nil {
+			if errors.Is(err, ErrUnchanged) {
+				return r, nil
+			}
+			return nil, err
+		}
+		if was.Final() && r.State != was {
+			return nil, fmt.Errorf("backup %s is %s; refusing to change it to %s", id, was, r.State)
+		}
+		r.UpdatedAt = time.Now().UTC()
+		if err := r.Validate(); err != nil {
+			return nil, err
+		}
+		b, _ := json.Marshal(r)
+		if _, err := c.KV.Update(ctx, key, b, rev); err != nil {
+			if errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err) {
+				continue // someone else wrote first: re-read and re-apply
+			}
+			return nil, fmt.Errorf("update catalog entry %s: %w", key, err)
+		}
+		return r, nil
+	}
+	return nil, fmt.Errorf("update catalog entry %s: too much contention", key)
+}
+
+func isWrongSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}
+
+// List returns the records of one VM (all VMs when vm is empty), oldest first.
+func (c *Catalog) List(ctx context.Context, vm string) ([]*contracts.BackupRecord, error) {
+	filter := "b.>"
+	if vm != "" {
+		filter = contracts.CatalogVMPrefix(vm) + "*"
+	}
+	lister, err := c.KV.ListKeysFiltered(ctx, filter)
+	if err != nil {
+		return nil, fmt.Errorf("list catalog: %w", err)
+	}
+	var out []*contracts.BackupRecord
+	for key := range lister.Keys() {
+		e, err := c.KV.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read catalog entry %s: %w", key, err)
+		}
+		r, err := decode(e)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	lister.Stop() // the lister stops itself after the last key; this only covers an early return
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
+			return out[i].CreatedAt.Before(out[j].CreatedAt)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, nil
+}
+
+// Latest returns the newest verified backup of vm.
+func (c *Catalog) Latest(ctx context.Context, vm string) (*contracts.BackupRecord, error) {
+	all, err := c.List(ctx, vm)
+	if err != nil {
+		return nil, err
+	}
+	for i := len(all) - 1; i >= 0; i-- {
+		if all[i].State == contracts.StateVerified {
+			return all[i], nil
+		}
+	}
+	return nil, fmt.Errorf("no verified backup of vm %q: %w", vm, ErrNotFound)
+}
+
+// Fail moves a non-final backup to failed with a reason. It reports
+// whether this call made the change (false when already final).
+func (c *Catalog) Fail(ctx context.Context, vm, id, reason string) (bool, error) {
+	changed := false
+	_, err := c.Update(ctx, vm, id, func(r *contracts.BackupRecord) error {
+		if r.State.Final() {
+			return ErrUnchanged
+		}
+		now := time.Now().UTC()
+		r.State, r.Error, r.FinishedAt = contracts.StateFailed, reason, &now
+		changed = true
+		return nil
+	})
+	return changed, err
+}

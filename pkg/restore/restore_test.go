@@ -1,0 +1,80 @@
+package restore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/manifest"
+	"github.com/strata-backup/strata/pkg/objstore"
+	"github.com/strata-backup/strata/pkg/repo"
+)
+
+func setup(t *testing.T) (*repo.Repository, *manifest.Manifest, []byte) {
+	ctx := context.Background()
+	r, err := repo.Open(ctx, objstore.NewMem(), 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 64<<10*6 + 100
+	img := make([]byte, size)
+	copy(img[0:], bytes.Repeat([]byte("hello "), 10000))
+	copy(img[3*64<<10:], bytes.Repeat([]byte{7}, 64<<10))
+	copy(img[6*64<<10:], bytes.Repeat([]byte{9}, 100))
+	man := &manifest.Manifest{BackupID: "b", ChunkSize: 64 << 10, DiskSize: size}
+	for i := 0; i < 7; i++ {
+		c := img[i*64<<10 : min(size, (i+1)*64<<10)]
+		if chunk.AllZero(c) {
+			man.IDs = append(man.IDs, chunk.Zero)
+			continue
+		}
+		id := chunk.Hash(c)
+		r.Chunks.PutChunk(ctx, id, chunk.Encode(c))
+		man.IDs = append(man.IDs, id)
+	}
+	return r, man, img
+}
+
+func TestRestoreBitExactAndSparse(t *testing.T) {
+	r, man, img := setup(t)
+	out := filepath.Join(t.TempDir(), "out.img")
+	st, err := ToFile(context.Background(), r, man, out, 3, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(out)
+	if !bytes.Equal(got, img) {
+		t.Fatal("restored image differs")
+	}
+	if st.ZeroChunks != 4 || st.DataChunks != 3 {
+		t.Fatalf("stats %+v", st)
+	}
+	fi, _ := os.Stat(out)
+	if blocks := fi.Sys().(*syscall.Stat_t).Blocks * 512; blocks >= int64(len(img)) {
+		t.Fatalf("restored image allocates %d bytes of %d: not sparse", blocks, len(img))
+	}
+}
+
+func TestRestoreRefusesCorruptChunkAndLeavesNoFile(t *testing.T) {
+	r, man, _ := setup(t)
+	key := repo.ChunkKey(man.IDs[3])
+	obj, _ := r.Store.Get(context.Background(), key)
+	obj[len(obj)-1] ^= 0x40
+	r.Store.Put(context.Background(), key, obj)
+	out := filepath.Join(t.TempDir(), "out.img")
+	_, err := ToFile(context.Background(), r, man, out, 2, nil)
+	if !errors.Is(err, chunk.ErrCorrupt) || !strings.Contains(err.Error(), key) {
+		t.Fatalf("err = %v, want a corrupt-chunk error naming %s", err, key)
+	}
+	for _, p := range []string{out, out + ".partial"} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s left behind after a failed restore", p)
+		}
+	}
+}

@@ -1,0 +1,173 @@
+// Package runtime is what every Strata service process shares: the common
+// environment settings, and the start-up sequence (telemetry, NATS, streams,
+// object store, repository) wired the same way in every main.go and in the
+// all-in-one `strata dev`.
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/bus"
+	"github.com/strata-backup/strata/pkg/catalog"
+	"github.com/strata-backup/strata/pkg/objstore"
+	"github.com/strata-backup/strata/pkg/repo"
+	"github.com/strata-backup/strata/pkg/telemetry"
+)
+
+// Common holds the settings every service reads (prefix STRATA_).
+type Common struct {
+	NATSURL     string `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222"`
+	JSReplicas  int    `envconfig:"JS_REPLICAS" default:"1"`
+	S3Endpoint  string `envconfig:"S3_ENDPOINT"`
+	S3Region    string `envconfig:"S3_REGION" default:"us-east-1"`
+	S3Bucket    string `envconfig:"S3_BUCKET" default:"strata"`
+	S3Prefix    string `envconfig:"S3_PREFIX"`
+	S3AccessKey string `envconfig:"S3_ACCESS_KEY"`
+	S3SecretKey string `envconfig:"S3_SECRET_KEY"`
+	S3PathStyle bool   `envconfig:"S3_PATH_STYLE" default:"true"`
+	StoreDir    string `envconfig:"STORE_DIR"` // local directory instead of S3
+	ChunkSize   int    `envconfig:"CHUNK_SIZE" default:"1048576"`
+	LogLevel    string `envconfig:"LOG_LEVEL" default:"info"`
+}
+
+// Load fills spec (which embeds Common) from STRATA_* variables.
+func Load(spec any) error {
+	if err := envconfig.Process("STRATA", spec); err != nil {
+		return fmt.Errorf("configuration: %w", err)
+	}
+	return nil
+}
+
+// OpenStore opens the configured object store, wrapped with retries.
+func (c Common) OpenStore(ctx context.Context) (objstore.Store, error) {
+	if c.StoreDir != "" {
+		return objstore.NewDir(c.StoreDir)
+	}
+	s3, err := objstore.NewS3(ctx, objstore.S3Config{
+		Endpoint: c.S3Endpoint, Region: c.S3Region, Bucket: c.S3Bucket, Prefix: c.S3Prefix,
+		AccessKey: c.S3AccessKey, SecretKey: c.S3SecretKey, PathStyle: c.S3PathStyle,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return objstore.WithRetry(s3), nil
+}
+
+// Runtime is one started service's shared machinery.
+type Runtime struct {
+	Bus     *bus.Bus
+	Repo    *repo.Repository
+	Catalog *catalog.Catalog
+	Log     *slog.Logger
+	tp      *sdktrace.TracerProvider
+}
+
+// Start sets a service up: logger, tracer, NATS (waiting for it), streams,
+// catalog, object store and repository (created on first use).
+func Start(ctx context.Context, service string, c Common) (*Runtime, error) {
+	log := telemetry.Logger(os.Stderr, service, c.LogLevel)
+	tp, err := telemetry.Tracing(ctx, service)
+	if err != nil {
+		return nil, fmt.Errorf("tracing: %w", err)
+	}
+	b, err := bus.Connect(ctx, c.NATSURL, service, tp.Tracer("strata/"+service), log)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.EnsureStreams(ctx, c.JSReplicas); err != nil {
+		return nil, err
+	}
+	cat, err := catalog.Open(ctx, b.JS)
+	if err != nil {
+		return nil, err
+	}
+	store, err := c.OpenStore(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r, err := repo.Open(ctx, store, c.ChunkSize)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("started", "nats", c.NATSURL, "store", store.String(), "chunk_size", r.Config.ChunkSize)
+	return &Runtime{Bus: b, Repo: r, Catalog: cat, Log: log, tp: tp}, nil
+}
+
+// Close flushes traces and drains NATS.
+func (rt *Runtime) Close(ctx context.Context) {
+	rt.Bus.Close()
+	rt.tp.Shutdown(ctx)
+}
+
+// FailBackup moves a backup to failed (if it is not final yet), rewrites its
+// record object and announces the outcome, so the snapshot is released and
+// waiting clients stop waiting. Idempotent.
+func (rt *Runtime) FailBackup(ctx context.Context, vm, id, reason string) error {
+	rt.Log.ErrorContext(ctx, "backup failed", "vm", vm, "backup", id, "reason", reason)
+	if _, err := rt.Catalog.Fail(ctx, vm, id, reason); err != nil && !errors.Is(err, catalog.ErrNotFound) {
+		return err
+	}
+	if rec, _, err := rt.Catalog.Get(ctx, vm, id); err == nil {
+		if err := rt.Repo.PutRecord(ctx, rec); err != nil {
+			return err
+		}
+	}
+	out := &contracts.BackupOutcome{Schema: contracts.SchemaVersion, BackupID: id, VM: vm, State: contracts.StateFailed, Reason: reason}
+	return rt.Bus.Publish(ctx, contracts.SubjectBackupFailed, out, "outcome-"+id)
+}
+
+// Main is the whole main function of a service process: load config (spec
+// embeds Common, reached through common), start, run start, wait for
+// SIGINT/SIGTERM, shut down.
+func Main(service string, spec any, common *Common, start func(context.Context, *Runtime) error) {
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		os.Exit(healthcheck(common))
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := Load(spec); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	rt, err := Start(ctx, service, *common)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "strata-%s: %v\n", service, err)
+		os.Exit(1)
+	}
+	if err := start(ctx, rt); err != nil {
+		rt.Log.Error("start failed", "err", err)
+		os.Exit(1)
+	}
+	<-ctx.Done()
+	rt.Log.Info("shutting down")
+	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rt.Close(shutdown)
+}
+
+// healthcheck exits 0 when NATS is reachable with the configured URL: the
+// container health check, with no shell in the image.
+func healthcheck(common *Common) int {
+	if err := Load(common); err != nil {
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	b, err := bus.Connect(ctx, common.NATSURL, "healthcheck", nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return 1
+	}
+	b.NC.Close()
+	return 0
+}

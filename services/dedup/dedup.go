@@ -1,0 +1,112 @@
+// Package dedup is the chunk index: it answers "which of these chunk ids
+// does the repository lack?" for transfer workers.
+//
+// The object store is the source of truth (a chunk exists when its object
+// does), so the answer can never claim a chunk that was lost; a bounded
+// cache of ids recently confirmed present spares repeat lookups. The cost
+// of a request is proportional to its batch, never to the repository size.
+package dedup
+
+import (
+	"context"
+	"sync"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/bus"
+	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/runtime"
+)
+
+// Config of the dedup service (prefix STRATA_).
+type Config struct {
+	runtime.Common
+	CacheEntries int `envconfig:"DEDUP_CACHE_ENTRIES" default:"262144"`
+}
+
+// Start registers the dedup endpoint.
+func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
+	d := &Index{chunks: rt.Repo.Chunks, cache: NewPresentCache(cfg.CacheEntries)}
+	svc, err := rt.Bus.AddService("chunk index: which chunks are missing")
+	if err != nil {
+		return err
+	}
+	return bus.Endpoint(rt.Bus, svc, "missing", contracts.SubjectDedupMissing, func(ctx context.Context, req *contracts.MissingRequest) (contracts.Message, error) {
+		return d.Missing(ctx, req)
+	})
+}
+
+// Index answers missing-chunk questions.
+type Index struct {
+	chunks interface {
+		Missing(ctx context.Context, ids []chunk.ID) ([]chunk.ID, error)
+	}
+	cache *PresentCache
+}
+
+// Missing returns the requested ids the repository does not hold.
+func (d *Index) Missing(ctx context.Context, req *contracts.MissingRequest) (*contracts.MissingReply, error) {
+	var unknown []chunk.ID
+	for _, s := range req.IDs {
+		id, err := chunk.ParseID(s)
+		if err != nil {
+			return nil, err
+		}
+		if !d.cache.Has(id) {
+			unknown = append(unknown, id)
+		}
+	}
+	reply := &contracts.MissingReply{Schema: contracts.SchemaVersion, Missing: []string{}}
+	if len(unknown) == 0 {
+		return reply, nil
+	}
+	missing, err := d.chunks.Missing(ctx, unknown)
+	if err != nil {
+		return nil, err
+	}
+	isMissing := make(map[chunk.ID]bool, len(missing))
+	for _, id := range missing {
+		isMissing[id] = true
+		reply.Missing = append(reply.Missing, id.String())
+	}
+	for _, id := range unknown {
+		if !isMissing[id] {
+			d.cache.Add(id)
+		}
+	}
+	return reply, nil
+}
+
+// PresentCache remembers up to about 2×limit ids known to be stored, in two
+// generations: when the young one fills, the old one is dropped. Memory is
+// bounded; a forgotten id only costs one extra lookup.
+type PresentCache struct {
+	mu         sync.Mutex
+	limit      int
+	young, old map[chunk.ID]struct{}
+}
+
+func NewPresentCache(limit int) *PresentCache {
+	return &PresentCache{limit: max(1, limit), young: map[chunk.ID]struct{}{}, old: map[chunk.ID]struct{}{}}
+}
+
+func (c *PresentCache) Has(id chunk.ID) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.young[id]; ok {
+		return true
+	}
+	if _, ok := c.old[id]; ok {
+		c.young[id] = struct{}{}
+		return true
+	}
+	return false
+}
+
+func (c *PresentCache) Add(id chunk.ID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.young) >= c.limit {
+		c.old, c.young = c.young, map[chunk.ID]struct{}{}
+	}
+	c.young[id] = struct{}{}
+}

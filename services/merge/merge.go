@@ -1,0 +1,165 @@
+// Package merge assembles backups: it collects the segment results of a
+// backup (duplicates and any order tolerated), and once every segment of
+// every disk is in, writes each disk's manifest and the backup record to
+// the repository, marks the backup committed in the catalog and hands it to
+// the verifier.
+package merge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/bus"
+	"github.com/strata-backup/strata/pkg/catalog"
+	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/manifest"
+	"github.com/strata-backup/strata/pkg/runtime"
+)
+
+// Config of the merge service (prefix STRATA_).
+type Config struct {
+	runtime.Common
+}
+
+// Start registers the merge consumer.
+func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
+	results, err := rt.Bus.JS.Stream(ctx, contracts.StreamResults)
+	if err != nil {
+		return fmt.Errorf("open results stream: %w", err)
+	}
+	m := &merger{rt: rt, results: results}
+	if _, err := rt.Bus.AddService("backup assembly: manifests, records, commit"); err != nil {
+		return err
+	}
+	return bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamResults, Durable: contracts.ConsumerMerge,
+		Filters: []string{contracts.SubjectSegmentDonePrefix + ">"}, Concurrency: 4, AckWait: time.Minute,
+		GiveUp: func(ctx context.Context, msg contracts.Message, err error) {
+			d := msg.(*contracts.SegmentDone)
+			rt.FailBackup(ctx, d.VM, d.BackupID, fmt.Sprintf("merge: %v", err))
+		}}, m.segmentDone)
+}
+
+type merger struct {
+	rt      *runtime.Runtime
+	results jetstream.Stream
+}
+
+func (m *merger) segmentDone(ctx context.Context, d *contracts.SegmentDone) error {
+	rec, err := m.rt.Catalog.Update(ctx, d.VM, d.BackupID, func(r *contracts.BackupRecord) error {
+		if r.State != contracts.StateTransferring {
+			return catalog.ErrUnchanged
+		}
+		if d.Disk >= len(r.Disks) || d.Index >= r.Disks[d.Disk].Segments {
+			return bus.Permanent(fmt.Errorf("result for disk %d segment %d; backup has %d disks", d.Disk, d.Index, len(r.Disks)))
+		}
+		disk := &r.Disks[d.Disk]
+		if !disk.MarkSegmentDone(d.Index) {
+			return catalog.ErrUnchanged // a duplicate result
+		}
+		disk.UploadedChunks += int64(d.UploadedChunks)
+		disk.UploadedBytes += d.UploadedBytes
+		return nil
+	})
+	if errors.Is(err, catalog.ErrNotFound) {
+		return bus.Permanent(err)
+	}
+	if err != nil {
+		return err
+	}
+	// Checked on every result, not only when this one completed the set: a
+	// merge that crashed after recording the last bit finishes the job when
+	// that last result is redelivered.
+	if rec.State != contracts.StateTransferring || rec.SegmentsDone() < rec.Segments() {
+		return nil
+	}
+	return m.commit(ctx, rec)
+}
+
+func (m *merger) commit(ctx context.Context, rec *contracts.BackupRecord) error {
+	keys := make([]string, len(rec.Disks))
+	stats := make([][2]int64, len(rec.Disks))
+	for i, disk := range rec.Disks {
+		man, zero, err := m.assemble(ctx, rec, disk)
+		if err != nil {
+			return err
+		}
+		if keys[i], err = m.rt.Repo.PutManifest(ctx, rec.VM, man); err != nil {
+			return err
+		}
+		stats[i] = [2]int64{int64(len(man.IDs)), zero}
+	}
+	committed, err := m.rt.Catalog.Update(ctx, rec.VM, rec.ID, func(r *contracts.BackupRecord) error {
+		if r.State != contracts.StateTransferring {
+			return catalog.ErrUnchanged
+		}
+		r.State = contracts.StateCommitted
+		for i := range r.Disks {
+			r.Disks[i].Manifest = keys[i]
+			r.Disks[i].Chunks, r.Disks[i].ZeroChunks = stats[i][0], stats[i][1]
+			r.Disks[i].DoneBitmap = nil
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if committed.State != contracts.StateCommitted {
+		return nil // failed meanwhile, or another merge instance won
+	}
+	if err := m.rt.Repo.PutRecord(ctx, committed); err != nil {
+		return err
+	}
+	msg := &contracts.BackupCommitted{Schema: contracts.SchemaVersion, BackupID: rec.ID, VM: rec.VM}
+	if err := m.rt.Bus.Publish(ctx, contracts.SubjectBackupCommitted, msg, "committed-"+rec.ID); err != nil {
+		return err
+	}
+	m.rt.Log.InfoContext(ctx, "backup committed", "vm", rec.VM, "backup", rec.ID, "stored_bytes", committed.StoredBytes())
+	// The results are in the manifests now; drop them from the stream.
+	if err := m.results.Purge(ctx, jetstream.WithPurgeSubject(contracts.SubjectSegmentDonePrefix+rec.ID+".>")); err != nil {
+		m.rt.Log.WarnContext(ctx, "purge segment results", "backup", rec.ID, "err", err)
+	}
+	return nil
+}
+
+// assemble builds one disk's manifest from its segment results.
+func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk contracts.DiskRecord) (*manifest.Manifest, int64, error) {
+	man := &manifest.Manifest{BackupID: rec.ID, Disk: disk.Index, ChunkSize: rec.ChunkSize, DiskSize: disk.Size,
+		IDs: make([]chunk.ID, manifest.ChunkCount(disk.Size, rec.ChunkSize))}
+	covered := int64(0)
+	var zero int64
+	for seg := 0; seg < disk.Segments; seg++ {
+		subject := contracts.SegmentDoneSubject(rec.ID, disk.Index, seg)
+		raw, err := m.results.GetLastMsgForSubject(ctx, subject)
+		if err != nil {
+			return nil, 0, fmt.Errorf("read result %s: %w", subject, err)
+		}
+		var d contracts.SegmentDone
+		if err := contracts.Decode(raw.Data, &d); err != nil {
+			return nil, 0, bus.Permanent(fmt.Errorf("result %s: %w", subject, err))
+		}
+		if d.FirstChunk+int64(len(d.IDs)) > int64(len(man.IDs)) {
+			return nil, 0, bus.Permanent(fmt.Errorf("result %s covers chunks beyond the disk", subject))
+		}
+		for i, s := range d.IDs {
+			if s == "" {
+				zero++
+				continue
+			}
+			id, err := chunk.ParseID(s)
+			if err != nil {
+				return nil, 0, bus.Permanent(err)
+			}
+			man.IDs[d.FirstChunk+int64(i)] = id
+		}
+		covered += int64(len(d.IDs))
+	}
+	if covered != int64(len(man.IDs)) {
+		return nil, 0, bus.Permanent(fmt.Errorf("segment results cover %d of %d chunks", covered, len(man.IDs)))
+	}
+	return man, zero, nil
+}

@@ -1,0 +1,70 @@
+// Package scheduler turns backup requests (the CLI, event triggers) into
+// backups: it names each backup, opens the root span of its trace and
+// hands it to the snapshotter. It records every backup's outcome.
+package scheduler
+
+import (
+	"context"
+	"time"
+
+	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/bus"
+	"github.com/strata-backup/strata/pkg/runtime"
+)
+
+// Config of the scheduler (prefix STRATA_).
+type Config struct {
+	runtime.Common
+}
+
+// Start registers the scheduler's endpoint and consumers.
+func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
+	s := &scheduler{rt: rt}
+	svc, err := rt.Bus.AddService("backup scheduling: on-demand and event-triggered backups")
+	if err != nil {
+		return err
+	}
+	if err := bus.Endpoint(rt.Bus, svc, "backup", contracts.SubjectSchedulerRun, func(ctx context.Context, t *contracts.BackupTrigger) (contracts.Message, error) {
+		return s.start(ctx, t)
+	}); err != nil {
+		return err
+	}
+	if err := bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerSchedulerTriggers, Filters: []string{contracts.SubjectTrigger}},
+		func(ctx context.Context, t *contracts.BackupTrigger) error {
+			_, err := s.start(ctx, t)
+			return err
+		}); err != nil {
+		return err
+	}
+	return bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerSchedulerOutcomes,
+		Filters: []string{contracts.SubjectBackupVerified, contracts.SubjectBackupFailed}}, s.record)
+}
+
+type scheduler struct{ rt *runtime.Runtime }
+
+// start names a new backup and requests it. The root span of the backup's
+// trace starts here (as a child of the caller's span, when it sent one).
+func (s *scheduler) start(ctx context.Context, t *contracts.BackupTrigger) (*contracts.BackupAccepted, error) {
+	id, err := uuid.NewV7() // time-ordered: ids sort by start time
+	if err != nil {
+		return nil, err
+	}
+	ctx, span := s.rt.Bus.Tracer.Start(ctx, "backup "+t.VM, trace.WithAttributes(
+		attribute.String("strata.vm", t.VM), attribute.String("strata.backup_id", id.String()), attribute.String("strata.source", t.Source)))
+	defer span.End()
+	req := &contracts.BackupRequested{Schema: contracts.SchemaVersion, BackupID: id.String(), VM: t.VM, Source: t.Source, RequestedAt: time.Now().UTC()}
+	if err := s.rt.Bus.Publish(ctx, contracts.SubjectBackupRequested, req, "req-"+req.BackupID); err != nil {
+		return nil, err
+	}
+	s.rt.Log.InfoContext(ctx, "backup requested", "vm", t.VM, "backup", req.BackupID, "source", t.Source)
+	return &contracts.BackupAccepted{Schema: contracts.SchemaVersion, BackupID: req.BackupID, TraceID: span.SpanContext().TraceID().String()}, nil
+}
+
+func (s *scheduler) record(ctx context.Context, o *contracts.BackupOutcome) error {
+	s.rt.Log.InfoContext(ctx, "backup finished", "vm", o.VM, "backup", o.BackupID, "state", o.State, "reason", o.Reason)
+	return nil
+}

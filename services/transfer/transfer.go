@@ -1,0 +1,179 @@
+// Package transfer is the horizontally scaled data path: a worker takes one
+// segment at a time from the work queue, reads it from the source, cuts it
+// into the repository's fixed chunks, skips all-zero chunks, hashes the
+// rest, asks dedup which ones the repository lacks, uploads only those and
+// reports the segment's chunk ids to merge.
+//
+// A worker that dies mid-segment loses nothing: the segment was not acked,
+// so JetStream redelivers it to another worker after the ack wait; chunks
+// already uploaded are simply found present by dedup the second time.
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/bus"
+	"github.com/strata-backup/strata/pkg/catalog"
+	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/runtime"
+	"github.com/strata-backup/strata/pkg/source"
+)
+
+// Config of a transfer worker (prefix STRATA_).
+type Config struct {
+	runtime.Common
+	Concurrency int           `envconfig:"TRANSFER_CONCURRENCY" default:"2"`
+	Uploads     int           `envconfig:"TRANSFER_UPLOADS" default:"8"`
+	AckWait     time.Duration `envconfig:"TRANSFER_ACK_WAIT" default:"60s"`
+	RateLimit   int64         `envconfig:"TRANSFER_RATE_LIMIT" default:"0"` // bytes/s read per worker; 0: unlimited
+}
+
+// Start registers the worker.
+func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
+	w := &worker{rt: rt, cfg: cfg}
+	if cfg.RateLimit > 0 {
+		w.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(int(cfg.RateLimit), rt.Repo.Config.ChunkSize))
+	}
+	if _, err := rt.Bus.AddService("transfer worker: read, chunk, dedup, upload"); err != nil {
+		return err
+	}
+	return bus.Consume(ctx, rt.Bus, bus.Spec{
+		Stream: contracts.StreamSegments, Durable: contracts.ConsumerTransfer, Filters: []string{contracts.SubjectSegmentPrefix + ">"},
+		AckWait: cfg.AckWait, MaxDeliver: 8, Concurrency: max(1, cfg.Concurrency),
+		GiveUp: func(ctx context.Context, m contracts.Message, err error) {
+			seg := m.(*contracts.Segment)
+			rt.FailBackup(ctx, seg.VM, seg.BackupID, fmt.Sprintf("segment %d of disk %d: %v", seg.Index, seg.Disk, err))
+		},
+	}, w.handle)
+}
+
+type worker struct {
+	rt      *runtime.Runtime
+	cfg     Config
+	limiter *rate.Limiter // nil: unlimited
+}
+
+// batchBytes bounds the memory one segment holds at once, whatever the
+// segment and chunk sizes.
+const batchBytes = 16 << 20
+
+func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
+	rec, _, err := w.rt.Catalog.Get(ctx, seg.VM, seg.BackupID)
+	if errors.Is(err, catalog.ErrNotFound) {
+		return bus.Permanent(fmt.Errorf("segment of unknown backup: %w", err))
+	}
+	if err != nil {
+		return err
+	}
+	if rec.State != contracts.StateTransferring {
+		w.rt.Log.InfoContext(ctx, "segment of a backup no longer transferring; skipped", "backup", seg.BackupID, "state", rec.State)
+		return nil
+	}
+	if seg.ChunkSize != w.rt.Repo.Config.ChunkSize {
+		return bus.Permanent(fmt.Errorf("segment cut for %d-byte chunks; repository uses %d", seg.ChunkSize, w.rt.Repo.Config.ChunkSize))
+	}
+	disk, err := source.Open(ctx, seg.Source)
+	if err != nil {
+		return fmt.Errorf("open source: %w", err)
+	}
+	defer disk.Close()
+	if disk.Size() != seg.DiskSize {
+		return bus.Permanent(fmt.Errorf("source %s is %d bytes, planned as %d: it changed under the backup", seg.Source, disk.Size(), seg.DiskSize))
+	}
+
+	done := &contracts.SegmentDone{Schema: contracts.SchemaVersion, BackupID: seg.BackupID, VM: seg.VM, Disk: seg.Disk, Index: seg.Index,
+		FirstChunk: seg.FirstChunk, IDs: make([]string, seg.Chunks)}
+	perBatch := max(1, batchBytes/seg.ChunkSize)
+	for start := 0; start < seg.Chunks; start += perBatch {
+		n := min(perBatch, seg.Chunks-start)
+		if err := w.batch(ctx, disk, seg, start, n, done); err != nil {
+			return err
+		}
+	}
+	if err := w.rt.Bus.Publish(ctx, contracts.SegmentDoneSubject(seg.BackupID, seg.Disk, seg.Index), done, ""); err != nil {
+		return err
+	}
+	w.rt.Log.DebugContext(ctx, "segment done", "backup", seg.BackupID, "segment", seg.Index, "uploaded", done.UploadedChunks)
+	return nil
+}
+
+// batch reads chunks [start, start+n) of the segment, and uploads the ones
+// the repository lacks.
+func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Segment, start, n int, done *contracts.SegmentDone) error {
+	bufs := make([][]byte, n)
+	ids := make([]chunk.ID, n)
+	var ask []string
+	asked := map[chunk.ID]int{} // id → first chunk index in this batch
+	for i := 0; i < n; i++ {
+		idx := seg.FirstChunk + int64(start+i)
+		off := idx * int64(seg.ChunkSize)
+		size := int(min(int64(seg.ChunkSize), seg.DiskSize-off))
+		buf := make([]byte, size)
+		if w.limiter != nil {
+			if err := w.limiter.WaitN(ctx, size); err != nil {
+				return err
+			}
+		}
+		if _, err := disk.ReadAt(buf, off); err != nil && !(errors.Is(err, io.EOF)) {
+			return fmt.Errorf("read %s at %d: %w", seg.Source, off, err)
+		}
+		done.ReadBytes += int64(size)
+		if chunk.AllZero(buf) {
+			continue // ids[i] stays chunk.Zero; done.IDs[...] stays ""
+		}
+		id := chunk.Hash(buf)
+		ids[i] = id
+		done.IDs[start+i] = id.String()
+		if _, dup := asked[id]; !dup {
+			asked[id] = i
+			bufs[i] = buf
+			ask = append(ask, id.String())
+		}
+	}
+	if len(ask) == 0 {
+		return nil
+	}
+	var reply contracts.MissingReply
+	if err := bus.Request(ctx, w.rt.Bus.NC, contracts.SubjectDedupMissing, &contracts.MissingRequest{Schema: contracts.SchemaVersion, IDs: ask}, &reply); err != nil {
+		return fmt.Errorf("ask dedup: %w", err)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(1, w.cfg.Uploads))
+	var mu sync.Mutex
+	var uploaded atomic.Int64
+	for _, hexID := range reply.Missing {
+		id, err := chunk.ParseID(hexID)
+		if err != nil {
+			return fmt.Errorf("dedup reply: %w", err)
+		}
+		i, ok := asked[id]
+		if !ok {
+			return fmt.Errorf("dedup reply names chunk %s that was not asked about", hexID)
+		}
+		buf := bufs[i]
+		g.Go(func() error {
+			stored := chunk.Encode(buf)
+			if err := w.rt.Repo.Chunks.PutChunk(gctx, id, stored); err != nil {
+				return fmt.Errorf("upload chunk %s: %w", id, err)
+			}
+			uploaded.Add(int64(len(stored)))
+			mu.Lock()
+			done.UploadedChunks++
+			mu.Unlock()
+			return nil
+		})
+	}
+	err := g.Wait()
+	done.UploadedBytes += uploaded.Load()
+	return err
+}
