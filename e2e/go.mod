@@ -1,25 +1,28 @@
 module github.com/strata-backup/strata/e2e
 
-go 1.26
+go 1.26.0
 
 require (
+	github.com/nats-io/nats.go v1.55.0
 	github.com/strata-backup/strata/contracts v0.0.0
 	github.com/strata-backup/strata/pkg v0.0.0
-	github.com/strata-backup/strata/services/scheduler v0.0.0
-	github.com/strata-backup/strata/services/snapshotter v0.0.0
-	github.com/strata-backup/strata/services/transfer v0.0.0
-	github.com/strata-backup/strata/services/dedup v0.0.0
-	github.com/strata-backup/strata/services/merge v0.0.0
-	github.com/strata-backup/strata/services/verifier v0.0.0
+)
+
+require (
+	github.com/klauspost/compress v1.20.4 // indirect
+	github.com/nats-io/nkeys v0.4.16 // indirect
+	github.com/nats-io/nuid v1.0.1 // indirect
+	golang.org/x/crypto v0.57.0 // indirect
+	golang.org/x/sys v0.50.0 // indirect
 )
 
 replace (
 	github.com/strata-backup/strata/contracts => ../contracts
 	github.com/strata-backup/strata/pkg => ../pkg
+	github.com/strata-backup/strata/services/dedup => ../services/dedup
+	github.com/strata-backup/strata/services/merge => ../services/merge
 	github.com/strata-backup/strata/services/scheduler => ../services/scheduler
 	github.com/strata-backup/strata/services/snapshotter => ../services/snapshotter
 	github.com/strata-backup/strata/services/transfer => ../services/transfer
-	github.com/strata-backup/strata/services/dedup => ../services/dedup
-	github.com/strata-backup/strata/services/merge => ../services/merge
 	github.com/strata-backup/strata/services/verifier => ../services/verifier
 )

@@ -149,6 +149,7 @@ func Main(service string, spec any, common *Common, start func(context.Context, 
 		rt.Log.Error("start failed", "err", err)
 		os.Exit(1)
 	}
+	rt.Log.Info("ready")
 	<-ctx.Done()
 	rt.Log.Info("shutting down")
 	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)

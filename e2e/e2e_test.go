@@ -1,0 +1,192 @@
+package e2e
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/testdisk"
+)
+
+const chunkSize = 1 << 20
+
+// A ≥1 GiB image through six processes, real NATS, real S3, real Jaeger:
+// bit-exact sparse restore, exact chunk count, dedup on the second backup,
+// one trace across all six services.
+func TestBackupRestoreOneTrace(t *testing.T) {
+	st := startStack(t, stackOptions{jaeger: true})
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	if err := testdisk.Write(img, 1<<30+12345, 42); err != nil {
+		t.Fatal(err)
+	}
+	distinct, zero := chunkCensus(t, img, chunkSize)
+	t.Logf("image: %d distinct non-zero chunks, %d zero chunks", distinct, zero)
+
+	out := st.mustCLI("backup", "--vm", "web-01", "--source", "file://"+img, "--wait")
+	id := strings.TrimSpace(strings.Split(out, "\n")[0])
+	rec := st.record("web-01", id)
+	if rec.State != contracts.StateVerified {
+		t.Fatalf("backup %s is %s", id, rec.State)
+	}
+
+	restored := filepath.Join(dir, "restored.img")
+	st.mustCLI("restore", "--vm", "web-01", "--backup", id, "--to", restored)
+	if a, b := sha256File(t, img), sha256File(t, restored); a != b {
+		t.Fatalf("sha256 differs: source %s, restored %s", a, b)
+	}
+	var fi syscall.Stat_t
+	if err := syscall.Stat(restored, &fi); err != nil {
+		t.Fatal(err)
+	}
+	dataBytes := int64(1<<30+12345) - int64(zero)*chunkSize
+	if allocated := fi.Blocks * 512; allocated > dataBytes+chunkSize {
+		t.Fatalf("restored image allocates %d bytes; the source's non-zero chunks hold %d: zero chunks were written", allocated, dataBytes)
+	}
+
+	chunks := st.objectFiles("chunks")
+	if len(chunks) != distinct {
+		t.Fatalf("%d chunk objects in S3, want %d distinct non-zero chunks", len(chunks), distinct)
+	}
+	if rec.Disks[0].UploadedChunks != int64(distinct) {
+		t.Fatalf("first backup uploaded %d chunks, want %d", rec.Disks[0].UploadedChunks, distinct)
+	}
+
+	out = st.mustCLI("backup", "--vm", "web-01", "--source", "file://"+img, "--wait")
+	second := st.record("web-01", strings.TrimSpace(strings.Split(out, "\n")[0]))
+	if second.Disks[0].UploadedChunks != 0 || second.StoredBytes() != 0 {
+		t.Fatalf("second backup of an unchanged image uploaded %d chunks (%d bytes)", second.Disks[0].UploadedChunks, second.StoredBytes())
+	}
+	if n := len(st.objectFiles("chunks")); n != distinct {
+		t.Fatalf("chunk objects grew to %d after an unchanged backup", n)
+	}
+
+	// One trace for the first backup, with spans from all six services.
+	want := map[string]bool{}
+	for _, s := range services {
+		want["strata-"+s] = true
+	}
+	var got map[string]bool
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		got = jaegerServices(t, st.jaeger.Query, rec.TraceID)
+		if len(got) >= len(want) {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	for s := range want {
+		if !got[s] {
+			t.Errorf("trace %s has no span from %s (has %v)", rec.TraceID, s, got)
+		}
+	}
+}
+
+// jaegerServices returns the services with spans in one trace.
+func jaegerServices(t *testing.T, query, traceID string) map[string]bool {
+	resp, err := http.Get(query + "/api/traces/" + traceID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Data []struct {
+			TraceID   string `json:"traceID"`
+			Processes map[string]struct {
+				ServiceName string `json:"serviceName"`
+			} `json:"processes"`
+		} `json:"data"`
+	}
+	json.NewDecoder(resp.Body).Decode(&body)
+	out := map[string]bool{}
+	for _, tr := range body.Data {
+		for _, p := range tr.Processes {
+			out[p.ServiceName] = true
+		}
+	}
+	return out
+}
+
+// Two transfer workers; one is SIGKILLed mid-backup. Its unacked segment
+// is redelivered to the other, and the backup completes bit-exact.
+func TestTransferWorkerKilledMidBackup(t *testing.T) {
+	slow := []string{"STRATA_TRANSFER_RATE_LIMIT=25000000", "STRATA_TRANSFER_CONCURRENCY=1", "STRATA_TRANSFER_ACK_WAIT=3s"}
+	st := startStack(t, stackOptions{transfers: 2, extraEnv: map[string][]string{"transfer": slow}})
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	if err := testdisk.Write(img, 400<<20, 7); err != nil {
+		t.Fatal(err)
+	}
+	out := st.mustCLI("backup", "--vm", "db-01", "--source", "file://"+img)
+	id := strings.TrimSpace(out)
+
+	victim := st.procs["transfer"][0]
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		rec := st.record("db-01", id)
+		if rec.SegmentsDone() >= 1 && !rec.State.Final() {
+			break
+		}
+		if rec.State.Final() || time.Now().After(deadline) {
+			t.Fatalf("backup reached %s (%d segments done) before the worker could be killed", rec.State, rec.SegmentsDone())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := victim.Cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	victim.Cmd.Wait()
+	t.Logf("killed transfer worker 0 mid-backup")
+
+	var rec contracts.BackupRecord
+	for deadline := time.Now().Add(3 * time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if rec = st.record("db-01", id); rec.State.Final() {
+			break
+		}
+	}
+	if rec.State != contracts.StateVerified {
+		t.Fatalf("backup ended %s: %s", rec.State, rec.Error)
+	}
+	// The killed worker held a segment: the transfer consumer delivered
+	// more messages than the backup has segments.
+	js := st.jetstream()
+	cons, err := js.Consumer(ctxT(t, 10*time.Second), contracts.StreamSegments, contracts.ConsumerTransfer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(ctxT(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Delivered.Consumer <= uint64(rec.Segments()) {
+		t.Fatalf("%d deliveries for %d segments: the killed worker held no segment, so the test proved nothing", info.Delivered.Consumer, rec.Segments())
+	}
+	t.Logf("%d deliveries for %d segments", info.Delivered.Consumer, rec.Segments())
+	restored := filepath.Join(dir, "restored.img")
+	st.mustCLI("restore", "--vm", "db-01", "--backup", "latest", "--to", restored)
+	if a, b := sha256File(t, img), sha256File(t, restored); a != b {
+		t.Fatalf("sha256 differs after a worker was killed: %s vs %s", a, b)
+	}
+}
+
+func TestMain_binariesExist(t *testing.T) {
+	for _, s := range append([]string{"strata"}, prefixed(services)...) {
+		if _, err := os.Stat(filepath.Join(binDir, s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func prefixed(names []string) []string {
+	var out []string
+	for _, n := range names {
+		out = append(out, "strata-"+n)
+	}
+	return out
+}

@@ -1,0 +1,261 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/testserver"
+)
+
+var binDir string
+
+// TestMain builds the CLI and the six service binaries once.
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "strata-e2e-bin")
+	if err != nil {
+		panic(err)
+	}
+	binDir = dir
+	pkgs := []string{"github.com/strata-backup/strata/cmd/strata"}
+	for _, s := range services {
+		pkgs = append(pkgs, fmt.Sprintf("github.com/strata-backup/strata/services/%s/cmd/strata-%s", s, s))
+	}
+	build := exec.Command("go", append([]string{"build", "-o", dir + "/"}, pkgs...)...)
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+var services = []string{"scheduler", "snapshotter", "transfer", "dedup", "merge", "verifier"}
+
+// stack is a running Strata: real nats-server, versitygw, optionally Jaeger,
+// and each service as its own OS process.
+type stack struct {
+	t      *testing.T
+	env    []string
+	s3     testserver.S3
+	jaeger *testserver.Jaeger
+	procs  map[string][]*testserver.Process
+	bucket string
+	nats   string
+}
+
+type stackOptions struct {
+	jaeger    bool
+	transfers int
+	extraEnv  map[string][]string // per service, extra env (transfer: per instance in order)
+}
+
+func startStack(t *testing.T, o stackOptions) *stack {
+	t.Helper()
+	natsURL := testserver.NATS(t)
+	s3 := testserver.Versity(t)
+	st := &stack{t: t, s3: s3, procs: map[string][]*testserver.Process{}, bucket: "strata-e2e", nats: natsURL}
+	st.env = append(os.Environ(),
+		"STRATA_NATS_URL="+natsURL,
+		"STRATA_S3_ENDPOINT="+s3.Endpoint,
+		"STRATA_S3_BUCKET="+st.bucket,
+		"STRATA_S3_ACCESS_KEY="+s3.AccessKey,
+		"STRATA_S3_SECRET_KEY="+s3.SecretKey,
+		"STRATA_CHUNK_SIZE=1048576",
+		"STRATA_LOG_LEVEL=debug",
+		"STRATA_STORE_DIR=",
+	)
+	if o.jaeger {
+		j := testserver.StartJaeger(t)
+		st.jaeger = &j
+		st.env = append(st.env, "OTEL_EXPORTER_OTLP_ENDPOINT="+j.OTLPHTTP, "OTEL_BSP_SCHEDULE_DELAY=200")
+	} else {
+		st.env = append(st.env, "OTEL_EXPORTER_OTLP_ENDPOINT=", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=")
+	}
+	if o.transfers == 0 {
+		o.transfers = 1
+	}
+	for _, s := range services {
+		n := 1
+		if s == "transfer" {
+			n = o.transfers
+		}
+		for i := 0; i < n; i++ {
+			st.startService(s, o.extraEnv[s]...)
+		}
+	}
+	// Ready when every service answers as a micro service.
+	st.waitMicro()
+	return st
+}
+
+func (st *stack) startService(name string, extra ...string) *testserver.Process {
+	cmd := exec.Command(filepath.Join(binDir, "strata-"+name))
+	cmd.Env = append(append([]string{}, st.env...), extra...)
+	p := testserver.Start(st.t, fmt.Sprintf("strata-%s#%d", name, len(st.procs[name])), cmd)
+	st.procs[name] = append(st.procs[name], p)
+	return p
+}
+
+func (st *stack) waitMicro() {
+	st.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		out, _, _ := st.cli("ls", "--json")
+		if strings.HasPrefix(strings.TrimSpace(out), "[") && st.allRegistered() {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	st.t.Fatal("services did not come up")
+}
+
+func (st *stack) allRegistered() bool {
+	for _, ps := range st.procs {
+		for _, p := range ps {
+			if p.Cmd.ProcessState == nil && !strings.Contains(p.Output(), `"msg":"ready"`) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// cli runs the strata command; returns stdout, stderr and the exit code.
+func (st *stack) cli(args ...string) (string, string, int) {
+	cmd := exec.Command(filepath.Join(binDir, "strata"), args...)
+	cmd.Env = st.env
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		st.t.Fatalf("run strata %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// mustCLI runs the strata command and fails the test on a non-zero exit.
+func (st *stack) mustCLI(args ...string) string {
+	st.t.Helper()
+	out, errOut, code := st.cli(args...)
+	if code != 0 {
+		st.t.Fatalf("strata %v: exit %d\nstdout: %s\nstderr: %s", args, code, out, errOut)
+	}
+	return out
+}
+
+func (st *stack) records(vm string) []contracts.BackupRecord {
+	st.t.Helper()
+	var recs []contracts.BackupRecord
+	if err := json.Unmarshal([]byte(st.mustCLI("ls", "--vm", vm, "--json")), &recs); err != nil {
+		st.t.Fatal(err)
+	}
+	return recs
+}
+
+func (st *stack) record(vm, id string) contracts.BackupRecord {
+	st.t.Helper()
+	for _, r := range st.records(vm) {
+		if r.ID == id {
+			return r
+		}
+	}
+	st.t.Fatalf("backup %s of %s not listed", id, vm)
+	return contracts.BackupRecord{}
+}
+
+// objectFiles lists the files versitygw stores under a key prefix.
+func (st *stack) objectFiles(prefix string) []string {
+	st.t.Helper()
+	var files []string
+	root := filepath.Join(st.s3.Dir, st.bucket)
+	filepath.Walk(filepath.Join(root, prefix), func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			files = append(files, p)
+		}
+		return nil
+	})
+	return files
+}
+
+func sha256File(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// chunkCensus reads an image the way Strata cuts it: distinct non-zero
+// chunk ids and the number of all-zero chunks.
+func chunkCensus(t *testing.T, path string, chunkSize int) (distinct int, zero int) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	seen := map[chunk.ID]bool{}
+	buf := make([]byte, chunkSize)
+	for {
+		n, err := io.ReadFull(f, buf)
+		if n > 0 {
+			if chunk.AllZero(buf[:n]) {
+				zero++
+			} else {
+				seen[chunk.Hash(buf[:n])] = true
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	return len(seen), zero
+}
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// jetstream connects the test itself to the stack's NATS.
+func (st *stack) jetstream() jetstream.JetStream {
+	st.t.Helper()
+	nc, err := nats.Connect(st.nats)
+	if err != nil {
+		st.t.Fatal(err)
+	}
+	st.t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		st.t.Fatal(err)
+	}
+	return js
+}
