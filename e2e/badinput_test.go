@@ -1,0 +1,147 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/testdisk"
+)
+
+// Garbage on every subject the services consume is dead-lettered with a
+// reason and the services keep working; corrupted manifests and chunks make
+// restore fail naming the object, never write wrong bytes.
+func TestBadInputIsRefusedAndNothingBreaks(t *testing.T) {
+	st := startStack(t, stackOptions{})
+	js := st.jetstream()
+	ctx := ctxT(t, 2*time.Minute)
+
+	garbage := map[string][]byte{
+		contracts.SubjectBackupRequested:                  []byte("{not json"),
+		contracts.SubjectTrigger:                          []byte(`{"schema":1,"vm":"x","source":"ftp://nope"}`),
+		contracts.SubjectSegmentPrefix + "junk.0.0":       []byte("\x00\x01\x02"),
+		contracts.SubjectSegmentDonePrefix + "junk.0.0":   []byte(`{"schema":99}`),
+		contracts.SubjectBackupCommitted:                  []byte(`[]`),
+		contracts.SubjectBackupVerified:                   []byte(`{"schema":1,"backup_id":"a","vm":"v","state":"bogus"}`),
+		contracts.SubjectBackupFailed:                     []byte(`{"schema":1,"backup_id":"a","vm":"v","state":"failed"}`),
+		contracts.SubjectSegmentPrefix + "ghost.0.0":      []byte(`{"schema":1,"backup_id":"ghost","vm":"v","disk":0,"index":0,"source":"file:///etc/hostname","disk_size":10,"chunk_size":1048576,"first_chunk":0,"chunks":1}`),
+		contracts.SubjectSegmentDonePrefix + "ghost2.0.0": []byte(`{"schema":1,"backup_id":"ghost2","vm":"v","disk":0,"index":0,"first_chunk":0,"ids":[""]}`),
+	}
+	for subject, data := range garbage {
+		if _, err := js.Publish(ctx, subject, data); err != nil {
+			t.Fatalf("publish to %s: %v", subject, err)
+		}
+	}
+	nc, _ := nats.Connect(st.nats)
+	defer nc.Close()
+	for _, subject := range []string{contracts.SubjectDedupMissing, contracts.SubjectSchedulerRun} {
+		resp, err := nc.Request(subject, []byte("garbage"), 5*time.Second)
+		if err != nil {
+			t.Fatalf("request %s: %v", subject, err)
+		}
+		if resp.Header.Get(micro.ErrorCodeHeader) != "400" {
+			t.Fatalf("garbage request to %s answered %q, want a 400 error", subject, resp.Header.Get(micro.ErrorCodeHeader))
+		}
+	}
+
+	dlq, err := js.Stream(ctx, contracts.StreamDLQ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for subject := range garbage {
+		var reason string
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if m, err := dlq.GetLastMsgForSubject(ctx, contracts.SubjectDLQPrefix+subject); err == nil {
+				reason = m.Header.Get(contracts.HeaderDLQReason)
+				break
+			}
+		}
+		if reason == "" {
+			t.Errorf("nothing dead-lettered with a reason for %s", subject)
+			continue
+		}
+		t.Logf("%s → dead-lettered: %s", subject, reason)
+	}
+
+	// The services still work.
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	if err := testdisk.Write(img, 96<<20, 3); err != nil {
+		t.Fatal(err)
+	}
+	id := strings.TrimSpace(strings.Split(st.mustCLI("backup", "--vm", "app", "--source", "file://"+img, "--wait"), "\n")[0])
+	good := filepath.Join(dir, "good.img")
+	st.mustCLI("restore", "--vm", "app", "--backup", id, "--to", good)
+	if sha256File(t, img) != sha256File(t, good) {
+		t.Fatal("restore after bad input differs")
+	}
+
+	// An unknown VM's backup fails cleanly with a reason.
+	_, errOut, code := st.cli("backup", "--vm", "ghost-vm", "--source", "file:///no/such/disk.img", "--wait")
+	if code == 0 || !strings.Contains(errOut, "no such file") {
+		t.Fatalf("backup of a missing source: exit %d, %q", code, errOut)
+	}
+
+	// A corrupted manifest: restore fails naming it and writes nothing.
+	manKey := "manifests/app/0/" + id
+	restoreFailsNaming(t, st, id, filepath.Join(st.s3.Dir, st.bucket, manKey), manKey, flipByte)
+
+	// A corrupted and a truncated chunk: the same.
+	chunks := st.objectFiles("chunks")
+	if len(chunks) < 2 {
+		t.Fatalf("only %d chunk objects", len(chunks))
+	}
+	for i, damage := range []func(*testing.T, string){flipByte, truncate} {
+		path := chunks[i]
+		key, _ := filepath.Rel(filepath.Join(st.s3.Dir, st.bucket), path)
+		restoreFailsNaming(t, st, id, path, key, damage)
+	}
+}
+
+func flipByte(t *testing.T, path string) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x04
+	os.WriteFile(path, b, 0o644)
+}
+
+func truncate(t *testing.T, path string) {
+	fi, _ := os.Stat(path)
+	if err := os.Truncate(path, fi.Size()/2); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// restoreFailsNaming damages one stored object, checks that restore
+// refuses with an error naming it and leaves no image, then repairs it.
+func restoreFailsNaming(t *testing.T, st *stack, id, path, key string, damage func(*testing.T, string)) {
+	t.Helper()
+	orig, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("object file for %s: %v", key, err)
+	}
+	damage(t, path)
+	defer os.WriteFile(path, orig, 0o644)
+	to := filepath.Join(t.TempDir(), "bad.img")
+	_, errOut, code := st.cli("restore", "--vm", "app", "--backup", id, "--to", to)
+	if code == 0 {
+		t.Fatalf("restore succeeded with %s damaged", key)
+	}
+	if !strings.Contains(errOut, key) {
+		t.Fatalf("restore error does not name %s: %s", key, errOut)
+	}
+	for _, p := range []string{to, to + ".partial"} {
+		if _, err := os.Stat(p); err == nil {
+			t.Fatalf("%s exists after a failed restore", p)
+		}
+	}
+	t.Logf("damaged %s → %s", key, strings.TrimSpace(errOut))
+}
