@@ -52,7 +52,7 @@ var services = []string{"scheduler", "snapshotter", "transfer", "dedup", "merge"
 // stack is a running Strata: real nats-server, versitygw, optionally Jaeger,
 // and each service as its own OS process.
 type stack struct {
-	t      *testing.T
+	t      testing.TB
 	env    []string
 	s3     testserver.S3
 	jaeger *testserver.Jaeger
@@ -67,7 +67,7 @@ type stackOptions struct {
 	extraEnv  map[string][]string // per service, extra env (transfer: per instance in order)
 }
 
-func startStack(t *testing.T, o stackOptions) *stack {
+func startStack(t testing.TB, o stackOptions) *stack {
 	t.Helper()
 	natsURL := testserver.NATS(t)
 	s3 := testserver.Versity(t)
@@ -198,7 +198,7 @@ func (st *stack) objectFiles(prefix string) []string {
 	return files
 }
 
-func sha256File(t *testing.T, path string) string {
+func sha256File(t testing.TB, path string) string {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
@@ -214,7 +214,7 @@ func sha256File(t *testing.T, path string) string {
 
 // chunkCensus reads an image the way Strata cuts it: distinct non-zero
 // chunk ids and the number of all-zero chunks.
-func chunkCensus(t *testing.T, path string, chunkSize int) (distinct int, zero int) {
+func chunkCensus(t testing.TB, path string, chunkSize int) (distinct int, zero int) {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {

@@ -127,7 +127,8 @@ func cmdBackup(ctx context.Context, args []string) error {
 		return exitError{1, fmt.Errorf("backup %s failed: %s", rec.ID, rec.Error)}
 	}
 	if !*asJSON {
-		fmt.Fprintf(os.Stderr, "backup %s verified: %s read, %s stored\n", rec.ID, human(rec.Size()), human(rec.StoredBytes()))
+		fmt.Fprintf(os.Stderr, "backup %s verified: %s disk, %s newly stored (stored/logical %.2f)\n",
+			rec.ID, human(rec.Size()), human(rec.StoredBytes()), float64(rec.StoredBytes())/float64(max(1, rec.Size())))
 	}
 	return nil
 }
