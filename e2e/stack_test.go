@@ -59,6 +59,7 @@ type stack struct {
 	procs  map[string][]*testserver.Process
 	bucket string
 	nats   string
+	http   string // scheduler's HTTP trigger base URL
 }
 
 type stackOptions struct {
@@ -82,6 +83,9 @@ func startStack(t testing.TB, o stackOptions) *stack {
 		"STRATA_LOG_LEVEL=debug",
 		"STRATA_STORE_DIR=",
 	)
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", testserver.FreePort(t))
+	st.http = "http://" + httpAddr
+	st.env = append(st.env, "STRATA_SCHEDULER_HTTP_ADDR="+httpAddr)
 	if o.jaeger {
 		j := testserver.StartJaeger(t)
 		st.jaeger = &j

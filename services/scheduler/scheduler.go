@@ -19,6 +19,8 @@ import (
 // Config of the scheduler (prefix STRATA_).
 type Config struct {
 	runtime.Common
+	// HTTPAddr serves POST /v1/backups (a BackupTrigger as JSON); empty: off.
+	HTTPAddr string `envconfig:"SCHEDULER_HTTP_ADDR" default:":8080"`
 }
 
 // Start registers the scheduler's endpoint and consumers.
@@ -40,8 +42,14 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		}); err != nil {
 		return err
 	}
-	return bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerSchedulerOutcomes,
-		Filters: []string{contracts.SubjectBackupVerified, contracts.SubjectBackupFailed}}, s.record)
+	if err := bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerSchedulerOutcomes,
+		Filters: []string{contracts.SubjectBackupVerified, contracts.SubjectBackupFailed}}, s.record); err != nil {
+		return err
+	}
+	if cfg.HTTPAddr == "" {
+		return nil
+	}
+	return s.serveHTTP(ctx, cfg.HTTPAddr)
 }
 
 type scheduler struct{ rt *runtime.Runtime }
