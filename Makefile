@@ -7,12 +7,19 @@ MODULES := contracts pkg services/scheduler services/snapshotter services/transf
 SERVICES := scheduler snapshotter transfer dedup merge verifier
 PKGS := github.com/strata-backup/strata/...
 
-.PHONY: all build servers test unit e2e vet fuzz bench demo clean tidy
+.PHONY: all build servers test unit e2e vet fuzz bench demo clean tidy images up down e2e-compose bench-scale
+
+# docker compose v2 plugin where present, Debian's docker-compose otherwise.
+COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+# make up runs the locally built FROM-scratch infrastructure images.
+export NATS_IMAGE ?= strata/nats-server:v2.15.2
+export VERSITYGW_IMAGE ?= strata/versitygw:v1.8.0
+export JAEGER_IMAGE ?= strata/jaeger:v1.76.0
 
 all: build
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ github.com/strata-backup/strata/cmd/strata \
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ github.com/strata-backup/strata/cmd/strata github.com/strata-backup/strata/cmd/strata/probe \
 		$(foreach s,$(SERVICES),github.com/strata-backup/strata/services/$(s)/cmd/strata-$(s))
 
 # Real servers for tests: nats-server, versitygw, Jaeger (cached per version).
@@ -43,6 +50,25 @@ bench: servers
 # Zero set-up demo: strata dev + a generated disk, backed up and restored.
 demo: build
 	deploy/demo.sh $(BIN)
+
+# Images FROM scratch, built on this host (no registry needed).
+images: build servers
+	deploy/docker/images.sh
+
+up: images
+	$(COMPOSE) up -d --scale transfer=$${TRANSFERS:-3}
+	deploy/docker/wait-healthy.sh $(COMPOSE)
+
+down:
+	$(COMPOSE) down -v --remove-orphans
+
+# The compose deployment under faults, on this machine's Docker engine.
+e2e-compose: images
+	STRATA_COMPOSE="$(COMPOSE)" STRATA_REQUIRE_SERVERS=1 $(GO) test -count=1 -timeout 30m -v -run TestCompose ./e2e/
+
+# Throughput with 1, 2 and 4 rate-limited transfer workers.
+bench-scale: servers
+	STRATA_REQUIRE_SERVERS=1 $(GO) test -count=1 -run '^$$' -bench BenchmarkScale -benchtime 1x -timeout 20m ./e2e/
 
 tidy:
 	for m in $(MODULES); do (cd $$m && $(GO) mod tidy); done
