@@ -36,8 +36,9 @@ unit:
 e2e: servers
 	STRATA_REQUIRE_SERVERS=1 $(GO) test -count=1 -timeout 20m -v ./e2e/
 
-# The test command (CI runs exactly this).
-test: servers vet unit e2e
+# The test command (CI runs exactly this): unit tests, the process-level
+# e2e suite, and the compose deployment under faults on the Docker engine.
+test: servers vet unit e2e e2e-compose
 
 fuzz:
 	cd pkg && $(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 30s ./manifest/

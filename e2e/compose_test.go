@@ -1,0 +1,219 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/testdisk"
+	"github.com/strata-backup/strata/pkg/testserver"
+)
+
+// composeStack drives the docker-compose.yml deployment from the repository
+// root under its own project name.
+type composeStack struct {
+	*stack
+	t       *testing.T
+	command []string // "docker-compose" or "docker compose"
+	env     []string
+	sources string
+	jaeger  string
+}
+
+const composeProject = "strata-e2e"
+
+func (c *composeStack) run(args ...string) string {
+	c.t.Helper()
+	full := append(append([]string{}, c.command[1:]...), append([]string{"-p", composeProject, "-f", "docker-compose.yml"}, args...)...)
+	cmd := exec.Command(c.command[0], full...)
+	cmd.Dir = ".."
+	cmd.Env = c.env
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		c.t.Fatalf("%s %v: %v\n%s", c.command, args, err, out)
+	}
+	return string(out)
+}
+
+func (c *composeStack) containers(service string) []string {
+	return strings.Fields(c.run("ps", "-q", service))
+}
+
+func docker(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("docker", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("docker %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+func startCompose(t *testing.T) *composeStack {
+	command := os.Getenv("STRATA_COMPOSE")
+	if command == "" {
+		if os.Getenv("STRATA_REQUIRE_SERVERS") == "1" && os.Getenv("STRATA_COMPOSE_REQUIRED") == "1" {
+			t.Fatal("STRATA_COMPOSE not set")
+		}
+		t.Skip("compose tests run with `make e2e-compose` (STRATA_COMPOSE=docker-compose)")
+	}
+	sources := t.TempDir()
+	os.Chmod(sources, 0o755) // the services run as an unprivileged user
+	ports := map[string]int{}
+	for _, p := range []string{"STRATA_NATS1_PORT", "STRATA_NATS2_PORT", "STRATA_NATS3_PORT", "STRATA_S3_PORT", "JAEGER_UI_PORT", "STRATA_HTTP_PORT"} {
+		ports[p] = testserver.FreePort(t)
+	}
+	env := append(os.Environ(), "STRATA_SOURCES="+sources,
+		"STRATA_TRANSFER_RATE_LIMIT=20000000", "STRATA_TRANSFER_CONCURRENCY=1", "STRATA_TRANSFER_ACK_WAIT=10s")
+	for k, v := range ports {
+		env = append(env, fmt.Sprintf("%s=%d", k, v))
+	}
+	c := &composeStack{t: t, command: strings.Fields(command), env: env, sources: sources,
+		jaeger: fmt.Sprintf("http://127.0.0.1:%d", ports["JAEGER_UI_PORT"])}
+	c.run("down", "-v", "--remove-orphans")
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, s := range services {
+				cmd := exec.Command(c.command[0], append(c.command[1:], "-p", composeProject, "-f", "docker-compose.yml", "logs", "--tail", "40", s)...)
+				cmd.Dir, cmd.Env = "..", c.env
+				out, _ := cmd.CombinedOutput()
+				t.Logf("--- %s ---\n%s", s, out)
+			}
+		}
+		c.run("down", "-v", "--remove-orphans")
+		if left := strings.TrimSpace(docker(t, "ps", "-aq", "--filter", "label=com.docker.compose.project="+composeProject)); left != "" {
+			t.Errorf("containers left after down: %s", left)
+		}
+	})
+	c.run("up", "-d", "--scale", "transfer=3")
+	wait := exec.Command("deploy/docker/wait-healthy.sh", append(c.command, "-p", composeProject, "-f", "docker-compose.yml")...)
+	wait.Dir, wait.Env = "..", env
+	if out, err := wait.CombinedOutput(); err != nil {
+		t.Fatalf("stack not healthy: %v\n%s", err, out)
+	}
+	natsURL := fmt.Sprintf("nats://127.0.0.1:%d,nats://127.0.0.1:%d,nats://127.0.0.1:%d", ports["STRATA_NATS1_PORT"], ports["STRATA_NATS2_PORT"], ports["STRATA_NATS3_PORT"])
+	c.stack = &stack{t: t, nats: natsURL, http: fmt.Sprintf("http://127.0.0.1:%d", ports["STRATA_HTTP_PORT"]),
+		env: append(os.Environ(), "STRATA_NATS_URL="+natsURL, "STRATA_STORE_DIR=",
+			fmt.Sprintf("STRATA_S3_ENDPOINT=http://127.0.0.1:%d", ports["STRATA_S3_PORT"]),
+			"STRATA_S3_ACCESS_KEY=strata", "STRATA_S3_SECRET_KEY=strata-secret-key", "STRATA_S3_BUCKET=strata",
+			"OTEL_EXPORTER_OTLP_ENDPOINT=")}
+	return c
+}
+
+// image writes a distinct source disk (new data, so a backup of it has
+// real work to do) into the sources volume.
+func (c *composeStack) image(name string, size int64, seed uint64) (hostPath, source string) {
+	c.t.Helper()
+	p := filepath.Join(c.sources, name)
+	if err := testdisk.Write(p, size, seed); err != nil {
+		c.t.Fatal(err)
+	}
+	os.Chmod(p, 0o644)
+	return p, "file:///sources/" + name
+}
+
+func (c *composeStack) restoreMatches(vm, id, hostPath string) {
+	c.t.Helper()
+	out := filepath.Join(c.t.TempDir(), "restored.img")
+	c.mustCLI("restore", "--vm", vm, "--backup", id, "--to", out)
+	if sha256File(c.t, out) != sha256File(c.t, hostPath) {
+		c.t.Fatalf("restore of %s %s is not bit-exact", vm, id)
+	}
+	os.Remove(out)
+}
+
+func (c *composeStack) waitFinal(vm, id string, timeout time.Duration) contracts.BackupRecord {
+	c.t.Helper()
+	var rec contracts.BackupRecord
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+		if rec = c.record(vm, id); rec.State.Final() {
+			return rec
+		}
+	}
+	c.t.Fatalf("backup %s of %s still %s after %v (%d/%d segments)", id, vm, rec.State, timeout, rec.SegmentsDone(), rec.Segments())
+	return rec
+}
+
+func TestCompose(t *testing.T) {
+	c := startCompose(t)
+
+	t.Run("BackupRestoreOneTrace", func(t *testing.T) {
+		c.t = t
+		c.stack.t = t
+		img, src := c.image("base.img", 256<<20, 100)
+		id := strings.TrimSpace(strings.Split(c.mustCLI("backup", "--vm", "base", "--source", src, "--wait"), "\n")[0])
+		c.restoreMatches("base", id, img)
+		rec := c.record("base", id)
+		var got map[string]bool
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+			if got = jaegerServices(t, c.jaeger, rec.TraceID); len(got) >= len(services) {
+				break
+			}
+		}
+		for _, s := range services {
+			if !got["strata-"+s] {
+				t.Errorf("trace %s lacks spans from strata-%s (has %v)", rec.TraceID, s, got)
+			}
+		}
+	})
+
+	faults := []struct {
+		name   string
+		inject func(t *testing.T)
+	}{
+		{"KillTransferWorker", func(t *testing.T) {
+			docker(t, "kill", c.containers("transfer")[0])
+		}},
+		{"StopNATSNode", func(t *testing.T) {
+			c.run("stop", "nats2")
+			time.Sleep(5 * time.Second)
+			c.run("start", "nats2")
+		}},
+		{"PauseS3For30s", func(t *testing.T) {
+			id := c.containers("s3")[0]
+			docker(t, "pause", id)
+			time.Sleep(30 * time.Second)
+			docker(t, "unpause", id)
+		}},
+		{"RestartMerge", func(t *testing.T) { c.run("restart", "merge") }},
+		{"RestartDedup", func(t *testing.T) { c.run("restart", "dedup") }},
+		{"RestartSnapshotter", func(t *testing.T) { c.run("restart", "snapshotter") }},
+	}
+	for i, f := range faults {
+		t.Run(f.name, func(t *testing.T) {
+			c.t = t
+			c.stack.t = t
+			vm := strings.ToLower(f.name)
+			img, src := c.image(vm+".img", 320<<20, uint64(200+i))
+			id := strings.TrimSpace(c.mustCLI("backup", "--vm", vm, "--source", src))
+			for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
+				rec := c.record(vm, id)
+				if rec.State.Final() {
+					t.Fatalf("backup finished (%s) before the fault could be injected", rec.State)
+				}
+				if rec.SegmentsDone() >= 1 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("backup made no progress")
+				}
+			}
+			f.inject(t)
+			t.Logf("%s injected mid-backup", f.name)
+			rec := c.waitFinal(vm, id, 5*time.Minute)
+			if rec.State == contracts.StateVerified {
+				c.restoreMatches(vm, id, img)
+			} else {
+				// A clean failure is allowed; the next backup must succeed.
+				t.Logf("backup failed cleanly: %s", rec.Error)
+				next := strings.TrimSpace(strings.Split(c.mustCLI("backup", "--vm", vm, "--source", src, "--wait"), "\n")[0])
+				c.restoreMatches(vm, next, img)
+			}
+			c.run("up", "-d", "--scale", "transfer=3", "--no-recreate")
+		})
+	}
+}
