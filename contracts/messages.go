@@ -80,6 +80,17 @@ type Segment struct {
 	ChunkSize  int    `json:"chunk_size"`
 	FirstChunk int64  `json:"first_chunk"`
 	Chunks     int    `json:"chunks"`
+	// Sparse: read only the chunk runs in Runs (relative to FirstChunk);
+	// every other chunk of the segment is unallocated and reads as zeros.
+	// Lets a full backup skip what the source says holds no data.
+	Sparse bool       `json:"sparse,omitempty"`
+	Runs   []ChunkRun `json:"runs,omitempty"`
+}
+
+// ChunkRun is Count chunks from Start.
+type ChunkRun struct {
+	Start int `json:"start"`
+	Count int `json:"count"`
 }
 
 func (m *Segment) Validate() error {
@@ -103,6 +114,16 @@ func (m *Segment) Validate() error {
 	}
 	if m.DiskSize <= 0 || m.FirstChunk*int64(m.ChunkSize) >= m.DiskSize {
 		return fmt.Errorf("segment starts at chunk %d beyond disk size %d", m.FirstChunk, m.DiskSize)
+	}
+	if !m.Sparse && len(m.Runs) > 0 {
+		return fmt.Errorf("runs given for a non-sparse segment")
+	}
+	next := 0
+	for _, r := range m.Runs {
+		if r.Start < next || r.Count <= 0 || r.Start+r.Count > m.Chunks {
+			return fmt.Errorf("chunk runs must be ordered, disjoint and inside the segment")
+		}
+		next = r.Start + r.Count
 	}
 	return ValidateSource(m.Source)
 }
@@ -266,8 +287,13 @@ func ValidateSource(s string) error {
 			return fmt.Errorf("source %q: file source needs an absolute path (file:///abs/path.img)", s)
 		}
 		return nil
+	case "nbd":
+		if u.Host == "" || u.Port() == "" || len(u.Path) < 2 {
+			return fmt.Errorf("source %q: nbd source needs host, port and export (nbd://host:port/export[?bitmap=NAME])", s)
+		}
+		return nil
 	default:
-		return fmt.Errorf("source %q: unsupported scheme %q (supported: file)", s, u.Scheme)
+		return fmt.Errorf("source %q: unsupported scheme %q (supported: file, nbd)", s, u.Scheme)
 	}
 }
 

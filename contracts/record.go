@@ -49,6 +49,7 @@ type DiskRecord struct {
 	ZeroChunks     int64  `json:"zero_chunks,omitempty"`
 	UploadedChunks int64  `json:"uploaded_chunks,omitempty"`
 	UploadedBytes  int64  `json:"uploaded_bytes,omitempty"`
+	ReadBytes      int64  `json:"read_bytes,omitempty"` // bytes read from the source
 }
 
 func (r *BackupRecord) Validate() error {

@@ -50,3 +50,11 @@ func TestOpenRefuses(t *testing.T) {
 		}
 	}
 }
+
+func TestChunkRuns(t *testing.T) {
+	got := ChunkRuns([]Extent{{0, 10}, {100, 10}, {65536, 1}, {3 * 65536, 2 * 65536}, {5*65536 + 1, 1}}, 65536)
+	want := [][2]int64{{0, 2}, {3, 6}}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Fatalf("ChunkRuns = %v, want %v", got, want)
+	}
+}

@@ -45,6 +45,27 @@ func Open(ctx context.Context, rawURL string) (Disk, error) {
 	switch u.Scheme {
 	case "file":
 		return OpenFile(u.Path)
+	case "nbd":
+		return OpenNBD(u)
 	}
 	return nil, fmt.Errorf("source %q: unsupported", rawURL)
+}
+
+// ChunkRuns turns byte extents into the ordered, merged runs of chunk
+// indexes they touch.
+func ChunkRuns(extents []Extent, chunkSize int) [][2]int64 {
+	var runs [][2]int64 // [first, end)
+	cs := int64(chunkSize)
+	for _, e := range extents {
+		if e.Length <= 0 {
+			continue
+		}
+		first, end := e.Offset/cs, (e.Offset+e.Length+cs-1)/cs
+		if n := len(runs); n > 0 && first <= runs[n-1][1] {
+			runs[n-1][1] = max(runs[n-1][1], end)
+			continue
+		}
+		runs = append(runs, [2]int64{first, end})
+	}
+	return runs
 }

@@ -239,3 +239,44 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// QemuNBD exports a disk image read-only over NBD on a loopback port with
+// real qemu-nbd (Debian's qemu-utils), optionally exposing a dirty bitmap.
+// Returns "127.0.0.1:port". Export name: "disk".
+func QemuNBD(t testing.TB, image, format, bitmap string) string {
+	t.Helper()
+	bin, err := exec.LookPath("qemu-nbd")
+	if err != nil {
+		msg := "qemu-nbd not found (apt-get install qemu-utils)"
+		if os.Getenv("STRATA_REQUIRE_SERVERS") == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	port := FreePort(t)
+	args := []string{"-r", "-t", "-e", "8", "-x", "disk", "-b", "127.0.0.1", "-p", fmt.Sprint(port), "-f", format}
+	if bitmap != "" {
+		args = append(args, "-B", bitmap)
+	}
+	Start(t, "qemu-nbd", exec.Command(bin, append(args, image)...))
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	WaitTCP(t, addr, 10*time.Second)
+	return addr
+}
+
+// Qemu runs a qemu-utils command (qemu-img, qemu-io) or fails the test.
+func Qemu(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	bin, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("STRATA_REQUIRE_SERVERS") == "1" {
+			t.Fatalf("%s not found (apt-get install qemu-utils)", name)
+		}
+		t.Skipf("%s not found (apt-get install qemu-utils)", name)
+	}
+	out, err := exec.Command(bin, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+	return string(out)
+}

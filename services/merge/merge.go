@@ -63,6 +63,7 @@ func (m *merger) segmentDone(ctx context.Context, d *contracts.SegmentDone) erro
 		}
 		disk.UploadedChunks += int64(d.UploadedChunks)
 		disk.UploadedBytes += d.UploadedBytes
+		disk.ReadBytes += d.ReadBytes
 		return nil
 	})
 	if errors.Is(err, catalog.ErrNotFound) {

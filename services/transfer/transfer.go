@@ -93,10 +93,23 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 
 	done := &contracts.SegmentDone{Schema: contracts.SchemaVersion, BackupID: seg.BackupID, VM: seg.VM, Disk: seg.Disk, Index: seg.Index,
 		FirstChunk: seg.FirstChunk, IDs: make([]string, seg.Chunks)}
+	// Chunks to read, relative to the segment; the rest of a sparse
+	// segment is unallocated and stays zero (an empty id).
+	var toRead []int
+	if seg.Sparse {
+		for _, r := range seg.Runs {
+			for i := r.Start; i < r.Start+r.Count; i++ {
+				toRead = append(toRead, i)
+			}
+		}
+	} else {
+		for i := 0; i < seg.Chunks; i++ {
+			toRead = append(toRead, i)
+		}
+	}
 	perBatch := max(1, batchBytes/seg.ChunkSize)
-	for start := 0; start < seg.Chunks; start += perBatch {
-		n := min(perBatch, seg.Chunks-start)
-		if err := w.batch(ctx, disk, seg, start, n, done); err != nil {
+	for start := 0; start < len(toRead); start += perBatch {
+		if err := w.batch(ctx, disk, seg, toRead[start:min(start+perBatch, len(toRead))], done); err != nil {
 			return err
 		}
 	}
@@ -107,15 +120,14 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 	return nil
 }
 
-// batch reads chunks [start, start+n) of the segment, and uploads the ones
-// the repository lacks.
-func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Segment, start, n int, done *contracts.SegmentDone) error {
-	bufs := make([][]byte, n)
-	ids := make([]chunk.ID, n)
+// batch reads the given chunks (indexes relative to the segment) and
+// uploads the ones the repository lacks.
+func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Segment, rel []int, done *contracts.SegmentDone) error {
+	bufs := make([][]byte, len(rel))
 	var ask []string
-	asked := map[chunk.ID]int{} // id → first chunk index in this batch
-	for i := 0; i < n; i++ {
-		idx := seg.FirstChunk + int64(start+i)
+	asked := map[chunk.ID]int{} // id → position in this batch of its first chunk
+	for i, r := range rel {
+		idx := seg.FirstChunk + int64(r)
 		off := idx * int64(seg.ChunkSize)
 		size := int(min(int64(seg.ChunkSize), seg.DiskSize-off))
 		buf := make([]byte, size)
@@ -129,11 +141,10 @@ func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Seg
 		}
 		done.ReadBytes += int64(size)
 		if chunk.AllZero(buf) {
-			continue // ids[i] stays chunk.Zero; done.IDs[...] stays ""
+			continue // done.IDs[r] stays "": a zero chunk
 		}
 		id := chunk.Hash(buf)
-		ids[i] = id
-		done.IDs[start+i] = id.String()
+		done.IDs[r] = id.String()
 		if _, dup := asked[id]; !dup {
 			asked[id] = i
 			bufs[i] = buf

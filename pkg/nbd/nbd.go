@@ -1,0 +1,459 @@
+// Package nbd is a small NBD client: fixed-newstyle handshake, structured
+// replies, NBD_CMD_READ and NBD_CMD_BLOCK_STATUS on the base:allocation
+// and qemu:dirty-bitmap:NAME meta contexts — what a backup needs from
+// qemu-nbd, libvirt pull-mode backups or XCP-ng exports. One Conn carries
+// one request at a time; open several for parallel reads.
+package nbd
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+const (
+	nbdMagic        = 0x4e42444d41474943 // "NBDMAGIC"
+	optMagic        = 0x49484156454f5054 // "IHAVEOPT"
+	optReplyMagic   = 0x0003e889045565a9
+	requestMagic    = 0x25609513
+	simpleMagic     = 0x67446698
+	structuredMagic = 0x668e33ef
+
+	flagFixedNewstyle = 1
+	flagNoZeroes      = 2
+
+	optGo             = 7
+	optStructured     = 8
+	optSetMetaContext = 10
+
+	repAck         = 1
+	repInfo        = 3
+	repMetaContext = 4
+	repErrBit      = 1 << 31
+
+	infoExport = 0
+
+	cmdRead        = 0
+	cmdDisc        = 2
+	cmdBlockStatus = 7
+
+	replyFlagDone    = 1
+	replyNone        = 0
+	replyOffsetData  = 1
+	replyOffsetHole  = 2
+	replyBlockStatus = 5
+	replyErrBit      = 1 << 15
+
+	// MaxRead is the largest read one request asks for (qemu's limit is 32 MiB).
+	MaxRead = 32 << 20
+)
+
+// Status bits of base:allocation; a dirty bitmap context uses bit 0 = dirty.
+const (
+	StateHole  = 1
+	StateZero  = 2
+	StateDirty = 1
+)
+
+// Extent is a run of bytes with the same status.
+type Extent struct {
+	Length uint32
+	Flags  uint32
+}
+
+// Conn is one negotiated NBD connection.
+type Conn struct {
+	mu       sync.Mutex
+	c        net.Conn
+	r        *bufio.Reader
+	size     int64
+	contexts map[string]uint32 // meta context name → id
+	cookie   uint64
+}
+
+// Dial connects to addr ("host:port" or a unix socket path starting with
+// "/"), and negotiates the export with structured replies and the given
+// meta contexts (e.g. "base:allocation", "qemu:dirty-bitmap:b1").
+func Dial(addr, export string, contexts ...string) (*Conn, error) {
+	network := "tcp"
+	if len(addr) > 0 && addr[0] == '/' {
+		network = "unix"
+	}
+	c, err := net.DialTimeout(network, addr, 10*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("nbd dial %s: %w", addr, err)
+	}
+	conn := &Conn{c: c, r: bufio.NewReaderSize(c, 1<<20), contexts: map[string]uint32{}}
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if err := conn.handshake(export, contexts); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("nbd %s export %q: %w", addr, export, err)
+	}
+	c.SetDeadline(time.Time{})
+	return conn, nil
+}
+
+// Size is the export's size in bytes.
+func (c *Conn) Size() int64 { return c.size }
+
+// HasContext reports whether the server agreed to a meta context.
+func (c *Conn) HasContext(name string) bool { _, ok := c.contexts[name]; return ok }
+
+func (c *Conn) handshake(export string, contexts []string) error {
+	var hdr struct {
+		Magic, Opt uint64
+		Flags      uint16
+	}
+	if err := binary.Read(c.r, binary.BigEndian, &hdr); err != nil {
+		return fmt.Errorf("read greeting: %w", err)
+	}
+	if hdr.Magic != nbdMagic || hdr.Opt != optMagic {
+		return errors.New("not a fixed-newstyle NBD server")
+	}
+	if hdr.Flags&flagFixedNewstyle == 0 {
+		return errors.New("server lacks fixed newstyle negotiation")
+	}
+	clientFlags := uint32(flagFixedNewstyle)
+	if hdr.Flags&flagNoZeroes != 0 {
+		clientFlags |= flagNoZeroes
+	}
+	if err := binary.Write(c.c, binary.BigEndian, clientFlags); err != nil {
+		return err
+	}
+	if err := c.sendOpt(optStructured, nil); err != nil {
+		return err
+	}
+	if err := c.expectAck(optStructured, nil); err != nil {
+		return fmt.Errorf("structured replies: %w", err)
+	}
+	if len(contexts) > 0 {
+		data := appendString32(nil, export)
+		data = binary.BigEndian.AppendUint32(data, uint32(len(contexts)))
+		for _, q := range contexts {
+			data = appendString32(data, q)
+		}
+		if err := c.sendOpt(optSetMetaContext, data); err != nil {
+			return err
+		}
+		err := c.expectAck(optSetMetaContext, func(typ uint32, payload []byte) error {
+			if typ != repMetaContext || len(payload) < 4 {
+				return fmt.Errorf("unexpected reply %d to set meta context", typ)
+			}
+			c.contexts[string(payload[4:])] = binary.BigEndian.Uint32(payload)
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("meta contexts: %w", err)
+		}
+	}
+	data := appendString32(nil, export)
+	data = binary.BigEndian.AppendUint16(data, 0)
+	if err := c.sendOpt(optGo, data); err != nil {
+		return err
+	}
+	gotSize := false
+	err := c.expectAck(optGo, func(typ uint32, payload []byte) error {
+		if typ == repInfo && len(payload) >= 2 && binary.BigEndian.Uint16(payload) == infoExport {
+			if len(payload) < 12 {
+				return errors.New("short export info")
+			}
+			c.size = int64(binary.BigEndian.Uint64(payload[2:]))
+			gotSize = true
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("open export: %w", err)
+	}
+	if !gotSize {
+		return errors.New("server sent no export size")
+	}
+	return nil
+}
+
+func appendString32(b []byte, s string) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
+	return append(b, s...)
+}
+
+func (c *Conn) sendOpt(opt uint32, data []byte) error {
+	b := binary.BigEndian.AppendUint64(nil, optMagic)
+	b = binary.BigEndian.AppendUint32(b, opt)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+	_, err := c.c.Write(append(b, data...))
+	return err
+}
+
+// expectAck reads option replies until NBD_REP_ACK, passing others to f.
+func (c *Conn) expectAck(opt uint32, f func(typ uint32, payload []byte) error) error {
+	for {
+		var h struct {
+			Magic         uint64
+			Opt, Typ, Len uint32
+		}
+		if err := binary.Read(c.r, binary.BigEndian, &h); err != nil {
+			return err
+		}
+		if h.Magic != optReplyMagic || h.Opt != opt {
+			return fmt.Errorf("bad option reply (magic %#x, option %d)", h.Magic, h.Opt)
+		}
+		if h.Len > 1<<20 {
+			return fmt.Errorf("option reply of %d bytes", h.Len)
+		}
+		payload := make([]byte, h.Len)
+		if _, err := io.ReadFull(c.r, payload); err != nil {
+			return err
+		}
+		if h.Typ&repErrBit != 0 {
+			return fmt.Errorf("server refused option %d: error %#x %s", opt, h.Typ, payload)
+		}
+		if h.Typ == repAck {
+			return nil
+		}
+		if f != nil {
+			if err := f(h.Typ, payload); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (c *Conn) send(cmd, flags uint16, off uint64, length uint32) (uint64, error) {
+	c.cookie++
+	b := binary.BigEndian.AppendUint32(nil, requestMagic)
+	b = binary.BigEndian.AppendUint16(b, flags)
+	b = binary.BigEndian.AppendUint16(b, cmd)
+	b = binary.BigEndian.AppendUint64(b, c.cookie)
+	b = binary.BigEndian.AppendUint64(b, off)
+	b = binary.BigEndian.AppendUint32(b, length)
+	_, err := c.c.Write(b)
+	return c.cookie, err
+}
+
+// ReadAt reads len(p) bytes at off (split into MaxRead requests).
+func (c *Conn) ReadAt(p []byte, off int64) (int, error) {
+	done := 0
+	for done < len(p) {
+		n := min(len(p)-done, MaxRead)
+		if err := c.read(p[done:done+n], off+int64(done)); err != nil {
+			return done, err
+		}
+		done += n
+	}
+	return done, nil
+}
+
+func (c *Conn) read(p []byte, off int64) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if off < 0 || off+int64(len(p)) > c.size {
+		return fmt.Errorf("nbd read [%d, %d) beyond export size %d", off, off+int64(len(p)), c.size)
+	}
+	cookie, err := c.send(cmdRead, 0, uint64(off), uint32(len(p)))
+	if err != nil {
+		return err
+	}
+	covered := 0
+	simple, err := c.replies(cookie, len(p), func(typ uint16, payload []byte) error {
+		switch typ {
+		case replyOffsetData:
+			start, data, err := DecodeOffsetData(payload, off, len(p))
+			if err != nil {
+				return err
+			}
+			copy(p[start:], data)
+			covered += len(data)
+		case replyOffsetHole:
+			start, n, err := DecodeOffsetHole(payload, off, len(p))
+			if err != nil {
+				return err
+			}
+			clear(p[start : start+n])
+			covered += n
+		default:
+			return fmt.Errorf("unexpected reply type %d to read", typ)
+		}
+		return nil
+	}, p)
+	if err != nil {
+		return fmt.Errorf("nbd read at %d: %w", off, err)
+	}
+	if !simple && covered != len(p) {
+		return fmt.Errorf("nbd read at %d: server covered %d of %d bytes", off, covered, len(p))
+	}
+	return nil
+}
+
+// BlockStatus returns the extents from off for one meta context; they may
+// cover less than length (ask again from where they end).
+func (c *Conn) BlockStatus(context string, off int64, length uint32) ([]Extent, error) {
+	id, ok := c.contexts[context]
+	if !ok {
+		return nil, fmt.Errorf("meta context %q not negotiated", context)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cookie, err := c.send(cmdBlockStatus, 0, uint64(off), length)
+	if err != nil {
+		return nil, err
+	}
+	var out []Extent
+	_, err = c.replies(cookie, 0, func(typ uint16, payload []byte) error {
+		if typ != replyBlockStatus {
+			return fmt.Errorf("unexpected reply type %d to block status", typ)
+		}
+		ctxID, ext, err := DecodeBlockStatus(payload)
+		if err != nil {
+			return err
+		}
+		if ctxID == id {
+			out = ext
+		}
+		return nil
+	}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("nbd block status %s at %d: %w", context, off, err)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("nbd block status %s at %d: no extents", context, off)
+	}
+	return out, nil
+}
+
+// replies reads the reply chunks of one request until the final one.
+// simpleData, if set, receives the payload of a simple (non-structured)
+// read reply; simple reports that one was read.
+func (c *Conn) replies(cookie uint64, maxPayload int, f func(typ uint16, payload []byte) error, simpleData []byte) (simple bool, err error) {
+	for {
+		var magic uint32
+		if err := binary.Read(c.r, binary.BigEndian, &magic); err != nil {
+			return false, err
+		}
+		switch magic {
+		case simpleMagic:
+			var h struct {
+				Err    uint32
+				Cookie uint64
+			}
+			if err := binary.Read(c.r, binary.BigEndian, &h); err != nil {
+				return false, err
+			}
+			if h.Cookie != cookie {
+				return false, fmt.Errorf("reply for cookie %d, want %d", h.Cookie, cookie)
+			}
+			if h.Err != 0 {
+				return false, fmt.Errorf("server error %d", h.Err)
+			}
+			if simpleData != nil {
+				_, err := io.ReadFull(c.r, simpleData)
+				return true, err
+			}
+			return true, nil
+		case structuredMagic:
+			var h struct {
+				Flags, Typ uint16
+				Cookie     uint64
+				Len        uint32
+			}
+			if err := binary.Read(c.r, binary.BigEndian, &h); err != nil {
+				return false, err
+			}
+			if h.Cookie != cookie {
+				return false, fmt.Errorf("reply for cookie %d, want %d", h.Cookie, cookie)
+			}
+			if int64(h.Len) > int64(maxPayload)+(1<<20) {
+				return false, fmt.Errorf("reply chunk of %d bytes", h.Len)
+			}
+			payload := make([]byte, h.Len)
+			if _, err := io.ReadFull(c.r, payload); err != nil {
+				return false, err
+			}
+			if h.Typ&replyErrBit != 0 {
+				return false, DecodeError(payload)
+			}
+			if h.Typ != replyNone {
+				if err := f(h.Typ, payload); err != nil {
+					return false, err
+				}
+			}
+			if h.Flags&replyFlagDone != 0 {
+				return false, nil
+			}
+		default:
+			return false, fmt.Errorf("bad reply magic %#x", magic)
+		}
+	}
+}
+
+// DecodeOffsetData checks an OFFSET_DATA chunk against the request
+// [off, off+length) and returns where its data starts in the buffer.
+func DecodeOffsetData(payload []byte, off int64, length int) (int, []byte, error) {
+	if len(payload) < 8 {
+		return 0, nil, errors.New("short offset-data chunk")
+	}
+	at := int64(binary.BigEndian.Uint64(payload))
+	data := payload[8:]
+	start := at - off
+	if start < 0 || start+int64(len(data)) > int64(length) {
+		return 0, nil, fmt.Errorf("offset-data chunk [%d,+%d) outside request [%d,+%d)", at, len(data), off, length)
+	}
+	return int(start), data, nil
+}
+
+// DecodeOffsetHole checks an OFFSET_HOLE chunk against the request.
+func DecodeOffsetHole(payload []byte, off int64, length int) (int, int, error) {
+	if len(payload) != 12 {
+		return 0, 0, errors.New("bad offset-hole chunk")
+	}
+	at := int64(binary.BigEndian.Uint64(payload))
+	n := int64(binary.BigEndian.Uint32(payload[8:]))
+	start := at - off
+	if start < 0 || n == 0 || start+n > int64(length) {
+		return 0, 0, fmt.Errorf("hole chunk [%d,+%d) outside request [%d,+%d)", at, n, off, length)
+	}
+	return int(start), int(n), nil
+}
+
+// DecodeBlockStatus parses a BLOCK_STATUS chunk.
+func DecodeBlockStatus(payload []byte) (uint32, []Extent, error) {
+	if len(payload) < 12 || (len(payload)-4)%8 != 0 {
+		return 0, nil, fmt.Errorf("bad block status chunk of %d bytes", len(payload))
+	}
+	id := binary.BigEndian.Uint32(payload)
+	ext := make([]Extent, 0, (len(payload)-4)/8)
+	for p := payload[4:]; len(p) >= 8; p = p[8:] {
+		e := Extent{Length: binary.BigEndian.Uint32(p), Flags: binary.BigEndian.Uint32(p[4:])}
+		if e.Length == 0 {
+			return 0, nil, errors.New("zero-length extent")
+		}
+		ext = append(ext, e)
+	}
+	return id, ext, nil
+}
+
+// DecodeError turns an error chunk into an error.
+func DecodeError(payload []byte) error {
+	if len(payload) < 6 {
+		return errors.New("server error (malformed error chunk)")
+	}
+	code := binary.BigEndian.Uint32(payload)
+	n := int(binary.BigEndian.Uint16(payload[4:]))
+	msg := ""
+	if 6+n <= len(payload) {
+		msg = string(payload[6 : 6+n])
+	}
+	return fmt.Errorf("server error %d: %s", code, msg)
+}
+
+// Close says goodbye and closes the connection.
+func (c *Conn) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.send(cmdDisc, 0, 0, 0)
+	return c.c.Close()
+}
