@@ -85,7 +85,14 @@ type Segment struct {
 	// Lets a full backup skip what the source says holds no data.
 	Sparse bool       `json:"sparse,omitempty"`
 	Runs   []ChunkRun `json:"runs,omitempty"`
+	// Inherit (with Sparse): chunks outside Runs did not change since the
+	// parent backup; the result marks them InheritID and merge takes the
+	// parent's ids.
+	Inherit bool `json:"inherit,omitempty"`
 }
+
+// InheritID in SegmentDone.IDs: "same chunk as in the parent backup".
+const InheritID = "="
 
 // ChunkRun is Count chunks from Start.
 type ChunkRun struct {
@@ -115,8 +122,8 @@ func (m *Segment) Validate() error {
 	if m.DiskSize <= 0 || m.FirstChunk*int64(m.ChunkSize) >= m.DiskSize {
 		return fmt.Errorf("segment starts at chunk %d beyond disk size %d", m.FirstChunk, m.DiskSize)
 	}
-	if !m.Sparse && len(m.Runs) > 0 {
-		return fmt.Errorf("runs given for a non-sparse segment")
+	if !m.Sparse && (len(m.Runs) > 0 || m.Inherit) {
+		return fmt.Errorf("runs or inherit given for a non-sparse segment")
 	}
 	next := 0
 	for _, r := range m.Runs {
@@ -134,7 +141,8 @@ func (m *Segment) Subject() string {
 }
 
 // SegmentDone reports the chunk ids of one segment, in chunk order. An empty
-// string stands for an all-zero chunk, which is never stored.
+// string stands for an all-zero chunk, which is never stored; InheritID for
+// a chunk unchanged since the parent backup (not read).
 type SegmentDone struct {
 	Schema         int      `json:"schema"`
 	BackupID       string   `json:"backup_id"`
@@ -165,7 +173,7 @@ func (m *SegmentDone) Validate() error {
 		return fmt.Errorf("ids: %w", errEmpty)
 	}
 	for i, id := range m.IDs {
-		if id != "" {
+		if id != "" && id != InheritID {
 			if err := ValidChunkID(id); err != nil {
 				return fmt.Errorf("ids[%d]: %w", i, err)
 			}

@@ -16,6 +16,14 @@ const (
 	StateFailed       State = "failed"
 )
 
+// Kind of backup: what was read from the source.
+type Kind string
+
+const (
+	KindFull        Kind = "full"        // every allocated chunk read (still deduplicated)
+	KindIncremental Kind = "incremental" // only changed extents read; the rest from the parent
+)
+
 // Final reports whether no further transition is allowed.
 func (s State) Final() bool { return s == StateVerified || s == StateFailed }
 
@@ -27,6 +35,10 @@ type BackupRecord struct {
 	VM         string       `json:"vm"`
 	Source     string       `json:"source"`
 	State      State        `json:"state"`
+	Kind       Kind         `json:"kind,omitempty"`
+	Parent     string       `json:"parent,omitempty"`      // backup this one is incremental to
+	ChainDepth int          `json:"chain_depth,omitempty"` // incrementals since the last full
+	FullReason string       `json:"full_reason,omitempty"` // why a full read when a parent existed
 	Error      string       `json:"error,omitempty"`
 	ChunkSize  int          `json:"chunk_size"`
 	TraceID    string       `json:"trace_id,omitempty"`
@@ -49,7 +61,9 @@ type DiskRecord struct {
 	ZeroChunks     int64  `json:"zero_chunks,omitempty"`
 	UploadedChunks int64  `json:"uploaded_chunks,omitempty"`
 	UploadedBytes  int64  `json:"uploaded_bytes,omitempty"`
-	ReadBytes      int64  `json:"read_bytes,omitempty"` // bytes read from the source
+	ReadBytes      int64  `json:"read_bytes,omitempty"`    // bytes read from the source
+	ChangeID       string `json:"change_id,omitempty"`     // change tracking point this backup consumed
+	ChangedBytes   int64  `json:"changed_bytes,omitempty"` // incrementals: bytes the source reported changed
 }
 
 func (r *BackupRecord) Validate() error {

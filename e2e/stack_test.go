@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -64,6 +65,7 @@ type stack struct {
 
 type stackOptions struct {
 	jaeger    bool
+	chunkSize int // repository chunk size; default 1 MiB
 	transfers int
 	extraEnv  map[string][]string // per service, extra env (transfer: per instance in order)
 }
@@ -79,7 +81,7 @@ func startStack(t testing.TB, o stackOptions) *stack {
 		"STRATA_S3_BUCKET="+st.bucket,
 		"STRATA_S3_ACCESS_KEY="+s3.AccessKey,
 		"STRATA_S3_SECRET_KEY="+s3.SecretKey,
-		"STRATA_CHUNK_SIZE=1048576",
+		fmt.Sprintf("STRATA_CHUNK_SIZE=%d", cmp.Or(o.chunkSize, chunkSize)),
 		"STRATA_LOG_LEVEL=debug",
 		"STRATA_STORE_DIR=",
 	)

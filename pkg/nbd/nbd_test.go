@@ -27,7 +27,7 @@ func TestAgainstQemuNBD(t *testing.T) {
 	testserver.Qemu(t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", img, raw)
 	want, _ := os.ReadFile(raw)
 
-	addr := testserver.QemuNBD(t, img, "qcow2", "b1")
+	addr, _ := testserver.QemuNBD(t, img, "qcow2", "b1")
 	c, err := Dial(addr, "disk", "base:allocation", "qemu:dirty-bitmap:b1")
 	if err != nil {
 		t.Fatal(err)

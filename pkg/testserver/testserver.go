@@ -242,8 +242,8 @@ func (s *syncBuffer) String() string {
 
 // QemuNBD exports a disk image read-only over NBD on a loopback port with
 // real qemu-nbd (Debian's qemu-utils), optionally exposing a dirty bitmap.
-// Returns "127.0.0.1:port". Export name: "disk".
-func QemuNBD(t testing.TB, image, format, bitmap string) string {
+// Returns "127.0.0.1:port" and the process. Export name: "disk".
+func QemuNBD(t testing.TB, image, format, bitmap string) (string, *Process) {
 	t.Helper()
 	bin, err := exec.LookPath("qemu-nbd")
 	if err != nil {
@@ -258,10 +258,18 @@ func QemuNBD(t testing.TB, image, format, bitmap string) string {
 	if bitmap != "" {
 		args = append(args, "-B", bitmap)
 	}
-	Start(t, "qemu-nbd", exec.Command(bin, append(args, image)...))
+	p := Start(t, "qemu-nbd", exec.Command(bin, append(args, image)...))
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	WaitTCP(t, addr, 10*time.Second)
-	return addr
+	return addr, p
+}
+
+// Stop kills the process and waits for it.
+func (p *Process) Stop() {
+	if p.Cmd.ProcessState == nil {
+		p.Cmd.Process.Kill()
+		p.Cmd.Wait()
+	}
 }
 
 // Qemu runs a qemu-utils command (qemu-img, qemu-io) or fails the test.

@@ -133,6 +133,7 @@ func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk
 		IDs: make([]chunk.ID, manifest.ChunkCount(disk.Size, rec.ChunkSize))}
 	covered := int64(0)
 	var zero int64
+	var parent *manifest.Manifest // loaded on the first inherited chunk
 	for seg := 0; seg < disk.Segments; seg++ {
 		subject := contracts.SegmentDoneSubject(rec.ID, disk.Index, seg)
 		raw, err := m.results.GetLastMsgForSubject(ctx, subject)
@@ -147,6 +148,19 @@ func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk
 			return nil, 0, bus.Permanent(fmt.Errorf("result %s covers chunks beyond the disk", subject))
 		}
 		for i, s := range d.IDs {
+			at := d.FirstChunk + int64(i)
+			if s == contracts.InheritID {
+				if parent == nil {
+					if parent, err = m.parentManifest(ctx, rec, disk); err != nil {
+						return nil, 0, err
+					}
+				}
+				man.IDs[at] = parent.IDs[at]
+				if parent.IDs[at].IsZero() {
+					zero++
+				}
+				continue
+			}
 			if s == "" {
 				zero++
 				continue
@@ -155,7 +169,7 @@ func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk
 			if err != nil {
 				return nil, 0, bus.Permanent(err)
 			}
-			man.IDs[d.FirstChunk+int64(i)] = id
+			man.IDs[at] = id
 		}
 		covered += int64(len(d.IDs))
 	}
@@ -163,4 +177,28 @@ func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk
 		return nil, 0, bus.Permanent(fmt.Errorf("segment results cover %d of %d chunks", covered, len(man.IDs)))
 	}
 	return man, zero, nil
+}
+
+// parentManifest loads the manifest an incremental inherits from. Every
+// manifest is a complete chunk map, so a restore never walks a chain and
+// dropping an old backup never rewrites a newer one.
+func (m *merger) parentManifest(ctx context.Context, rec *contracts.BackupRecord, disk contracts.DiskRecord) (*manifest.Manifest, error) {
+	if rec.Parent == "" {
+		return nil, bus.Permanent(fmt.Errorf("backup %s inherits chunks but has no parent", rec.ID))
+	}
+	parent, _, err := m.rt.Catalog.Get(ctx, rec.VM, rec.Parent)
+	if err != nil {
+		return nil, fmt.Errorf("parent backup %s: %w", rec.Parent, err)
+	}
+	if disk.Index >= len(parent.Disks) || parent.Disks[disk.Index].Manifest == "" {
+		return nil, bus.Permanent(fmt.Errorf("parent backup %s has no manifest for disk %d", rec.Parent, disk.Index))
+	}
+	pm, err := m.rt.Repo.GetManifest(ctx, parent.Disks[disk.Index].Manifest)
+	if err != nil {
+		return nil, bus.Permanent(fmt.Errorf("parent of %s: %w", rec.ID, err))
+	}
+	if pm.DiskSize != disk.Size {
+		return nil, bus.Permanent(fmt.Errorf("parent manifest %s is for a %d-byte disk, this one is %d", parent.Disks[disk.Index].Manifest, pm.DiskSize, disk.Size))
+	}
+	return pm, nil
 }

@@ -6,7 +6,9 @@ package snapshotter
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/url"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -21,11 +23,16 @@ import (
 // Config of the snapshotter (prefix STRATA_).
 type Config struct {
 	runtime.Common
+	// KeyInterval: every KeyInterval-th backup of a chain re-reads the whole
+	// disk (still deduplicated, so it stores little): the guard against a
+	// silently broken change-tracking chain (Xen Orchestra's "key backup
+	// interval").
+	KeyInterval int `envconfig:"KEY_INTERVAL" default:"20"`
 }
 
 // Start registers the snapshotter's consumers.
 func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
-	s := &snapshotter{rt: rt}
+	s := &snapshotter{rt: rt, keyInterval: max(1, cfg.KeyInterval)}
 	if _, err := rt.Bus.AddService("snapshots and segment planning"); err != nil {
 		return err
 	}
@@ -37,7 +44,10 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		Filters: []string{contracts.SubjectBackupVerified, contracts.SubjectBackupFailed}}, s.release)
 }
 
-type snapshotter struct{ rt *runtime.Runtime }
+type snapshotter struct {
+	rt          *runtime.Runtime
+	keyInterval int
+}
 
 // Plan cuts a disk into segments of whole chunks, at most MaxSegmentBytes.
 func Plan(size int64, chunkSize int) (chunksPerSegment int, segments int) {
@@ -63,18 +73,12 @@ func (s *snapshotter) plan(ctx context.Context, req *contracts.BackupRequested) 
 		return s.rt.FailBackup(ctx, req.VM, req.BackupID, fmt.Sprintf("open source: %v", err))
 	}
 	size := disk.Size()
-	// Read only what holds data: a 3 GiB disk with 600 MB used costs 600 MB.
-	var runs [][2]int64
-	extents, _, extErr := disk.ChangedExtents(ctx, "")
-	sparse := extErr == nil
-	if sparse {
-		runs = source.ChunkRuns(extents, rec.ChunkSize)
-	} else {
-		s.rt.Log.WarnContext(ctx, "source cannot list allocated extents; reading the whole disk", "err", extErr)
-	}
+	read := s.whatToRead(ctx, req, disk, rec)
 	disk.Close()
 	perSeg, segments := Plan(size, rec.ChunkSize)
-	rec.Disks = []contracts.DiskRecord{{Index: 0, Name: "disk0", Size: size, Segments: segments}}
+	rec.Disks = []contracts.DiskRecord{{Index: 0, Name: "disk0", Size: size, Segments: segments,
+		ChangeID: string(read.changeID), ChangedBytes: read.changedBytes}}
+	sparse, runs := read.sparse, read.runs
 	existing, _, err := s.rt.Catalog.Create(ctx, rec)
 	if err != nil {
 		return err
@@ -90,7 +94,7 @@ func (s *snapshotter) plan(ctx context.Context, req *contracts.BackupRequested) 
 		seg := &contracts.Segment{
 			Schema: contracts.SchemaVersion, BackupID: rec.ID, VM: rec.VM, Disk: 0, Index: i, Source: rec.Source,
 			DiskSize: size, ChunkSize: rec.ChunkSize, FirstChunk: first, Chunks: int(min(int64(perSeg), total-first)),
-			Sparse: sparse,
+			Sparse: sparse, Inherit: read.inherit,
 		}
 		if sparse {
 			seg.Runs, next = SegmentRuns(runs, next, first, int64(seg.Chunks))
@@ -101,6 +105,64 @@ func (s *snapshotter) plan(ctx context.Context, req *contracts.BackupRequested) 
 	}
 	s.rt.Log.InfoContext(ctx, "backup planned", "vm", rec.VM, "backup", rec.ID, "size", size, "segments", segments, "chunk_size", rec.ChunkSize)
 	return nil
+}
+
+// readPlan says which chunks of the disk to read.
+type readPlan struct {
+	sparse, inherit bool       // sparse: only runs; inherit: the rest from the parent (else zero)
+	runs            [][2]int64 // chunk runs to read
+	changeID        source.ChangeID
+	changedBytes    int64
+}
+
+// whatToRead decides between an incremental (changed extents since the
+// parent, the rest inherited) and a full read (allocated extents, the rest
+// zero), and records the decision in rec. Any doubt means a full read:
+// a missing or refused change id is never taken as "nothing changed".
+func (s *snapshotter) whatToRead(ctx context.Context, req *contracts.BackupRequested, disk source.Disk, rec *contracts.BackupRecord) readPlan {
+	rec.Kind = contracts.KindFull
+	parent, err := s.rt.Catalog.Latest(ctx, req.VM)
+	if err == nil {
+		switch {
+		case parent.ChainDepth+1 >= s.keyInterval:
+			rec.FullReason = fmt.Sprintf("key interval: %d incrementals since the last full", parent.ChainDepth)
+		case len(parent.Disks) != 1 || parent.Disks[0].Size != disk.Size():
+			rec.FullReason = "disk layout or size changed since the parent"
+		case !sameDisk(parent.Source, req.Source):
+			rec.FullReason = "source changed since the parent"
+		default:
+			ext, changeID, cerr := disk.ChangedExtents(ctx, source.ChangeID(parent.ID))
+			if cerr == nil {
+				rec.Kind, rec.Parent, rec.ChainDepth = contracts.KindIncremental, parent.ID, parent.ChainDepth+1
+				p := readPlan{sparse: true, inherit: true, runs: source.ChunkRuns(ext, rec.ChunkSize), changeID: changeID}
+				for _, e := range ext {
+					p.changedBytes += e.Length
+				}
+				return p
+			}
+			if errors.Is(cerr, source.ErrNoChangeTracking) {
+				rec.FullReason = "source has no change tracking: full read, deduplicated against the parent"
+			} else {
+				rec.FullReason = fmt.Sprintf("change tracking refused (%v): full read", cerr)
+			}
+		}
+	}
+	// Read only what holds data: a 3 GiB disk with 600 MB used costs 600 MB.
+	ext, changeID, err := disk.ChangedExtents(ctx, "")
+	if err != nil {
+		s.rt.Log.WarnContext(ctx, "source cannot list allocated extents; reading the whole disk", "err", err)
+		return readPlan{}
+	}
+	return readPlan{sparse: true, runs: source.ChunkRuns(ext, rec.ChunkSize), changeID: changeID}
+}
+
+// sameDisk compares two source URLs by scheme and path: the endpoint's
+// address may move (a new qemu-nbd port, a renamed host) without the disk
+// changing.
+func sameDisk(a, b string) bool {
+	ua, errA := url.Parse(a)
+	ub, errB := url.Parse(b)
+	return errA == nil && errB == nil && ua.Scheme == ub.Scheme && ua.Path == ub.Path
 }
 
 // SegmentRuns returns the part of runs (ordered [first, end) chunk

@@ -107,6 +107,11 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 			toRead = append(toRead, i)
 		}
 	}
+	if seg.Inherit {
+		for i := range done.IDs {
+			done.IDs[i] = contracts.InheritID // overwritten below for every chunk read
+		}
+	}
 	perBatch := max(1, batchBytes/seg.ChunkSize)
 	for start := 0; start < len(toRead); start += perBatch {
 		if err := w.batch(ctx, disk, seg, toRead[start:min(start+perBatch, len(toRead))], done); err != nil {
@@ -141,7 +146,8 @@ func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Seg
 		}
 		done.ReadBytes += int64(size)
 		if chunk.AllZero(buf) {
-			continue // done.IDs[r] stays "": a zero chunk
+			done.IDs[r] = "" // a zero chunk: never stored
+			continue
 		}
 		id := chunk.Hash(buf)
 		done.IDs[r] = id.String()
