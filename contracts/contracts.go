@@ -78,6 +78,8 @@ const (
 	// BucketCatalog: key CatalogKey(vm, backup) → BackupRecord (JSON).
 	// Rebuildable from backups/… records in object storage.
 	BucketCatalog = "strata_catalog"
+	// BucketPolicies: key PolicyKey(vm) → Policy (JSON).
+	BucketPolicies = "strata_policies"
 )
 
 // MaxSegmentBytes bounds one transfer work item.

@@ -44,11 +44,13 @@ func (m *BackupAccepted) Validate() error {
 
 // BackupRequested starts one VM backup at the snapshotter.
 type BackupRequested struct {
-	Schema      int       `json:"schema"`
-	BackupID    string    `json:"backup_id"`
-	VM          string    `json:"vm"`
-	Source      string    `json:"source"`
-	RequestedAt time.Time `json:"requested_at"`
+	Schema      int        `json:"schema"`
+	BackupID    string     `json:"backup_id"`
+	VM          string     `json:"vm"`
+	Source      string     `json:"source"`
+	RequestedAt time.Time  `json:"requested_at"`
+	Slot        *time.Time `json:"slot,omitempty"`         // the schedule slot that fired it
+	KeyInterval int        `json:"key_interval,omitempty"` // the policy's; 0: the snapshotter's default
 }
 
 func (m *BackupRequested) Validate() error {
@@ -315,4 +317,43 @@ func CatalogKey(vm, backupID string) string {
 // CatalogVMPrefix is the key prefix of every backup of vm.
 func CatalogVMPrefix(vm string) string {
 	return "b." + base64.RawURLEncoding.EncodeToString([]byte(vm)) + "."
+}
+
+// PolicyKey is the KV key of a VM's policy.
+func PolicyKey(vm string) string {
+	return "p." + base64.RawURLEncoding.EncodeToString([]byte(vm))
+}
+
+// Policy is a VM's backup policy (KV bucket BucketPolicies).
+type Policy struct {
+	Schema      int           `json:"schema"`
+	VM          string        `json:"vm"`
+	Source      string        `json:"source"`
+	Schedule    string        `json:"schedule"` // cron, optional leading seconds field, or @every 1h
+	Jitter      time.Duration `json:"jitter,omitempty"`
+	KeyInterval int           `json:"key_interval,omitempty"`
+	KeepLast    int           `json:"keep_last,omitempty"`
+	KeepDaily   int           `json:"keep_daily,omitempty"`
+	KeepWeekly  int           `json:"keep_weekly,omitempty"`
+	KeepMonthly int           `json:"keep_monthly,omitempty"`
+	UpdatedAt   time.Time     `json:"updated_at"`
+}
+
+func (p *Policy) Validate() error {
+	if err := checkSchema(p.Schema); err != nil {
+		return err
+	}
+	if err := need("vm", p.VM); err != nil {
+		return err
+	}
+	if err := need("schedule", p.Schedule); err != nil {
+		return err
+	}
+	if p.Jitter < 0 || p.KeyInterval < 0 || p.KeepLast < 0 || p.KeepDaily < 0 || p.KeepWeekly < 0 || p.KeepMonthly < 0 {
+		return fmt.Errorf("negative jitter, key interval or retention count")
+	}
+	if p.UpdatedAt.IsZero() {
+		return fmt.Errorf("updated_at: %w", errEmpty)
+	}
+	return ValidateSource(p.Source)
 }

@@ -6,7 +6,7 @@ import (
 )
 
 // State of a backup. Transitions: transferring → committed → verified, and
-// any non-final state → failed. verified and failed are final.
+// any non-final state → failed. verified, failed and skipped are final.
 type State string
 
 const (
@@ -14,6 +14,9 @@ const (
 	StateCommitted    State = "committed"
 	StateVerified     State = "verified"
 	StateFailed       State = "failed"
+	// StateSkipped: a scheduled slot that found the VM's previous backup
+	// still running. Nothing was read or stored.
+	StateSkipped State = "skipped"
 )
 
 // Kind of backup: what was read from the source.
@@ -25,7 +28,7 @@ const (
 )
 
 // Final reports whether no further transition is allowed.
-func (s State) Final() bool { return s == StateVerified || s == StateFailed }
+func (s State) Final() bool { return s == StateVerified || s == StateFailed || s == StateSkipped }
 
 // BackupRecord is the catalog entry of one backup (KV) and, once committed,
 // the backups/<vm>/<id>.json object in the repository.
@@ -37,6 +40,7 @@ type BackupRecord struct {
 	State      State        `json:"state"`
 	Kind       Kind         `json:"kind,omitempty"`
 	Parent     string       `json:"parent,omitempty"`      // backup this one is incremental to
+	Slot       *time.Time   `json:"slot,omitempty"`        // schedule slot that fired it
 	ChainDepth int          `json:"chain_depth,omitempty"` // incrementals since the last full
 	FullReason string       `json:"full_reason,omitempty"` // why a full read when a parent existed
 	Error      string       `json:"error,omitempty"`
@@ -77,7 +81,7 @@ func (r *BackupRecord) Validate() error {
 		return err
 	}
 	switch r.State {
-	case StateTransferring, StateCommitted, StateVerified, StateFailed:
+	case StateTransferring, StateCommitted, StateVerified, StateFailed, StateSkipped:
 	default:
 		return fmt.Errorf("state %q unknown", r.State)
 	}

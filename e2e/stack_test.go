@@ -66,7 +66,8 @@ type stack struct {
 type stackOptions struct {
 	jaeger    bool
 	chunkSize int // repository chunk size; default 1 MiB
-	transfers int
+	transfers  int
+	schedulers int
 	extraEnv  map[string][]string // per service, extra env (transfer: per instance in order)
 }
 
@@ -87,7 +88,7 @@ func startStack(t testing.TB, o stackOptions) *stack {
 	)
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", testserver.FreePort(t))
 	st.http = "http://" + httpAddr
-	st.env = append(st.env, "STRATA_SCHEDULER_HTTP_ADDR="+httpAddr)
+	st.env = append(st.env, "STRATA_SCHEDULER_HTTP_ADDR="+httpAddr, "STRATA_SCHEDULER_TICK=200ms")
 	if o.jaeger {
 		j := testserver.StartJaeger(t)
 		st.jaeger = &j
@@ -103,8 +104,15 @@ func startStack(t testing.TB, o stackOptions) *stack {
 		if s == "transfer" {
 			n = o.transfers
 		}
+		if s == "scheduler" && o.schedulers > 0 {
+			n = o.schedulers
+		}
 		for i := 0; i < n; i++ {
-			st.startService(s, o.extraEnv[s]...)
+			env := o.extraEnv[s]
+			if s == "scheduler" && i > 0 {
+				env = append(env, "STRATA_SCHEDULER_HTTP_ADDR=") // one HTTP port: the first replica's
+			}
+			st.startService(s, env...)
 		}
 	}
 	// Ready when every service answers as a micro service.

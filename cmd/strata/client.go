@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -207,13 +208,22 @@ func cmdLs(ctx context.Context, args []string) error {
 		return printJSON(recs)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VM\tBACKUP\tTIME\tSIZE\tSTORED\tSTATE")
+	fmt.Fprintln(tw, "VM\tBACKUP\tTIME\tKIND\tPARENT\tSIZE\tREAD\tSTORED\tSTATE")
 	for _, r := range recs {
 		state := string(r.State)
 		if r.Error != "" {
 			state += ": " + r.Error
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.ID, r.CreatedAt.Local().Format(time.DateTime), human(r.Size()), human(r.StoredBytes()), state)
+		var read int64
+		for _, d := range r.Disks {
+			read += d.ReadBytes
+		}
+		parent := r.Parent
+		if parent == "" {
+			parent = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.ID, r.CreatedAt.Local().Format(time.DateTime), cmp.Or(string(r.Kind), "-"),
+			parent, human(r.Size()), human(read), human(r.StoredBytes()), state)
 	}
 	return tw.Flush()
 }

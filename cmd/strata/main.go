@@ -17,6 +17,9 @@ Usage:
   strata backup  --vm NAME --source file:///abs/path.img [--wait] [--json]
   strata ls      [--vm NAME] [--json]
   strata restore --vm NAME --backup ID|latest --to PATH [--json]
+  strata policy  set --vm NAME --source URL --schedule CRON [--jitter D] [--key-interval K]
+                     [--keep-last N --keep-daily D --keep-weekly W --keep-monthly M]
+  strata policy  ls [--json] | rm --vm NAME
   strata dev     --data DIR              all six services + NATS in one process
   strata mkdisk  --size BYTES PATH       write a deterministic demo disk image
   strata version
@@ -49,6 +52,8 @@ func main() {
 		err = cmdLs(ctx, args)
 	case "restore":
 		err = cmdRestore(ctx, args)
+	case "policy":
+		err = cmdPolicy(ctx, args)
 	case "dev":
 		err = cmdDev(ctx, args)
 	case "mkdisk":

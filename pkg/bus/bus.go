@@ -101,13 +101,15 @@ func (b *Bus) EnsureStreams(ctx context.Context, replicas int) error {
 			return fmt.Errorf("create stream %s: %w", cfg.Name, err)
 		}
 	}
-	return retryJS(ctx, func(ctx context.Context) error {
-		_, err := b.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: contracts.BucketCatalog, History: 5, Replicas: replicas})
-		if err != nil {
-			return fmt.Errorf("create kv %s: %w", contracts.BucketCatalog, err)
+	for _, bucket := range []string{contracts.BucketCatalog, contracts.BucketPolicies} {
+		if err := retryJS(ctx, func(ctx context.Context) error {
+			_, err := b.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, History: 5, Replicas: replicas})
+			return err
+		}); err != nil {
+			return fmt.Errorf("create kv %s: %w", bucket, err)
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // retryJS retries a JetStream API call with a per-attempt timeout: a request

@@ -21,6 +21,10 @@ type Config struct {
 	runtime.Common
 	// HTTPAddr serves POST /v1/backups (a BackupTrigger as JSON); empty: off.
 	HTTPAddr string `envconfig:"SCHEDULER_HTTP_ADDR" default:":8080"`
+	// Tick is how often due slots are checked; Catchup how far back a
+	// (re)started scheduler fires slots missed while no replica ran.
+	Tick    time.Duration `envconfig:"SCHEDULER_TICK" default:"1s"`
+	Catchup time.Duration `envconfig:"SCHEDULER_CATCHUP" default:"5m"`
 }
 
 // Start registers the scheduler's endpoint and consumers.
@@ -44,6 +48,9 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	}
 	if err := bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerSchedulerOutcomes,
 		Filters: []string{contracts.SubjectBackupVerified, contracts.SubjectBackupFailed}}, s.record); err != nil {
+		return err
+	}
+	if err := s.runPolicies(ctx, max(cfg.Tick, 100*time.Millisecond), cfg.Catchup); err != nil {
 		return err
 	}
 	if cfg.HTTPAddr == "" {

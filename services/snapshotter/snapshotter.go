@@ -5,6 +5,7 @@
 package snapshotter
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -61,6 +62,7 @@ func (s *snapshotter) plan(ctx context.Context, req *contracts.BackupRequested) 
 		Schema: contracts.SchemaVersion, ID: req.BackupID, VM: req.VM, Source: req.Source,
 		State: contracts.StateTransferring, ChunkSize: s.rt.Repo.Config.ChunkSize,
 		TraceID: trace.SpanContextFromContext(ctx).TraceID().String(), CreatedAt: req.RequestedAt, UpdatedAt: time.Now().UTC(),
+		Slot: req.Slot,
 	}
 	disk, err := source.Open(ctx, req.Source)
 	if err != nil {
@@ -124,7 +126,7 @@ func (s *snapshotter) whatToRead(ctx context.Context, req *contracts.BackupReque
 	parent, err := s.rt.Catalog.Latest(ctx, req.VM)
 	if err == nil {
 		switch {
-		case parent.ChainDepth+1 >= s.keyInterval:
+		case parent.ChainDepth+1 >= cmp.Or(req.KeyInterval, s.keyInterval):
 			rec.FullReason = fmt.Sprintf("key interval: %d incrementals since the last full", parent.ChainDepth)
 		case len(parent.Disks) != 1 || parent.Disks[0].Size != disk.Size():
 			rec.FullReason = "disk layout or size changed since the parent"

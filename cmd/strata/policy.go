@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/services/scheduler"
+)
+
+func cmdPolicy(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return exitError{2, errors.New("policy needs set, ls or rm")}
+	}
+	switch args[0] {
+	case "set":
+		return policySet(ctx, args[1:])
+	case "ls":
+		return policyLs(ctx, args[1:])
+	case "rm":
+		return policyRm(ctx, args[1:])
+	}
+	return exitError{2, fmt.Errorf("unknown policy command %q", args[0])}
+}
+
+func policySet(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("policy set", flag.ContinueOnError)
+	p := contracts.Policy{Schema: contracts.SchemaVersion}
+	fs.StringVar(&p.VM, "vm", "", "VM name")
+	fs.StringVar(&p.Source, "source", "", "source URL")
+	fs.StringVar(&p.Schedule, "schedule", "", `cron schedule: "0 2 * * *", with optional seconds field, or "@every 6h"`)
+	fs.DurationVar(&p.Jitter, "jitter", 0, "spread start times over this much (deterministic per VM and slot)")
+	fs.IntVar(&p.KeyInterval, "key-interval", 0, "every Nth backup is a full re-read (0: the snapshotter's default)")
+	fs.IntVar(&p.KeepLast, "keep-last", 0, "retention: keep the last N backups")
+	fs.IntVar(&p.KeepDaily, "keep-daily", 0, "retention: keep one per day for D days")
+	fs.IntVar(&p.KeepWeekly, "keep-weekly", 0, "retention: keep one per week for W weeks")
+	fs.IntVar(&p.KeepMonthly, "keep-monthly", 0, "retention: keep one per month for M months")
+	if err := fs.Parse(args); err != nil {
+		return exitError{2, err}
+	}
+	p.UpdatedAt = time.Now().UTC()
+	if err := p.Validate(); err != nil {
+		return exitError{2, err}
+	}
+	c, err := connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	if err := scheduler.PutPolicy(ctx, c.bus.JS, &p); err != nil {
+		return err
+	}
+	fmt.Printf("policy of %s set: %s\n", p.VM, p.Schedule)
+	return nil
+}
+
+func policyLs(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("policy ls", flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return exitError{2, err}
+	}
+	c, err := connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	ps, err := scheduler.Policies(ctx, c.bus.JS)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		if ps == nil {
+			ps = []contracts.Policy{}
+		}
+		return printJSON(ps)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VM\tSCHEDULE\tJITTER\tKEY INTERVAL\tKEEP (last/daily/weekly/monthly)\tSOURCE")
+	for _, p := range ps {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d/%d/%d/%d\t%s\n", p.VM, p.Schedule, p.Jitter, p.KeyInterval, p.KeepLast, p.KeepDaily, p.KeepWeekly, p.KeepMonthly, p.Source)
+	}
+	return tw.Flush()
+}
+
+func policyRm(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("policy rm", flag.ContinueOnError)
+	vm := fs.String("vm", "", "VM name")
+	if err := fs.Parse(args); err != nil {
+		return exitError{2, err}
+	}
+	if *vm == "" {
+		return exitError{2, errors.New("policy rm needs --vm")}
+	}
+	c, err := connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	kv, err := c.bus.JS.KeyValue(ctx, contracts.BucketPolicies)
+	if err != nil {
+		return err
+	}
+	if err := kv.Delete(ctx, contracts.PolicyKey(*vm)); err != nil {
+		return fmt.Errorf("remove policy of %s: %w", *vm, err)
+	}
+	fmt.Printf("policy of %s removed\n", *vm)
+	return nil
+}

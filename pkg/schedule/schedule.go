@@ -1,0 +1,45 @@
+// Package schedule parses backup schedules and names their slots.
+package schedule
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/robfig/cron/v3"
+)
+
+var parser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+// Parse accepts standard 5-field cron, a leading seconds field, and
+// descriptors (@daily, @every 90m).
+func Parse(expr string) (cron.Schedule, error) {
+	s, err := parser.Parse(expr)
+	if err != nil {
+		return nil, fmt.Errorf("schedule %q: %w", expr, err)
+	}
+	return s, nil
+}
+
+// Jitter is a deterministic delay in [0, max) for one VM's slot: every
+// scheduler replica computes the same one, and a fleet's backups spread out
+// instead of all starting on the minute.
+func Jitter(vm string, slot time.Time, max time.Duration) time.Duration {
+	if max <= 0 {
+		return 0
+	}
+	h := sha256.Sum256([]byte(fmt.Sprintf("%s|%d", vm, slot.Unix())))
+	return time.Duration(binary.BigEndian.Uint64(h[:8]) % uint64(max))
+}
+
+var slotNamespace = uuid.MustParse("6f1a3c5e-6b0e-4b59-9a43-3f3d4a2b9c10")
+
+// SlotBackupID names the backup of one VM's slot. Every replica derives the
+// same id, so a slot fired twice (two schedulers, a restart) is one backup:
+// JetStream drops the duplicate request and the catalog refuses a second
+// entry.
+func SlotBackupID(vm string, slot time.Time) string {
+	return uuid.NewSHA1(slotNamespace, []byte(fmt.Sprintf("%s|%d", vm, slot.Unix()))).String()
+}

@@ -1,0 +1,198 @@
+package scheduler
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/robfig/cron/v3"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/schedule"
+)
+
+// policyState is one policy as the scheduler runs it.
+type policyState struct {
+	policy contracts.Policy
+	sched  cron.Schedule
+	last   time.Time // slots up to here are handled
+}
+
+// runPolicies keeps the policies in memory (a KV watch) and fires due
+// slots every tick. Replicas coordinate through the slot's deterministic
+// backup id (schedule.SlotBackupID): each replica fires every slot, and the
+// duplicates collapse, so no slot is lost while any replica runs and none
+// is doubled. A (re)started scheduler looks back `catchup` for slots that
+// fired while no replica was up.
+func (s *scheduler) runPolicies(ctx context.Context, tick, catchup time.Duration) error {
+	kv, err := s.rt.Bus.JS.KeyValue(ctx, contracts.BucketPolicies)
+	if err != nil {
+		return fmt.Errorf("open policies: %w", err)
+	}
+	w, err := kv.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("watch policies: %w", err)
+	}
+	var mu sync.Mutex
+	states := map[string]*policyState{}
+	started := time.Now()
+	go func() {
+		for e := range w.Updates() {
+			if e == nil {
+				continue // end of the initial values
+			}
+			mu.Lock()
+			if e.Operation() != jetstream.KeyValuePut {
+				delete(states, e.Key())
+				mu.Unlock()
+				continue
+			}
+			var p contracts.Policy
+			err := contracts.Decode(e.Value(), &p)
+			var sched cron.Schedule
+			if err == nil {
+				sched, err = schedule.Parse(p.Schedule)
+			}
+			if err != nil {
+				s.rt.Log.Error("policy refused", "key", e.Key(), "err", err)
+				delete(states, e.Key())
+				mu.Unlock()
+				continue
+			}
+			last := started.Add(-catchup)
+			if old, ok := states[e.Key()]; ok {
+				last = old.last
+			}
+			if p.UpdatedAt.After(last) {
+				last = p.UpdatedAt // a new policy does not fire slots from before it existed
+			}
+			states[e.Key()] = &policyState{policy: p, sched: sched, last: last}
+			mu.Unlock()
+			s.rt.Log.Info("policy loaded", "vm", p.VM, "schedule", p.Schedule)
+		}
+	}()
+	go func() {
+		t := time.NewTicker(tick)
+		defer t.Stop()
+		defer w.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-t.C:
+				mu.Lock()
+				due := make([]*policyState, 0, len(states))
+				for _, st := range states {
+					due = append(due, st)
+				}
+				mu.Unlock()
+				for _, st := range due {
+					s.fireDue(ctx, st, now)
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+// fireDue fires every slot of one policy that is due by now. A slot that
+// cannot be fired (NATS down) is retried on the next tick.
+func (s *scheduler) fireDue(ctx context.Context, st *policyState, now time.Time) {
+	for slot := st.sched.Next(st.last); !slot.After(now); slot = st.sched.Next(slot) {
+		if slot.Add(schedule.Jitter(st.policy.VM, slot, st.policy.Jitter)).After(now) {
+			return
+		}
+		if err := s.fireSlot(ctx, st.policy, slot); err != nil {
+			s.rt.Log.Warn("slot not fired; retrying", "vm", st.policy.VM, "slot", slot, "err", err)
+			return
+		}
+		st.last = slot
+	}
+}
+
+func (s *scheduler) fireSlot(ctx context.Context, p contracts.Policy, slot time.Time) error {
+	id := schedule.SlotBackupID(p.VM, slot)
+	ctx, span := s.rt.Bus.Tracer.Start(ctx, "backup "+p.VM, trace.WithNewRoot(), trace.WithAttributes(
+		attribute.String("strata.vm", p.VM), attribute.String("strata.backup_id", id), attribute.String("strata.slot", slot.Format(time.RFC3339))))
+	defer span.End()
+	recs, err := s.rt.Catalog.List(ctx, p.VM)
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if r.ID == id {
+			return nil // this slot was handled already (another replica, or before a restart)
+		}
+	}
+	for _, r := range recs {
+		if !r.State.Final() {
+			// One backup per VM at a time: record the skipped slot.
+			now := time.Now().UTC()
+			skipped := &contracts.BackupRecord{Schema: contracts.SchemaVersion, ID: id, VM: p.VM, Source: p.Source,
+				State: contracts.StateSkipped, Error: fmt.Sprintf("backup %s still %s", r.ID, r.State),
+				ChunkSize: s.rt.Repo.Config.ChunkSize, CreatedAt: now, UpdatedAt: now, FinishedAt: &now, Slot: &slot,
+				TraceID: span.SpanContext().TraceID().String()}
+			if _, _, err := s.rt.Catalog.Create(ctx, skipped); err != nil {
+				return err
+			}
+			s.rt.Log.InfoContext(ctx, "slot skipped: previous backup still running", "vm", p.VM, "slot", slot, "running", r.ID)
+			return nil
+		}
+	}
+	req := &contracts.BackupRequested{Schema: contracts.SchemaVersion, BackupID: id, VM: p.VM, Source: p.Source,
+		RequestedAt: time.Now().UTC(), Slot: &slot, KeyInterval: p.KeyInterval}
+	if err := s.rt.Bus.Publish(ctx, contracts.SubjectBackupRequested, req, "req-"+id); err != nil {
+		return err
+	}
+	s.rt.Log.InfoContext(ctx, "scheduled backup requested", "vm", p.VM, "backup", id, "slot", slot)
+	return nil
+}
+
+// PutPolicy validates and stores a policy (used by the CLI).
+func PutPolicy(ctx context.Context, js jetstream.JetStream, p *contracts.Policy) error {
+	if _, err := schedule.Parse(p.Schedule); err != nil {
+		return err
+	}
+	b, err := contracts.Encode(p)
+	if err != nil {
+		return err
+	}
+	kv, err := js.KeyValue(ctx, contracts.BucketPolicies)
+	if err != nil {
+		return fmt.Errorf("open policies: %w", err)
+	}
+	if _, err := kv.Put(ctx, contracts.PolicyKey(p.VM), b); err != nil {
+		return fmt.Errorf("store policy of %s: %w", p.VM, err)
+	}
+	return nil
+}
+
+// Policies lists stored policies.
+func Policies(ctx context.Context, js jetstream.JetStream) ([]contracts.Policy, error) {
+	kv, err := js.KeyValue(ctx, contracts.BucketPolicies)
+	if err != nil {
+		return nil, fmt.Errorf("open policies: %w", err)
+	}
+	lister, err := kv.ListKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer lister.Stop()
+	var out []contracts.Policy
+	for k := range lister.Keys() {
+		e, err := kv.Get(ctx, k)
+		if err != nil {
+			continue
+		}
+		var p contracts.Policy
+		if json.Unmarshal(e.Value(), &p) == nil {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
