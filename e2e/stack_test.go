@@ -64,11 +64,11 @@ type stack struct {
 }
 
 type stackOptions struct {
-	jaeger    bool
-	chunkSize int // repository chunk size; default 1 MiB
+	jaeger     bool
+	chunkSize  int // repository chunk size; default 1 MiB
 	transfers  int
 	schedulers int
-	extraEnv  map[string][]string // per service, extra env (transfer: per instance in order)
+	extraEnv   map[string][]string // per service, extra env (transfer: per instance in order)
 }
 
 func startStack(t testing.TB, o stackOptions) *stack {
