@@ -45,6 +45,7 @@ const (
 	// Request/reply endpoints (nats micro services).
 	SubjectDedupMissing = "strata.dedup.missing"    // MissingRequest → MissingReply
 	SubjectSchedulerRun = "strata.scheduler.backup" // BackupTrigger → BackupAccepted
+	SubjectMergePrune   = "strata.merge.prune"      // PruneRequest → PruneReply
 )
 
 // Headers used beside W3C trace context.
@@ -69,6 +70,7 @@ const (
 	ConsumerTransfer            = "transfer"
 	ConsumerMerge               = "merge"
 	ConsumerVerifier            = "verifier"
+	ConsumerMergeRetention      = "merge-retention"
 	ConsumerSchedulerOutcomes   = "scheduler-outcomes"
 	ConsumerSchedulerTriggers   = "scheduler-triggers"
 )

@@ -357,3 +357,41 @@ func (p *Policy) Validate() error {
 	}
 	return ValidateSource(p.Source)
 }
+
+// PruneRequest asks merge to apply retention to one VM's backups.
+type PruneRequest struct {
+	Schema      int    `json:"schema"`
+	VM          string `json:"vm"`
+	UsePolicy   bool   `json:"use_policy,omitempty"` // take the counts from the VM's policy
+	KeepLast    int    `json:"keep_last,omitempty"`
+	KeepDaily   int    `json:"keep_daily,omitempty"`
+	KeepWeekly  int    `json:"keep_weekly,omitempty"`
+	KeepMonthly int    `json:"keep_monthly,omitempty"`
+	DryRun      bool   `json:"dry_run,omitempty"`
+}
+
+func (m *PruneRequest) Validate() error {
+	if err := checkSchema(m.Schema); err != nil {
+		return err
+	}
+	if err := need("vm", m.VM); err != nil {
+		return err
+	}
+	if m.KeepLast < 0 || m.KeepDaily < 0 || m.KeepWeekly < 0 || m.KeepMonthly < 0 {
+		return fmt.Errorf("negative retention count")
+	}
+	if !m.UsePolicy && m.KeepLast+m.KeepDaily+m.KeepWeekly+m.KeepMonthly == 0 {
+		return fmt.Errorf("no retention rule given (keep_last, keep_daily, keep_weekly, keep_monthly or use_policy)")
+	}
+	return nil
+}
+
+// PruneReply lists what was (or, in a dry run, would be) pruned.
+type PruneReply struct {
+	Schema int      `json:"schema"`
+	DryRun bool     `json:"dry_run"`
+	Kept   []string `json:"kept"`
+	Pruned []string `json:"pruned"`
+}
+
+func (m *PruneReply) Validate() error { return checkSchema(m.Schema) }

@@ -17,6 +17,7 @@ Usage:
   strata backup  --vm NAME --source file:///abs/path.img [--wait] [--json]
   strata ls      [--vm NAME] [--json]
   strata restore --vm NAME --backup ID|latest --to PATH [--json]
+  strata prune   --vm NAME [--keep-last N --keep-daily D --keep-weekly W --keep-monthly M] [--yes] [--json]
   strata policy  set --vm NAME --source URL --schedule CRON [--jitter D] [--key-interval K]
                      [--keep-last N --keep-daily D --keep-weekly W --keep-monthly M]
   strata policy  ls [--json] | rm --vm NAME
@@ -52,6 +53,8 @@ func main() {
 		err = cmdLs(ctx, args)
 	case "restore":
 		err = cmdRestore(ctx, args)
+	case "prune":
+		err = cmdPrune(ctx, args)
 	case "policy":
 		err = cmdPolicy(ctx, args)
 	case "dev":

@@ -183,3 +183,11 @@ func (c *Catalog) Fail(ctx context.Context, vm, id, reason string) (bool, error)
 	})
 	return changed, err
 }
+
+// Delete removes a backup's entry.
+func (c *Catalog) Delete(ctx context.Context, vm, id string) error {
+	if err := c.KV.Delete(ctx, contracts.CatalogKey(vm, id)); err != nil {
+		return fmt.Errorf("delete catalog entry of %s: %w", id, err)
+	}
+	return nil
+}

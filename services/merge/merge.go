@@ -18,6 +18,7 @@ import (
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/manifest"
+	"github.com/strata-backup/strata/pkg/retention"
 	"github.com/strata-backup/strata/pkg/runtime"
 )
 
@@ -33,7 +34,34 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		return fmt.Errorf("open results stream: %w", err)
 	}
 	m := &merger{rt: rt, results: results}
-	if _, err := rt.Bus.AddService("backup assembly: manifests, records, commit"); err != nil {
+	svc, err := rt.Bus.AddService("backup assembly, retention and pruning")
+	if err != nil {
+		return err
+	}
+	if err := bus.Endpoint(rt.Bus, svc, "prune", contracts.SubjectMergePrune, func(ctx context.Context, req *contracts.PruneRequest) (contracts.Message, error) {
+		rules := retention.Rules{Last: req.KeepLast, Daily: req.KeepDaily, Weekly: req.KeepWeekly, Monthly: req.KeepMonthly}
+		if req.UsePolicy {
+			var ok bool
+			if rules, ok, err = policyRules(ctx, rt, req.VM); err != nil {
+				return nil, err
+			} else if !ok || rules.None() {
+				return nil, fmt.Errorf("vm %q has no policy with retention rules", req.VM)
+			}
+		}
+		return prune(ctx, rt, req.VM, rules, req.DryRun)
+	}); err != nil {
+		return err
+	}
+	// Retention runs after every verified backup of a VM with a policy.
+	if err := bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerMergeRetention,
+		Filters: []string{contracts.SubjectBackupVerified}}, func(ctx context.Context, o *contracts.BackupOutcome) error {
+		rules, ok, err := policyRules(ctx, rt, o.VM)
+		if err != nil || !ok || rules.None() {
+			return err
+		}
+		_, err = prune(ctx, rt, o.VM, rules, false)
+		return err
+	}); err != nil {
 		return err
 	}
 	return bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamResults, Durable: contracts.ConsumerMerge,

@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"time"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/bus"
+)
+
+// cmdPrune applies retention through the merge service. Without --yes it
+// is a dry run: it prints what would be pruned.
+func cmdPrune(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("prune", flag.ContinueOnError)
+	req := contracts.PruneRequest{Schema: contracts.SchemaVersion}
+	fs.StringVar(&req.VM, "vm", "", "VM name")
+	fs.IntVar(&req.KeepLast, "keep-last", 0, "keep the last N backups")
+	fs.IntVar(&req.KeepDaily, "keep-daily", 0, "keep one per day for D days")
+	fs.IntVar(&req.KeepWeekly, "keep-weekly", 0, "keep one per week for W weeks")
+	fs.IntVar(&req.KeepMonthly, "keep-monthly", 0, "keep one per month for M months")
+	yes := fs.Bool("yes", false, "really prune (default: dry run)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return exitError{2, err}
+	}
+	req.UsePolicy = req.KeepLast+req.KeepDaily+req.KeepWeekly+req.KeepMonthly == 0
+	req.DryRun = !*yes
+	if err := req.Validate(); err != nil {
+		return exitError{2, err}
+	}
+	c, err := connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	var reply contracts.PruneReply
+	if err := bus.Request(rctx, c.bus.NC, contracts.SubjectMergePrune, &req, &reply); err != nil {
+		return fmt.Errorf("prune: %w (is strata-merge running?)", err)
+	}
+	if *asJSON {
+		return printJSON(reply)
+	}
+	verb := "pruned"
+	if reply.DryRun {
+		verb = "would prune (dry run; --yes to prune)"
+	}
+	fmt.Printf("%s %d backups of %s, keeping %d\n", verb, len(reply.Pruned), req.VM, len(reply.Kept))
+	for _, id := range reply.Pruned {
+		fmt.Println("  -", id)
+	}
+	return nil
+}

@@ -1,0 +1,84 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/testdisk"
+	"github.com/strata-backup/strata/pkg/testserver"
+)
+
+// A chain of 25 backups from a QEMU dirty bitmap with key interval 10:
+// backups 11 and 21 are full re-reads, every point restores bit-exact;
+// prune to keep-last 5 (dry run first) removes the rest, metadata only,
+// and the remaining 5 still restore bit-exact.
+func TestChainOf25KeyIntervalAndPrune(t *testing.T) {
+	st := startStack(t, stackOptions{extraEnv: map[string][]string{"snapshotter": {"STRATA_KEY_INTERVAL=10"}}})
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "base.raw")
+	if err := testdisk.Write(raw, 8<<20, 31); err != nil {
+		t.Fatal(err)
+	}
+	qcow := filepath.Join(dir, "disk.qcow2")
+	testserver.Qemu(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow)
+	testserver.Qemu(t, "qemu-img", "bitmap", "--add", qcow, "b1")
+
+	type point struct {
+		rec contracts.BackupRecord
+		raw string
+	}
+	var points []point
+	for i := 0; i < 25; i++ {
+		if i > 0 {
+			testserver.Qemu(t, "qemu-io", "-f", "qcow2",
+				"-c", fmt.Sprintf("write -P %d %d 65536", i, (i*3%8)<<20),
+				"-c", fmt.Sprintf("write -P %d %d 4096", 255-i, (i*5%8)<<20+12288), qcow)
+		}
+		copyRaw := filepath.Join(dir, fmt.Sprintf("point%02d.raw", i))
+		testserver.Qemu(t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", qcow, copyRaw)
+		addr, nbdProc := testserver.QemuNBD(t, qcow, "qcow2", "b1")
+		out := st.mustCLI("backup", "--vm", "chain", "--source", "nbd://"+addr+"/disk?bitmap=b1", "--wait")
+		nbdProc.Stop()
+		rec := st.record("chain", strings.TrimSpace(strings.Split(out, "\n")[0]))
+		points = append(points, point{rec, copyRaw})
+		wantFull := i%10 == 0
+		if (rec.Kind == contracts.KindFull) != wantFull {
+			t.Fatalf("backup %d is %s (%s), want full=%v", i+1, rec.Kind, rec.FullReason, wantFull)
+		}
+		if !wantFull && rec.Parent != points[i-1].rec.ID {
+			t.Fatalf("backup %d has parent %s, want %s", i+1, rec.Parent, points[i-1].rec.ID)
+		}
+	}
+	restoreAll := func(ps []point) {
+		for _, p := range ps {
+			out := filepath.Join(dir, "restore.img")
+			st.mustCLI("restore", "--vm", "chain", "--backup", p.rec.ID, "--to", out)
+			if sha256File(t, out) != sha256File(t, p.raw) {
+				t.Fatalf("restore of %s (%s) differs from its point", p.rec.ID, p.rec.Kind)
+			}
+		}
+	}
+	restoreAll(points)
+
+	var dry contracts.PruneReply
+	json.Unmarshal([]byte(st.mustCLI("prune", "--vm", "chain", "--keep-last", "5", "--json")), &dry)
+	if !dry.DryRun || len(dry.Pruned) != 20 || len(st.records("chain")) != 25 {
+		t.Fatalf("dry run: %+v; %d backups listed", dry, len(st.records("chain")))
+	}
+	var done contracts.PruneReply
+	json.Unmarshal([]byte(st.mustCLI("prune", "--vm", "chain", "--keep-last", "5", "--yes", "--json")), &done)
+	if done.DryRun || len(done.Pruned) != 20 {
+		t.Fatalf("prune: %+v", done)
+	}
+	if n := len(st.records("chain")); n != 5 {
+		t.Fatalf("%d backups listed after prune, want 5", n)
+	}
+	if n := len(st.objectFiles("manifests")); n != 5 {
+		t.Fatalf("%d manifest objects after prune, want 5", n)
+	}
+	restoreAll(points[20:])
+}

@@ -1,0 +1,98 @@
+package merge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/repo"
+	"github.com/strata-backup/strata/pkg/retention"
+	"github.com/strata-backup/strata/pkg/runtime"
+)
+
+// PruneHook, when set (tests only), is called before each step of pruning
+// one backup; returning an error stops there, as a crash would.
+var PruneHook func(step string, backupID string) error
+
+// prune applies retention rules to one VM. Every backup's manifest is a
+// complete chunk map, so pruning is metadata only and never rewrites a
+// newer backup: there is nothing to fold. Each backup is removed in the
+// order manifests → record object → catalog entry: until the last step the
+// backup stays listed, so a crash at any step leaves every other backup
+// restorable and the next prune finishes the job (deletes are idempotent).
+// Chunks are left to garbage collection.
+func prune(ctx context.Context, rt *runtime.Runtime, vm string, rules retention.Rules, dryRun bool) (*contracts.PruneReply, error) {
+	recs, err := rt.Catalog.List(ctx, vm)
+	if err != nil {
+		return nil, err
+	}
+	keep, drop := retention.Plan(recs, rules)
+	reply := &contracts.PruneReply{Schema: contracts.SchemaVersion, DryRun: dryRun, Kept: []string{}, Pruned: []string{}}
+	for _, r := range keep {
+		reply.Kept = append(reply.Kept, r.ID)
+	}
+	for _, r := range drop {
+		if !dryRun {
+			if err := pruneOne(ctx, rt, r); err != nil {
+				return nil, fmt.Errorf("prune %s: %w", r.ID, err)
+			}
+		}
+		reply.Pruned = append(reply.Pruned, r.ID)
+	}
+	if !dryRun && len(drop) > 0 {
+		rt.Log.InfoContext(ctx, "pruned", "vm", vm, "pruned", len(drop), "kept", len(keep))
+	}
+	return reply, nil
+}
+
+func pruneOne(ctx context.Context, rt *runtime.Runtime, r *contracts.BackupRecord) error {
+	step := func(name string) error {
+		if PruneHook != nil {
+			return PruneHook(name, r.ID)
+		}
+		return nil
+	}
+	if err := step("manifests"); err != nil {
+		return err
+	}
+	for _, d := range r.Disks {
+		if d.Manifest != "" {
+			if err := rt.Repo.Store.Delete(ctx, d.Manifest); err != nil {
+				return err
+			}
+		}
+	}
+	if err := step("record"); err != nil {
+		return err
+	}
+	if err := rt.Repo.Store.Delete(ctx, repo.RecordKey(r.VM, r.ID)); err != nil {
+		return err
+	}
+	if err := step("catalog"); err != nil {
+		return err
+	}
+	return rt.Catalog.Delete(ctx, r.VM, r.ID)
+}
+
+// policyRules reads a VM's retention rules from its policy.
+func policyRules(ctx context.Context, rt *runtime.Runtime, vm string) (retention.Rules, bool, error) {
+	kv, err := rt.Bus.JS.KeyValue(ctx, contracts.BucketPolicies)
+	if err != nil {
+		return retention.Rules{}, false, err
+	}
+	e, err := kv.Get(ctx, contracts.PolicyKey(vm))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return retention.Rules{}, false, nil
+	}
+	if err != nil {
+		return retention.Rules{}, false, err
+	}
+	var p contracts.Policy
+	if err := contracts.Decode(e.Value(), &p); err != nil {
+		return retention.Rules{}, false, err
+	}
+	return retention.FromPolicy(p), true, nil
+}
