@@ -81,4 +81,32 @@ func TestChainOf25KeyIntervalAndPrune(t *testing.T) {
 		t.Fatalf("%d manifest objects after prune, want 5", n)
 	}
 	restoreAll(points[20:])
+
+	// A merge killed at each step of pruning leaves every other backup
+	// restorable, and a rerun finishes the job.
+	remaining := points[20:]
+	for i, step := range []string{"manifests", "record", "catalog"} {
+		keep := len(remaining) - 1
+		old := st.procs["merge"][len(st.procs["merge"])-1]
+		old.Stop()
+		crashing := st.startService("merge", "STRATA_TEST_CRASH_AT_PRUNE_STEP="+step)
+		st.waitReady(crashing)
+		if _, _, code := st.cli("prune", "--vm", "chain", "--keep-last", fmt.Sprint(keep), "--yes", "--timeout", "5s"); code == 0 {
+			t.Fatalf("prune with a merge crashing at %q succeeded", step)
+		}
+		crashing.Cmd.Wait()
+		restoreAll(remaining[1:])
+		st.waitReady(st.startService("merge"))
+		var rerun contracts.PruneReply
+		json.Unmarshal([]byte(st.mustCLI("prune", "--vm", "chain", "--keep-last", fmt.Sprint(keep), "--yes", "--json")), &rerun)
+		remaining = remaining[1:]
+		if n := len(st.records("chain")); n != keep {
+			t.Fatalf("after the rerun of a prune crashed at %q: %d backups, want %d", step, n, keep)
+		}
+		if n := len(st.objectFiles("manifests")); n != keep {
+			t.Fatalf("after the rerun of a prune crashed at %q: %d manifests, want %d", step, n, keep)
+		}
+		restoreAll(remaining)
+		t.Logf("crash at prune step %d (%s): others restorable, rerun finished", i+1, step)
+	}
 }

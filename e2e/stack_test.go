@@ -273,3 +273,14 @@ func (st *stack) jetstream() jetstream.JetStream {
 	}
 	return js
 }
+
+// waitReady waits until a service process logs that it is ready.
+func (st *stack) waitReady(p *testserver.Process) {
+	st.t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if strings.Contains(p.Output(), `"msg":"ready"`) {
+			return
+		}
+	}
+	st.t.Fatal("service did not become ready")
+}

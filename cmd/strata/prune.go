@@ -22,6 +22,7 @@ func cmdPrune(ctx context.Context, args []string) error {
 	fs.IntVar(&req.KeepMonthly, "keep-monthly", 0, "keep one per month for M months")
 	yes := fs.Bool("yes", false, "really prune (default: dry run)")
 	asJSON := fs.Bool("json", false, "print JSON")
+	timeout := fs.Duration("timeout", 5*time.Minute, "give up waiting for the merge service after this long")
 	if err := fs.Parse(args); err != nil {
 		return exitError{2, err}
 	}
@@ -35,7 +36,7 @@ func cmdPrune(ctx context.Context, args []string) error {
 		return err
 	}
 	defer c.close()
-	rctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	rctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	var reply contracts.PruneReply
 	if err := bus.Request(rctx, c.bus.NC, contracts.SubjectMergePrune, &req, &reply); err != nil {

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -25,6 +26,9 @@ import (
 // Config of the merge service (prefix STRATA_).
 type Config struct {
 	runtime.Common
+	// TestCrashAtPruneStep (tests only): exit the process when pruning
+	// reaches this step (manifests, record, catalog), as a crash would.
+	TestCrashAtPruneStep string `envconfig:"TEST_CRASH_AT_PRUNE_STEP"`
 }
 
 // Start registers the merge consumer.
@@ -34,6 +38,15 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		return fmt.Errorf("open results stream: %w", err)
 	}
 	m := &merger{rt: rt, results: results}
+	if step := cfg.TestCrashAtPruneStep; step != "" {
+		PruneHook = func(at, backupID string) error {
+			if at == step {
+				rt.Log.Warn("test hook: crashing at prune step", "step", at, "backup", backupID)
+				os.Exit(3)
+			}
+			return nil
+		}
+	}
 	svc, err := rt.Bus.AddService("backup assembly, retention and pruning")
 	if err != nil {
 		return err
