@@ -46,6 +46,7 @@ const (
 	SubjectDedupMissing = "strata.dedup.missing"    // MissingRequest → MissingReply
 	SubjectSchedulerRun = "strata.scheduler.backup" // BackupTrigger → BackupAccepted
 	SubjectMergePrune   = "strata.merge.prune"      // PruneRequest → PruneReply
+	SubjectDedupGC      = "strata.dedup.gc"         // GCRequest → GCReply
 )
 
 // Headers used beside W3C trace context.
@@ -82,6 +83,9 @@ const (
 	BucketCatalog = "strata_catalog"
 	// BucketPolicies: key PolicyKey(vm) → Policy (JSON).
 	BucketPolicies = "strata_policies"
+	// GCLockKey in BucketCatalog: present while garbage collection runs. A
+	// backup that sees it waits; a GC that sees a running backup gives up.
+	GCLockKey = "gc.lock"
 )
 
 // MaxSegmentBytes bounds one transfer work item.

@@ -395,3 +395,39 @@ type PruneReply struct {
 }
 
 func (m *PruneReply) Validate() error { return checkSchema(m.Schema) }
+
+// GCRequest asks dedup to collect garbage: delete chunk objects that no
+// backup references and that are older than the grace period.
+type GCRequest struct {
+	Schema int    `json:"schema"`
+	DryRun bool   `json:"dry_run,omitempty"`
+	Grace  string `json:"grace,omitempty"` // Go duration; empty: the service's default
+}
+
+func (m *GCRequest) Validate() error {
+	if err := checkSchema(m.Schema); err != nil {
+		return err
+	}
+	if m.Grace != "" {
+		d, err := time.ParseDuration(m.Grace)
+		if err != nil || d < 0 {
+			return fmt.Errorf("grace %q: want a non-negative duration", m.Grace)
+		}
+	}
+	return nil
+}
+
+// GCReply reports a collection.
+type GCReply struct {
+	Schema       int   `json:"schema"`
+	DryRun       bool  `json:"dry_run"`
+	Backups      int   `json:"backups"`       // backups whose manifests were marked
+	Referenced   int   `json:"referenced"`    // distinct chunk ids referenced
+	Chunks       int   `json:"chunks"`        // chunk objects seen
+	Young        int   `json:"young"`         // unreferenced but within the grace period
+	Deleted      int   `json:"deleted"`       // deleted (or, dry run, would be)
+	FreedBytes   int64 `json:"freed_bytes"`   // their stored size
+	GraceSeconds int64 `json:"grace_seconds"` // grace applied
+}
+
+func (m *GCReply) Validate() error { return checkSchema(m.Schema) }

@@ -109,4 +109,31 @@ func TestChainOf25KeyIntervalAndPrune(t *testing.T) {
 		restoreAll(remaining)
 		t.Logf("crash at prune step %d (%s): others restorable, rerun finished", i+1, step)
 	}
+
+	// Garbage collection deletes exactly the chunks no remaining backup
+	// references: a dry run first, then for real.
+	want := map[string]bool{}
+	for _, p := range remaining {
+		for _, id := range chunkIDs(t, p.raw, chunkSize) {
+			want[id] = true
+		}
+	}
+	before := len(st.objectFiles("chunks"))
+	var dryGC, gc contracts.GCReply
+	json.Unmarshal([]byte(st.mustCLI("gc", "--dry-run", "--grace", "0s", "--json")), &dryGC)
+	if !dryGC.DryRun || dryGC.Deleted != before-len(want) || len(st.objectFiles("chunks")) != before {
+		t.Fatalf("gc dry run: %+v; %d chunk objects, %d referenced", dryGC, before, len(want))
+	}
+	json.Unmarshal([]byte(st.mustCLI("gc", "--grace", "0s", "--json")), &gc)
+	left := st.objectFiles("chunks")
+	if len(left) != len(want) || gc.Deleted != before-len(want) {
+		t.Fatalf("gc deleted %d of %d chunk objects, leaving %d; %d referenced", gc.Deleted, before, len(left), len(want))
+	}
+	for _, f := range left {
+		if !want[filepath.Base(f)] {
+			t.Fatalf("gc left unreferenced chunk %s", f)
+		}
+	}
+	t.Logf("gc: %d chunk objects → %d (freed %d bytes)", before, len(left), gc.FreedBytes)
+	restoreAll(remaining)
 }

@@ -146,6 +146,10 @@ func TestTransferWorkerKilledMidBackup(t *testing.T) {
 	}
 	victim.Cmd.Wait()
 	t.Logf("killed transfer worker 0 mid-backup")
+	// Garbage collection refuses to run beside a running backup.
+	if _, errOut, code := st.cli("gc", "--dry-run"); code == 0 || !strings.Contains(errOut, "waits until no backup runs") {
+		t.Fatalf("gc during a backup: exit %d, %s", code, errOut)
+	}
 
 	var rec contracts.BackupRecord
 	for deadline := time.Now().Add(3 * time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {

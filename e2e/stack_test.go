@@ -284,3 +284,28 @@ func (st *stack) waitReady(p *testserver.Process) {
 	}
 	st.t.Fatal("service did not become ready")
 }
+
+// chunkIDs lists the distinct non-zero chunk ids of an image.
+func chunkIDs(t testing.TB, path string, chunkSize int) []string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	seen := map[string]bool{}
+	var out []string
+	buf := make([]byte, chunkSize)
+	for {
+		n, err := io.ReadFull(f, buf)
+		if n > 0 && !chunk.AllZero(buf[:n]) {
+			if id := chunk.Hash(buf[:n]).String(); !seen[id] {
+				seen[id] = true
+				out = append(out, id)
+			}
+		}
+		if err != nil {
+			return out
+		}
+	}
+}

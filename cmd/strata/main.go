@@ -18,6 +18,7 @@ Usage:
   strata ls      [--vm NAME] [--json]
   strata restore --vm NAME --backup ID|latest --to PATH [--json]
   strata prune   --vm NAME [--keep-last N --keep-daily D --keep-weekly W --keep-monthly M] [--yes] [--json]
+  strata gc      [--dry-run] [--grace 24h] [--json]
   strata policy  set --vm NAME --source URL --schedule CRON [--jitter D] [--key-interval K]
                      [--keep-last N --keep-daily D --keep-weekly W --keep-monthly M]
   strata policy  ls [--json] | rm --vm NAME
@@ -53,6 +54,8 @@ func main() {
 		err = cmdLs(ctx, args)
 	case "restore":
 		err = cmdRestore(ctx, args)
+	case "gc":
+		err = cmdGC(ctx, args)
 	case "prune":
 		err = cmdPrune(ctx, args)
 	case "policy":

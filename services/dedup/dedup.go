@@ -9,7 +9,11 @@ package dedup
 
 import (
 	"context"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
 	"sync"
+	"time"
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/bus"
@@ -20,18 +24,45 @@ import (
 // Config of the dedup service (prefix STRATA_).
 type Config struct {
 	runtime.Common
-	CacheEntries int `envconfig:"DEDUP_CACHE_ENTRIES" default:"262144"`
+	CacheEntries int           `envconfig:"DEDUP_CACHE_ENTRIES" default:"262144"`
+	GCGrace      time.Duration `envconfig:"GC_GRACE" default:"24h"`
 }
 
 // Start registers the dedup endpoint.
 func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	d := &Index{chunks: rt.Repo.Chunks, cache: NewPresentCache(cfg.CacheEntries)}
-	svc, err := rt.Bus.AddService("chunk index: which chunks are missing")
+	// Any collector (this instance or another) may have deleted ids this
+	// cache remembers as present: forget them when a collection ends.
+	w, err := rt.Catalog.KV.Watch(ctx, contracts.GCLockKey, jetstream.UpdatesOnly())
+	if err != nil {
+		return fmt.Errorf("watch gc lock: %w", err)
+	}
+	go func() {
+		for e := range w.Updates() {
+			if e != nil && e.Operation() != jetstream.KeyValuePut {
+				d.cache.Reset()
+			}
+		}
+	}()
+	svc, err := rt.Bus.AddService("chunk index: which chunks are missing; garbage collection")
 	if err != nil {
 		return err
 	}
-	return bus.Endpoint(rt.Bus, svc, "missing", contracts.SubjectDedupMissing, func(ctx context.Context, req *contracts.MissingRequest) (contracts.Message, error) {
+	if err := bus.Endpoint(rt.Bus, svc, "missing", contracts.SubjectDedupMissing, func(ctx context.Context, req *contracts.MissingRequest) (contracts.Message, error) {
 		return d.Missing(ctx, req)
+	}); err != nil {
+		return err
+	}
+	return bus.Endpoint(rt.Bus, svc, "gc", contracts.SubjectDedupGC, func(ctx context.Context, req *contracts.GCRequest) (contracts.Message, error) {
+		grace := cfg.GCGrace
+		if req.Grace != "" {
+			grace, _ = time.ParseDuration(req.Grace) // validated
+		}
+		reply, err := collect(ctx, rt, grace, req.DryRun)
+		if err == nil && !req.DryRun && reply.Deleted > 0 {
+			d.cache.Reset() // it may remember deleted ids as present
+		}
+		return reply, err
 	})
 }
 
@@ -100,6 +131,13 @@ func (c *PresentCache) Has(id chunk.ID) bool {
 		return true
 	}
 	return false
+}
+
+// Reset forgets everything.
+func (c *PresentCache) Reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.young, c.old = map[chunk.ID]struct{}{}, map[chunk.ID]struct{}{}
 }
 
 func (c *PresentCache) Add(id chunk.ID) {

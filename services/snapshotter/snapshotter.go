@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/strata-backup/strata/contracts"
@@ -38,7 +39,11 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		return err
 	}
 	if err := bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerSnapshotterRequests,
-		Filters: []string{contracts.SubjectBackupRequested}, Concurrency: 4}, s.plan); err != nil {
+		Filters: []string{contracts.SubjectBackupRequested}, Concurrency: 4, MaxDeliver: 30,
+		GiveUp: func(ctx context.Context, m contracts.Message, err error) {
+			req := m.(*contracts.BackupRequested)
+			rt.FailBackup(ctx, req.VM, req.BackupID, err.Error())
+		}}, s.plan); err != nil {
 		return err
 	}
 	return bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerSnapshotterOutcomes,
@@ -87,6 +92,13 @@ func (s *snapshotter) plan(ctx context.Context, req *contracts.BackupRequested) 
 	}
 	if existing.State != contracts.StateTransferring {
 		return nil // a redelivered request for a backup that moved on
+	}
+	// The record exists now; only then look for a running garbage
+	// collection (see dedup's collect for why the order matters).
+	if _, err := s.rt.Catalog.KV.Get(ctx, contracts.GCLockKey); err == nil {
+		return fmt.Errorf("garbage collection running; backup %s waits", rec.ID)
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return err
 	}
 	rec = existing
 	total := manifest.ChunkCount(size, rec.ChunkSize)
