@@ -130,7 +130,7 @@ func (c *composeStack) waitFinal(vm, id string, timeout time.Duration) contracts
 	c.t.Helper()
 	var rec contracts.BackupRecord
 	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
-		if rec = c.record(vm, id); rec.State.Final() {
+		if rec, _ = c.findRecord(vm, id); rec.State.Final() {
 			return rec
 		}
 	}
@@ -191,7 +191,7 @@ func TestCompose(t *testing.T) {
 			img, src := c.image(vm+".img", 320<<20, uint64(200+i))
 			id := strings.TrimSpace(c.mustCLI("backup", "--vm", vm, "--source", src))
 			for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
-				rec := c.record(vm, id)
+				rec, _ := c.findRecord(vm, id)
 				if rec.State.Final() {
 					t.Fatalf("backup finished (%s) before the fault could be injected", rec.State)
 				}

@@ -132,7 +132,7 @@ func TestTransferWorkerKilledMidBackup(t *testing.T) {
 	victim := st.procs["transfer"][0]
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		rec := st.record("db-01", id)
+		rec, _ := st.findRecord("db-01", id)
 		if rec.SegmentsDone() >= 1 && !rec.State.Final() {
 			break
 		}

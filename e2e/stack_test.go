@@ -189,13 +189,23 @@ func (st *stack) records(vm string) []contracts.BackupRecord {
 
 func (st *stack) record(vm, id string) contracts.BackupRecord {
 	st.t.Helper()
-	for _, r := range st.records(vm) {
-		if r.ID == id {
-			return r
-		}
+	if r, ok := st.findRecord(vm, id); ok {
+		return r
 	}
 	st.t.Fatalf("backup %s of %s not listed", id, vm)
 	return contracts.BackupRecord{}
+}
+
+// findRecord looks a backup up; a backup just requested is not listed
+// until the snapshotter has recorded it.
+func (st *stack) findRecord(vm, id string) (contracts.BackupRecord, bool) {
+	st.t.Helper()
+	for _, r := range st.records(vm) {
+		if r.ID == id {
+			return r, true
+		}
+	}
+	return contracts.BackupRecord{}, false
 }
 
 // objectFiles lists the files versitygw stores under a key prefix.
