@@ -125,26 +125,51 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 	return nil
 }
 
+// read reads the given chunks (indexes relative to the segment, ascending),
+// one source request per contiguous run: a round trip per run, not per
+// chunk, matters for network sources (NBD, vSphere).
+func (w *worker) read(ctx context.Context, disk source.Disk, seg *contracts.Segment, rel []int) ([][]byte, error) {
+	bufs := make([][]byte, len(rel))
+	for start := 0; start < len(rel); {
+		end := start + 1
+		for end < len(rel) && rel[end] == rel[end-1]+1 {
+			end++
+		}
+		off := (seg.FirstChunk + int64(rel[start])) * int64(seg.ChunkSize)
+		size := min(int64(end-start)*int64(seg.ChunkSize), seg.DiskSize-off)
+		span := make([]byte, size)
+		if w.limiter != nil {
+			for n := int64(0); n < size; n += int64(seg.ChunkSize) { // WaitN may not exceed the burst
+				if err := w.limiter.WaitN(ctx, int(min(int64(seg.ChunkSize), size-n))); err != nil {
+					return nil, err
+				}
+			}
+		}
+		if _, err := disk.ReadAt(span, off); err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("read %s at %d: %w", seg.Source, off, err)
+		}
+		for i := start; i < end; i++ {
+			lo := int64(i-start) * int64(seg.ChunkSize)
+			bufs[i] = span[lo:min(lo+int64(seg.ChunkSize), size)]
+		}
+		start = end
+	}
+	return bufs, nil
+}
+
 // batch reads the given chunks (indexes relative to the segment) and
 // uploads the ones the repository lacks.
 func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Segment, rel []int, done *contracts.SegmentDone) error {
-	bufs := make([][]byte, len(rel))
+	bufs, err := w.read(ctx, disk, seg, rel)
+	if err != nil {
+		return err
+	}
 	var ask []string
 	asked := map[chunk.ID]int{} // id → position in this batch of its first chunk
 	for i, r := range rel {
-		idx := seg.FirstChunk + int64(r)
-		off := idx * int64(seg.ChunkSize)
-		size := int(min(int64(seg.ChunkSize), seg.DiskSize-off))
-		buf := make([]byte, size)
-		if w.limiter != nil {
-			if err := w.limiter.WaitN(ctx, size); err != nil {
-				return err
-			}
-		}
-		if _, err := disk.ReadAt(buf, off); err != nil && !(errors.Is(err, io.EOF)) {
-			return fmt.Errorf("read %s at %d: %w", seg.Source, off, err)
-		}
-		done.ReadBytes += int64(size)
+		buf := bufs[i]
+		done.ReadBytes += int64(len(buf))
+		bufs[i] = nil // kept below only for chunks dedup may want
 		if chunk.AllZero(buf) {
 			done.IDs[r] = "" // a zero chunk: never stored
 			continue
@@ -190,7 +215,7 @@ func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Seg
 			return nil
 		})
 	}
-	err := g.Wait()
+	err = g.Wait()
 	done.UploadedBytes += uploaded.Load()
 	return err
 }
