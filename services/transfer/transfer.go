@@ -40,7 +40,7 @@ type Config struct {
 
 // Start registers the worker.
 func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
-	w := &worker{rt: rt, cfg: cfg}
+	w := &worker{rt: rt, cfg: cfg, disks: newDiskPool(ctx)}
 	if cfg.RateLimit > 0 {
 		w.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(int(cfg.RateLimit), rt.Repo.Config.ChunkSize))
 	}
@@ -61,6 +61,7 @@ type worker struct {
 	rt      *runtime.Runtime
 	cfg     Config
 	limiter *rate.Limiter // nil: unlimited
+	disks   *diskPool
 }
 
 // batchBytes bounds the memory one segment holds at once, whatever the
@@ -82,15 +83,6 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 	if seg.ChunkSize != w.rt.Repo.Config.ChunkSize {
 		return bus.Permanent(fmt.Errorf("segment cut for %d-byte chunks; repository uses %d", seg.ChunkSize, w.rt.Repo.Config.ChunkSize))
 	}
-	disk, err := source.Open(ctx, seg.Source)
-	if err != nil {
-		return fmt.Errorf("open source: %w", err)
-	}
-	defer disk.Close()
-	if disk.Size() != seg.DiskSize {
-		return bus.Permanent(fmt.Errorf("source %s is %d bytes, planned as %d: it changed under the backup", seg.Source, disk.Size(), seg.DiskSize))
-	}
-
 	done := &contracts.SegmentDone{Schema: contracts.SchemaVersion, BackupID: seg.BackupID, VM: seg.VM, Disk: seg.Disk, Index: seg.Index,
 		FirstChunk: seg.FirstChunk, IDs: make([]string, seg.Chunks)}
 	// Chunks to read, relative to the segment; the rest of a sparse
@@ -112,9 +104,14 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 			done.IDs[i] = contracts.InheritID // overwritten below for every chunk read
 		}
 	}
-	perBatch := max(1, batchBytes/seg.ChunkSize)
-	for start := 0; start < len(toRead); start += perBatch {
-		if err := w.batch(ctx, disk, seg, toRead[start:min(start+perBatch, len(toRead))], done); err != nil {
+	if len(toRead) > 0 { // a segment with nothing to read never opens the source
+		disk, err := w.disks.get(ctx, seg.BackupID, seg.Source)
+		if err != nil {
+			return fmt.Errorf("open source: %w", err)
+		}
+		err = w.readSegment(ctx, disk, seg, toRead, done)
+		w.disks.put(seg.BackupID, seg.Source, disk, err == nil)
+		if err != nil {
 			return err
 		}
 	}
@@ -122,6 +119,19 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 		return err
 	}
 	w.rt.Log.DebugContext(ctx, "segment done", "backup", seg.BackupID, "segment", seg.Index, "uploaded", done.UploadedChunks)
+	return nil
+}
+
+func (w *worker) readSegment(ctx context.Context, disk source.Disk, seg *contracts.Segment, toRead []int, done *contracts.SegmentDone) error {
+	if disk.Size() != seg.DiskSize {
+		return bus.Permanent(fmt.Errorf("source %s is %d bytes, planned as %d: it changed under the backup", seg.Source, disk.Size(), seg.DiskSize))
+	}
+	perBatch := max(1, batchBytes/seg.ChunkSize)
+	for start := 0; start < len(toRead); start += perBatch {
+		if err := w.batch(ctx, disk, seg, toRead[start:min(start+perBatch, len(toRead))], done); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
