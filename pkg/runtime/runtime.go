@@ -37,7 +37,7 @@ type Common struct {
 	S3SecretKey string `envconfig:"S3_SECRET_KEY"`
 	S3PathStyle bool   `envconfig:"S3_PATH_STYLE" default:"true"`
 	StoreDir    string `envconfig:"STORE_DIR"` // local directory instead of S3
-	ChunkSize   int    `envconfig:"CHUNK_SIZE" default:"1048576"`
+	ChunkSize   int    `envconfig:"CHUNK_SIZE" default:"262144"`
 	LogLevel    string `envconfig:"LOG_LEVEL" default:"info"`
 }
 
