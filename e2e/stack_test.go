@@ -236,16 +236,16 @@ func sha256File(t testing.TB, path string) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// chunkCensus reads an image the way Strata cuts it: distinct non-zero
-// chunk ids and the number of all-zero chunks.
-func chunkCensus(t testing.TB, path string, chunkSize int) (distinct int, zero int) {
+// chunkCensus reads an image the way Strata cuts it: the distinct non-zero
+// chunk ids (hex, as object names) and the number of all-zero chunks.
+func chunkCensus(t testing.TB, path string, chunkSize int) (distinct map[string]bool, zero int) {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	seen := map[chunk.ID]bool{}
+	distinct = map[string]bool{}
 	buf := make([]byte, chunkSize)
 	for {
 		n, err := io.ReadFull(f, buf)
@@ -253,14 +253,13 @@ func chunkCensus(t testing.TB, path string, chunkSize int) (distinct int, zero i
 			if chunk.AllZero(buf[:n]) {
 				zero++
 			} else {
-				seen[chunk.Hash(buf[:n])] = true
+				distinct[chunk.Hash(buf[:n]).String()] = true
 			}
 		}
 		if err != nil {
-			break
+			return distinct, zero
 		}
 	}
-	return len(seen), zero
 }
 
 func ctxT(t *testing.T, d time.Duration) context.Context {
@@ -293,29 +292,4 @@ func (st *stack) waitReady(p *testserver.Process) {
 		}
 	}
 	st.t.Fatal("service did not become ready")
-}
-
-// chunkIDs lists the distinct non-zero chunk ids of an image.
-func chunkIDs(t testing.TB, path string, chunkSize int) []string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	seen := map[string]bool{}
-	var out []string
-	buf := make([]byte, chunkSize)
-	for {
-		n, err := io.ReadFull(f, buf)
-		if n > 0 && !chunk.AllZero(buf[:n]) {
-			if id := chunk.Hash(buf[:n]).String(); !seen[id] {
-				seen[id] = true
-				out = append(out, id)
-			}
-		}
-		if err != nil {
-			return out
-		}
-	}
 }

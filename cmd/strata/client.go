@@ -65,6 +65,13 @@ func (c *client) close() {
 	c.tp.Shutdown(ctx)
 }
 
+// request asks a service over NATS and waits up to timeout for its reply.
+func (c *client) request(ctx context.Context, subject string, req, reply contracts.Message, timeout time.Duration) error {
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return bus.Request(rctx, c.bus.NC, subject, req, reply)
+}
+
 func isTerminal(f *os.File) bool {
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
@@ -102,9 +109,7 @@ func cmdBackup(ctx context.Context, args []string) error {
 		defer span.End()
 	}
 	var acc contracts.BackupAccepted
-	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := bus.Request(rctx, c.bus.NC, contracts.SubjectSchedulerRun, trigger, &acc); err != nil {
+	if err := c.request(ctx, contracts.SubjectSchedulerRun, trigger, &acc, 30*time.Second); err != nil {
 		return fmt.Errorf("request backup: %w (is strata-scheduler running?)", err)
 	}
 	if !*wait {

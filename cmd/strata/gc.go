@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/pkg/bus"
 )
 
 // cmdGC asks the dedup service to collect unreferenced chunks.
@@ -28,10 +27,8 @@ func cmdGC(ctx context.Context, args []string) error {
 		return err
 	}
 	defer c.close()
-	rctx, cancel := context.WithTimeout(ctx, time.Hour)
-	defer cancel()
 	var reply contracts.GCReply
-	if err := bus.Request(rctx, c.bus.NC, contracts.SubjectDedupGC, &req, &reply); err != nil {
+	if err := c.request(ctx, contracts.SubjectDedupGC, &req, &reply, time.Hour); err != nil {
 		return fmt.Errorf("gc: %w", err)
 	}
 	if *asJSON {

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/pkg/bus"
 )
 
 // cmdPrune applies retention through the merge service. Without --yes it
@@ -36,10 +35,8 @@ func cmdPrune(ctx context.Context, args []string) error {
 		return err
 	}
 	defer c.close()
-	rctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
 	var reply contracts.PruneReply
-	if err := bus.Request(rctx, c.bus.NC, contracts.SubjectMergePrune, &req, &reply); err != nil {
+	if err := c.request(ctx, contracts.SubjectMergePrune, &req, &reply, *timeout); err != nil {
 		return fmt.Errorf("prune: %w (is strata-merge running?)", err)
 	}
 	if *asJSON {

@@ -21,7 +21,7 @@ import (
 // ErrNotFound: no such backup.
 var ErrNotFound = errors.New("backup not found")
 
-// ErrFinal is returned by an update function to leave a record unchanged.
+// ErrUnchanged is returned by an update function to leave a record unchanged.
 var ErrUnchanged = errors.New("unchanged")
 
 // Catalog wraps the KV bucket.

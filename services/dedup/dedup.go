@@ -58,11 +58,7 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		if req.Grace != "" {
 			grace, _ = time.ParseDuration(req.Grace) // validated
 		}
-		reply, err := collect(ctx, rt, grace, req.DryRun)
-		if err == nil && !req.DryRun && reply.Deleted > 0 {
-			d.cache.Reset() // it may remember deleted ids as present
-		}
-		return reply, err
+		return collect(ctx, rt, grace, req.DryRun) // the gc.lock watch above resets every instance's cache
 	})
 }
 
