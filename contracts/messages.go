@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/url"
+	"strings"
 	"time"
 )
 
@@ -302,8 +303,13 @@ func ValidateSource(s string) error {
 			return fmt.Errorf("source %q: nbd source needs host, port and export (nbd://host:port/export[?bitmap=NAME])", s)
 		}
 		return nil
+	case "vsphere":
+		if strings.Trim(u.Path, "/") == "" {
+			return fmt.Errorf("source %q: vsphere source needs a VM name or inventory path (vsphere://vcenter/DC/vm/NAME or vsphere:///NAME)", s)
+		}
+		return nil
 	default:
-		return fmt.Errorf("source %q: unsupported scheme %q (supported: file, nbd)", s, u.Scheme)
+		return fmt.Errorf("source %q: unsupported scheme %q (supported: file, nbd, vsphere)", s, u.Scheme)
 	}
 }
 

@@ -43,6 +43,7 @@ type BackupRecord struct {
 	Slot       *time.Time   `json:"slot,omitempty"`        // schedule slot that fired it
 	ChainDepth int          `json:"chain_depth,omitempty"` // incrementals since the last full
 	FullReason string       `json:"full_reason,omitempty"` // why a full read when a parent existed
+	Note       string       `json:"note,omitempty"`        // what the source wants the user to know
 	Error      string       `json:"error,omitempty"`
 	ChunkSize  int          `json:"chunk_size"`
 	TraceID    string       `json:"trace_id,omitempty"`

@@ -6,14 +6,17 @@ require (
 	github.com/nats-io/nats.go v1.55.0
 	github.com/strata-backup/strata/contracts v0.0.0
 	github.com/strata-backup/strata/pkg v0.0.0
+	github.com/vmware/govmomi v0.56.0
 )
 
 require (
+	github.com/google/uuid v1.6.0 // indirect
 	github.com/klauspost/compress v1.20.4 // indirect
 	github.com/nats-io/nkeys v0.4.16 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
 	golang.org/x/crypto v0.57.0 // indirect
 	golang.org/x/sys v0.50.0 // indirect
+	gopkg.in/yaml.v3 v3.0.1 // indirect
 )
 
 replace (

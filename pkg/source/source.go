@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/vsphere"
 )
 
 // Extent is a byte range of a disk.
@@ -36,8 +38,26 @@ type Disk interface {
 	Close() error
 }
 
-// Open opens the disk a source URL names.
+// Open opens the disk a file:// or nbd:// source URL names (sources that
+// need no shared state; see Opener for all of them).
 func Open(ctx context.Context, rawURL string) (Disk, error) {
+	return (&Opener{}).Open(ctx, rawURL)
+}
+
+// Opener opens sources and holds what they share across a process: the
+// vSphere sessions. One per service process.
+type Opener struct {
+	VSphere *vsphere.Sessions // nil: vsphere:// sources refused
+}
+
+// NewOpener returns an opener for the configured sources.
+func NewOpener(cfg vsphere.Config) *Opener {
+	return &Opener{VSphere: vsphere.NewSessions(cfg)}
+}
+
+// Open opens one disk: a file or NBD source URL, or a disk URL the
+// snapshotter planned (see Snapshot).
+func (o *Opener) Open(ctx context.Context, rawURL string) (Disk, error) {
 	if err := contracts.ValidateSource(rawURL); err != nil {
 		return nil, err
 	}
@@ -47,8 +67,47 @@ func Open(ctx context.Context, rawURL string) (Disk, error) {
 		return OpenFile(u.Path)
 	case "nbd":
 		return OpenNBD(u)
+	case "vsphere":
+		return o.openVSphere(ctx, rawURL)
 	}
 	return nil, fmt.Errorf("source %q: unsupported", rawURL)
+}
+
+// Point is a consistent point in time of a VM's disks, held until Release.
+type Point struct {
+	Disks []PointDisk
+	// Note tells the user something the backup record should keep
+	// (change tracking just enabled, for example).
+	Note string
+}
+
+// PointDisk is one disk of a Point: its name (stable across backups of the
+// VM, used to match a disk with its parent) and the URL Open reads it by.
+type PointDisk struct {
+	Name string
+	URL  string
+}
+
+// Snapshot takes (or, redelivered, finds again) the point in time a backup
+// reads. A file or NBD source is its own point: one disk, nothing held;
+// the hypervisor or the exporter (qemu-nbd on a snapshot) keeps it still.
+func (o *Opener) Snapshot(ctx context.Context, rawURL, backupID string) (*Point, error) {
+	if err := contracts.ValidateSource(rawURL); err != nil {
+		return nil, err
+	}
+	if strings.HasPrefix(rawURL, "vsphere:") {
+		return o.snapshotVSphere(ctx, rawURL, backupID)
+	}
+	return &Point{Disks: []PointDisk{{Name: "disk0", URL: rawURL}}}, nil
+}
+
+// Release lets go of what Snapshot took for the backup. Idempotent: a
+// point already released is not an error.
+func (o *Opener) Release(ctx context.Context, rawURL, backupID string) (released bool, err error) {
+	if strings.HasPrefix(rawURL, "vsphere:") {
+		return o.releaseVSphere(ctx, rawURL, backupID)
+	}
+	return false, nil
 }
 
 // ChunkRuns turns byte extents into the ordered, merged runs of chunk

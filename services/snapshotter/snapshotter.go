@@ -17,14 +17,17 @@ import (
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/bus"
+	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/manifest"
 	"github.com/strata-backup/strata/pkg/runtime"
 	"github.com/strata-backup/strata/pkg/source"
+	"github.com/strata-backup/strata/pkg/vsphere"
 )
 
 // Config of the snapshotter (prefix STRATA_).
 type Config struct {
 	runtime.Common
+	vsphere.Config
 	// KeyInterval: every KeyInterval-th backup of a chain re-reads the whole
 	// disk (still deduplicated, so it stores little): the guard against a
 	// silently broken change-tracking chain (Xen Orchestra's "key backup
@@ -34,7 +37,7 @@ type Config struct {
 
 // Start registers the snapshotter's consumers.
 func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
-	s := &snapshotter{rt: rt, keyInterval: max(1, cfg.KeyInterval)}
+	s := &snapshotter{rt: rt, keyInterval: max(1, cfg.KeyInterval), sources: source.NewOpener(cfg.Config)}
 	if _, err := rt.Bus.AddService("snapshots and segment planning"); err != nil {
 		return err
 	}
@@ -47,12 +50,13 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		return err
 	}
 	return bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerSnapshotterOutcomes,
-		Filters: []string{contracts.SubjectBackupVerified, contracts.SubjectBackupFailed}}, s.release)
+		Filters: []string{contracts.SubjectBackupVerified, contracts.SubjectBackupFailed}, MaxDeliver: 30}, s.release)
 }
 
 type snapshotter struct {
 	rt          *runtime.Runtime
 	keyInterval int
+	sources     *source.Opener
 }
 
 // Plan cuts a disk into segments of whole chunks, at most MaxSegmentBytes.
@@ -62,6 +66,12 @@ func Plan(size int64, chunkSize int) (chunksPerSegment int, segments int) {
 	return chunksPerSegment, int((total + int64(chunksPerSegment) - 1) / int64(chunksPerSegment))
 }
 
+// openDisk is one disk of the backup's point in time, open for planning.
+type openDisk struct {
+	source.PointDisk
+	disk source.Disk
+}
+
 func (s *snapshotter) plan(ctx context.Context, req *contracts.BackupRequested) error {
 	rec := &contracts.BackupRecord{
 		Schema: contracts.SchemaVersion, ID: req.BackupID, VM: req.VM, Source: req.Source,
@@ -69,23 +79,38 @@ func (s *snapshotter) plan(ctx context.Context, req *contracts.BackupRequested) 
 		TraceID: trace.SpanContextFromContext(ctx).TraceID().String(), CreatedAt: req.RequestedAt, UpdatedAt: time.Now().UTC(),
 		Slot: req.Slot,
 	}
-	disk, err := source.Open(ctx, req.Source)
+	if existing, _, err := s.rt.Catalog.Get(ctx, req.VM, req.BackupID); err == nil && existing.State != contracts.StateTransferring {
+		return nil // a redelivered request for a backup that moved on: take no new snapshot
+	}
+	point, disks, err := s.open(ctx, req)
+	defer func() {
+		for _, d := range disks {
+			d.disk.Close()
+		}
+	}()
 	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			return err
+		}
 		// Unknown VM or unreadable source: record the backup as failed so
-		// the user sees why, rather than dropping the request.
+		// the user sees why, rather than dropping the request. The failure
+		// event releases whatever snapshot was taken.
 		rec.State, rec.Error = contracts.StateFailed, err.Error()
 		if _, _, cerr := s.rt.Catalog.Create(ctx, rec); cerr != nil {
 			return cerr
 		}
 		return s.rt.FailBackup(ctx, req.VM, req.BackupID, fmt.Sprintf("open source: %v", err))
 	}
-	size := disk.Size()
-	read := s.whatToRead(ctx, req, disk, rec)
-	disk.Close()
-	perSeg, segments := Plan(size, rec.ChunkSize)
-	rec.Disks = []contracts.DiskRecord{{Index: 0, Name: "disk0", Size: size, Segments: segments,
-		ChangeID: string(read.changeID), ChangedBytes: read.changedBytes}}
-	sparse, runs := read.sparse, read.runs
+	plans := s.whatToRead(ctx, req, disks, rec)
+	if point.Note != "" {
+		rec.Note = point.Note
+	}
+	for i, d := range disks {
+		size := d.disk.Size()
+		_, segments := Plan(size, rec.ChunkSize)
+		rec.Disks = append(rec.Disks, contracts.DiskRecord{Index: i, Name: d.Name, Size: size, Segments: segments,
+			ChangeID: string(plans[i].changeID), ChangedBytes: plans[i].changedBytes})
+	}
 	existing, _, err := s.rt.Catalog.Create(ctx, rec)
 	if err != nil {
 		return err
@@ -100,29 +125,63 @@ func (s *snapshotter) plan(ctx context.Context, req *contracts.BackupRequested) 
 	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return err
 	}
+	// Publish from the stored record: a redelivery re-publishes the plan
+	// it recorded the first time (same message ids, deduplicated).
 	rec = existing
-	total := manifest.ChunkCount(size, rec.ChunkSize)
+	for i, d := range rec.Disks {
+		plan := plans[i]
+		if i < len(disks) && disks[i].Name == d.Name {
+			plan.url = disks[i].URL
+		}
+		if err := s.publishSegments(ctx, rec, d, plan); err != nil {
+			return err
+		}
+	}
+	s.rt.Log.InfoContext(ctx, "backup planned", "vm", rec.VM, "backup", rec.ID, "kind", rec.Kind, "disks", len(rec.Disks), "chunk_size", rec.ChunkSize)
+	return nil
+}
+
+// open takes the point in time and opens each of its disks.
+func (s *snapshotter) open(ctx context.Context, req *contracts.BackupRequested) (*source.Point, []openDisk, error) {
+	point, err := s.sources.Snapshot(ctx, req.Source, req.BackupID)
+	if err != nil {
+		return nil, nil, err
+	}
+	var disks []openDisk
+	for _, pd := range point.Disks {
+		d, err := s.sources.Open(ctx, pd.URL)
+		if err != nil {
+			return point, disks, fmt.Errorf("open %s: %w", pd.Name, err)
+		}
+		disks = append(disks, openDisk{pd, d})
+	}
+	return point, disks, nil
+}
+
+func (s *snapshotter) publishSegments(ctx context.Context, rec *contracts.BackupRecord, d contracts.DiskRecord, plan readPlan) error {
+	perSeg, segments := Plan(d.Size, rec.ChunkSize)
+	total := manifest.ChunkCount(d.Size, rec.ChunkSize)
 	next := 0 // first run that may overlap the current segment
 	for i := 0; i < segments; i++ {
 		first := int64(i) * int64(perSeg)
 		seg := &contracts.Segment{
-			Schema: contracts.SchemaVersion, BackupID: rec.ID, VM: rec.VM, Disk: 0, Index: i, Source: rec.Source,
-			DiskSize: size, ChunkSize: rec.ChunkSize, FirstChunk: first, Chunks: int(min(int64(perSeg), total-first)),
-			Sparse: sparse, Inherit: read.inherit,
+			Schema: contracts.SchemaVersion, BackupID: rec.ID, VM: rec.VM, Disk: d.Index, Index: i, Source: plan.url,
+			DiskSize: d.Size, ChunkSize: rec.ChunkSize, FirstChunk: first, Chunks: int(min(int64(perSeg), total-first)),
+			Sparse: plan.sparse, Inherit: plan.inherit,
 		}
-		if sparse {
-			seg.Runs, next = SegmentRuns(runs, next, first, int64(seg.Chunks))
+		if plan.sparse {
+			seg.Runs, next = SegmentRuns(plan.runs, next, first, int64(seg.Chunks))
 		}
 		if err := s.rt.Bus.Publish(ctx, seg.Subject(), seg, fmt.Sprintf("seg-%s-%d-%d", rec.ID, seg.Disk, i)); err != nil {
 			return err
 		}
 	}
-	s.rt.Log.InfoContext(ctx, "backup planned", "vm", rec.VM, "backup", rec.ID, "size", size, "segments", segments, "chunk_size", rec.ChunkSize)
 	return nil
 }
 
-// readPlan says which chunks of the disk to read.
+// readPlan says which chunks of a disk to read.
 type readPlan struct {
+	url             string     // the disk's source URL
 	sparse, inherit bool       // sparse: only runs; inherit: the rest from the parent (else zero)
 	runs            [][2]int64 // chunk runs to read
 	changeID        source.ChangeID
@@ -131,43 +190,72 @@ type readPlan struct {
 
 // whatToRead decides between an incremental (changed extents since the
 // parent, the rest inherited) and a full read (allocated extents, the rest
-// zero), and records the decision in rec. Any doubt means a full read:
-// a missing or refused change id is never taken as "nothing changed".
-func (s *snapshotter) whatToRead(ctx context.Context, req *contracts.BackupRequested, disk source.Disk, rec *contracts.BackupRecord) readPlan {
+// zero), for all disks of the backup at once, and records the decision in
+// rec. Any doubt means a full read: a missing or refused change id is never
+// taken as "nothing changed".
+func (s *snapshotter) whatToRead(ctx context.Context, req *contracts.BackupRequested, disks []openDisk, rec *contracts.BackupRecord) []readPlan {
 	rec.Kind = contracts.KindFull
-	parent, err := s.rt.Catalog.Latest(ctx, req.VM)
-	if err == nil {
-		switch {
-		case parent.ChainDepth+1 >= cmp.Or(req.KeyInterval, s.keyInterval):
-			rec.FullReason = fmt.Sprintf("key interval: %d incrementals since the last full", parent.ChainDepth)
-		case len(parent.Disks) != 1 || parent.Disks[0].Size != disk.Size():
-			rec.FullReason = "disk layout or size changed since the parent"
-		case !sameDisk(parent.Source, req.Source):
-			rec.FullReason = "source changed since the parent"
-		default:
-			ext, changeID, cerr := disk.ChangedExtents(ctx, source.ChangeID(parent.ID))
-			if cerr == nil {
-				rec.Kind, rec.Parent, rec.ChainDepth = contracts.KindIncremental, parent.ID, parent.ChainDepth+1
-				p := readPlan{sparse: true, inherit: true, runs: source.ChunkRuns(ext, rec.ChunkSize), changeID: changeID}
-				for _, e := range ext {
-					p.changedBytes += e.Length
-				}
-				return p
+	plans := make([]readPlan, len(disks))
+	if parent, err := s.rt.Catalog.Latest(ctx, req.VM); err == nil {
+		rec.FullReason = s.incrementalRefused(req, parent, disks)
+		for i, d := range disks {
+			if rec.FullReason != "" {
+				break
 			}
-			if errors.Is(cerr, source.ErrNoChangeTracking) {
-				rec.FullReason = "source has no change tracking: full read, deduplicated against the parent"
-			} else {
-				rec.FullReason = fmt.Sprintf("change tracking refused (%v): full read", cerr)
+			since := source.ChangeID(parent.Disks[i].ChangeID)
+			if since == "" {
+				rec.FullReason = fmt.Sprintf("%s: the parent recorded no change id (no change tracking): full read, deduplicated against the parent", d.Name)
+				break
+			}
+			ext, changeID, cerr := d.disk.ChangedExtents(ctx, since)
+			switch {
+			case errors.Is(cerr, source.ErrNoChangeTracking):
+				rec.FullReason = fmt.Sprintf("%s: source has no change tracking: full read, deduplicated against the parent", d.Name)
+			case cerr != nil:
+				rec.FullReason = fmt.Sprintf("%s: change tracking refused (%v): full read, deduplicated against the parent", d.Name, cerr)
+			default:
+				plans[i] = readPlan{url: d.URL, sparse: true, inherit: true, runs: source.ChunkRuns(ext, rec.ChunkSize), changeID: changeID}
+				for _, e := range ext {
+					plans[i].changedBytes += e.Length
+				}
 			}
 		}
+		if rec.FullReason == "" {
+			rec.Kind, rec.Parent, rec.ChainDepth = contracts.KindIncremental, parent.ID, parent.ChainDepth+1
+			return plans
+		}
 	}
-	// Read only what holds data: a 3 GiB disk with 600 MB used costs 600 MB.
-	ext, changeID, err := disk.ChangedExtents(ctx, "")
-	if err != nil {
-		s.rt.Log.WarnContext(ctx, "source cannot list allocated extents; reading the whole disk", "err", err)
-		return readPlan{}
+	for i, d := range disks {
+		// Read only what holds data: a 3 GiB disk with 600 MB used costs 600 MB.
+		ext, changeID, err := d.disk.ChangedExtents(ctx, "")
+		if err != nil {
+			s.rt.Log.WarnContext(ctx, "source cannot list allocated extents; reading the whole disk", "disk", d.Name, "err", err)
+			plans[i] = readPlan{url: d.URL}
+			continue
+		}
+		plans[i] = readPlan{url: d.URL, sparse: true, runs: source.ChunkRuns(ext, rec.ChunkSize), changeID: changeID}
 	}
-	return readPlan{sparse: true, runs: source.ChunkRuns(ext, rec.ChunkSize), changeID: changeID}
+	return plans
+}
+
+// incrementalRefused says why the backup cannot be an incremental of
+// parent before asking the source anything, or "".
+func (s *snapshotter) incrementalRefused(req *contracts.BackupRequested, parent *contracts.BackupRecord, disks []openDisk) string {
+	if parent.ChainDepth+1 >= cmp.Or(req.KeyInterval, s.keyInterval) {
+		return fmt.Sprintf("key interval: %d incrementals since the last full", parent.ChainDepth)
+	}
+	if !sameDisk(parent.Source, req.Source) {
+		return "source changed since the parent"
+	}
+	if len(parent.Disks) != len(disks) {
+		return fmt.Sprintf("the VM has %d disks, its parent backup %d", len(disks), len(parent.Disks))
+	}
+	for i, d := range disks {
+		if p := parent.Disks[i]; p.Name != d.Name || p.Size != d.disk.Size() {
+			return fmt.Sprintf("disk %d is %s of %d bytes, in the parent %s of %d bytes", i, d.Name, d.disk.Size(), p.Name, p.Size)
+		}
+	}
+	return ""
 }
 
 // sameDisk compares two source URLs by scheme and path: the endpoint's
@@ -198,9 +286,23 @@ func SegmentRuns(runs [][2]int64, next int, first, count int64) ([]contracts.Chu
 	return out, next
 }
 
-// release lets go of the snapshot. A file source holds none; hypervisor
-// sources delete theirs here.
+// release lets go of the snapshot once the backup is verified or has
+// failed. A file or NBD source holds none; vSphere snapshots are removed
+// (idempotent: a redelivered outcome finds it gone).
 func (s *snapshotter) release(ctx context.Context, o *contracts.BackupOutcome) error {
-	s.rt.Log.InfoContext(ctx, "snapshot released", "vm", o.VM, "backup", o.BackupID, "outcome", o.State)
+	rec, _, err := s.rt.Catalog.Get(ctx, o.VM, o.BackupID)
+	if errors.Is(err, catalog.ErrNotFound) {
+		return nil // never planned: nothing was taken
+	}
+	if err != nil {
+		return err
+	}
+	released, err := s.sources.Release(ctx, rec.Source, rec.ID)
+	if err != nil {
+		return fmt.Errorf("release snapshot of backup %s: %w", rec.ID, err)
+	}
+	if released {
+		s.rt.Log.InfoContext(ctx, "snapshot released", "vm", o.VM, "backup", o.BackupID, "outcome", o.State)
+	}
 	return nil
 }

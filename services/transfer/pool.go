@@ -15,8 +15,9 @@ import (
 // replaced image file is never read through a stale handle; idle ones are
 // closed after idleTimeout.
 type diskPool struct {
-	mu   sync.Mutex
-	idle map[poolKey][]pooledDisk
+	sources *source.Opener
+	mu      sync.Mutex
+	idle    map[poolKey][]pooledDisk
 }
 
 type poolKey struct{ backup, source string }
@@ -28,8 +29,8 @@ type pooledDisk struct {
 
 const idleTimeout = 20 * time.Second
 
-func newDiskPool(ctx context.Context) *diskPool {
-	p := &diskPool{idle: map[poolKey][]pooledDisk{}}
+func newDiskPool(ctx context.Context, sources *source.Opener) *diskPool {
+	p := &diskPool{sources: sources, idle: map[poolKey][]pooledDisk{}}
 	go func() {
 		t := time.NewTicker(idleTimeout / 2)
 		defer t.Stop()
@@ -57,7 +58,7 @@ func (p *diskPool) get(ctx context.Context, backup, src string) (source.Disk, er
 		return d, nil
 	}
 	p.mu.Unlock()
-	return source.Open(ctx, src)
+	return p.sources.Open(ctx, src)
 }
 
 // put hands a disk back; a disk that failed is closed instead.

@@ -27,11 +27,13 @@ import (
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/runtime"
 	"github.com/strata-backup/strata/pkg/source"
+	"github.com/strata-backup/strata/pkg/vsphere"
 )
 
 // Config of a transfer worker (prefix STRATA_).
 type Config struct {
 	runtime.Common
+	vsphere.Config
 	Concurrency int           `envconfig:"TRANSFER_CONCURRENCY" default:"2"`
 	Uploads     int           `envconfig:"TRANSFER_UPLOADS" default:"8"`
 	AckWait     time.Duration `envconfig:"TRANSFER_ACK_WAIT" default:"60s"`
@@ -40,7 +42,7 @@ type Config struct {
 
 // Start registers the worker.
 func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
-	w := &worker{rt: rt, cfg: cfg, disks: newDiskPool(ctx)}
+	w := &worker{rt: rt, cfg: cfg, disks: newDiskPool(ctx, source.NewOpener(cfg.Config))}
 	if cfg.RateLimit > 0 {
 		w.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(int(cfg.RateLimit), rt.Repo.Config.ChunkSize))
 	}

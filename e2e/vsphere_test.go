@@ -1,0 +1,179 @@
+package e2e
+
+import (
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmware/govmomi/object"
+
+	"github.com/strata-backup/strata/contracts"
+)
+
+// vSphere on the simulator: a VM with two disks, a full backup reading
+// only what CBT says is allocated, 2 % of blocks rewritten at scattered
+// offsets, an incremental that reads (about) only the changed extents and
+// uploads exactly the chunks overlapping them; both points restore
+// bit-exact; the backup's snapshot is gone from the VM afterwards. Then a
+// CBT reset: the next backup falls back to a full read, says why, stores
+// nothing new, and restores bit-exact.
+func TestVSphereIncrementalFromCBT(t *testing.T) {
+	const cs = 64 << 10
+	sim := startVcsim(t)
+	st := startStack(t, stackOptions{chunkSize: cs, extraEnv: map[string][]string{"snapshotter": sim.env(), "transfer": sim.env()}})
+	sizes := []int64{96 << 20, 64 << 20}
+	vm := sim.createVM("web-01", sizes...)
+	dir := t.TempDir()
+	rng := rand.New(rand.NewPCG(7, 7))
+	block := func(n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		return b
+	}
+	// The guest's initial data: 1 MiB blocks over about 40 % of each disk.
+	for i, size := range sizes {
+		for off := int64(0); off+(3<<20) <= size; off += 5 << 20 {
+			sim.write(vm, i, off, block(1<<20))
+			sim.write(vm, i, off+(2<<20), block(1<<20))
+		}
+	}
+	src := "vsphere://" + sim.host + "/web-01"
+
+	full := st.vsphereBackup(sim, vm, "web-01", src)
+	if full.Kind != contracts.KindFull || len(full.Disks) != 2 || !strings.Contains(full.Note, "enabled") {
+		t.Fatalf("first backup: kind %s, %d disks, note %q (CBT was off: Strata enables it and says so)", full.Kind, len(full.Disks), full.Note)
+	}
+	for i, d := range full.Disks {
+		allocated := int64(0)
+		for off := int64(0); off+(3<<20) <= sizes[i]; off += 5 << 20 {
+			allocated += 2 << 20
+		}
+		if d.ReadBytes != allocated || d.ChangeID == "" {
+			t.Fatalf("full backup of %s read %d bytes (allocated %d), change id %q", d.Name, d.ReadBytes, allocated, d.ChangeID)
+		}
+	}
+	point0 := copyDisks(t, sim, vm, dir, "point0")
+
+	// 2 % of each disk's blocks rewritten, scattered, chunk-aligned.
+	changed := map[[2]int64]bool{} // disk, chunk
+	for i, size := range sizes {
+		blocks := size / cs
+		for n := 0; n < int(blocks)/50; n++ {
+			c := rng.Int64N(blocks)
+			sim.write(vm, i, c*cs, block(cs))
+			changed[[2]int64{int64(i), c}] = true
+		}
+	}
+	point1 := copyDisks(t, sim, vm, dir, "point1")
+
+	inc := st.vsphereBackup(sim, vm, "web-01", src)
+	if inc.Kind != contracts.KindIncremental || inc.Parent != full.ID {
+		t.Fatalf("second backup: kind %s parent %s (want %s): %s", inc.Kind, inc.Parent, full.ID, inc.FullReason)
+	}
+	var uploaded int64
+	for _, d := range inc.Disks {
+		if d.ChangedBytes == 0 || float64(d.ReadBytes) > 1.5*float64(d.ChangedBytes) {
+			t.Fatalf("incremental of %s read %d bytes for %d changed", d.Name, d.ReadBytes, d.ChangedBytes)
+		}
+		uploaded += d.UploadedChunks
+		t.Logf("%s: read %d bytes, changed %d, uploaded %d chunks", d.Name, d.ReadBytes, d.ChangedBytes, d.UploadedChunks)
+	}
+	if uploaded != int64(len(changed)) {
+		t.Fatalf("incremental uploaded %d chunks; %d chunks overlap the changes", uploaded, len(changed))
+	}
+
+	for _, p := range []struct {
+		id    string
+		disks []string
+	}{{full.ID, point0}, {inc.ID, point1}} {
+		st.checkRestore("web-01", p.id, p.disks)
+	}
+
+	// CBT reset (vSphere does this when a VM moves or a disk is resized):
+	// the parent's change id is refused, so the backup re-reads the disks.
+	sim.resetCBT(vm)
+	after := st.vsphereBackup(sim, vm, "web-01", src)
+	if after.Kind != contracts.KindFull || !strings.Contains(after.FullReason, "change tracking refused") {
+		t.Fatalf("backup after a CBT reset: kind %s, reason %q", after.Kind, after.FullReason)
+	}
+	for _, d := range after.Disks {
+		if d.UploadedChunks != 0 {
+			t.Fatalf("full re-read after a CBT reset of an unchanged disk uploaded %d chunks", d.UploadedChunks)
+		}
+	}
+	st.checkRestore("web-01", after.ID, point1)
+
+	// An unknown VM fails with a clear reason and nothing stored.
+	out, _, code := st.cli("backup", "--vm", "ghost", "--source", "vsphere://"+sim.host+"/ghost", "--wait")
+	recs := st.records("ghost")
+	if code == 0 || len(recs) != 1 || recs[0].State != contracts.StateFailed || !strings.Contains(recs[0].Error, "not found") {
+		t.Fatalf("backup of an unknown VM: exit %d, %s, records %+v", code, out, recs)
+	}
+}
+
+// vsphereBackup backs the VM up, waits until it is verified and its
+// snapshot has been removed from the VM.
+func (st *stack) vsphereBackup(sim *cbtSim, vm *object.VirtualMachine, name, src string) contracts.BackupRecord {
+	st.t.Helper()
+	id := strings.TrimSpace(strings.Split(st.mustCLI("backup", "--vm", name, "--source", src, "--wait"), "\n")[0])
+	rec := st.record(name, id)
+	if rec.State != contracts.StateVerified {
+		st.t.Fatalf("backup %s: %s %s", id, rec.State, rec.Error)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(sim.snapshots(vm)) > 0 {
+		if time.Now().After(deadline) {
+			st.t.Fatalf("snapshots still on the VM after backup %s: %v", id, sim.snapshots(vm))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return rec
+}
+
+// checkRestore restores every disk of a backup and compares each with its
+// copy taken at the backup's point in time.
+func (st *stack) checkRestore(vm, id string, want []string) {
+	st.t.Helper()
+	out := filepath.Join(st.t.TempDir(), "restore.img")
+	st.mustCLI("restore", "--vm", vm, "--backup", id, "--to", out)
+	for i, w := range want {
+		got := out
+		if i > 0 {
+			got = out + "." + string(rune('0'+i))
+		}
+		if sha256File(st.t, got) != sha256File(st.t, w) {
+			st.t.Fatalf("restore of disk %d of backup %s differs from its point in time", i, id)
+		}
+	}
+}
+
+// copyDisks copies the VM's disks as they are now.
+func copyDisks(t *testing.T, sim *cbtSim, vm *object.VirtualMachine, dir, name string) []string {
+	t.Helper()
+	var out []string
+	for i := range sim.diskCount(vm) {
+		d := sim.disk(vm, i)
+		dst := filepath.Join(dir, name+"-disk"+string(rune('0'+i)))
+		src, err := os.Open(d.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Create(dst)
+		if err == nil {
+			_, err = io.Copy(f, src)
+		}
+		src.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		out = append(out, dst)
+	}
+	return out
+}

@@ -1,0 +1,126 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/strata-backup/strata/pkg/vsphere"
+)
+
+// SnapshotName is the name of the vSphere snapshot a backup holds.
+func SnapshotName(backupID string) string { return "strata-" + backupID }
+
+func (o *Opener) vsphereVM(ctx context.Context, rawURL string) (vsphere.Target, *govmomi.Client, *vsphere.VM, error) {
+	if o.VSphere == nil {
+		return vsphere.Target{}, nil, nil, errors.New("vsphere sources are not configured in this process")
+	}
+	t, err := vsphere.ParseTarget(rawURL, o.VSphere.Config())
+	if err != nil {
+		return t, nil, nil, err
+	}
+	c, err := o.VSphere.Client(ctx, t.Endpoint)
+	if err != nil {
+		return t, nil, nil, err
+	}
+	vm, err := vsphere.FindVM(ctx, c, t.VM)
+	return t, c, vm, err
+}
+
+func (o *Opener) snapshotVSphere(ctx context.Context, rawURL, backupID string) (*Point, error) {
+	_, c, vm, err := o.vsphereVM(ctx, rawURL)
+	if err != nil {
+		return nil, err
+	}
+	p := &Point{}
+	enabled, err := vm.EnableChangeTracking(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if enabled {
+		p.Note = "changed block tracking was off; Strata enabled it: the next backup can be incremental"
+	}
+	snap, err := vm.Snapshot(ctx, SnapshotName(backupID), o.VSphere.Config().Quiesce)
+	if err != nil {
+		return nil, err
+	}
+	disks, err := vsphere.Disks(ctx, c, snap)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range disks {
+		p.Disks = append(p.Disks, PointDisk{Name: d.Label, URL: vsphere.DiskURL(rawURL, snap.Value, d.Key)})
+	}
+	return p, nil
+}
+
+func (o *Opener) releaseVSphere(ctx context.Context, rawURL, backupID string) (bool, error) {
+	_, _, vm, err := o.vsphereVM(ctx, rawURL)
+	if errors.Is(err, vsphere.ErrVMNotFound) {
+		return false, nil // the VM is gone, and its snapshots with it
+	}
+	if err != nil {
+		return false, err
+	}
+	return vm.RemoveSnapshot(ctx, SnapshotName(backupID))
+}
+
+// VSphereDisk is one disk of a backup's vSphere snapshot.
+type VSphereDisk struct {
+	*vsphere.FlatDisk
+	c        *govmomi.Client
+	vm, snap types.ManagedObjectReference
+}
+
+func (o *Opener) openVSphere(ctx context.Context, rawURL string) (*VSphereDisk, error) {
+	t, c, vm, err := o.vsphereVM(ctx, rawURL)
+	if err != nil {
+		return nil, err
+	}
+	if t.Snapshot == "" || t.DiskKey == 0 {
+		return nil, fmt.Errorf("vsphere source %q names a VM, not one disk of a snapshot", rawURL)
+	}
+	snap := types.ManagedObjectReference{Type: "VirtualMachineSnapshot", Value: t.Snapshot}
+	disks, err := vsphere.Disks(ctx, c, snap)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range disks {
+		if d.Key == t.DiskKey {
+			flat, err := vsphere.OpenFlat(ctx, c, d)
+			if err != nil {
+				return nil, err
+			}
+			return &VSphereDisk{FlatDisk: flat, c: c, vm: vm.Ref(), snap: snap}, nil
+		}
+	}
+	return nil, fmt.Errorf("snapshot %s has no disk with key %d", t.Snapshot, t.DiskKey)
+}
+
+// ChangedExtents asks vSphere (CBT): since empty → the allocated areas
+// (change id "*"); otherwise the areas changed since that change id. The
+// returned ChangeID is the disk's change id at this snapshot.
+func (d *VSphereDisk) ChangedExtents(ctx context.Context, since ChangeID) ([]Extent, ChangeID, error) {
+	if d.Info.ChangeID == "" {
+		if since != "" {
+			return nil, "", ErrNoChangeTracking
+		}
+		return []Extent{{0, d.Size()}}, "", nil
+	}
+	query := string(since)
+	if query == "" {
+		query = "*"
+	}
+	areas, err := vsphere.ChangedAreas(ctx, d.c, d.vm, d.snap, d.Info, query)
+	if err != nil {
+		return nil, "", err
+	}
+	out := make([]Extent, len(areas))
+	for i, a := range areas {
+		out[i] = Extent{a.Offset, a.Length}
+	}
+	return out, ChangeID(d.Info.ChangeID), nil
+}
