@@ -49,6 +49,7 @@ fuzz:
 # 4 GiB qemu-nbd disk with 2 % change: incremental time and storage
 # amplification per chunk size.
 bench: servers
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkMergeChain30On1TiB -benchtime 3x ./services/merge/
 	STRATA_REQUIRE_SERVERS=1 $(GO) test -count=1 -run '^$$' -bench 'BenchmarkBackupRestore|BenchmarkAmplification' -benchtime 1x -timeout 40m ./e2e/
 
 # Zero set-up demo: strata dev + a generated disk, backed up and restored.

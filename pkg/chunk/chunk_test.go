@@ -70,3 +70,21 @@ func BenchmarkEncodeText(b *testing.B) {
 		Encode(data)
 	}
 }
+
+func BenchmarkEncodeRandom(b *testing.B) {
+	data := make([]byte, 256<<10)
+	rand.Read(data)
+	b.SetBytes(int64(len(data)))
+	for i := 0; i < b.N; i++ {
+		Encode(data)
+	}
+}
+
+func BenchmarkHash(b *testing.B) {
+	data := make([]byte, 256<<10)
+	rand.Read(data)
+	b.SetBytes(int64(len(data)))
+	for i := 0; i < b.N; i++ {
+		Hash(data)
+	}
+}

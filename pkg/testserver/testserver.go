@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -84,6 +85,11 @@ func Start(t testing.TB, name string, cmd *exec.Cmd) *Process {
 		if cmd.ProcessState == nil {
 			cmd.Process.Kill()
 			cmd.Wait()
+		}
+		// STRATA_TEST_LOG_DIR keeps every process's output (benchmarks,
+		// investigations).
+		if dir := os.Getenv("STRATA_TEST_LOG_DIR"); dir != "" {
+			os.WriteFile(filepath.Join(dir, strings.NewReplacer("/", "_", "#", "_").Replace(name)+".log"), []byte(out.String()), 0o644)
 		}
 		if t.Failed() {
 			t.Logf("--- output of %s ---\n%s", name, tail(out.String(), 8000))

@@ -185,39 +185,55 @@ func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk
 		if err := contracts.Decode(raw.Data, &d); err != nil {
 			return nil, 0, bus.Permanent(fmt.Errorf("result %s: %w", subject, err))
 		}
-		if d.FirstChunk+int64(len(d.IDs)) > int64(len(man.IDs)) {
-			return nil, 0, bus.Permanent(fmt.Errorf("result %s covers chunks beyond the disk", subject))
+		z, err := applyResult(man, &d, func() (*manifest.Manifest, error) {
+			if parent == nil {
+				var err error
+				parent, err = m.parentManifest(ctx, rec, disk)
+				return parent, err
+			}
+			return parent, nil
+		})
+		if err != nil {
+			return nil, 0, fmt.Errorf("result %s: %w", subject, err)
 		}
-		for i, s := range d.IDs {
-			at := d.FirstChunk + int64(i)
-			if s == contracts.InheritID {
-				if parent == nil {
-					if parent, err = m.parentManifest(ctx, rec, disk); err != nil {
-						return nil, 0, err
-					}
-				}
-				man.IDs[at] = parent.IDs[at]
-				if parent.IDs[at].IsZero() {
-					zero++
-				}
-				continue
-			}
-			if s == "" {
-				zero++
-				continue
-			}
-			id, err := chunk.ParseID(s)
-			if err != nil {
-				return nil, 0, bus.Permanent(err)
-			}
-			man.IDs[at] = id
-		}
+		zero += z
 		covered += int64(len(d.IDs))
 	}
 	if covered != int64(len(man.IDs)) {
 		return nil, 0, bus.Permanent(fmt.Errorf("segment results cover %d of %d chunks", covered, len(man.IDs)))
 	}
 	return man, zero, nil
+}
+
+// applyResult writes one segment's chunk ids into man, taking inherited
+// ones from the parent (loaded on first need), and counts zero chunks.
+func applyResult(man *manifest.Manifest, d *contracts.SegmentDone, parent func() (*manifest.Manifest, error)) (zero int64, err error) {
+	if d.FirstChunk < 0 || d.FirstChunk+int64(len(d.IDs)) > int64(len(man.IDs)) {
+		return 0, bus.Permanent(errors.New("result covers chunks beyond the disk"))
+	}
+	for i, s := range d.IDs {
+		at := d.FirstChunk + int64(i)
+		switch s {
+		case contracts.InheritID:
+			p, err := parent()
+			if err != nil {
+				return 0, err
+			}
+			man.IDs[at] = p.IDs[at]
+			if p.IDs[at].IsZero() {
+				zero++
+			}
+		case "":
+			zero++
+		default:
+			id, err := chunk.ParseID(s)
+			if err != nil {
+				return 0, bus.Permanent(err)
+			}
+			man.IDs[at] = id
+		}
+	}
+	return zero, nil
 }
 
 // parentManifest loads the manifest an incremental inherits from. Every

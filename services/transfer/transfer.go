@@ -34,7 +34,7 @@ import (
 type Config struct {
 	runtime.Common
 	vsphere.Config
-	Concurrency int           `envconfig:"TRANSFER_CONCURRENCY" default:"2"`
+	Concurrency int           `envconfig:"TRANSFER_CONCURRENCY" default:"4"`
 	Uploads     int           `envconfig:"TRANSFER_UPLOADS" default:"8"`
 	AckWait     time.Duration `envconfig:"TRANSFER_ACK_WAIT" default:"60s"`
 	RateLimit   int64         `envconfig:"TRANSFER_RATE_LIMIT" default:"0"` // bytes/s read per worker; 0: unlimited
@@ -71,6 +71,7 @@ type worker struct {
 const batchBytes = 16 << 20
 
 func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
+	start := time.Now()
 	rec, _, err := w.rt.Catalog.Get(ctx, seg.VM, seg.BackupID)
 	if errors.Is(err, catalog.ErrNotFound) {
 		return bus.Permanent(fmt.Errorf("segment of unknown backup: %w", err))
@@ -106,12 +107,13 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 			done.IDs[i] = contracts.InheritID // overwritten below for every chunk read
 		}
 	}
+	var stats segmentStats
 	if len(toRead) > 0 { // a segment with nothing to read never opens the source
 		disk, err := w.disks.get(ctx, seg.BackupID, seg.Source)
 		if err != nil {
 			return fmt.Errorf("open source: %w", err)
 		}
-		err = w.readSegment(ctx, disk, seg, toRead, done)
+		err = w.readSegment(ctx, disk, seg, toRead, done, &stats)
 		w.disks.put(seg.BackupID, seg.Source, disk, err == nil)
 		if err != nil {
 			return err
@@ -120,17 +122,21 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 	if err := w.rt.Bus.Publish(ctx, contracts.SegmentDoneSubject(seg.BackupID, seg.Disk, seg.Index), done, ""); err != nil {
 		return err
 	}
-	w.rt.Log.DebugContext(ctx, "segment done", "backup", seg.BackupID, "segment", seg.Index, "uploaded", done.UploadedChunks)
+	w.rt.Log.DebugContext(ctx, "segment done", "backup", seg.BackupID, "segment", seg.Index, "read_bytes", done.ReadBytes,
+		"uploaded", done.UploadedChunks, "took", time.Since(start), "reading", stats.read, "asking", stats.ask, "uploading", stats.upload)
 	return nil
 }
 
-func (w *worker) readSegment(ctx context.Context, disk source.Disk, seg *contracts.Segment, toRead []int, done *contracts.SegmentDone) error {
+// segmentStats: where a segment's time went (debug log).
+type segmentStats struct{ read, ask, upload time.Duration }
+
+func (w *worker) readSegment(ctx context.Context, disk source.Disk, seg *contracts.Segment, toRead []int, done *contracts.SegmentDone, stats *segmentStats) error {
 	if disk.Size() != seg.DiskSize {
 		return bus.Permanent(fmt.Errorf("source %s is %d bytes, planned as %d: it changed under the backup", seg.Source, disk.Size(), seg.DiskSize))
 	}
 	perBatch := max(1, batchBytes/seg.ChunkSize)
 	for start := 0; start < len(toRead); start += perBatch {
-		if err := w.batch(ctx, disk, seg, toRead[start:min(start+perBatch, len(toRead))], done); err != nil {
+		if err := w.batch(ctx, disk, seg, toRead[start:min(start+perBatch, len(toRead))], done, stats); err != nil {
 			return err
 		}
 	}
@@ -171,8 +177,10 @@ func (w *worker) read(ctx context.Context, disk source.Disk, seg *contracts.Segm
 
 // batch reads the given chunks (indexes relative to the segment) and
 // uploads the ones the repository lacks.
-func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Segment, rel []int, done *contracts.SegmentDone) error {
+func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Segment, rel []int, done *contracts.SegmentDone, stats *segmentStats) error {
+	t := time.Now()
 	bufs, err := w.read(ctx, disk, seg, rel)
+	stats.read += time.Since(t)
 	if err != nil {
 		return err
 	}
@@ -197,10 +205,13 @@ func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Seg
 	if len(ask) == 0 {
 		return nil
 	}
+	t = time.Now()
 	var reply contracts.MissingReply
 	if err := bus.Request(ctx, w.rt.Bus.NC, contracts.SubjectDedupMissing, &contracts.MissingRequest{Schema: contracts.SchemaVersion, IDs: ask}, &reply); err != nil {
 		return fmt.Errorf("ask dedup: %w", err)
 	}
+	stats.ask += time.Since(t)
+	t = time.Now()
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(1, w.cfg.Uploads))
 	var mu sync.Mutex
@@ -228,6 +239,7 @@ func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Seg
 		})
 	}
 	err = g.Wait()
+	stats.upload += time.Since(t)
 	done.UploadedBytes += uploaded.Load()
 	return err
 }
