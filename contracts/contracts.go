@@ -47,6 +47,8 @@ const (
 	SubjectSchedulerRun = "strata.scheduler.backup" // BackupTrigger → BackupAccepted
 	SubjectMergePrune   = "strata.merge.prune"      // PruneRequest → PruneReply
 	SubjectDedupGC      = "strata.dedup.gc"         // GCRequest → GCReply
+	SubjectVerify       = "strata.verifier.verify"  // VerifyRequest → VerifyReply
+	SubjectCheck        = "strata.verifier.check"   // CheckRequest → CheckReply
 )
 
 // Headers used beside W3C trace context.

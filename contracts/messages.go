@@ -14,6 +14,9 @@ type BackupTrigger struct {
 	Schema int    `json:"schema"`
 	VM     string `json:"vm"`
 	Source string `json:"source"` // URL: file:///abs/path.img
+	// Verify is the verification mode run on commit; empty: the
+	// verifier's default (STRATA_VERIFY_MODE).
+	Verify VerifyMode `json:"verify,omitempty"`
 }
 
 func (m *BackupTrigger) Validate() error {
@@ -21,6 +24,9 @@ func (m *BackupTrigger) Validate() error {
 		return err
 	}
 	if err := need("vm", m.VM); err != nil {
+		return err
+	}
+	if err := m.Verify.Validate(true); err != nil {
 		return err
 	}
 	return ValidateSource(m.Source)
@@ -52,6 +58,7 @@ type BackupRequested struct {
 	RequestedAt time.Time  `json:"requested_at"`
 	Slot        *time.Time `json:"slot,omitempty"`         // the schedule slot that fired it
 	KeyInterval int        `json:"key_interval,omitempty"` // the policy's; 0: the snapshotter's default
+	Verify      VerifyMode `json:"verify,omitempty"`       // empty: the verifier's default
 }
 
 func (m *BackupRequested) Validate() error {
@@ -66,6 +73,9 @@ func (m *BackupRequested) Validate() error {
 	}
 	if m.RequestedAt.IsZero() {
 		return fmt.Errorf("requested_at: %w", errEmpty)
+	}
+	if err := m.Verify.Validate(true); err != nil {
+		return err
 	}
 	return ValidateSource(m.Source)
 }
@@ -342,11 +352,15 @@ type Policy struct {
 	KeepDaily   int           `json:"keep_daily,omitempty"`
 	KeepWeekly  int           `json:"keep_weekly,omitempty"`
 	KeepMonthly int           `json:"keep_monthly,omitempty"`
+	Verify      VerifyMode    `json:"verify,omitempty"`
 	UpdatedAt   time.Time     `json:"updated_at"`
 }
 
 func (p *Policy) Validate() error {
 	if err := checkSchema(p.Schema); err != nil {
+		return err
+	}
+	if err := p.Verify.Validate(true); err != nil {
 		return err
 	}
 	if err := need("vm", p.VM); err != nil {

@@ -33,17 +33,21 @@ func (s State) Final() bool { return s == StateVerified || s == StateFailed || s
 // BackupRecord is the catalog entry of one backup (KV) and, once committed,
 // the backups/<vm>/<id>.json object in the repository.
 type BackupRecord struct {
-	Schema     int          `json:"schema"`
-	ID         string       `json:"id"`
-	VM         string       `json:"vm"`
-	Source     string       `json:"source"`
-	State      State        `json:"state"`
-	Kind       Kind         `json:"kind,omitempty"`
-	Parent     string       `json:"parent,omitempty"`      // backup this one is incremental to
-	Slot       *time.Time   `json:"slot,omitempty"`        // schedule slot that fired it
-	ChainDepth int          `json:"chain_depth,omitempty"` // incrementals since the last full
-	FullReason string       `json:"full_reason,omitempty"` // why a full read when a parent existed
-	Note       string       `json:"note,omitempty"`        // what the source wants the user to know
+	Schema     int        `json:"schema"`
+	ID         string     `json:"id"`
+	VM         string     `json:"vm"`
+	Source     string     `json:"source"`
+	State      State      `json:"state"`
+	Kind       Kind       `json:"kind,omitempty"`
+	Parent     string     `json:"parent,omitempty"`      // backup this one is incremental to
+	Slot       *time.Time `json:"slot,omitempty"`        // schedule slot that fired it
+	ChainDepth int        `json:"chain_depth,omitempty"` // incrementals since the last full
+	FullReason string     `json:"full_reason,omitempty"` // why a full read when a parent existed
+	Note       string     `json:"note,omitempty"`        // what the source wants the user to know
+	Verify     VerifyMode `json:"verify,omitempty"`      // mode run on commit
+	// Damaged: the backup references a chunk found bad (see strata check);
+	// cleared when the chunk is repaired.
+	Damaged    bool         `json:"damaged,omitempty"`
 	Error      string       `json:"error,omitempty"`
 	ChunkSize  int          `json:"chunk_size"`
 	TraceID    string       `json:"trace_id,omitempty"`
@@ -57,6 +61,7 @@ type BackupRecord struct {
 type DiskRecord struct {
 	Index          int    `json:"index"`
 	Name           string `json:"name"`
+	Source         string `json:"source,omitempty"` // URL the disk was read from (one disk of a snapshot)
 	Size           int64  `json:"size"`
 	Segments       int    `json:"segments"`
 	SegmentsDone   int    `json:"segments_done"`
@@ -69,6 +74,7 @@ type DiskRecord struct {
 	ReadBytes      int64  `json:"read_bytes,omitempty"`    // bytes read from the source
 	ChangeID       string `json:"change_id,omitempty"`     // change tracking point this backup consumed
 	ChangedBytes   int64  `json:"changed_bytes,omitempty"` // incrementals: bytes the source reported changed
+	Digest         string `json:"digest,omitempty"`        // certify: digest of the chunk map, equal at both ends
 }
 
 func (r *BackupRecord) Validate() error {

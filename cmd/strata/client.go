@@ -88,11 +88,12 @@ func cmdBackup(ctx context.Context, args []string) error {
 	vm := fs.String("vm", "", "VM name")
 	src := fs.String("source", "", "source URL, e.g. file:///abs/path.img")
 	wait := fs.Bool("wait", false, "wait until the backup is verified (exit 0) or failed (exit 1)")
+	verify := fs.String("verify", "", "verification on commit: stored, trivial, certify or chunks (default: the verifier's)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := fs.Parse(args); err != nil {
 		return exitError{2, err}
 	}
-	trigger := &contracts.BackupTrigger{Schema: contracts.SchemaVersion, VM: *vm, Source: *src}
+	trigger := &contracts.BackupTrigger{Schema: contracts.SchemaVersion, VM: *vm, Source: *src, Verify: contracts.VerifyMode(*verify)}
 	if err := trigger.Validate(); err != nil {
 		return exitError{2, err}
 	}
@@ -213,11 +214,18 @@ func cmdLs(ctx context.Context, args []string) error {
 		return printJSON(recs)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VM\tBACKUP\tTIME\tKIND\tPARENT\tSIZE\tREAD\tSTORED\tSTATE")
+	fmt.Fprintln(tw, "VM\tBACKUP\tTIME\tKIND\tPARENT\tSIZE\tREAD\tSTORED\tVERIFY\tSTATE")
 	for _, r := range recs {
 		state := string(r.State)
+		if r.Damaged {
+			state += " DAMAGED (strata check)"
+		}
 		if r.Error != "" {
 			state += ": " + r.Error
+		}
+		verify := cmp.Or(string(r.Verify), "-")
+		if len(r.Disks) > 0 && r.Disks[0].Digest != "" {
+			verify += " " + r.Disks[0].Digest[:16] + "…"
 		}
 		var read int64
 		for _, d := range r.Disks {
@@ -227,8 +235,8 @@ func cmdLs(ctx context.Context, args []string) error {
 		if parent == "" {
 			parent = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.ID, r.CreatedAt.Local().Format(time.DateTime), cmp.Or(string(r.Kind), "-"),
-			parent, human(r.Size()), human(read), human(r.StoredBytes()), state)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.ID, r.CreatedAt.Local().Format(time.DateTime), cmp.Or(string(r.Kind), "-"),
+			parent, human(r.Size()), human(read), human(r.StoredBytes()), verify, state)
 	}
 	return tw.Flush()
 }

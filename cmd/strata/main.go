@@ -14,12 +14,16 @@ import (
 const usage = `strata — incremental, deduplicated VM disk backups
 
 Usage:
-  strata backup  --vm NAME --source file:///abs/path.img [--wait] [--json]
+  strata backup  --vm NAME --source file:///abs/path.img|nbd://host:port/export|vsphere://vcenter/VM
+                 [--verify stored|trivial|certify|chunks] [--wait] [--json]
   strata ls      [--vm NAME] [--json]
+  strata verify  --vm NAME --backup ID|latest --mode stored|trivial|certify|chunks [--json]
+  strata verify  --all --mode chunks [--json]
+  strata check   [--json]                 bad chunks, damaged backups (exit 1 when damaged)
   strata restore --vm NAME --backup ID|latest --to PATH [--json]
   strata prune   --vm NAME [--keep-last N --keep-daily D --keep-weekly W --keep-monthly M] [--yes] [--json]
   strata gc      [--dry-run] [--grace 24h] [--json]
-  strata policy  set --vm NAME --source URL --schedule CRON [--jitter D] [--key-interval K]
+  strata policy  set --vm NAME --source URL --schedule CRON [--jitter D] [--key-interval K] [--verify MODE]
                      [--keep-last N --keep-daily D --keep-weekly W --keep-monthly M]
   strata policy  ls [--json] | rm --vm NAME
   strata dev     --data DIR              all six services + NATS in one process
@@ -56,6 +60,10 @@ func main() {
 		err = cmdRestore(ctx, args)
 	case "gc":
 		err = cmdGC(ctx, args)
+	case "verify":
+		err = cmdVerify(ctx, args)
+	case "check":
+		err = cmdCheck(ctx, args)
 	case "prune":
 		err = cmdPrune(ctx, args)
 	case "policy":

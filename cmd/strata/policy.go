@@ -40,9 +40,11 @@ func policySet(ctx context.Context, args []string) error {
 	fs.IntVar(&p.KeepDaily, "keep-daily", 0, "retention: keep one per day for D days")
 	fs.IntVar(&p.KeepWeekly, "keep-weekly", 0, "retention: keep one per week for W weeks")
 	fs.IntVar(&p.KeepMonthly, "keep-monthly", 0, "retention: keep one per month for M months")
+	verify := fs.String("verify", "", "verification on commit: stored, trivial, certify or chunks (default: the verifier's)")
 	if err := fs.Parse(args); err != nil {
 		return exitError{2, err}
 	}
+	p.Verify = contracts.VerifyMode(*verify)
 	p.UpdatedAt = time.Now().UTC()
 	if err := p.Validate(); err != nil {
 		return exitError{2, err}

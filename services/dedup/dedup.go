@@ -10,10 +10,11 @@ package dedup
 import (
 	"context"
 	"fmt"
-
-	"github.com/nats-io/nats.go/jetstream"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/bus"
@@ -30,7 +31,26 @@ type Config struct {
 
 // Start registers the dedup endpoint.
 func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
-	d := &Index{chunks: rt.Repo.Chunks, cache: NewPresentCache(cfg.CacheEntries)}
+	d := &Index{chunks: rt.Repo.Chunks, cache: NewPresentCache(cfg.CacheEntries), bad: map[chunk.ID]bool{}}
+	// Chunks the verifier found corrupt or missing are answered "missing"
+	// whatever the store says, so the next backup holding those bytes
+	// uploads them again: that repairs every backup referencing them.
+	bw, err := rt.Catalog.KV.Watch(ctx, contracts.BadChunkPrefix+"*")
+	if err != nil {
+		return fmt.Errorf("watch bad chunks: %w", err)
+	}
+	go func() {
+		for e := range bw.Updates() {
+			if e == nil {
+				continue
+			}
+			id, err := chunk.ParseID(strings.TrimPrefix(e.Key(), contracts.BadChunkPrefix))
+			if err != nil {
+				continue
+			}
+			d.setBad(id, e.Operation() == jetstream.KeyValuePut)
+		}
+	}()
 	// Any collector (this instance or another) may have deleted ids this
 	// cache remembers as present: forget them when a collection ends.
 	w, err := rt.Catalog.KV.Watch(ctx, contracts.GCLockKey, jetstream.UpdatesOnly())
@@ -68,21 +88,44 @@ type Index struct {
 		Missing(ctx context.Context, ids []chunk.ID) ([]chunk.ID, error)
 	}
 	cache *PresentCache
+	mu    sync.Mutex
+	bad   map[chunk.ID]bool // known bad: answered missing
+}
+
+func (d *Index) setBad(id chunk.ID, bad bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if bad {
+		d.bad[id] = true
+		d.cache.Reset() // the cache may remember it as present
+	} else {
+		delete(d.bad, id)
+	}
+}
+
+func (d *Index) isBad(id chunk.ID) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.bad[id]
 }
 
 // Missing returns the requested ids the repository does not hold.
 func (d *Index) Missing(ctx context.Context, req *contracts.MissingRequest) (*contracts.MissingReply, error) {
 	var unknown []chunk.ID
+	reply := &contracts.MissingReply{Schema: contracts.SchemaVersion, Missing: []string{}}
 	for _, s := range req.IDs {
 		id, err := chunk.ParseID(s)
 		if err != nil {
 			return nil, err
 		}
+		if d.isBad(id) {
+			reply.Missing = append(reply.Missing, s)
+			continue
+		}
 		if !d.cache.Has(id) {
 			unknown = append(unknown, id)
 		}
 	}
-	reply := &contracts.MissingReply{Schema: contracts.SchemaVersion, Missing: []string{}}
 	if len(unknown) == 0 {
 		return reply, nil
 	}

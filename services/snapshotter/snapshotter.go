@@ -77,7 +77,7 @@ func (s *snapshotter) plan(ctx context.Context, req *contracts.BackupRequested) 
 		Schema: contracts.SchemaVersion, ID: req.BackupID, VM: req.VM, Source: req.Source,
 		State: contracts.StateTransferring, ChunkSize: s.rt.Repo.Config.ChunkSize,
 		TraceID: trace.SpanContextFromContext(ctx).TraceID().String(), CreatedAt: req.RequestedAt, UpdatedAt: time.Now().UTC(),
-		Slot: req.Slot,
+		Slot: req.Slot, Verify: req.Verify,
 	}
 	if existing, _, err := s.rt.Catalog.Get(ctx, req.VM, req.BackupID); err == nil && existing.State != contracts.StateTransferring {
 		return nil // a redelivered request for a backup that moved on: take no new snapshot
@@ -108,7 +108,7 @@ func (s *snapshotter) plan(ctx context.Context, req *contracts.BackupRequested) 
 	for i, d := range disks {
 		size := d.disk.Size()
 		_, segments := Plan(size, rec.ChunkSize)
-		rec.Disks = append(rec.Disks, contracts.DiskRecord{Index: i, Name: d.Name, Size: size, Segments: segments,
+		rec.Disks = append(rec.Disks, contracts.DiskRecord{Index: i, Name: d.Name, Source: d.URL, Size: size, Segments: segments,
 			ChangeID: string(plans[i].changeID), ChangedBytes: plans[i].changedBytes})
 	}
 	existing, _, err := s.rt.Catalog.Create(ctx, rec)
@@ -246,6 +246,11 @@ func (s *snapshotter) incrementalRefused(req *contracts.BackupRequested, parent 
 	}
 	if !sameDisk(parent.Source, req.Source) {
 		return "source changed since the parent"
+	}
+	if parent.Damaged {
+		// Inherited chunks would carry the damage forward; a full read
+		// uploads the bad chunks again (dedup answers them missing).
+		return "the parent backup is damaged (bad chunks): full re-read, which repairs them"
 	}
 	if len(parent.Disks) != len(disks) {
 		return fmt.Sprintf("the VM has %d disks, its parent backup %d", len(disks), len(parent.Disks))

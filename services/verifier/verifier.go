@@ -1,10 +1,14 @@
-// Package verifier decides whether a committed backup is good. At this
-// level it proves every chunk the manifests name is stored and every
-// manifest decodes; richer modes (trivial, certify, restore test) build on
-// the same flow.
+// Package verifier decides whether a committed backup is good: always that
+// every manifest decodes and every chunk it names is stored, then the
+// backup's mode — trivial (size and first MiBs against the source),
+// certify (digest of the chunk map from a full source re-read and from
+// every stored chunk re-hashed) or chunks (every chunk re-hashed). A bad
+// chunk is recorded, every backup referencing it marked damaged, and dedup
+// then has the next backup upload it again (self-healing).
 package verifier
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -17,24 +21,51 @@ import (
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/runtime"
+	"github.com/strata-backup/strata/pkg/source"
+	"github.com/strata-backup/strata/pkg/vsphere"
 )
 
 // Config of the verifier (prefix STRATA_).
 type Config struct {
 	runtime.Common
+	vsphere.Config
+	// Mode run on commit when the backup's request names none.
+	Mode contracts.VerifyMode `envconfig:"VERIFY_MODE" default:"stored"`
+	// TrivialMiB: how much of the start of each disk the trivial check
+	// compares.
+	TrivialMiB int64 `envconfig:"VERIFY_TRIVIAL_MIB" default:"64"`
 }
 
-// Start registers the verifier's consumer.
+// Start registers the verifier's consumer and its endpoints.
 func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
-	v := &verifier{rt: rt}
-	if _, err := rt.Bus.AddService("backup verification"); err != nil {
+	if err := cfg.Mode.Validate(false); err != nil {
+		return fmt.Errorf("STRATA_VERIFY_MODE: %w", err)
+	}
+	v := &verifier{rt: rt, sources: source.NewOpener(cfg.Config), mode: cfg.Mode, trivialBytes: max(1, cfg.TrivialMiB) << 20}
+	svc, err := rt.Bus.AddService("backup verification, chunk verify jobs, damage report")
+	if err != nil {
+		return err
+	}
+	if err := bus.Endpoint(rt.Bus, svc, "verify", contracts.SubjectVerify, func(ctx context.Context, req *contracts.VerifyRequest) (contracts.Message, error) {
+		return v.verifyNow(ctx, req)
+	}); err != nil {
+		return err
+	}
+	if err := bus.Endpoint(rt.Bus, svc, "check", contracts.SubjectCheck, func(ctx context.Context, req *contracts.CheckRequest) (contracts.Message, error) {
+		return v.health(ctx, req)
+	}); err != nil {
 		return err
 	}
 	return bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerVerifier,
-		Filters: []string{contracts.SubjectBackupCommitted}, Concurrency: 2, AckWait: 2 * time.Minute}, v.verify)
+		Filters: []string{contracts.SubjectBackupCommitted}, Concurrency: 2, AckWait: 10 * time.Minute}, v.verify)
 }
 
-type verifier struct{ rt *runtime.Runtime }
+type verifier struct {
+	rt           *runtime.Runtime
+	sources      *source.Opener
+	mode         contracts.VerifyMode
+	trivialBytes int64
+}
 
 func (v *verifier) verify(ctx context.Context, c *contracts.BackupCommitted) error {
 	rec, _, err := v.rt.Catalog.Get(ctx, c.VM, c.BackupID)
@@ -52,12 +83,35 @@ func (v *verifier) verify(ctx context.Context, c *contracts.BackupCommitted) err
 	} else if problem != "" {
 		return v.rt.FailBackup(ctx, rec.VM, rec.ID, "verification: "+problem)
 	}
+	mode := cmp.Or(rec.Verify, v.mode)
+	var digests []contracts.DiskDigest
+	if mode != contracts.VerifyStored {
+		// While the backup is committed its source snapshot is still held:
+		// trivial and certify compare against exactly what was backed up.
+		run := v.newRun()
+		reply, err := v.deep(ctx, rec, mode, run)
+		if err != nil {
+			return err
+		}
+		if err := v.recordBad(ctx, run, reply); err != nil {
+			return err
+		}
+		if !reply.OK {
+			return v.rt.FailBackup(ctx, rec.VM, rec.ID, reply.Problem)
+		}
+		digests = reply.Digests
+	}
 	verified, err := v.rt.Catalog.Update(ctx, rec.VM, rec.ID, func(r *contracts.BackupRecord) error {
 		if r.State != contracts.StateCommitted {
 			return catalog.ErrUnchanged
 		}
 		now := time.Now().UTC()
-		r.State, r.FinishedAt = contracts.StateVerified, &now
+		r.State, r.FinishedAt, r.Verify = contracts.StateVerified, &now, mode
+		for _, d := range digests {
+			if d.Disk < len(r.Disks) {
+				r.Disks[d.Disk].Digest = d.Stored
+			}
+		}
 		return nil
 	})
 	if err != nil {

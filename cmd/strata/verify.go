@@ -1,0 +1,106 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"time"
+
+	"github.com/strata-backup/strata/contracts"
+)
+
+// cmdVerify runs a verification now, through the verifier service.
+func cmdVerify(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
+	req := contracts.VerifyRequest{Schema: contracts.SchemaVersion}
+	fs.StringVar(&req.VM, "vm", "", "VM name")
+	fs.StringVar(&req.BackupID, "backup", "", "backup id, or latest")
+	fs.BoolVar(&req.All, "all", false, "every backup of every VM (mode chunks: each chunk read once)")
+	mode := fs.String("mode", string(contracts.VerifyChunks), "stored, trivial, certify or chunks")
+	asJSON := fs.Bool("json", false, "print JSON")
+	timeout := fs.Duration("timeout", time.Hour, "give up waiting for the verifier after this long")
+	if err := fs.Parse(args); err != nil {
+		return exitError{2, err}
+	}
+	req.Mode = contracts.VerifyMode(*mode)
+	c, err := connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	if req.BackupID == "latest" {
+		rec, err := c.cat.Latest(ctx, req.VM)
+		if err != nil {
+			return err
+		}
+		req.BackupID = rec.ID
+	}
+	if err := req.Validate(); err != nil {
+		return exitError{2, err}
+	}
+	var reply contracts.VerifyReply
+	if err := c.request(ctx, contracts.SubjectVerify, &req, &reply, *timeout); err != nil {
+		return fmt.Errorf("verify: %w (is strata-verifier running?)", err)
+	}
+	if *asJSON {
+		printJSON(reply)
+	} else {
+		fmt.Printf("%s verification: %d chunks (%s) read back in %.1fs\n", reply.Mode, reply.ChunksChecked, human(reply.BytesChecked), reply.Seconds)
+		for _, d := range reply.Digests {
+			fmt.Printf("  disk %d digest: source %s, stored %s\n", d.Disk, d.Source, d.Stored)
+		}
+		for _, b := range reply.BadChunks {
+			fmt.Printf("  bad chunk %s: %s\n", b.ID, b.Reason)
+		}
+		for _, b := range reply.Damaged {
+			fmt.Printf("  damaged backup %s of %s\n", b.BackupID, b.VM)
+		}
+	}
+	if !reply.OK {
+		return exitError{1, fmt.Errorf("%s", reply.Problem)}
+	}
+	if !*asJSON {
+		fmt.Println("ok")
+	}
+	return nil
+}
+
+// cmdCheck reports the repository's health: bad chunks (each read again;
+// repaired ones cleared) and the backups they damage. Exit 1 when damaged.
+func cmdCheck(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print JSON")
+	timeout := fs.Duration("timeout", 30*time.Minute, "give up waiting for the verifier after this long")
+	if err := fs.Parse(args); err != nil {
+		return exitError{2, err}
+	}
+	c, err := connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	var reply contracts.CheckReply
+	if err := c.request(ctx, contracts.SubjectCheck, &contracts.CheckRequest{Schema: contracts.SchemaVersion}, &reply, *timeout); err != nil {
+		return fmt.Errorf("check: %w (is strata-verifier running?)", err)
+	}
+	if *asJSON {
+		printJSON(reply)
+	} else {
+		for _, id := range reply.Repaired {
+			fmt.Printf("repaired chunk %s\n", id)
+		}
+		for _, b := range reply.BadChunks {
+			fmt.Printf("bad chunk %s (found %s): %s\n", b.ID, b.FoundAt.Local().Format(time.DateTime), b.Reason)
+		}
+		for _, b := range reply.Damaged {
+			fmt.Printf("damaged backup %s of %s\n", b.BackupID, b.VM)
+		}
+		if reply.Healthy {
+			fmt.Printf("healthy: %d backups, no known bad chunk\n", reply.Backups)
+		}
+	}
+	if !reply.Healthy {
+		return exitError{1, fmt.Errorf("%d bad chunks damage %d backups", len(reply.BadChunks), len(reply.Damaged))}
+	}
+	return nil
+}

@@ -1,0 +1,138 @@
+package contracts
+
+import (
+	"fmt"
+	"time"
+)
+
+// VerifyMode is how hard the verifier looks at a backup.
+type VerifyMode string
+
+const (
+	// VerifyStored: every manifest decodes and every chunk it names is
+	// stored (an existence check; an incremental checks only the chunks
+	// that differ from its verified parent). Always done; the default.
+	VerifyStored VerifyMode = "stored"
+	// VerifyTrivial: stored, plus the disk size and the first
+	// STRATA_VERIFY_TRIVIAL_MIB read from the source and from the backup,
+	// compared (XSIBackup's trivial check: it misses a change further in).
+	VerifyTrivial VerifyMode = "trivial"
+	// VerifyCertify: a digest over the ordered chunk ids of each disk,
+	// computed from a full re-read of the source and from every stored
+	// chunk downloaded, decoded and re-hashed; equal digests certify.
+	VerifyCertify VerifyMode = "certify"
+	// VerifyChunks: every chunk the backup references is downloaded and
+	// re-hashed (Proxmox Backup Server's verify job).
+	VerifyChunks VerifyMode = "chunks"
+)
+
+// Validate accepts the known modes (and "" when empty is allowed).
+func (m VerifyMode) Validate(emptyOK bool) error {
+	switch m {
+	case VerifyStored, VerifyTrivial, VerifyCertify, VerifyChunks:
+		return nil
+	case "":
+		if emptyOK {
+			return nil
+		}
+	}
+	return fmt.Errorf("verify mode %q: want stored, trivial, certify or chunks", m)
+}
+
+// VerifyRequest asks the verifier to verify one backup now, or with All
+// every committed backup of every VM (a chunks job: each chunk is read
+// once however many backups share it).
+type VerifyRequest struct {
+	Schema   int        `json:"schema"`
+	VM       string     `json:"vm,omitempty"`
+	BackupID string     `json:"backup_id,omitempty"`
+	All      bool       `json:"all,omitempty"`
+	Mode     VerifyMode `json:"mode"`
+}
+
+func (m *VerifyRequest) Validate() error {
+	if err := checkSchema(m.Schema); err != nil {
+		return err
+	}
+	if err := m.Mode.Validate(false); err != nil {
+		return err
+	}
+	if m.All {
+		if m.Mode != VerifyChunks {
+			return fmt.Errorf("all: only the chunks mode runs across every backup")
+		}
+		return nil
+	}
+	if err := need("vm", m.VM); err != nil {
+		return err
+	}
+	if !ValidToken(m.BackupID) {
+		return fmt.Errorf("backup_id %q is not a valid id", m.BackupID)
+	}
+	return nil
+}
+
+// VerifyReply reports a verification.
+type VerifyReply struct {
+	Schema  int        `json:"schema"`
+	Mode    VerifyMode `json:"mode"`
+	OK      bool       `json:"ok"`
+	Problem string     `json:"problem,omitempty"`
+	// Digests per disk (certify): from the source and from the store.
+	Digests       []DiskDigest `json:"digests,omitempty"`
+	ChunksChecked int          `json:"chunks_checked"`
+	BytesChecked  int64        `json:"bytes_checked"`
+	BadChunks     []BadChunk   `json:"bad_chunks,omitempty"`
+	// Damaged: every backup referencing a bad chunk.
+	Damaged []BackupRef `json:"damaged,omitempty"`
+	Seconds float64     `json:"seconds"`
+}
+
+func (m *VerifyReply) Validate() error { return checkSchema(m.Schema) }
+
+// DiskDigest is a disk's certify digest from both ends.
+type DiskDigest struct {
+	Disk   int    `json:"disk"`
+	Source string `json:"source"`
+	Stored string `json:"stored"`
+}
+
+// BadChunk is a chunk found corrupt or missing. Stored in the catalog
+// bucket under BadChunkKey(id) until a re-check finds it good again.
+type BadChunk struct {
+	ID      string    `json:"id"`
+	Reason  string    `json:"reason"`
+	FoundAt time.Time `json:"found_at"`
+}
+
+// BackupRef names one backup.
+type BackupRef struct {
+	VM       string `json:"vm"`
+	BackupID string `json:"backup_id"`
+}
+
+// BadChunkPrefix / BadChunkKey: the catalog bucket's bad-chunk entries.
+const BadChunkPrefix = "bad."
+
+func BadChunkKey(id string) string { return BadChunkPrefix + id }
+
+// CheckRequest asks for the repository's health: every known bad chunk is
+// read again (a repaired one is cleared), then the damaged backups are
+// listed.
+type CheckRequest struct {
+	Schema int `json:"schema"`
+}
+
+func (m *CheckRequest) Validate() error { return checkSchema(m.Schema) }
+
+// CheckReply is the repository's health.
+type CheckReply struct {
+	Schema    int         `json:"schema"`
+	Healthy   bool        `json:"healthy"`
+	BadChunks []BadChunk  `json:"bad_chunks"`
+	Repaired  []string    `json:"repaired"`
+	Damaged   []BackupRef `json:"damaged"`
+	Backups   int         `json:"backups"`
+}
+
+func (m *CheckReply) Validate() error { return checkSchema(m.Schema) }

@@ -1,0 +1,229 @@
+package verifier
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/catalog"
+	"github.com/strata-backup/strata/pkg/chunk"
+)
+
+// recordDamage stores each bad chunk in the catalog bucket (dedup then
+// treats it as missing, so the next backup that holds those bytes uploads
+// them again) and marks every backup that references one damaged, in the
+// catalog and in its S3 record. It returns those backups.
+func (v *verifier) recordDamage(ctx context.Context, bad map[chunk.ID]string) ([]contracts.BackupRef, error) {
+	now := time.Now().UTC()
+	for id, reason := range bad {
+		b, _ := json.Marshal(contracts.BadChunk{ID: id.String(), Reason: reason, FoundAt: now})
+		if _, err := v.rt.Catalog.KV.Put(ctx, contracts.BadChunkKey(id.String()), b); err != nil {
+			return nil, fmt.Errorf("record bad chunk %s: %w", id, err)
+		}
+		v.rt.Log.ErrorContext(ctx, "bad chunk", "chunk", id.String(), "reason", reason)
+	}
+	return v.refreshDamage(ctx, bad)
+}
+
+// refreshDamage sets every committed backup's damaged flag from the set
+// of bad chunks: on when it references one, off otherwise. Reading every
+// manifest is what a repository check costs; it runs only when a bad
+// chunk is found or on `strata check`, never on the backup path.
+func (v *verifier) refreshDamage(ctx context.Context, bad map[chunk.ID]string) ([]contracts.BackupRef, error) {
+	recs, err := v.rt.Catalog.List(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	var damaged []contracts.BackupRef
+	for _, r := range recs {
+		if r.State != contracts.StateVerified && r.State != contracts.StateCommitted {
+			continue
+		}
+		hit := false
+		for _, d := range r.Disks {
+			if hit || d.Manifest == "" || len(bad) == 0 {
+				continue
+			}
+			man, err := v.rt.Repo.GetManifest(ctx, d.Manifest)
+			if err != nil {
+				return nil, fmt.Errorf("damage scan: %w", err)
+			}
+			for _, id := range man.IDs {
+				if _, ok := bad[id]; ok {
+					hit = true
+					break
+				}
+			}
+		}
+		if hit {
+			damaged = append(damaged, contracts.BackupRef{VM: r.VM, BackupID: r.ID})
+		}
+		if hit == r.Damaged {
+			continue
+		}
+		updated, err := v.rt.Catalog.Update(ctx, r.VM, r.ID, func(rec *contracts.BackupRecord) error {
+			if rec.Damaged == hit {
+				return catalog.ErrUnchanged
+			}
+			rec.Damaged = hit
+			return nil
+		})
+		if errors.Is(err, catalog.ErrNotFound) {
+			continue // pruned meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		if err := v.rt.Repo.PutRecord(ctx, updated); err != nil {
+			return nil, err
+		}
+		v.rt.Log.WarnContext(ctx, "backup damage changed", "vm", r.VM, "backup", r.ID, "damaged", hit)
+	}
+	return damaged, nil
+}
+
+// badChunks reads the bad-chunk entries of the catalog bucket.
+func (v *verifier) badChunks(ctx context.Context) ([]contracts.BadChunk, error) {
+	lister, err := v.rt.Catalog.KV.ListKeysFiltered(ctx, contracts.BadChunkPrefix+"*")
+	if err != nil {
+		return nil, fmt.Errorf("list bad chunks: %w", err)
+	}
+	var out []contracts.BadChunk
+	for key := range lister.Keys() {
+		e, err := v.rt.Catalog.KV.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		var b contracts.BadChunk
+		if err := json.Unmarshal(e.Value(), &b); err != nil || contracts.ValidChunkID(b.ID) != nil {
+			return nil, fmt.Errorf("bad chunk entry %s: unreadable", key)
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+// health is `strata check`: read every known bad chunk again, clear the
+// ones a later backup repaired, then refresh every backup's damaged flag.
+func (v *verifier) health(ctx context.Context, _ *contracts.CheckRequest) (*contracts.CheckReply, error) {
+	known, err := v.badChunks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	reply := &contracts.CheckReply{Schema: contracts.SchemaVersion, BadChunks: []contracts.BadChunk{}, Repaired: []string{}, Damaged: []contracts.BackupRef{}}
+	still := map[chunk.ID]string{}
+	for _, b := range known {
+		id, _ := chunk.ParseID(b.ID)
+		run := v.newRun()
+		if err := run.checkIDs(ctx, []chunk.ID{id}); err != nil {
+			return nil, err
+		}
+		if reason, bad := run.bad[id]; bad {
+			b.Reason = reason
+			still[id] = reason
+			reply.BadChunks = append(reply.BadChunks, b)
+			continue
+		}
+		if err := v.rt.Catalog.KV.Delete(ctx, contracts.BadChunkKey(b.ID)); err != nil {
+			return nil, err
+		}
+		reply.Repaired = append(reply.Repaired, b.ID)
+		v.rt.Log.InfoContext(ctx, "bad chunk repaired", "chunk", b.ID)
+	}
+	damaged, err := v.refreshDamage(ctx, still)
+	if err != nil {
+		return nil, err
+	}
+	if damaged != nil {
+		reply.Damaged = damaged
+	}
+	recs, err := v.rt.Catalog.List(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	reply.Backups = len(recs)
+	reply.Healthy = len(reply.BadChunks) == 0 && len(reply.Damaged) == 0
+	return reply, nil
+}
+
+// verifyNow is `strata verify`: one backup in one mode, or a chunks job
+// over every committed backup (each chunk read once).
+func (v *verifier) verifyNow(ctx context.Context, req *contracts.VerifyRequest) (*contracts.VerifyReply, error) {
+	var recs []*contracts.BackupRecord
+	if req.All {
+		all, err := v.rt.Catalog.List(ctx, "")
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range all {
+			if r.State == contracts.StateVerified || r.State == contracts.StateCommitted {
+				recs = append(recs, r)
+			}
+		}
+	} else {
+		r, _, err := v.rt.Catalog.Get(ctx, req.VM, req.BackupID)
+		if err != nil {
+			return nil, fmt.Errorf("backup %s of %s: %w", req.BackupID, req.VM, err)
+		}
+		if r.State != contracts.StateVerified && r.State != contracts.StateCommitted {
+			return nil, fmt.Errorf("backup %s is %s: nothing to verify", r.ID, r.State)
+		}
+		recs = append(recs, r)
+	}
+	run := v.newRun()
+	total := &contracts.VerifyReply{Schema: contracts.SchemaVersion, Mode: req.Mode, OK: true}
+	var problems []string
+	for _, r := range recs {
+		reply, err := v.deep(ctx, r, req.Mode, run)
+		if err != nil {
+			return nil, err
+		}
+		total.Digests = append(total.Digests, reply.Digests...)
+		if !reply.OK {
+			total.OK = false
+			problems = append(problems, fmt.Sprintf("%s/%s: %s", r.VM, r.ID, reply.Problem))
+		}
+		if req.Mode == contracts.VerifyCertify && reply.OK {
+			if err := v.storeDigests(ctx, r, reply.Digests); err != nil {
+				return nil, err
+			}
+		}
+		total.Seconds += reply.Seconds
+	}
+	if err := v.recordBad(ctx, run, total); err != nil {
+		return nil, err
+	}
+	total.ChunksChecked, total.BytesChecked = run.checked, run.bytes
+	sort.Strings(problems)
+	total.Problem = strings.Join(problems, "\n")
+	return total, nil
+}
+
+// storeDigests records certify digests in the backup record.
+func (v *verifier) storeDigests(ctx context.Context, rec *contracts.BackupRecord, digests []contracts.DiskDigest) error {
+	updated, err := v.rt.Catalog.Update(ctx, rec.VM, rec.ID, func(r *contracts.BackupRecord) error {
+		for _, d := range digests {
+			if d.Disk < len(r.Disks) {
+				r.Disks[d.Disk].Digest = d.Stored
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if updated.State == contracts.StateVerified {
+		return v.rt.Repo.PutRecord(ctx, updated)
+	}
+	return nil
+}

@@ -1,0 +1,266 @@
+package verifier
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/manifest"
+	"github.com/strata-backup/strata/pkg/objstore"
+)
+
+// chunkRun reads chunks from the store for one verification run: each
+// chunk once however many backups or disks share it, in parallel, bad
+// ones (corrupt or missing) remembered with the reason.
+type chunkRun struct {
+	v        *verifier
+	mu       sync.Mutex
+	good     map[chunk.ID]struct{}
+	bad      map[chunk.ID]string
+	checked  int
+	bytes    int64
+	parallel int
+}
+
+func (v *verifier) newRun() *chunkRun {
+	return &chunkRun{v: v, good: map[chunk.ID]struct{}{}, bad: map[chunk.ID]string{}, parallel: 8}
+}
+
+// checkIDs downloads, decodes and re-hashes every non-zero id not yet
+// seen in this run. Only a store that cannot answer is an error; a bad
+// chunk is a finding.
+func (r *chunkRun) checkIDs(ctx context.Context, ids []chunk.ID) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(r.parallel)
+	for _, id := range ids {
+		if id.IsZero() {
+			continue
+		}
+		r.mu.Lock()
+		_, ok := r.good[id]
+		_, isBad := r.bad[id]
+		if !ok && !isBad {
+			r.good[id] = struct{}{} // claimed; moved to bad below if it is
+		}
+		r.mu.Unlock()
+		if ok || isBad {
+			continue
+		}
+		g.Go(func() error {
+			data, err := r.v.rt.Repo.Chunks.GetChunk(gctx, id)
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			switch {
+			case errors.Is(err, chunk.ErrCorrupt), errors.Is(err, objstore.ErrNotFound):
+				delete(r.good, id)
+				r.bad[id] = err.Error()
+			case err != nil:
+				delete(r.good, id)
+				return err
+			default:
+				r.checked++
+				r.bytes += int64(len(data))
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// badIn returns the ids of man that this run found bad.
+func (r *chunkRun) badIn(ids []chunk.ID) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, id := range ids {
+		if _, ok := r.bad[id]; ok {
+			n++
+		}
+	}
+	return n
+}
+
+// digest is the certify digest of a disk: SHA-256 over its chunk ids in
+// disk order, all-zero chunks as the zero id — the root of a one-level hash
+// tree over the chunk map. Computed the same way from the source and from
+// the store, it proves both hold the same bytes at every offset.
+type digest struct{ h io.Writer }
+
+func newDigest() (*digest, func() string) {
+	h := sha256.New()
+	return &digest{h}, func() string { return hex.EncodeToString(h.Sum(nil)) }
+}
+
+func (d *digest) add(id chunk.ID) { d.h.Write(id[:]) }
+
+// sourceDigest re-reads the whole disk from its source.
+func (v *verifier) sourceDigest(ctx context.Context, disk contracts.DiskRecord, chunkSize int) (string, error) {
+	src, err := v.sources.Open(ctx, disk.Source)
+	if err != nil {
+		return "", fmt.Errorf("open source of %s: %w", disk.Name, err)
+	}
+	defer src.Close()
+	if src.Size() != disk.Size {
+		return "", fmt.Errorf("source of %s is %d bytes, the backup %d", disk.Name, src.Size(), disk.Size)
+	}
+	d, sum := newDigest()
+	buf := make([]byte, chunkSize)
+	for off := int64(0); off < disk.Size; off += int64(chunkSize) {
+		if err := ctx.Err(); err != nil {
+			return "", err
+		}
+		n := int(min(int64(chunkSize), disk.Size-off))
+		if _, err := src.ReadAt(buf[:n], off); err != nil && !errors.Is(err, io.EOF) {
+			return "", fmt.Errorf("read source of %s at %d: %w", disk.Name, off, err)
+		}
+		if chunk.AllZero(buf[:n]) {
+			d.add(chunk.ID{})
+		} else {
+			d.add(chunk.Hash(buf[:n]))
+		}
+	}
+	return sum(), nil
+}
+
+// storedDigest is the digest of the manifest's chunk map; valid only when
+// every chunk of it was read back good (checkIDs first).
+func storedDigest(man *manifest.Manifest) string {
+	d, sum := newDigest()
+	for _, id := range man.IDs {
+		d.add(id)
+	}
+	return sum()
+}
+
+// trivial compares the disk size and the first n bytes of the source with
+// the backup's. It reads little and misses any change further in: that is
+// its contract (XSIBackup's trivial check).
+func (v *verifier) trivial(ctx context.Context, disk contracts.DiskRecord, man *manifest.Manifest, n int64) (string, error) {
+	src, err := v.sources.Open(ctx, disk.Source)
+	if err != nil {
+		return "", fmt.Errorf("open source of %s: %w", disk.Name, err)
+	}
+	defer src.Close()
+	if src.Size() != disk.Size {
+		return fmt.Sprintf("%s: source is %d bytes, the backup %d", disk.Name, src.Size(), disk.Size), nil
+	}
+	n = min(n, disk.Size)
+	want := make([]byte, man.ChunkSize)
+	for i := 0; int64(i)*int64(man.ChunkSize) < n; i++ {
+		off := int64(i) * int64(man.ChunkSize)
+		size := int(min(int64(man.ChunkSize), n-off, disk.Size-off))
+		var stored []byte
+		if man.IDs[i].IsZero() {
+			stored = make([]byte, size)
+		} else if stored, err = v.rt.Repo.Chunks.GetChunk(ctx, man.IDs[i]); err != nil {
+			if errors.Is(err, chunk.ErrCorrupt) || errors.Is(err, objstore.ErrNotFound) {
+				return fmt.Sprintf("%s: %v", disk.Name, err), nil
+			}
+			return "", err
+		}
+		if _, err := src.ReadAt(want[:size], off); err != nil && !errors.Is(err, io.EOF) {
+			return "", fmt.Errorf("read source of %s at %d: %w", disk.Name, off, err)
+		}
+		if !bytes.Equal(want[:size], stored[:size]) {
+			for j := range size {
+				if want[j] != stored[j] {
+					return fmt.Sprintf("%s: byte %d differs between the source and the backup", disk.Name, off+int64(j)), nil
+				}
+			}
+		}
+	}
+	return "", nil
+}
+
+// deep runs mode on rec and returns the reply, with the problem set when
+// the backup is not good. Bad chunks collect in run; the caller records
+// them (recordBad) once the run is over.
+func (v *verifier) deep(ctx context.Context, rec *contracts.BackupRecord, mode contracts.VerifyMode, run *chunkRun) (*contracts.VerifyReply, error) {
+	start := time.Now()
+	reply := &contracts.VerifyReply{Schema: contracts.SchemaVersion, Mode: mode}
+	var problems []string
+	for _, disk := range rec.Disks {
+		man, err := v.rt.Repo.GetManifest(ctx, disk.Manifest)
+		if err != nil {
+			problems = append(problems, err.Error())
+			continue
+		}
+		switch mode {
+		case contracts.VerifyTrivial:
+			p, err := v.trivial(ctx, disk, man, v.trivialBytes)
+			if err != nil {
+				return nil, err
+			}
+			if p != "" {
+				problems = append(problems, p)
+			}
+		case contracts.VerifyChunks, contracts.VerifyCertify:
+			if err := run.checkIDs(ctx, man.IDs); err != nil {
+				return nil, err
+			}
+			if n := run.badIn(man.IDs); n > 0 {
+				problems = append(problems, fmt.Sprintf("%s: %d bad chunks", disk.Name, n))
+				continue
+			}
+			if mode == contracts.VerifyCertify {
+				src, err := v.sourceDigest(ctx, disk, man.ChunkSize)
+				if err != nil {
+					return nil, err
+				}
+				stored := storedDigest(man)
+				reply.Digests = append(reply.Digests, contracts.DiskDigest{Disk: disk.Index, Source: src, Stored: stored})
+				if src != stored {
+					problems = append(problems, fmt.Sprintf("%s: digest of the source %s… differs from the backup's %s…", disk.Name, src[:12], stored[:12]))
+				}
+			}
+		}
+	}
+	reply.ChunksChecked, reply.BytesChecked = run.checked, run.bytes
+	reply.OK = len(problems) == 0
+	if !reply.OK {
+		reply.Problem = fmt.Sprintf("%s verification: %s", mode, joinMax(problems, 3))
+	}
+	reply.Seconds = time.Since(start).Seconds()
+	return reply, nil
+}
+
+// recordBad records the run's bad chunks and the backups they damage into
+// reply.
+func (v *verifier) recordBad(ctx context.Context, run *chunkRun, reply *contracts.VerifyReply) error {
+	if len(run.bad) == 0 {
+		return nil
+	}
+	damaged, err := v.recordDamage(ctx, run.bad)
+	if err != nil {
+		return err
+	}
+	reply.Damaged = damaged
+	for id, reason := range run.bad {
+		reply.BadChunks = append(reply.BadChunks, contracts.BadChunk{ID: id.String(), Reason: reason})
+	}
+	return nil
+}
+
+func joinMax(list []string, n int) string {
+	s := ""
+	for i, p := range list {
+		if i == n {
+			return s + fmt.Sprintf("; and %d more", len(list)-n)
+		}
+		if i > 0 {
+			s += "; "
+		}
+		s += p
+	}
+	return s
+}
