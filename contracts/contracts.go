@@ -85,9 +85,18 @@ const (
 	BucketCatalog = "strata_catalog"
 	// BucketPolicies: key PolicyKey(vm) → Policy (JSON).
 	BucketPolicies = "strata_policies"
+	// BucketGCHolds: key GCHoldKey(gc, chunk) → "held" (dedup: a running
+	// backup reuses this condemned chunk, do not delete it), "deleting" or
+	// "deleted" (the collector claimed it). Entries expire after a day.
+	BucketGCHolds = "strata_gc_holds"
 	// GCLockKey in BucketCatalog: present while garbage collection runs. A
 	// backup that sees it waits; a GC that sees a running backup gives up.
 	GCLockKey = "gc.lock"
+
+	// Hold states in BucketGCHolds.
+	GCHeld     = "held"
+	GCDeleting = "deleting"
+	GCDeleted  = "deleted"
 )
 
 // MaxSegmentBytes bounds one transfer work item.

@@ -445,6 +445,7 @@ type GCReply struct {
 	Referenced   int   `json:"referenced"`    // distinct chunk ids referenced
 	Chunks       int   `json:"chunks"`        // chunk objects seen
 	Young        int   `json:"young"`         // unreferenced but within the grace period
+	Rescued      int   `json:"rescued"`       // condemned, then found referenced or held by a running backup
 	Deleted      int   `json:"deleted"`       // deleted (or, dry run, would be)
 	FreedBytes   int64 `json:"freed_bytes"`   // their stored size
 	GraceSeconds int64 `json:"grace_seconds"` // grace applied

@@ -136,3 +136,16 @@ type CheckReply struct {
 }
 
 func (m *CheckReply) Validate() error { return checkSchema(m.Schema) }
+
+// GCHoldKey is the BucketGCHolds key of a chunk in one collection.
+func GCHoldKey(gcID, chunkID string) string { return gcID + "." + chunkID }
+
+// GCLock is the value of GCLockKey. Phase "mark": the collector is
+// marking; "sweep": Condemned (an object key) lists the chunk ids it may
+// delete, and dedup must hold any of them a backup reuses.
+type GCLock struct {
+	ID        string    `json:"id"`
+	Since     time.Time `json:"since"`
+	Phase     string    `json:"phase"`
+	Condemned string    `json:"condemned,omitempty"`
+}

@@ -101,12 +101,16 @@ func (b *Bus) EnsureStreams(ctx context.Context, replicas int) error {
 			return fmt.Errorf("create stream %s: %w", cfg.Name, err)
 		}
 	}
-	for _, bucket := range []string{contracts.BucketCatalog, contracts.BucketPolicies} {
+	for _, kv := range []jetstream.KeyValueConfig{
+		{Bucket: contracts.BucketCatalog, History: 5, Replicas: replicas},
+		{Bucket: contracts.BucketPolicies, History: 5, Replicas: replicas},
+		{Bucket: contracts.BucketGCHolds, TTL: 24 * time.Hour, Replicas: replicas},
+	} {
 		if err := retryJS(ctx, func(ctx context.Context) error {
-			_, err := b.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, History: 5, Replicas: replicas})
+			_, err := b.JS.CreateOrUpdateKeyValue(ctx, kv)
 			return err
 		}); err != nil {
-			return fmt.Errorf("create kv %s: %w", bucket, err)
+			return fmt.Errorf("create kv %s: %w", kv.Bucket, err)
 		}
 	}
 	return nil

@@ -31,7 +31,12 @@ type Config struct {
 
 // Start registers the dedup endpoint.
 func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
-	d := &Index{chunks: rt.Repo.Chunks, cache: NewPresentCache(cfg.CacheEntries), bad: map[chunk.ID]bool{}}
+	holds, err := rt.Bus.JS.KeyValue(ctx, contracts.BucketGCHolds)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", contracts.BucketGCHolds, err)
+	}
+	d := &Index{chunks: rt.Repo.Chunks, cache: NewPresentCache(cfg.CacheEntries), bad: map[chunk.ID]bool{},
+		gc: &gcGuard{catalog: rt.Catalog.KV, holds: holds, store: rt.Repo.Store}}
 	// Chunks the verifier found corrupt or missing are answered "missing"
 	// whatever the store says, so the next backup holding those bytes
 	// uploads them again: that repairs every backup referencing them.
@@ -90,6 +95,7 @@ type Index struct {
 	cache *PresentCache
 	mu    sync.Mutex
 	bad   map[chunk.ID]bool // known bad: answered missing
+	gc    *gcGuard          // nil: no collector to coordinate with (unit tests)
 }
 
 func (d *Index) setBad(id chunk.ID, bad bool) {
@@ -113,6 +119,14 @@ func (d *Index) isBad(id chunk.ID) bool {
 func (d *Index) Missing(ctx context.Context, req *contracts.MissingRequest) (*contracts.MissingReply, error) {
 	var unknown []chunk.ID
 	reply := &contracts.MissingReply{Schema: contracts.SchemaVersion, Missing: []string{}}
+	var gcID string
+	var condemned map[chunk.ID]bool
+	if d.gc != nil {
+		var err error
+		if gcID, condemned, err = d.gc.condemnedSet(ctx); err != nil {
+			return nil, err
+		}
+	}
 	for _, s := range req.IDs {
 		id, err := chunk.ParseID(s)
 		if err != nil {
@@ -121,6 +135,16 @@ func (d *Index) Missing(ctx context.Context, req *contracts.MissingRequest) (*co
 		if d.isBad(id) {
 			reply.Missing = append(reply.Missing, s)
 			continue
+		}
+		if condemned[id] {
+			kept, err := d.gc.hold(ctx, gcID, id)
+			if err != nil {
+				return nil, err
+			}
+			if !kept { // deleted by the collector: upload it again
+				reply.Missing = append(reply.Missing, s)
+				continue
+			}
 		}
 		if !d.cache.Has(id) {
 			unknown = append(unknown, id)

@@ -1,6 +1,7 @@
 package dedup
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/strata-backup/strata/contracts"
@@ -16,100 +18,303 @@ import (
 	"github.com/strata-backup/strata/pkg/runtime"
 )
 
-// gcLock is the value of contracts.GCLockKey.
-type gcLock struct {
-	Since time.Time `json:"since"`
-}
-
 // staleLock: a lock older than this was left by a crashed collector.
-const staleLock = time.Hour
+const staleLock = 6 * time.Hour
 
-// collect runs one mark-and-sweep. Safety against running backups comes
-// from mutual exclusion through the catalog: the collector first writes
-// the lock, then looks for backups that are not final; the snapshotter
-// first writes a new backup's record, then looks for the lock. Whichever
-// writes second sees the other, so a chunk a running backup may reference
-// (uploaded by it, or answered "present" by dedup) is never swept. The
-// grace period additionally spares chunks of backups that started and
-// finished around the mark.
+// drainTimeout bounds how long a collection waits for segments already
+// handed to transfer workers.
+const drainTimeout = 30 * time.Minute
+
+// collect runs one mark-and-sweep while backups keep running. A chunk a
+// running backup may reference is one it uploaded (younger than the grace
+// period: never a candidate), one it inherits from its parent (in the
+// parent's manifest: marked), or one dedup answered "present" for:
+//
+//  1. mark: every id in every manifest and in every segment result still in
+//     STRATA_RESULTS (running backups); candidates are the unmarked chunk
+//     objects older than the grace period;
+//  2. condemn: the candidates go to an object and gc.lock moves to phase
+//     "sweep"; from then on dedup reads the lock on every request and holds
+//     (BucketGCHolds) any condemned chunk it is about to answer "present";
+//  3. drain: wait until every segment published before the condemnation
+//     has been processed — its "present" answers came before dedup knew
+//     the candidates, but its result is now in STRATA_RESULTS or, once
+//     committed, in a manifest;
+//  4. mark again (results, then manifests: a commit writes the manifest
+//     before purging the results) and drop every candidate marked now;
+//  5. sweep: claim each remaining candidate in BucketGCHolds ("deleting",
+//     create-only: a hold taken first wins), delete it, mark it "deleted".
+//     Dedup answers a claimed chunk "missing" only once it is "deleted", so
+//     the re-upload always lands after the delete.
 func collect(ctx context.Context, rt *runtime.Runtime, grace time.Duration, dryRun bool) (*contracts.GCReply, error) {
 	kv := rt.Catalog.KV
-	lock, _ := json.Marshal(gcLock{Since: time.Now().UTC()})
-	if _, err := kv.Create(ctx, contracts.GCLockKey, lock); err != nil {
-		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return nil, fmt.Errorf("take gc lock: %w", err)
-		}
-		e, gerr := kv.Get(ctx, contracts.GCLockKey)
-		var held gcLock
-		if gerr != nil || json.Unmarshal(e.Value(), &held) != nil || time.Since(held.Since) < staleLock {
-			return nil, errors.New("garbage collection already running")
-		}
-		if _, err := kv.Update(ctx, contracts.GCLockKey, lock, e.Revision()); err != nil {
-			return nil, errors.New("garbage collection already running")
-		}
-		rt.Log.Warn("took over a stale gc lock", "since", held.Since)
-	}
-	defer kv.Delete(context.WithoutCancel(ctx), contracts.GCLockKey)
-
-	recs, err := rt.Catalog.List(ctx, "")
+	lock := contracts.GCLock{ID: uuid.NewString(), Since: time.Now().UTC(), Phase: "mark"}
+	rev, err := takeLock(ctx, rt, lock)
 	if err != nil {
 		return nil, err
 	}
+	defer kv.Delete(context.WithoutCancel(ctx), contracts.GCLockKey)
+
 	reply := &contracts.GCReply{Schema: contracts.SchemaVersion, DryRun: dryRun, GraceSeconds: int64(grace / time.Second)}
-	referenced := map[chunk.ID]struct{}{}
-	for _, r := range recs {
-		if !r.State.Final() {
-			return nil, fmt.Errorf("backup %s of %s is %s: garbage collection waits until no backup runs", r.ID, r.VM, r.State)
-		}
-		marked := false
-		for _, d := range r.Disks {
-			if d.Manifest == "" {
-				continue
-			}
-			m, err := rt.Repo.GetManifest(ctx, d.Manifest)
-			if err != nil {
-				// Never sweep on an incomplete mark.
-				return nil, fmt.Errorf("mark: %w", err)
-			}
-			for _, id := range m.IDs {
-				if !id.IsZero() {
-					referenced[id] = struct{}{}
-				}
-			}
-			marked = true
-		}
-		if marked {
-			reply.Backups++
-		}
+	m := &mark{rt: rt, ids: map[chunk.ID]struct{}{}, manifests: map[string]bool{}}
+	if err := m.results(ctx); err != nil {
+		return nil, err
 	}
-	reply.Referenced = len(referenced)
-	cutoff := time.Now().Add(-grace)
+	if err := m.allManifests(ctx); err != nil {
+		return nil, err
+	}
+	reply.Backups = m.backups
+
+	type candidate struct {
+		id   chunk.ID
+		key  string
+		size int64
+	}
+	var candidates []candidate
+	cutoff := lock.Since.Add(-grace)
 	err = rt.Repo.Store.List(ctx, "chunks/", func(in objstore.Info) error {
 		reply.Chunks++
 		id, err := chunk.ParseID(in.Key[strings.LastIndexByte(in.Key, '/')+1:])
 		if err != nil {
 			return nil // not a chunk object: not ours to delete
 		}
-		if _, ok := referenced[id]; ok {
+		if m.has(id) {
 			return nil
 		}
 		if in.Modified.After(cutoff) {
 			reply.Young++
 			return nil
 		}
-		if !dryRun {
-			if err := rt.Repo.Store.Delete(ctx, in.Key); err != nil {
-				return err
-			}
-		}
-		reply.Deleted++
-		reply.FreedBytes += in.Size
+		candidates = append(candidates, candidate{id, in.Key, in.Size})
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("sweep: %w", err)
+		return nil, fmt.Errorf("list chunks: %w", err)
 	}
-	rt.Log.InfoContext(ctx, "garbage collection", "dry_run", dryRun, "backups", reply.Backups, "referenced", reply.Referenced,
-		"chunks", reply.Chunks, "young", reply.Young, "deleted", reply.Deleted, "freed_bytes", reply.FreedBytes)
+	if dryRun || len(candidates) == 0 {
+		reply.Referenced = len(m.ids)
+		for _, c := range candidates {
+			reply.Deleted++
+			reply.FreedBytes += c.size
+		}
+		rt.Log.InfoContext(ctx, "garbage collection", "dry_run", dryRun, "chunks", reply.Chunks, "would_delete", reply.Deleted)
+		return reply, nil
+	}
+
+	// 2. condemn
+	var list bytes.Buffer
+	for _, c := range candidates {
+		list.Write(c.id[:])
+	}
+	condemnedKey := "gc/" + lock.ID + ".condemned"
+	if err := rt.Repo.Store.Put(ctx, condemnedKey, list.Bytes()); err != nil {
+		return nil, fmt.Errorf("write condemned list: %w", err)
+	}
+	defer rt.Repo.Store.Delete(context.WithoutCancel(ctx), condemnedKey)
+	lock.Phase, lock.Condemned = "sweep", condemnedKey
+	b, _ := json.Marshal(lock)
+	if _, err := kv.Update(ctx, contracts.GCLockKey, b, rev); err != nil {
+		return nil, fmt.Errorf("gc lock changed under the collector: %w", err)
+	}
+
+	// 3. drain, 4. mark again
+	if err := drainSegments(ctx, rt); err != nil {
+		return nil, err
+	}
+	if err := m.results(ctx); err != nil {
+		return nil, err
+	}
+	if err := m.allManifests(ctx); err != nil {
+		return nil, err
+	}
+	reply.Referenced = len(m.ids)
+
+	// 5. sweep
+	holds, err := rt.Bus.JS.KeyValue(ctx, contracts.BucketGCHolds)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", contracts.BucketGCHolds, err)
+	}
+	for _, c := range candidates {
+		if m.has(c.id) {
+			reply.Rescued++
+			continue
+		}
+		key := contracts.GCHoldKey(lock.ID, c.id.String())
+		if _, err := holds.Create(ctx, key, []byte(contracts.GCDeleting)); errors.Is(err, jetstream.ErrKeyExists) {
+			reply.Rescued++ // a backup reuses it: held
+			continue
+		} else if err != nil {
+			return nil, fmt.Errorf("claim %s: %w", c.key, err)
+		}
+		if err := rt.Repo.Store.Delete(ctx, c.key); err != nil {
+			return nil, fmt.Errorf("sweep: %w", err)
+		}
+		if _, err := holds.Put(ctx, key, []byte(contracts.GCDeleted)); err != nil {
+			return nil, fmt.Errorf("mark %s deleted: %w", c.key, err)
+		}
+		reply.Deleted++
+		reply.FreedBytes += c.size
+	}
+	rt.Log.InfoContext(ctx, "garbage collection", "backups", reply.Backups, "referenced", reply.Referenced, "chunks", reply.Chunks,
+		"young", reply.Young, "rescued", reply.Rescued, "deleted", reply.Deleted, "freed_bytes", reply.FreedBytes)
 	return reply, nil
+}
+
+// takeLock writes gc.lock (taking over one a crashed collector left).
+func takeLock(ctx context.Context, rt *runtime.Runtime, lock contracts.GCLock) (uint64, error) {
+	kv := rt.Catalog.KV
+	b, _ := json.Marshal(lock)
+	rev, err := kv.Create(ctx, contracts.GCLockKey, b)
+	if err == nil {
+		return rev, nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return 0, fmt.Errorf("take gc lock: %w", err)
+	}
+	e, gerr := kv.Get(ctx, contracts.GCLockKey)
+	var held contracts.GCLock
+	if gerr != nil || json.Unmarshal(e.Value(), &held) != nil || time.Since(held.Since) < staleLock {
+		return 0, errors.New("garbage collection already running")
+	}
+	rev, err = kv.Update(ctx, contracts.GCLockKey, b, e.Revision())
+	if err != nil {
+		return 0, errors.New("garbage collection already running")
+	}
+	rt.Log.Warn("took over a stale gc lock", "since", held.Since)
+	return rev, nil
+}
+
+// drainSegments waits until every segment in STRATA_SEGMENTS now has been
+// processed (work queue: acknowledged segments leave the stream).
+func drainSegments(ctx context.Context, rt *runtime.Runtime) error {
+	stream, err := rt.Bus.JS.Stream(ctx, contracts.StreamSegments)
+	if err != nil {
+		return fmt.Errorf("segments stream: %w", err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("segments stream: %w", err)
+	}
+	last := info.State.LastSeq
+	deadline := time.Now().Add(drainTimeout)
+	for {
+		info, err := stream.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("segments stream: %w", err)
+		}
+		if info.State.Msgs == 0 || info.State.FirstSeq > last {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("segments published before the collection are still unprocessed after %s; nothing deleted", drainTimeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// mark is the set of referenced chunk ids. It holds 32 B per distinct id
+// (sharding the mark by id prefix bounds it for a petabyte of chunks).
+type mark struct {
+	rt        *runtime.Runtime
+	ids       map[chunk.ID]struct{}
+	manifests map[string]bool // read already
+	backups   int
+}
+
+func (m *mark) has(id chunk.ID) bool {
+	_, ok := m.ids[id]
+	return ok
+}
+
+// allManifests marks the ids of every manifest not read yet. A manifest
+// that cannot be read aborts the collection: never sweep on an incomplete
+// mark.
+func (m *mark) allManifests(ctx context.Context) error {
+	recs, err := m.rt.Catalog.List(ctx, "")
+	if err != nil {
+		return err
+	}
+	m.backups = 0
+	for _, r := range recs {
+		counted := false
+		for _, d := range r.Disks {
+			if d.Manifest == "" {
+				continue
+			}
+			if !counted {
+				m.backups++
+				counted = true
+			}
+			if m.manifests[d.Manifest] {
+				continue
+			}
+			man, err := m.rt.Repo.GetManifest(ctx, d.Manifest)
+			if err != nil {
+				return fmt.Errorf("mark: %w", err)
+			}
+			for _, id := range man.IDs {
+				if !id.IsZero() {
+					m.ids[id] = struct{}{}
+				}
+			}
+			m.manifests[d.Manifest] = true
+		}
+	}
+	return nil
+}
+
+// results marks every chunk id named by the segment results of running
+// backups.
+func (m *mark) results(ctx context.Context) error {
+	stream, err := m.rt.Bus.JS.Stream(ctx, contracts.StreamResults)
+	if err != nil {
+		return fmt.Errorf("results stream: %w", err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("results stream: %w", err)
+	}
+	if info.State.Msgs == 0 {
+		return nil
+	}
+	last := info.State.LastSeq
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		return fmt.Errorf("read results: %w", err)
+	}
+	for {
+		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			return fmt.Errorf("read results: %w", err)
+		}
+		n := 0
+		for msg := range batch.Messages() {
+			n++
+			meta, err := msg.Metadata()
+			if err != nil {
+				return err
+			}
+			var d contracts.SegmentDone
+			if err := contracts.Decode(msg.Data(), &d); err == nil {
+				for _, s := range d.IDs {
+					if id, err := chunk.ParseID(s); err == nil {
+						m.ids[id] = struct{}{}
+					}
+				}
+			}
+			if meta.Sequence.Stream >= last {
+				return nil
+			}
+		}
+		if err := batch.Error(); err != nil {
+			return fmt.Errorf("read results: %w", err)
+		}
+		if n == 0 {
+			return nil // the rest was purged (committed) meanwhile: in manifests now
+		}
+	}
 }

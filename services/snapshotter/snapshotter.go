@@ -12,7 +12,6 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/strata-backup/strata/contracts"
@@ -117,13 +116,6 @@ func (s *snapshotter) plan(ctx context.Context, req *contracts.BackupRequested) 
 	}
 	if existing.State != contracts.StateTransferring {
 		return nil // a redelivered request for a backup that moved on
-	}
-	// The record exists now; only then look for a running garbage
-	// collection (see dedup's collect for why the order matters).
-	if _, err := s.rt.Catalog.KV.Get(ctx, contracts.GCLockKey); err == nil {
-		return fmt.Errorf("garbage collection running; backup %s waits", rec.ID)
-	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return err
 	}
 	// Publish from the stored record: a redelivery re-publishes the plan
 	// it recorded the first time (same message ids, deduplicated).
