@@ -69,6 +69,7 @@ type stackOptions struct {
 	transfers  int
 	schedulers int
 	extraEnv   map[string][]string // per service, extra env (transfer: per instance in order)
+	env        []string            // extra env for every service and the CLI
 }
 
 func startStack(t testing.TB, o stackOptions) *stack {
@@ -86,6 +87,7 @@ func startStack(t testing.TB, o stackOptions) *stack {
 		"STRATA_LOG_LEVEL=debug",
 		"STRATA_STORE_DIR=",
 	)
+	st.env = append(st.env, o.env...)
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", testserver.FreePort(t))
 	st.http = "http://" + httpAddr
 	st.env = append(st.env, "STRATA_SCHEDULER_HTTP_ADDR="+httpAddr, "STRATA_SCHEDULER_TICK=200ms")

@@ -21,7 +21,6 @@ import (
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
-	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/restore"
 	"github.com/strata-backup/strata/pkg/runtime"
 	"github.com/strata-backup/strata/pkg/telemetry"
@@ -275,7 +274,7 @@ func cmdRestore(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	r, err := repo.Open(ctx, store, c.cfg.ChunkSize)
+	r, err := c.cfg.OpenRepo(ctx, store)
 	if err != nil {
 		return err
 	}

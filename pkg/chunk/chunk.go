@@ -107,7 +107,11 @@ func Encode(data []byte) []byte {
 // Decode turns a stored chunk back into its bytes and checks them against
 // id. Any mismatch is an error wrapping ErrCorrupt; wrong bytes are never
 // returned.
-func Decode(obj []byte, id ID) ([]byte, error) {
+func Decode(obj []byte, id ID) ([]byte, error) { return DecodeWith(obj, id, Hash) }
+
+// DecodeWith is Decode for a repository whose ids come from another hash
+// (keyed ids of an encrypted repository).
+func DecodeWith(obj []byte, id ID, hash func([]byte) ID) ([]byte, error) {
 	if len(obj) < headerSize || string(obj[:4]) != magic {
 		return nil, fmt.Errorf("%w %s: bad header", ErrCorrupt, id)
 	}
@@ -132,7 +136,7 @@ func Decode(obj []byte, id ID) ([]byte, error) {
 	if len(data) != size {
 		return nil, fmt.Errorf("%w %s: %d bytes, header says %d", ErrCorrupt, id, len(data), size)
 	}
-	if Hash(data) != id {
+	if hash(data) != id {
 		return nil, fmt.Errorf("%w %s: content does not match its id", ErrCorrupt, id)
 	}
 	return data, nil

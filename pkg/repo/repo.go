@@ -11,6 +11,7 @@ package repo
 
 import (
 	"context"
+	"crypto/hmac"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,6 +37,10 @@ type Config struct {
 	ID        string    `json:"id"`
 	ChunkSize int       `json:"chunk_size"`
 	CreatedAt time.Time `json:"created_at"`
+	// Encrypted repositories store chunks and manifests sealed with
+	// AES-256-GCM under keyed chunk ids; KeyCheck recognises the key.
+	Encrypted bool   `json:"encrypted,omitempty"`
+	KeyCheck  string `json:"key_check,omitempty"`
 }
 
 // ChunkStore is where chunks live. Contract: PutChunk is idempotent (a
@@ -53,20 +58,27 @@ type Repository struct {
 	Store  objstore.Store
 	Config Config
 	Chunks ChunkStore
+	keys   *Keys
 }
 
 const configKey = "config"
 
 // Open reads the repository's config, creating the repository with
-// chunkSize when there is none. An existing repository keeps its own chunk
-// size whatever chunkSize says: it is fixed at creation.
-func Open(ctx context.Context, store objstore.Store, chunkSize int) (*Repository, error) {
+// chunkSize (encrypted when keys is not nil) when there is none. An
+// existing repository keeps its own chunk size whatever chunkSize says: it
+// is fixed at creation. Opening an encrypted repository without its key, a
+// plaintext one with a key, or with the wrong key, is refused before
+// anything is written.
+func Open(ctx context.Context, store objstore.Store, chunkSize int, keys *Keys) (*Repository, error) {
 	cfg, err := readConfig(ctx, store)
 	if errors.Is(err, objstore.ErrNotFound) {
 		if err := contracts.ValidChunkSize(chunkSize); err != nil {
 			return nil, fmt.Errorf("create repository in %s: %w", store, err)
 		}
 		cfg = Config{Version: FormatVersion, ID: uuid.NewString(), ChunkSize: chunkSize, CreatedAt: time.Now().UTC()}
+		if keys != nil {
+			cfg.Encrypted, cfg.KeyCheck = true, keys.check
+		}
 		b, _ := json.Marshal(cfg)
 		if err := store.Put(ctx, configKey, b); err != nil {
 			return nil, fmt.Errorf("create repository in %s: %w", store, err)
@@ -78,7 +90,37 @@ func Open(ctx context.Context, store objstore.Store, chunkSize int) (*Repository
 	if err != nil {
 		return nil, err
 	}
-	return &Repository{Store: store, Config: cfg, Chunks: &looseChunks{store: store}}, nil
+	switch {
+	case cfg.Encrypted && keys == nil:
+		return nil, fmt.Errorf("repository in %s is encrypted: set STRATA_ENCRYPTION_KEY_FILE", store)
+	case !cfg.Encrypted && keys != nil:
+		return nil, fmt.Errorf("repository in %s is not encrypted, and a repository never mixes encrypted and plaintext objects: unset STRATA_ENCRYPTION_KEY_FILE or use another bucket or prefix", store)
+	case keys != nil && !hmac.Equal([]byte(cfg.KeyCheck), []byte(keys.check)):
+		return nil, fmt.Errorf("repository in %s: %w (the key check in its config differs)", store, ErrWrongKey)
+	}
+	return &Repository{Store: store, Config: cfg, Chunks: &looseChunks{store: store, keys: keys}, keys: keys}, nil
+}
+
+// Encrypted reports whether chunks and manifests are sealed.
+func (r *Repository) Encrypted() bool { return r.keys != nil }
+
+// ChunkID is the id of a chunk's bytes in this repository: SHA-256, or
+// the keyed hash of an encrypted repository.
+func (r *Repository) ChunkID(data []byte) chunk.ID {
+	if r.keys != nil {
+		return r.keys.ChunkID(data)
+	}
+	return chunk.Hash(data)
+}
+
+// EncodeChunk is the stored form of a chunk: compressed, then sealed in an
+// encrypted repository.
+func (r *Repository) EncodeChunk(id chunk.ID, data []byte) []byte {
+	stored := chunk.Encode(data)
+	if r.keys != nil {
+		return r.keys.seal(stored, id[:])
+	}
+	return stored
 }
 
 func readConfig(ctx context.Context, store objstore.Store) (Config, error) {
@@ -106,7 +148,10 @@ func ChunkKey(id chunk.ID) string {
 }
 
 // looseChunks stores one object per chunk.
-type looseChunks struct{ store objstore.Store }
+type looseChunks struct {
+	store objstore.Store
+	keys  *Keys // nil: plaintext
+}
 
 func (c *looseChunks) PutChunk(ctx context.Context, id chunk.ID, stored []byte) error {
 	return c.store.Put(ctx, ChunkKey(id), stored)
@@ -118,7 +163,18 @@ func (c *looseChunks) GetChunk(ctx context.Context, id chunk.ID) ([]byte, error)
 	if err != nil {
 		return nil, fmt.Errorf("chunk object %s: %w", key, err)
 	}
-	data, err := chunk.Decode(obj, id)
+	if c.keys == nil {
+		data, err := chunk.Decode(obj, id)
+		if err != nil {
+			return nil, fmt.Errorf("chunk object %s: %w", key, err)
+		}
+		return data, nil
+	}
+	plain, err := c.keys.open(obj, id[:])
+	if err != nil {
+		return nil, fmt.Errorf("chunk object %s: %w: %v", key, chunk.ErrCorrupt, err)
+	}
+	data, err := chunk.DecodeWith(plain, id, c.keys.ChunkID)
 	if err != nil {
 		return nil, fmt.Errorf("chunk object %s: %w", key, err)
 	}
@@ -176,6 +232,9 @@ func (r *Repository) PutManifest(ctx context.Context, vm string, m *manifest.Man
 		return "", err
 	}
 	key := ManifestKey(vm, m.Disk, m.BackupID)
+	if r.keys != nil {
+		b = r.keys.seal(b, []byte(key))
+	}
 	if err := r.Store.Put(ctx, key, b); err != nil {
 		return "", fmt.Errorf("write manifest %s: %w", key, err)
 	}
@@ -187,6 +246,11 @@ func (r *Repository) GetManifest(ctx context.Context, key string) (*manifest.Man
 	b, err := r.Store.Get(ctx, key)
 	if err != nil {
 		return nil, fmt.Errorf("manifest object %s: %w", key, err)
+	}
+	if r.keys != nil {
+		if b, err = r.keys.open(b, []byte(key)); err != nil {
+			return nil, fmt.Errorf("manifest object %s: %w: %v", key, manifest.ErrCorrupt, err)
+		}
 	}
 	m, err := manifest.Decode(b)
 	if err != nil {

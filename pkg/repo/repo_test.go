@@ -15,14 +15,14 @@ import (
 func TestChunkSizeFixedAtCreation(t *testing.T) {
 	ctx := context.Background()
 	store := objstore.NewMem()
-	if _, err := Open(ctx, store, 1000); err == nil {
+	if _, err := Open(ctx, store, 1000, nil); err == nil {
 		t.Fatal("a chunk size that is not a power of two was accepted")
 	}
-	r, err := Open(ctx, store, 256<<10)
+	r, err := Open(ctx, store, 256<<10, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := Open(ctx, store, 4<<20)
+	again, err := Open(ctx, store, 4<<20, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +34,7 @@ func TestChunkSizeFixedAtCreation(t *testing.T) {
 func TestChunksAndManifests(t *testing.T) {
 	ctx := context.Background()
 	store := objstore.NewMem()
-	r, _ := Open(ctx, store, 64<<10)
+	r, _ := Open(ctx, store, 64<<10, nil)
 	a, b := []byte("chunk a"), bytes.Repeat([]byte("b"), 1000)
 	ida, idb := chunk.Hash(a), chunk.Hash(b)
 	if err := r.Chunks.PutChunk(ctx, ida, chunk.Encode(a)); err != nil {

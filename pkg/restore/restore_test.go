@@ -18,7 +18,7 @@ import (
 
 func setup(t *testing.T) (*repo.Repository, *manifest.Manifest, []byte) {
 	ctx := context.Background()
-	r, err := repo.Open(ctx, objstore.NewMem(), 64<<10)
+	r, err := repo.Open(ctx, objstore.NewMem(), 64<<10, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

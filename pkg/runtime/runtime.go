@@ -38,7 +38,9 @@ type Common struct {
 	S3PathStyle bool   `envconfig:"S3_PATH_STYLE" default:"true"`
 	StoreDir    string `envconfig:"STORE_DIR"` // local directory instead of S3
 	ChunkSize   int    `envconfig:"CHUNK_SIZE" default:"262144"`
-	LogLevel    string `envconfig:"LOG_LEVEL" default:"info"`
+	// EncryptionKeyFile turns on client-side encryption (see repo.Keys).
+	EncryptionKeyFile string `envconfig:"ENCRYPTION_KEY_FILE"`
+	LogLevel          string `envconfig:"LOG_LEVEL" default:"info"`
 }
 
 // Load fills spec (which embeds Common) from STRATA_* variables.
@@ -47,6 +49,19 @@ func Load(spec any) error {
 		return fmt.Errorf("configuration: %w", err)
 	}
 	return nil
+}
+
+// OpenRepo opens the repository on store with the configured chunk size
+// and, when STRATA_ENCRYPTION_KEY_FILE is set, encryption key.
+func (c Common) OpenRepo(ctx context.Context, store objstore.Store) (*repo.Repository, error) {
+	var keys *repo.Keys
+	if c.EncryptionKeyFile != "" {
+		var err error
+		if keys, err = repo.LoadKeyFile(c.EncryptionKeyFile); err != nil {
+			return nil, err
+		}
+	}
+	return repo.Open(ctx, store, c.ChunkSize, keys)
 }
 
 // OpenStore opens the configured object store, wrapped with retries.
@@ -96,11 +111,11 @@ func Start(ctx context.Context, service string, c Common) (*Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	r, err := repo.Open(ctx, store, c.ChunkSize)
+	r, err := c.OpenRepo(ctx, store)
 	if err != nil {
 		return nil, err
 	}
-	log.Info("started", "nats", c.NATSURL, "store", store.String(), "chunk_size", r.Config.ChunkSize)
+	log.Info("started", "nats", c.NATSURL, "store", store.String(), "chunk_size", r.Config.ChunkSize, "encrypted", r.Encrypted())
 	return &Runtime{Bus: b, Repo: r, Catalog: cat, Log: log, tp: tp}, nil
 }
 

@@ -13,7 +13,7 @@ import (
 func TestMissingAnswersFromTheStoreAndCaches(t *testing.T) {
 	ctx := context.Background()
 	store := objstore.NewMem()
-	r, _ := repo.Open(ctx, store, 64<<10)
+	r, _ := repo.Open(ctx, store, 64<<10, nil)
 	a, b := []byte("a"), []byte("b")
 	r.Chunks.PutChunk(ctx, chunk.Hash(a), chunk.Encode(a))
 	d := &Index{chunks: r.Chunks, cache: NewPresentCache(10)}

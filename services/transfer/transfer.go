@@ -194,7 +194,7 @@ func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Seg
 			done.IDs[r] = "" // a zero chunk: never stored
 			continue
 		}
-		id := chunk.Hash(buf)
+		id := w.rt.Repo.ChunkID(buf)
 		done.IDs[r] = id.String()
 		if _, dup := asked[id]; !dup {
 			asked[id] = i
@@ -227,7 +227,7 @@ func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Seg
 		}
 		buf := bufs[i]
 		g.Go(func() error {
-			stored := chunk.Encode(buf)
+			stored := w.rt.Repo.EncodeChunk(id, buf)
 			if err := w.rt.Repo.Chunks.PutChunk(gctx, id, stored); err != nil {
 				return fmt.Errorf("upload chunk %s: %w", id, err)
 			}

@@ -126,7 +126,7 @@ func (v *verifier) sourceDigest(ctx context.Context, disk contracts.DiskRecord, 
 		if chunk.AllZero(buf[:n]) {
 			d.add(chunk.ID{})
 		} else {
-			d.add(chunk.Hash(buf[:n]))
+			d.add(v.rt.Repo.ChunkID(buf[:n]))
 		}
 	}
 	return sum(), nil
