@@ -24,19 +24,24 @@ const (
 	// VerifyChunks: every chunk the backup references is downloaded and
 	// re-hashed (Proxmox Backup Server's verify job).
 	VerifyChunks VerifyMode = "chunks"
+	// VerifyRestoreTest: every disk restored to a scratch file and checked
+	// plausible — a sane MBR/GPT partition table, a filesystem superblock
+	// (ext2/3/4, XFS, NTFS, FAT) or swap/LVM signature in every partition,
+	// matching the source's where the source can still be read.
+	VerifyRestoreTest VerifyMode = "restore-test"
 )
 
 // Validate accepts the known modes (and "" when empty is allowed).
 func (m VerifyMode) Validate(emptyOK bool) error {
 	switch m {
-	case VerifyStored, VerifyTrivial, VerifyCertify, VerifyChunks:
+	case VerifyStored, VerifyTrivial, VerifyCertify, VerifyChunks, VerifyRestoreTest:
 		return nil
 	case "":
 		if emptyOK {
 			return nil
 		}
 	}
-	return fmt.Errorf("verify mode %q: want stored, trivial, certify or chunks", m)
+	return fmt.Errorf("verify mode %q: want stored, trivial, certify, chunks or restore-test", m)
 }
 
 // VerifyRequest asks the verifier to verify one backup now, or with All

@@ -11,6 +11,7 @@ import (
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/testdisk"
+	"github.com/strata-backup/strata/pkg/testserver"
 )
 
 // Certify, damage report and self-healing: two certified backups; one bit
@@ -186,4 +187,34 @@ func restoreBytes(t *testing.T, img, from string, off int64, n int) {
 	if _, err := f.WriteAt(src[off:off+int64(n)], off); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Restore test: a GPT disk with real ext4 and FAT filesystems (made by
+// sfdisk, mkfs.ext4 and mkfs.vfat) restores plausible; the same disk with
+// its ext4 superblock zeroed fails its backup with a reason naming the
+// partition.
+func TestRestoreTestMode(t *testing.T) {
+	st := startStack(t, stackOptions{chunkSize: 64 << 10})
+	img := filepath.Join(t.TempDir(), "disk.img")
+	testserver.PartitionedImage(t, img)
+	out := st.mustCLI("backup", "--vm", "web", "--source", "file://"+img, "--verify", "restore-test", "--wait")
+	good := st.record("web", strings.TrimSpace(strings.Split(out, "\n")[0]))
+	if good.State != contracts.StateVerified || good.Verify != contracts.VerifyRestoreTest {
+		t.Fatalf("restore-test backup of a sane disk: %s %s %s", good.State, good.Verify, good.Error)
+	}
+
+	f, err := os.OpenFile(img, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt(make([]byte, 1024), testserver.Ext4Offset+1024)
+	f.Close()
+	out, errOut, code := st.cli("backup", "--vm", "web", "--source", "file://"+img, "--verify", "restore-test", "--wait")
+	bad := st.record("web", strings.TrimSpace(strings.Split(out, "\n")[0]))
+	if code != 1 || bad.State != contracts.StateFailed || !strings.Contains(bad.Error, "partition 1") || !strings.Contains(bad.Error, "superblock") {
+		t.Fatalf("restore-test of a disk with a zeroed superblock: exit %d, %s: %s %s", code, errOut, bad.State, bad.Error)
+	}
+	t.Logf("refused: %s", bad.Error)
+	// The good backup still passes on demand (its restore has the superblock).
+	st.mustCLI("verify", "--vm", "web", "--backup", good.ID, "--mode", "restore-test")
 }

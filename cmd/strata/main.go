@@ -15,9 +15,9 @@ const usage = `strata — incremental, deduplicated VM disk backups
 
 Usage:
   strata backup  --vm NAME --source file:///abs/path.img|nbd://host:port/export|vsphere://vcenter/VM
-                 [--verify stored|trivial|certify|chunks] [--wait] [--json]
+                 [--verify stored|trivial|certify|chunks|restore-test] [--wait] [--json]
   strata ls      [--vm NAME] [--json]
-  strata verify  --vm NAME --backup ID|latest --mode stored|trivial|certify|chunks [--json]
+  strata verify  --vm NAME --backup ID|latest --mode stored|trivial|certify|chunks|restore-test [--json]
   strata verify  --all --mode chunks [--json]
   strata check   [--json]                 bad chunks, damaged backups (exit 1 when damaged)
   strata restore --vm NAME --backup ID|latest --to PATH [--json]

@@ -16,7 +16,7 @@ func cmdVerify(ctx context.Context, args []string) error {
 	fs.StringVar(&req.VM, "vm", "", "VM name")
 	fs.StringVar(&req.BackupID, "backup", "", "backup id, or latest")
 	fs.BoolVar(&req.All, "all", false, "every backup of every VM (mode chunks: each chunk read once)")
-	mode := fs.String("mode", string(contracts.VerifyChunks), "stored, trivial, certify or chunks")
+	mode := fs.String("mode", string(contracts.VerifyChunks), "stored, trivial, certify, chunks or restore-test")
 	asJSON := fs.Bool("json", false, "print JSON")
 	timeout := fs.Duration("timeout", time.Hour, "give up waiting for the verifier after this long")
 	if err := fs.Parse(args); err != nil {

@@ -204,6 +204,14 @@ func (v *verifier) deep(ctx context.Context, rec *contracts.BackupRecord, mode c
 			if p != "" {
 				problems = append(problems, p)
 			}
+		case contracts.VerifyRestoreTest:
+			p, err := v.restoreTest(ctx, rec, disk, man, run)
+			if err != nil {
+				return nil, err
+			}
+			if p != "" {
+				problems = append(problems, p)
+			}
 		case contracts.VerifyChunks, contracts.VerifyCertify:
 			if err := run.checkIDs(ctx, man.IDs); err != nil {
 				return nil, err

@@ -34,6 +34,9 @@ type Config struct {
 	// TrivialMiB: how much of the start of each disk the trivial check
 	// compares.
 	TrivialMiB int64 `envconfig:"VERIFY_TRIVIAL_MIB" default:"64"`
+	// ScratchDir holds restore tests' images (sparse, removed after each);
+	// empty: the system's temporary directory.
+	ScratchDir string `envconfig:"VERIFY_SCRATCH_DIR"`
 }
 
 // Start registers the verifier's consumer and its endpoints.
@@ -41,7 +44,7 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	if err := cfg.Mode.Validate(false); err != nil {
 		return fmt.Errorf("STRATA_VERIFY_MODE: %w", err)
 	}
-	v := &verifier{rt: rt, sources: source.NewOpener(cfg.Config), mode: cfg.Mode, trivialBytes: max(1, cfg.TrivialMiB) << 20}
+	v := &verifier{rt: rt, sources: source.NewOpener(cfg.Config), mode: cfg.Mode, trivialBytes: max(1, cfg.TrivialMiB) << 20, scratch: cfg.ScratchDir}
 	svc, err := rt.Bus.AddService("backup verification, chunk verify jobs, damage report")
 	if err != nil {
 		return err
@@ -65,6 +68,7 @@ type verifier struct {
 	sources      *source.Opener
 	mode         contracts.VerifyMode
 	trivialBytes int64
+	scratch      string
 }
 
 func (v *verifier) verify(ctx context.Context, c *contracts.BackupCommitted) error {

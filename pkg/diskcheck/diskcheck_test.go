@@ -1,0 +1,67 @@
+package diskcheck
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/strata-backup/strata/pkg/testserver"
+)
+
+func inspect(t *testing.T, path string) *Layout {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	l, err := Inspect(f, fi.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func TestInspectRealImage(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "disk.img")
+	testserver.PartitionedImage(t, img)
+	l := inspect(t, img)
+	if l.Table != "gpt" || len(l.Partitions) != 2 || l.Partitions[0].Content != "ext4" || l.Partitions[1].Content != "fat" {
+		t.Fatalf("layout %+v", l)
+	}
+	if p := l.Plausible(); p != "" {
+		t.Fatal(p)
+	}
+
+	// A zeroed ext4 superblock is a clear failure naming the partition.
+	f, _ := os.OpenFile(img, os.O_WRONLY, 0)
+	f.WriteAt(make([]byte, 1024), testserver.Ext4Offset+1024)
+	f.Close()
+	damaged := inspect(t, img)
+	if p := damaged.Plausible(); !strings.Contains(p, "partition 1") || !strings.Contains(p, "superblock") {
+		t.Fatalf("zeroed superblock: %q", p)
+	}
+	if c := Compare(l, damaged); !strings.Contains(c, "ext4") {
+		t.Fatalf("compare: %q", c)
+	}
+
+	// A corrupt GPT is an error, not a guess.
+	f, _ = os.OpenFile(img, os.O_WRONLY, 0)
+	f.WriteAt([]byte{0xff}, 512+40)
+	f.Close()
+	g, _ := os.Open(img)
+	defer g.Close()
+	if _, err := Inspect(g, 64<<20); err == nil || !strings.Contains(err.Error(), "checksum") {
+		t.Fatalf("corrupt GPT header: %v", err)
+	}
+}
+
+func TestBlankDiskIsImplausible(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "blank.img")
+	os.WriteFile(img, make([]byte, 1<<20), 0o644)
+	if p := inspect(t, img).Plausible(); !strings.Contains(p, "no partition table") {
+		t.Fatalf("blank disk: %q", p)
+	}
+}

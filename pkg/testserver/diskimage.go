@@ -1,0 +1,65 @@
+package testserver
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// Tool runs a Debian system tool (fdisk's sfdisk, e2fsprogs, dosfstools):
+// skipped when missing, fatal with STRATA_REQUIRE_SERVERS=1.
+func Tool(t testing.TB, stdin, name string, args ...string) {
+	t.Helper()
+	bin, err := exec.LookPath(name)
+	if err != nil {
+		if _, serr := os.Stat("/usr/sbin/" + name); serr == nil {
+			bin, err = "/usr/sbin/"+name, nil
+		}
+	}
+	if err != nil {
+		msg := fmt.Sprintf("%s not found (apt-get install fdisk e2fsprogs dosfstools)", name)
+		if os.Getenv("STRATA_REQUIRE_SERVERS") == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+}
+
+// Partition offsets of PartitionedImage.
+const (
+	Ext4Offset = 1 << 20
+	Ext4Size   = 32 << 20
+	FATOffset  = 33 << 20
+	FATSize    = 30 << 20
+)
+
+// PartitionedImage writes a 64 MiB disk image with a GPT partition table,
+// an ext4 filesystem holding files (partition 1) and a FAT filesystem
+// (partition 2), made by the real Debian tools on an image file (no loop
+// device needed).
+func PartitionedImage(t testing.TB, path string) {
+	t.Helper()
+	if err := os.Truncate(path, 64<<20); err != nil {
+		f, cerr := os.Create(path)
+		if cerr != nil {
+			t.Fatal(cerr)
+		}
+		f.Truncate(64 << 20)
+		f.Close()
+	}
+	Tool(t, fmt.Sprintf("label: gpt\nstart=%d, size=%d, type=linux\nstart=%d, size=%d, type=uefi\n",
+		Ext4Offset/512, Ext4Size/512, FATOffset/512, FATSize/512), "sfdisk", "--quiet", path)
+	content := t.TempDir()
+	for i := 0; i < 20; i++ {
+		os.WriteFile(fmt.Sprintf("%s/file%02d.txt", content, i), []byte(strings.Repeat(fmt.Sprintf("line %d of a test file\n", i), 2000)), 0o644)
+	}
+	Tool(t, "", "mkfs.ext4", "-q", "-F", "-d", content, "-E", fmt.Sprintf("offset=%d", Ext4Offset), path, fmt.Sprintf("%dk", Ext4Size>>10))
+	Tool(t, "", "mkfs.vfat", "-F", "16", "--offset", fmt.Sprint(FATOffset/512), path, fmt.Sprint(FATSize>>10))
+}
