@@ -60,8 +60,11 @@ type cbtSim struct {
 	client *govmomi.Client
 
 	ctx   *simulator.Context
+	dsDir string // the datastore's directory on this machine
 	mu    sync.Mutex
 	disks map[diskRef]*trackedDisk
+	// poweredOn: names of the VMs powered on, in order.
+	poweredOn []string
 }
 
 type diskRef struct {
@@ -179,6 +182,7 @@ func (s *cbtSim) createVM(name string, sizes ...int64) *object.VirtualMachine {
 		s.t.Fatal(err)
 	}
 	dsDir := strings.TrimPrefix(dso.Summary.Url, "file://")
+	s.dsDir = dsDir
 	list, err := vm.Device(ctx)
 	if err != nil {
 		s.t.Fatal(err)
@@ -196,6 +200,24 @@ func (s *cbtSim) createVM(name string, sizes ...int64) *object.VirtualMachine {
 		s.disks[diskRef{vm.Reference().Value, disk.Key}] = &trackedDisk{path: flat, capacity: sizes[i]}
 	}
 	return vm
+}
+
+// vmExists reports whether a VM of that name is in the inventory.
+func (s *cbtSim) vmExists(name string) bool {
+	f := find.NewFinder(s.client.Client, true)
+	dc, err := f.DefaultDatacenter(context.Background())
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	f.SetDatacenter(dc)
+	_, err = f.VirtualMachine(context.Background(), name)
+	return err == nil
+}
+
+// flatFile is the path on this machine of disk i of a VM created by the
+// simulator's file naming (<vm>/<vm>-disk<i>-flat.vmdk).
+func (s *cbtSim) flatFile(vm string, i int) string {
+	return filepath.Join(s.dsDir, vm, fmt.Sprintf("%s-disk%d-flat.vmdk", vm, i))
 }
 
 // disk returns the i-th tracked disk of the VM, in device key order.
@@ -279,6 +301,12 @@ func (s *cbtSim) snapshots(vm *object.VirtualMachine) []string {
 // snapshot copies the VM's config, and answer QueryChangedDiskAreas.
 func (s *cbtSim) dispatch(ctx *simulator.Context, m *simulator.Method) (mo.Reference, types.BaseMethodFault) {
 	switch m.Name {
+	case "PowerOnVM_Task":
+		if vm, ok := ctx.Map.Get(m.This).(*simulator.VirtualMachine); ok {
+			s.mu.Lock()
+			s.poweredOn = append(s.poweredOn, vm.Name)
+			s.mu.Unlock()
+		}
 	case "CreateSnapshot_Task", "CreateSnapshotEx_Task":
 		vm, ok := ctx.Map.Get(m.This).(*simulator.VirtualMachine)
 		if !ok {

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,8 @@ import (
 	"github.com/vmware/govmomi/object"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/testserver"
 )
 
 // vSphere on the simulator: a VM with two disks, a full backup reading
@@ -176,4 +179,51 @@ func copyDisks(t *testing.T, sim *cbtSim, vm *object.VirtualMachine, dir, name s
 		out = append(out, dst)
 	}
 	return out
+}
+
+// Restore test of a vSphere backup (a GPT disk with ext4 and FAT made by
+// the real tools, written into the VM's disk): the restored disk is
+// inspected, then a throwaway VM made from it is powered on and destroyed
+// (Xen Orchestra's health check). Then a restore back to the hypervisor:
+// a new VM beside the original whose disk holds exactly the backed-up
+// bytes; restoring onto an existing VM name is refused.
+func TestVSphereRestoreTestAndRestoreToHypervisor(t *testing.T) {
+	sim := startVcsim(t)
+	st := startStack(t, stackOptions{chunkSize: 64 << 10, env: sim.env()})
+	vm := sim.createVM("app-01", 64<<20)
+	img := filepath.Join(t.TempDir(), "disk.img")
+	testserver.PartitionedImage(t, img)
+	data, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for off := 0; off < len(data); off += 1 << 20 {
+		if !chunk.AllZero(data[off : off+1<<20]) {
+			sim.write(vm, 0, int64(off), data[off:off+1<<20])
+		}
+	}
+	src := "vsphere://" + sim.host + "/app-01"
+	out := st.mustCLI("backup", "--vm", "app-01", "--source", src, "--verify", "restore-test", "--wait")
+	rec := st.record("app-01", strings.TrimSpace(strings.Split(out, "\n")[0]))
+	if rec.State != contracts.StateVerified || rec.Verify != contracts.VerifyRestoreTest {
+		t.Fatalf("restore-test backup: %s %s %s", rec.State, rec.Verify, rec.Error)
+	}
+	check := "strata-check-" + rec.ID
+	if !slices.Contains(sim.poweredOn, check) {
+		t.Fatalf("no health-check VM was powered on (powered on: %v)", sim.poweredOn)
+	}
+	if sim.vmExists(check) {
+		t.Fatalf("health-check VM %s left behind", check)
+	}
+
+	st.mustCLI("restore", "--vm", "app-01", "--backup", rec.ID, "--to", "vsphere://"+sim.host+"/app-01-restored")
+	if !sim.vmExists("app-01-restored") {
+		t.Fatal("restored VM not in the inventory")
+	}
+	if sha256File(t, sim.flatFile("app-01-restored", 0)) != sha256File(t, img) {
+		t.Fatal("restored VM's disk differs from the backed-up disk")
+	}
+	if _, errOut, code := st.cli("restore", "--vm", "app-01", "--backup", rec.ID, "--to", "vsphere://"+sim.host+"/app-01"); code == 0 || !strings.Contains(errOut, "exists already") {
+		t.Fatalf("restore onto an existing VM: exit %d, %s", code, errOut)
+	}
 }

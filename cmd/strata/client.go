@@ -10,7 +10,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -23,7 +25,9 @@ import (
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/restore"
 	"github.com/strata-backup/strata/pkg/runtime"
+	"github.com/strata-backup/strata/pkg/source"
 	"github.com/strata-backup/strata/pkg/telemetry"
+	"github.com/strata-backup/strata/pkg/vsphere"
 )
 
 // client is the CLI's connection to a running Strata.
@@ -244,7 +248,7 @@ func cmdRestore(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
 	vm := fs.String("vm", "", "VM name")
 	id := fs.String("backup", "latest", "backup id, or latest (newest verified)")
-	to := fs.String("to", "", "path of the raw image to write (disk N>0 of a multi-disk VM goes to PATH.N)")
+	to := fs.String("to", "", "path of the raw image to write (disk N>0 of a multi-disk VM goes to PATH.N), or vsphere://HOST/NEW-VM for a new VM beside the backed-up one")
 	workers := fs.Int("parallel", 8, "chunks fetched at once")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := fs.Parse(args); err != nil {
@@ -280,9 +284,28 @@ func cmdRestore(ctx context.Context, args []string) error {
 	}
 	progress := !*asJSON && isTerminal(os.Stderr)
 	start := time.Now()
+	// To vSphere: restore into scratch images, then make a VM from them.
+	target, toVSphere := strings.CutPrefix(*to, "vsphere://")
+	base := *to
+	if toVSphere {
+		if !strings.HasPrefix(rec.Source, "vsphere:") {
+			return exitError{2, fmt.Errorf("backup %s is of %s, not of a vSphere VM: restore it to a file", rec.ID, rec.Source)}
+		}
+		_, name, _ := strings.Cut(target, "/")
+		if name == "" || strings.Contains(name, "/") {
+			return exitError{2, fmt.Errorf("--to %s: want vsphere://HOST/NEW-VM-NAME", *to)}
+		}
+		dir, err := os.MkdirTemp("", "strata-restore-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		base = filepath.Join(dir, "disk.img")
+	}
 	var results []map[string]any
+	var images []vsphere.Image
 	for _, disk := range rec.Disks {
-		path := *to
+		path := base
 		if disk.Index > 0 {
 			path += "." + strconv.Itoa(disk.Index)
 		}
@@ -304,6 +327,20 @@ func cmdRestore(ctx context.Context, args []string) error {
 			return fmt.Errorf("restore %s: %w", rec.ID, err)
 		}
 		results = append(results, map[string]any{"path": path, "bytes": st.Bytes, "data_chunks": st.DataChunks, "zero_chunks": st.ZeroChunks})
+		images = append(images, vsphere.Image{Path: path, Size: disk.Size})
+	}
+	if toVSphere {
+		var vcfg vsphere.Config
+		if err := runtime.Load(&vcfg); err != nil {
+			return err
+		}
+		_, name, _ := strings.Cut(target, "/")
+		if err := source.NewOpener(vcfg).RestoreToVSphere(ctx, rec.Source, name, images); err != nil {
+			return fmt.Errorf("restore %s to vSphere: %w", rec.ID, err)
+		}
+		for _, r := range results {
+			r["path"] = *to
+		}
 	}
 	secs := time.Since(start).Seconds()
 	if *asJSON {

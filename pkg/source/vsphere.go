@@ -124,3 +124,32 @@ func (d *VSphereDisk) ChangedExtents(ctx context.Context, since ChangeID) ([]Ext
 	}
 	return out, ChangeID(d.Info.ChangeID), nil
 }
+
+// RestoreToVSphere creates a VM called name from restored disk images,
+// placed beside the VM the backup's source URL names.
+func (o *Opener) RestoreToVSphere(ctx context.Context, sourceURL, name string, images []vsphere.Image) error {
+	_, c, like, err := o.vsphereVM(ctx, sourceURL)
+	if err != nil {
+		return fmt.Errorf("restore to vSphere needs the backed-up VM for placement: %w", err)
+	}
+	_, err = vsphere.CreateFromImages(ctx, c, like, name, images)
+	return err
+}
+
+// BootCheck is a restore test's last step for a vSphere backup (Xen
+// Orchestra's health check): a throwaway VM made from the restored images
+// beside the original, powered on and off, then destroyed.
+func (o *Opener) BootCheck(ctx context.Context, sourceURL, backupID string, images []vsphere.Image) error {
+	_, c, like, err := o.vsphereVM(ctx, sourceURL)
+	if err != nil {
+		return err
+	}
+	vm, err := vsphere.CreateFromImages(ctx, c, like, "strata-check-"+backupID, images)
+	if vm != nil {
+		defer vm.Destroy(context.WithoutCancel(ctx))
+	}
+	if err != nil {
+		return err
+	}
+	return vm.PowerCycle(ctx)
+}

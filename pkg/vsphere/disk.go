@@ -27,6 +27,15 @@ type FlatDisk struct {
 // OpenFlat resolves the disk's flat extent: it reads the VMDK descriptor
 // and refuses what is not one flat extent (sparse, delta, multi-extent).
 func OpenFlat(ctx context.Context, c *govmomi.Client, disk DiskInfo) (*FlatDisk, error) {
+	u, err := flatURL(ctx, c, disk)
+	if err != nil {
+		return nil, err
+	}
+	return &FlatDisk{c: c, url: u, size: disk.Capacity, Info: disk}, nil
+}
+
+// flatURL is the datastore HTTP URL of the disk's flat extent.
+func flatURL(ctx context.Context, c *govmomi.Client, disk DiskInfo) (*url.URL, error) {
 	if disk.HasParent {
 		return nil, fmt.Errorf("%s (%s) is a delta disk on top of an older snapshot: consolidate the VM's snapshots before backing it up", disk.Label, disk.FileName)
 	}
@@ -54,7 +63,7 @@ func OpenFlat(ctx context.Context, c *govmomi.Client, disk DiskInfo) (*FlatDisk,
 		return nil, fmt.Errorf("%s: %s is a %q disk with %d extents; only single flat extents are supported", disk.Label, disk.FileName, desc.Type, len(desc.Extent))
 	}
 	extent := path.Join(path.Dir(p.Path), desc.Extent[0].Info)
-	return &FlatDisk{c: c, url: ds.NewURL(extent), size: disk.Capacity, Info: disk}, nil
+	return ds.NewURL(extent), nil
 }
 
 func flatExtent(t string) bool {

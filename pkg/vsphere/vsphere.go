@@ -307,8 +307,25 @@ func Disks(ctx context.Context, c *govmomi.Client, snapshot types.ManagedObjectR
 	if err := c.RetrieveOne(ctx, snapshot, []string{"config.hardware.device"}, &s); err != nil {
 		return nil, fmt.Errorf("list disks of snapshot %s: %w", snapshot.Value, err)
 	}
+	out, err := disksOf(s.Config.Hardware.Device)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", snapshot.Value, err)
+	}
+	return out, nil
+}
+
+// disks lists the VM's current virtual disks.
+func (v *VM) disks(ctx context.Context) ([]DiskInfo, error) {
+	var o mo.VirtualMachine
+	if err := v.vm.Properties(ctx, v.vm.Reference(), []string{"config.hardware.device"}, &o); err != nil {
+		return nil, fmt.Errorf("list disks of %s: %w", v.vm.InventoryPath, err)
+	}
+	return disksOf(o.Config.Hardware.Device)
+}
+
+func disksOf(devices []types.BaseVirtualDevice) ([]DiskInfo, error) {
 	var out []DiskInfo
-	for _, dev := range s.Config.Hardware.Device {
+	for _, dev := range devices {
 		disk, ok := dev.(*types.VirtualDisk)
 		if !ok {
 			continue
@@ -332,7 +349,7 @@ func Disks(ctx context.Context, c *govmomi.Client, snapshot types.ManagedObjectR
 			Datastore: *b.Datastore, ChangeID: b.ChangeId, HasParent: b.Parent != nil})
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("snapshot %s has no virtual disks", snapshot.Value)
+		return nil, errors.New("no virtual disks")
 	}
 	return out, nil
 }

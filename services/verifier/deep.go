@@ -189,7 +189,17 @@ func (v *verifier) deep(ctx context.Context, rec *contracts.BackupRecord, mode c
 	start := time.Now()
 	reply := &contracts.VerifyReply{Schema: contracts.SchemaVersion, Mode: mode}
 	var problems []string
+	if mode == contracts.VerifyRestoreTest {
+		p, err := v.restoreTest(ctx, rec, run)
+		if err != nil {
+			return nil, err
+		}
+		problems = p
+	}
 	for _, disk := range rec.Disks {
+		if mode == contracts.VerifyRestoreTest {
+			break
+		}
 		man, err := v.rt.Repo.GetManifest(ctx, disk.Manifest)
 		if err != nil {
 			problems = append(problems, err.Error())
@@ -198,14 +208,6 @@ func (v *verifier) deep(ctx context.Context, rec *contracts.BackupRecord, mode c
 		switch mode {
 		case contracts.VerifyTrivial:
 			p, err := v.trivial(ctx, disk, man, v.trivialBytes)
-			if err != nil {
-				return nil, err
-			}
-			if p != "" {
-				problems = append(problems, p)
-			}
-		case contracts.VerifyRestoreTest:
-			p, err := v.restoreTest(ctx, rec, disk, man, run)
 			if err != nil {
 				return nil, err
 			}

@@ -6,35 +6,65 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/diskcheck"
-	"github.com/strata-backup/strata/pkg/manifest"
 	"github.com/strata-backup/strata/pkg/objstore"
 	"github.com/strata-backup/strata/pkg/restore"
+	"github.com/strata-backup/strata/pkg/vsphere"
 )
 
-// restoreTest restores one disk to a scratch file (sparse; removed after)
-// and checks it is plausible, and like the source's where the source can
-// still be read. It returns the problem, or "".
-func (v *verifier) restoreTest(ctx context.Context, rec *contracts.BackupRecord, disk contracts.DiskRecord, man *manifest.Manifest, run *chunkRun) (string, error) {
+// restoreTest restores every disk of the backup to scratch files (sparse;
+// removed after), checks each is plausible — and like the source's where
+// the source can still be read — and, for a vSphere backup, boots a
+// throwaway VM made from them. It returns the problems found.
+func (v *verifier) restoreTest(ctx context.Context, rec *contracts.BackupRecord, run *chunkRun) ([]string, error) {
 	dir, err := os.MkdirTemp(v.scratch, "strata-restore-test-")
 	if err != nil {
-		return "", fmt.Errorf("scratch directory: %w", err)
+		return nil, fmt.Errorf("scratch directory: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	path := filepath.Join(dir, "disk.img")
-	if _, err := restore.ToFile(ctx, v.rt.Repo, man, path, 4, nil); err != nil {
-		if errors.Is(err, chunk.ErrCorrupt) || errors.Is(err, objstore.ErrNotFound) {
-			// Name every bad chunk, not just the first the restore hit.
-			if cerr := run.checkIDs(ctx, man.IDs); cerr != nil {
-				return "", cerr
-			}
-			return fmt.Sprintf("%s: restore failed: %v", disk.Name, err), nil
+	var problems []string
+	var images []vsphere.Image
+	for _, disk := range rec.Disks {
+		man, err := v.rt.Repo.GetManifest(ctx, disk.Manifest)
+		if err != nil {
+			problems = append(problems, err.Error())
+			continue
 		}
-		return "", err
+		path := filepath.Join(dir, fmt.Sprintf("disk%d.img", disk.Index))
+		if _, err := restore.ToFile(ctx, v.rt.Repo, man, path, 4, nil); err != nil {
+			if errors.Is(err, chunk.ErrCorrupt) || errors.Is(err, objstore.ErrNotFound) {
+				// Name every bad chunk, not just the first the restore hit.
+				if cerr := run.checkIDs(ctx, man.IDs); cerr != nil {
+					return nil, cerr
+				}
+				problems = append(problems, fmt.Sprintf("%s: restore failed: %v", disk.Name, err))
+				continue
+			}
+			return nil, err
+		}
+		images = append(images, vsphere.Image{Path: path, Size: disk.Size})
+		p, err := v.inspect(ctx, rec, disk, path)
+		if err != nil {
+			return nil, err
+		}
+		if p != "" {
+			problems = append(problems, p)
+		}
 	}
+	if len(problems) == 0 && strings.HasPrefix(rec.Source, "vsphere:") {
+		if err := v.sources.BootCheck(ctx, rec.Source, rec.ID, images); err != nil {
+			problems = append(problems, "boot check: "+err.Error())
+		}
+	}
+	return problems, nil
+}
+
+// inspect checks one restored image.
+func (v *verifier) inspect(ctx context.Context, rec *contracts.BackupRecord, disk contracts.DiskRecord, path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err

@@ -1,0 +1,150 @@
+package vsphere
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/soap"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// Image is a raw disk image to put into a new VM.
+type Image struct {
+	Path string
+	Size int64
+}
+
+// CreateFromImages creates a powered-off VM called name beside like (its
+// folder, resource pool, host, guest OS and the datastore of its first
+// disk) with one thin disk per image, and uploads each image into its
+// disk's flat extent through the datastore HTTP endpoint. A VM of that
+// name already existing is refused: a restore never overwrites a VM.
+func CreateFromImages(ctx context.Context, c *govmomi.Client, like *VM, name string, images []Image) (*VM, error) {
+	if _, err := FindVM(ctx, c, name); err == nil {
+		return nil, fmt.Errorf("a VM named %s exists already; restore under another name", name)
+	}
+	var o mo.VirtualMachine
+	if err := like.vm.Properties(ctx, like.vm.Reference(), []string{"parent", "resourcePool", "runtime.host", "config.guestId", "config.hardware.device"}, &o); err != nil {
+		return nil, fmt.Errorf("placement of %s: %w", like.vm.InventoryPath, err)
+	}
+	disks, err := disksOf(o.Config.Hardware.Device)
+	if err != nil {
+		return nil, fmt.Errorf("placement of %s: %w", like.vm.InventoryPath, err)
+	}
+	if o.Parent == nil || o.ResourcePool == nil {
+		return nil, fmt.Errorf("placement of %s: no folder or resource pool (a template?)", like.vm.InventoryPath)
+	}
+	ds := object.NewDatastore(c.Client, disks[0].Datastore)
+	if err := ds.FindInventoryPath(ctx); err != nil {
+		return nil, fmt.Errorf("datastore of %s: %w", like.vm.InventoryPath, err)
+	}
+	var devices object.VirtualDeviceList
+	scsi, err := devices.CreateSCSIController("pvscsi")
+	if err != nil {
+		return nil, err
+	}
+	devices = append(devices, scsi)
+	for i, img := range images {
+		disk := devices.CreateDisk(scsi.(types.BaseVirtualController), ds.Reference(), ds.Path(fmt.Sprintf("%s/%s-disk%d.vmdk", name, name, i)))
+		disk.CapacityInBytes = img.Size
+		disk.CapacityInKB = (img.Size + 1023) / 1024
+		unit := int32(i)
+		if unit >= 7 {
+			unit++ // unit 7 is the controller's own
+		}
+		disk.UnitNumber = &unit
+		disk.Key = int32(-100 - i)
+		devices = append(devices, disk)
+	}
+	changes, err := devices.ConfigSpec(types.VirtualDeviceConfigSpecOperationAdd)
+	if err != nil {
+		return nil, err
+	}
+	for _, ch := range changes {
+		if _, ok := ch.GetVirtualDeviceConfigSpec().Device.(*types.VirtualDisk); ok {
+			ch.GetVirtualDeviceConfigSpec().FileOperation = types.VirtualDeviceConfigSpecFileOperationCreate
+		}
+	}
+	spec := types.VirtualMachineConfigSpec{Name: name, GuestId: o.Config.GuestId,
+		Files: &types.VirtualMachineFileInfo{VmPathName: ds.Path(name)}, DeviceChange: changes}
+	var host *object.HostSystem
+	if o.Runtime.Host != nil {
+		host = object.NewHostSystem(c.Client, *o.Runtime.Host)
+	}
+	task, err := object.NewFolder(c.Client, *o.Parent).CreateVM(ctx, spec, object.NewResourcePool(c.Client, *o.ResourcePool), host)
+	if err != nil {
+		return nil, fmt.Errorf("create VM %s: %w", name, err)
+	}
+	res, err := task.WaitForResult(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("create VM %s: %w", name, err)
+	}
+	vm := &VM{c: c, vm: object.NewVirtualMachine(c.Client, res.Result.(types.ManagedObjectReference))}
+	vm.vm.InventoryPath = name
+	created, err := vm.disks(ctx)
+	if err != nil || len(created) != len(images) {
+		return vm, fmt.Errorf("VM %s was created with %d disks for %d images: %v", name, len(created), len(images), err)
+	}
+	for i, img := range images {
+		u, err := flatURL(ctx, c, created[i])
+		if err != nil {
+			return vm, err
+		}
+		f, err := os.Open(img.Path)
+		if err != nil {
+			return vm, err
+		}
+		param := soap.DefaultUpload
+		param.ContentLength = img.Size
+		err = c.Client.Client.Upload(ctx, f, u, &param)
+		f.Close()
+		if err != nil {
+			return vm, fmt.Errorf("upload disk %d of %s: %w", i, name, err)
+		}
+	}
+	return vm, nil
+}
+
+// PowerCycle powers the VM on, waits until vSphere reports it running, and
+// powers it off again: the restore test's boot check.
+func (v *VM) PowerCycle(ctx context.Context) error {
+	task, err := v.vm.PowerOn(ctx)
+	if err == nil {
+		err = task.Wait(ctx)
+	}
+	if err == nil {
+		err = v.vm.WaitForPowerState(ctx, types.VirtualMachinePowerStatePoweredOn)
+	}
+	if err != nil {
+		return fmt.Errorf("power on %s: %w", v.vm.InventoryPath, err)
+	}
+	task, err = v.vm.PowerOff(ctx)
+	if err == nil {
+		err = task.Wait(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("power off %s: %w", v.vm.InventoryPath, err)
+	}
+	return nil
+}
+
+// Destroy deletes the VM and its files (powered off first if needed).
+func (v *VM) Destroy(ctx context.Context) error {
+	if state, err := v.vm.PowerState(ctx); err == nil && state == types.VirtualMachinePowerStatePoweredOn {
+		if task, err := v.vm.PowerOff(ctx); err == nil {
+			task.Wait(ctx)
+		}
+	}
+	task, err := v.vm.Destroy(ctx)
+	if err == nil {
+		err = task.Wait(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("destroy VM %s: %w", v.vm.InventoryPath, err)
+	}
+	return nil
+}
