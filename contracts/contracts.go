@@ -76,6 +76,7 @@ const (
 	ConsumerMergeRetention      = "merge-retention"
 	ConsumerSchedulerOutcomes   = "scheduler-outcomes"
 	ConsumerSchedulerTriggers   = "scheduler-triggers"
+	ConsumerSchedulerDeadlines  = "scheduler-deadlines"
 )
 
 // KV buckets.

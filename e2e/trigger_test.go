@@ -71,3 +71,24 @@ func TestEventTriggers(t *testing.T) {
 		t.Fatal("the refused trigger was not logged")
 	}
 }
+
+// A backup that cannot finish in time fails cleanly at its deadline
+// (STRATA_BACKUP_DEADLINE), with the reason in its record, instead of
+// holding its VM (and snapshot) forever.
+func TestBackupDeadline(t *testing.T) {
+	st := startStack(t, stackOptions{extraEnv: map[string][]string{
+		"scheduler": {"STRATA_BACKUP_DEADLINE=3s"},
+		"transfer":  {"STRATA_TRANSFER_RATE_LIMIT=2000000", "STRATA_TRANSFER_CONCURRENCY=1"},
+	}})
+	img := filepath.Join(t.TempDir(), "disk.img")
+	if err := testdisk.Write(img, 128<<20, 3); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	out, _, code := st.cli("backup", "--vm", "slow", "--source", "file://"+img, "--wait")
+	rec := st.record("slow", strings.TrimSpace(strings.Split(out, "\n")[0]))
+	if code != 1 || rec.State != contracts.StateFailed || !strings.Contains(rec.Error, "deadline") {
+		t.Fatalf("backup past its deadline: exit %d, %s: %s", code, rec.State, rec.Error)
+	}
+	t.Logf("failed after %s: %s", time.Since(start).Round(time.Millisecond), rec.Error)
+}

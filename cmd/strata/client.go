@@ -16,6 +16,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
@@ -69,11 +70,26 @@ func (c *client) close() {
 }
 
 // request asks a service over NATS and waits up to timeout for its reply.
+// A service that is not answering yet (just started, restarting) gets up
+// to noResponderGrace before that is an error.
 func (c *client) request(ctx context.Context, subject string, req, reply contracts.Message, timeout time.Duration) error {
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	return bus.Request(rctx, c.bus.NC, subject, req, reply)
+	giveUp := time.Now().Add(noResponderGrace)
+	for {
+		err := bus.Request(rctx, c.bus.NC, subject, req, reply)
+		if !errors.Is(err, nats.ErrNoResponders) || time.Now().After(giveUp) {
+			return err
+		}
+		select {
+		case <-rctx.Done():
+			return err
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
+
+const noResponderGrace = 15 * time.Second
 
 func isTerminal(f *os.File) bool {
 	fi, err := f.Stat()

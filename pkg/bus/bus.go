@@ -188,6 +188,14 @@ func IsPermanent(err error) bool {
 	return errors.As(err, &p)
 }
 
+type laterError struct{ after time.Duration }
+
+func (e laterError) Error() string { return fmt.Sprintf("not yet: look again in %s", e.after) }
+
+// Later asks for the message again after d: not a failure (nothing is
+// logged), a timer kept by JetStream that survives restarts.
+func Later(d time.Duration) error { return laterError{d} }
+
 // DeadLetter copies a message to strata.dlq.<subject> with the reason.
 func (b *Bus) DeadLetter(ctx context.Context, subject string, data []byte, hdr nats.Header, reason string) {
 	msg := nats.NewMsg(contracts.SubjectDLQPrefix + subject)
@@ -301,6 +309,11 @@ func handle[T any, PT interface {
 	}()
 	err := h(ctx, m)
 	close(done)
+	var later laterError
+	if errors.As(err, &later) {
+		msg.NakWithDelay(later.after)
+		return
+	}
 	if err == nil {
 		if err := msg.DoubleAck(ctx); err != nil {
 			b.Log.WarnContext(ctx, "ack failed; message will be redelivered", "subject", msg.Subject(), "err", err)

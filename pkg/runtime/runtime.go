@@ -147,7 +147,7 @@ func (rt *Runtime) FailBackup(ctx context.Context, vm, id, reason string) error 
 // SIGINT/SIGTERM, shut down.
 func Main(service string, spec any, common *Common, start func(context.Context, *Runtime) error) {
 	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
-		os.Exit(healthcheck(common))
+		os.Exit(healthcheck(service, common))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -172,9 +172,9 @@ func Main(service string, spec any, common *Common, start func(context.Context, 
 	rt.Close(shutdown)
 }
 
-// healthcheck exits 0 when NATS is reachable with the configured URL: the
+// healthcheck exits 0 when the service answers its NATS micro PING: the
 // container health check, with no shell in the image.
-func healthcheck(common *Common) int {
+func healthcheck(service string, common *Common) int {
 	if err := Load(common); err != nil {
 		return 1
 	}
@@ -184,6 +184,11 @@ func healthcheck(common *Common) int {
 	if err != nil {
 		return 1
 	}
-	b.NC.Close()
+	defer b.NC.Close()
+	// Healthy once the service is registered and answering (NATS micro
+	// PING), not merely when NATS is reachable.
+	if _, err := b.NC.RequestWithContext(ctx, "$SRV.PING.strata-"+service, nil); err != nil {
+		return 1
+	}
 	return 0
 }

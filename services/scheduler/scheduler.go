@@ -5,6 +5,8 @@ package scheduler
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/google/uuid"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/bus"
+	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/runtime"
 )
 
@@ -25,6 +28,9 @@ type Config struct {
 	// (re)started scheduler fires slots missed while no replica ran.
 	Tick    time.Duration `envconfig:"SCHEDULER_TICK" default:"1s"`
 	Catchup time.Duration `envconfig:"SCHEDULER_CATCHUP" default:"5m"`
+	// Deadline: a backup not verified this long after it was requested is
+	// failed (its snapshot released, its VM free for the next one); 0: none.
+	Deadline time.Duration `envconfig:"BACKUP_DEADLINE" default:"12h"`
 }
 
 // Start registers the scheduler's endpoint and consumers.
@@ -50,6 +56,17 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		Filters: []string{contracts.SubjectBackupVerified, contracts.SubjectBackupFailed}}, s.record); err != nil {
 		return err
 	}
+	if cfg.Deadline > 0 {
+		// One pending message per running backup, redelivered by JetStream at
+		// its deadline: the cost follows the running backups, not the catalog.
+		if err := bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerSchedulerDeadlines,
+			Filters: []string{contracts.SubjectBackupRequested}, MaxDeliver: 1000, Concurrency: 4},
+			func(ctx context.Context, req *contracts.BackupRequested) error {
+				return s.enforceDeadline(ctx, req, cfg.Deadline)
+			}); err != nil {
+			return err
+		}
+	}
 	if err := s.runPolicies(ctx, max(cfg.Tick, 100*time.Millisecond), cfg.Catchup); err != nil {
 		return err
 	}
@@ -60,6 +77,33 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 }
 
 type scheduler struct{ rt *runtime.Runtime }
+
+// enforceDeadline fails a backup still running at its deadline. A request
+// the snapshotter never got to is recorded as failed too, so the user sees
+// it rather than a backup that never appears.
+func (s *scheduler) enforceDeadline(ctx context.Context, req *contracts.BackupRequested, deadline time.Duration) error {
+	if wait := time.Until(req.RequestedAt.Add(deadline)); wait > 0 {
+		return bus.Later(wait)
+	}
+	reason := fmt.Sprintf("not finished within the backup deadline (STRATA_BACKUP_DEADLINE=%s)", deadline)
+	rec, _, err := s.rt.Catalog.Get(ctx, req.VM, req.BackupID)
+	if errors.Is(err, catalog.ErrNotFound) {
+		failed := &contracts.BackupRecord{Schema: contracts.SchemaVersion, ID: req.BackupID, VM: req.VM, Source: req.Source,
+			State: contracts.StateFailed, Error: reason + "; never planned", ChunkSize: s.rt.Repo.Config.ChunkSize,
+			CreatedAt: req.RequestedAt, UpdatedAt: time.Now().UTC(), Slot: req.Slot}
+		if _, _, err := s.rt.Catalog.Create(ctx, failed); err != nil {
+			return err
+		}
+		return s.rt.FailBackup(ctx, req.VM, req.BackupID, failed.Error)
+	}
+	if err != nil {
+		return err
+	}
+	if rec.State.Final() {
+		return nil
+	}
+	return s.rt.FailBackup(ctx, req.VM, req.BackupID, reason)
+}
 
 // start names a new backup and requests it. The root span of the backup's
 // trace starts here (as a child of the caller's span, when it sent one).

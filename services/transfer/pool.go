@@ -13,11 +13,15 @@ import (
 // milliseconds), more than reading a segment's few changed chunks. Disks
 // are keyed by backup and source, never shared across backups, so a
 // replaced image file is never read through a stale handle; idle ones are
-// closed after idleTimeout.
+// closed after idleTimeout. At most perDisk connections to one disk are
+// open at once (STRATA_NBD_CONNECTIONS: qemu-nbd serves -e N clients).
 type diskPool struct {
 	sources *source.Opener
+	perDisk int
 	mu      sync.Mutex
+	changed *sync.Cond // a disk came back or was closed
 	idle    map[poolKey][]pooledDisk
+	open    map[poolKey]int // connections open, idle or in use
 }
 
 type poolKey struct{ backup, source string }
@@ -29,8 +33,9 @@ type pooledDisk struct {
 
 const idleTimeout = 20 * time.Second
 
-func newDiskPool(ctx context.Context, sources *source.Opener) *diskPool {
-	p := &diskPool{sources: sources, idle: map[poolKey][]pooledDisk{}}
+func newDiskPool(ctx context.Context, sources *source.Opener, perDisk int) *diskPool {
+	p := &diskPool{sources: sources, perDisk: max(1, perDisk), idle: map[poolKey][]pooledDisk{}, open: map[poolKey]int{}}
+	p.changed = sync.NewCond(&p.mu)
 	go func() {
 		t := time.NewTicker(idleTimeout / 2)
 		defer t.Stop()
@@ -47,29 +52,58 @@ func newDiskPool(ctx context.Context, sources *source.Opener) *diskPool {
 	return p
 }
 
-// get returns an open disk for the backup's source.
+// get returns an open disk for the backup's source, waiting while the
+// disk already has perDisk connections in use.
 func (p *diskPool) get(ctx context.Context, backup, src string) (source.Disk, error) {
 	k := poolKey{backup, src}
 	p.mu.Lock()
-	if list := p.idle[k]; len(list) > 0 {
-		d := list[len(list)-1].disk
-		p.idle[k] = list[:len(list)-1]
-		p.mu.Unlock()
-		return d, nil
+	for {
+		if list := p.idle[k]; len(list) > 0 {
+			d := list[len(list)-1].disk
+			p.idle[k] = list[:len(list)-1]
+			p.mu.Unlock()
+			return d, nil
+		}
+		if p.open[k] < p.perDisk {
+			break
+		}
+		p.changed.Wait() // every holder hands its disk back or closes it
 	}
+	p.open[k]++
 	p.mu.Unlock()
-	return p.sources.Open(ctx, src)
+	d, err := p.sources.Open(ctx, src)
+	if err != nil {
+		p.closed(k)
+		return nil, err
+	}
+	return d, nil
+}
+
+// closed accounts for a connection of k that was closed.
+func (p *diskPool) closed(k poolKey) {
+	p.mu.Lock()
+	p.closedLocked(k)
+	p.mu.Unlock()
+}
+
+func (p *diskPool) closedLocked(k poolKey) {
+	if p.open[k]--; p.open[k] <= 0 {
+		delete(p.open, k)
+	}
+	p.changed.Broadcast()
 }
 
 // put hands a disk back; a disk that failed is closed instead.
 func (p *diskPool) put(backup, src string, d source.Disk, healthy bool) {
+	k := poolKey{backup, src}
 	if !healthy {
 		d.Close()
+		p.closed(k)
 		return
 	}
-	k := poolKey{backup, src}
 	p.mu.Lock()
 	p.idle[k] = append(p.idle[k], pooledDisk{d, time.Now()})
+	p.changed.Broadcast()
 	p.mu.Unlock()
 }
 
@@ -81,6 +115,7 @@ func (p *diskPool) closeIdle(now time.Time) {
 		for _, pd := range list {
 			if now.Sub(pd.since) >= idleTimeout {
 				closing = append(closing, pd.disk)
+				p.closedLocked(k)
 			} else {
 				keep = append(keep, pd)
 			}

@@ -38,11 +38,14 @@ type Config struct {
 	Uploads     int           `envconfig:"TRANSFER_UPLOADS" default:"8"`
 	AckWait     time.Duration `envconfig:"TRANSFER_ACK_WAIT" default:"60s"`
 	RateLimit   int64         `envconfig:"TRANSFER_RATE_LIMIT" default:"0"` // bytes/s read per worker; 0: unlimited
+	// NBDConnections caps the connections one worker opens to one disk
+	// (any network source; qemu-nbd serves at most -e N clients).
+	NBDConnections int `envconfig:"NBD_CONNECTIONS" default:"4"`
 }
 
 // Start registers the worker.
 func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
-	w := &worker{rt: rt, cfg: cfg, disks: newDiskPool(ctx, source.NewOpener(cfg.Config))}
+	w := &worker{rt: rt, cfg: cfg, disks: newDiskPool(ctx, source.NewOpener(cfg.Config), cfg.NBDConnections)}
 	if cfg.RateLimit > 0 {
 		w.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(int(cfg.RateLimit), rt.Repo.Config.ChunkSize))
 	}
