@@ -101,19 +101,38 @@ func (b *Bus) EnsureStreams(ctx context.Context, replicas int) error {
 			return fmt.Errorf("create stream %s: %w", cfg.Name, err)
 		}
 	}
-	for _, kv := range []jetstream.KeyValueConfig{
-		{Bucket: contracts.BucketCatalog, History: 5, Replicas: replicas},
-		{Bucket: contracts.BucketPolicies, History: 5, Replicas: replicas},
-		{Bucket: contracts.BucketGCHolds, TTL: 24 * time.Hour, Replicas: replicas},
+	for _, cfg := range []jetstream.StreamConfig{
+		kvStream(contracts.BucketCatalog, 5, 0, replicas),
+		kvStream(contracts.BucketPolicies, 5, 0, replicas),
+		kvStream(contracts.BucketGCHolds, 1, 24*time.Hour, replicas),
 	} {
 		if err := retryJS(ctx, func(ctx context.Context) error {
-			_, err := b.JS.CreateOrUpdateKeyValue(ctx, kv)
+			_, err := b.JS.CreateOrUpdateStream(ctx, cfg)
 			return err
 		}); err != nil {
-			return fmt.Errorf("create kv %s: %w", kv.Bucket, err)
+			return fmt.Errorf("create kv stream %s: %w", cfg.Name, err)
 		}
 	}
 	return nil
+}
+
+// kvStream is the stream behind a KV bucket, as nats.go would make it,
+// except that reads are not "direct": with replicas, a direct get may be
+// answered by a follower that has not yet applied the last write, and a
+// transfer worker must never find "no such backup" for a record the
+// snapshotter wrote before publishing its segments. Reads go through the
+// stream leader instead: read-your-writes across services.
+func kvStream(bucket string, history int64, ttl time.Duration, replicas int) jetstream.StreamConfig {
+	dup := 2 * time.Minute
+	if ttl > 0 && ttl < dup {
+		dup = ttl
+	}
+	return jetstream.StreamConfig{
+		Name: "KV_" + bucket, Subjects: []string{"$KV." + bucket + ".>"},
+		MaxMsgsPerSubject: history, MaxBytes: -1, MaxAge: ttl, MaxMsgSize: -1, MaxMsgs: -1, MaxConsumers: -1,
+		Replicas: replicas, AllowRollup: true, DenyDelete: true, Duplicates: dup, Discard: jetstream.DiscardNew,
+		AllowDirect: false,
+	}
 }
 
 // retryJS retries a JetStream API call with a per-attempt timeout: a request
