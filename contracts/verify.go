@@ -154,3 +154,74 @@ type GCLock struct {
 	Phase     string    `json:"phase"`
 	Condemned string    `json:"condemned,omitempty"`
 }
+
+// A chunks verification job over every backup is split into ChunkCheck
+// batches on a work queue that transfer workers consume in parallel; each
+// answers one ChunkChecked.
+const (
+	// SubjectChunkCheckPrefix + "<job>.<n>": verifier → transfer. ChunkCheck.
+	SubjectChunkCheckPrefix = "strata.transfer.verify."
+	// SubjectChunkCheckedPrefix + "<job>.<n>": transfer → verifier. ChunkChecked
+	// (one per subject in STRATA_RESULTS, read back by direct get).
+	SubjectChunkCheckedPrefix = "strata.verify.done."
+	// SubjectVerifyJob: scheduler → verifier, on STRATA_VERIFY_JOB_SCHEDULE.
+	SubjectVerifyJob = "strata.backup.verify-job"
+
+	ConsumerTransferVerify = "transfer-verify"
+	ConsumerVerifierJobs   = "verifier-jobs"
+)
+
+// ChunkCheck asks a transfer worker to download and re-hash chunks.
+type ChunkCheck struct {
+	Schema int      `json:"schema"`
+	Job    string   `json:"job"`
+	Index  int      `json:"index"`
+	IDs    []string `json:"ids"`
+}
+
+func (m *ChunkCheck) Validate() error {
+	if err := checkSchema(m.Schema); err != nil {
+		return err
+	}
+	if !ValidToken(m.Job) || m.Index < 0 {
+		return fmt.Errorf("job %q index %d: not a valid batch", m.Job, m.Index)
+	}
+	if len(m.IDs) == 0 || len(m.IDs) > MaxMissingBatch {
+		return fmt.Errorf("ids: %d, want 1..%d", len(m.IDs), MaxMissingBatch)
+	}
+	for i, id := range m.IDs {
+		if err := ValidChunkID(id); err != nil {
+			return fmt.Errorf("ids[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// Subject of the batch on the work queue.
+func (m *ChunkCheck) Subject() string { return fmt.Sprintf("%s%s.%d", SubjectChunkCheckPrefix, m.Job, m.Index) }
+
+// ChunkCheckedSubject is where a batch's answer goes.
+func ChunkCheckedSubject(job string, index int) string {
+	return fmt.Sprintf("%s%s.%d", SubjectChunkCheckedPrefix, job, index)
+}
+
+// ChunkChecked answers one ChunkCheck.
+type ChunkChecked struct {
+	Schema  int        `json:"schema"`
+	Job     string     `json:"job"`
+	Index   int        `json:"index"`
+	Checked int        `json:"checked"`
+	Bytes   int64      `json:"bytes"`
+	Bad     []BadChunk `json:"bad,omitempty"`
+	Worker  string     `json:"worker,omitempty"`
+}
+
+func (m *ChunkChecked) Validate() error { return checkSchema(m.Schema) }
+
+// VerifyJob starts a chunks verification of every backup.
+type VerifyJob struct {
+	Schema int       `json:"schema"`
+	Slot   time.Time `json:"slot"`
+}
+
+func (m *VerifyJob) Validate() error { return checkSchema(m.Schema) }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/testdisk"
@@ -217,4 +218,85 @@ func TestRestoreTestMode(t *testing.T) {
 	t.Logf("refused: %s", bad.Error)
 	// The good backup still passes on demand (its restore has the superblock).
 	st.mustCLI("verify", "--vm", "web", "--backup", good.ID, "--mode", "restore-test")
+}
+
+// The scheduled chunks job (STRATA_VERIFY_JOB_SCHEDULE) reads every
+// distinct chunk of every backup once, as batches on a work queue that
+// the transfer workers consume; a bit flipped in one chunk object is found
+// by the next scheduled run without anyone asking, and `strata check`
+// then names the damaged backup.
+func TestScheduledChunkVerifyJobOverTransferWorkers(t *testing.T) {
+	const cs = 64 << 10
+	st := startStack(t, stackOptions{chunkSize: cs, transfers: 2,
+		extraEnv: map[string][]string{"scheduler": {"STRATA_VERIFY_JOB_SCHEDULE=*/2 * * * * *"}}})
+	dir := t.TempDir()
+	var distinct = map[string]bool{}
+	var ids []string
+	for i, vm := range []string{"a", "b"} {
+		img := filepath.Join(dir, vm+".img")
+		if err := testdisk.Write(img, 24<<20, uint64(30+i)); err != nil {
+			t.Fatal(err)
+		}
+		st.mustCLI("backup", "--vm", vm, "--source", "file://"+img, "--wait")
+		d, _ := chunkCensus(t, img, cs)
+		for id := range d {
+			if !distinct[id] {
+				distinct[id] = true
+				ids = append(ids, id)
+			}
+		}
+	}
+	var reply contracts.VerifyReply
+	if err := json.Unmarshal([]byte(st.mustCLI("verify", "--all", "--mode", "chunks", "--json")), &reply); err != nil || !reply.OK {
+		t.Fatalf("chunks job: %+v %v", reply, err)
+	}
+	if reply.ChunksChecked != len(distinct) {
+		t.Fatalf("chunks job read %d chunks; the backups hold %d distinct", reply.ChunksChecked, len(distinct))
+	}
+	info, err := st.jetstream().Consumer(ctxT(t, 10*time.Second), contracts.StreamSegments, contracts.ConsumerTransferVerify)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci, err := info.Info(ctxT(t, 10*time.Second))
+	if err != nil || ci.Delivered.Consumer < uint64((len(distinct)+63)/64) {
+		t.Fatalf("transfer workers took %d batches for %d chunks: %v", ci.Delivered.Consumer, len(distinct), err)
+	}
+	var perWorker []int
+	for _, p := range st.procs["transfer"] {
+		perWorker = append(perWorker, strings.Count(p.Output(), `"msg":"chunks checked"`))
+	}
+	t.Logf("%d chunks in %d batches; batches per transfer worker: %v", reply.ChunksChecked, ci.Delivered.Consumer, perWorker)
+
+	// Corrupt one chunk; the scheduled job must find it on its own.
+	slices.Sort(ids)
+	victim := ids[len(ids)/2]
+	obj := filepath.Join(st.s3.Dir, st.bucket, "chunks", victim[:2], victim)
+	data, err := os.ReadFile(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0x10
+	os.WriteFile(obj, data, 0o644)
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(time.Second) {
+		var bad []contracts.BadChunk
+		if e, err := st.jetstream().KeyValue(ctxT(t, 5*time.Second), contracts.BucketCatalog); err == nil {
+			if v, err := e.Get(ctxT(t, 5*time.Second), contracts.BadChunkKey(victim)); err == nil {
+				var b contracts.BadChunk
+				json.Unmarshal(v.Value(), &b)
+				bad = append(bad, b)
+			}
+		}
+		if len(bad) == 1 {
+			t.Logf("scheduled job found %s: %s", victim, bad[0].Reason)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the scheduled chunks job did not find the flipped bit within 60 s")
+		}
+	}
+	var health contracts.CheckReply
+	out, _, code := st.cli("check", "--json")
+	if err := json.Unmarshal([]byte(out), &health); err != nil || code != 1 || len(health.Damaged) == 0 {
+		t.Fatalf("check after the scheduled job: exit %d %s", code, out)
+	}
 }

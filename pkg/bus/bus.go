@@ -79,11 +79,11 @@ func StreamConfigs(replicas int) []jetstream.StreamConfig {
 	week := 7 * 24 * time.Hour
 	return []jetstream.StreamConfig{
 		{Name: contracts.StreamBackups, Subjects: []string{"strata.backup.>", "strata.trigger.>"}, MaxAge: week, Replicas: replicas, Duplicates: 10 * time.Minute},
-		{Name: contracts.StreamSegments, Subjects: []string{contracts.SubjectSegmentPrefix + ">"}, Retention: jetstream.WorkQueuePolicy, MaxAge: week, Replicas: replicas, Duplicates: 10 * time.Minute},
+		{Name: contracts.StreamSegments, Subjects: []string{contracts.SubjectSegmentPrefix + ">", contracts.SubjectChunkCheckPrefix + ">"}, Retention: jetstream.WorkQueuePolicy, MaxAge: week, Replicas: replicas, Duplicates: 10 * time.Minute},
 		// One message per subject: a redelivered segment's result replaces
 		// its earlier one, so the stream itself deduplicates; merge reads
 		// results back by direct get.
-		{Name: contracts.StreamResults, Subjects: []string{contracts.SubjectSegmentDonePrefix + ">"}, MaxMsgsPerSubject: 1, AllowDirect: true, MaxAge: week, Replicas: replicas},
+		{Name: contracts.StreamResults, Subjects: []string{contracts.SubjectSegmentDonePrefix + ">", contracts.SubjectChunkCheckedPrefix + ">"}, MaxMsgsPerSubject: 1, AllowDirect: true, MaxAge: week, Replicas: replicas},
 		{Name: contracts.StreamDLQ, Subjects: []string{contracts.SubjectDLQPrefix + ">"}, MaxAge: 30 * 24 * time.Hour, Replicas: replicas},
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/runtime"
+	"github.com/strata-backup/strata/pkg/schedule"
 )
 
 // Config of the scheduler (prefix STRATA_).
@@ -31,6 +32,10 @@ type Config struct {
 	// Deadline: a backup not verified this long after it was requested is
 	// failed (its snapshot released, its VM free for the next one); 0: none.
 	Deadline time.Duration `envconfig:"BACKUP_DEADLINE" default:"12h"`
+	// VerifyJobSchedule (cron, optional seconds field) runs a chunks
+	// verification of every backup, spread over the transfer workers;
+	// empty: never.
+	VerifyJobSchedule string `envconfig:"VERIFY_JOB_SCHEDULE"`
 }
 
 // Start registers the scheduler's endpoint and consumers.
@@ -67,6 +72,11 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 			return err
 		}
 	}
+	if cfg.VerifyJobSchedule != "" {
+		if err := s.runVerifyJobs(ctx, cfg.VerifyJobSchedule); err != nil {
+			return err
+		}
+	}
 	if err := s.runPolicies(ctx, max(cfg.Tick, 100*time.Millisecond), cfg.Catchup); err != nil {
 		return err
 	}
@@ -77,6 +87,29 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 }
 
 type scheduler struct{ rt *runtime.Runtime }
+
+// runVerifyJobs publishes a VerifyJob at every slot of the schedule. Every
+// scheduler replica does; the slot's message id collapses the duplicates.
+func (s *scheduler) runVerifyJobs(ctx context.Context, expr string) error {
+	sched, err := schedule.Parse(expr)
+	if err != nil {
+		return fmt.Errorf("STRATA_VERIFY_JOB_SCHEDULE: %w", err)
+	}
+	go func() {
+		for next := sched.Next(time.Now()); ; next = sched.Next(next) {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Until(next)):
+			}
+			job := &contracts.VerifyJob{Schema: contracts.SchemaVersion, Slot: next.UTC()}
+			if err := s.rt.Bus.Publish(ctx, contracts.SubjectVerifyJob, job, "verify-job-"+next.UTC().Format(time.RFC3339Nano)); err != nil {
+				s.rt.Log.WarnContext(ctx, "verify job not started", "slot", next, "err", err)
+			}
+		}
+	}()
+	return nil
+}
 
 // enforceDeadline fails a backup still running at its deadline. A request
 // the snapshotter never got to is recorded as failed too, so the user sees

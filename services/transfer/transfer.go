@@ -52,6 +52,11 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	if _, err := rt.Bus.AddService("transfer worker: read, chunk, dedup, upload"); err != nil {
 		return err
 	}
+	if err := bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamSegments, Durable: contracts.ConsumerTransferVerify,
+		Filters: []string{contracts.SubjectChunkCheckPrefix + ">"}, AckWait: cfg.AckWait, MaxDeliver: 8, Concurrency: max(1, cfg.Concurrency)},
+		w.checkChunks); err != nil {
+		return err
+	}
 	return bus.Consume(ctx, rt.Bus, bus.Spec{
 		Stream: contracts.StreamSegments, Durable: contracts.ConsumerTransfer, Filters: []string{contracts.SubjectSegmentPrefix + ">"},
 		AckWait: cfg.AckWait, MaxDeliver: 8, Concurrency: max(1, cfg.Concurrency),

@@ -160,6 +160,9 @@ func (v *verifier) health(ctx context.Context, _ *contracts.CheckRequest) (*cont
 // over every committed backup (each chunk read once).
 func (v *verifier) verifyNow(ctx context.Context, req *contracts.VerifyRequest) (*contracts.VerifyReply, error) {
 	var recs []*contracts.BackupRecord
+	if req.All && req.Mode == contracts.VerifyChunks {
+		return v.chunkJob(ctx)
+	}
 	if req.All {
 		all, err := v.rt.Catalog.List(ctx, "")
 		if err != nil {

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/strata-backup/strata/contracts"
@@ -59,6 +60,10 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	}); err != nil {
 		return err
 	}
+	if err := bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerVerifierJobs,
+		Filters: []string{contracts.SubjectVerifyJob}, AckWait: time.Minute, MaxDeliver: 3}, v.scheduledJob); err != nil {
+		return err
+	}
 	return bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerVerifier,
 		Filters: []string{contracts.SubjectBackupCommitted}, Concurrency: 2, AckWait: 10 * time.Minute}, v.verify)
 }
@@ -69,6 +74,7 @@ type verifier struct {
 	mode         contracts.VerifyMode
 	trivialBytes int64
 	scratch      string
+	jobRunning   atomic.Bool
 }
 
 func (v *verifier) verify(ctx context.Context, c *contracts.BackupCommitted) error {

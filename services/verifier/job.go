@@ -1,0 +1,142 @@
+package verifier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/chunk"
+)
+
+// jobBatch is the number of chunk ids per ChunkCheck.
+const jobBatch = 64
+
+// chunkJob verifies every chunk of every committed backup once, however
+// many backups share it (PBS's verify job), spread over the transfer
+// workers as ChunkCheck batches. Bad chunks are recorded and the backups
+// they damage marked.
+func (v *verifier) chunkJob(ctx context.Context) (*contracts.VerifyReply, error) {
+	start := time.Now()
+	recs, err := v.rt.Catalog.List(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	ids := map[chunk.ID]struct{}{}
+	for _, r := range recs {
+		if r.State != contracts.StateVerified && r.State != contracts.StateCommitted {
+			continue
+		}
+		for _, d := range r.Disks {
+			man, err := v.rt.Repo.GetManifest(ctx, d.Manifest)
+			if err != nil {
+				return nil, fmt.Errorf("chunks job: %w", err)
+			}
+			for _, id := range man.IDs {
+				if !id.IsZero() {
+					ids[id] = struct{}{}
+				}
+			}
+		}
+	}
+	job := uuid.NewString()
+	batches := 0
+	batch := &contracts.ChunkCheck{Schema: contracts.SchemaVersion, Job: job}
+	flush := func() error {
+		if len(batch.IDs) == 0 {
+			return nil
+		}
+		batch.Index = batches
+		if err := v.rt.Bus.Publish(ctx, batch.Subject(), batch, fmt.Sprintf("chk-%s-%d", job, batches)); err != nil {
+			return err
+		}
+		batches++
+		batch.IDs = batch.IDs[:0]
+		return nil
+	}
+	for id := range ids {
+		batch.IDs = append(batch.IDs, id.String())
+		if len(batch.IDs) == jobBatch {
+			if err := flush(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return nil, err
+	}
+	v.rt.Log.InfoContext(ctx, "chunks job started", "job", job, "backups", len(recs), "chunks", len(ids), "batches", batches)
+
+	results, err := v.rt.Bus.JS.Stream(ctx, contracts.StreamResults)
+	if err != nil {
+		return nil, err
+	}
+	defer results.Purge(context.WithoutCancel(ctx), jetstream.WithPurgeSubject(contracts.SubjectChunkCheckedPrefix+job+".>"))
+	reply := &contracts.VerifyReply{Schema: contracts.SchemaVersion, Mode: contracts.VerifyChunks}
+	run := v.newRun()
+	pending := make(map[int]bool, batches)
+	for i := range batches {
+		pending[i] = true
+	}
+	workers := map[string]int{}
+	for len(pending) > 0 {
+		for i := range pending {
+			raw, err := results.GetLastMsgForSubject(ctx, contracts.ChunkCheckedSubject(job, i))
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			var done contracts.ChunkChecked
+			if err := contracts.Decode(raw.Data, &done); err != nil {
+				return nil, fmt.Errorf("chunks job batch %d: %w", i, err)
+			}
+			run.checked += done.Checked
+			run.bytes += done.Bytes
+			for _, b := range done.Bad {
+				if id, err := chunk.ParseID(b.ID); err == nil {
+					run.bad[id] = b.Reason
+				}
+			}
+			workers[done.Worker]++
+			delete(pending, i)
+		}
+		if len(pending) == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("chunks job %s: %d of %d batches unanswered: %w", job, len(pending), batches, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	reply.ChunksChecked, reply.BytesChecked = run.checked, run.bytes
+	if err := v.recordBad(ctx, run, reply); err != nil {
+		return nil, err
+	}
+	reply.OK = len(run.bad) == 0
+	if !reply.OK {
+		reply.Problem = fmt.Sprintf("chunks job: %d bad chunks damage %d backups", len(run.bad), len(reply.Damaged))
+	}
+	reply.Seconds = time.Since(start).Seconds()
+	v.rt.Log.InfoContext(ctx, "chunks job done", "job", job, "checked", reply.ChunksChecked, "bad", len(run.bad),
+		"damaged", len(reply.Damaged), "seconds", reply.Seconds, "workers", len(workers))
+	return reply, nil
+}
+
+// scheduledJob runs a chunks job for a VerifyJob message; one at a time
+// per verifier (a slot that finds one running is skipped).
+func (v *verifier) scheduledJob(ctx context.Context, j *contracts.VerifyJob) error {
+	if !v.jobRunning.CompareAndSwap(false, true) {
+		v.rt.Log.InfoContext(ctx, "chunks job still running; slot skipped", "slot", j.Slot)
+		return nil
+	}
+	defer v.jobRunning.Store(false)
+	_, err := v.chunkJob(ctx)
+	return err
+}
