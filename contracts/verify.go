@@ -198,7 +198,9 @@ func (m *ChunkCheck) Validate() error {
 }
 
 // Subject of the batch on the work queue.
-func (m *ChunkCheck) Subject() string { return fmt.Sprintf("%s%s.%d", SubjectChunkCheckPrefix, m.Job, m.Index) }
+func (m *ChunkCheck) Subject() string {
+	return fmt.Sprintf("%s%s.%d", SubjectChunkCheckPrefix, m.Job, m.Index)
+}
 
 // ChunkCheckedSubject is where a batch's answer goes.
 func ChunkCheckedSubject(job string, index int) string {
