@@ -20,7 +20,8 @@ all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ github.com/strata-backup/strata/cmd/strata github.com/strata-backup/strata/cmd/strata/probe \
-		$(foreach s,$(SERVICES),github.com/strata-backup/strata/services/$(s)/cmd/strata-$(s))
+		$(foreach s,$(SERVICES),github.com/strata-backup/strata/services/$(s)/cmd/strata-$(s)) \
+		github.com/strata-backup/strata/e2e/cmd/strata-vcsim
 
 # Real servers for tests: nats-server, versitygw, Jaeger (cached per version).
 servers:

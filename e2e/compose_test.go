@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,13 +24,20 @@ type composeStack struct {
 	env     []string
 	sources string
 	jaeger  string
+	// vcsimDemo: the demo simulator's change endpoint on the host.
+	vcsimDemo string
 }
 
 const composeProject = "strata-e2e"
 
+// composeFiles: the deployment plus the vSphere demo (a CBT-capable
+// vCenter simulator), so the fault tests and the vSphere backup share one
+// stack.
+var composeFiles = []string{"-f", "docker-compose.yml", "-f", "deploy/docker/vsphere-demo.yml"}
+
 func (c *composeStack) run(args ...string) string {
 	c.t.Helper()
-	full := append(append([]string{}, c.command[1:]...), append([]string{"-p", composeProject, "-f", "docker-compose.yml"}, args...)...)
+	full := append(append([]string{}, c.command[1:]...), append(append([]string{"-p", composeProject}, composeFiles...), args...)...)
 	cmd := exec.Command(c.command[0], full...)
 	cmd.Dir = ".."
 	cmd.Env = c.env
@@ -64,7 +72,7 @@ func startCompose(t *testing.T) *composeStack {
 	sources := t.TempDir()
 	os.Chmod(sources, 0o755) // the services run as an unprivileged user
 	ports := map[string]int{}
-	for _, p := range []string{"STRATA_NATS1_PORT", "STRATA_NATS2_PORT", "STRATA_NATS3_PORT", "STRATA_S3_PORT", "JAEGER_UI_PORT", "STRATA_HTTP_PORT"} {
+	for _, p := range []string{"STRATA_NATS1_PORT", "STRATA_NATS2_PORT", "STRATA_NATS3_PORT", "STRATA_S3_PORT", "JAEGER_UI_PORT", "STRATA_HTTP_PORT", "STRATA_VCSIM_DEMO_PORT"} {
 		ports[p] = testserver.FreePort(t)
 	}
 	env := append(os.Environ(), "STRATA_SOURCES="+sources,
@@ -73,12 +81,13 @@ func startCompose(t *testing.T) *composeStack {
 		env = append(env, fmt.Sprintf("%s=%d", k, v))
 	}
 	c := &composeStack{t: t, command: strings.Fields(command), env: env, sources: sources,
-		jaeger: fmt.Sprintf("http://127.0.0.1:%d", ports["JAEGER_UI_PORT"])}
+		jaeger:    fmt.Sprintf("http://127.0.0.1:%d", ports["JAEGER_UI_PORT"]),
+		vcsimDemo: fmt.Sprintf("http://127.0.0.1:%d", ports["STRATA_VCSIM_DEMO_PORT"])}
 	c.run("down", "-v", "--remove-orphans")
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, s := range services {
-				cmd := exec.Command(c.command[0], append(c.command[1:], "-p", composeProject, "-f", "docker-compose.yml", "logs", "--tail", "40", s)...)
+				cmd := exec.Command(c.command[0], append(append(append(c.command[1:], "-p", composeProject), composeFiles...), "logs", "--tail", "40", s)...)
 				cmd.Dir, cmd.Env = "..", c.env
 				out, _ := cmd.CombinedOutput()
 				t.Logf("--- %s ---\n%s", s, out)
@@ -90,7 +99,7 @@ func startCompose(t *testing.T) *composeStack {
 		}
 	})
 	c.run("up", "-d", "--scale", "transfer=3")
-	wait := exec.Command("deploy/docker/wait-healthy.sh", append(c.command, "-p", composeProject, "-f", "docker-compose.yml")...)
+	wait := exec.Command("deploy/docker/wait-healthy.sh", append(append(c.command, "-p", composeProject), composeFiles...)...)
 	wait.Dir, wait.Env = "..", env
 	if out, err := wait.CombinedOutput(); err != nil {
 		t.Fatalf("stack not healthy: %v\n%s", err, out)
@@ -157,6 +166,37 @@ func TestCompose(t *testing.T) {
 		for _, s := range services {
 			if !got["strata-"+s] {
 				t.Errorf("trace %s lacks spans from strata-%s (has %v)", rec.TraceID, s, got)
+			}
+		}
+	})
+
+	// vSphere through the stack: the demo simulator's VM (two disks), a
+	// full backup, 2 % of blocks rewritten, an incremental reading only
+	// the changed extents.
+	t.Run("VSphereIncremental", func(t *testing.T) {
+		c.t = t
+		c.stack.t = t
+		src := "vsphere://vcsim:8989/demo-vm"
+		backup := func() contracts.BackupRecord {
+			id := strings.TrimSpace(strings.Split(c.mustCLI("backup", "--vm", "demo-vm", "--source", src, "--wait"), "\n")[0])
+			return c.record("demo-vm", id)
+		}
+		full := backup()
+		if full.State != contracts.StateVerified || full.Kind != contracts.KindFull || len(full.Disks) != 2 {
+			t.Fatalf("full vSphere backup: %s %s, %d disks", full.State, full.Kind, len(full.Disks))
+		}
+		res, err := http.Post(c.vcsimDemo+"/demo/change?percent=2", "", nil)
+		if err != nil || res.StatusCode != http.StatusOK {
+			t.Fatalf("demo change: %v %v", res, err)
+		}
+		res.Body.Close()
+		inc := backup()
+		if inc.Kind != contracts.KindIncremental || inc.Parent != full.ID {
+			t.Fatalf("second vSphere backup: %s (%s)", inc.Kind, inc.FullReason)
+		}
+		for _, d := range inc.Disks {
+			if d.ChangedBytes == 0 || float64(d.ReadBytes) > 1.5*float64(d.ChangedBytes) {
+				t.Fatalf("%s: read %d bytes for %d changed", d.Name, d.ReadBytes, d.ChangedBytes)
 			}
 		}
 	})

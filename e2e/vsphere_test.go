@@ -13,6 +13,7 @@ import (
 	"github.com/vmware/govmomi/object"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/e2e/vcsimcbt"
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/testserver"
 )
@@ -26,10 +27,10 @@ import (
 // nothing new, and restores bit-exact.
 func TestVSphereIncrementalFromCBT(t *testing.T) {
 	const cs = 64 << 10
-	sim := startVcsim(t)
-	st := startStack(t, stackOptions{chunkSize: cs, extraEnv: map[string][]string{"snapshotter": sim.env(), "transfer": sim.env()}})
+	sim := vcsimcbt.Start(t, "127.0.0.1:0")
+	st := startStack(t, stackOptions{chunkSize: cs, extraEnv: map[string][]string{"snapshotter": sim.Env(), "transfer": sim.Env()}})
 	sizes := []int64{96 << 20, 64 << 20}
-	vm := sim.createVM("web-01", sizes...)
+	vm := sim.CreateVM("web-01", sizes...)
 	dir := t.TempDir()
 	rng := rand.New(rand.NewPCG(7, 7))
 	block := func(n int) []byte {
@@ -42,11 +43,11 @@ func TestVSphereIncrementalFromCBT(t *testing.T) {
 	// The guest's initial data: 1 MiB blocks over about 40 % of each disk.
 	for i, size := range sizes {
 		for off := int64(0); off+(3<<20) <= size; off += 5 << 20 {
-			sim.write(vm, i, off, block(1<<20))
-			sim.write(vm, i, off+(2<<20), block(1<<20))
+			sim.Write(vm, i, off, block(1<<20))
+			sim.Write(vm, i, off+(2<<20), block(1<<20))
 		}
 	}
-	src := "vsphere://" + sim.host + "/web-01"
+	src := "vsphere://" + sim.Host + "/web-01"
 
 	full := st.vsphereBackup(sim, vm, "web-01", src)
 	if full.Kind != contracts.KindFull || len(full.Disks) != 2 || !strings.Contains(full.Note, "enabled") {
@@ -69,7 +70,7 @@ func TestVSphereIncrementalFromCBT(t *testing.T) {
 		blocks := size / cs
 		for n := 0; n < int(blocks)/50; n++ {
 			c := rng.Int64N(blocks)
-			sim.write(vm, i, c*cs, block(cs))
+			sim.Write(vm, i, c*cs, block(cs))
 			changed[[2]int64{int64(i), c}] = true
 		}
 	}
@@ -100,7 +101,7 @@ func TestVSphereIncrementalFromCBT(t *testing.T) {
 
 	// CBT reset (vSphere does this when a VM moves or a disk is resized):
 	// the parent's change id is refused, so the backup re-reads the disks.
-	sim.resetCBT(vm)
+	sim.ResetCBT(vm)
 	after := st.vsphereBackup(sim, vm, "web-01", src)
 	if after.Kind != contracts.KindFull || !strings.Contains(after.FullReason, "change tracking refused") {
 		t.Fatalf("backup after a CBT reset: kind %s, reason %q", after.Kind, after.FullReason)
@@ -113,7 +114,7 @@ func TestVSphereIncrementalFromCBT(t *testing.T) {
 	st.checkRestore("web-01", after.ID, point1)
 
 	// An unknown VM fails with a clear reason and nothing stored.
-	out, _, code := st.cli("backup", "--vm", "ghost", "--source", "vsphere://"+sim.host+"/ghost", "--wait")
+	out, _, code := st.cli("backup", "--vm", "ghost", "--source", "vsphere://"+sim.Host+"/ghost", "--wait")
 	recs := st.records("ghost")
 	if code == 0 || len(recs) != 1 || recs[0].State != contracts.StateFailed || !strings.Contains(recs[0].Error, "not found") {
 		t.Fatalf("backup of an unknown VM: exit %d, %s, records %+v", code, out, recs)
@@ -122,7 +123,7 @@ func TestVSphereIncrementalFromCBT(t *testing.T) {
 
 // vsphereBackup backs the VM up, waits until it is verified and its
 // snapshot has been removed from the VM.
-func (st *stack) vsphereBackup(sim *cbtSim, vm *object.VirtualMachine, name, src string) contracts.BackupRecord {
+func (st *stack) vsphereBackup(sim *vcsimcbt.Sim, vm *object.VirtualMachine, name, src string) contracts.BackupRecord {
 	st.t.Helper()
 	id := strings.TrimSpace(strings.Split(st.mustCLI("backup", "--vm", name, "--source", src, "--wait"), "\n")[0])
 	rec := st.record(name, id)
@@ -130,9 +131,9 @@ func (st *stack) vsphereBackup(sim *cbtSim, vm *object.VirtualMachine, name, src
 		st.t.Fatalf("backup %s: %s %s", id, rec.State, rec.Error)
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for len(sim.snapshots(vm)) > 0 {
+	for len(sim.Snapshots(vm)) > 0 {
 		if time.Now().After(deadline) {
-			st.t.Fatalf("snapshots still on the VM after backup %s: %v", id, sim.snapshots(vm))
+			st.t.Fatalf("snapshots still on the VM after backup %s: %v", id, sim.Snapshots(vm))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -157,13 +158,12 @@ func (st *stack) checkRestore(vm, id string, want []string) {
 }
 
 // copyDisks copies the VM's disks as they are now.
-func copyDisks(t *testing.T, sim *cbtSim, vm *object.VirtualMachine, dir, name string) []string {
+func copyDisks(t *testing.T, sim *vcsimcbt.Sim, vm *object.VirtualMachine, dir, name string) []string {
 	t.Helper()
 	var out []string
-	for i := range sim.diskCount(vm) {
-		d := sim.disk(vm, i)
+	for i := range sim.DiskCount(vm) {
 		dst := filepath.Join(dir, name+"-disk"+string(rune('0'+i)))
-		src, err := os.Open(d.path)
+		src, err := os.Open(sim.DiskPath(vm, i))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -188,9 +188,9 @@ func copyDisks(t *testing.T, sim *cbtSim, vm *object.VirtualMachine, dir, name s
 // a new VM beside the original whose disk holds exactly the backed-up
 // bytes; restoring onto an existing VM name is refused.
 func TestVSphereRestoreTestAndRestoreToHypervisor(t *testing.T) {
-	sim := startVcsim(t)
-	st := startStack(t, stackOptions{chunkSize: 64 << 10, env: sim.env()})
-	vm := sim.createVM("app-01", 64<<20)
+	sim := vcsimcbt.Start(t, "127.0.0.1:0")
+	st := startStack(t, stackOptions{chunkSize: 64 << 10, env: sim.Env()})
+	vm := sim.CreateVM("app-01", 64<<20)
 	img := filepath.Join(t.TempDir(), "disk.img")
 	testserver.PartitionedImage(t, img)
 	data, err := os.ReadFile(img)
@@ -199,31 +199,31 @@ func TestVSphereRestoreTestAndRestoreToHypervisor(t *testing.T) {
 	}
 	for off := 0; off < len(data); off += 1 << 20 {
 		if !chunk.AllZero(data[off : off+1<<20]) {
-			sim.write(vm, 0, int64(off), data[off:off+1<<20])
+			sim.Write(vm, 0, int64(off), data[off:off+1<<20])
 		}
 	}
-	src := "vsphere://" + sim.host + "/app-01"
+	src := "vsphere://" + sim.Host + "/app-01"
 	out := st.mustCLI("backup", "--vm", "app-01", "--source", src, "--verify", "restore-test", "--wait")
 	rec := st.record("app-01", strings.TrimSpace(strings.Split(out, "\n")[0]))
 	if rec.State != contracts.StateVerified || rec.Verify != contracts.VerifyRestoreTest {
 		t.Fatalf("restore-test backup: %s %s %s", rec.State, rec.Verify, rec.Error)
 	}
 	check := "strata-check-" + rec.ID
-	if !slices.Contains(sim.poweredOn, check) {
-		t.Fatalf("no health-check VM was powered on (powered on: %v)", sim.poweredOn)
+	if !slices.Contains(sim.PoweredOn(), check) {
+		t.Fatalf("no health-check VM was powered on (powered on: %v)", sim.PoweredOn())
 	}
-	if sim.vmExists(check) {
+	if sim.VMExists(check) {
 		t.Fatalf("health-check VM %s left behind", check)
 	}
 
-	st.mustCLI("restore", "--vm", "app-01", "--backup", rec.ID, "--to", "vsphere://"+sim.host+"/app-01-restored")
-	if !sim.vmExists("app-01-restored") {
+	st.mustCLI("restore", "--vm", "app-01", "--backup", rec.ID, "--to", "vsphere://"+sim.Host+"/app-01-restored")
+	if !sim.VMExists("app-01-restored") {
 		t.Fatal("restored VM not in the inventory")
 	}
-	if sha256File(t, sim.flatFile("app-01-restored", 0)) != sha256File(t, img) {
+	if sha256File(t, sim.FlatFile("app-01-restored", 0)) != sha256File(t, img) {
 		t.Fatal("restored VM's disk differs from the backed-up disk")
 	}
-	if _, errOut, code := st.cli("restore", "--vm", "app-01", "--backup", rec.ID, "--to", "vsphere://"+sim.host+"/app-01"); code == 0 || !strings.Contains(errOut, "exists already") {
+	if _, errOut, code := st.cli("restore", "--vm", "app-01", "--backup", rec.ID, "--to", "vsphere://"+sim.Host+"/app-01"); code == 0 || !strings.Contains(errOut, "exists already") {
 		t.Fatalf("restore onto an existing VM: exit %d, %s", code, errOut)
 	}
 }

@@ -50,6 +50,8 @@ for s in scheduler snapshotter transfer dedup merge verifier; do
   image "strata/$s" "$tag" app "" "$ctx/src-$s/app"
 done
 image strata/cli "$tag" strata "" "$bin/strata"
+# The vSphere demo's simulator (test scaffolding, deploy/docker/vsphere-demo.yml).
+image strata/vcsim "$tag" strata-vcsim "" "$bin/strata-vcsim"
 # Binaries named as their images expect.
 cp "$servers/nats-server-${NATS_VERSION:-v2.15.2}" "$ctx/nats-server"
 cp "$servers/versitygw-${VERSITYGW_VERSION:-v1.8.0}" "$ctx/versitygw"

@@ -1,4 +1,9 @@
-package e2e
+// Package vcsimcbt is TEST SCAFFOLDING: govmomi's vCenter simulator
+// (vcsim) with the one thing Strata needs that vcsim v0.56.0 lacks —
+// Changed Block Tracking — for the e2e tests and the compose demo
+// (cmd/strata-vcsim). Product code never imports it: the services talk to
+// the simulator only through its real SOAP and datastore HTTP endpoints.
+package vcsimcbt
 
 // TEST SCAFFOLDING: a vSphere for the e2e tests.
 //
@@ -40,7 +45,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"testing"
 
 	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/find"
@@ -54,17 +58,26 @@ import (
 // small enough that the tests' disks need several pages.
 const cbtPage = 32 << 20
 
-type cbtSim struct {
-	t      testing.TB
-	host   string // host:port of the simulator
+// TB is what the simulator needs from its caller: testing.TB, or a
+// process that exits on failure (cmd/strata-vcsim).
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
+
+// Sim is a running simulator with the CBT extension.
+type Sim struct {
+	t      TB
+	Host   string // host:port of the simulator
 	client *govmomi.Client
 
-	ctx   *simulator.Context
-	dsDir string // the datastore's directory on this machine
-	mu    sync.Mutex
-	disks map[diskRef]*trackedDisk
-	// poweredOn: names of the VMs powered on, in order.
-	poweredOn []string
+	ctx       *simulator.Context
+	dsDir     string // the datastore's directory on this machine
+	mu        sync.Mutex
+	disks     map[diskRef]*trackedDisk
+	poweredOn []string // names of the VMs powered on, in order
 }
 
 type diskRef struct {
@@ -85,9 +98,10 @@ type trackedWrite struct {
 	off, length int64
 }
 
-// startVcsim runs a vCenter simulator (one datacenter, one host, no VMs)
-// with the CBT extension, on 127.0.0.1 with a self-signed certificate.
-func startVcsim(t testing.TB) *cbtSim {
+// Start runs a vCenter simulator (one datacenter, one host, no VMs) with
+// the CBT extension on listen ("127.0.0.1:0": any port), with a
+// self-signed certificate; t.Cleanup stops it.
+func Start(t TB, listen string) *Sim {
 	t.Helper()
 	m := simulator.VPX()
 	m.Cluster, m.Host, m.Machine = 0, 1, 0
@@ -95,15 +109,15 @@ func startVcsim(t testing.TB) *cbtSim {
 		t.Fatal(err)
 	}
 	m.Service.TLS = new(tls.Config)
-	m.Service.Listen = &url.URL{Host: "127.0.0.1:0"}
-	sim := &cbtSim{t: t, disks: map[diskRef]*trackedDisk{}}
+	m.Service.Listen = &url.URL{Host: listen}
+	sim := &Sim{t: t, disks: map[diskRef]*trackedDisk{}}
 	m.Service.Context.Map.Handler = sim.dispatch
 	srv := m.Service.NewServer()
 	sim.ctx = m.Service.Context
 	// No request has reached the server yet: swapping its handler is safe.
 	srv.Config.Handler = sim.intercept(srv.Config.Handler)
 	t.Cleanup(func() { srv.Close(); m.Remove() })
-	sim.host = srv.URL.Host
+	sim.Host = srv.URL.Host
 	c, err := govmomi.NewClient(context.Background(), srv.URL, true)
 	if err != nil {
 		t.Fatal(err)
@@ -112,15 +126,15 @@ func startVcsim(t testing.TB) *cbtSim {
 	return sim
 }
 
-// env is what a Strata service needs to reach the simulator.
-func (s *cbtSim) env() []string {
+// Env is what a Strata service needs to reach the simulator.
+func (s *Sim) Env() []string {
 	return []string{"STRATA_VSPHERE_USER=user", "STRATA_VSPHERE_PASSWORD=pass", "STRATA_VSPHERE_INSECURE=true",
-		"STRATA_VSPHERE_URL=https://" + s.host + "/sdk"}
+		"STRATA_VSPHERE_URL=https://" + s.Host + "/sdk"}
 }
 
-// createVM makes a VM with one thin disk per size on the host's local
+// CreateVM makes a VM with one thin disk per size on the host's local
 // datastore; each disk's flat file is sized to its capacity (sparse).
-func (s *cbtSim) createVM(name string, sizes ...int64) *object.VirtualMachine {
+func (s *Sim) CreateVM(name string, sizes ...int64) *object.VirtualMachine {
 	s.t.Helper()
 	ctx := context.Background()
 	f := find.NewFinder(s.client.Client, true)
@@ -202,8 +216,8 @@ func (s *cbtSim) createVM(name string, sizes ...int64) *object.VirtualMachine {
 	return vm
 }
 
-// vmExists reports whether a VM of that name is in the inventory.
-func (s *cbtSim) vmExists(name string) bool {
+// VMExists reports whether a VM of that name is in the inventory.
+func (s *Sim) VMExists(name string) bool {
 	f := find.NewFinder(s.client.Client, true)
 	dc, err := f.DefaultDatacenter(context.Background())
 	if err != nil {
@@ -214,14 +228,17 @@ func (s *cbtSim) vmExists(name string) bool {
 	return err == nil
 }
 
-// flatFile is the path on this machine of disk i of a VM created by the
+// FlatFile is the path on this machine of disk i of a VM created by the
 // simulator's file naming (<vm>/<vm>-disk<i>-flat.vmdk).
-func (s *cbtSim) flatFile(vm string, i int) string {
+func (s *Sim) FlatFile(vm string, i int) string {
 	return filepath.Join(s.dsDir, vm, fmt.Sprintf("%s-disk%d-flat.vmdk", vm, i))
 }
 
+// DiskPath is the flat file of disk i of the VM on this machine.
+func (s *Sim) DiskPath(vm *object.VirtualMachine, i int) string { return s.disk(vm, i).path }
+
 // disk returns the i-th tracked disk of the VM, in device key order.
-func (s *cbtSim) disk(vm *object.VirtualMachine, i int) *trackedDisk {
+func (s *Sim) disk(vm *object.VirtualMachine, i int) *trackedDisk {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var keys []int32
@@ -234,7 +251,15 @@ func (s *cbtSim) disk(vm *object.VirtualMachine, i int) *trackedDisk {
 	return s.disks[diskRef{vm.Reference().Value, keys[i]}]
 }
 
-func (s *cbtSim) diskCount(vm *object.VirtualMachine) int {
+// PoweredOn lists the VMs powered on so far, in order.
+func (s *Sim) PoweredOn() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.poweredOn...)
+}
+
+// DiskCount is the number of disks of the VM.
+func (s *Sim) DiskCount(vm *object.VirtualMachine) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
@@ -246,9 +271,9 @@ func (s *cbtSim) diskCount(vm *object.VirtualMachine) int {
 	return n
 }
 
-// write writes data into disk i of the VM, as the guest would, and records
+// Write writes data into disk i of the VM, as the guest would, and records
 // the change.
-func (s *cbtSim) write(vm *object.VirtualMachine, i int, off int64, data []byte) {
+func (s *Sim) Write(vm *object.VirtualMachine, i int, off int64, data []byte) {
 	s.t.Helper()
 	d := s.disk(vm, i)
 	f, err := os.OpenFile(d.path, os.O_WRONLY, 0)
@@ -265,9 +290,9 @@ func (s *cbtSim) write(vm *object.VirtualMachine, i int, off int64, data []byte)
 	s.mu.Unlock()
 }
 
-// resetCBT starts a new change-id generation for every disk of the VM:
+// ResetCBT starts a new change-id generation for every disk of the VM:
 // change ids handed out before are refused from now on.
-func (s *cbtSim) resetCBT(vm *object.VirtualMachine) {
+func (s *Sim) ResetCBT(vm *object.VirtualMachine) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for r, d := range s.disks {
@@ -277,8 +302,8 @@ func (s *cbtSim) resetCBT(vm *object.VirtualMachine) {
 	}
 }
 
-// snapshots lists the VM's snapshot names.
-func (s *cbtSim) snapshots(vm *object.VirtualMachine) []string {
+// Snapshots lists the VM's snapshot names.
+func (s *Sim) Snapshots(vm *object.VirtualMachine) []string {
 	var o mo.VirtualMachine
 	if err := vm.Properties(context.Background(), vm.Reference(), []string{"snapshot"}, &o); err != nil {
 		s.t.Fatal(err)
@@ -299,7 +324,7 @@ func (s *cbtSim) snapshots(vm *object.VirtualMachine) []string {
 
 // dispatch is the simulator's method hook: stamp change ids before a
 // snapshot copies the VM's config, and answer QueryChangedDiskAreas.
-func (s *cbtSim) dispatch(ctx *simulator.Context, m *simulator.Method) (mo.Reference, types.BaseMethodFault) {
+func (s *Sim) dispatch(ctx *simulator.Context, m *simulator.Method) (mo.Reference, types.BaseMethodFault) {
 	switch m.Name {
 	case "PowerOnVM_Task":
 		if vm, ok := ctx.Map.Get(m.This).(*simulator.VirtualMachine); ok {
@@ -334,7 +359,7 @@ func (s *cbtSim) dispatch(ctx *simulator.Context, m *simulator.Method) (mo.Refer
 
 // intercept answers QueryChangedDiskAreas SOAP calls and passes every
 // other request to the simulator.
-func (s *cbtSim) intercept(next http.Handler) http.Handler {
+func (s *Sim) intercept(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost || r.URL.Path != "/sdk" {
 			next.ServeHTTP(w, r)
@@ -391,7 +416,7 @@ func parseChangeID(id string) (gen, seq int, ok bool) {
 // changedAreas is QueryChangedDiskAreas: the areas of the disk written
 // after req.ChangeId up to the snapshot's change id, one page from
 // req.StartOffset; or a fault message.
-func (s *cbtSim) changedAreas(req *types.QueryChangedDiskAreas) (types.DiskChangeInfo, string) {
+func (s *Sim) changedAreas(req *types.QueryChangedDiskAreas) (types.DiskChangeInfo, string) {
 	var none types.DiskChangeInfo
 	fail := func(msg string) (types.DiskChangeInfo, string) { return none, msg }
 	if req.Snapshot == nil {
