@@ -65,3 +65,32 @@ func TestBlankDiskIsImplausible(t *testing.T) {
 		t.Fatalf("blank disk: %q", p)
 	}
 }
+
+func TestInspectMBRWithSwap(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "mbr.img")
+	f, _ := os.Create(img)
+	f.Truncate(32 << 20)
+	f.Close()
+	testserver.Tool(t, "label: dos\nstart=2048, size=16384, type=83\nstart=18432, size=8192, type=82\n", "sfdisk", "--quiet", img)
+	testserver.Tool(t, "", "mkfs.ext4", "-q", "-F", "-E", "offset=1048576", img, "8192k")
+	// A swap signature, as mkswap writes it, at the end of the first page.
+	f, _ = os.OpenFile(img, os.O_WRONLY, 0)
+	f.WriteAt([]byte("SWAPSPACE2"), 18432*512+4086)
+	f.Close()
+	l := inspect(t, img)
+	if l.Table != "mbr" || len(l.Partitions) != 2 || l.Partitions[0].Content != "ext4" || l.Partitions[1].Content != "swap" {
+		t.Fatalf("layout %+v", l)
+	}
+	if p := l.Plausible(); p != "" {
+		t.Fatal(p)
+	}
+	// A partition running past the end of the disk is refused.
+	f, _ = os.OpenFile(img, os.O_WRONLY, 0)
+	f.WriteAt([]byte{0xff, 0xff, 0xff, 0x00}, 446+16+12)
+	f.Close()
+	g, _ := os.Open(img)
+	defer g.Close()
+	if _, err := Inspect(g, 32<<20); err == nil || !strings.Contains(err.Error(), "outside") {
+		t.Fatalf("partition past the end: %v", err)
+	}
+}
