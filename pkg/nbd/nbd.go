@@ -88,7 +88,7 @@ func Dial(addr, export string, contexts ...string) (*Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nbd dial %s: %w", addr, err)
 	}
-	conn := &Conn{c: c, r: bufio.NewReaderSize(c, 1<<20), contexts: map[string]uint32{}}
+	conn := &Conn{c: c, r: bufio.NewReaderSize(quickAck(c), 1<<20), contexts: map[string]uint32{}}
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	if err := conn.handshake(export, contexts); err != nil {
 		c.Close()
