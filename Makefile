@@ -51,6 +51,7 @@ fuzz:
 # amplification per chunk size.
 bench: servers
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkMergeChain30On1TiB -benchtime 3x ./services/merge/
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkDial -benchtime 50x ./pkg/nbd/
 	STRATA_REQUIRE_SERVERS=1 $(GO) test -count=1 -run '^$$' -bench 'BenchmarkBackupRestore|BenchmarkAmplification|BenchmarkVerify' -benchtime 1x -timeout 40m ./e2e/
 
 # Zero set-up demo: strata dev + a generated disk, backed up and restored.
