@@ -38,7 +38,18 @@ func Endpoint[T any, PT interface {
 	*T
 	contracts.Message
 }](b *Bus, svc micro.Service, name, subject string, h func(context.Context, PT) (contracts.Message, error)) error {
-	return svc.AddEndpoint(name, micro.HandlerFunc(func(req micro.Request) {
+	return ConcurrentEndpoint[T, PT](b, svc, name, subject, 1, h)
+}
+
+// ConcurrentEndpoint is Endpoint handling up to n requests at once (NATS
+// delivers one subscription's messages one at a time): for short, frequent
+// requests from many callers, like dedup's "which are missing?".
+func ConcurrentEndpoint[T any, PT interface {
+	*T
+	contracts.Message
+}](b *Bus, svc micro.Service, name, subject string, n int, h func(context.Context, PT) (contracts.Message, error)) error {
+	sem := make(chan struct{}, max(1, n))
+	handle := func(req micro.Request) {
 		ctx := ContextFrom(context.Background(), nats.Header(req.Headers()))
 		ctx, span := b.Tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer))
 		defer span.End()
@@ -62,6 +73,17 @@ func Endpoint[T any, PT interface {
 			return
 		}
 		req.Respond(data)
+	}
+	return svc.AddEndpoint(name, micro.HandlerFunc(func(req micro.Request) {
+		if n <= 1 {
+			handle(req)
+			return
+		}
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			handle(req)
+		}()
 	}), micro.WithEndpointSubject(subject))
 }
 

@@ -73,7 +73,7 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	if err := bus.Endpoint(rt.Bus, svc, "missing", contracts.SubjectDedupMissing, func(ctx context.Context, req *contracts.MissingRequest) (contracts.Message, error) {
+	if err := bus.ConcurrentEndpoint(rt.Bus, svc, "missing", contracts.SubjectDedupMissing, 64, func(ctx context.Context, req *contracts.MissingRequest) (contracts.Message, error) {
 		return d.Missing(ctx, req)
 	}); err != nil {
 		return err
