@@ -66,12 +66,12 @@ func cmdDev(ctx context.Context, args []string) error {
 		mergeCfg = merge.Config{Common: common}
 		verCfg   = verifier.Config{Common: common}
 	)
-	for _, cfg := range []any{&schedCfg, &snapCfg, &xferCfg, &dedupCfg} { // their own STRATA_* defaults
+	for _, cfg := range []any{&schedCfg, &snapCfg, &xferCfg, &dedupCfg, &mergeCfg, &verCfg} { // their own STRATA_* defaults
 		if err := runtime.Load(cfg); err != nil {
 			return err
 		}
 	}
-	schedCfg.Common, snapCfg.Common, xferCfg.Common, dedupCfg.Common = common, common, common, common
+	schedCfg.Common, snapCfg.Common, xferCfg.Common, dedupCfg.Common, mergeCfg.Common, verCfg.Common = common, common, common, common, common, common
 	schedCfg.HTTPAddr = "" // one process, one port: NATS only
 	services := []struct {
 		name  string
