@@ -258,10 +258,15 @@ func (m *MissingRequest) Validate() error {
 	if err := checkSchema(m.Schema); err != nil {
 		return err
 	}
-	if len(m.IDs) == 0 || len(m.IDs) > MaxMissingBatch {
-		return fmt.Errorf("ids: %d, want 1..%d", len(m.IDs), MaxMissingBatch)
+	return validChunkIDs(m.IDs)
+}
+
+// validChunkIDs accepts 1..MaxMissingBatch well-formed chunk ids.
+func validChunkIDs(ids []string) error {
+	if len(ids) == 0 || len(ids) > MaxMissingBatch {
+		return fmt.Errorf("ids: %d, want 1..%d", len(ids), MaxMissingBatch)
 	}
-	for i, id := range m.IDs {
+	for i, id := range ids {
 		if err := ValidChunkID(id); err != nil {
 			return fmt.Errorf("ids[%d]: %w", i, err)
 		}
@@ -435,6 +440,19 @@ func (m *GCRequest) Validate() error {
 		}
 	}
 	return nil
+}
+
+// GCHoldKey is the BucketGCHolds key of a chunk in one collection.
+func GCHoldKey(gcID, chunkID string) string { return gcID + "." + chunkID }
+
+// GCLock is the value of GCLockKey. Phase "mark": the collector is
+// marking; "sweep": Condemned (an object key) lists the chunk ids it may
+// delete, and dedup must hold any of them a backup reuses.
+type GCLock struct {
+	ID        string    `json:"id"`
+	Since     time.Time `json:"since"`
+	Phase     string    `json:"phase"`
+	Condemned string    `json:"condemned,omitempty"`
 }
 
 // GCReply reports a collection.

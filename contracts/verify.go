@@ -142,19 +142,6 @@ type CheckReply struct {
 
 func (m *CheckReply) Validate() error { return checkSchema(m.Schema) }
 
-// GCHoldKey is the BucketGCHolds key of a chunk in one collection.
-func GCHoldKey(gcID, chunkID string) string { return gcID + "." + chunkID }
-
-// GCLock is the value of GCLockKey. Phase "mark": the collector is
-// marking; "sweep": Condemned (an object key) lists the chunk ids it may
-// delete, and dedup must hold any of them a backup reuses.
-type GCLock struct {
-	ID        string    `json:"id"`
-	Since     time.Time `json:"since"`
-	Phase     string    `json:"phase"`
-	Condemned string    `json:"condemned,omitempty"`
-}
-
 // A chunks verification job over every backup is split into ChunkCheck
 // batches on a work queue that transfer workers consume in parallel; each
 // answers one ChunkChecked.
@@ -186,15 +173,7 @@ func (m *ChunkCheck) Validate() error {
 	if !ValidToken(m.Job) || m.Index < 0 {
 		return fmt.Errorf("job %q index %d: not a valid batch", m.Job, m.Index)
 	}
-	if len(m.IDs) == 0 || len(m.IDs) > MaxMissingBatch {
-		return fmt.Errorf("ids: %d, want 1..%d", len(m.IDs), MaxMissingBatch)
-	}
-	for i, id := range m.IDs {
-		if err := ValidChunkID(id); err != nil {
-			return fmt.Errorf("ids[%d]: %w", i, err)
-		}
-	}
-	return nil
+	return validChunkIDs(m.IDs)
 }
 
 // Subject of the batch on the work queue.

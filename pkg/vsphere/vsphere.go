@@ -242,19 +242,6 @@ func (v *VM) RemoveSnapshot(ctx context.Context, name string) (removed bool, err
 	return true, nil
 }
 
-// Snapshots lists the names of the VM's snapshots.
-func (v *VM) Snapshots(ctx context.Context) ([]string, error) {
-	var o mo.VirtualMachine
-	if err := v.vm.Properties(ctx, v.vm.Reference(), []string{"snapshot"}, &o); err != nil {
-		return nil, fmt.Errorf("list snapshots of %s: %w", v.vm.InventoryPath, err)
-	}
-	var names []string
-	if o.Snapshot != nil {
-		walkSnapshots(o.Snapshot.RootSnapshotList, func(t types.VirtualMachineSnapshotTree) { names = append(names, t.Name) })
-	}
-	return names, nil
-}
-
 func (v *VM) findSnapshot(ctx context.Context, name string) (*types.ManagedObjectReference, error) {
 	var o mo.VirtualMachine
 	if err := v.vm.Properties(ctx, v.vm.Reference(), []string{"snapshot"}, &o); err != nil {

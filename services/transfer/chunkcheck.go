@@ -2,15 +2,11 @@ package transfer
 
 import (
 	"context"
-	"errors"
 	"os"
-	"sync"
-
-	"golang.org/x/sync/errgroup"
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/chunk"
-	"github.com/strata-backup/strata/pkg/objstore"
+	"github.com/strata-backup/strata/pkg/repo"
 )
 
 // checkChunks is a batch of a chunks verification job: download, decode
@@ -18,34 +14,22 @@ import (
 // "fixed" here (the verifier records them and dedup has the next backup
 // upload them again).
 func (w *worker) checkChunks(ctx context.Context, c *contracts.ChunkCheck) error {
-	res := &contracts.ChunkChecked{Schema: contracts.SchemaVersion, Job: c.Job, Index: c.Index}
-	res.Worker, _ = os.Hostname()
-	var mu sync.Mutex
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(max(1, w.cfg.Uploads))
-	for _, s := range c.IDs {
+	ids := make([]chunk.ID, len(c.IDs))
+	for i, s := range c.IDs {
 		id, err := chunk.ParseID(s)
 		if err != nil {
 			return err
 		}
-		g.Go(func() error {
-			data, err := w.rt.Repo.Chunks.GetChunk(gctx, id)
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case errors.Is(err, chunk.ErrCorrupt), errors.Is(err, objstore.ErrNotFound):
-				res.Bad = append(res.Bad, contracts.BadChunk{ID: s, Reason: err.Error()})
-			case err != nil:
-				return err
-			default:
-				res.Checked++
-				res.Bytes += int64(len(data))
-			}
-			return nil
-		})
+		ids[i] = id
 	}
-	if err := g.Wait(); err != nil {
+	found, err := repo.CheckChunks(ctx, w.rt.Repo.Chunks, ids, w.cfg.Uploads)
+	if err != nil {
 		return err
+	}
+	res := &contracts.ChunkChecked{Schema: contracts.SchemaVersion, Job: c.Job, Index: c.Index, Checked: found.Checked, Bytes: found.Bytes}
+	res.Worker, _ = os.Hostname()
+	for id, reason := range found.Bad {
+		res.Bad = append(res.Bad, contracts.BadChunk{ID: id.String(), Reason: reason})
 	}
 	if err := w.rt.Bus.Publish(ctx, contracts.ChunkCheckedSubject(c.Job, c.Index), res, ""); err != nil {
 		return err

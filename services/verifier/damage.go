@@ -14,6 +14,7 @@ import (
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/repo"
 )
 
 // recordDamage stores each bad chunk in the catalog bucket (dedup then
@@ -29,19 +30,19 @@ func (v *verifier) recordDamage(ctx context.Context, bad map[chunk.ID]string) ([
 		}
 		v.rt.Log.ErrorContext(ctx, "bad chunk", "chunk", id.String(), "reason", reason)
 	}
-	return v.refreshDamage(ctx, bad)
+	damaged, _, err := v.refreshDamage(ctx, bad)
+	return damaged, err
 }
 
 // refreshDamage sets every committed backup's damaged flag from the set
 // of bad chunks: on when it references one, off otherwise. Reading every
 // manifest is what a repository check costs; it runs only when a bad
 // chunk is found or on `strata check`, never on the backup path.
-func (v *verifier) refreshDamage(ctx context.Context, bad map[chunk.ID]string) ([]contracts.BackupRef, error) {
+func (v *verifier) refreshDamage(ctx context.Context, bad map[chunk.ID]string) (damaged []contracts.BackupRef, backups int, err error) {
 	recs, err := v.rt.Catalog.List(ctx, "")
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	var damaged []contracts.BackupRef
 	for _, r := range recs {
 		if r.State != contracts.StateVerified && r.State != contracts.StateCommitted {
 			continue
@@ -53,7 +54,7 @@ func (v *verifier) refreshDamage(ctx context.Context, bad map[chunk.ID]string) (
 			}
 			man, err := v.rt.Repo.GetManifest(ctx, d.Manifest)
 			if err != nil {
-				return nil, fmt.Errorf("damage scan: %w", err)
+				return nil, 0, fmt.Errorf("damage scan: %w", err)
 			}
 			for _, id := range man.IDs {
 				if _, ok := bad[id]; ok {
@@ -79,14 +80,14 @@ func (v *verifier) refreshDamage(ctx context.Context, bad map[chunk.ID]string) (
 			continue // pruned meanwhile
 		}
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		if err := v.rt.Repo.PutRecord(ctx, updated); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		v.rt.Log.WarnContext(ctx, "backup damage changed", "vm", r.VM, "backup", r.ID, "damaged", hit)
 	}
-	return damaged, nil
+	return damaged, len(recs), nil
 }
 
 // badChunks reads the bad-chunk entries of the catalog bucket.
@@ -121,16 +122,19 @@ func (v *verifier) health(ctx context.Context, _ *contracts.CheckRequest) (*cont
 		return nil, err
 	}
 	reply := &contracts.CheckReply{Schema: contracts.SchemaVersion, BadChunks: []contracts.BadChunk{}, Repaired: []string{}, Damaged: []contracts.BackupRef{}}
+	ids := make([]chunk.ID, len(known))
+	for i, b := range known {
+		ids[i], _ = chunk.ParseID(b.ID) // validated by badChunks
+	}
+	found, err := repo.CheckChunks(ctx, v.rt.Repo.Chunks, ids, 8)
+	if err != nil {
+		return nil, err
+	}
 	still := map[chunk.ID]string{}
-	for _, b := range known {
-		id, _ := chunk.ParseID(b.ID)
-		run := v.newRun()
-		if err := run.checkIDs(ctx, []chunk.ID{id}); err != nil {
-			return nil, err
-		}
-		if reason, bad := run.bad[id]; bad {
+	for i, b := range known {
+		if reason, bad := found.Bad[ids[i]]; bad {
 			b.Reason = reason
-			still[id] = reason
+			still[ids[i]] = reason
 			reply.BadChunks = append(reply.BadChunks, b)
 			continue
 		}
@@ -140,18 +144,14 @@ func (v *verifier) health(ctx context.Context, _ *contracts.CheckRequest) (*cont
 		reply.Repaired = append(reply.Repaired, b.ID)
 		v.rt.Log.InfoContext(ctx, "bad chunk repaired", "chunk", b.ID)
 	}
-	damaged, err := v.refreshDamage(ctx, still)
+	damaged, backups, err := v.refreshDamage(ctx, still)
 	if err != nil {
 		return nil, err
 	}
 	if damaged != nil {
 		reply.Damaged = damaged
 	}
-	recs, err := v.rt.Catalog.List(ctx, "")
-	if err != nil {
-		return nil, err
-	}
-	reply.Backups = len(recs)
+	reply.Backups = backups
 	reply.Healthy = len(reply.BadChunks) == 0 && len(reply.Damaged) == 0
 	return reply, nil
 }
@@ -212,14 +212,19 @@ func (v *verifier) verifyNow(ctx context.Context, req *contracts.VerifyRequest) 
 	return total, nil
 }
 
+// setDigests writes certify digests into a record's disks.
+func setDigests(r *contracts.BackupRecord, digests []contracts.DiskDigest) {
+	for _, d := range digests {
+		if d.Disk < len(r.Disks) {
+			r.Disks[d.Disk].Digest = d.Stored
+		}
+	}
+}
+
 // storeDigests records certify digests in the backup record.
 func (v *verifier) storeDigests(ctx context.Context, rec *contracts.BackupRecord, digests []contracts.DiskDigest) error {
 	updated, err := v.rt.Catalog.Update(ctx, rec.VM, rec.ID, func(r *contracts.BackupRecord) error {
-		for _, d := range digests {
-			if d.Disk < len(r.Disks) {
-				r.Disks[d.Disk].Digest = d.Stored
-			}
-		}
+		setDigests(r, digests)
 		return nil
 	})
 	if err != nil {

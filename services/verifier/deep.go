@@ -8,79 +8,59 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
 	"time"
-
-	"golang.org/x/sync/errgroup"
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/manifest"
-	"github.com/strata-backup/strata/pkg/objstore"
+	"github.com/strata-backup/strata/pkg/repo"
 )
 
-// chunkRun reads chunks from the store for one verification run: each
-// chunk once however many backups or disks share it, in parallel, bad
-// ones (corrupt or missing) remembered with the reason.
+// chunkRun reads chunks back for one verification run: each chunk once
+// however many backups or disks share it; bad ones (corrupt or missing)
+// remembered with the reason.
 type chunkRun struct {
-	v        *verifier
-	mu       sync.Mutex
-	good     map[chunk.ID]struct{}
-	bad      map[chunk.ID]string
-	checked  int
-	bytes    int64
-	parallel int
+	v       *verifier
+	seen    map[chunk.ID]struct{}
+	bad     map[chunk.ID]string
+	checked int
+	bytes   int64
 }
 
 func (v *verifier) newRun() *chunkRun {
-	return &chunkRun{v: v, good: map[chunk.ID]struct{}{}, bad: map[chunk.ID]string{}, parallel: 8}
+	return &chunkRun{v: v, seen: map[chunk.ID]struct{}{}, bad: map[chunk.ID]string{}}
 }
 
-// checkIDs downloads, decodes and re-hashes every non-zero id not yet
-// seen in this run. Only a store that cannot answer is an error; a bad
-// chunk is a finding.
+// checkIDs reads back every non-zero id not yet seen in this run.
 func (r *chunkRun) checkIDs(ctx context.Context, ids []chunk.ID) error {
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(r.parallel)
+	var fresh []chunk.ID
 	for _, id := range ids {
-		if id.IsZero() {
-			continue
+		if _, ok := r.seen[id]; !ok && !id.IsZero() {
+			r.seen[id] = struct{}{}
+			fresh = append(fresh, id)
 		}
-		r.mu.Lock()
-		_, ok := r.good[id]
-		_, isBad := r.bad[id]
-		if !ok && !isBad {
-			r.good[id] = struct{}{} // claimed; moved to bad below if it is
-		}
-		r.mu.Unlock()
-		if ok || isBad {
-			continue
-		}
-		g.Go(func() error {
-			data, err := r.v.rt.Repo.Chunks.GetChunk(gctx, id)
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			switch {
-			case errors.Is(err, chunk.ErrCorrupt), errors.Is(err, objstore.ErrNotFound):
-				delete(r.good, id)
-				r.bad[id] = err.Error()
-			case err != nil:
-				delete(r.good, id)
-				return err
-			default:
-				r.checked++
-				r.bytes += int64(len(data))
-			}
-			return nil
-		})
 	}
-	return g.Wait()
+	res, err := repo.CheckChunks(ctx, r.v.rt.Repo.Chunks, fresh, 8)
+	if err != nil {
+		for _, id := range fresh { // not looked at: another run may
+			delete(r.seen, id)
+		}
+		return err
+	}
+	r.add(res)
+	return nil
 }
 
-// badIn returns the ids of man that this run found bad.
+func (r *chunkRun) add(res repo.CheckResult) {
+	r.checked += res.Checked
+	r.bytes += res.Bytes
+	for id, reason := range res.Bad {
+		r.bad[id] = reason
+	}
+}
+
+// badIn counts the ids this run found bad.
 func (r *chunkRun) badIn(ids []chunk.ID) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	n := 0
 	for _, id := range ids {
 		if _, ok := r.bad[id]; ok {
@@ -163,7 +143,7 @@ func (v *verifier) trivial(ctx context.Context, disk contracts.DiskRecord, man *
 		if man.IDs[i].IsZero() {
 			stored = make([]byte, size)
 		} else if stored, err = v.rt.Repo.Chunks.GetChunk(ctx, man.IDs[i]); err != nil {
-			if errors.Is(err, chunk.ErrCorrupt) || errors.Is(err, objstore.ErrNotFound) {
+			if repo.IsBad(err) {
 				return fmt.Sprintf("%s: %v", disk.Name, err), nil
 			}
 			return "", err
@@ -189,17 +169,29 @@ func (v *verifier) deep(ctx context.Context, rec *contracts.BackupRecord, mode c
 	start := time.Now()
 	reply := &contracts.VerifyReply{Schema: contracts.SchemaVersion, Mode: mode}
 	var problems []string
+	var err error
 	if mode == contracts.VerifyRestoreTest {
-		p, err := v.restoreTest(ctx, rec, run)
-		if err != nil {
-			return nil, err
-		}
-		problems = p
+		problems, err = v.restoreTest(ctx, rec, run)
+	} else {
+		problems, err = v.perDisk(ctx, rec, mode, run, reply)
 	}
+	if err != nil {
+		return nil, err
+	}
+	reply.ChunksChecked, reply.BytesChecked = run.checked, run.bytes
+	reply.OK = len(problems) == 0
+	if !reply.OK {
+		reply.Problem = fmt.Sprintf("%s verification: %s", mode, joinMax(problems, 3))
+	}
+	reply.Seconds = time.Since(start).Seconds()
+	return reply, nil
+}
+
+// perDisk runs the trivial, chunks or certify mode on each disk; certify
+// digests go into reply.
+func (v *verifier) perDisk(ctx context.Context, rec *contracts.BackupRecord, mode contracts.VerifyMode, run *chunkRun, reply *contracts.VerifyReply) ([]string, error) {
+	var problems []string
 	for _, disk := range rec.Disks {
-		if mode == contracts.VerifyRestoreTest {
-			break
-		}
 		man, err := v.rt.Repo.GetManifest(ctx, disk.Manifest)
 		if err != nil {
 			problems = append(problems, err.Error())
@@ -235,13 +227,7 @@ func (v *verifier) deep(ctx context.Context, rec *contracts.BackupRecord, mode c
 			}
 		}
 	}
-	reply.ChunksChecked, reply.BytesChecked = run.checked, run.bytes
-	reply.OK = len(problems) == 0
-	if !reply.OK {
-		reply.Problem = fmt.Sprintf("%s verification: %s", mode, joinMax(problems, 3))
-	}
-	reply.Seconds = time.Since(start).Seconds()
-	return reply, nil
+	return problems, nil
 }
 
 // recordBad records the run's bad chunks and the backups they damage into

@@ -11,6 +11,7 @@ import (
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/repo"
 )
 
 // jobBatch is the number of chunk ids per ChunkCheck.
@@ -96,13 +97,13 @@ func (v *verifier) chunkJob(ctx context.Context) (*contracts.VerifyReply, error)
 			if err := contracts.Decode(raw.Data, &done); err != nil {
 				return nil, fmt.Errorf("chunks job batch %d: %w", i, err)
 			}
-			run.checked += done.Checked
-			run.bytes += done.Bytes
+			res := repo.CheckResult{Checked: done.Checked, Bytes: done.Bytes, Bad: map[chunk.ID]string{}}
 			for _, b := range done.Bad {
 				if id, err := chunk.ParseID(b.ID); err == nil {
-					run.bad[id] = b.Reason
+					res.Bad[id] = b.Reason
 				}
 			}
+			run.add(res)
 			workers[done.Worker]++
 			delete(pending, i)
 		}

@@ -2,16 +2,14 @@ package verifier
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/diskcheck"
-	"github.com/strata-backup/strata/pkg/objstore"
+	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/restore"
 	"github.com/strata-backup/strata/pkg/vsphere"
 )
@@ -36,7 +34,7 @@ func (v *verifier) restoreTest(ctx context.Context, rec *contracts.BackupRecord,
 		}
 		path := filepath.Join(dir, fmt.Sprintf("disk%d.img", disk.Index))
 		if _, err := restore.ToFile(ctx, v.rt.Repo, man, path, 4, nil); err != nil {
-			if errors.Is(err, chunk.ErrCorrupt) || errors.Is(err, objstore.ErrNotFound) {
+			if repo.IsBad(err) {
 				// Name every bad chunk, not just the first the restore hit.
 				if cerr := run.checkIDs(ctx, man.IDs); cerr != nil {
 					return nil, cerr

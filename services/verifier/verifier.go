@@ -117,11 +117,7 @@ func (v *verifier) verify(ctx context.Context, c *contracts.BackupCommitted) err
 		}
 		now := time.Now().UTC()
 		r.State, r.FinishedAt, r.Verify = contracts.StateVerified, &now, mode
-		for _, d := range digests {
-			if d.Disk < len(r.Disks) {
-				r.Disks[d.Disk].Digest = d.Stored
-			}
-		}
+		setDigests(r, digests)
 		return nil
 	})
 	if err != nil {
