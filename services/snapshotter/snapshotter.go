@@ -120,12 +120,11 @@ func (s *snapshotter) plan(ctx context.Context, req *contracts.BackupRequested) 
 	// Publish from the stored record: a redelivery re-publishes the plan
 	// it recorded the first time (same message ids, deduplicated).
 	rec = existing
+	if len(rec.Disks) != len(plans) {
+		return bus.Permanent(fmt.Errorf("backup %s was recorded with %d disks, the source now has %d", rec.ID, len(rec.Disks), len(plans)))
+	}
 	for i, d := range rec.Disks {
-		plan := plans[i]
-		if i < len(disks) && disks[i].Name == d.Name {
-			plan.url = disks[i].URL
-		}
-		if err := s.publishSegments(ctx, rec, d, plan); err != nil {
+		if err := s.publishSegments(ctx, rec, d, plans[i]); err != nil {
 			return err
 		}
 	}
@@ -157,7 +156,7 @@ func (s *snapshotter) publishSegments(ctx context.Context, rec *contracts.Backup
 	for i := 0; i < segments; i++ {
 		first := int64(i) * int64(perSeg)
 		seg := &contracts.Segment{
-			Schema: contracts.SchemaVersion, BackupID: rec.ID, VM: rec.VM, Disk: d.Index, Index: i, Source: plan.url,
+			Schema: contracts.SchemaVersion, BackupID: rec.ID, VM: rec.VM, Disk: d.Index, Index: i, Source: d.Source,
 			DiskSize: d.Size, ChunkSize: rec.ChunkSize, FirstChunk: first, Chunks: int(min(int64(perSeg), total-first)),
 			Sparse: plan.sparse, Inherit: plan.inherit,
 		}
@@ -173,7 +172,6 @@ func (s *snapshotter) publishSegments(ctx context.Context, rec *contracts.Backup
 
 // readPlan says which chunks of a disk to read.
 type readPlan struct {
-	url             string     // the disk's source URL
 	sparse, inherit bool       // sparse: only runs; inherit: the rest from the parent (else zero)
 	runs            [][2]int64 // chunk runs to read
 	changeID        source.ChangeID
@@ -206,7 +204,7 @@ func (s *snapshotter) whatToRead(ctx context.Context, req *contracts.BackupReque
 			case cerr != nil:
 				rec.FullReason = fmt.Sprintf("%s: change tracking refused (%v): full read, deduplicated against the parent", d.Name, cerr)
 			default:
-				plans[i] = readPlan{url: d.URL, sparse: true, inherit: true, runs: source.ChunkRuns(ext, rec.ChunkSize), changeID: changeID}
+				plans[i] = readPlan{sparse: true, inherit: true, runs: source.ChunkRuns(ext, rec.ChunkSize), changeID: changeID}
 				for _, e := range ext {
 					plans[i].changedBytes += e.Length
 				}
@@ -222,10 +220,10 @@ func (s *snapshotter) whatToRead(ctx context.Context, req *contracts.BackupReque
 		ext, changeID, err := d.disk.ChangedExtents(ctx, "")
 		if err != nil {
 			s.rt.Log.WarnContext(ctx, "source cannot list allocated extents; reading the whole disk", "disk", d.Name, "err", err)
-			plans[i] = readPlan{url: d.URL}
+			plans[i] = readPlan{}
 			continue
 		}
-		plans[i] = readPlan{url: d.URL, sparse: true, runs: source.ChunkRuns(ext, rec.ChunkSize), changeID: changeID}
+		plans[i] = readPlan{sparse: true, runs: source.ChunkRuns(ext, rec.ChunkSize), changeID: changeID}
 	}
 	return plans
 }
