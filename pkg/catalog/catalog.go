@@ -13,6 +13,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/strata-backup/strata/contracts"
@@ -47,9 +48,43 @@ func decode(e jetstream.KeyValueEntry) (*contracts.BackupRecord, error) {
 	return &r, nil
 }
 
+// Reads go to the bucket's stream leader (see bus.kvStream): while a NATS
+// node that led it is down, they wait for the next election. readRetries
+// attempts of readTimeout each ride that out instead of failing the
+// caller (a CLI `ls` in the middle of a node restart).
+const (
+	readTimeout = 5 * time.Second
+	readRetries = 8
+)
+
+// read runs one catalog read, again on a timeout or an unanswered request
+// until the bucket answers; a definite answer (found or not) is final.
+// With bounded false the attempt gets the caller's context as it is: for
+// a key lister, which lives on after the call and stops with its context.
+func read[T any](ctx context.Context, bounded bool, f func(context.Context) (T, error)) (T, error) {
+	for attempt := 1; ; attempt++ {
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if bounded {
+			actx, cancel = context.WithTimeout(ctx, readTimeout)
+		}
+		v, err := f(actx)
+		cancel()
+		transient := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+			errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse)
+		if !transient || ctx.Err() != nil || attempt == readRetries {
+			return v, err
+		}
+		time.Sleep(time.Duration(attempt) * 250 * time.Millisecond)
+	}
+}
+
+func (c *Catalog) get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	return read(ctx, true, func(ctx context.Context) (jetstream.KeyValueEntry, error) { return c.KV.Get(ctx, key) })
+}
+
 // Get reads one record.
 func (c *Catalog) Get(ctx context.Context, vm, id string) (*contracts.BackupRecord, uint64, error) {
-	e, err := c.KV.Get(ctx, contracts.CatalogKey(vm, id))
+	e, err := c.get(ctx, contracts.CatalogKey(vm, id))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, 0, fmt.Errorf("backup %s of vm %q: %w", id, vm, ErrNotFound)
 	}
@@ -125,13 +160,13 @@ func (c *Catalog) List(ctx context.Context, vm string) ([]*contracts.BackupRecor
 	if vm != "" {
 		filter = contracts.CatalogVMPrefix(vm) + "*"
 	}
-	lister, err := c.KV.ListKeysFiltered(ctx, filter)
+	lister, err := read(ctx, false, func(ctx context.Context) (jetstream.KeyLister, error) { return c.KV.ListKeysFiltered(ctx, filter) })
 	if err != nil {
 		return nil, fmt.Errorf("list catalog: %w", err)
 	}
 	var out []*contracts.BackupRecord
 	for key := range lister.Keys() {
-		e, err := c.KV.Get(ctx, key)
+		e, err := c.get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			continue
 		}
