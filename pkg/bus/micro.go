@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -43,7 +44,9 @@ func Endpoint[T any, PT interface {
 
 // ConcurrentEndpoint is Endpoint handling up to n requests at once (NATS
 // delivers one subscription's messages one at a time): for short, frequent
-// requests from many callers, like dedup's "which are missing?".
+// requests from many callers, like dedup's "which are missing?". A request
+// still in flight when the service stops gets no reply; its caller times
+// out (Request, DefaultRequestTimeout) and retries.
 func ConcurrentEndpoint[T any, PT interface {
 	*T
 	contracts.Message
@@ -87,9 +90,19 @@ func ConcurrentEndpoint[T any, PT interface {
 	}), micro.WithEndpointSubject(subject))
 }
 
+// DefaultRequestTimeout bounds a request whose context has no deadline: a
+// reply lost with a responder that stopped mid-request (a restarted dedup)
+// must become an error to retry, not a caller waiting forever.
+const DefaultRequestTimeout = 30 * time.Second
+
 // Request sends a request with the trace context of ctx and decodes the
 // reply into out; a micro error reply becomes an error.
 func Request(ctx context.Context, nc *nats.Conn, subject string, req, out contracts.Message) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultRequestTimeout)
+		defer cancel()
+	}
 	data, err := contracts.Encode(req)
 	if err != nil {
 		return err
