@@ -66,6 +66,11 @@ type DiskRecord struct {
 	Segments       int    `json:"segments"`
 	SegmentsDone   int    `json:"segments_done"`
 	DoneBitmap     []byte `json:"done_bitmap,omitempty"` // bit i: segment i's result is in
+	// Untouched (incrementals): bit i says segment i had nothing to read —
+	// no change there since the parent. It is never published, counts as
+	// done from the start, and merge takes its chunk ids from the parent:
+	// an incremental's messages follow the change, not the disk size.
+	Untouched []byte `json:"untouched,omitempty"`
 	Manifest       string `json:"manifest,omitempty"`    // object key, set at commit
 	Chunks         int64  `json:"chunks,omitempty"`
 	ZeroChunks     int64  `json:"zero_chunks,omitempty"`
@@ -98,6 +103,9 @@ func (r *BackupRecord) Validate() error {
 	for i, d := range r.Disks {
 		if d.Index != i || d.Size <= 0 || d.Segments <= 0 {
 			return fmt.Errorf("disk %d: bad index, size or segment count", i)
+		}
+		if len(d.Untouched) > (d.Segments+7)/8 || len(d.DoneBitmap) > (d.Segments+7)/8 {
+			return fmt.Errorf("disk %d: segment bitmaps longer than its %d segments", i, d.Segments)
 		}
 	}
 	return nil
@@ -132,6 +140,30 @@ func (d *DiskRecord) MarkSegmentDone(i int) bool {
 	d.DoneBitmap[i/8] |= 1 << (i % 8)
 	d.SegmentsDone++
 	return true
+}
+
+// MarkUntouched records segment i as having nothing to read (and so done).
+func (d *DiskRecord) MarkUntouched(i int) {
+	if len(d.Untouched) < (d.Segments+7)/8 {
+		d.Untouched = append(d.Untouched, make([]byte, (d.Segments+7)/8-len(d.Untouched))...)
+	}
+	d.Untouched[i/8] |= 1 << (i % 8)
+	d.MarkSegmentDone(i)
+}
+
+// IsUntouched reports whether segment i was recorded as having nothing to
+// read.
+func (d *DiskRecord) IsUntouched(i int) bool {
+	return i >= 0 && i/8 < len(d.Untouched) && d.Untouched[i/8]&(1<<(i%8)) != 0
+}
+
+// SegmentLayout cuts a disk of size bytes into segments of whole chunks of
+// at most MaxSegmentBytes: chunksPerSegment chunks each (the last may be
+// shorter), segments in all.
+func SegmentLayout(size int64, chunkSize int) (chunksPerSegment int, segments int) {
+	chunksPerSegment = MaxSegmentBytes / chunkSize
+	total := (size + int64(chunkSize) - 1) / int64(chunkSize)
+	return chunksPerSegment, int((total + int64(chunksPerSegment) - 1) / int64(chunksPerSegment))
 }
 
 // SegmentsDone counts finished segments over all disks.

@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net/url"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/source"
@@ -81,8 +83,9 @@ func TestNBDIncrementalFromDirtyBitmap(t *testing.T) {
 	// when (before) this backup's point in time is taken.
 	testserver.Qemu(t, "qemu-img", "bitmap", "--add", qcow, "b1")
 
+	bitmap := "b1"
 	backup := func(vm string, addr string) contracts.BackupRecord {
-		src := "nbd://" + addr + "/disk?bitmap=b1"
+		src := "nbd://" + addr + "/disk?bitmap=" + bitmap
 		id := strings.TrimSpace(strings.Split(st.mustCLI("backup", "--vm", vm, "--source", src, "--wait"), "\n")[0])
 		return st.record(vm, id)
 	}
@@ -102,7 +105,7 @@ func TestNBDIncrementalFromDirtyBitmap(t *testing.T) {
 	testserver.Qemu(t, "qemu-io", append([]string{"-f", "qcow2"}, append(cmds, qcow)...)...)
 	raw1 := filepath.Join(dir, "point1.raw")
 	testserver.Qemu(t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", qcow, raw1)
-	addr, _ = testserver.QemuNBD(t, qcow, "qcow2", "b1")
+	addr, nbdProc = testserver.QemuNBD(t, qcow, "qcow2", "b1")
 
 	inc := backup("kvm-inc", addr)
 	if inc.Kind != contracts.KindIncremental || inc.Parent != full.ID || inc.State != contracts.StateVerified {
@@ -140,4 +143,58 @@ func TestNBDIncrementalFromDirtyBitmap(t *testing.T) {
 	if sha256File(t, out) != sha256File(t, raw1) {
 		t.Fatal("restore of the key backup differs")
 	}
+
+	// Rotate to bitmap b2 and change one 64 KiB block in the third of the
+	// disk's four 64 MiB windows: the incremental publishes one segment;
+	// the three untouched windows cost no message and are inherited.
+	nbdProc.Stop()
+	testserver.Qemu(t, "qemu-img", "bitmap", "--add", qcow, "b2")
+	testserver.Qemu(t, "qemu-io", "-f", "qcow2", "-c", fmt.Sprintf("write -P 250 %d %d", 130<<20, cs), qcow)
+	raw2 := filepath.Join(dir, "point2.raw")
+	testserver.Qemu(t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", qcow, raw2)
+	addr, _ = testserver.QemuNBD(t, qcow, "qcow2", "b2")
+	bitmap = "b2"
+	published := segmentsPublished(t, st)
+	one := backup("kvm-inc", addr)
+	if n := segmentsPublished(t, st) - published; n != 1 {
+		t.Fatalf("an incremental changing one window published %d segments, want 1", n)
+	}
+	if one.Kind != contracts.KindIncremental || one.Parent != key.ID || one.State != contracts.StateVerified {
+		t.Fatalf("one-window incremental: kind %s parent %s state %s %s", one.Kind, one.Parent, one.State, one.Error)
+	}
+	od := one.Disks[0]
+	untouched := 0
+	for seg := 0; seg < od.Segments; seg++ {
+		if od.IsUntouched(seg) {
+			untouched++
+			if seg == 2 {
+				t.Fatal("the changed window was recorded untouched")
+			}
+		}
+	}
+	if untouched != 3 || od.ReadBytes != cs || od.UploadedChunks != 1 {
+		t.Fatalf("one-window incremental: %d untouched segments, read %d bytes, uploaded %d chunks; want 3, %d, 1", untouched, od.ReadBytes, od.UploadedChunks, cs)
+	}
+	out = filepath.Join(dir, "restore-one.img")
+	st.mustCLI("restore", "--vm", "kvm-inc", "--backup", one.ID, "--to", out)
+	if sha256File(t, out) != sha256File(t, raw2) {
+		t.Fatal("restore of the one-window incremental differs from its point in time")
+	}
+}
+
+// segmentsPublished is the number of transfer segments ever published (the
+// work queue's last sequence: acked messages leave the stream).
+func segmentsPublished(t *testing.T, st *stack) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := st.jetstream().Stream(ctx, contracts.StreamSegments)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.LastSeq
 }

@@ -142,7 +142,7 @@ func Versity(t testing.TB) S3 {
 	port := FreePort(t)
 	dir := t.TempDir()
 	s := S3{Endpoint: fmt.Sprintf("http://127.0.0.1:%d", port), AccessKey: "strata-test", SecretKey: "strata-test-secret", Dir: dir}
-	cmd := exec.Command(bin, "--access", s.AccessKey, "--secret", s.SecretKey, "--port", fmt.Sprintf("127.0.0.1:%d", port), "posix", dir)
+	cmd := exec.Command(bin, "--access", s.AccessKey, "--secret", s.SecretKey, "--keep-alive", "--port", fmt.Sprintf("127.0.0.1:%d", port), "posix", dir)
 	s.Proc = Start(t, "versitygw", cmd)
 	WaitTCP(t, fmt.Sprintf("127.0.0.1:%d", port), 30*time.Second)
 	return s

@@ -175,7 +175,26 @@ func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk
 	covered := int64(0)
 	var zero int64
 	var parent *manifest.Manifest // loaded on the first inherited chunk
+	loadParent := func() (*manifest.Manifest, error) {
+		if parent == nil {
+			var err error
+			parent, err = m.parentManifest(ctx, rec, disk)
+			return parent, err
+		}
+		return parent, nil
+	}
+	perSeg, _ := contracts.SegmentLayout(disk.Size, rec.ChunkSize)
 	for seg := 0; seg < disk.Segments; seg++ {
+		if disk.IsUntouched(seg) { // never published: unchanged since the parent
+			first := int64(seg) * int64(perSeg)
+			z, err := inheritRange(man, first, min(first+int64(perSeg), int64(len(man.IDs))), loadParent)
+			if err != nil {
+				return nil, 0, fmt.Errorf("untouched segment %d of disk %d: %w", seg, disk.Index, err)
+			}
+			zero += z
+			covered += min(int64(perSeg), int64(len(man.IDs))-first)
+			continue
+		}
 		subject := contracts.SegmentDoneSubject(rec.ID, disk.Index, seg)
 		raw, err := m.results.GetLastMsgForSubject(ctx, subject)
 		if err != nil {
@@ -185,14 +204,7 @@ func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk
 		if err := contracts.Decode(raw.Data, &d); err != nil {
 			return nil, 0, bus.Permanent(fmt.Errorf("result %s: %w", subject, err))
 		}
-		z, err := applyResult(man, &d, func() (*manifest.Manifest, error) {
-			if parent == nil {
-				var err error
-				parent, err = m.parentManifest(ctx, rec, disk)
-				return parent, err
-			}
-			return parent, nil
-		})
+		z, err := applyResult(man, &d, loadParent)
 		if err != nil {
 			return nil, 0, fmt.Errorf("result %s: %w", subject, err)
 		}
@@ -231,6 +243,25 @@ func applyResult(man *manifest.Manifest, d *contracts.SegmentDone, parent func()
 				return 0, bus.Permanent(err)
 			}
 			man.IDs[at] = id
+		}
+	}
+	return zero, nil
+}
+
+// inheritRange copies chunk ids [from, to) from the parent (loaded on first
+// need) and counts the zero ones.
+func inheritRange(man *manifest.Manifest, from, to int64, parent func() (*manifest.Manifest, error)) (zero int64, err error) {
+	if from < 0 || from >= to || to > int64(len(man.IDs)) {
+		return 0, bus.Permanent(fmt.Errorf("chunks [%d, %d) are not on the disk", from, to))
+	}
+	p, err := parent()
+	if err != nil {
+		return 0, err
+	}
+	copy(man.IDs[from:to], p.IDs[from:to])
+	for _, id := range p.IDs[from:to] {
+		if id.IsZero() {
+			zero++
 		}
 	}
 	return zero, nil

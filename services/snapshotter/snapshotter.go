@@ -60,9 +60,7 @@ type snapshotter struct {
 
 // Plan cuts a disk into segments of whole chunks, at most MaxSegmentBytes.
 func Plan(size int64, chunkSize int) (chunksPerSegment int, segments int) {
-	chunksPerSegment = contracts.MaxSegmentBytes / chunkSize
-	total := manifest.ChunkCount(size, chunkSize)
-	return chunksPerSegment, int((total + int64(chunksPerSegment) - 1) / int64(chunksPerSegment))
+	return contracts.SegmentLayout(size, chunkSize)
 }
 
 // openDisk is one disk of the backup's point in time, open for planning.
@@ -106,10 +104,11 @@ func (s *snapshotter) plan(ctx context.Context, req *contracts.BackupRequested) 
 	}
 	for i, d := range disks {
 		size := d.disk.Size()
-		_, segments := Plan(size, rec.ChunkSize)
-		rec.Disks = append(rec.Disks, contracts.DiskRecord{Index: i, Name: d.Name, Source: d.URL, Size: size, Segments: segments,
+		plans[i].cut(size, rec.ChunkSize)
+		rec.Disks = append(rec.Disks, contracts.DiskRecord{Index: i, Name: d.Name, Source: d.URL, Size: size, Segments: len(plans[i].segRuns),
 			ChangeID: string(plans[i].changeID), ChangedBytes: plans[i].changedBytes})
 	}
+	markUntouched(rec, plans)
 	existing, _, err := s.rt.Catalog.Create(ctx, rec)
 	if err != nil {
 		return err
@@ -152,16 +151,18 @@ func (s *snapshotter) open(ctx context.Context, req *contracts.BackupRequested) 
 func (s *snapshotter) publishSegments(ctx context.Context, rec *contracts.BackupRecord, d contracts.DiskRecord, plan readPlan) error {
 	perSeg, segments := Plan(d.Size, rec.ChunkSize)
 	total := manifest.ChunkCount(d.Size, rec.ChunkSize)
-	next := 0 // first run that may overlap the current segment
 	for i := 0; i < segments; i++ {
+		if d.IsUntouched(i) {
+			continue // nothing to read: merge inherits it from the parent
+		}
 		first := int64(i) * int64(perSeg)
 		seg := &contracts.Segment{
 			Schema: contracts.SchemaVersion, BackupID: rec.ID, VM: rec.VM, Disk: d.Index, Index: i, Source: d.Source,
 			DiskSize: d.Size, ChunkSize: rec.ChunkSize, FirstChunk: first, Chunks: int(min(int64(perSeg), total-first)),
 			Sparse: plan.sparse, Inherit: plan.inherit,
 		}
-		if plan.sparse {
-			seg.Runs, next = SegmentRuns(plan.runs, next, first, int64(seg.Chunks))
+		if plan.sparse && i < len(plan.segRuns) {
+			seg.Runs = plan.segRuns[i]
 		}
 		if err := s.rt.Bus.Publish(ctx, seg.Subject(), seg, fmt.Sprintf("seg-%s-%d-%d", rec.ID, seg.Disk, i)); err != nil {
 			return err
@@ -170,12 +171,50 @@ func (s *snapshotter) publishSegments(ctx context.Context, rec *contracts.Backup
 	return nil
 }
 
+// markUntouched records the segments of an incremental that have nothing
+// to read. They are never published: an unchanged window costs no message,
+// no worker and no catalog update. One segment is always published, so
+// that a backup of an unchanged disk still reaches merge.
+func markUntouched(rec *contracts.BackupRecord, plans []readPlan) {
+	published := false
+	for i := range rec.Disks {
+		d, p := &rec.Disks[i], plans[i]
+		for seg, runs := range p.segRuns {
+			if p.sparse && p.inherit && len(runs) == 0 && (published || !lastSegment(rec, plans, i, seg)) {
+				d.MarkUntouched(seg)
+			} else {
+				published = true
+			}
+		}
+	}
+}
+
+// lastSegment: segment seg of disk is the backup's last one.
+func lastSegment(rec *contracts.BackupRecord, plans []readPlan, disk, seg int) bool {
+	return disk == len(rec.Disks)-1 && seg == len(plans[disk].segRuns)-1
+}
+
 // readPlan says which chunks of a disk to read.
 type readPlan struct {
 	sparse, inherit bool       // sparse: only runs; inherit: the rest from the parent (else zero)
 	runs            [][2]int64 // chunk runs to read
 	changeID        source.ChangeID
 	changedBytes    int64
+	segRuns         [][]contracts.ChunkRun // per segment: its part of runs (relative), set by cut
+}
+
+// cut splits the plan's runs by segment: O(runs + segments).
+func (p *readPlan) cut(size int64, chunkSize int) {
+	perSeg, segments := Plan(size, chunkSize)
+	total := manifest.ChunkCount(size, chunkSize)
+	p.segRuns = make([][]contracts.ChunkRun, segments)
+	next := 0
+	for i := range p.segRuns {
+		first := int64(i) * int64(perSeg)
+		if p.sparse {
+			p.segRuns[i], next = SegmentRuns(p.runs, next, first, min(int64(perSeg), total-first))
+		}
+	}
 }
 
 // whatToRead decides between an incremental (changed extents since the
