@@ -59,19 +59,19 @@ type BackupRecord struct {
 
 // DiskRecord describes one disk of a backup.
 type DiskRecord struct {
-	Index          int    `json:"index"`
-	Name           string `json:"name"`
-	Source         string `json:"source,omitempty"` // URL the disk was read from (one disk of a snapshot)
-	Size           int64  `json:"size"`
-	Segments       int    `json:"segments"`
-	SegmentsDone   int    `json:"segments_done"`
-	DoneBitmap     []byte `json:"done_bitmap,omitempty"` // bit i: segment i's result is in
+	Index        int    `json:"index"`
+	Name         string `json:"name"`
+	Source       string `json:"source,omitempty"` // URL the disk was read from (one disk of a snapshot)
+	Size         int64  `json:"size"`
+	Segments     int    `json:"segments"`
+	SegmentsDone int    `json:"segments_done"`
+	DoneBitmap   []byte `json:"done_bitmap,omitempty"` // bit i: segment i's result is in
 	// Untouched (incrementals): bit i says segment i had nothing to read —
 	// no change there since the parent. It is never published, counts as
 	// done from the start, and merge takes its chunk ids from the parent:
 	// an incremental's messages follow the change, not the disk size.
-	Untouched []byte `json:"untouched,omitempty"`
-	Manifest       string `json:"manifest,omitempty"`    // object key, set at commit
+	Untouched      []byte `json:"untouched,omitempty"`
+	Manifest       string `json:"manifest,omitempty"` // object key, set at commit
 	Chunks         int64  `json:"chunks,omitempty"`
 	ZeroChunks     int64  `json:"zero_chunks,omitempty"`
 	UploadedChunks int64  `json:"uploaded_chunks,omitempty"`
