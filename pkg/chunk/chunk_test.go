@@ -88,3 +88,16 @@ func BenchmarkHash(b *testing.B) {
 		Hash(data)
 	}
 }
+
+// BenchmarkEncodeParallel: compression from as many goroutines as a
+// transfer worker runs uploads (text-like 256 KiB chunks).
+func BenchmarkEncodeParallel(b *testing.B) {
+	data := bytes.Repeat([]byte("kernel backup strata block inode journal "), 256<<10/41+1)[:256<<10]
+	b.SetBytes(int64(len(data)))
+	b.SetParallelism(16)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			Encode(data)
+		}
+	})
+}

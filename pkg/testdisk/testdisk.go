@@ -12,7 +12,14 @@ import (
 
 // Write creates a sparse image of size bytes at path from seed. Same size
 // and seed, same bytes.
-func Write(path string, size int64, seed uint64) error {
+func Write(path string, size int64, seed uint64) error { return write(path, size, seed, false) }
+
+// WriteAllocated is Write without holes or zero runs: every block holds
+// data (incompressible, text-like or repeated), as on a disk that has
+// been in use for a while.
+func WriteAllocated(path string, size int64, seed uint64) error { return write(path, size, seed, true) }
+
+func write(path string, size int64, seed uint64, allocated bool) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err
@@ -29,7 +36,11 @@ func Write(path string, size int64, seed uint64) error {
 	for off := int64(0); off < size; {
 		n := min(int64(1<<20+rng.IntN(3<<20)), size-off)
 		b := buf[:n]
-		switch rng.IntN(5) {
+		kind := rng.IntN(5)
+		if allocated && (kind == 0 || kind == 4) {
+			kind = 1 + rng.IntN(3)
+		}
+		switch kind {
 		case 0: // hole: never written
 			off += n
 			continue

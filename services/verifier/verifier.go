@@ -13,8 +13,11 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/bus"
@@ -143,14 +146,42 @@ func (v *verifier) verify(ctx context.Context, c *contracts.BackupCommitted) err
 // its cost follows the change, not the disk size.
 func (v *verifier) check(ctx context.Context, rec *contracts.BackupRecord) (string, error) {
 	for _, disk := range rec.Disks {
+		// The parent's map loads while this one does: both are on the path
+		// of every incremental.
+		var parent []chunk.ID
+		loaded := make(chan struct{})
+		go func() {
+			defer close(loaded)
+			parent = v.verifiedParentManifest(ctx, rec, disk.Index)
+		}()
 		man, err := v.rt.Repo.GetManifest(ctx, disk.Manifest)
+		<-loaded
 		if err != nil {
 			return err.Error(), nil
 		}
 		if man.DiskSize != disk.Size || man.BackupID != rec.ID {
 			return fmt.Sprintf("manifest %s describes backup %s of %d bytes, want %s of %d", disk.Manifest, man.BackupID, man.DiskSize, rec.ID, disk.Size), nil
 		}
-		parent := v.verifiedParentManifest(ctx, rec, disk.Index, len(man.IDs))
+		if len(parent) != len(man.IDs) {
+			parent = nil // another shape: check every chunk
+		}
+		// Batches checked a few at a time: an incremental's changed chunks
+		// are one round of requests, not a queue of batches.
+		var mu sync.Mutex
+		var problem string
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(4)
+		flush := func(batch []chunk.ID) {
+			g.Go(func() error {
+				p, err := v.missing(gctx, batch)
+				if p != "" {
+					mu.Lock()
+					problem = cmp.Or(problem, p)
+					mu.Unlock()
+				}
+				return err
+			})
+		}
 		seen := make(map[chunk.ID]struct{})
 		var batch []chunk.ID
 		for i, id := range man.IDs {
@@ -162,15 +193,19 @@ func (v *verifier) check(ctx context.Context, rec *contracts.BackupRecord) (stri
 			}
 			seen[id] = struct{}{}
 			batch = append(batch, id)
-			if len(batch) == 1024 {
-				if problem, err := v.missing(ctx, batch); problem != "" || err != nil {
-					return problem, err
-				}
-				batch = batch[:0]
+			if len(batch) == 256 {
+				flush(batch)
+				batch = nil
 			}
 		}
-		if problem, err := v.missing(ctx, batch); problem != "" || err != nil {
-			return problem, err
+		if len(batch) > 0 {
+			flush(batch)
+		}
+		if err := g.Wait(); err != nil {
+			return "", err
+		}
+		if problem != "" {
+			return problem, nil
 		}
 	}
 	return "", nil
@@ -194,7 +229,7 @@ func (v *verifier) missing(ctx context.Context, ids []chunk.ID) (string, error) 
 // verifiedParentManifest returns the chunk ids of the parent's disk when
 // the parent is verified and has the same shape; nil otherwise (then every
 // chunk is checked).
-func (v *verifier) verifiedParentManifest(ctx context.Context, rec *contracts.BackupRecord, disk, chunks int) []chunk.ID {
+func (v *verifier) verifiedParentManifest(ctx context.Context, rec *contracts.BackupRecord, disk int) []chunk.ID {
 	if rec.Parent == "" {
 		return nil
 	}
@@ -203,7 +238,7 @@ func (v *verifier) verifiedParentManifest(ctx context.Context, rec *contracts.Ba
 		return nil
 	}
 	pm, err := v.rt.Repo.GetManifest(ctx, parent.Disks[disk].Manifest)
-	if err != nil || len(pm.IDs) != chunks {
+	if err != nil {
 		return nil
 	}
 	return pm.IDs
