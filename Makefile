@@ -47,11 +47,14 @@ fuzz:
 
 # 1 GiB image through the six processes on real servers: prints backup and
 # restore MB/s, chunks stored and the transfer worker's peak RSS; then a
-# 4 GiB qemu-nbd disk with 2 % change: incremental time and storage
-# amplification per chunk size.
+# 4 GiB qemu-nbd disk (sparse, then fully allocated) with 2 % change:
+# incremental time and storage amplification per chunk size. Also the S3
+# client's per-request cost on versitygw and parallel compression.
 bench: servers
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkMergeChain30On1TiB -benchtime 3x ./services/merge/
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkDial -benchtime 50x ./pkg/nbd/
+	STRATA_REQUIRE_SERVERS=1 $(GO) test -count=1 -run '^$$' -bench BenchmarkS3Requests -benchtime 5000x ./pkg/objstore/
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkEncodeParallel ./pkg/chunk/
 	STRATA_REQUIRE_SERVERS=1 $(GO) test -count=1 -run '^$$' -bench 'BenchmarkBackupRestore|BenchmarkAmplification|BenchmarkVerify' -benchtime 1x -timeout 40m ./e2e/
 
 # Zero set-up demo: strata dev + a generated disk, backed up and restored.

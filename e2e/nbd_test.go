@@ -144,12 +144,17 @@ func TestNBDIncrementalFromDirtyBitmap(t *testing.T) {
 		t.Fatal("restore of the key backup differs")
 	}
 
-	// Rotate to bitmap b2 and change one 64 KiB block in the third of the
-	// disk's four 64 MiB windows: the incremental publishes one segment;
-	// the three untouched windows cost no message and are inherited.
+	// Rotate to bitmap b2 and change two 64 KiB blocks in the third of the
+	// disk's four 64 MiB windows — one with new bytes, one with the bytes of
+	// a chunk the repository holds (the first of the 80 writes above): the
+	// incremental publishes one segment, the three untouched windows cost
+	// no message and are inherited; the new chunk is stored by its
+	// conditional PUT, the other is refused by the store, then found
+	// present by dedup, and not uploaded.
 	nbdProc.Stop()
 	testserver.Qemu(t, "qemu-img", "bitmap", "--add", qcow, "b2")
-	testserver.Qemu(t, "qemu-io", "-f", "qcow2", "-c", fmt.Sprintf("write -P 250 %d %d", 130<<20, cs), qcow)
+	testserver.Qemu(t, "qemu-io", "-f", "qcow2", "-c", fmt.Sprintf("write -P 250 %d %d", 130<<20, cs),
+		"-c", fmt.Sprintf("write -P 1 %d %d", 131<<20, cs), qcow)
 	raw2 := filepath.Join(dir, "point2.raw")
 	testserver.Qemu(t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", qcow, raw2)
 	addr, _ = testserver.QemuNBD(t, qcow, "qcow2", "b2")
@@ -172,8 +177,8 @@ func TestNBDIncrementalFromDirtyBitmap(t *testing.T) {
 			}
 		}
 	}
-	if untouched != 3 || od.ReadBytes != cs || od.UploadedChunks != 1 {
-		t.Fatalf("one-window incremental: %d untouched segments, read %d bytes, uploaded %d chunks; want 3, %d, 1", untouched, od.ReadBytes, od.UploadedChunks, cs)
+	if untouched != 3 || od.ReadBytes != 2*cs || od.UploadedChunks != 1 {
+		t.Fatalf("one-window incremental: %d untouched segments, read %d bytes, uploaded %d chunks; want 3, %d, 1", untouched, od.ReadBytes, od.UploadedChunks, 2*cs)
 	}
 	out = filepath.Join(dir, "restore-one.img")
 	st.mustCLI("restore", "--vm", "kvm-inc", "--backup", one.ID, "--to", out)

@@ -34,33 +34,57 @@ func (d *Dir) path(key string) (string, error) {
 }
 
 func (d *Dir) Put(ctx context.Context, key string, data []byte) error {
+	_, err := d.put(key, data, false)
+	return err
+}
+
+// PutIfAbsent links the finished temporary file into place: link(2) fails
+// when the name exists, so two writers never both create it.
+func (d *Dir) PutIfAbsent(ctx context.Context, key string, data []byte) (bool, error) {
+	return d.put(key, data, true)
+}
+
+func (d *Dir) put(key string, data []byte, ifAbsent bool) (created bool, err error) {
 	p, err := d.path(key)
 	if err != nil {
-		return err
+		return false, err
+	}
+	if ifAbsent {
+		if _, err := os.Stat(p); err == nil {
+			return false, nil // spare writing a temporary file
+		}
 	}
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return fmt.Errorf("put %s: %w", key, err)
+		return false, fmt.Errorf("put %s: %w", key, err)
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
 	if err != nil {
-		return fmt.Errorf("put %s: %w", key, err)
+		return false, fmt.Errorf("put %s: %w", key, err)
 	}
 	defer os.Remove(tmp.Name())
 	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
-		return fmt.Errorf("put %s: %w", key, err)
+		return false, fmt.Errorf("put %s: %w", key, err)
 	}
 	if err := tmp.Sync(); err != nil {
 		tmp.Close()
-		return fmt.Errorf("put %s: %w", key, err)
+		return false, fmt.Errorf("put %s: %w", key, err)
 	}
 	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("put %s: %w", key, err)
+		return false, fmt.Errorf("put %s: %w", key, err)
+	}
+	if ifAbsent {
+		if err := os.Link(tmp.Name(), p); errors.Is(err, fs.ErrExist) {
+			return false, nil
+		} else if err != nil {
+			return false, fmt.Errorf("put %s: %w", key, err)
+		}
+		return true, nil
 	}
 	if err := os.Rename(tmp.Name(), p); err != nil {
-		return fmt.Errorf("put %s: %w", key, err)
+		return false, fmt.Errorf("put %s: %w", key, err)
 	}
-	return nil
+	return true, nil
 }
 
 func (d *Dir) Get(ctx context.Context, key string) ([]byte, error) {

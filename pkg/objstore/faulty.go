@@ -20,7 +20,7 @@ type Faulty struct {
 
 // Fault is one scripted failure.
 type Fault struct {
-	Method    string // "Put", "Get", "Stat", "Delete", "List"
+	Method    string // "Put", "PutIfAbsent", "Get", "Stat", "Delete", "List"
 	KeyPrefix string // only calls on keys (or list prefixes) with this prefix
 	Skip      int    // matching calls to let through first
 	Times     int    // how many calls fail (default 1)
@@ -81,6 +81,13 @@ func (f *Faulty) Put(ctx context.Context, key string, data []byte) error {
 		return fmt.Errorf("put %s: %w", key, ft.Err)
 	}
 	return f.Store.Put(ctx, key, data)
+}
+
+func (f *Faulty) PutIfAbsent(ctx context.Context, key string, data []byte) (bool, error) {
+	if ft := f.next("PutIfAbsent", key); ft != nil {
+		return false, fmt.Errorf("put %s: %w", key, ft.Err)
+	}
+	return f.Store.PutIfAbsent(ctx, key, data)
 }
 
 func (f *Faulty) Get(ctx context.Context, key string) ([]byte, error) {

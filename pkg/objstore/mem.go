@@ -35,6 +35,19 @@ func (m *Mem) Put(ctx context.Context, key string, data []byte) error {
 	return nil
 }
 
+func (m *Mem) PutIfAbsent(ctx context.Context, key string, data []byte) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.objs[key]; ok {
+		return false, nil
+	}
+	m.objs[key] = memObj{data: append([]byte(nil), data...), mod: time.Now()}
+	return true, nil
+}
+
 func (m *Mem) Get(ctx context.Context, key string) ([]byte, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

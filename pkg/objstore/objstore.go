@@ -7,6 +7,10 @@
 //     content-addressed), which makes every caller idempotent under at-least-
 //     once delivery.
 //   - Get and Stat of an absent key return an error wrapping ErrNotFound.
+//   - PutIfAbsent stores only when the key holds no object (S3's
+//     If-None-Match: *) and says whether it did; an existing object is left
+//     as it was. Callers may treat "not created" as "already stored" only
+//     for content-addressed keys.
 //   - Delete of an absent key succeeds.
 //   - List visits keys under a prefix in lexical order.
 //   - Backends do not retry; wrap them with Retry. Errors that retrying cannot
@@ -32,6 +36,7 @@ type Info struct {
 // Store is an object store. Implementations are safe for concurrent use.
 type Store interface {
 	Put(ctx context.Context, key string, data []byte) error
+	PutIfAbsent(ctx context.Context, key string, data []byte) (created bool, err error)
 	Get(ctx context.Context, key string) ([]byte, error)
 	Stat(ctx context.Context, key string) (Info, error)
 	Delete(ctx context.Context, key string) error

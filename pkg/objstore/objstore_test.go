@@ -29,6 +29,7 @@ func TestConformanceRetryOverFaults(t *testing.T) {
 		&objstore.Fault{Method: "Put", KeyPrefix: "t/obj/", Times: 2},
 		&objstore.Fault{Method: "Get", KeyPrefix: "t/obj/"},
 		&objstore.Fault{Method: "Stat", KeyPrefix: "t/obj/", Skip: 1},
+		&objstore.Fault{Method: "PutIfAbsent", KeyPrefix: "t/once", Times: 2},
 		&objstore.Fault{Method: "Delete", KeyPrefix: "t/del"},
 		&objstore.Fault{Method: "List", KeyPrefix: "t/l/"},
 	)

@@ -48,6 +48,13 @@ func (r *Retry) Put(ctx context.Context, key string, data []byte) error {
 	return r.do(ctx, "put "+key, func() error { return r.Store.Put(ctx, key, data) })
 }
 
+// PutIfAbsent retried after a lost reply finds its own object: "not
+// created", which for a content-addressed key means "stored".
+func (r *Retry) PutIfAbsent(ctx context.Context, key string, data []byte) (created bool, err error) {
+	err = r.do(ctx, "put "+key, func() error { created, err = r.Store.PutIfAbsent(ctx, key, data); return err })
+	return created, err
+}
+
 func (r *Retry) Get(ctx context.Context, key string) (b []byte, err error) {
 	err = r.do(ctx, "get "+key, func() error { b, err = r.Store.Get(ctx, key); return err })
 	return b, err

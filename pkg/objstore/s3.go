@@ -139,6 +139,29 @@ func (s *S3) Put(ctx context.Context, key string, data []byte) error {
 	return nil
 }
 
+// PutIfAbsent is a conditional PUT (If-None-Match: *): 412 means the key
+// holds an object already. A server that ignores the header overwrites,
+// which for content-addressed keys stores the same bytes.
+func (s *S3) PutIfAbsent(ctx context.Context, key string, data []byte) (bool, error) {
+	_, err := s.client.PutObject(ctx, &s3.PutObjectInput{
+		Bucket:        &s.cfg.Bucket,
+		Key:           aws.String(s.key(key)),
+		Body:          bytes.NewReader(data),
+		ContentLength: aws.Int64(int64(len(data))),
+		IfNoneMatch:   aws.String("*"),
+	})
+	var re *smithyhttp.ResponseError
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.As(err, &re) && re.HTTPStatusCode() == http.StatusPreconditionFailed:
+		return false, nil
+	}
+	// 409 (a concurrent conditional write of the same key) and the rest:
+	// Retry tries again and then finds the object.
+	return false, fmt.Errorf("put %s: %w", key, err)
+}
+
 func (s *S3) Get(ctx context.Context, key string) ([]byte, error) {
 	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.cfg.Bucket, Key: aws.String(s.key(key))})
 	if err != nil {

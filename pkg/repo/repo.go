@@ -44,11 +44,14 @@ type Config struct {
 }
 
 // ChunkStore is where chunks live. Contract: PutChunk is idempotent (a
-// chunk's key is its id); GetChunk returns the verified bytes or an error
-// wrapping chunk.ErrCorrupt / objstore.ErrNotFound naming the object;
-// Missing returns the subset of ids not stored, in input order.
+// chunk's key is its id); PutChunkIfAbsent stores only when no object holds
+// the id yet and reports whether it did (an existing object, good or bad,
+// is left alone); GetChunk returns the verified bytes or an error wrapping
+// chunk.ErrCorrupt / objstore.ErrNotFound naming the object; Missing
+// returns the subset of ids not stored, in input order.
 type ChunkStore interface {
 	PutChunk(ctx context.Context, id chunk.ID, stored []byte) error
+	PutChunkIfAbsent(ctx context.Context, id chunk.ID, stored []byte) (created bool, err error)
 	GetChunk(ctx context.Context, id chunk.ID) ([]byte, error)
 	Missing(ctx context.Context, ids []chunk.ID) ([]chunk.ID, error)
 }
@@ -155,6 +158,10 @@ type looseChunks struct {
 
 func (c *looseChunks) PutChunk(ctx context.Context, id chunk.ID, stored []byte) error {
 	return c.store.Put(ctx, ChunkKey(id), stored)
+}
+
+func (c *looseChunks) PutChunkIfAbsent(ctx context.Context, id chunk.ID, stored []byte) (bool, error) {
+	return c.store.PutIfAbsent(ctx, ChunkKey(id), stored)
 }
 
 func (c *looseChunks) GetChunk(ctx context.Context, id chunk.ID) ([]byte, error) {

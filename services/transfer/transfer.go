@@ -15,9 +15,9 @@ import (
 	"fmt"
 	"io"
 	"sync"
-	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
@@ -116,6 +116,13 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 		}
 	}
 	var stats segmentStats
+	// An incremental reads only what changed, and changed chunks are almost
+	// always new: store them with one conditional PUT each and ask dedup
+	// only about those the store already holds. Dedup still decides for
+	// those — a known-bad chunk is answered missing and rewritten, a chunk a
+	// running collection condemned is held — and while a collection runs
+	// every segment asks dedup first.
+	stats.putFirst = seg.Inherit && !w.collectionRunning(ctx)
 	if len(toRead) > 0 { // a segment with nothing to read never opens the source
 		disk, err := w.disks.get(ctx, seg.BackupID, seg.Source)
 		if err != nil {
@@ -131,12 +138,23 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 		return err
 	}
 	w.rt.Log.DebugContext(ctx, "segment done", "backup", seg.BackupID, "segment", seg.Index, "read_bytes", done.ReadBytes,
-		"uploaded", done.UploadedChunks, "took", time.Since(start), "reading", stats.read, "asking", stats.ask, "uploading", stats.upload)
+		"uploaded", done.UploadedChunks, "took", time.Since(start), "reading", stats.read, "asking", stats.ask, "uploading", stats.upload, "put_first", stats.putFirst)
 	return nil
 }
 
-// segmentStats: where a segment's time went (debug log).
-type segmentStats struct{ read, ask, upload time.Duration }
+// segmentStats: where a segment's time went (debug log), and how it
+// uploads.
+type segmentStats struct {
+	read, ask, upload time.Duration
+	putFirst          bool // conditional PUTs first, dedup for what exists
+}
+
+// collectionRunning: a garbage collection holds gc.lock (or the lock
+// cannot be read, which is treated the same: the cautious path).
+func (w *worker) collectionRunning(ctx context.Context) bool {
+	_, err := w.rt.Catalog.KV.Get(ctx, contracts.GCLockKey)
+	return !errors.Is(err, jetstream.ErrKeyNotFound)
+}
 
 func (w *worker) readSegment(ctx context.Context, disk source.Disk, seg *contracts.Segment, toRead []int, done *contracts.SegmentDone, stats *segmentStats) error {
 	if disk.Size() != seg.DiskSize {
@@ -213,6 +231,15 @@ func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Seg
 	if len(ask) == 0 {
 		return nil
 	}
+	if stats.putFirst {
+		t = time.Now()
+		present, err := w.upload(ctx, ask, asked, bufs, done, true)
+		stats.upload += time.Since(t)
+		if err != nil || len(present) == 0 {
+			return err
+		}
+		ask = present
+	}
 	t = time.Now()
 	var reply contracts.MissingReply
 	if err := bus.Request(ctx, w.rt.Bus.NC, contracts.SubjectDedupMissing, &contracts.MissingRequest{Schema: contracts.SchemaVersion, IDs: ask}, &reply); err != nil {
@@ -220,34 +247,50 @@ func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Seg
 	}
 	stats.ask += time.Since(t)
 	t = time.Now()
+	_, err = w.upload(ctx, reply.Missing, asked, bufs, done, false)
+	stats.upload += time.Since(t)
+	return err
+}
+
+// upload stores the chunks named by hexIDs (each must be one of asked),
+// Uploads at a time. ifAbsent: conditional PUTs, and the ids the store
+// already held are returned instead of counted.
+func (w *worker) upload(ctx context.Context, hexIDs []string, asked map[chunk.ID]int, bufs [][]byte, done *contracts.SegmentDone, ifAbsent bool) (present []string, err error) {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(1, w.cfg.Uploads))
 	var mu sync.Mutex
-	var uploaded atomic.Int64
-	for _, hexID := range reply.Missing {
+	for _, hexID := range hexIDs {
 		id, err := chunk.ParseID(hexID)
 		if err != nil {
-			return fmt.Errorf("dedup reply: %w", err)
+			return nil, fmt.Errorf("dedup reply: %w", err)
 		}
 		i, ok := asked[id]
 		if !ok {
-			return fmt.Errorf("dedup reply names chunk %s that was not asked about", hexID)
+			return nil, fmt.Errorf("dedup reply names chunk %s that was not asked about", hexID)
 		}
 		buf := bufs[i]
 		g.Go(func() error {
 			stored := w.rt.Repo.EncodeChunk(id, buf)
-			if err := w.rt.Repo.Chunks.PutChunk(gctx, id, stored); err != nil {
+			created := true
+			var err error
+			if ifAbsent {
+				created, err = w.rt.Repo.Chunks.PutChunkIfAbsent(gctx, id, stored)
+			} else {
+				err = w.rt.Repo.Chunks.PutChunk(gctx, id, stored)
+			}
+			if err != nil {
 				return fmt.Errorf("upload chunk %s: %w", id, err)
 			}
-			uploaded.Add(int64(len(stored)))
 			mu.Lock()
+			defer mu.Unlock()
+			if !created {
+				present = append(present, hexID)
+				return nil
+			}
 			done.UploadedChunks++
-			mu.Unlock()
+			done.UploadedBytes += int64(len(stored))
 			return nil
 		})
 	}
-	err = g.Wait()
-	stats.upload += time.Since(t)
-	done.UploadedBytes += uploaded.Load()
-	return err
+	return present, g.Wait()
 }

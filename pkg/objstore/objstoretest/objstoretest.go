@@ -74,6 +74,51 @@ func Run(t *testing.T, s objstore.Store) {
 			t.Fatalf("concurrent puts of one key: %v", err)
 		}
 	})
+	t.Run("PutIfAbsent", func(t *testing.T) {
+		created, err := s.PutIfAbsent(ctx, "t/once", []byte("first"))
+		if err != nil || !created {
+			t.Fatalf("PutIfAbsent of an absent key: created %v, %v", created, err)
+		}
+		created, err = s.PutIfAbsent(ctx, "t/once", []byte("second"))
+		if err != nil || created {
+			t.Fatalf("PutIfAbsent of a present key: created %v, %v", created, err)
+		}
+		if got, err := s.Get(ctx, "t/once"); err != nil || string(got) != "first" {
+			t.Fatalf("PutIfAbsent replaced the object: %q %v", got, err)
+		}
+		// Racing writers of one key: it ends up stored once, whole.
+		data := bytes.Repeat([]byte("chunk"), 10000)
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		creators := 0
+		errs := make(chan error, 8)
+		for i := 0; i < 8; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, err := s.PutIfAbsent(ctx, "t/race", data)
+				if c {
+					mu.Lock()
+					creators++
+					mu.Unlock()
+				}
+				errs <- err
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if creators == 0 {
+			t.Fatal("no racing PutIfAbsent created the object")
+		}
+		if got, err := s.Get(ctx, "t/race"); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("racing PutIfAbsent: %v", err)
+		}
+	})
 	t.Run("ListOrderedUnderPrefix", func(t *testing.T) {
 		keys := []string{"t/l/b", "t/l/a/2", "t/l/a/1", "t/lx"}
 		for _, k := range keys {
