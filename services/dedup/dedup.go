@@ -35,8 +35,13 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("open %s: %w", contracts.BucketGCHolds, err)
 	}
-	d := &Index{chunks: rt.Repo.Chunks, cache: NewPresentCache(cfg.CacheEntries), bad: map[chunk.ID]bool{},
-		gc: &gcGuard{catalog: rt.Catalog.KV, holds: holds, store: rt.Repo.Store}}
+	catalogStream, err := rt.Bus.JS.Stream(ctx, "KV_"+contracts.BucketCatalog)
+	if err != nil {
+		return fmt.Errorf("open the catalog's stream: %w", err)
+	}
+	cache := NewPresentCache(cfg.CacheEntries)
+	d := &Index{chunks: rt.Repo.Chunks, cache: cache, bad: map[chunk.ID]bool{},
+		gc: &gcGuard{catalogStream: catalogStream, holds: holds, store: rt.Repo.Store, forget: cache.Reset}}
 	// Chunks the verifier found corrupt or missing are answered "missing"
 	// whatever the store says, so the next backup holding those bytes
 	// uploads them again: that repairs every backup referencing them.
@@ -56,19 +61,6 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 			d.setBad(id, e.Operation() == jetstream.KeyValuePut)
 		}
 	}()
-	// Any collector (this instance or another) may have deleted ids this
-	// cache remembers as present: forget them when a collection ends.
-	w, err := rt.Catalog.KV.Watch(ctx, contracts.GCLockKey, jetstream.UpdatesOnly())
-	if err != nil {
-		return fmt.Errorf("watch gc lock: %w", err)
-	}
-	go func() {
-		for e := range w.Updates() {
-			if e != nil && e.Operation() != jetstream.KeyValuePut {
-				d.cache.Reset()
-			}
-		}
-	}()
 	svc, err := rt.Bus.AddService("chunk index: which chunks are missing; garbage collection")
 	if err != nil {
 		return err
@@ -83,7 +75,7 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		if req.Grace != "" {
 			grace, _ = time.ParseDuration(req.Grace) // validated
 		}
-		return collect(ctx, rt, grace, req.DryRun) // the gc.lock watch above resets every instance's cache
+		return collect(ctx, rt, grace, req.DryRun) // every instance forgets its cache on its next request (gcGuard)
 	})
 }
 

@@ -20,35 +20,57 @@ import (
 // holds it; a chunk the collector claimed first is answered "missing",
 // but only once its deletion is done.
 type gcGuard struct {
-	catalog, holds jetstream.KeyValue
-	store          objstore.Store
+	catalogStream jetstream.Stream // behind the catalog bucket: gc.lock's last message, deletes included
+	holds         jetstream.KeyValue
+	store         objstore.Store
+	// forget drops what dedup remembers as present. Called whenever gc.lock
+	// changed since the last request: a collection may have deleted any of
+	// it, including one this instance never saw run.
+	forget func()
 
 	mu        sync.Mutex
-	loaded    string // collection whose condemned list is loaded
+	lockSeq   uint64 // stream sequence of gc.lock's last message seen
+	loaded    string // condemned list loaded
 	condemned map[chunk.ID]bool
 }
 
+// gcLockSubject is gc.lock's subject in the catalog bucket's stream.
+const gcLockSubject = "$KV." + contracts.BucketCatalog + "." + contracts.GCLockKey
+
 // condemnedSet reads gc.lock now — not from a watch, so no answer given
 // after the collector entered its sweep phase can miss it — and returns
-// the sweep's candidates (nil outside a sweep).
+// the sweep's candidates (nil outside a sweep). It reads the key's last
+// message, delete markers included, so that every change of the lock —
+// the end of a collection too — is seen by the next request, which then
+// forgets the present cache before consulting it.
 func (g *gcGuard) condemnedSet(ctx context.Context) (string, map[chunk.ID]bool, error) {
-	e, err := g.catalog.Get(ctx, contracts.GCLockKey)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return "", nil, nil
-	}
-	if err != nil {
-		return "", nil, fmt.Errorf("read gc lock: %w", err)
-	}
+	var seq uint64
 	var lock contracts.GCLock
-	if err := json.Unmarshal(e.Value(), &lock); err != nil {
-		return "", nil, fmt.Errorf("gc lock unreadable: %w", err)
+	msg, err := g.catalogStream.GetLastMsgForSubject(ctx, gcLockSubject)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+	case err != nil:
+		return "", nil, fmt.Errorf("read gc lock: %w", err)
+	default:
+		seq = msg.Sequence
+		if op := msg.Header.Get("KV-Operation"); op != "DEL" && op != "PURGE" {
+			if err := json.Unmarshal(msg.Data, &lock); err != nil {
+				return "", nil, fmt.Errorf("gc lock unreadable: %w", err)
+			}
+		}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if seq != g.lockSeq {
+		if g.forget != nil {
+			g.forget()
+		}
+		g.lockSeq = seq
 	}
 	if lock.Phase != "sweep" {
 		return "", nil, nil
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.loaded != lock.ID {
+	if g.loaded != lock.Condemned {
 		raw, err := g.store.Get(ctx, lock.Condemned)
 		if err != nil {
 			return "", nil, fmt.Errorf("read condemned list: %w", err)
@@ -60,9 +82,9 @@ func (g *gcGuard) condemnedSet(ctx context.Context) (string, map[chunk.ID]bool, 
 		for i := 0; i < len(raw); i += len(chunk.ID{}) {
 			set[chunk.ID(raw[i:i+len(chunk.ID{})])] = true
 		}
-		g.loaded, g.condemned = lock.ID, set
+		g.loaded, g.condemned = lock.Condemned, set
 	}
-	return g.loaded, g.condemned, nil
+	return lock.ID, g.condemned, nil
 }
 
 // hold keeps a condemned chunk from deletion. kept: the collector will not

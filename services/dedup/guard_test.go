@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -48,8 +49,12 @@ func TestGCGuardHoldsAndWaitsForDeletes(t *testing.T) {
 	store.Put(ctx, "gc/g1.condemned", append(held[:], claimed[:]...))
 	lock, _ := json.Marshal(contracts.GCLock{ID: "g1", Phase: "sweep", Condemned: "gc/g1.condemned", Since: time.Now()})
 	catalog.Put(ctx, contracts.GCLockKey, lock)
+	catalogStream, err := js.Stream(ctx, "KV_"+contracts.BucketCatalog)
+	if err != nil {
+		t.Fatal(err)
+	}
 	d := &Index{chunks: allPresent{}, cache: NewPresentCache(16), bad: map[chunk.ID]bool{},
-		gc: &gcGuard{catalog: catalog, holds: holds, store: store}}
+		gc: &gcGuard{catalogStream: catalogStream, holds: holds, store: store}}
 	ask := func(ids ...chunk.ID) []string {
 		req := &contracts.MissingRequest{Schema: contracts.SchemaVersion}
 		for _, id := range ids {
@@ -88,5 +93,89 @@ func TestGCGuardHoldsAndWaitsForDeletes(t *testing.T) {
 	holds.Put(ctx, contracts.GCHoldKey("g1", claimed.String()), []byte(contracts.GCDeleted))
 	if m := <-answered; !slices.Equal(m, []string{claimed.String()}) || !deleted.Load() {
 		t.Fatalf("claimed chunk answered %v", m)
+	}
+}
+
+// storeSet is a chunk store holding the ids in present; it counts lookups.
+type storeSet struct {
+	mu      sync.Mutex
+	present map[chunk.ID]bool
+	lookups int
+}
+
+func (s *storeSet) Missing(_ context.Context, ids []chunk.ID) ([]chunk.ID, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var missing []chunk.ID
+	for _, id := range ids {
+		s.lookups++
+		if !s.present[id] {
+			missing = append(missing, id)
+		}
+	}
+	return missing, nil
+}
+
+// A collection this dedup instance never saw run — not one request during
+// it — deletes a chunk the instance remembers as present: the next request
+// after gc.lock changed forgets the cache and finds it missing. While the
+// lock stays as it was, the cache answers.
+func TestGCGuardForgetsCacheWhenLockChanged(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nc, err := nats.Connect(testserver.NATS(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	catalog, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: contracts.BucketCatalog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	holds, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: contracts.BucketGCHolds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	catalogStream, err := js.Stream(ctx, "KV_"+contracts.BucketCatalog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept, doomed := chunk.Hash([]byte("kept")), chunk.Hash([]byte("doomed"))
+	chunks := &storeSet{present: map[chunk.ID]bool{kept: true, doomed: true}}
+	cache := NewPresentCache(16)
+	d := &Index{chunks: chunks, cache: cache, bad: map[chunk.ID]bool{},
+		gc: &gcGuard{catalogStream: catalogStream, holds: holds, store: objstore.NewMem(), forget: cache.Reset}}
+	ask := func(ids ...chunk.ID) []string {
+		req := &contracts.MissingRequest{Schema: contracts.SchemaVersion}
+		for _, id := range ids {
+			req.IDs = append(req.IDs, id.String())
+		}
+		reply, err := d.Missing(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return reply.Missing
+	}
+	if m := ask(kept, doomed); len(m) != 0 {
+		t.Fatalf("stored chunks answered missing: %v", m)
+	}
+	if m := ask(kept, doomed); len(m) != 0 || chunks.lookups != 2 {
+		t.Fatalf("unchanged lock: answered %v after %d store lookups, want the cache to answer (2 lookups)", m, chunks.lookups)
+	}
+	// A whole collection between two requests: lock taken, chunk deleted,
+	// lock released.
+	lock, _ := json.Marshal(contracts.GCLock{ID: "g2", Phase: "mark", Since: time.Now()})
+	if _, err := catalog.Put(ctx, contracts.GCLockKey, lock); err != nil {
+		t.Fatal(err)
+	}
+	chunks.mu.Lock()
+	delete(chunks.present, doomed)
+	chunks.mu.Unlock()
+	if err := catalog.Delete(ctx, contracts.GCLockKey); err != nil {
+		t.Fatal(err)
+	}
+	if m := ask(kept, doomed); !slices.Equal(m, []string{doomed.String()}) {
+		t.Fatalf("after a collection deleted it, the chunk was answered %v, want missing", m)
 	}
 }
