@@ -126,7 +126,8 @@ func jaegerServices(t *testing.T, query, traceID string) map[string]bool {
 // is redelivered to the other, and the backup completes bit-exact.
 func TestTransferWorkerKilledMidBackup(t *testing.T) {
 	slow := []string{"STRATA_TRANSFER_RATE_LIMIT=25000000", "STRATA_TRANSFER_CONCURRENCY=1", "STRATA_TRANSFER_ACK_WAIT=3s"}
-	st := startStack(t, stackOptions{transfers: 2, extraEnv: map[string][]string{"transfer": slow}})
+	// The collection beside the running backup runs in 4 shards.
+	st := startStack(t, stackOptions{transfers: 2, extraEnv: map[string][]string{"transfer": slow, "dedup": {"STRATA_GC_SHARDS=4"}}})
 	dir := t.TempDir()
 	img := filepath.Join(dir, "disk.img")
 	if err := testdisk.Write(img, 400<<20, 7); err != nil {

@@ -27,10 +27,17 @@ type Config struct {
 	runtime.Common
 	CacheEntries int           `envconfig:"DEDUP_CACHE_ENTRIES" default:"262144"`
 	GCGrace      time.Duration `envconfig:"GC_GRACE" default:"24h"`
+	// GCShards splits a collection by chunk-id prefix into this many
+	// passes: the mark holds one pass's ids (memory ÷ shards), and every
+	// manifest is read once per pass. A power of two, 1–256.
+	GCShards int `envconfig:"GC_SHARDS" default:"1"`
 }
 
 // Start registers the dedup endpoint.
 func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
+	if n := cfg.GCShards; n < 1 || n > 256 || 256%n != 0 {
+		return fmt.Errorf("STRATA_GC_SHARDS=%d: must be a power of two from 1 to 256", n)
+	}
 	holds, err := rt.Bus.JS.KeyValue(ctx, contracts.BucketGCHolds)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", contracts.BucketGCHolds, err)
@@ -75,7 +82,7 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		if req.Grace != "" {
 			grace, _ = time.ParseDuration(req.Grace) // validated
 		}
-		return collect(ctx, rt, grace, req.DryRun) // every instance forgets its cache on its next request (gcGuard)
+		return collect(ctx, rt, grace, req.DryRun, cfg.GCShards) // every instance forgets its cache on its next request (gcGuard)
 	})
 }
 

@@ -46,22 +46,68 @@ const drainTimeout = 30 * time.Minute
 //     create-only: a hold taken first wins), delete it, mark it "deleted".
 //     Dedup answers a claimed chunk "missing" only once it is "deleted", so
 //     the re-upload always lands after the delete.
-func collect(ctx context.Context, rt *runtime.Runtime, grace time.Duration, dryRun bool) (*contracts.GCReply, error) {
+//
+// With shards > 1 the whole protocol runs once per range of chunk ids (by
+// their first byte), so the mark holds one shard's ids at a time: memory
+// divided by shards, every manifest read shards times.
+func collect(ctx context.Context, rt *runtime.Runtime, grace time.Duration, dryRun bool, shards int) (*contracts.GCReply, error) {
+	if shards < 1 || shards > 256 || 256%shards != 0 {
+		return nil, fmt.Errorf("gc shards %d: must be a power of two from 1 to 256", shards)
+	}
 	kv := rt.Catalog.KV
-	lock := contracts.GCLock{ID: uuid.NewString(), Since: time.Now().UTC(), Phase: "mark"}
-	rev, err := takeLock(ctx, rt, lock)
-	if err != nil {
+	c := &collection{rt: rt, grace: grace, dryRun: dryRun,
+		lock:  contracts.GCLock{ID: uuid.NewString(), Since: time.Now().UTC(), Phase: "mark"},
+		reply: &contracts.GCReply{Schema: contracts.SchemaVersion, DryRun: dryRun, GraceSeconds: int64(grace / time.Second)}}
+	var err error
+	if c.rev, err = takeLock(ctx, rt, c.lock); err != nil {
 		return nil, err
 	}
 	defer kv.Delete(context.WithoutCancel(ctx), contracts.GCLockKey)
+	for s := 0; s < shards; s++ {
+		lo, hi := s*256/shards, (s+1)*256/shards
+		if err := c.shard(ctx, byte(lo), hi); err != nil {
+			return nil, err
+		}
+	}
+	r := c.reply
+	rt.Log.InfoContext(ctx, "garbage collection", "dry_run", dryRun, "shards", shards, "backups", r.Backups, "referenced", r.Referenced,
+		"chunks", r.Chunks, "young", r.Young, "rescued", r.Rescued, "deleted", r.Deleted, "freed_bytes", r.FreedBytes)
+	return r, nil
+}
 
-	reply := &contracts.GCReply{Schema: contracts.SchemaVersion, DryRun: dryRun, GraceSeconds: int64(grace / time.Second)}
-	m := &mark{rt: rt, ids: map[chunk.ID]struct{}{}, manifests: map[string]bool{}}
+// collection is one run of collect; its reply sums the shards.
+type collection struct {
+	rt     *runtime.Runtime
+	grace  time.Duration
+	dryRun bool
+	lock   contracts.GCLock
+	rev    uint64 // gc.lock's revision, for compare-and-set moves
+	reply  *contracts.GCReply
+}
+
+// setPhase moves gc.lock (compare-and-set: another collector taking over a
+// lock it found stale makes this one stop).
+func (c *collection) setPhase(ctx context.Context, phase, condemned string) error {
+	c.lock.Phase, c.lock.Condemned = phase, condemned
+	b, _ := json.Marshal(c.lock)
+	rev, err := c.rt.Catalog.KV.Update(ctx, contracts.GCLockKey, b, c.rev)
+	if err != nil {
+		return fmt.Errorf("gc lock changed under the collector: %w", err)
+	}
+	c.rev = rev
+	return nil
+}
+
+// shard runs the five steps over chunk ids whose first byte is in [lo, hi).
+func (c *collection) shard(ctx context.Context, lo byte, hi int) error {
+	rt, reply := c.rt, c.reply
+	inShard := func(id chunk.ID) bool { return int(id[0]) >= int(lo) && int(id[0]) < hi }
+	m := &mark{rt: rt, ids: map[chunk.ID]struct{}{}, manifests: map[string]bool{}, inShard: inShard}
 	if err := m.results(ctx); err != nil {
-		return nil, err
+		return err
 	}
 	if err := m.allManifests(ctx); err != nil {
-		return nil, err
+		return err
 	}
 	reply.Backups = m.backups
 
@@ -71,93 +117,93 @@ func collect(ctx context.Context, rt *runtime.Runtime, grace time.Duration, dryR
 		size int64
 	}
 	var candidates []candidate
-	cutoff := lock.Since.Add(-grace)
-	err = rt.Repo.Store.List(ctx, "chunks/", func(in objstore.Info) error {
-		reply.Chunks++
-		id, err := chunk.ParseID(in.Key[strings.LastIndexByte(in.Key, '/')+1:])
+	cutoff := c.lock.Since.Add(-c.grace)
+	for b := int(lo); b < hi; b++ {
+		prefix := fmt.Sprintf("chunks/%02x/", b)
+		err := rt.Repo.Store.List(ctx, prefix, func(in objstore.Info) error {
+			reply.Chunks++
+			id, err := chunk.ParseID(in.Key[strings.LastIndexByte(in.Key, '/')+1:])
+			if err != nil || !inShard(id) {
+				return nil // not a chunk object where it belongs: not ours to delete
+			}
+			if m.has(id) {
+				return nil
+			}
+			if in.Modified.After(cutoff) {
+				reply.Young++
+				return nil
+			}
+			candidates = append(candidates, candidate{id, in.Key, in.Size})
+			return nil
+		})
 		if err != nil {
-			return nil // not a chunk object: not ours to delete
+			return fmt.Errorf("list %s: %w", prefix, err)
 		}
-		if m.has(id) {
-			return nil
-		}
-		if in.Modified.After(cutoff) {
-			reply.Young++
-			return nil
-		}
-		candidates = append(candidates, candidate{id, in.Key, in.Size})
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list chunks: %w", err)
 	}
-	if dryRun || len(candidates) == 0 {
-		reply.Referenced = len(m.ids)
-		for _, c := range candidates {
+	if c.dryRun || len(candidates) == 0 {
+		reply.Referenced += len(m.ids)
+		for _, cd := range candidates {
 			reply.Deleted++
-			reply.FreedBytes += c.size
+			reply.FreedBytes += cd.size
 		}
-		rt.Log.InfoContext(ctx, "garbage collection", "dry_run", dryRun, "chunks", reply.Chunks, "would_delete", reply.Deleted)
-		return reply, nil
+		return nil
 	}
 
 	// 2. condemn
 	var list bytes.Buffer
-	for _, c := range candidates {
-		list.Write(c.id[:])
+	for _, cd := range candidates {
+		list.Write(cd.id[:])
 	}
-	condemnedKey := "gc/" + lock.ID + ".condemned"
+	condemnedKey := fmt.Sprintf("gc/%s-%02x.condemned", c.lock.ID, lo)
 	if err := rt.Repo.Store.Put(ctx, condemnedKey, list.Bytes()); err != nil {
-		return nil, fmt.Errorf("write condemned list: %w", err)
+		return fmt.Errorf("write condemned list: %w", err)
 	}
 	defer rt.Repo.Store.Delete(context.WithoutCancel(ctx), condemnedKey)
-	lock.Phase, lock.Condemned = "sweep", condemnedKey
-	b, _ := json.Marshal(lock)
-	if _, err := kv.Update(ctx, contracts.GCLockKey, b, rev); err != nil {
-		return nil, fmt.Errorf("gc lock changed under the collector: %w", err)
+	if err := c.setPhase(ctx, "sweep", condemnedKey); err != nil {
+		return err
 	}
 
 	// 3. drain, 4. mark again
 	if err := drainSegments(ctx, rt); err != nil {
-		return nil, err
+		return err
 	}
 	if err := m.results(ctx); err != nil {
-		return nil, err
+		return err
 	}
 	if err := m.allManifests(ctx); err != nil {
-		return nil, err
+		return err
 	}
-	reply.Referenced = len(m.ids)
+	reply.Referenced += len(m.ids)
 
 	// 5. sweep
 	holds, err := rt.Bus.JS.KeyValue(ctx, contracts.BucketGCHolds)
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", contracts.BucketGCHolds, err)
+		return fmt.Errorf("open %s: %w", contracts.BucketGCHolds, err)
 	}
-	for _, c := range candidates {
-		if m.has(c.id) {
+	for _, cd := range candidates {
+		if m.has(cd.id) {
 			reply.Rescued++
 			continue
 		}
-		key := contracts.GCHoldKey(lock.ID, c.id.String())
+		key := contracts.GCHoldKey(c.lock.ID, cd.id.String())
 		if _, err := holds.Create(ctx, key, []byte(contracts.GCDeleting)); errors.Is(err, jetstream.ErrKeyExists) {
 			reply.Rescued++ // a backup reuses it: held
 			continue
 		} else if err != nil {
-			return nil, fmt.Errorf("claim %s: %w", c.key, err)
+			return fmt.Errorf("claim %s: %w", cd.key, err)
 		}
-		if err := rt.Repo.Store.Delete(ctx, c.key); err != nil {
-			return nil, fmt.Errorf("sweep: %w", err)
+		if err := rt.Repo.Store.Delete(ctx, cd.key); err != nil {
+			return fmt.Errorf("sweep: %w", err)
 		}
 		if _, err := holds.Put(ctx, key, []byte(contracts.GCDeleted)); err != nil {
-			return nil, fmt.Errorf("mark %s deleted: %w", c.key, err)
+			return fmt.Errorf("mark %s deleted: %w", cd.key, err)
 		}
 		reply.Deleted++
-		reply.FreedBytes += c.size
+		reply.FreedBytes += cd.size
 	}
-	rt.Log.InfoContext(ctx, "garbage collection", "backups", reply.Backups, "referenced", reply.Referenced, "chunks", reply.Chunks,
-		"young", reply.Young, "rescued", reply.Rescued, "deleted", reply.Deleted, "freed_bytes", reply.FreedBytes)
-	return reply, nil
+	// Back to marking: dedup stops holding this shard's candidates (and,
+	// seeing the lock change, forgets its cache of present chunks).
+	return c.setPhase(ctx, "mark", "")
 }
 
 // takeLock writes gc.lock (taking over one a crashed collector left).
@@ -216,10 +262,11 @@ func drainSegments(ctx context.Context, rt *runtime.Runtime) error {
 	}
 }
 
-// mark is the set of referenced chunk ids. It holds 32 B per distinct id
-// (sharding the mark by id prefix bounds it for a petabyte of chunks).
+// mark is the set of referenced chunk ids of one shard: 32 B per distinct
+// id in it.
 type mark struct {
 	rt        *runtime.Runtime
+	inShard   func(chunk.ID) bool
 	ids       map[chunk.ID]struct{}
 	manifests map[string]bool // read already
 	backups   int
@@ -257,7 +304,7 @@ func (m *mark) allManifests(ctx context.Context) error {
 				return fmt.Errorf("mark: %w", err)
 			}
 			for _, id := range man.IDs {
-				if !id.IsZero() {
+				if !id.IsZero() && m.inShard(id) {
 					m.ids[id] = struct{}{}
 				}
 			}
@@ -301,7 +348,7 @@ func (m *mark) results(ctx context.Context) error {
 			var d contracts.SegmentDone
 			if err := contracts.Decode(msg.Data(), &d); err == nil {
 				for _, s := range d.IDs {
-					if id, err := chunk.ParseID(s); err == nil {
+					if id, err := chunk.ParseID(s); err == nil && m.inShard(id) {
 						m.ids[id] = struct{}{}
 					}
 				}
