@@ -23,18 +23,16 @@ type allPresent struct{}
 
 func (allPresent) Missing(context.Context, []chunk.ID) ([]chunk.ID, error) { return nil, nil }
 
-// The sweep-phase protocol between dedup and the collector, on a real
-// nats-server: a condemned chunk dedup answers "present" is held (the
-// collector's claim then fails); a chunk the collector claimed is answered
-// "missing" only after its deletion is done; others are untouched.
-func TestGCGuardHoldsAndWaitsForDeletes(t *testing.T) {
+// guardBuckets starts a real nats-server with the catalog and holds
+// buckets; the context ends with the test.
+func guardBuckets(t *testing.T) (context.Context, jetstream.KeyValue, jetstream.Stream, jetstream.KeyValue) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	t.Cleanup(cancel)
 	nc, err := nats.Connect(testserver.NATS(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(nc.Close)
 	js, _ := jetstream.New(nc)
 	catalog, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: contracts.BucketCatalog})
 	if err != nil {
@@ -44,28 +42,41 @@ func TestGCGuardHoldsAndWaitsForDeletes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	catalogStream, err := js.Stream(ctx, "KV_"+contracts.BucketCatalog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx, catalog, catalogStream, holds
+}
+
+// askMissing asks d which of ids are missing.
+func askMissing(t *testing.T, ctx context.Context, d *Index, ids ...chunk.ID) []string {
+	t.Helper()
+	req := &contracts.MissingRequest{Schema: contracts.SchemaVersion}
+	for _, id := range ids {
+		req.IDs = append(req.IDs, id.String())
+	}
+	reply, err := d.Missing(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reply.Missing
+}
+
+// The sweep-phase protocol between dedup and the collector, on a real
+// nats-server: a condemned chunk dedup answers "present" is held (the
+// collector's claim then fails); a chunk the collector claimed is answered
+// "missing" only after its deletion is done; others are untouched.
+func TestGCGuardHoldsAndWaitsForDeletes(t *testing.T) {
+	ctx, catalog, catalogStream, holds := guardBuckets(t)
 	store := objstore.NewMem()
 	held, claimed, spared := chunk.Hash([]byte("held")), chunk.Hash([]byte("claimed")), chunk.Hash([]byte("spared"))
 	store.Put(ctx, "gc/g1.condemned", append(held[:], claimed[:]...))
 	lock, _ := json.Marshal(contracts.GCLock{ID: "g1", Phase: "sweep", Condemned: "gc/g1.condemned", Since: time.Now()})
 	catalog.Put(ctx, contracts.GCLockKey, lock)
-	catalogStream, err := js.Stream(ctx, "KV_"+contracts.BucketCatalog)
-	if err != nil {
-		t.Fatal(err)
-	}
 	d := &Index{chunks: allPresent{}, cache: NewPresentCache(16), bad: map[chunk.ID]bool{},
 		gc: &gcGuard{catalogStream: catalogStream, holds: holds, store: store}}
-	ask := func(ids ...chunk.ID) []string {
-		req := &contracts.MissingRequest{Schema: contracts.SchemaVersion}
-		for _, id := range ids {
-			req.IDs = append(req.IDs, id.String())
-		}
-		reply, err := d.Missing(ctx, req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return reply.Missing
-	}
+	ask := func(ids ...chunk.ID) []string { return askMissing(t, ctx, d, ids...) }
 
 	if missing := ask(held, spared); len(missing) != 0 {
 		t.Fatalf("present chunks answered missing: %v", missing)
@@ -121,42 +132,13 @@ func (s *storeSet) Missing(_ context.Context, ids []chunk.ID) ([]chunk.ID, error
 // after gc.lock changed forgets the cache and finds it missing. While the
 // lock stays as it was, the cache answers.
 func TestGCGuardForgetsCacheWhenLockChanged(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	nc, err := nats.Connect(testserver.NATS(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	catalog, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: contracts.BucketCatalog})
-	if err != nil {
-		t.Fatal(err)
-	}
-	holds, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: contracts.BucketGCHolds})
-	if err != nil {
-		t.Fatal(err)
-	}
-	catalogStream, err := js.Stream(ctx, "KV_"+contracts.BucketCatalog)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, catalog, catalogStream, holds := guardBuckets(t)
 	kept, doomed := chunk.Hash([]byte("kept")), chunk.Hash([]byte("doomed"))
 	chunks := &storeSet{present: map[chunk.ID]bool{kept: true, doomed: true}}
 	cache := NewPresentCache(16)
 	d := &Index{chunks: chunks, cache: cache, bad: map[chunk.ID]bool{},
 		gc: &gcGuard{catalogStream: catalogStream, holds: holds, store: objstore.NewMem(), forget: cache.Reset}}
-	ask := func(ids ...chunk.ID) []string {
-		req := &contracts.MissingRequest{Schema: contracts.SchemaVersion}
-		for _, id := range ids {
-			req.IDs = append(req.IDs, id.String())
-		}
-		reply, err := d.Missing(ctx, req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return reply.Missing
-	}
+	ask := func(ids ...chunk.ID) []string { return askMissing(t, ctx, d, ids...) }
 	if m := ask(kept, doomed); len(m) != 0 {
 		t.Fatalf("stored chunks answered missing: %v", m)
 	}
