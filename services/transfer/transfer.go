@@ -72,6 +72,7 @@ type worker struct {
 	cfg     Config
 	limiter *rate.Limiter // nil: unlimited
 	disks   *diskPool
+	puts    putOutcomes
 }
 
 // batchBytes bounds the memory one segment holds at once, whatever the
@@ -147,6 +148,41 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 type segmentStats struct {
 	read, ask, upload time.Duration
 	putFirst          bool // conditional PUTs first, dedup for what exists
+}
+
+// putOutcomes counts, per backup, the conditional PUTs the store accepted
+// and refused. When most are refused — changed blocks whose bytes the
+// repository holds already, as when a fleet installs the same update — the
+// backup goes back to asking dedup first, so that chunk bodies are not
+// sent only to be refused: at most minRefusals of them per backup and
+// worker.
+type putOutcomes struct {
+	mu sync.Mutex
+	by map[string]*[2]int // backup → created, refused
+}
+
+const minRefusals = 16
+
+func (p *putOutcomes) worthIt(backup string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c := p.by[backup]
+	return c == nil || c[1] < minRefusals || c[1] <= c[0]
+}
+
+func (p *putOutcomes) add(backup string, created, refused int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.by == nil || len(p.by) > 4096 { // bounded: forgetting costs a few refused PUTs
+		p.by = map[string]*[2]int{}
+	}
+	c := p.by[backup]
+	if c == nil {
+		c = new([2]int)
+		p.by[backup] = c
+	}
+	c[0] += created
+	c[1] += refused
 }
 
 // collectionRunning: a garbage collection holds gc.lock (or the lock
@@ -231,12 +267,16 @@ func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Seg
 	if len(ask) == 0 {
 		return nil
 	}
-	if stats.putFirst {
+	if stats.putFirst && w.puts.worthIt(seg.BackupID) {
 		t = time.Now()
 		present, err := w.upload(ctx, ask, asked, bufs, done, true)
 		stats.upload += time.Since(t)
-		if err != nil || len(present) == 0 {
+		if err != nil {
 			return err
+		}
+		w.puts.add(seg.BackupID, len(ask)-len(present), len(present))
+		if len(present) == 0 {
+			return nil
 		}
 		ask = present
 	}
