@@ -39,7 +39,9 @@ func (d *Dir) Put(ctx context.Context, key string, data []byte) error {
 }
 
 // PutIfAbsent links the finished temporary file into place: link(2) fails
-// when the name exists, so two writers never both create it.
+// when the name exists, so two writers never both create it. On a
+// filesystem without hard links it checks, then renames: an object written
+// by a racing writer in between may then be replaced by the same bytes.
 func (d *Dir) PutIfAbsent(ctx context.Context, key string, data []byte) (bool, error) {
 	return d.put(key, data, true)
 }
@@ -74,12 +76,18 @@ func (d *Dir) put(key string, data []byte, ifAbsent bool) (created bool, err err
 		return false, fmt.Errorf("put %s: %w", key, err)
 	}
 	if ifAbsent {
-		if err := os.Link(tmp.Name(), p); errors.Is(err, fs.ErrExist) {
-			return false, nil
-		} else if err != nil {
-			return false, fmt.Errorf("put %s: %w", key, err)
+		err := os.Link(tmp.Name(), p)
+		if err == nil {
+			return true, nil
 		}
-		return true, nil
+		if errors.Is(err, fs.ErrExist) {
+			return false, nil
+		}
+		// A filesystem without hard links: check, then rename. Two writers
+		// may then both "create" — harmless for content-addressed keys.
+		if _, serr := os.Stat(p); serr == nil {
+			return false, nil
+		}
 	}
 	if err := os.Rename(tmp.Name(), p); err != nil {
 		return false, fmt.Errorf("put %s: %w", key, err)
