@@ -186,7 +186,9 @@ func copyDisks(t *testing.T, sim *vcsimcbt.Sim, vm *object.VirtualMachine, dir, 
 // inspected, then a throwaway VM made from it is powered on and destroyed
 // (Xen Orchestra's health check). Then a restore back to the hypervisor:
 // a new VM beside the original whose disk holds exactly the backed-up
-// bytes; restoring onto an existing VM name is refused.
+// bytes; restoring onto an existing VM name is refused; and, once the
+// original VM is destroyed, a restore that places the new VM in the
+// datacenter's defaults.
 func TestVSphereRestoreTestAndRestoreToHypervisor(t *testing.T) {
 	sim := vcsimcbt.Start(t, "127.0.0.1:0")
 	st := startStack(t, stackOptions{chunkSize: 64 << 10, env: sim.Env()})
@@ -225,5 +227,13 @@ func TestVSphereRestoreTestAndRestoreToHypervisor(t *testing.T) {
 	}
 	if _, errOut, code := st.cli("restore", "--vm", "app-01", "--backup", rec.ID, "--to", "vsphere://"+sim.Host+"/app-01"); code == 0 || !strings.Contains(errOut, "exists already") {
 		t.Fatalf("restore onto an existing VM: exit %d, %s", code, errOut)
+	}
+
+	// Disaster recovery: the backed-up VM is gone; the restore places the
+	// new VM in its datacenter's defaults.
+	sim.DestroyVM("app-01")
+	st.mustCLI("restore", "--vm", "app-01", "--backup", rec.ID, "--to", "vsphere://"+sim.Host+"/app-01-dr")
+	if !sim.VMExists("app-01-dr") || sha256File(t, sim.FlatFile("app-01-dr", 0)) != sha256File(t, img) {
+		t.Fatal("restore of a lost VM: no VM, or its disk differs from the backed-up disk")
 	}
 }

@@ -264,7 +264,7 @@ func cmdRestore(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
 	vm := fs.String("vm", "", "VM name")
 	id := fs.String("backup", "latest", "backup id, or latest (newest verified)")
-	to := fs.String("to", "", "path of the raw image to write (disk N>0 of a multi-disk VM goes to PATH.N), or vsphere://HOST/NEW-VM for a new VM beside the backed-up one")
+	to := fs.String("to", "", "path of the raw image to write (disk N>0 of a multi-disk VM goes to PATH.N), or vsphere://HOST/NEW-VM for a new VM beside the backed-up one (or, when it is gone, in its datacenter)")
 	workers := fs.Int("parallel", 8, "chunks fetched at once")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := fs.Parse(args); err != nil {

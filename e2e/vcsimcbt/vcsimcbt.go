@@ -228,6 +228,29 @@ func (s *Sim) VMExists(name string) bool {
 	return err == nil
 }
 
+// DestroyVM removes a VM and its files, as a lost VM would be.
+func (s *Sim) DestroyVM(name string) {
+	s.t.Helper()
+	ctx := context.Background()
+	f := find.NewFinder(s.client.Client, true)
+	dc, err := f.DefaultDatacenter(ctx)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	f.SetDatacenter(dc)
+	vm, err := f.VirtualMachine(ctx, name)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	task, err := vm.Destroy(ctx)
+	if err == nil {
+		err = task.Wait(ctx)
+	}
+	if err != nil {
+		s.t.Fatalf("destroy VM %s: %v", name, err)
+	}
+}
+
 // FlatFile is the path on this machine of disk i of a VM created by the
 // simulator's file naming (<vm>/<vm>-disk<i>-flat.vmdk).
 func (s *Sim) FlatFile(vm string, i int) string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/vim25/types"
@@ -126,25 +127,51 @@ func (d *VSphereDisk) ChangedExtents(ctx context.Context, since ChangeID) ([]Ext
 }
 
 // RestoreToVSphere creates a VM called name from restored disk images,
-// placed beside the VM the backup's source URL names.
+// placed beside the VM the backup's source URL names or, when that VM is
+// gone, in its datacenter's defaults.
 func (o *Opener) RestoreToVSphere(ctx context.Context, sourceURL, name string, images []vsphere.Image) error {
-	_, c, like, err := o.vsphereVM(ctx, sourceURL)
+	c, p, err := o.placement(ctx, sourceURL, images)
 	if err != nil {
-		return fmt.Errorf("restore to vSphere needs the backed-up VM for placement: %w", err)
+		return err
 	}
-	_, err = vsphere.CreateFromImages(ctx, c, like, name, images)
+	_, err = vsphere.CreateFromImages(ctx, c, p, name, images)
 	return err
+}
+
+// placement puts a restored VM beside the backed-up one or, when that VM
+// no longer exists (the disaster a restore is for), in the datacenter it
+// was in (its inventory path's, or the only one): VM folder, first
+// resource pool, the datastore with the most free space.
+func (o *Opener) placement(ctx context.Context, sourceURL string, images []vsphere.Image) (*govmomi.Client, vsphere.Placement, error) {
+	t, c, like, err := o.vsphereVM(ctx, sourceURL)
+	switch {
+	case err == nil:
+		p, err := vsphere.PlacementBeside(ctx, c, like)
+		return c, p, err
+	case errors.Is(err, vsphere.ErrVMNotFound) && c != nil:
+		var need int64
+		for _, img := range images {
+			need += img.Size
+		}
+		datacenter := ""
+		if before, _, ok := strings.Cut(t.VM, "/vm/"); ok && strings.HasPrefix(t.VM, "/") {
+			datacenter = before
+		}
+		p, err := vsphere.DefaultPlacement(ctx, c, datacenter, need)
+		return c, p, err
+	}
+	return nil, vsphere.Placement{}, err
 }
 
 // BootCheck is a restore test's last step for a vSphere backup (Xen
 // Orchestra's health check): a throwaway VM made from the restored images
 // beside the original, powered on and off, then destroyed.
 func (o *Opener) BootCheck(ctx context.Context, sourceURL, backupID string, images []vsphere.Image) error {
-	_, c, like, err := o.vsphereVM(ctx, sourceURL)
+	c, p, err := o.placement(ctx, sourceURL, images)
 	if err != nil {
 		return err
 	}
-	vm, err := vsphere.CreateFromImages(ctx, c, like, "strata-check-"+backupID, images)
+	vm, err := vsphere.CreateFromImages(ctx, c, p, "strata-check-"+backupID, images)
 	if vm != nil {
 		defer vm.Destroy(context.WithoutCancel(ctx))
 	}

@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 
 	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/soap"
@@ -18,29 +21,95 @@ type Image struct {
 	Size int64
 }
 
-// CreateFromImages creates a powered-off VM called name beside like (its
-// folder, resource pool, host, guest OS and the datastore of its first
-// disk) with one thin disk per image, and uploads each image into its
-// disk's flat extent through the datastore HTTP endpoint. A VM of that
-// name already existing is refused: a restore never overwrites a VM.
-func CreateFromImages(ctx context.Context, c *govmomi.Client, like *VM, name string, images []Image) (*VM, error) {
-	if _, err := FindVM(ctx, c, name); err == nil {
-		return nil, fmt.Errorf("a VM named %s exists already; restore under another name", name)
-	}
+// Placement is where a restored VM goes.
+type Placement struct {
+	Folder    *object.Folder
+	Pool      *object.ResourcePool
+	Host      *object.HostSystem // nil: the pool's choice
+	Datastore *object.Datastore
+	GuestID   string
+}
+
+// PlacementBeside places a VM beside like: its folder, resource pool,
+// host, guest OS, and the datastore of its first disk.
+func PlacementBeside(ctx context.Context, c *govmomi.Client, like *VM) (Placement, error) {
 	var o mo.VirtualMachine
 	if err := like.vm.Properties(ctx, like.vm.Reference(), []string{"parent", "resourcePool", "runtime.host", "config.guestId", "config.hardware.device"}, &o); err != nil {
-		return nil, fmt.Errorf("placement of %s: %w", like.vm.InventoryPath, err)
+		return Placement{}, fmt.Errorf("placement of %s: %w", like.vm.InventoryPath, err)
 	}
 	disks, err := disksOf(o.Config.Hardware.Device)
 	if err != nil {
-		return nil, fmt.Errorf("placement of %s: %w", like.vm.InventoryPath, err)
+		return Placement{}, fmt.Errorf("placement of %s: %w", like.vm.InventoryPath, err)
 	}
 	if o.Parent == nil || o.ResourcePool == nil {
-		return nil, fmt.Errorf("placement of %s: no folder or resource pool (a template?)", like.vm.InventoryPath)
+		return Placement{}, fmt.Errorf("placement of %s: no folder or resource pool (a template?)", like.vm.InventoryPath)
 	}
-	ds := object.NewDatastore(c.Client, disks[0].Datastore)
+	p := Placement{Folder: object.NewFolder(c.Client, *o.Parent), Pool: object.NewResourcePool(c.Client, *o.ResourcePool),
+		Datastore: object.NewDatastore(c.Client, disks[0].Datastore), GuestID: o.Config.GuestId}
+	if o.Runtime.Host != nil {
+		p.Host = object.NewHostSystem(c.Client, *o.Runtime.Host)
+	}
+	return p, nil
+}
+
+// DefaultPlacement is for a VM that no longer exists (disaster recovery):
+// the VM folder of the datacenter (the one named, or the only one), its
+// first resource pool by inventory path, and the datastore with the most
+// free space, which must hold need bytes.
+func DefaultPlacement(ctx context.Context, c *govmomi.Client, datacenter string, need int64) (Placement, error) {
+	f := find.NewFinder(c.Client, true)
+	var dc *object.Datacenter
+	var err error
+	if datacenter != "" {
+		dc, err = f.Datacenter(ctx, datacenter)
+	} else {
+		dc, err = f.DefaultDatacenter(ctx)
+	}
+	if err != nil {
+		return Placement{}, fmt.Errorf("datacenter for the restored VM: %w", err)
+	}
+	f.SetDatacenter(dc)
+	folders, err := dc.Folders(ctx)
+	if err != nil {
+		return Placement{}, fmt.Errorf("folders of %s: %w", dc.InventoryPath, err)
+	}
+	pools, err := f.ResourcePoolList(ctx, "*")
+	if err != nil || len(pools) == 0 {
+		return Placement{}, fmt.Errorf("resource pools of %s: %v", dc.InventoryPath, err)
+	}
+	slices.SortFunc(pools, func(a, b *object.ResourcePool) int { return strings.Compare(a.InventoryPath, b.InventoryPath) })
+	stores, err := f.DatastoreList(ctx, "*")
+	if err != nil {
+		return Placement{}, fmt.Errorf("datastores of %s: %w", dc.InventoryPath, err)
+	}
+	var best *object.Datastore
+	var bestFree int64
+	for _, ds := range stores {
+		var o mo.Datastore
+		if err := ds.Properties(ctx, ds.Reference(), []string{"summary"}, &o); err != nil || !o.Summary.Accessible {
+			continue
+		}
+		if o.Summary.FreeSpace > bestFree {
+			best, bestFree = ds, o.Summary.FreeSpace
+		}
+	}
+	if best == nil || bestFree < need {
+		return Placement{}, fmt.Errorf("no datastore in %s has %d bytes free for the restored disks (most free: %d)", dc.InventoryPath, need, bestFree)
+	}
+	return Placement{Folder: folders.VmFolder, Pool: pools[0], Datastore: best, GuestID: "otherGuest64"}, nil
+}
+
+// CreateFromImages creates a powered-off VM called name at p with one thin
+// disk per image, and uploads each image into its disk's flat extent
+// through the datastore HTTP endpoint. A VM of that name already existing
+// is refused: a restore never overwrites a VM.
+func CreateFromImages(ctx context.Context, c *govmomi.Client, p Placement, name string, images []Image) (*VM, error) {
+	if _, err := FindVM(ctx, c, name); err == nil {
+		return nil, fmt.Errorf("a VM named %s exists already; restore under another name", name)
+	}
+	ds := p.Datastore
 	if err := ds.FindInventoryPath(ctx); err != nil {
-		return nil, fmt.Errorf("datastore of %s: %w", like.vm.InventoryPath, err)
+		return nil, fmt.Errorf("datastore for %s: %w", name, err)
 	}
 	var devices object.VirtualDeviceList
 	scsi, err := devices.CreateSCSIController("pvscsi")
@@ -69,13 +138,9 @@ func CreateFromImages(ctx context.Context, c *govmomi.Client, like *VM, name str
 			ch.GetVirtualDeviceConfigSpec().FileOperation = types.VirtualDeviceConfigSpecFileOperationCreate
 		}
 	}
-	spec := types.VirtualMachineConfigSpec{Name: name, GuestId: o.Config.GuestId,
+	spec := types.VirtualMachineConfigSpec{Name: name, GuestId: p.GuestID,
 		Files: &types.VirtualMachineFileInfo{VmPathName: ds.Path(name)}, DeviceChange: changes}
-	var host *object.HostSystem
-	if o.Runtime.Host != nil {
-		host = object.NewHostSystem(c.Client, *o.Runtime.Host)
-	}
-	task, err := object.NewFolder(c.Client, *o.Parent).CreateVM(ctx, spec, object.NewResourcePool(c.Client, *o.ResourcePool), host)
+	task, err := p.Folder.CreateVM(ctx, spec, p.Pool, p.Host)
 	if err != nil {
 		return nil, fmt.Errorf("create VM %s: %w", name, err)
 	}
