@@ -311,6 +311,17 @@ func cmdRestore(ctx context.Context, args []string) error {
 		if name == "" || strings.Contains(name, "/") {
 			return exitError{2, fmt.Errorf("--to %s: want vsphere://HOST/NEW-VM-NAME", *to)}
 		}
+		var vcfg vsphere.Config
+		if err := runtime.Load(&vcfg); err != nil {
+			return err
+		}
+		var sizes []int64
+		for _, d := range rec.Disks {
+			sizes = append(sizes, d.Size)
+		}
+		if err := source.NewOpener(vcfg).CheckVSphereRestore(ctx, rec.Source, name, sizes); err != nil {
+			return fmt.Errorf("restore %s to vSphere: %w", rec.ID, err)
+		}
 		dir, err := os.MkdirTemp("", "strata-restore-")
 		if err != nil {
 			return err

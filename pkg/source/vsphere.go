@@ -138,6 +138,24 @@ func (o *Opener) RestoreToVSphere(ctx context.Context, sourceURL, name string, i
 	return err
 }
 
+// CheckVSphereRestore refuses, before any disk is restored, a restore to
+// vSphere that could not finish: the name is taken or no placement has
+// room for disks of these sizes.
+func (o *Opener) CheckVSphereRestore(ctx context.Context, sourceURL, name string, sizes []int64) error {
+	images := make([]vsphere.Image, len(sizes))
+	for i, n := range sizes {
+		images[i].Size = n
+	}
+	c, _, err := o.placement(ctx, sourceURL, images)
+	if err != nil {
+		return err
+	}
+	if _, err := vsphere.FindVM(ctx, c, name); err == nil {
+		return fmt.Errorf("a VM named %s exists already; restore under another name", name)
+	}
+	return nil
+}
+
 // placement puts a restored VM beside the backed-up one or, when that VM
 // no longer exists (the disaster a restore is for), in the datacenter it
 // was in (its inventory path's, or the only one): VM folder, first
