@@ -55,6 +55,16 @@ type BackupRecord struct {
 	UpdatedAt  time.Time    `json:"updated_at"`
 	FinishedAt *time.Time   `json:"finished_at,omitempty"`
 	Disks      []DiskRecord `json:"disks"`
+	VMConfig   *VMConfig    `json:"vm_config,omitempty"`
+}
+
+// VMConfig is the virtual hardware of a backed-up VM (vSphere), kept so a
+// restore recreates a VM like it, even once the original is gone.
+type VMConfig struct {
+	GuestID  string `json:"guest_id,omitempty"`
+	CPUs     int32  `json:"cpus,omitempty"`
+	MemoryMB int64  `json:"memory_mb,omitempty"`
+	Firmware string `json:"firmware,omitempty"` // bios, efi
 }
 
 // DiskRecord describes one disk of a backup.

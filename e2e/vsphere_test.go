@@ -218,10 +218,21 @@ func TestVSphereRestoreTestAndRestoreToHypervisor(t *testing.T) {
 		t.Fatalf("health-check VM %s left behind", check)
 	}
 
+	if hw := rec.VMConfig; hw == nil || hw.CPUs != vcsimcbt.VMCPUs || hw.MemoryMB != vcsimcbt.VMMemoryMB || hw.GuestID != "ubuntu64Guest" || hw.Firmware != "efi" {
+		t.Fatalf("backup record's VM hardware: %+v", rec.VMConfig)
+	}
+	sameHardware := func(name string) {
+		t.Helper()
+		guest, cpus, mem, fw := sim.Hardware(name)
+		if guest != "ubuntu64Guest" || cpus != vcsimcbt.VMCPUs || mem != vcsimcbt.VMMemoryMB || fw != "efi" {
+			t.Fatalf("restored VM %s: guest %s, %d CPUs, %d MB, firmware %s; want the backed-up VM's", name, guest, cpus, mem, fw)
+		}
+	}
 	st.mustCLI("restore", "--vm", "app-01", "--backup", rec.ID, "--to", "vsphere://"+sim.Host+"/app-01-restored")
 	if !sim.VMExists("app-01-restored") {
 		t.Fatal("restored VM not in the inventory")
 	}
+	sameHardware("app-01-restored")
 	if sha256File(t, sim.FlatFile("app-01-restored", 0)) != sha256File(t, img) {
 		t.Fatal("restored VM's disk differs from the backed-up disk")
 	}
@@ -236,4 +247,5 @@ func TestVSphereRestoreTestAndRestoreToHypervisor(t *testing.T) {
 	if !sim.VMExists("app-01-dr") || sha256File(t, sim.FlatFile("app-01-dr", 0)) != sha256File(t, img) {
 		t.Fatal("restore of a lost VM: no VM, or its disk differs from the backed-up disk")
 	}
+	sameHardware("app-01-dr")
 }

@@ -362,7 +362,7 @@ func cmdRestore(ctx context.Context, args []string) error {
 			return err
 		}
 		_, name, _ := strings.Cut(target, "/")
-		if err := source.NewOpener(vcfg).RestoreToVSphere(ctx, rec.Source, name, images); err != nil {
+		if err := source.NewOpener(vcfg).RestoreToVSphere(ctx, rec.Source, rec.VMConfig, name, images); err != nil {
 			return fmt.Errorf("restore %s to vSphere: %w", rec.ID, err)
 		}
 		for _, r := range results {

@@ -180,7 +180,8 @@ func (s *Sim) CreateVM(name string, sizes ...int64) *object.VirtualMachine {
 			c.GetVirtualDeviceConfigSpec().FileOperation = types.VirtualDeviceConfigSpecFileOperationCreate
 		}
 	}
-	spec := types.VirtualMachineConfigSpec{Name: name, GuestId: string(types.VirtualMachineGuestOsIdentifierOtherGuest64),
+	spec := types.VirtualMachineConfigSpec{Name: name, GuestId: string(types.VirtualMachineGuestOsIdentifierUbuntu64Guest),
+		NumCPUs: VMCPUs, MemoryMB: VMMemoryMB, Firmware: string(types.GuestOsDescriptorFirmwareTypeEfi),
 		Files: &types.VirtualMachineFileInfo{VmPathName: ds.Path(name)}, DeviceChange: changes}
 	task, err := folders.VmFolder.CreateVM(ctx, spec, pool, nil)
 	if err != nil {
@@ -226,6 +227,33 @@ func (s *Sim) VMExists(name string) bool {
 	f.SetDatacenter(dc)
 	_, err = f.VirtualMachine(context.Background(), name)
 	return err == nil
+}
+
+// The virtual hardware CreateVM gives every VM (guest ubuntu64Guest, EFI).
+const (
+	VMCPUs     = 2
+	VMMemoryMB = 3072
+)
+
+// Hardware reads a VM's guest OS id, CPUs, memory and firmware.
+func (s *Sim) Hardware(name string) (guest string, cpus int32, memoryMB int32, firmware string) {
+	s.t.Helper()
+	ctx := context.Background()
+	f := find.NewFinder(s.client.Client, true)
+	dc, err := f.DefaultDatacenter(ctx)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	f.SetDatacenter(dc)
+	vm, err := f.VirtualMachine(ctx, name)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	var o mo.VirtualMachine
+	if err := vm.Properties(ctx, vm.Reference(), []string{"config"}, &o); err != nil {
+		s.t.Fatal(err)
+	}
+	return o.Config.GuestId, o.Config.Hardware.NumCPU, o.Config.Hardware.MemoryMB, o.Config.Firmware
 }
 
 // DestroyVM removes a VM and its files, as a lost VM would be.

@@ -79,6 +79,8 @@ type Point struct {
 	// Note tells the user something the backup record should keep
 	// (change tracking just enabled, for example).
 	Note string
+	// VM is the virtual hardware of a hypervisor's VM (nil for images).
+	VM *contracts.VMConfig
 }
 
 // PointDisk is one disk of a Point: its name (stable across backups of the

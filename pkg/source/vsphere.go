@@ -9,6 +9,7 @@ import (
 	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/vim25/types"
 
+	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/vsphere"
 )
 
@@ -37,6 +38,9 @@ func (o *Opener) snapshotVSphere(ctx context.Context, rawURL, backupID string) (
 		return nil, err
 	}
 	p := &Point{}
+	if p.VM, err = vm.Hardware(ctx); err != nil {
+		return nil, err
+	}
 	enabled, err := vm.EnableChangeTracking(ctx)
 	if err != nil {
 		return nil, err
@@ -129,12 +133,12 @@ func (d *VSphereDisk) ChangedExtents(ctx context.Context, since ChangeID) ([]Ext
 // RestoreToVSphere creates a VM called name from restored disk images,
 // placed beside the VM the backup's source URL names or, when that VM is
 // gone, in its datacenter's defaults.
-func (o *Opener) RestoreToVSphere(ctx context.Context, sourceURL, name string, images []vsphere.Image) error {
+func (o *Opener) RestoreToVSphere(ctx context.Context, sourceURL string, hw *contracts.VMConfig, name string, images []vsphere.Image) error {
 	c, p, err := o.placement(ctx, sourceURL, images)
 	if err != nil {
 		return err
 	}
-	_, err = vsphere.CreateFromImages(ctx, c, p, name, images)
+	_, err = vsphere.CreateFromImages(ctx, c, p, hw, name, images)
 	return err
 }
 
@@ -184,12 +188,12 @@ func (o *Opener) placement(ctx context.Context, sourceURL string, images []vsphe
 // BootCheck is a restore test's last step for a vSphere backup (Xen
 // Orchestra's health check): a throwaway VM made from the restored images
 // beside the original, powered on and off, then destroyed.
-func (o *Opener) BootCheck(ctx context.Context, sourceURL, backupID string, images []vsphere.Image) error {
+func (o *Opener) BootCheck(ctx context.Context, sourceURL, backupID string, hw *contracts.VMConfig, images []vsphere.Image) error {
 	c, p, err := o.placement(ctx, sourceURL, images)
 	if err != nil {
 		return err
 	}
-	vm, err := vsphere.CreateFromImages(ctx, c, p, "strata-check-"+backupID, images)
+	vm, err := vsphere.CreateFromImages(ctx, c, p, hw, "strata-check-"+backupID, images)
 	if vm != nil {
 		defer vm.Destroy(context.WithoutCancel(ctx))
 	}

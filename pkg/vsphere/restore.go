@@ -1,6 +1,7 @@
 package vsphere
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -13,12 +14,26 @@ import (
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/strata-backup/strata/contracts"
 )
 
 // Image is a raw disk image to put into a new VM.
 type Image struct {
 	Path string
 	Size int64
+}
+
+// Hardware reads the VM's virtual hardware: what a restore recreates.
+func (v *VM) Hardware(ctx context.Context) (*contracts.VMConfig, error) {
+	var o mo.VirtualMachine
+	if err := v.vm.Properties(ctx, v.vm.Reference(), []string{"config.guestId", "config.hardware.numCPU", "config.hardware.memoryMB", "config.firmware"}, &o); err != nil {
+		return nil, fmt.Errorf("hardware of %s: %w", v.vm.InventoryPath, err)
+	}
+	if o.Config == nil {
+		return nil, fmt.Errorf("hardware of %s: no configuration", v.vm.InventoryPath)
+	}
+	return &contracts.VMConfig{GuestID: o.Config.GuestId, CPUs: o.Config.Hardware.NumCPU, MemoryMB: int64(o.Config.Hardware.MemoryMB), Firmware: o.Config.Firmware}, nil
 }
 
 // Placement is where a restored VM goes.
@@ -99,11 +114,12 @@ func DefaultPlacement(ctx context.Context, c *govmomi.Client, datacenter string,
 	return Placement{Folder: folders.VmFolder, Pool: pools[0], Datastore: best, GuestID: "otherGuest64"}, nil
 }
 
-// CreateFromImages creates a powered-off VM called name at p with one thin
-// disk per image, and uploads each image into its disk's flat extent
-// through the datastore HTTP endpoint. A VM of that name already existing
-// is refused: a restore never overwrites a VM.
-func CreateFromImages(ctx context.Context, c *govmomi.Client, p Placement, name string, images []Image) (*VM, error) {
+// CreateFromImages creates a powered-off VM called name at p with the
+// backed-up VM's hardware (hw; nil: the placement's guest OS and the
+// server's defaults) and one thin disk per image, and uploads each image
+// into its disk's flat extent through the datastore HTTP endpoint. A VM of
+// that name already existing is refused: a restore never overwrites a VM.
+func CreateFromImages(ctx context.Context, c *govmomi.Client, p Placement, hw *contracts.VMConfig, name string, images []Image) (*VM, error) {
 	if _, err := FindVM(ctx, c, name); err == nil {
 		return nil, fmt.Errorf("a VM named %s exists already; restore under another name", name)
 	}
@@ -140,6 +156,10 @@ func CreateFromImages(ctx context.Context, c *govmomi.Client, p Placement, name 
 	}
 	spec := types.VirtualMachineConfigSpec{Name: name, GuestId: p.GuestID,
 		Files: &types.VirtualMachineFileInfo{VmPathName: ds.Path(name)}, DeviceChange: changes}
+	if hw != nil {
+		spec.GuestId = cmp.Or(hw.GuestID, spec.GuestId)
+		spec.NumCPUs, spec.MemoryMB, spec.Firmware = hw.CPUs, hw.MemoryMB, hw.Firmware
+	}
 	task, err := p.Folder.CreateVM(ctx, spec, p.Pool, p.Host)
 	if err != nil {
 		return nil, fmt.Errorf("create VM %s: %w", name, err)

@@ -99,6 +99,7 @@ func (s *snapshotter) plan(ctx context.Context, req *contracts.BackupRequested) 
 		return s.rt.FailBackup(ctx, req.VM, req.BackupID, fmt.Sprintf("open source: %v", err))
 	}
 	plans := s.whatToRead(ctx, req, disks, rec)
+	rec.VMConfig = point.VM
 	if point.Note != "" {
 		rec.Note = point.Note
 	}

@@ -54,7 +54,7 @@ func (v *verifier) restoreTest(ctx context.Context, rec *contracts.BackupRecord,
 		}
 	}
 	if len(problems) == 0 && strings.HasPrefix(rec.Source, "vsphere:") {
-		if err := v.sources.BootCheck(ctx, rec.Source, rec.ID, images); err != nil {
+		if err := v.sources.BootCheck(ctx, rec.Source, rec.ID, rec.VMConfig, images); err != nil {
 			problems = append(problems, "boot check: "+err.Error())
 		}
 	}
