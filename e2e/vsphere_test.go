@@ -243,7 +243,10 @@ func TestVSphereRestoreTestAndRestoreToHypervisor(t *testing.T) {
 	// Disaster recovery: the backed-up VM is gone; the restore places the
 	// new VM in its datacenter's defaults.
 	sim.DestroyVM("app-01")
-	st.mustCLI("restore", "--vm", "app-01", "--backup", rec.ID, "--to", "vsphere://"+sim.Host+"/app-01-dr")
+	if _, errOut, code := st.cli("restore", "--vm", "app-01", "--backup", rec.ID, "--to", "vsphere://"+sim.Host+"/app-01-dr?datastore=nope"); code == 0 || !strings.Contains(errOut, "datastore nope") {
+		t.Fatalf("restore to a datastore that does not exist: exit %d, %s", code, errOut)
+	}
+	st.mustCLI("restore", "--vm", "app-01", "--backup", rec.ID, "--to", "vsphere://"+sim.Host+"/app-01-dr?datastore=LocalDS_0&folder=/DC0/vm")
 	if !sim.VMExists("app-01-dr") || sha256File(t, sim.FlatFile("app-01-dr", 0)) != sha256File(t, img) {
 		t.Fatal("restore of a lost VM: no VM, or its disk differs from the backed-up disk")
 	}

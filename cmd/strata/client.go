@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -260,11 +261,30 @@ func cmdLs(ctx context.Context, args []string) error {
 	return tw.Flush()
 }
 
+// parseVSphereTarget reads vsphere://HOST/NEW-VM[?datastore=&pool=&folder=].
+func parseVSphereTarget(to string) (string, vsphere.Choice, error) {
+	u, err := url.Parse(to)
+	name := ""
+	if err == nil {
+		name = strings.TrimPrefix(u.Path, "/")
+	}
+	if name == "" || strings.Contains(name, "/") {
+		return "", vsphere.Choice{}, fmt.Errorf("--to %s: want vsphere://HOST/NEW-VM-NAME[?datastore=DS&pool=POOL&folder=FOLDER]", to)
+	}
+	q := u.Query()
+	for k := range q {
+		if k != "datastore" && k != "pool" && k != "folder" {
+			return "", vsphere.Choice{}, fmt.Errorf("--to %s: unknown option %q (datastore, pool, folder)", to, k)
+		}
+	}
+	return name, vsphere.Choice{Datastore: q.Get("datastore"), Pool: q.Get("pool"), Folder: q.Get("folder")}, nil
+}
+
 func cmdRestore(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
 	vm := fs.String("vm", "", "VM name")
 	id := fs.String("backup", "latest", "backup id, or latest (newest verified)")
-	to := fs.String("to", "", "path of the raw image to write (disk N>0 of a multi-disk VM goes to PATH.N), or vsphere://HOST/NEW-VM for a new VM beside the backed-up one (or, when it is gone, in its datacenter)")
+	to := fs.String("to", "", "path of the raw image to write (disk N>0 of a multi-disk VM goes to PATH.N), or vsphere://HOST/NEW-VM[?datastore=DS&pool=POOL&folder=FOLDER] for a new VM beside the backed-up one (or, when it is gone, in its datacenter; the options override either)")
 	workers := fs.Int("parallel", 8, "chunks fetched at once")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := fs.Parse(args); err != nil {
@@ -301,15 +321,17 @@ func cmdRestore(ctx context.Context, args []string) error {
 	progress := !*asJSON && isTerminal(os.Stderr)
 	start := time.Now()
 	// To vSphere: restore into scratch images, then make a VM from them.
-	target, toVSphere := strings.CutPrefix(*to, "vsphere://")
+	toVSphere := strings.HasPrefix(*to, "vsphere://")
+	var vmName string
+	var choice vsphere.Choice
 	base := *to
 	if toVSphere {
 		if !strings.HasPrefix(rec.Source, "vsphere:") {
 			return exitError{2, fmt.Errorf("backup %s is of %s, not of a vSphere VM: restore it to a file", rec.ID, rec.Source)}
 		}
-		_, name, _ := strings.Cut(target, "/")
-		if name == "" || strings.Contains(name, "/") {
-			return exitError{2, fmt.Errorf("--to %s: want vsphere://HOST/NEW-VM-NAME", *to)}
+		var err error
+		if vmName, choice, err = parseVSphereTarget(*to); err != nil {
+			return exitError{2, err}
 		}
 		var vcfg vsphere.Config
 		if err := runtime.Load(&vcfg); err != nil {
@@ -319,7 +341,7 @@ func cmdRestore(ctx context.Context, args []string) error {
 		for _, d := range rec.Disks {
 			sizes = append(sizes, d.Size)
 		}
-		if err := source.NewOpener(vcfg).CheckVSphereRestore(ctx, rec.Source, name, sizes); err != nil {
+		if err := source.NewOpener(vcfg).CheckVSphereRestore(ctx, rec.Source, vmName, choice, sizes); err != nil {
 			return fmt.Errorf("restore %s to vSphere: %w", rec.ID, err)
 		}
 		dir, err := os.MkdirTemp("", "strata-restore-")
@@ -361,8 +383,7 @@ func cmdRestore(ctx context.Context, args []string) error {
 		if err := runtime.Load(&vcfg); err != nil {
 			return err
 		}
-		_, name, _ := strings.Cut(target, "/")
-		if err := source.NewOpener(vcfg).RestoreToVSphere(ctx, rec.Source, rec.VMConfig, name, images); err != nil {
+		if err := source.NewOpener(vcfg).RestoreToVSphere(ctx, rec.Source, rec.VMConfig, vmName, choice, images); err != nil {
 			return fmt.Errorf("restore %s to vSphere: %w", rec.ID, err)
 		}
 		for _, r := range results {

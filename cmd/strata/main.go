@@ -20,7 +20,7 @@ Usage:
   strata verify  --vm NAME --backup ID|latest --mode stored|trivial|certify|chunks|restore-test [--json]
   strata verify  --all --mode chunks [--json]
   strata check   [--json]                 bad chunks, damaged backups (exit 1 when damaged)
-  strata restore --vm NAME --backup ID|latest --to PATH|vsphere://HOST/NEW-VM [--json]
+  strata restore --vm NAME --backup ID|latest --to PATH|vsphere://HOST/NEW-VM[?datastore=&pool=&folder=] [--json]
   strata prune   --vm NAME [--keep-last N --keep-daily D --keep-weekly W --keep-monthly M] [--yes] [--json]
   strata gc      [--dry-run] [--grace 24h] [--json]
   strata policy  set --vm NAME --source URL --schedule CRON [--jitter D] [--key-interval K] [--verify MODE]

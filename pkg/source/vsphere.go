@@ -132,9 +132,12 @@ func (d *VSphereDisk) ChangedExtents(ctx context.Context, since ChangeID) ([]Ext
 
 // RestoreToVSphere creates a VM called name from restored disk images,
 // placed beside the VM the backup's source URL names or, when that VM is
-// gone, in its datacenter's defaults.
-func (o *Opener) RestoreToVSphere(ctx context.Context, sourceURL string, hw *contracts.VMConfig, name string, images []vsphere.Image) error {
+// gone, in its datacenter's defaults, then overridden by the user's choice.
+func (o *Opener) RestoreToVSphere(ctx context.Context, sourceURL string, hw *contracts.VMConfig, name string, choice vsphere.Choice, images []vsphere.Image) error {
 	c, p, err := o.placement(ctx, sourceURL, images)
+	if err == nil {
+		p, err = choice.Apply(ctx, c, p)
+	}
 	if err != nil {
 		return err
 	}
@@ -143,14 +146,17 @@ func (o *Opener) RestoreToVSphere(ctx context.Context, sourceURL string, hw *con
 }
 
 // CheckVSphereRestore refuses, before any disk is restored, a restore to
-// vSphere that could not finish: the name is taken or no placement has
-// room for disks of these sizes.
-func (o *Opener) CheckVSphereRestore(ctx context.Context, sourceURL, name string, sizes []int64) error {
+// vSphere that could not finish: the name is taken, a chosen place does
+// not exist, or no placement has room for disks of these sizes.
+func (o *Opener) CheckVSphereRestore(ctx context.Context, sourceURL, name string, choice vsphere.Choice, sizes []int64) error {
 	images := make([]vsphere.Image, len(sizes))
 	for i, n := range sizes {
 		images[i].Size = n
 	}
-	c, _, err := o.placement(ctx, sourceURL, images)
+	c, p, err := o.placement(ctx, sourceURL, images)
+	if err == nil {
+		_, err = choice.Apply(ctx, c, p)
+	}
 	if err != nil {
 		return err
 	}

@@ -114,6 +114,46 @@ func DefaultPlacement(ctx context.Context, c *govmomi.Client, datacenter string,
 	return Placement{Folder: folders.VmFolder, Pool: pools[0], Datastore: best, GuestID: "otherGuest64"}, nil
 }
 
+// Choice names where a restored VM must go, overriding the placement:
+// inventory paths (or names, in a single-datacenter inventory); empty
+// fields keep the placement's.
+type Choice struct {
+	Datastore, Pool, Folder string
+}
+
+// Apply overrides p with the choices, refusing names that do not resolve.
+func (ch Choice) Apply(ctx context.Context, c *govmomi.Client, p Placement) (Placement, error) {
+	if ch == (Choice{}) {
+		return p, nil
+	}
+	f := find.NewFinder(c.Client, true)
+	if dc, err := f.DefaultDatacenter(ctx); err == nil {
+		f.SetDatacenter(dc) // relative names need one; absolute paths do not
+	}
+	if ch.Datastore != "" {
+		ds, err := f.Datastore(ctx, ch.Datastore)
+		if err != nil {
+			return p, fmt.Errorf("datastore %s: %w", ch.Datastore, err)
+		}
+		p.Datastore = ds
+	}
+	if ch.Pool != "" {
+		pool, err := f.ResourcePool(ctx, ch.Pool)
+		if err != nil {
+			return p, fmt.Errorf("resource pool %s: %w", ch.Pool, err)
+		}
+		p.Pool, p.Host = pool, nil
+	}
+	if ch.Folder != "" {
+		folder, err := f.Folder(ctx, ch.Folder)
+		if err != nil {
+			return p, fmt.Errorf("folder %s: %w", ch.Folder, err)
+		}
+		p.Folder = folder
+	}
+	return p, nil
+}
+
 // CreateFromImages creates a powered-off VM called name at p with the
 // backed-up VM's hardware (hw; nil: the placement's guest OS and the
 // server's defaults) and one thin disk per image, and uploads each image
