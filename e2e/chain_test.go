@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/pkg/testdisk"
 	"github.com/strata-backup/strata/pkg/testserver"
 )
 
@@ -21,13 +20,7 @@ func TestChainOf25KeyIntervalAndPrune(t *testing.T) {
 	// exact count below holds shard by shard.
 	st := startStack(t, stackOptions{extraEnv: map[string][]string{"snapshotter": {"STRATA_KEY_INTERVAL=10"}, "dedup": {"STRATA_GC_SHARDS=16"}}})
 	dir := t.TempDir()
-	raw := filepath.Join(dir, "base.raw")
-	if err := testdisk.Write(raw, 8<<20, 31); err != nil {
-		t.Fatal(err)
-	}
-	qcow := filepath.Join(dir, "disk.qcow2")
-	testserver.Qemu(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow)
-	testserver.Qemu(t, "qemu-img", "bitmap", "--add", qcow, "b1")
+	_, qcow := qcowWithBitmap(t, dir, "base", 8<<20, 31)
 
 	type point struct {
 		rec contracts.BackupRecord

@@ -78,15 +78,7 @@ func TestNBDIncrementalFromDirtyBitmap(t *testing.T) {
 	const cs = 64 << 10
 	st := startStack(t, stackOptions{chunkSize: cs, extraEnv: map[string][]string{"snapshotter": {"STRATA_KEY_INTERVAL=2"}}})
 	dir := t.TempDir()
-	raw0 := filepath.Join(dir, "point0.raw")
-	if err := testdisk.Write(raw0, 256<<20, 21); err != nil {
-		t.Fatal(err)
-	}
-	qcow := filepath.Join(dir, "disk.qcow2")
-	testserver.Qemu(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw0, qcow)
-	// Bitmap rotation: the bitmap the next incremental consumes is created
-	// when (before) this backup's point in time is taken.
-	testserver.Qemu(t, "qemu-img", "bitmap", "--add", qcow, "b1")
+	raw0, qcow := qcowWithBitmap(t, dir, "point0", 256<<20, 21)
 
 	bitmap := "b1"
 	backup := func(vm string, addr string) contracts.BackupRecord {
@@ -192,6 +184,21 @@ func TestNBDIncrementalFromDirtyBitmap(t *testing.T) {
 	}
 }
 
+// qcowWithBitmap writes a generated raw image (name.raw) and a qcow2 copy
+// of it (name.qcow2) with dirty bitmap b1: bitmap rotation creates the
+// bitmap the next incremental consumes when (before) this point in time is
+// backed up.
+func qcowWithBitmap(t *testing.T, dir, name string, size int64, seed uint64) (raw, qcow string) {
+	t.Helper()
+	raw, qcow = filepath.Join(dir, name+".raw"), filepath.Join(dir, name+".qcow2")
+	if err := testdisk.Write(raw, size, seed); err != nil {
+		t.Fatal(err)
+	}
+	testserver.Qemu(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow)
+	testserver.Qemu(t, "qemu-img", "bitmap", "--add", qcow, "b1")
+	return raw, qcow
+}
+
 // segmentsPublished is the number of transfer segments ever published (the
 // work queue's last sequence: acked messages leave the stream).
 func segmentsPublished(t *testing.T, st *stack) uint64 {
@@ -251,13 +258,7 @@ func TestIncrementalRewritesAKnownBadChunk(t *testing.T) {
 		t.Fatalf("chunks verification after a bit flip: exit %d, %s", code, out)
 	}
 
-	rawB := filepath.Join(dir, "b.raw")
-	if err := testdisk.Write(rawB, 16<<20, 32); err != nil {
-		t.Fatal(err)
-	}
-	qcow := filepath.Join(dir, "b.qcow2")
-	testserver.Qemu(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", rawB, qcow)
-	testserver.Qemu(t, "qemu-img", "bitmap", "--add", qcow, "b1")
+	rawB, qcow := qcowWithBitmap(t, dir, "b", 16<<20, 32)
 	addr, nbdProc := testserver.QemuNBD(t, qcow, "qcow2", "b1")
 	st.mustCLI("backup", "--vm", "vm-b", "--source", "nbd://"+addr+"/disk?bitmap=b1", "--wait")
 	nbdProc.Stop()

@@ -219,14 +219,19 @@ func (s *Sim) CreateVM(name string, sizes ...int64) *object.VirtualMachine {
 
 // VMExists reports whether a VM of that name is in the inventory.
 func (s *Sim) VMExists(name string) bool {
+	_, err := s.findVM(name)
+	return err == nil
+}
+
+// findVM finds a VM by name in the simulator's datacenter.
+func (s *Sim) findVM(name string) (*object.VirtualMachine, error) {
 	f := find.NewFinder(s.client.Client, true)
 	dc, err := f.DefaultDatacenter(context.Background())
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	f.SetDatacenter(dc)
-	_, err = f.VirtualMachine(context.Background(), name)
-	return err == nil
+	return f.VirtualMachine(context.Background(), name)
 }
 
 // The virtual hardware CreateVM gives every VM (guest ubuntu64Guest, EFI).
@@ -239,13 +244,7 @@ const (
 func (s *Sim) Hardware(name string) (guest string, cpus int32, memoryMB int32, firmware string) {
 	s.t.Helper()
 	ctx := context.Background()
-	f := find.NewFinder(s.client.Client, true)
-	dc, err := f.DefaultDatacenter(ctx)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	f.SetDatacenter(dc)
-	vm, err := f.VirtualMachine(ctx, name)
+	vm, err := s.findVM(name)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -260,13 +259,7 @@ func (s *Sim) Hardware(name string) (guest string, cpus int32, memoryMB int32, f
 func (s *Sim) DestroyVM(name string) {
 	s.t.Helper()
 	ctx := context.Background()
-	f := find.NewFinder(s.client.Client, true)
-	dc, err := f.DefaultDatacenter(ctx)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	f.SetDatacenter(dc)
-	vm, err := f.VirtualMachine(ctx, name)
+	vm, err := s.findVM(name)
 	if err != nil {
 		s.t.Fatal(err)
 	}
