@@ -337,11 +337,7 @@ func cmdRestore(ctx context.Context, args []string) error {
 		if err := runtime.Load(&vcfg); err != nil {
 			return err
 		}
-		var sizes []int64
-		for _, d := range rec.Disks {
-			sizes = append(sizes, d.Size)
-		}
-		if err := source.NewOpener(vcfg).CheckVSphereRestore(ctx, rec.Source, vmName, choice, sizes); err != nil {
+		if err := source.NewOpener(vcfg).CheckVSphereRestore(ctx, rec.Source, vmName, choice, rec.Size()); err != nil {
 			return fmt.Errorf("restore %s to vSphere: %w", rec.ID, err)
 		}
 		dir, err := os.MkdirTemp("", "strata-restore-")

@@ -134,10 +134,7 @@ func (d *VSphereDisk) ChangedExtents(ctx context.Context, since ChangeID) ([]Ext
 // placed beside the VM the backup's source URL names or, when that VM is
 // gone, in its datacenter's defaults, then overridden by the user's choice.
 func (o *Opener) RestoreToVSphere(ctx context.Context, sourceURL string, hw *contracts.VMConfig, name string, choice vsphere.Choice, images []vsphere.Image) error {
-	c, p, err := o.placement(ctx, sourceURL, images)
-	if err == nil {
-		p, err = choice.Apply(ctx, c, p)
-	}
+	c, p, err := o.placement(ctx, sourceURL, choice, imagesSize(images))
 	if err != nil {
 		return err
 	}
@@ -147,16 +144,9 @@ func (o *Opener) RestoreToVSphere(ctx context.Context, sourceURL string, hw *con
 
 // CheckVSphereRestore refuses, before any disk is restored, a restore to
 // vSphere that could not finish: the name is taken, a chosen place does
-// not exist, or no placement has room for disks of these sizes.
-func (o *Opener) CheckVSphereRestore(ctx context.Context, sourceURL, name string, choice vsphere.Choice, sizes []int64) error {
-	images := make([]vsphere.Image, len(sizes))
-	for i, n := range sizes {
-		images[i].Size = n
-	}
-	c, p, err := o.placement(ctx, sourceURL, images)
-	if err == nil {
-		_, err = choice.Apply(ctx, c, p)
-	}
+// not exist, or no placement has room for need bytes of disks.
+func (o *Opener) CheckVSphereRestore(ctx context.Context, sourceURL, name string, choice vsphere.Choice, need int64) error {
+	c, _, err := o.placement(ctx, sourceURL, choice, need)
 	if err != nil {
 		return err
 	}
@@ -166,36 +156,44 @@ func (o *Opener) CheckVSphereRestore(ctx context.Context, sourceURL, name string
 	return nil
 }
 
+func imagesSize(images []vsphere.Image) int64 {
+	var n int64
+	for _, img := range images {
+		n += img.Size
+	}
+	return n
+}
+
 // placement puts a restored VM beside the backed-up one or, when that VM
 // no longer exists (the disaster a restore is for), in the datacenter it
 // was in (its inventory path's, or the only one): VM folder, first
-// resource pool, the datastore with the most free space.
-func (o *Opener) placement(ctx context.Context, sourceURL string, images []vsphere.Image) (*govmomi.Client, vsphere.Placement, error) {
+// resource pool, the datastore with the most free space; then applies the
+// user's choice.
+func (o *Opener) placement(ctx context.Context, sourceURL string, choice vsphere.Choice, need int64) (*govmomi.Client, vsphere.Placement, error) {
 	t, c, like, err := o.vsphereVM(ctx, sourceURL)
+	var p vsphere.Placement
 	switch {
 	case err == nil:
-		p, err := vsphere.PlacementBeside(ctx, c, like)
-		return c, p, err
+		p, err = vsphere.PlacementBeside(ctx, c, like)
 	case errors.Is(err, vsphere.ErrVMNotFound) && c != nil:
-		var need int64
-		for _, img := range images {
-			need += img.Size
-		}
 		datacenter := ""
 		if before, _, ok := strings.Cut(t.VM, "/vm/"); ok && strings.HasPrefix(t.VM, "/") {
 			datacenter = before
 		}
-		p, err := vsphere.DefaultPlacement(ctx, c, datacenter, need)
-		return c, p, err
+		p, err = vsphere.DefaultPlacement(ctx, c, datacenter, need)
 	}
-	return nil, vsphere.Placement{}, err
+	if err != nil {
+		return nil, p, err
+	}
+	p, err = choice.Apply(ctx, c, p)
+	return c, p, err
 }
 
 // BootCheck is a restore test's last step for a vSphere backup (Xen
 // Orchestra's health check): a throwaway VM made from the restored images
 // beside the original, powered on and off, then destroyed.
 func (o *Opener) BootCheck(ctx context.Context, sourceURL, backupID string, hw *contracts.VMConfig, images []vsphere.Image) error {
-	c, p, err := o.placement(ctx, sourceURL, images)
+	c, p, err := o.placement(ctx, sourceURL, vsphere.Choice{}, imagesSize(images))
 	if err != nil {
 		return err
 	}

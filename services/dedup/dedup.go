@@ -35,8 +35,8 @@ type Config struct {
 
 // Start registers the dedup endpoint.
 func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
-	if n := cfg.GCShards; n < 1 || n > 256 || 256%n != 0 {
-		return fmt.Errorf("STRATA_GC_SHARDS=%d: must be a power of two from 1 to 256", n)
+	if err := validShards(cfg.GCShards); err != nil {
+		return err
 	}
 	holds, err := rt.Bus.JS.KeyValue(ctx, contracts.BucketGCHolds)
 	if err != nil {

@@ -51,8 +51,8 @@ const drainTimeout = 30 * time.Minute
 // their first byte), so the mark holds one shard's ids at a time: memory
 // divided by shards, every manifest read shards times.
 func collect(ctx context.Context, rt *runtime.Runtime, grace time.Duration, dryRun bool, shards int) (*contracts.GCReply, error) {
-	if shards < 1 || shards > 256 || 256%shards != 0 {
-		return nil, fmt.Errorf("gc shards %d: must be a power of two from 1 to 256", shards)
+	if err := validShards(shards); err != nil {
+		return nil, err
 	}
 	kv := rt.Catalog.KV
 	c := &collection{rt: rt, grace: grace, dryRun: dryRun,
@@ -73,6 +73,14 @@ func collect(ctx context.Context, rt *runtime.Runtime, grace time.Duration, dryR
 	rt.Log.InfoContext(ctx, "garbage collection", "dry_run", dryRun, "shards", shards, "backups", r.Backups, "referenced", r.Referenced,
 		"chunks", r.Chunks, "young", r.Young, "rescued", r.Rescued, "deleted", r.Deleted, "freed_bytes", r.FreedBytes)
 	return r, nil
+}
+
+// validShards: shards split the 256 first-byte values evenly.
+func validShards(n int) error {
+	if n < 1 || n > 256 || 256%n != 0 {
+		return fmt.Errorf("STRATA_GC_SHARDS=%d: must be a power of two from 1 to 256", n)
+	}
+	return nil
 }
 
 // collection is one run of collect; its reply sums the shards.

@@ -187,12 +187,13 @@ func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk
 	for seg := 0; seg < disk.Segments; seg++ {
 		if disk.IsUntouched(seg) { // never published: unchanged since the parent
 			first := int64(seg) * int64(perSeg)
-			z, err := inheritRange(man, first, min(first+int64(perSeg), int64(len(man.IDs))), loadParent)
+			end := min(first+int64(perSeg), int64(len(man.IDs)))
+			z, err := inheritRange(man, first, end, loadParent)
 			if err != nil {
 				return nil, 0, fmt.Errorf("untouched segment %d of disk %d: %w", seg, disk.Index, err)
 			}
 			zero += z
-			covered += min(int64(perSeg), int64(len(man.IDs))-first)
+			covered += end - first
 			continue
 		}
 		subject := contracts.SegmentDoneSubject(rec.ID, disk.Index, seg)
