@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := $(CURDIR)/bin
 SERVERS_BIN = $(shell deploy/tools/servers.sh 2>/dev/null | tail -1)
-MODULES := contracts pkg services/scheduler services/snapshotter services/transfer services/dedup services/merge services/verifier cmd/strata e2e
+MODULES := contracts internal pkg services/scheduler services/snapshotter services/transfer services/dedup services/merge services/verifier cmd/strata e2e
 SERVICES := scheduler snapshotter transfer dedup merge verifier
 PKGS := github.com/strata-backup/strata/...
 
@@ -29,6 +29,10 @@ servers:
 
 vet:
 	$(GO) vet $(PKGS)
+	@big=$$(git ls-files -z | xargs -0 -r stat -c '%s %n' 2>/dev/null | awk '$$1 > 1048576 {print $$2}'); \
+		test -z "$$big" || { echo "tracked files over 1 MB (build outputs or data?):"; echo "$$big"; exit 1; }
+	@bad=$$(grep -rlE '"testing"|STRATA_TEST_' --include='*.go' pkg services cmd contracts | grep -v '_test\.go$$' | grep -v '/internal/'); \
+		test -z "$$bad" || { echo "production code imports testing or reads STRATA_TEST_*:"; echo "$$bad"; exit 1; }
 	@test -z "$$(gofmt -l $(MODULES))" || { gofmt -l $(MODULES); echo "gofmt needed"; exit 1; }
 
 unit:

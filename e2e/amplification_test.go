@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/pkg/testdisk"
-	"github.com/strata-backup/strata/pkg/testserver"
+	"github.com/strata-backup/strata/internal/testserver"
+	"github.com/strata-backup/strata/pkg/demodisk"
 )
 
 // BenchmarkAmplification (`make bench`): a 4 GiB disk on real qemu-nbd, a
@@ -31,7 +31,7 @@ func BenchmarkAmplification(b *testing.B) {
 	for _, disk := range []struct {
 		name  string
 		write func(path string, size int64, seed uint64) error
-	}{{"sparse", testdisk.Write}, {"allocated", testdisk.WriteAllocated}} {
+	}{{"sparse", demodisk.Write}, {"allocated", demodisk.WriteAllocated}} {
 		b.Run("disk="+disk.name, func(b *testing.B) { amplification(b, disk.write) })
 	}
 }

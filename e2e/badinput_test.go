@@ -11,7 +11,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/pkg/testdisk"
+	"github.com/strata-backup/strata/pkg/demodisk"
 )
 
 // Garbage on every subject the services consume is dead-lettered with a
@@ -72,7 +72,7 @@ func TestBadInputIsRefusedAndNothingBreaks(t *testing.T) {
 	// The services still work.
 	dir := t.TempDir()
 	img := filepath.Join(dir, "disk.img")
-	if err := testdisk.Write(img, 96<<20, 3); err != nil {
+	if err := demodisk.Write(img, 96<<20, 3); err != nil {
 		t.Fatal(err)
 	}
 	id := strings.TrimSpace(strings.Split(st.mustCLI("backup", "--vm", "app", "--source", "file://"+img, "--wait"), "\n")[0])

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/pkg/testdisk"
+	"github.com/strata-backup/strata/pkg/demodisk"
 )
 
 // BenchmarkBackupRestore: a 1 GiB image through the six processes on real
@@ -22,7 +22,7 @@ func BenchmarkBackupRestore(b *testing.B) {
 	dir := b.TempDir()
 	img := filepath.Join(dir, "disk.img")
 	const size = 1 << 30
-	if err := testdisk.Write(img, size, 42); err != nil {
+	if err := demodisk.Write(img, size, 42); err != nil {
 		b.Fatal(err)
 	}
 	b.ResetTimer()
@@ -70,7 +70,7 @@ func BenchmarkVerify(b *testing.B) {
 	st := startStack(b, stackOptions{chunkSize: 256 << 10})
 	dir := b.TempDir()
 	img := filepath.Join(dir, "disk.img")
-	if err := testdisk.Write(img, 4<<30, 43); err != nil {
+	if err := demodisk.Write(img, 4<<30, 43); err != nil {
 		b.Fatal(err)
 	}
 	out := st.mustCLI("backup", "--vm", "verify-bench", "--source", "file://"+img, "--wait")

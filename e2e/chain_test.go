@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/pkg/testserver"
+	"github.com/strata-backup/strata/internal/testserver"
 )
 
 // A chain of 25 backups from a QEMU dirty bitmap with key interval 10:
@@ -84,7 +84,7 @@ func TestChainOf25KeyIntervalAndPrune(t *testing.T) {
 		keep := len(remaining) - 1
 		old := st.procs["merge"][len(st.procs["merge"])-1]
 		old.Stop()
-		crashing := st.startService("merge", "STRATA_TEST_CRASH_AT_PRUNE_STEP="+step)
+		crashing := st.startBinary("merge", "strata-merge-crashing", []string{step})
 		st.waitReady(crashing)
 		if _, _, code := st.cli("prune", "--vm", "chain", "--keep-last", fmt.Sprint(keep), "--yes", "--timeout", "5s"); code == 0 {
 			t.Fatalf("prune with a merge crashing at %q succeeded", step)

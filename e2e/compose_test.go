@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/pkg/testdisk"
-	"github.com/strata-backup/strata/pkg/testserver"
+	"github.com/strata-backup/strata/internal/testserver"
+	"github.com/strata-backup/strata/pkg/demodisk"
 )
 
 // composeStack drives the docker-compose.yml deployment from the repository
@@ -118,7 +118,7 @@ func startCompose(t *testing.T) *composeStack {
 func (c *composeStack) image(name string, size int64, seed uint64) (hostPath, source string) {
 	c.t.Helper()
 	p := filepath.Join(c.sources, name)
-	if err := testdisk.Write(p, size, seed); err != nil {
+	if err := demodisk.Write(p, size, seed); err != nil {
 		c.t.Fatal(err)
 	}
 	os.Chmod(p, 0o644)

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/strata-backup/strata/pkg/testdisk"
-	"github.com/strata-backup/strata/pkg/testserver"
+	"github.com/strata-backup/strata/internal/testserver"
+	"github.com/strata-backup/strata/pkg/demodisk"
 )
 
 // The laptop mode: `strata dev` (embedded NATS, all six services, a local
@@ -39,7 +39,7 @@ func TestDevMode(t *testing.T) {
 		}
 	}
 	img := filepath.Join(dir, "disk.img")
-	if err := testdisk.Write(img, 64<<20, 8); err != nil {
+	if err := demodisk.Write(img, 64<<20, 8); err != nil {
 		t.Fatal(err)
 	}
 	out, err := cli("backup", "--vm", "laptop", "--source", "file://"+img, "--verify", "certify", "--wait")

@@ -14,9 +14,9 @@ import (
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/demodisk"
 	"github.com/strata-backup/strata/pkg/objstore"
 	"github.com/strata-backup/strata/pkg/repo"
-	"github.com/strata-backup/strata/pkg/testdisk"
 )
 
 const chunkSize = 1 << 20
@@ -28,7 +28,7 @@ func TestBackupRestoreOneTrace(t *testing.T) {
 	st := startStack(t, stackOptions{jaeger: true})
 	dir := t.TempDir()
 	img := filepath.Join(dir, "disk.img")
-	if err := testdisk.Write(img, 1<<30+12345, 42); err != nil {
+	if err := demodisk.Write(img, 1<<30+12345, 42); err != nil {
 		t.Fatal(err)
 	}
 	ids, zero := chunkCensus(t, img, chunkSize)
@@ -130,7 +130,7 @@ func TestTransferWorkerKilledMidBackup(t *testing.T) {
 	st := startStack(t, stackOptions{transfers: 2, extraEnv: map[string][]string{"transfer": slow, "dedup": {"STRATA_GC_SHARDS=4"}}})
 	dir := t.TempDir()
 	img := filepath.Join(dir, "disk.img")
-	if err := testdisk.Write(img, 400<<20, 7); err != nil {
+	if err := demodisk.Write(img, 400<<20, 7); err != nil {
 		t.Fatal(err)
 	}
 	out := st.mustCLI("backup", "--vm", "db-01", "--source", "file://"+img)

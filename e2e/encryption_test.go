@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/strata-backup/strata/pkg/chunk"
-	"github.com/strata-backup/strata/pkg/testdisk"
+	"github.com/strata-backup/strata/pkg/demodisk"
 )
 
 // Client-side encryption: with STRATA_ENCRYPTION_KEY_FILE set for every
@@ -23,7 +23,7 @@ func TestEncryption(t *testing.T) {
 	os.WriteFile(key, []byte(strings.Repeat("3f", 32)+"\n"), 0o600)
 	st := startStack(t, stackOptions{chunkSize: 64 << 10, env: []string{"STRATA_ENCRYPTION_KEY_FILE=" + key}})
 	img := filepath.Join(dir, "disk.img")
-	if err := testdisk.Write(img, 24<<20, 17); err != nil {
+	if err := demodisk.Write(img, 24<<20, 17); err != nil {
 		t.Fatal(err)
 	}
 	source, err := os.ReadFile(img)

@@ -14,6 +14,7 @@ require (
 	github.com/klauspost/compress v1.20.4 // indirect
 	github.com/nats-io/nkeys v0.4.16 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
+	github.com/strata-backup/strata/internal v0.0.0
 	golang.org/x/crypto v0.57.0 // indirect
 	golang.org/x/sys v0.50.0 // indirect
 	gopkg.in/yaml.v3 v3.0.1 // indirect
@@ -29,3 +30,5 @@ replace (
 	github.com/strata-backup/strata/services/transfer => ../services/transfer
 	github.com/strata-backup/strata/services/verifier => ../services/verifier
 )
+
+replace github.com/strata-backup/strata/internal => ../internal

@@ -14,10 +14,10 @@ import (
 	"time"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/internal/testserver"
 	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/demodisk"
 	"github.com/strata-backup/strata/pkg/source"
-	"github.com/strata-backup/strata/pkg/testdisk"
-	"github.com/strata-backup/strata/pkg/testserver"
 )
 
 // A full backup from a real qemu-nbd export reads only what
@@ -26,7 +26,7 @@ func TestNBDFullBackupReadsOnlyAllocated(t *testing.T) {
 	st := startStack(t, stackOptions{})
 	dir := t.TempDir()
 	raw := filepath.Join(dir, "disk.raw")
-	if err := testdisk.Write(raw, 256<<20, 11); err != nil {
+	if err := demodisk.Write(raw, 256<<20, 11); err != nil {
 		t.Fatal(err)
 	}
 	qcow := filepath.Join(dir, "disk.qcow2")
@@ -191,7 +191,7 @@ func TestNBDIncrementalFromDirtyBitmap(t *testing.T) {
 func qcowWithBitmap(t *testing.T, dir, name string, size int64, seed uint64) (raw, qcow string) {
 	t.Helper()
 	raw, qcow = filepath.Join(dir, name+".raw"), filepath.Join(dir, name+".qcow2")
-	if err := testdisk.Write(raw, size, seed); err != nil {
+	if err := demodisk.Write(raw, size, seed); err != nil {
 		t.Fatal(err)
 	}
 	testserver.Qemu(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow)
@@ -228,7 +228,7 @@ func TestIncrementalRewritesAKnownBadChunk(t *testing.T) {
 	dir := t.TempDir()
 	pattern := bytes.Repeat([]byte{7}, cs)
 	imgA := filepath.Join(dir, "a.img")
-	if err := testdisk.Write(imgA, 16<<20, 31); err != nil {
+	if err := demodisk.Write(imgA, 16<<20, 31); err != nil {
 		t.Fatal(err)
 	}
 	f, err := os.OpenFile(imgA, os.O_WRONLY, 0)

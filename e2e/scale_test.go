@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/strata-backup/strata/pkg/testdisk"
+	"github.com/strata-backup/strata/pkg/demodisk"
 )
 
 // BenchmarkScale (`make bench-scale`): backup throughput with 1, 2 and 4
@@ -18,7 +18,7 @@ func BenchmarkScale(b *testing.B) {
 	const size = 512 << 20
 	const limit = 16_000_000
 	img := filepath.Join(b.TempDir(), "disk.img")
-	if err := testdisk.Write(img, size, 77); err != nil {
+	if err := demodisk.Write(img, size, 77); err != nil {
 		b.Fatal(err)
 	}
 	var one float64

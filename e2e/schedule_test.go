@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/pkg/testdisk"
+	"github.com/strata-backup/strata/pkg/demodisk"
 )
 
 // Two scheduler processes run one policy with a 2-second schedule; one is
@@ -17,7 +17,7 @@ import (
 func TestScheduledSlotsTwoSchedulers(t *testing.T) {
 	st := startStack(t, stackOptions{schedulers: 2})
 	img := filepath.Join(t.TempDir(), "disk.img")
-	if err := testdisk.Write(img, 8<<20, 5); err != nil {
+	if err := demodisk.Write(img, 8<<20, 5); err != nil {
 		t.Fatal(err)
 	}
 	st.mustCLI("policy", "set", "--vm", "cron-vm", "--source", "file://"+img, "--schedule", "*/2 * * * * *")

@@ -20,8 +20,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/internal/testserver"
 	"github.com/strata-backup/strata/pkg/chunk"
-	"github.com/strata-backup/strata/pkg/testserver"
 )
 
 var binDir string
@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binDir = dir
-	pkgs := []string{"github.com/strata-backup/strata/cmd/strata"}
+	pkgs := []string{"github.com/strata-backup/strata/cmd/strata", "github.com/strata-backup/strata/e2e/cmd/strata-merge-crashing"}
 	for _, s := range services {
 		pkgs = append(pkgs, fmt.Sprintf("github.com/strata-backup/strata/services/%s/cmd/strata-%s", s, s))
 	}
@@ -123,7 +123,13 @@ func startStack(t testing.TB, o stackOptions) *stack {
 }
 
 func (st *stack) startService(name string, extra ...string) *testserver.Process {
-	cmd := exec.Command(filepath.Join(binDir, "strata-"+name))
+	return st.startBinary(name, "strata-"+name, nil, extra...)
+}
+
+// startBinary runs binary (from binDir) with args as one instance of
+// service name.
+func (st *stack) startBinary(name, binary string, args []string, extra ...string) *testserver.Process {
+	cmd := exec.Command(filepath.Join(binDir, binary), args...)
 	cmd.Env = append(append([]string{}, st.env...), extra...)
 	p := testserver.Start(st.t, fmt.Sprintf("strata-%s#%d", name, len(st.procs[name])), cmd)
 	st.procs[name] = append(st.procs[name], p)

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/pkg/testdisk"
+	"github.com/strata-backup/strata/pkg/demodisk"
 )
 
 // Event triggers: a strata.trigger.backup message on NATS and a POST to the
@@ -18,7 +18,7 @@ import (
 func TestEventTriggers(t *testing.T) {
 	st := startStack(t, stackOptions{})
 	img := filepath.Join(t.TempDir(), "disk.img")
-	if err := testdisk.Write(img, 40<<20, 9); err != nil {
+	if err := demodisk.Write(img, 40<<20, 9); err != nil {
 		t.Fatal(err)
 	}
 	ctx := ctxT(t, time.Minute)
@@ -81,7 +81,7 @@ func TestBackupDeadline(t *testing.T) {
 		"transfer":  {"STRATA_TRANSFER_RATE_LIMIT=2000000", "STRATA_TRANSFER_CONCURRENCY=1"},
 	}})
 	img := filepath.Join(t.TempDir(), "disk.img")
-	if err := testdisk.Write(img, 128<<20, 3); err != nil {
+	if err := demodisk.Write(img, 128<<20, 3); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/pkg/testdisk"
-	"github.com/strata-backup/strata/pkg/testserver"
+	"github.com/strata-backup/strata/internal/testserver"
+	"github.com/strata-backup/strata/pkg/demodisk"
 )
 
 // Certify, damage report and self-healing: two certified backups; one bit
@@ -28,7 +28,7 @@ func TestCertifyDamageAndSelfHealing(t *testing.T) {
 	st := startStack(t, stackOptions{chunkSize: cs, extraEnv: map[string][]string{"verifier": {"STRATA_VERIFY_TRIVIAL_MIB=4"}}})
 	dir := t.TempDir()
 	img := filepath.Join(dir, "disk.img")
-	if err := testdisk.Write(img, 32<<20, 5); err != nil {
+	if err := demodisk.Write(img, 32<<20, 5); err != nil {
 		t.Fatal(err)
 	}
 	src := "file://" + img
@@ -234,7 +234,7 @@ func TestScheduledChunkVerifyJobOverTransferWorkers(t *testing.T) {
 	var ids []string
 	for i, vm := range []string{"a", "b"} {
 		img := filepath.Join(dir, vm+".img")
-		if err := testdisk.Write(img, 24<<20, uint64(30+i)); err != nil {
+		if err := demodisk.Write(img, 24<<20, uint64(30+i)); err != nil {
 			t.Fatal(err)
 		}
 		st.mustCLI("backup", "--vm", vm, "--source", "file://"+img, "--wait")

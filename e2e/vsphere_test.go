@@ -14,8 +14,8 @@ import (
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/e2e/vcsimcbt"
+	"github.com/strata-backup/strata/internal/testserver"
 	"github.com/strata-backup/strata/pkg/chunk"
-	"github.com/strata-backup/strata/pkg/testserver"
 )
 
 // vSphere on the simulator: a VM with two disks, a full backup reading

@@ -12,8 +12,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 
+	"github.com/strata-backup/strata/pkg/demodisk"
 	"github.com/strata-backup/strata/pkg/runtime"
-	"github.com/strata-backup/strata/pkg/testdisk"
 	"github.com/strata-backup/strata/services/dedup"
 	"github.com/strata-backup/strata/services/merge"
 	"github.com/strata-backup/strata/services/scheduler"
@@ -121,5 +121,5 @@ func cmdMkdisk(args []string) error {
 	if err != nil {
 		return exitError{2, fmt.Errorf("seed: %w", err)}
 	}
-	return testdisk.Write(fs.Arg(0), *size, s)
+	return demodisk.Write(fs.Arg(0), *size, s)
 }

@@ -81,3 +81,5 @@ replace (
 	github.com/strata-backup/strata/services/transfer => ../../services/transfer
 	github.com/strata-backup/strata/services/verifier => ../../services/verifier
 )
+
+replace github.com/strata-backup/strata/internal => ../../internal

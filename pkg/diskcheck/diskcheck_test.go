@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/strata-backup/strata/pkg/testserver"
+	"github.com/strata-backup/strata/internal/testserver"
 )
 
 func inspect(t *testing.T, path string) *Layout {

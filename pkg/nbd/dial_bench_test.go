@@ -4,7 +4,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/strata-backup/strata/pkg/testserver"
+	"github.com/strata-backup/strata/internal/testserver"
 )
 
 // BenchmarkDial: one NBD handshake (with base:allocation and a dirty

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/strata-backup/strata/pkg/testserver"
+	"github.com/strata-backup/strata/internal/testserver"
 )
 
 // Against real qemu-nbd: reads equal the image's raw bytes; base:allocation

@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/strata-backup/strata/internal/testserver"
 	"github.com/strata-backup/strata/pkg/objstore"
-	"github.com/strata-backup/strata/pkg/objstore/objstoretest"
-	"github.com/strata-backup/strata/pkg/testserver"
+	"github.com/strata-backup/strata/pkg/objstore/internal/objstoretest"
 )
 
 func TestConformanceDir(t *testing.T) {

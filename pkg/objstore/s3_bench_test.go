@@ -9,8 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/strata-backup/strata/internal/testserver"
 	"github.com/strata-backup/strata/pkg/objstore"
-	"github.com/strata-backup/strata/pkg/testserver"
 )
 
 // BenchmarkS3Requests (`make bench`): the per-request cost of the S3 client

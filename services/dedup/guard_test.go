@@ -13,9 +13,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/internal/testserver"
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/objstore"
-	"github.com/strata-backup/strata/pkg/testserver"
 )
 
 // allPresent is a chunk store that holds everything.

@@ -61,3 +61,5 @@ replace (
 	github.com/strata-backup/strata/contracts => ../../contracts
 	github.com/strata-backup/strata/pkg => ../../pkg
 )
+
+replace github.com/strata-backup/strata/internal => ../../internal

@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -26,9 +25,15 @@ import (
 // Config of the merge service (prefix STRATA_).
 type Config struct {
 	runtime.Common
-	// TestCrashAtPruneStep (tests only): exit the process when pruning
-	// reaches this step (manifests, record, catalog), as a crash would.
-	TestCrashAtPruneStep string `envconfig:"TEST_CRASH_AT_PRUNE_STEP"`
+	// Hooks observe pruning step by step; nil in production. The e2e suite
+	// builds a merge binary whose hook exits where a crash would.
+	Hooks Hooks `ignored:"true"`
+}
+
+// Hooks are called before each step of pruning one backup (manifests,
+// record, catalog); an error stops the prune there, as a crash would.
+type Hooks interface {
+	BeforePruneStep(step, backupID string) error
 }
 
 // Start registers the merge consumer.
@@ -38,15 +43,6 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		return fmt.Errorf("open results stream: %w", err)
 	}
 	m := &merger{rt: rt, results: results}
-	if step := cfg.TestCrashAtPruneStep; step != "" {
-		PruneHook = func(at, backupID string) error {
-			if at == step {
-				rt.Log.Warn("test hook: crashing at prune step", "step", at, "backup", backupID)
-				os.Exit(3)
-			}
-			return nil
-		}
-	}
 	svc, err := rt.Bus.AddService("backup assembly, retention and pruning")
 	if err != nil {
 		return err
@@ -61,7 +57,7 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 				return nil, fmt.Errorf("vm %q has no policy with retention rules", req.VM)
 			}
 		}
-		return prune(ctx, rt, req.VM, rules, req.DryRun)
+		return prune(ctx, rt, cfg.Hooks, req.VM, rules, req.DryRun)
 	}); err != nil {
 		return err
 	}
@@ -72,7 +68,7 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		if err != nil || !ok || rules.None() {
 			return err
 		}
-		_, err = prune(ctx, rt, o.VM, rules, false)
+		_, err = prune(ctx, rt, cfg.Hooks, o.VM, rules, false)
 		return err
 	}); err != nil {
 		return err

@@ -13,10 +13,6 @@ import (
 	"github.com/strata-backup/strata/pkg/runtime"
 )
 
-// PruneHook, when set (tests only), is called before each step of pruning
-// one backup; returning an error stops there, as a crash would.
-var PruneHook func(step string, backupID string) error
-
 // prune applies retention rules to one VM. Every backup's manifest is a
 // complete chunk map, so pruning is metadata only and never rewrites a
 // newer backup: there is nothing to fold. Each backup is removed in the
@@ -24,7 +20,7 @@ var PruneHook func(step string, backupID string) error
 // backup stays listed, so a crash at any step leaves every other backup
 // restorable and the next prune finishes the job (deletes are idempotent).
 // Chunks are left to garbage collection.
-func prune(ctx context.Context, rt *runtime.Runtime, vm string, rules retention.Rules, dryRun bool) (*contracts.PruneReply, error) {
+func prune(ctx context.Context, rt *runtime.Runtime, hooks Hooks, vm string, rules retention.Rules, dryRun bool) (*contracts.PruneReply, error) {
 	recs, err := rt.Catalog.List(ctx, vm)
 	if err != nil {
 		return nil, err
@@ -36,7 +32,7 @@ func prune(ctx context.Context, rt *runtime.Runtime, vm string, rules retention.
 	}
 	for _, r := range drop {
 		if !dryRun {
-			if err := pruneOne(ctx, rt, r); err != nil {
+			if err := pruneOne(ctx, rt, hooks, r); err != nil {
 				return nil, fmt.Errorf("prune %s: %w", r.ID, err)
 			}
 		}
@@ -48,10 +44,10 @@ func prune(ctx context.Context, rt *runtime.Runtime, vm string, rules retention.
 	return reply, nil
 }
 
-func pruneOne(ctx context.Context, rt *runtime.Runtime, r *contracts.BackupRecord) error {
+func pruneOne(ctx context.Context, rt *runtime.Runtime, hooks Hooks, r *contracts.BackupRecord) error {
 	step := func(name string) error {
-		if PruneHook != nil {
-			return PruneHook(name, r.ID)
+		if hooks != nil {
+			return hooks.BeforePruneStep(name, r.ID)
 		}
 		return nil
 	}

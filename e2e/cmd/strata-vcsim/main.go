@@ -23,7 +23,7 @@ import (
 	"syscall"
 
 	"github.com/strata-backup/strata/e2e/vcsimcbt"
-	"github.com/strata-backup/strata/pkg/testdisk"
+	"github.com/strata-backup/strata/pkg/demodisk"
 )
 
 // fatal is a vcsimcbt.TB for a process: failures end it.
@@ -49,7 +49,7 @@ func main() {
 	// simulator so CBT knows what is allocated.
 	for i, size := range sizes {
 		img := fmt.Sprintf("%s/demo-disk%d.img", os.TempDir(), i)
-		if err := testdisk.Write(img, size, uint64(100+i)); err != nil {
+		if err := demodisk.Write(img, size, uint64(100+i)); err != nil {
 			log.Fatal(err)
 		}
 		data, err := os.ReadFile(img)

@@ -1,7 +1,8 @@
-// Package testdisk generates deterministic raw disk images that look like
-// real ones to a backup: holes, zero runs, incompressible data, text-like
-// data and repeated blocks, at offsets that do not line up with chunks.
-package testdisk
+// Package demodisk generates deterministic raw disk images (`strata mkdisk`,
+// the demo disks, benchmarks and tests) that look like real ones to a backup:
+// holes, zero runs, incompressible data, text-like data and repeated blocks,
+// at offsets that do not line up with chunks.
+package demodisk
 
 import (
 	"bytes"

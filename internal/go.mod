@@ -1,0 +1,3 @@
+module github.com/strata-backup/strata/internal
+
+go 1.26.0
