@@ -137,7 +137,17 @@ type CheckReply struct {
 	BadChunks []BadChunk  `json:"bad_chunks"`
 	Repaired  []string    `json:"repaired"`
 	Damaged   []BackupRef `json:"damaged"`
-	Backups   int         `json:"backups"`
+	// Failed: VMs whose newest backup failed (with the reason): their
+	// latest point in time is not protected. Not healthy.
+	Failed  []FailedBackup `json:"failed"`
+	Backups int            `json:"backups"`
+}
+
+// FailedBackup is a backup that ended failed, and why.
+type FailedBackup struct {
+	VM       string `json:"vm"`
+	BackupID string `json:"backup_id"`
+	Reason   string `json:"reason"`
 }
 
 func (m *CheckReply) Validate() error { return checkSchema(m.Schema) }

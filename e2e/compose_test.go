@@ -170,6 +170,17 @@ func TestCompose(t *testing.T) {
 		}
 	})
 
+	// A certify verification whose source is gone fails the backup with
+	// the reason; --wait exits non-zero; check and ls report it.
+	t.Run("VerifierLosesSource", func(t *testing.T) {
+		c.t = t
+		c.stack.t = t
+		img, src := c.image("gone.img", 64<<20, 150)
+		sourceGoneBeforeCertify(t, c.stack, "gone", img, src,
+			func() { c.run("stop", "verifier") },
+			func() { c.run("start", "verifier") })
+	})
+
 	// vSphere through the stack: the demo simulator's VM (two disks), a
 	// full backup, 2 % of blocks rewritten, an incremental reading only
 	// the changed extents.

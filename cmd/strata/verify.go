@@ -95,12 +95,15 @@ func cmdCheck(ctx context.Context, args []string) error {
 		for _, b := range reply.Damaged {
 			fmt.Printf("damaged backup %s of %s\n", b.BackupID, b.VM)
 		}
+		for _, b := range reply.Failed {
+			fmt.Printf("newest backup of %s failed: %s: %s\n", b.VM, b.BackupID, b.Reason)
+		}
 		if reply.Healthy {
 			fmt.Printf("healthy: %d backups, no known bad chunk\n", reply.Backups)
 		}
 	}
 	if !reply.Healthy {
-		return exitError{1, fmt.Errorf("%d bad chunks damage %d backups", len(reply.BadChunks), len(reply.Damaged))}
+		return exitError{1, fmt.Errorf("%d bad chunks damage %d backups; the newest backup of %d VMs failed", len(reply.BadChunks), len(reply.Damaged), len(reply.Failed))}
 	}
 	return nil
 }

@@ -232,6 +232,23 @@ func (b *Bus) DeadLetter(ctx context.Context, subject string, data []byte, hdr n
 	b.Log.WarnContext(ctx, "message dead-lettered", "subject", subject, "reason", reason)
 }
 
+// giveUp runs spec.GiveUp until it succeeds; false if ctx ended first.
+func giveUp(ctx context.Context, b *Bus, spec Spec, m contracts.Message, reason error) bool {
+	for attempt := 0; ; attempt++ {
+		err := spec.GiveUp(ctx, m, reason)
+		if err == nil {
+			return true
+		}
+		delay := min(time.Duration(1<<min(attempt, 5))*250*time.Millisecond, 10*time.Second)
+		b.Log.WarnContext(ctx, "recording a failure failed; retrying", "consumer", spec.Durable, "reason", reason, "err", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(delay):
+		}
+	}
+}
+
 // Spec describes one durable consumer.
 type Spec struct {
 	Stream      string
@@ -242,8 +259,12 @@ type Spec struct {
 	Concurrency int           // messages handled at once, default 1
 	// GiveUp, when set, is told about a decoded message that is being
 	// dead-lettered because handling it failed for good, so the backup it
-	// belongs to can be failed cleanly instead of waiting forever.
-	GiveUp func(ctx context.Context, m contracts.Message, err error)
+	// belongs to is failed cleanly instead of waiting forever. It runs
+	// before the message is terminated and is retried until it returns
+	// nil (the message kept in progress meanwhile): an outcome is never
+	// dropped. Should the process stop first, the message is left
+	// unacknowledged, and the backup deadline catches what it could not.
+	GiveUp func(ctx context.Context, m contracts.Message, err error) error
 }
 
 // Consume runs h for every message of a durable pull consumer until ctx
@@ -312,8 +333,9 @@ func handle[T any, PT interface {
 		msg.Term()
 		return
 	}
-	// Keep the message ours while a long handler runs.
+	// Keep the message ours while a long handler (or a give-up) runs.
 	done := make(chan struct{})
+	defer close(done)
 	go func() {
 		t := time.NewTicker(spec.AckWait / 3)
 		defer t.Stop()
@@ -327,7 +349,6 @@ func handle[T any, PT interface {
 		}
 	}()
 	err := h(ctx, m)
-	close(done)
 	var later laterError
 	if errors.As(err, &later) {
 		msg.NakWithDelay(later.after)
@@ -351,11 +372,11 @@ func handle[T any, PT interface {
 	}
 	if IsPermanent(err) || delivered >= uint64(spec.MaxDeliver) {
 		reason := fmt.Sprintf("after %d deliveries: %v", delivered, err)
+		if spec.GiveUp != nil && !giveUp(ctx, b, spec, m, errors.New(reason)) {
+			return // shutting down before the outcome stuck: see Spec.GiveUp
+		}
 		b.DeadLetter(ctx, msg.Subject(), msg.Data(), msg.Headers(), reason)
 		msg.Term()
-		if spec.GiveUp != nil {
-			spec.GiveUp(ctx, m, errors.New(reason))
-		}
 		return
 	}
 	delay := min(time.Duration(1<<min(delivered, 5))*time.Second, 30*time.Second)

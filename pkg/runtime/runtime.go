@@ -142,6 +142,20 @@ func (rt *Runtime) FailBackup(ctx context.Context, vm, id, reason string) error 
 	return rt.Bus.Publish(ctx, contracts.SubjectBackupFailed, out, "outcome-"+id)
 }
 
+// FailRequest fails a requested backup whether or not it was planned: one
+// that never got a record gets a failed one, so the user sees it rather
+// than a backup that never appears. Idempotent.
+func (rt *Runtime) FailRequest(ctx context.Context, req *contracts.BackupRequested, reason string) error {
+	now := time.Now().UTC()
+	failed := &contracts.BackupRecord{Schema: contracts.SchemaVersion, ID: req.BackupID, VM: req.VM, Source: req.Source,
+		State: contracts.StateFailed, Error: reason, ChunkSize: rt.Repo.Config.ChunkSize,
+		CreatedAt: req.RequestedAt, UpdatedAt: now, FinishedAt: &now, Slot: req.Slot}
+	if _, _, err := rt.Catalog.Create(ctx, failed); err != nil {
+		return err
+	}
+	return rt.FailBackup(ctx, req.VM, req.BackupID, reason)
+}
+
 // Main is the whole main function of a service process: load config (spec
 // embeds Common, reached through common), start, run start, wait for
 // SIGINT/SIGTERM, shut down.

@@ -75,9 +75,9 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	}
 	return bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamResults, Durable: contracts.ConsumerMerge,
 		Filters: []string{contracts.SubjectSegmentDonePrefix + ">"}, Concurrency: 4, AckWait: time.Minute,
-		GiveUp: func(ctx context.Context, msg contracts.Message, err error) {
+		GiveUp: func(ctx context.Context, msg contracts.Message, err error) error {
 			d := msg.(*contracts.SegmentDone)
-			rt.FailBackup(ctx, d.VM, d.BackupID, fmt.Sprintf("merge: %v", err))
+			return rt.FailBackup(ctx, d.VM, d.BackupID, fmt.Sprintf("merge: %v", err))
 		}}, m.segmentDone)
 }
 

@@ -121,13 +121,7 @@ func (s *scheduler) enforceDeadline(ctx context.Context, req *contracts.BackupRe
 	reason := fmt.Sprintf("not finished within the backup deadline (STRATA_BACKUP_DEADLINE=%s)", deadline)
 	rec, _, err := s.rt.Catalog.Get(ctx, req.VM, req.BackupID)
 	if errors.Is(err, catalog.ErrNotFound) {
-		failed := &contracts.BackupRecord{Schema: contracts.SchemaVersion, ID: req.BackupID, VM: req.VM, Source: req.Source,
-			State: contracts.StateFailed, Error: reason + "; never planned", ChunkSize: s.rt.Repo.Config.ChunkSize,
-			CreatedAt: req.RequestedAt, UpdatedAt: time.Now().UTC(), Slot: req.Slot}
-		if _, _, err := s.rt.Catalog.Create(ctx, failed); err != nil {
-			return err
-		}
-		return s.rt.FailBackup(ctx, req.VM, req.BackupID, failed.Error)
+		return s.rt.FailRequest(ctx, req, reason+"; never planned")
 	}
 	if err != nil {
 		return err

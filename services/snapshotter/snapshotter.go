@@ -42,9 +42,8 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	}
 	if err := bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerSnapshotterRequests,
 		Filters: []string{contracts.SubjectBackupRequested}, Concurrency: 4, MaxDeliver: 30,
-		GiveUp: func(ctx context.Context, m contracts.Message, err error) {
-			req := m.(*contracts.BackupRequested)
-			rt.FailBackup(ctx, req.VM, req.BackupID, err.Error())
+		GiveUp: func(ctx context.Context, m contracts.Message, err error) error {
+			return rt.FailRequest(ctx, m.(*contracts.BackupRequested), err.Error())
 		}}, s.plan); err != nil {
 		return err
 	}

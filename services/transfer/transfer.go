@@ -60,9 +60,9 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	return bus.Consume(ctx, rt.Bus, bus.Spec{
 		Stream: contracts.StreamSegments, Durable: contracts.ConsumerTransfer, Filters: []string{contracts.SubjectSegmentPrefix + ">"},
 		AckWait: cfg.AckWait, MaxDeliver: 8, Concurrency: max(1, cfg.Concurrency),
-		GiveUp: func(ctx context.Context, m contracts.Message, err error) {
+		GiveUp: func(ctx context.Context, m contracts.Message, err error) error {
 			seg := m.(*contracts.Segment)
-			rt.FailBackup(ctx, seg.VM, seg.BackupID, fmt.Sprintf("segment %d of disk %d: %v", seg.Index, seg.Disk, err))
+			return rt.FailBackup(ctx, seg.VM, seg.BackupID, fmt.Sprintf("segment %d of disk %d: %v", seg.Index, seg.Disk, err))
 		},
 	}, w.handle)
 }

@@ -30,7 +30,7 @@ func (v *verifier) recordDamage(ctx context.Context, bad map[chunk.ID]string) ([
 		}
 		v.rt.Log.ErrorContext(ctx, "bad chunk", "chunk", id.String(), "reason", reason)
 	}
-	damaged, _, err := v.refreshDamage(ctx, bad)
+	damaged, _, _, err := v.refreshDamage(ctx, bad)
 	return damaged, err
 }
 
@@ -38,11 +38,36 @@ func (v *verifier) recordDamage(ctx context.Context, bad map[chunk.ID]string) ([
 // of bad chunks: on when it references one, off otherwise. Reading every
 // manifest is what a repository check costs; it runs only when a bad
 // chunk is found or on `strata check`, never on the backup path.
-func (v *verifier) refreshDamage(ctx context.Context, bad map[chunk.ID]string) (damaged []contracts.BackupRef, backups int, err error) {
+// newestFailed lists the VMs whose newest backup failed (recs oldest
+// first): a failure already followed by a good backup is history, not a
+// health problem.
+func newestFailed(recs []*contracts.BackupRecord) []contracts.FailedBackup {
+	newest := map[string]*contracts.BackupRecord{}
+	var order []string
+	for _, r := range recs {
+		if !r.State.Final() {
+			continue
+		}
+		if _, ok := newest[r.VM]; !ok {
+			order = append(order, r.VM)
+		}
+		newest[r.VM] = r
+	}
+	var out []contracts.FailedBackup
+	for _, vm := range order {
+		if r := newest[vm]; r.State == contracts.StateFailed {
+			out = append(out, contracts.FailedBackup{VM: r.VM, BackupID: r.ID, Reason: r.Error})
+		}
+	}
+	return out
+}
+
+func (v *verifier) refreshDamage(ctx context.Context, bad map[chunk.ID]string) (damaged []contracts.BackupRef, failed []contracts.FailedBackup, backups int, err error) {
 	recs, err := v.rt.Catalog.List(ctx, "")
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, 0, err
 	}
+	failed = newestFailed(recs)
 	for _, r := range recs {
 		if r.State != contracts.StateVerified && r.State != contracts.StateCommitted {
 			continue
@@ -54,7 +79,7 @@ func (v *verifier) refreshDamage(ctx context.Context, bad map[chunk.ID]string) (
 			}
 			man, err := v.rt.Repo.GetManifest(ctx, d.Manifest)
 			if err != nil {
-				return nil, 0, fmt.Errorf("damage scan: %w", err)
+				return nil, nil, 0, fmt.Errorf("damage scan: %w", err)
 			}
 			for _, id := range man.IDs {
 				if _, ok := bad[id]; ok {
@@ -80,14 +105,14 @@ func (v *verifier) refreshDamage(ctx context.Context, bad map[chunk.ID]string) (
 			continue // pruned meanwhile
 		}
 		if err != nil {
-			return nil, 0, err
+			return nil, nil, 0, err
 		}
 		if err := v.rt.Repo.PutRecord(ctx, updated); err != nil {
-			return nil, 0, err
+			return nil, nil, 0, err
 		}
 		v.rt.Log.WarnContext(ctx, "backup damage changed", "vm", r.VM, "backup", r.ID, "damaged", hit)
 	}
-	return damaged, len(recs), nil
+	return damaged, failed, len(recs), nil
 }
 
 // badChunks reads the bad-chunk entries of the catalog bucket.
@@ -144,15 +169,16 @@ func (v *verifier) health(ctx context.Context, _ *contracts.CheckRequest) (*cont
 		reply.Repaired = append(reply.Repaired, b.ID)
 		v.rt.Log.InfoContext(ctx, "bad chunk repaired", "chunk", b.ID)
 	}
-	damaged, backups, err := v.refreshDamage(ctx, still)
+	damaged, failed, backups, err := v.refreshDamage(ctx, still)
 	if err != nil {
 		return nil, err
 	}
 	if damaged != nil {
 		reply.Damaged = damaged
 	}
+	reply.Failed = append([]contracts.FailedBackup{}, failed...)
 	reply.Backups = backups
-	reply.Healthy = len(reply.BadChunks) == 0 && len(reply.Damaged) == 0
+	reply.Healthy = len(reply.BadChunks) == 0 && len(reply.Damaged) == 0 && len(reply.Failed) == 0
 	return reply, nil
 }
 

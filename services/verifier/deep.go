@@ -8,12 +8,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"time"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/manifest"
 	"github.com/strata-backup/strata/pkg/repo"
+	"github.com/strata-backup/strata/pkg/source"
 )
 
 // chunkRun reads chunks back for one verification run: each chunk once
@@ -83,15 +86,31 @@ func newDigest() (*digest, func() string) {
 
 func (d *digest) add(id chunk.ID) { d.h.Write(id[:]) }
 
-// sourceDigest re-reads the whole disk from its source.
-func (v *verifier) sourceDigest(ctx context.Context, disk contracts.DiskRecord, chunkSize int) (string, error) {
+// openSource opens the source a disk was read from. A source that is gone
+// or unreadable (a file removed, a mount missing, no permission) does not
+// come back by asking again in a few seconds: the backup fails at once with
+// the reason, rather than after every retry.
+func (v *verifier) openSource(ctx context.Context, disk contracts.DiskRecord) (source.Disk, error) {
 	src, err := v.sources.Open(ctx, disk.Source)
 	if err != nil {
-		return "", fmt.Errorf("open source of %s: %w", disk.Name, err)
+		err = fmt.Errorf("cannot read the source of %s: %w", disk.Name, err)
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
+			return nil, bus.Permanent(err)
+		}
+		return nil, err
+	}
+	return src, nil
+}
+
+// sourceDigest re-reads the whole disk from its source.
+func (v *verifier) sourceDigest(ctx context.Context, disk contracts.DiskRecord, chunkSize int) (string, error) {
+	src, err := v.openSource(ctx, disk)
+	if err != nil {
+		return "", err
 	}
 	defer src.Close()
 	if src.Size() != disk.Size {
-		return "", fmt.Errorf("source of %s is %d bytes, the backup %d", disk.Name, src.Size(), disk.Size)
+		return "", bus.Permanent(fmt.Errorf("source of %s is %d bytes, the backup %d", disk.Name, src.Size(), disk.Size))
 	}
 	d, sum := newDigest()
 	buf := make([]byte, chunkSize)
@@ -126,9 +145,9 @@ func storedDigest(man *manifest.Manifest) string {
 // the backup's. It reads little and misses any change further in: that is
 // its contract (XSIBackup's trivial check).
 func (v *verifier) trivial(ctx context.Context, disk contracts.DiskRecord, man *manifest.Manifest, n int64) (string, error) {
-	src, err := v.sources.Open(ctx, disk.Source)
+	src, err := v.openSource(ctx, disk)
 	if err != nil {
-		return "", fmt.Errorf("open source of %s: %w", disk.Name, err)
+		return "", err
 	}
 	defer src.Close()
 	if src.Size() != disk.Size {

@@ -41,6 +41,9 @@ type Config struct {
 	// ScratchDir holds restore tests' images (sparse, removed after each);
 	// empty: the system's temporary directory.
 	ScratchDir string `envconfig:"VERIFY_SCRATCH_DIR"`
+	// MaxDeliver: attempts at verifying a committed backup (source or
+	// store unreachable) before it is failed with the last error.
+	MaxDeliver int `envconfig:"VERIFY_MAX_DELIVER" default:"10"`
 }
 
 // Start registers the verifier's consumer and its endpoints.
@@ -68,7 +71,11 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		return err
 	}
 	return bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerVerifier,
-		Filters: []string{contracts.SubjectBackupCommitted}, Concurrency: 2, AckWait: 10 * time.Minute}, v.verify)
+		Filters: []string{contracts.SubjectBackupCommitted}, Concurrency: 2, AckWait: 10 * time.Minute, MaxDeliver: cfg.MaxDeliver,
+		GiveUp: func(ctx context.Context, m contracts.Message, err error) error {
+			c := m.(*contracts.BackupCommitted)
+			return rt.FailBackup(ctx, c.VM, c.BackupID, "verification: "+err.Error())
+		}}, v.verify)
 }
 
 type verifier struct {

@@ -1,0 +1,108 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/internal/natstest"
+)
+
+func testBus(t *testing.T) (context.Context, *Bus) {
+	nc := natstest.Start(t)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	b := &Bus{NC: nc, JS: js, Service: "test", Tracer: noop.NewTracerProvider().Tracer("test"), Log: slog.New(slog.DiscardHandler)}
+	if err := b.EnsureStreams(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	return ctx, b
+}
+
+// A give-up whose outcome cannot be recorded yet is retried until it
+// sticks; only then is the message dead-lettered and terminated. Before
+// the fix the error of the callback was dropped after Term.
+func TestGiveUpRetriedUntilRecorded(t *testing.T) {
+	ctx, b := testBus(t)
+	var calls atomic.Int32
+	recorded := make(chan string, 1)
+	err := Consume(ctx, b, Spec{Stream: contracts.StreamBackups, Durable: "t", Filters: []string{contracts.SubjectBackupCommitted},
+		GiveUp: func(ctx context.Context, m contracts.Message, err error) error {
+			if calls.Add(1) < 3 {
+				return errors.New("catalog unavailable")
+			}
+			recorded <- m.(*contracts.BackupCommitted).BackupID + ": " + err.Error()
+			return nil
+		}}, func(ctx context.Context, m *contracts.BackupCommitted) error {
+		return Permanent(errors.New("cannot read the source"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(ctx, contracts.SubjectBackupCommitted, &contracts.BackupCommitted{Schema: contracts.SchemaVersion, BackupID: "b1", VM: "vm"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-recorded:
+		if got != "b1: after 1 deliveries: cannot read the source" {
+			t.Fatalf("give-up told %q", got)
+		}
+	case <-ctx.Done():
+		t.Fatal("give-up never succeeded")
+	}
+	if n := calls.Load(); n != 3 {
+		t.Fatalf("give-up called %d times, want 3", n)
+	}
+	dlq, err := b.JS.Stream(ctx, contracts.StreamDLQ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		info, err := dlq.Info(ctx)
+		if err == nil && info.State.Msgs == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dead letters: %+v %v", info, err)
+		}
+	}
+}
+
+// A handler that keeps failing is dead-lettered after MaxDeliver
+// deliveries, and its give-up is told so.
+func TestGiveUpAfterMaxDeliver(t *testing.T) {
+	ctx, b := testBus(t)
+	var deliveries atomic.Int32
+	recorded := make(chan error, 1)
+	err := Consume(ctx, b, Spec{Stream: contracts.StreamBackups, Durable: "t", Filters: []string{contracts.SubjectBackupCommitted}, MaxDeliver: 2,
+		GiveUp: func(ctx context.Context, m contracts.Message, err error) error {
+			recorded <- err
+			return nil
+		}}, func(ctx context.Context, m *contracts.BackupCommitted) error {
+		deliveries.Add(1)
+		return errors.New("store unreachable")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Publish(ctx, contracts.SubjectBackupCommitted, &contracts.BackupCommitted{Schema: contracts.SchemaVersion, BackupID: "b2", VM: "vm"}, "")
+	select {
+	case err := <-recorded:
+		if err.Error() != "after 2 deliveries: store unreachable" || deliveries.Load() != 2 {
+			t.Fatalf("give-up told %v after %d deliveries", err, deliveries.Load())
+		}
+	case <-ctx.Done():
+		t.Fatal("never gave up")
+	}
+}
