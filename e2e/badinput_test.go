@@ -82,6 +82,32 @@ func TestBadInputIsRefusedAndNothingBreaks(t *testing.T) {
 		t.Fatal("restore after bad input differs")
 	}
 
+	// An existing target is refused before anything is written; --force
+	// replaces it; a directory target gets DIR/<vm>-<disk>.img.
+	os.WriteFile(good, []byte("precious"), 0o644)
+	if _, errOut, code := st.cli("restore", "--vm", "app", "--backup", id, "--to", good); code != 2 || !strings.Contains(errOut, "exists") {
+		t.Fatalf("restore over an existing file: exit %d, %q", code, errOut)
+	}
+	if b, _ := os.ReadFile(good); string(b) != "precious" {
+		t.Fatal("refused restore changed the existing file")
+	}
+	if _, err := os.Stat(good + ".partial"); err == nil {
+		t.Fatal("refused restore wrote a partial file")
+	}
+	st.mustCLI("restore", "--vm", "app", "--backup", id, "--to", good, "--force")
+	if sha256File(t, img) != sha256File(t, good) {
+		t.Fatal("forced restore differs")
+	}
+	into := t.TempDir()
+	st.mustCLI("restore", "--vm", "app", "--backup", id, "--to", into)
+	rec := st.record("app", id)
+	if sha256File(t, img) != sha256File(t, filepath.Join(into, "app-"+rec.Disks[0].Name+".img")) {
+		t.Fatal("restore into a directory differs")
+	}
+	if _, errOut, code := st.cli("restore", "--vm", "app", "--backup", id, "--to", into); code != 2 || !strings.Contains(errOut, "exists") {
+		t.Fatalf("second restore into the same directory: exit %d, %q", code, errOut)
+	}
+
 	// An unknown VM's backup fails cleanly with a reason.
 	_, errOut, code := st.cli("backup", "--vm", "ghost-vm", "--source", "file:///no/such/disk.img", "--wait")
 	if code == 0 || !strings.Contains(errOut, "no such file") {

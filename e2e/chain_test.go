@@ -51,7 +51,7 @@ func TestChainOf25KeyIntervalAndPrune(t *testing.T) {
 	restoreAll := func(ps []point) {
 		for _, p := range ps {
 			out := filepath.Join(dir, "restore.img")
-			st.mustCLI("restore", "--vm", "chain", "--backup", p.rec.ID, "--to", out)
+			st.mustCLI("restore", "--vm", "chain", "--backup", p.rec.ID, "--to", out, "--force")
 			if sha256File(t, out) != sha256File(t, p.raw) {
 				t.Fatalf("restore of %s (%s) differs from its point", p.rec.ID, p.rec.Kind)
 			}

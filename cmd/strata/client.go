@@ -261,6 +261,42 @@ func cmdLs(ctx context.Context, args []string) error {
 	return tw.Flush()
 }
 
+// restoreTargets names the image file of every disk: an existing
+// directory gets DIR/<vm>-<disk>.img, a path is disk 0's and PATH.N disk
+// N's.
+func restoreTargets(to string, rec *contracts.BackupRecord) []string {
+	paths := make([]string, len(rec.Disks))
+	fi, err := os.Stat(to)
+	dir := err == nil && fi.IsDir()
+	for i, d := range rec.Disks {
+		switch {
+		case dir:
+			paths[i] = filepath.Join(to, safeName(rec.VM)+"-"+safeName(cmp.Or(d.Name, "disk"+strconv.Itoa(d.Index)))+".img")
+		case d.Index > 0:
+			paths[i] = to + "." + strconv.Itoa(d.Index)
+		default:
+			paths[i] = to
+		}
+	}
+	return paths
+}
+
+// safeName keeps a VM or disk name usable as one file name component
+// ("Hard disk 1" -> "Hard-disk-1"; never a separator or "..").
+func safeName(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			b[i] = '-'
+		}
+	}
+	out := strings.Trim(string(b), ".")
+	if out == "" {
+		return "disk"
+	}
+	return out
+}
+
 // parseVSphereTarget reads vsphere://HOST/NEW-VM[?datastore=&pool=&folder=].
 func parseVSphereTarget(to string) (string, vsphere.Choice, error) {
 	u, err := url.Parse(to)
@@ -284,7 +320,8 @@ func cmdRestore(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
 	vm := fs.String("vm", "", "VM name")
 	id := fs.String("backup", "latest", "backup id, or latest (newest verified)")
-	to := fs.String("to", "", "path of the raw image to write (disk N>0 of a multi-disk VM goes to PATH.N), or vsphere://HOST/NEW-VM[?datastore=DS&pool=POOL&folder=FOLDER] for a new VM beside the backed-up one (or, when it is gone, in its datacenter; the options override either)")
+	to := fs.String("to", "", "path of the raw image to write (disk N>0 of a multi-disk VM goes to PATH.N), an existing directory (each disk goes to DIR/<vm>-<disk>.img), or vsphere://HOST/NEW-VM[?datastore=DS&pool=POOL&folder=FOLDER] for a new VM beside the backed-up one (or, when it is gone, in its datacenter; the options override either)")
+	force := fs.Bool("force", false, "replace existing image files")
 	workers := fs.Int("parallel", 8, "chunks fetched at once")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := fs.Parse(args); err != nil {
@@ -347,13 +384,16 @@ func cmdRestore(ctx context.Context, args []string) error {
 		defer os.RemoveAll(dir)
 		base = filepath.Join(dir, "disk.img")
 	}
+	paths := restoreTargets(base, rec)
+	for _, p := range paths {
+		if err := restore.CheckTarget(p, *force); err != nil {
+			return exitError{2, fmt.Errorf("restore %s: %w", rec.ID, err)}
+		}
+	}
 	var results []map[string]any
 	var images []vsphere.Image
-	for _, disk := range rec.Disks {
-		path := base
-		if disk.Index > 0 {
-			path += "." + strconv.Itoa(disk.Index)
-		}
+	for i, disk := range rec.Disks {
+		path := paths[i]
 		man, err := r.GetManifest(ctx, disk.Manifest)
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", rec.ID, err)
@@ -364,7 +404,7 @@ func cmdRestore(ctx context.Context, args []string) error {
 				fmt.Fprintf(os.Stderr, "\rrestoring %s  %3d%%  %s   ", path, 100*done/man.DiskSize, human(done))
 			}
 		}
-		st, err := restore.ToFile(ctx, r, man, path, *workers, report)
+		st, err := restore.ToFile(ctx, r, man, path, restore.Options{Workers: *workers, Progress: report, Overwrite: *force})
 		if progress {
 			fmt.Fprintln(os.Stderr)
 		}
@@ -390,6 +430,10 @@ func cmdRestore(ctx context.Context, args []string) error {
 	if *asJSON {
 		return printJSON(map[string]any{"backup_id": rec.ID, "vm": rec.VM, "disks": results, "seconds": secs})
 	}
-	fmt.Printf("restored backup %s of %s to %s (%s in %.1fs)\n", rec.ID, rec.VM, *to, human(rec.Size()), secs)
+	where := *to
+	if !toVSphere {
+		where = strings.Join(paths, ", ")
+	}
+	fmt.Printf("restored backup %s of %s to %s (%s in %.1fs)\n", rec.ID, rec.VM, where, human(rec.Size()), secs)
 	return nil
 }

@@ -2,8 +2,11 @@
 package restore
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -21,14 +24,52 @@ type Stats struct {
 	ZeroChunks int64 // chunks left as holes
 }
 
+// Options of one restore.
+type Options struct {
+	Workers int // chunks fetched at once (default 8)
+	// Progress, if set, is called with bytes done so far.
+	Progress func(done int64)
+	// Overwrite lets the restore replace an existing file at the target
+	// (never a directory); without it an existing target is refused, even
+	// one that appears while the restore runs.
+	Overwrite bool
+}
+
+// ErrExists: the target exists and the restore may not replace it.
+var ErrExists = errors.New("target exists (use --force to replace it)")
+
+// CheckTarget refuses a target a restore could not, or may not, write:
+// an existing file without overwrite, a directory, a missing parent
+// directory. Callers check every target before restoring anything.
+func CheckTarget(path string, overwrite bool) error {
+	fi, err := os.Stat(path)
+	switch {
+	case err == nil && fi.IsDir():
+		return fmt.Errorf("%s is a directory", path)
+	case err == nil && !overwrite:
+		return fmt.Errorf("%s: %w", path, ErrExists)
+	case err == nil && !fi.Mode().IsRegular():
+		return fmt.Errorf("%s is not a regular file (a restore writes an image file)", path)
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
+		return err
+	}
+	if d, err := os.Stat(filepath.Dir(path)); err != nil || !d.IsDir() {
+		return fmt.Errorf("%s: directory %s does not exist", path, filepath.Dir(path))
+	}
+	return nil
+}
+
 // ToFile restores man into path. Chunks are fetched in parallel, each
 // checked against its id (repo.ChunkStore.GetChunk refuses wrong bytes);
 // all-zero chunks become holes. The image is written as path+".partial"
-// and renamed into place only when complete, so a failed restore never
-// leaves a file that looks like a good one. progress, if set, is called
-// with bytes done so far.
-func ToFile(ctx context.Context, r *repo.Repository, man *manifest.Manifest, path string, workers int, progress func(done int64)) (Stats, error) {
+// and moved into place only when complete, so a failed restore never
+// leaves a file that looks like a good one.
+func ToFile(ctx context.Context, r *repo.Repository, man *manifest.Manifest, path string, opt Options) (Stats, error) {
 	var st Stats
+	if err := CheckTarget(path, opt.Overwrite); err != nil {
+		return st, err
+	}
+	workers, progress := cmp.Or(opt.Workers, 8), opt.Progress
 	tmp := path + ".partial"
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
 	if err != nil {
@@ -89,8 +130,20 @@ func ToFile(ctx context.Context, r *repo.Repository, man *manifest.Manifest, pat
 	if err := f.Close(); err != nil {
 		return st, fmt.Errorf("close %s: %w", tmp, err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		return st, fmt.Errorf("rename into %s: %w", path, err)
+	if opt.Overwrite {
+		if err := os.Rename(tmp, path); err != nil {
+			return st, fmt.Errorf("rename into %s: %w", path, err)
+		}
+	} else {
+		// link(2) never replaces: a file that appeared at the target while
+		// the restore ran is left alone.
+		if err := os.Link(tmp, path); err != nil {
+			if errors.Is(err, fs.ErrExist) {
+				return st, fmt.Errorf("%s: %w", path, ErrExists)
+			}
+			return st, fmt.Errorf("move into %s: %w", path, err)
+		}
+		os.Remove(tmp)
 	}
 	ok = true
 	if d, err := os.Open(filepath.Dir(path)); err == nil {

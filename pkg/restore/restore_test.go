@@ -44,7 +44,7 @@ func setup(t *testing.T) (*repo.Repository, *manifest.Manifest, []byte) {
 func TestRestoreBitExactAndSparse(t *testing.T) {
 	r, man, img := setup(t)
 	out := filepath.Join(t.TempDir(), "out.img")
-	st, err := ToFile(context.Background(), r, man, out, 3, nil)
+	st, err := ToFile(context.Background(), r, man, out, Options{Workers: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,13 +68,59 @@ func TestRestoreRefusesCorruptChunkAndLeavesNoFile(t *testing.T) {
 	obj[len(obj)-1] ^= 0x40
 	r.Store.Put(context.Background(), key, obj)
 	out := filepath.Join(t.TempDir(), "out.img")
-	_, err := ToFile(context.Background(), r, man, out, 2, nil)
+	_, err := ToFile(context.Background(), r, man, out, Options{Workers: 2})
 	if !errors.Is(err, chunk.ErrCorrupt) || !strings.Contains(err.Error(), key) {
 		t.Fatalf("err = %v, want a corrupt-chunk error naming %s", err, key)
 	}
 	for _, p := range []string{out, out + ".partial"} {
 		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
 			t.Fatalf("%s left behind after a failed restore", p)
+		}
+	}
+}
+
+// An existing target is never replaced without Overwrite: not when it
+// exists before the restore, not when it appears while the restore runs.
+func TestRestoreRefusesExistingTarget(t *testing.T) {
+	r, man, img := setup(t)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out.img")
+	os.WriteFile(out, []byte("precious"), 0o644)
+	if _, err := ToFile(context.Background(), r, man, out, Options{}); !errors.Is(err, ErrExists) {
+		t.Fatalf("restore over an existing file: %v", err)
+	}
+	if got, _ := os.ReadFile(out); string(got) != "precious" {
+		t.Fatal("existing file changed")
+	}
+	if _, err := os.Stat(out + ".partial"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("refused restore wrote a partial file")
+	}
+	// Appearing mid-restore: created by the progress callback.
+	late := filepath.Join(dir, "late.img")
+	_, err := ToFile(context.Background(), r, man, late, Options{Progress: func(int64) {
+		f, err := os.OpenFile(late, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+		if err == nil {
+			f.WriteString("mine")
+			f.Close()
+		}
+	}})
+	if !errors.Is(err, ErrExists) {
+		t.Fatalf("restore onto a file created meanwhile: %v", err)
+	}
+	if got, _ := os.ReadFile(late); string(got) != "mine" {
+		t.Fatal("file created during the restore was replaced")
+	}
+	// With Overwrite the image replaces the file, bit for bit.
+	if _, err := ToFile(context.Background(), r, man, out, Options{Overwrite: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, img) {
+		t.Fatal("overwritten image differs")
+	}
+	// A directory or a missing parent is refused, with or without it.
+	for _, p := range []string{dir, filepath.Join(dir, "no", "such.img")} {
+		if _, err := ToFile(context.Background(), r, man, p, Options{Overwrite: true}); err == nil {
+			t.Fatalf("restore to %s accepted", p)
 		}
 	}
 }

@@ -33,7 +33,7 @@ func (v *verifier) restoreTest(ctx context.Context, rec *contracts.BackupRecord,
 			continue
 		}
 		path := filepath.Join(dir, fmt.Sprintf("disk%d.img", disk.Index))
-		if _, err := restore.ToFile(ctx, v.rt.Repo, man, path, 4, nil); err != nil {
+		if _, err := restore.ToFile(ctx, v.rt.Repo, man, path, restore.Options{Workers: 4}); err != nil {
 			if repo.IsBad(err) {
 				// Name every bad chunk, not just the first the restore hit.
 				if cerr := run.checkIDs(ctx, man.IDs); cerr != nil {
