@@ -69,7 +69,14 @@ demo: build
 images: build servers
 	deploy/docker/images.sh
 
-up: images
+# The HTTP trigger's bearer token for the compose deployment: made once,
+# readable inside the container, kept in a directory only its owner enters.
+deploy/secrets/api-token:
+	@mkdir -p -m 700 deploy/secrets
+	@head -c 24 /dev/urandom | base64 > $@ && chmod 644 $@
+	@echo "wrote the HTTP trigger token to $@"
+
+up: images deploy/secrets/api-token
 	$(COMPOSE) up -d --scale transfer=$${TRANSFERS:-3}
 	deploy/docker/wait-healthy.sh $(COMPOSE)
 

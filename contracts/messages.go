@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/url"
+	"path"
 	"strings"
 	"time"
 )
@@ -312,6 +313,12 @@ func ValidateSource(s string) error {
 		if u.Path == "" || u.Path[0] != '/' {
 			return fmt.Errorf("source %q: file source needs an absolute path (file:///abs/path.img)", s)
 		}
+		if u.Host != "" && u.Host != "localhost" {
+			return fmt.Errorf("source %q: a file source names a local path, not host %q (file:///abs/path.img)", s, u.Host)
+		}
+		if path.Clean(u.Path) != u.Path || u.RawQuery != "" || u.Fragment != "" {
+			return fmt.Errorf("source %q: file source path must be clean (no .., //, trailing / or query): file://%s", s, path.Clean(u.Path))
+		}
 		return nil
 	case "nbd":
 		if u.Host == "" || u.Port() == "" || len(u.Path) < 2 {
@@ -323,6 +330,11 @@ func ValidateSource(s string) error {
 			return fmt.Errorf("source %q: vsphere source needs a VM name or inventory path (vsphere://vcenter/DC/vm/NAME or vsphere:///NAME)", s)
 		}
 		return nil
+	case "":
+		if strings.HasPrefix(s, "/") {
+			return fmt.Errorf("source %q: a source is a URL; for a local image or block device write file://%s", s, s)
+		}
+		return fmt.Errorf("source %q: a source is a URL: file:///abs/path.img, nbd://host:port/export or vsphere://vcenter/VM", s)
 	default:
 		return fmt.Errorf("source %q: unsupported scheme %q (supported: file, nbd, vsphere)", s, u.Scheme)
 	}

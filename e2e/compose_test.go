@@ -75,7 +75,11 @@ func startCompose(t *testing.T) *composeStack {
 	for _, p := range []string{"STRATA_NATS1_PORT", "STRATA_NATS2_PORT", "STRATA_NATS3_PORT", "STRATA_S3_PORT", "JAEGER_UI_PORT", "STRATA_HTTP_PORT", "STRATA_VCSIM_DEMO_PORT"} {
 		ports[p] = testserver.FreePort(t)
 	}
-	env := append(os.Environ(), "STRATA_SOURCES="+sources,
+	token := filepath.Join(t.TempDir(), "api-token")
+	if err := os.WriteFile(token, []byte("compose-e2e-token-0123456789\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := append(os.Environ(), "STRATA_SOURCES="+sources, "STRATA_API_TOKEN_PATH="+token,
 		"STRATA_TRANSFER_RATE_LIMIT=20000000", "STRATA_TRANSFER_CONCURRENCY=1", "STRATA_TRANSFER_ACK_WAIT=10s")
 	for k, v := range ports {
 		env = append(env, fmt.Sprintf("%s=%d", k, v))
@@ -179,6 +183,29 @@ func TestCompose(t *testing.T) {
 		sourceGoneBeforeCertify(t, c.stack, "gone", img, src,
 			func() { c.run("stop", "verifier") },
 			func() { c.run("start", "verifier") })
+	})
+
+	// The HTTP trigger listens beyond loopback inside its container: no
+	// token, no backup; a source outside STRATA_SOURCE_ALLOW is refused.
+	t.Run("HTTPTriggerNeedsToken", func(t *testing.T) {
+		post := func(auth, source string) int {
+			req, _ := http.NewRequest("POST", c.http+"/v1/backups", strings.NewReader(`{"schema":1,"vm":"intruder","source":"`+source+`"}`))
+			if auth != "" {
+				req.Header.Set("Authorization", auth)
+			}
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Body.Close()
+			return res.StatusCode
+		}
+		if code := post("", "file:///sources/base.img"); code != http.StatusUnauthorized {
+			t.Errorf("no token: %d", code)
+		}
+		if code := post("Bearer compose-e2e-token-0123456789", "file:///etc/passwd"); code != http.StatusForbidden {
+			t.Errorf("source outside the allow list: %d", code)
+		}
 	})
 
 	// vSphere through the stack: the demo simulator's VM (two disks), a

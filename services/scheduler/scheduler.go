@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -23,8 +24,16 @@ import (
 // Config of the scheduler (prefix STRATA_).
 type Config struct {
 	runtime.Common
-	// HTTPAddr serves POST /v1/backups (a BackupTrigger as JSON); empty: off.
-	HTTPAddr string `envconfig:"SCHEDULER_HTTP_ADDR" default:":8080"`
+	// HTTPAddr serves POST /v1/backups (a BackupTrigger as JSON); empty:
+	// off. Beyond loopback it needs APITokenFile.
+	HTTPAddr string `envconfig:"SCHEDULER_HTTP_ADDR" default:"127.0.0.1:8080"`
+	// APITokenFile holds the bearer token HTTP requests must carry
+	// (Authorization: Bearer …); required when HTTPAddr is not loopback.
+	APITokenFile string `envconfig:"API_TOKEN_FILE"`
+	// SourceAllow: URL prefixes a triggered backup's source must start
+	// with (whole path components), e.g. file:///srv/images/,nbd://kvm1:10809;
+	// empty: any source, except file sources over a non-loopback endpoint.
+	SourceAllow []string `envconfig:"SOURCE_ALLOW"`
 	// Tick is how often due slots are checked; Catchup how far back a
 	// (re)started scheduler fires slots missed while no replica ran.
 	Tick    time.Duration `envconfig:"SCHEDULER_TICK" default:"1s"`
@@ -40,7 +49,14 @@ type Config struct {
 
 // Start registers the scheduler's endpoint and consumers.
 func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
-	s := &scheduler{rt: rt}
+	s := &scheduler{rt: rt, allow: cfg.SourceAllow}
+	var acc *access
+	if cfg.HTTPAddr != "" {
+		var err error
+		if acc, err = newAccess(cfg.HTTPAddr, cfg.APITokenFile, cfg.SourceAllow); err != nil {
+			return err
+		}
+	}
 	svc, err := rt.Bus.AddService("backup scheduling: on-demand and event-triggered backups")
 	if err != nil {
 		return err
@@ -83,10 +99,13 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	if cfg.HTTPAddr == "" {
 		return nil
 	}
-	return s.serveHTTP(ctx, cfg.HTTPAddr)
+	return s.serveHTTP(ctx, cfg.HTTPAddr, acc)
 }
 
-type scheduler struct{ rt *runtime.Runtime }
+type scheduler struct {
+	rt    *runtime.Runtime
+	allow []string // STRATA_SOURCE_ALLOW
+}
 
 // runVerifyJobs publishes a VerifyJob at every slot of the schedule. Every
 // scheduler replica does; the slot's message id collapses the duplicates.
@@ -135,6 +154,9 @@ func (s *scheduler) enforceDeadline(ctx context.Context, req *contracts.BackupRe
 // start names a new backup and requests it. The root span of the backup's
 // trace starts here (as a child of the caller's span, when it sent one).
 func (s *scheduler) start(ctx context.Context, t *contracts.BackupTrigger) (*contracts.BackupAccepted, error) {
+	if len(s.allow) > 0 && !allowedBy(s.allow, t.Source) {
+		return nil, bus.Permanent(fmt.Errorf("source %q refused: not under STRATA_SOURCE_ALLOW (%s)", t.Source, strings.Join(s.allow, ", ")))
+	}
 	id, err := uuid.NewV7() // time-ordered: ids sort by start time
 	if err != nil {
 		return nil, err
