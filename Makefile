@@ -36,7 +36,7 @@ vet:
 	@test -z "$$(gofmt -l $(MODULES))" || { gofmt -l $(MODULES); echo "gofmt needed"; exit 1; }
 
 unit:
-	$(GO) test -count=1 $(shell $(GO) list $(PKGS) | grep -v /e2e)
+	$(GO) test -race -count=1 $(shell $(GO) list $(PKGS) | grep -v /e2e)
 
 e2e: servers
 	STRATA_REQUIRE_SERVERS=1 $(GO) test -count=1 -timeout 20m -v ./e2e/

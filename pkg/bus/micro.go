@@ -34,12 +34,13 @@ func (b *Bus) AddService(description string) (micro.Service, error) {
 
 // Endpoint adds a request/reply endpoint whose requests are decoded and
 // validated into PT; a bad request gets a 400 error reply, a handler error
-// a 500, and neither stops the service.
+// a 500, and neither stops the service. Handlers run under ctx (the
+// service's): a long request (a garbage collection) stops with the service.
 func Endpoint[T any, PT interface {
 	*T
 	contracts.Message
-}](b *Bus, svc micro.Service, name, subject string, h func(context.Context, PT) (contracts.Message, error)) error {
-	return ConcurrentEndpoint[T, PT](b, svc, name, subject, 1, h)
+}](ctx context.Context, b *Bus, svc micro.Service, name, subject string, h func(context.Context, PT) (contracts.Message, error)) error {
+	return ConcurrentEndpoint[T, PT](ctx, b, svc, name, subject, 1, h)
 }
 
 // ConcurrentEndpoint is Endpoint handling up to n requests at once (NATS
@@ -50,10 +51,10 @@ func Endpoint[T any, PT interface {
 func ConcurrentEndpoint[T any, PT interface {
 	*T
 	contracts.Message
-}](b *Bus, svc micro.Service, name, subject string, n int, h func(context.Context, PT) (contracts.Message, error)) error {
+}](ctx context.Context, b *Bus, svc micro.Service, name, subject string, n int, h func(context.Context, PT) (contracts.Message, error)) error {
 	sem := make(chan struct{}, max(1, n))
 	handle := func(req micro.Request) {
-		ctx := ContextFrom(context.Background(), nats.Header(req.Headers()))
+		ctx := ContextFrom(ctx, nats.Header(req.Headers()))
 		ctx, span := b.Tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer))
 		defer span.End()
 		var m PT = new(T)

@@ -83,11 +83,13 @@ func Open(ctx context.Context, store objstore.Store, chunkSize int, keys *Keys) 
 			cfg.Encrypted, cfg.KeyCheck = true, keys.check
 		}
 		b, _ := json.Marshal(cfg)
-		if err := store.Put(ctx, configKey, b); err != nil {
+		// Several services may create at once: the first config stored is
+		// the repository's, never replaced (a plain Put let the last writer
+		// win, and a service that read the first one could have sealed
+		// with a key check or chunk size the repository no longer has).
+		if _, err := store.PutIfAbsent(ctx, configKey, b); err != nil {
 			return nil, fmt.Errorf("create repository in %s: %w", store, err)
 		}
-		// Several services may create at once; whichever config is stored
-		// last is the repository's, and nobody has written a chunk yet.
 		cfg, err = readConfig(ctx, store)
 	}
 	if err != nil {

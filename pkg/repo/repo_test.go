@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/strata-backup/strata/pkg/chunk"
@@ -72,5 +73,42 @@ func TestChunksAndManifests(t *testing.T) {
 	store.Put(ctx, key, raw)
 	if _, err := r.GetManifest(ctx, key); !errors.Is(err, manifest.ErrCorrupt) || !strings.Contains(err.Error(), key) {
 		t.Fatalf("corrupt manifest: %v", err)
+	}
+}
+
+// Creators racing on an empty store all end up with one repository: the
+// first config stored, whatever each asked for.
+func TestConcurrentCreationAgrees(t *testing.T) {
+	ctx := context.Background()
+	store := objstore.NewMem()
+	ids := make(chan string, 16)
+	sizes := make(chan int, 16)
+	var wg sync.WaitGroup
+	for i := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := Open(ctx, store, (64<<10)<<(i%4), nil)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			ids <- r.Config.ID
+			sizes <- r.Config.ChunkSize
+		}()
+	}
+	wg.Wait()
+	close(ids)
+	close(sizes)
+	first, size := <-ids, <-sizes
+	for id := range ids {
+		if id != first {
+			t.Fatalf("two repositories created: %s and %s", first, id)
+		}
+	}
+	for s := range sizes {
+		if s != size {
+			t.Fatalf("creators disagree on the chunk size: %d and %d", size, s)
+		}
 	}
 }

@@ -72,12 +72,12 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	if err := bus.ConcurrentEndpoint(rt.Bus, svc, "missing", contracts.SubjectDedupMissing, 64, func(ctx context.Context, req *contracts.MissingRequest) (contracts.Message, error) {
+	if err := bus.ConcurrentEndpoint(ctx, rt.Bus, svc, "missing", contracts.SubjectDedupMissing, 64, func(ctx context.Context, req *contracts.MissingRequest) (contracts.Message, error) {
 		return d.Missing(ctx, req)
 	}); err != nil {
 		return err
 	}
-	return bus.Endpoint(rt.Bus, svc, "gc", contracts.SubjectDedupGC, func(ctx context.Context, req *contracts.GCRequest) (contracts.Message, error) {
+	return bus.Endpoint(ctx, rt.Bus, svc, "gc", contracts.SubjectDedupGC, func(ctx context.Context, req *contracts.GCRequest) (contracts.Message, error) {
 		grace := cfg.GCGrace
 		if req.Grace != "" {
 			grace, _ = time.ParseDuration(req.Grace) // validated

@@ -225,14 +225,27 @@ func takeLock(ctx context.Context, rt *runtime.Runtime, lock contracts.GCLock) (
 	if !errors.Is(err, jetstream.ErrKeyExists) {
 		return 0, fmt.Errorf("take gc lock: %w", err)
 	}
-	e, gerr := kv.Get(ctx, contracts.GCLockKey)
+	e, err := kv.Get(ctx, contracts.GCLockKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, errors.New("gc lock released while taking it; try again")
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read gc lock: %w", err)
+	}
 	var held contracts.GCLock
-	if gerr != nil || json.Unmarshal(e.Value(), &held) != nil || time.Since(held.Since) < staleLock {
-		return 0, errors.New("garbage collection already running")
+	if err := json.Unmarshal(e.Value(), &held); err != nil {
+		// Not ours to guess at: a person must look before anything is deleted.
+		return 0, fmt.Errorf("gc lock %s is unreadable (%v); inspect and delete it to collect again", contracts.GCLockKey, err)
+	}
+	if age := time.Since(held.Since); age < staleLock {
+		return 0, fmt.Errorf("garbage collection already running (since %s, %s ago)", held.Since.Format(time.RFC3339), age.Round(time.Second))
 	}
 	rev, err = kv.Update(ctx, contracts.GCLockKey, b, e.Revision())
+	if errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err) {
+		return 0, errors.New("garbage collection already running (another collector took over the stale lock first)")
+	}
 	if err != nil {
-		return 0, errors.New("garbage collection already running")
+		return 0, fmt.Errorf("take over stale gc lock: %w", err)
 	}
 	rt.Log.Warn("took over a stale gc lock", "since", held.Since)
 	return rev, nil
@@ -372,4 +385,9 @@ func (m *mark) results(ctx context.Context) error {
 			return nil // the rest was purged (committed) meanwhile: in manifests now
 		}
 	}
+}
+
+func isWrongSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }

@@ -47,7 +47,7 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	if err := bus.Endpoint(rt.Bus, svc, "prune", contracts.SubjectMergePrune, func(ctx context.Context, req *contracts.PruneRequest) (contracts.Message, error) {
+	if err := bus.Endpoint(ctx, rt.Bus, svc, "prune", contracts.SubjectMergePrune, func(ctx context.Context, req *contracts.PruneRequest) (contracts.Message, error) {
 		rules := retention.Rules{Last: req.KeepLast, Daily: req.KeepDaily, Weekly: req.KeepWeekly, Monthly: req.KeepMonthly}
 		if req.UsePolicy {
 			var ok bool

@@ -20,7 +20,22 @@ import (
 type policyState struct {
 	policy contracts.Policy
 	sched  cron.Schedule
-	last   time.Time // slots up to here are handled
+	// last: slots up to here are handled. Written by the ticker, read by
+	// the watcher when the policy changes: behind mu.
+	mu   sync.Mutex
+	last time.Time
+}
+
+func (st *policyState) handled() time.Time {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.last
+}
+
+func (st *policyState) handledUpTo(t time.Time) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.last = t
 }
 
 // runPolicies keeps the policies in memory (a KV watch) and fires due
@@ -66,7 +81,7 @@ func (s *scheduler) runPolicies(ctx context.Context, tick, catchup time.Duration
 			}
 			last := started.Add(-catchup)
 			if old, ok := states[e.Key()]; ok {
-				last = old.last
+				last = old.handled()
 			}
 			if p.UpdatedAt.After(last) {
 				last = p.UpdatedAt // a new policy does not fire slots from before it existed
@@ -103,7 +118,7 @@ func (s *scheduler) runPolicies(ctx context.Context, tick, catchup time.Duration
 // fireDue fires every slot of one policy that is due by now. A slot that
 // cannot be fired (NATS down) is retried on the next tick.
 func (s *scheduler) fireDue(ctx context.Context, st *policyState, now time.Time) {
-	for slot := st.sched.Next(st.last); !slot.After(now); slot = st.sched.Next(slot) {
+	for slot := st.sched.Next(st.handled()); !slot.After(now); slot = st.sched.Next(slot) {
 		if slot.Add(schedule.Jitter(st.policy.VM, slot, st.policy.Jitter)).After(now) {
 			return
 		}
@@ -111,7 +126,7 @@ func (s *scheduler) fireDue(ctx context.Context, st *policyState, now time.Time)
 			s.rt.Log.Warn("slot not fired; retrying", "vm", st.policy.VM, "slot", slot, "err", err)
 			return
 		}
-		st.last = slot
+		st.handledUpTo(slot)
 	}
 }
 

@@ -61,7 +61,7 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	if err := bus.Endpoint(rt.Bus, svc, "backup", contracts.SubjectSchedulerRun, func(ctx context.Context, t *contracts.BackupTrigger) (contracts.Message, error) {
+	if err := bus.Endpoint(ctx, rt.Bus, svc, "backup", contracts.SubjectSchedulerRun, func(ctx context.Context, t *contracts.BackupTrigger) (contracts.Message, error) {
 		return s.start(ctx, t)
 	}); err != nil {
 		return err

@@ -19,7 +19,10 @@ type diskPool struct {
 	sources *source.Opener
 	perDisk int
 	mu      sync.Mutex
-	changed *sync.Cond // a disk came back or was closed
+	// changed is closed (and replaced) whenever a disk comes back or is
+	// closed: a channel, not a sync.Cond, so a waiter can also stop
+	// waiting when its context ends.
+	changed chan struct{}
 	idle    map[poolKey][]pooledDisk
 	open    map[poolKey]int // connections open, idle or in use
 }
@@ -35,7 +38,7 @@ const idleTimeout = 20 * time.Second
 
 func newDiskPool(ctx context.Context, sources *source.Opener, perDisk int) *diskPool {
 	p := &diskPool{sources: sources, perDisk: max(1, perDisk), idle: map[poolKey][]pooledDisk{}, open: map[poolKey]int{}}
-	p.changed = sync.NewCond(&p.mu)
+	p.changed = make(chan struct{})
 	go func() {
 		t := time.NewTicker(idleTimeout / 2)
 		defer t.Stop()
@@ -67,7 +70,15 @@ func (p *diskPool) get(ctx context.Context, backup, src string) (source.Disk, er
 		if p.open[k] < p.perDisk {
 			break
 		}
-		p.changed.Wait() // every holder hands its disk back or closes it
+		// Every holder hands its disk back or closes it.
+		changed := p.changed
+		p.mu.Unlock()
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		p.mu.Lock()
 	}
 	p.open[k]++
 	p.mu.Unlock()
@@ -90,7 +101,7 @@ func (p *diskPool) closedLocked(k poolKey) {
 	if p.open[k]--; p.open[k] <= 0 {
 		delete(p.open, k)
 	}
-	p.changed.Broadcast()
+	p.signal()
 }
 
 // put hands a disk back; a disk that failed is closed instead.
@@ -103,7 +114,7 @@ func (p *diskPool) put(backup, src string, d source.Disk, healthy bool) {
 	}
 	p.mu.Lock()
 	p.idle[k] = append(p.idle[k], pooledDisk{d, time.Now()})
-	p.changed.Broadcast()
+	p.signal()
 	p.mu.Unlock()
 }
 
@@ -130,4 +141,10 @@ func (p *diskPool) closeIdle(now time.Time) {
 	for _, d := range closing {
 		d.Close()
 	}
+}
+
+// signal wakes every waiter; p.mu is held.
+func (p *diskPool) signal() {
+	close(p.changed)
+	p.changed = make(chan struct{})
 }

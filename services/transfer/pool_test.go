@@ -52,3 +52,26 @@ func TestDiskPoolCapsConnectionsPerDisk(t *testing.T) {
 		t.Fatalf("open %d, idle %d", p.open[poolKey{"b1", src}], len(p.idle[poolKey{"b1", src}]))
 	}
 }
+
+// A caller waiting for a connection stops waiting when its context ends
+// (a segment abandoned at shutdown must not hang on a full pool).
+func TestDiskPoolWaitEndsWithContext(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "disk.img")
+	os.WriteFile(img, make([]byte, 1<<20), 0o644)
+	src := "file://" + img
+	p := newDiskPool(context.Background(), &source.Opener{}, 1)
+	held, err := p.get(context.Background(), "b1", src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := p.get(ctx, "b1", src); err != context.DeadlineExceeded {
+		t.Fatalf("get on a full pool with an ending context: %v", err)
+	}
+	p.put("b1", src, held, true)
+	again, err := p.get(context.Background(), "b1", src)
+	if err != nil || again != held {
+		t.Fatalf("returned disk not reused: %v", err)
+	}
+}

@@ -56,12 +56,12 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	if err := bus.Endpoint(rt.Bus, svc, "verify", contracts.SubjectVerify, func(ctx context.Context, req *contracts.VerifyRequest) (contracts.Message, error) {
+	if err := bus.Endpoint(ctx, rt.Bus, svc, "verify", contracts.SubjectVerify, func(ctx context.Context, req *contracts.VerifyRequest) (contracts.Message, error) {
 		return v.verifyNow(ctx, req)
 	}); err != nil {
 		return err
 	}
-	if err := bus.Endpoint(rt.Bus, svc, "check", contracts.SubjectCheck, func(ctx context.Context, req *contracts.CheckRequest) (contracts.Message, error) {
+	if err := bus.Endpoint(ctx, rt.Bus, svc, "check", contracts.SubjectCheck, func(ctx context.Context, req *contracts.CheckRequest) (contracts.Message, error) {
 		return v.health(ctx, req)
 	}); err != nil {
 		return err
