@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -297,25 +296,6 @@ func safeName(s string) string {
 	return out
 }
 
-// parseVSphereTarget reads vsphere://HOST/NEW-VM[?datastore=&pool=&folder=].
-func parseVSphereTarget(to string) (string, vsphere.Choice, error) {
-	u, err := url.Parse(to)
-	name := ""
-	if err == nil {
-		name = strings.TrimPrefix(u.Path, "/")
-	}
-	if name == "" || strings.Contains(name, "/") {
-		return "", vsphere.Choice{}, fmt.Errorf("--to %s: want vsphere://HOST/NEW-VM-NAME[?datastore=DS&pool=POOL&folder=FOLDER]", to)
-	}
-	q := u.Query()
-	for k := range q {
-		if k != "datastore" && k != "pool" && k != "folder" {
-			return "", vsphere.Choice{}, fmt.Errorf("--to %s: unknown option %q (datastore, pool, folder)", to, k)
-		}
-	}
-	return name, vsphere.Choice{Datastore: q.Get("datastore"), Pool: q.Get("pool"), Folder: q.Get("folder")}, nil
-}
-
 func cmdRestore(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
 	vm := fs.String("vm", "", "VM name")
@@ -357,25 +337,19 @@ func cmdRestore(ctx context.Context, args []string) error {
 	}
 	progress := !*asJSON && isTerminal(os.Stderr)
 	start := time.Now()
-	// To vSphere: restore into scratch images, then make a VM from them.
-	toVSphere := strings.HasPrefix(*to, "vsphere://")
-	var vmName string
-	var choice vsphere.Choice
+	// To a hypervisor (vsphere://HOST/NEW-VM): restore into scratch images,
+	// then have the source's driver make a VM from them.
+	var sources *source.Opener
+	toHypervisor := (&source.Opener{}).RestoresTo(*to)
 	base := *to
-	if toVSphere {
-		if !strings.HasPrefix(rec.Source, "vsphere:") {
-			return exitError{2, fmt.Errorf("backup %s is of %s, not of a vSphere VM: restore it to a file", rec.ID, rec.Source)}
-		}
-		var err error
-		if vmName, choice, err = parseVSphereTarget(*to); err != nil {
-			return exitError{2, err}
-		}
+	if toHypervisor {
 		var vcfg vsphere.Config
 		if err := runtime.Load(&vcfg); err != nil {
 			return err
 		}
-		if err := source.NewOpener(vcfg).CheckVSphereRestore(ctx, rec.Source, vmName, choice, rec.Size()); err != nil {
-			return fmt.Errorf("restore %s to vSphere: %w", rec.ID, err)
+		sources = source.NewOpener(vcfg)
+		if err := sources.CheckRestore(ctx, rec, *to); err != nil {
+			return exitError{2, fmt.Errorf("restore %s to %s: %w", rec.ID, *to, err)}
 		}
 		dir, err := os.MkdirTemp("", "strata-restore-")
 		if err != nil {
@@ -391,7 +365,7 @@ func cmdRestore(ctx context.Context, args []string) error {
 		}
 	}
 	var results []map[string]any
-	var images []vsphere.Image
+	var images []source.Image
 	for i, disk := range rec.Disks {
 		path := paths[i]
 		man, err := r.GetManifest(ctx, disk.Manifest)
@@ -412,15 +386,11 @@ func cmdRestore(ctx context.Context, args []string) error {
 			return fmt.Errorf("restore %s: %w", rec.ID, err)
 		}
 		results = append(results, map[string]any{"path": path, "bytes": st.Bytes, "data_chunks": st.DataChunks, "zero_chunks": st.ZeroChunks})
-		images = append(images, vsphere.Image{Path: path, Size: disk.Size})
+		images = append(images, source.Image{Path: path, Size: disk.Size})
 	}
-	if toVSphere {
-		var vcfg vsphere.Config
-		if err := runtime.Load(&vcfg); err != nil {
-			return err
-		}
-		if err := source.NewOpener(vcfg).RestoreToVSphere(ctx, rec.Source, rec.VMConfig, vmName, choice, images); err != nil {
-			return fmt.Errorf("restore %s to vSphere: %w", rec.ID, err)
+	if toHypervisor {
+		if err := sources.Restore(ctx, rec, *to, images); err != nil {
+			return fmt.Errorf("restore %s to %s: %w", rec.ID, *to, err)
 		}
 		for _, r := range results {
 			r["path"] = *to
@@ -431,7 +401,7 @@ func cmdRestore(ctx context.Context, args []string) error {
 		return printJSON(map[string]any{"backup_id": rec.ID, "vm": rec.VM, "disks": results, "seconds": secs})
 	}
 	where := *to
-	if !toVSphere {
+	if !toHypervisor {
 		where = strings.Join(paths, ", ")
 	}
 	fmt.Printf("restored backup %s of %s to %s (%s in %.1fs)\n", rec.ID, rec.VM, where, human(rec.Size()), secs)

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"strings"
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/vsphere"
@@ -44,8 +43,9 @@ func Open(ctx context.Context, rawURL string) (Disk, error) {
 	return (&Opener{}).Open(ctx, rawURL)
 }
 
-// Opener opens sources and holds what they share across a process: the
-// vSphere sessions. One per service process.
+// Opener opens sources through the driver registered for each URL scheme,
+// and holds what drivers share across a process (vSphere sessions). One
+// per service process; the zero value knows file and nbd sources.
 type Opener struct {
 	VSphere *vsphere.Sessions // nil: vsphere:// sources refused
 }
@@ -55,22 +55,36 @@ func NewOpener(cfg vsphere.Config) *Opener {
 	return &Opener{VSphere: vsphere.NewSessions(cfg)}
 }
 
-// Open opens one disk: a file or NBD source URL, or a disk URL the
-// snapshotter planned (see Snapshot).
-func (o *Opener) Open(ctx context.Context, rawURL string) (Disk, error) {
+// drivers is the registry: the only place that knows which schemes exist.
+func (o *Opener) drivers() map[string]Driver {
+	return map[string]Driver{
+		"file":    fileDriver{},
+		"nbd":     nbdDriver{},
+		"vsphere": &vsphereDriver{sessions: o.VSphere},
+	}
+}
+
+// driver returns the driver of rawURL's scheme.
+func (o *Opener) driver(rawURL string) (Driver, error) {
 	if err := contracts.ValidateSource(rawURL); err != nil {
 		return nil, err
 	}
 	u, _ := url.Parse(rawURL)
-	switch u.Scheme {
-	case "file":
-		return OpenFile(u.Path)
-	case "nbd":
-		return OpenNBD(u)
-	case "vsphere":
-		return o.openVSphere(ctx, rawURL)
+	d, ok := o.drivers()[u.Scheme]
+	if !ok {
+		return nil, fmt.Errorf("source %q: no driver for scheme %q", rawURL, u.Scheme)
 	}
-	return nil, fmt.Errorf("source %q: unsupported", rawURL)
+	return d, nil
+}
+
+// Open opens one disk: a file or NBD source URL, or a disk URL the
+// snapshotter planned (see Snapshot).
+func (o *Opener) Open(ctx context.Context, rawURL string) (Disk, error) {
+	d, err := o.driver(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	return d.Open(ctx, rawURL)
 }
 
 // Point is a consistent point in time of a VM's disks, held until Release.
@@ -91,25 +105,84 @@ type PointDisk struct {
 }
 
 // Snapshot takes (or, redelivered, finds again) the point in time a backup
-// reads. A file or NBD source is its own point: one disk, nothing held;
-// the hypervisor or the exporter (qemu-nbd on a snapshot) keeps it still.
+// reads.
 func (o *Opener) Snapshot(ctx context.Context, rawURL, backupID string) (*Point, error) {
-	if err := contracts.ValidateSource(rawURL); err != nil {
+	d, err := o.driver(rawURL)
+	if err != nil {
 		return nil, err
 	}
-	if strings.HasPrefix(rawURL, "vsphere:") {
-		return o.snapshotVSphere(ctx, rawURL, backupID)
-	}
-	return &Point{Disks: []PointDisk{{Name: "disk0", URL: rawURL}}}, nil
+	return d.Snapshot(ctx, rawURL, backupID)
 }
 
 // Release lets go of what Snapshot took for the backup. Idempotent: a
 // point already released is not an error.
 func (o *Opener) Release(ctx context.Context, rawURL, backupID string) (released bool, err error) {
-	if strings.HasPrefix(rawURL, "vsphere:") {
-		return o.releaseVSphere(ctx, rawURL, backupID)
+	d, err := o.driver(rawURL)
+	if err != nil {
+		return false, err
 	}
-	return false, nil
+	return d.Release(ctx, rawURL, backupID)
+}
+
+// RestoresTo reports whether target names a place a driver restores to (a
+// hypervisor URL such as vsphere://HOST/NEW-VM) rather than a file path.
+func (o *Opener) RestoresTo(target string) bool {
+	u, err := url.Parse(target)
+	if err != nil || u.Scheme == "" {
+		return false
+	}
+	_, ok := o.drivers()[u.Scheme].(Restorer)
+	return ok
+}
+
+// restorer returns the driver that restores rec to target, refusing a
+// target of another kind than the backup's source.
+func (o *Opener) restorer(rec *contracts.BackupRecord, target string) (Restorer, *url.URL, error) {
+	u, err := url.Parse(target)
+	if err != nil {
+		return nil, nil, fmt.Errorf("restore target %q: %w", target, err)
+	}
+	r, ok := o.drivers()[u.Scheme].(Restorer)
+	if !ok {
+		return nil, nil, fmt.Errorf("restore target %q: no driver restores to %s://", target, u.Scheme)
+	}
+	if src, err := url.Parse(rec.Source); err != nil || src.Scheme != u.Scheme {
+		return nil, nil, fmt.Errorf("backup %s is of %s, not of a %s VM: restore it to a file", rec.ID, rec.Source, u.Scheme)
+	}
+	return r, u, nil
+}
+
+// CheckRestore refuses, before any disk is restored, a restore to target
+// that could not finish.
+func (o *Opener) CheckRestore(ctx context.Context, rec *contracts.BackupRecord, target string) error {
+	r, u, err := o.restorer(rec, target)
+	if err != nil {
+		return err
+	}
+	return r.CheckRestore(ctx, rec, u)
+}
+
+// Restore makes target (a new VM) from the restored images of rec's disks.
+func (o *Opener) Restore(ctx context.Context, rec *contracts.BackupRecord, target string, images []Image) error {
+	r, u, err := o.restorer(rec, target)
+	if err != nil {
+		return err
+	}
+	return r.Restore(ctx, rec, u, images)
+}
+
+// BootCheck runs the driver's boot check of restored images when the
+// backup's source has one (a hypervisor); checked reports whether it did.
+func (o *Opener) BootCheck(ctx context.Context, rec *contracts.BackupRecord, images []Image) (checked bool, err error) {
+	d, err := o.driver(rec.Source)
+	if err != nil {
+		return false, err
+	}
+	b, ok := d.(BootChecker)
+	if !ok {
+		return false, nil
+	}
+	return true, b.BootCheck(ctx, rec, images)
 }
 
 // ChunkRuns turns byte extents into the ordered, merged runs of chunk

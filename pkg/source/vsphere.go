@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 
 	"github.com/vmware/govmomi"
@@ -16,15 +17,20 @@ import (
 // SnapshotName is the name of the vSphere snapshot a backup holds.
 func SnapshotName(backupID string) string { return "strata-" + backupID }
 
-func (o *Opener) vsphereVM(ctx context.Context, rawURL string) (vsphere.Target, *govmomi.Client, *vsphere.VM, error) {
-	if o.VSphere == nil {
+// vsphereDriver is vsphere:// sources: VMs on vCenter or ESXi.
+type vsphereDriver struct {
+	sessions *vsphere.Sessions // nil: not configured in this process
+}
+
+func (o *vsphereDriver) vsphereVM(ctx context.Context, rawURL string) (vsphere.Target, *govmomi.Client, *vsphere.VM, error) {
+	if o.sessions == nil {
 		return vsphere.Target{}, nil, nil, errors.New("vsphere sources are not configured in this process")
 	}
-	t, err := vsphere.ParseTarget(rawURL, o.VSphere.Config())
+	t, err := vsphere.ParseTarget(rawURL, o.sessions.Config())
 	if err != nil {
 		return t, nil, nil, err
 	}
-	c, err := o.VSphere.Client(ctx, t.Endpoint)
+	c, err := o.sessions.Client(ctx, t.Endpoint)
 	if err != nil {
 		return t, nil, nil, err
 	}
@@ -32,7 +38,7 @@ func (o *Opener) vsphereVM(ctx context.Context, rawURL string) (vsphere.Target, 
 	return t, c, vm, err
 }
 
-func (o *Opener) snapshotVSphere(ctx context.Context, rawURL, backupID string) (*Point, error) {
+func (o *vsphereDriver) Snapshot(ctx context.Context, rawURL, backupID string) (*Point, error) {
 	_, c, vm, err := o.vsphereVM(ctx, rawURL)
 	if err != nil {
 		return nil, err
@@ -48,7 +54,7 @@ func (o *Opener) snapshotVSphere(ctx context.Context, rawURL, backupID string) (
 	if enabled {
 		p.Note = "changed block tracking was off; Strata enabled it: the next backup can be incremental"
 	}
-	snap, err := vm.Snapshot(ctx, SnapshotName(backupID), o.VSphere.Config().Quiesce)
+	snap, err := vm.Snapshot(ctx, SnapshotName(backupID), o.sessions.Config().Quiesce)
 	if err != nil {
 		return nil, err
 	}
@@ -62,7 +68,7 @@ func (o *Opener) snapshotVSphere(ctx context.Context, rawURL, backupID string) (
 	return p, nil
 }
 
-func (o *Opener) releaseVSphere(ctx context.Context, rawURL, backupID string) (bool, error) {
+func (o *vsphereDriver) Release(ctx context.Context, rawURL, backupID string) (bool, error) {
 	_, _, vm, err := o.vsphereVM(ctx, rawURL)
 	if errors.Is(err, vsphere.ErrVMNotFound) {
 		return false, nil // the VM is gone, and its snapshots with it
@@ -80,7 +86,7 @@ type VSphereDisk struct {
 	vm, snap types.ManagedObjectReference
 }
 
-func (o *Opener) openVSphere(ctx context.Context, rawURL string) (*VSphereDisk, error) {
+func (o *vsphereDriver) Open(ctx context.Context, rawURL string) (Disk, error) {
 	t, c, vm, err := o.vsphereVM(ctx, rawURL)
 	if err != nil {
 		return nil, err
@@ -130,23 +136,48 @@ func (d *VSphereDisk) ChangedExtents(ctx context.Context, since ChangeID) ([]Ext
 	return out, ChangeID(d.Info.ChangeID), nil
 }
 
-// RestoreToVSphere creates a VM called name from restored disk images,
-// placed beside the VM the backup's source URL names or, when that VM is
-// gone, in its datacenter's defaults, then overridden by the user's choice.
-func (o *Opener) RestoreToVSphere(ctx context.Context, sourceURL string, hw *contracts.VMConfig, name string, choice vsphere.Choice, images []vsphere.Image) error {
-	c, p, err := o.placement(ctx, sourceURL, choice, imagesSize(images))
+// ParseRestoreTarget reads vsphere://HOST/NEW-VM[?datastore=&pool=&folder=]:
+// the new VM's name and the user's placement choice.
+func ParseRestoreTarget(u *url.URL) (string, vsphere.Choice, error) {
+	name := strings.TrimPrefix(u.Path, "/")
+	if name == "" || strings.Contains(name, "/") {
+		return "", vsphere.Choice{}, fmt.Errorf("restore target %s: want vsphere://HOST/NEW-VM-NAME[?datastore=DS&pool=POOL&folder=FOLDER]", u.Redacted())
+	}
+	q := u.Query()
+	for k := range q {
+		if k != "datastore" && k != "pool" && k != "folder" {
+			return "", vsphere.Choice{}, fmt.Errorf("restore target %s: unknown option %q (datastore, pool, folder)", u.Redacted(), k)
+		}
+	}
+	return name, vsphere.Choice{Datastore: q.Get("datastore"), Pool: q.Get("pool"), Folder: q.Get("folder")}, nil
+}
+
+// Restore creates a VM called as the target names it from restored disk
+// images, placed beside the VM the backup's source URL names or, when that
+// VM is gone, in its datacenter's defaults, then overridden by the user's
+// choice; with the backup's recorded hardware.
+func (o *vsphereDriver) Restore(ctx context.Context, rec *contracts.BackupRecord, target *url.URL, images []Image) error {
+	name, choice, err := ParseRestoreTarget(target)
 	if err != nil {
 		return err
 	}
-	_, err = vsphere.CreateFromImages(ctx, c, p, hw, name, images)
+	c, p, err := o.placement(ctx, rec.Source, choice, imagesSize(images))
+	if err != nil {
+		return err
+	}
+	_, err = vsphere.CreateFromImages(ctx, c, p, rec.VMConfig, name, vsphereImages(images))
 	return err
 }
 
-// CheckVSphereRestore refuses, before any disk is restored, a restore to
-// vSphere that could not finish: the name is taken, a chosen place does
-// not exist, or no placement has room for need bytes of disks.
-func (o *Opener) CheckVSphereRestore(ctx context.Context, sourceURL, name string, choice vsphere.Choice, need int64) error {
-	c, _, err := o.placement(ctx, sourceURL, choice, need)
+// CheckRestore refuses, before any disk is restored, a restore to vSphere
+// that could not finish: the name is taken, a chosen place does not exist,
+// or no placement has room for the backup's disks.
+func (o *vsphereDriver) CheckRestore(ctx context.Context, rec *contracts.BackupRecord, target *url.URL) error {
+	name, choice, err := ParseRestoreTarget(target)
+	if err != nil {
+		return err
+	}
+	c, _, err := o.placement(ctx, rec.Source, choice, rec.Size())
 	if err != nil {
 		return err
 	}
@@ -156,7 +187,15 @@ func (o *Opener) CheckVSphereRestore(ctx context.Context, sourceURL, name string
 	return nil
 }
 
-func imagesSize(images []vsphere.Image) int64 {
+func vsphereImages(images []Image) []vsphere.Image {
+	out := make([]vsphere.Image, len(images))
+	for i, img := range images {
+		out[i] = vsphere.Image{Path: img.Path, Size: img.Size}
+	}
+	return out
+}
+
+func imagesSize(images []Image) int64 {
 	var n int64
 	for _, img := range images {
 		n += img.Size
@@ -169,7 +208,7 @@ func imagesSize(images []vsphere.Image) int64 {
 // was in (its inventory path's, or the only one): VM folder, first
 // resource pool, the datastore with the most free space; then applies the
 // user's choice.
-func (o *Opener) placement(ctx context.Context, sourceURL string, choice vsphere.Choice, need int64) (*govmomi.Client, vsphere.Placement, error) {
+func (o *vsphereDriver) placement(ctx context.Context, sourceURL string, choice vsphere.Choice, need int64) (*govmomi.Client, vsphere.Placement, error) {
 	t, c, like, err := o.vsphereVM(ctx, sourceURL)
 	var p vsphere.Placement
 	switch {
@@ -192,12 +231,12 @@ func (o *Opener) placement(ctx context.Context, sourceURL string, choice vsphere
 // BootCheck is a restore test's last step for a vSphere backup (Xen
 // Orchestra's health check): a throwaway VM made from the restored images
 // beside the original, powered on and off, then destroyed.
-func (o *Opener) BootCheck(ctx context.Context, sourceURL, backupID string, hw *contracts.VMConfig, images []vsphere.Image) error {
-	c, p, err := o.placement(ctx, sourceURL, vsphere.Choice{}, imagesSize(images))
+func (o *vsphereDriver) BootCheck(ctx context.Context, rec *contracts.BackupRecord, images []Image) error {
+	c, p, err := o.placement(ctx, rec.Source, vsphere.Choice{}, imagesSize(images))
 	if err != nil {
 		return err
 	}
-	vm, err := vsphere.CreateFromImages(ctx, c, p, hw, "strata-check-"+backupID, images)
+	vm, err := vsphere.CreateFromImages(ctx, c, p, rec.VMConfig, "strata-check-"+rec.ID, vsphereImages(images))
 	if vm != nil {
 		defer vm.Destroy(context.WithoutCancel(ctx))
 	}

@@ -5,13 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/diskcheck"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/restore"
-	"github.com/strata-backup/strata/pkg/vsphere"
+	"github.com/strata-backup/strata/pkg/source"
 )
 
 // restoreTest restores every disk of the backup to scratch files (sparse;
@@ -25,7 +24,7 @@ func (v *verifier) restoreTest(ctx context.Context, rec *contracts.BackupRecord,
 	}
 	defer os.RemoveAll(dir)
 	var problems []string
-	var images []vsphere.Image
+	var images []source.Image
 	for _, disk := range rec.Disks {
 		man, err := v.rt.Repo.GetManifest(ctx, disk.Manifest)
 		if err != nil {
@@ -44,7 +43,7 @@ func (v *verifier) restoreTest(ctx context.Context, rec *contracts.BackupRecord,
 			}
 			return nil, err
 		}
-		images = append(images, vsphere.Image{Path: path, Size: disk.Size})
+		images = append(images, source.Image{Path: path, Size: disk.Size})
 		p, err := v.inspect(ctx, rec, disk, path)
 		if err != nil {
 			return nil, err
@@ -53,8 +52,8 @@ func (v *verifier) restoreTest(ctx context.Context, rec *contracts.BackupRecord,
 			problems = append(problems, p)
 		}
 	}
-	if len(problems) == 0 && strings.HasPrefix(rec.Source, "vsphere:") {
-		if err := v.sources.BootCheck(ctx, rec.Source, rec.ID, rec.VMConfig, images); err != nil {
+	if len(problems) == 0 {
+		if _, err := v.sources.BootCheck(ctx, rec, images); err != nil {
 			problems = append(problems, "boot check: "+err.Error())
 		}
 	}

@@ -1,12 +1,13 @@
-package main
+package source
 
 import (
+	"net/url"
 	"testing"
 
 	"github.com/strata-backup/strata/pkg/vsphere"
 )
 
-func TestParseVSphereTarget(t *testing.T) {
+func TestParseRestoreTarget(t *testing.T) {
 	tests := []struct {
 		to     string
 		name   string
@@ -19,10 +20,13 @@ func TestParseVSphereTarget(t *testing.T) {
 		{to: "vsphere://vc/", fails: true},
 		{to: "vsphere://vc/a/b", fails: true},
 		{to: "vsphere://vc/web?network=x", fails: true},
-		{to: "vsphere://vc/%zz", fails: true},
 	}
 	for _, tc := range tests {
-		name, choice, err := parseVSphereTarget(tc.to)
+		u, err := url.Parse(tc.to)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name, choice, err := ParseRestoreTarget(u)
 		if tc.fails {
 			if err == nil {
 				t.Errorf("%s: accepted as %q %+v", tc.to, name, choice)
@@ -31,6 +35,19 @@ func TestParseVSphereTarget(t *testing.T) {
 		}
 		if err != nil || name != tc.name || choice != tc.choice {
 			t.Errorf("%s: %q %+v %v; want %q %+v", tc.to, name, choice, err, tc.name, tc.choice)
+		}
+	}
+}
+
+// The registry decides what is a hypervisor target and which kinds of
+// backup restore where.
+func TestRestoresTo(t *testing.T) {
+	o := &Opener{}
+	for target, want := range map[string]bool{
+		"vsphere://vc/new-vm": true, "/tmp/disk.img": false, "disk.img": false, "file:///tmp/x.img": false, "nbd://h:1/x": false,
+	} {
+		if got := o.RestoresTo(target); got != want {
+			t.Errorf("RestoresTo(%q) = %v", target, got)
 		}
 	}
 }
