@@ -46,6 +46,10 @@ const (
 	SubjectDedupMissing = "strata.dedup.missing"    // MissingRequest → MissingReply
 	SubjectSchedulerRun = "strata.scheduler.backup" // BackupTrigger → BackupAccepted
 	SubjectMergePrune   = "strata.merge.prune"      // PruneRequest → PruneReply
+	// SubjectSchedulerCancel: CancelRequest → CancelReply (strata cancel).
+	SubjectSchedulerCancel = "strata.scheduler.cancel"
+	// SubjectMergeRemove: RemoveRequest → RemoveReply (strata rm).
+	SubjectMergeRemove = "strata.merge.remove"
 	SubjectDedupGC      = "strata.dedup.gc"         // GCRequest → GCReply
 	SubjectVerify       = "strata.verifier.verify"  // VerifyRequest → VerifyReply
 	SubjectCheck        = "strata.verifier.check"   // CheckRequest → CheckReply

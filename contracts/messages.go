@@ -482,3 +482,71 @@ type GCReply struct {
 }
 
 func (m *GCReply) Validate() error { return checkSchema(m.Schema) }
+
+// CancelRequest stops a running backup: it is failed with the reason
+// "cancelled", its segments are skipped and its snapshot released.
+type CancelRequest struct {
+	Schema   int    `json:"schema"`
+	VM       string `json:"vm"`
+	BackupID string `json:"backup_id"`
+}
+
+func (m *CancelRequest) Validate() error {
+	if err := checkSchema(m.Schema); err != nil {
+		return err
+	}
+	if err := need("vm", m.VM); err != nil {
+		return err
+	}
+	if !ValidToken(m.BackupID) {
+		return fmt.Errorf("backup_id %q is not a valid id", m.BackupID)
+	}
+	return nil
+}
+
+// CancelReply tells the backup's state after the request: Cancelled is
+// false when it had already ended (State says how).
+type CancelReply struct {
+	Schema    int    `json:"schema"`
+	State     State  `json:"state"`
+	Cancelled bool   `json:"cancelled"`
+	Reason    string `json:"reason,omitempty"`
+}
+
+func (m *CancelReply) Validate() error { return checkSchema(m.Schema) }
+
+// RemoveRequest removes backups that ended failed (or skipped): their
+// record, catalog entry and any manifests. Verified backups are removed
+// by retention (prune), never by this request.
+type RemoveRequest struct {
+	Schema    int      `json:"schema"`
+	VM        string   `json:"vm"`
+	BackupIDs []string `json:"backup_ids,omitempty"`
+	AllFailed bool     `json:"all_failed,omitempty"` // every failed backup of the VM
+}
+
+func (m *RemoveRequest) Validate() error {
+	if err := checkSchema(m.Schema); err != nil {
+		return err
+	}
+	if err := need("vm", m.VM); err != nil {
+		return err
+	}
+	if len(m.BackupIDs) == 0 && !m.AllFailed {
+		return fmt.Errorf("name backups to remove, or all_failed")
+	}
+	for _, id := range m.BackupIDs {
+		if !ValidToken(id) {
+			return fmt.Errorf("backup id %q is not a valid id", id)
+		}
+	}
+	return nil
+}
+
+// RemoveReply lists the removed backups.
+type RemoveReply struct {
+	Schema  int      `json:"schema"`
+	Removed []string `json:"removed"`
+}
+
+func (m *RemoveReply) Validate() error { return checkSchema(m.Schema) }

@@ -88,3 +88,68 @@ func TestVerifierLosesSourceFailsBackup(t *testing.T) {
 		func() { st.procs["verifier"][len(st.procs["verifier"])-1].Stop() },
 		func() { st.waitReady(st.startService("verifier")) })
 }
+
+// What a user meets in the first ten minutes: help and version exit 0, a
+// size with a unit, a backup of a missing source fails without --wait too,
+// a running backup can be cancelled and a failed one removed, usage
+// errors exit 2.
+func TestCLIFirstTenMinutes(t *testing.T) {
+	st := startStack(t, stackOptions{chunkSize: 64 << 10, extraEnv: map[string][]string{"transfer": {"STRATA_TRANSFER_RATE_LIMIT=4000000"}}})
+	for _, args := range [][]string{{"--help"}, {"backup", "--help"}, {"restore", "--help"}, {"--version"}, {"version"}} {
+		if out, errOut, code := st.cli(args...); code != 0 || out == "" {
+			t.Errorf("strata %v: exit %d\n%s%s", args, code, out, errOut)
+		}
+	}
+	if out, _, _ := st.cli("restore", "--help"); !strings.Contains(out, "--force") || !strings.Contains(out, "--parallel") {
+		t.Errorf("restore --help does not list its flags:\n%s", out)
+	}
+	for _, args := range [][]string{{"nosuch"}, {"backup", "--bogus"}, {"mkdisk"}, {"mkdisk", "--size", "lots", "x"}, {"restore", "--vm", "a", "--to", "/tmp/x", "--parallel", "0"}} {
+		if _, errOut, code := st.cli(args...); code != 2 {
+			t.Errorf("strata %v: exit %d, want 2 (%s)", args, code, errOut)
+		}
+	}
+	img := filepath.Join(t.TempDir(), "disk.img")
+	st.mustCLI("mkdisk", "--size", "48M", img)
+	if fi, err := os.Stat(img); err != nil || fi.Size() != 48<<20 {
+		t.Fatalf("mkdisk --size 48M: %v %v", fi, err)
+	}
+
+	// No --wait, missing source: exit 1 with the reason, not 0.
+	if out, errOut, code := st.cli("backup", "--vm", "ghost", "--source", "file:///no/such.img"); code != 1 || !strings.Contains(errOut, "no such file") {
+		t.Fatalf("backup of a missing source without --wait: exit %d\n%s%s", code, out, errOut)
+	}
+	if _, errOut, code := st.cli("backup", "--vm", "ghost", "--source", "/no/such.img"); code != 2 || !strings.Contains(errOut, "file:///no/such.img") {
+		t.Fatalf("plain path: exit %d, %s", code, errOut)
+	}
+
+	// Cancel a running backup (4 MB/s: 48 MiB takes seconds).
+	id := strings.TrimSpace(st.mustCLI("backup", "--vm", "slow", "--source", "file://"+img))
+	out := st.mustCLI("cancel", "--vm", "slow", "--backup", id)
+	if !strings.Contains(out, "cancelled") {
+		t.Fatalf("cancel: %s", out)
+	}
+	rec := st.record("slow", id)
+	if rec.State != contracts.StateFailed || !strings.Contains(rec.Error, "cancelled") {
+		t.Fatalf("cancelled backup: %s %q", rec.State, rec.Error)
+	}
+	if out := st.mustCLI("cancel", "--vm", "slow", "--backup", id); !strings.Contains(out, "already ended") {
+		t.Fatalf("second cancel: %s", out)
+	}
+
+	// A good backup cannot be removed with rm; failed ones can.
+	good := strings.TrimSpace(strings.Split(st.mustCLI("backup", "--vm", "slow", "--source", "file://"+img, "--wait"), "\n")[0])
+	if _, errOut, code := st.cli("rm", "--vm", "slow", "--backup", good); code == 0 || !strings.Contains(errOut, "only failed") {
+		t.Fatalf("rm of a verified backup: exit %d %s", code, errOut)
+	}
+	var removed contracts.RemoveReply
+	if err := json.Unmarshal([]byte(st.mustCLI("rm", "--vm", "slow", "--failed", "--json")), &removed); err != nil || len(removed.Removed) != 1 || removed.Removed[0] != id {
+		t.Fatalf("rm --failed: %+v %v", removed, err)
+	}
+	if recs := st.records("slow"); len(recs) != 1 || recs[0].ID != good {
+		t.Fatalf("after rm: %+v", recs)
+	}
+	st.mustCLI("rm", "--vm", "ghost", "--failed")
+	if out, _, code := st.cli("check"); code != 0 {
+		t.Fatalf("check after removing the failed backups: exit %d\n%s", code, out)
+	}
+}

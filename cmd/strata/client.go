@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,11 +12,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 
@@ -57,7 +59,10 @@ func connect(ctx context.Context) (*client, error) {
 	}
 	cat, err := catalog.Open(cctx, b.JS)
 	if err != nil {
-		return nil, fmt.Errorf("%w (have the services started once?)", err)
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			return nil, fmt.Errorf("%w (no catalog yet: have the services started once?)", err)
+		}
+		return nil, err
 	}
 	return &client{cfg: cfg, bus: b, cat: cat, tp: tp}, nil
 }
@@ -78,18 +83,29 @@ func (c *client) request(ctx context.Context, subject string, req, reply contrac
 	giveUp := time.Now().Add(noResponderGrace)
 	for {
 		err := bus.Request(rctx, c.bus.NC, subject, req, reply)
-		if !errors.Is(err, nats.ErrNoResponders) || time.Now().After(giveUp) {
+		if !errors.Is(err, nats.ErrNoResponders) {
 			return err
+		}
+		if time.Now().After(giveUp) {
+			return fmt.Errorf("%w (no %s answers: is it running?)", err, serviceOf(subject))
 		}
 		select {
 		case <-rctx.Done():
-			return err
+			return fmt.Errorf("%w (no %s answers: is it running?)", err, serviceOf(subject))
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
 }
 
 const noResponderGrace = 15 * time.Second
+
+// serviceOf names the service behind a request subject (strata.<service>.…).
+func serviceOf(subject string) string {
+	if parts := strings.Split(subject, "."); len(parts) > 2 {
+		return "strata-" + parts[1]
+	}
+	return "the service"
+}
 
 func isTerminal(f *os.File) bool {
 	fi, err := f.Stat()
@@ -102,99 +118,130 @@ func printJSON(v any) error {
 	return enc.Encode(v)
 }
 
-func cmdBackup(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
+func newBackupCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "backup", Short: "request a backup of one VM (and wait for its outcome with --wait)", Args: usage(cobra.NoArgs)}
+	fs := cmd.Flags()
 	vm := fs.String("vm", "", "VM name")
 	src := fs.String("source", "", "source URL, e.g. file:///abs/path.img")
 	wait := fs.Bool("wait", false, "wait until the backup is verified (exit 0) or failed (exit 1)")
 	verify := fs.String("verify", "", "verification on commit: stored, trivial, certify or chunks (default: the verifier's)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		return exitError{2, err}
-	}
-	trigger := &contracts.BackupTrigger{Schema: contracts.SchemaVersion, VM: *vm, Source: *src, Verify: contracts.VerifyMode(*verify)}
-	if err := trigger.Validate(); err != nil {
-		return exitError{2, err}
-	}
-	c, err := connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	// With OTLP export configured, the CLI's span is the trace's root;
-	// without it the scheduler opens the root span.
-	if telemetry.Exporting() {
-		var span trace.Span
-		ctx, span = c.bus.Tracer.Start(ctx, "strata backup "+*vm)
-		defer span.End()
-	}
-	var acc contracts.BackupAccepted
-	if err := c.request(ctx, contracts.SubjectSchedulerRun, trigger, &acc, 30*time.Second); err != nil {
-		return fmt.Errorf("request backup: %w (is strata-scheduler running?)", err)
-	}
-	if !*wait {
-		if *asJSON {
-			return printJSON(map[string]string{"backup_id": acc.BackupID, "trace_id": acc.TraceID})
+	plannedWait := fs.Duration("planned-timeout", 30*time.Second, "without --wait: how long to wait for the backup to be planned (a source that cannot be opened fails it then, exit 1)")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		trigger := &contracts.BackupTrigger{Schema: contracts.SchemaVersion, VM: *vm, Source: *src, Verify: contracts.VerifyMode(*verify)}
+		if err := trigger.Validate(); err != nil {
+			return exitError{2, err}
 		}
-		fmt.Println(acc.BackupID)
+		c, err := connect(ctx)
+		if err != nil {
+			return err
+		}
+		defer c.close()
+		// With OTLP export configured, the CLI's span is the trace's root;
+		// without it the scheduler opens the root span.
+		if telemetry.Exporting() {
+			var span trace.Span
+			ctx, span = c.bus.Tracer.Start(ctx, "strata backup "+*vm)
+			defer span.End()
+		}
+		var acc contracts.BackupAccepted
+		if err := c.request(ctx, contracts.SubjectSchedulerRun, trigger, &acc, 30*time.Second); err != nil {
+			return fmt.Errorf("request backup: %w", err)
+		}
+		if !*wait {
+			rec, err := c.waitPlanned(ctx, *vm, acc.BackupID, *plannedWait)
+			if err != nil {
+				return err
+			}
+			if *asJSON {
+				out := map[string]string{"backup_id": acc.BackupID, "trace_id": acc.TraceID, "state": "requested"}
+				if rec != nil {
+					out["state"], out["error"] = string(rec.State), rec.Error
+				}
+				printJSON(out)
+			} else {
+				fmt.Println(acc.BackupID)
+			}
+			switch {
+			case rec != nil && rec.State == contracts.StateFailed:
+				return exitError{1, fmt.Errorf("backup %s failed: %s", acc.BackupID, rec.Error)}
+			case rec == nil && !*asJSON:
+				fmt.Fprintf(os.Stderr, "backup %s requested, not planned yet after %s; follow it with: strata ls --vm %s\n", acc.BackupID, *plannedWait, *vm)
+			}
+			return nil
+		}
+		if !*asJSON {
+			fmt.Println(acc.BackupID)
+		}
+		rec, err := c.waitFinal(ctx, *vm, acc.BackupID, !*asJSON && isTerminal(os.Stderr))
+		if errors.Is(err, context.Canceled) {
+			// Ctrl-C stops the waiting, not the backup: say so, and how.
+			return exitError{130, fmt.Errorf("stopped waiting; backup %s goes on (strata cancel --vm %s --backup %s stops it)", acc.BackupID, *vm, acc.BackupID)}
+		}
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			printJSON(rec)
+		}
+		if rec.State != contracts.StateVerified {
+			return exitError{1, fmt.Errorf("backup %s failed: %s", rec.ID, rec.Error)}
+		}
+		if !*asJSON {
+			fmt.Fprintf(os.Stderr, "backup %s verified: %s disk, %s newly stored (stored/logical %.2f)\n",
+				rec.ID, human(rec.Size()), human(rec.StoredBytes()), float64(rec.StoredBytes())/float64(max(1, rec.Size())))
+		}
 		return nil
 	}
-	if !*asJSON {
-		fmt.Println(acc.BackupID)
-	}
-	rec, err := c.waitFinal(ctx, *vm, acc.BackupID, !*asJSON && isTerminal(os.Stderr))
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		printJSON(rec)
-	}
-	if rec.State != contracts.StateVerified {
-		return exitError{1, fmt.Errorf("backup %s failed: %s", rec.ID, rec.Error)}
-	}
-	if !*asJSON {
-		fmt.Fprintf(os.Stderr, "backup %s verified: %s disk, %s newly stored (stored/logical %.2f)\n",
-			rec.ID, human(rec.Size()), human(rec.StoredBytes()), float64(rec.StoredBytes())/float64(max(1, rec.Size())))
-	}
-	return nil
+	return cmd
 }
 
-// waitFinal watches the backup's catalog entry until it is verified or failed.
+// waitFinal watches the backup's catalog entry until it is verified or
+// failed, redrawing progress (at most 10 times a second) on a terminal.
 func (c *client) waitFinal(ctx context.Context, vm, id string, progress bool) (*contracts.BackupRecord, error) {
-	w, err := c.cat.KV.Watch(ctx, contracts.CatalogKey(vm, id))
-	if err != nil {
-		return nil, fmt.Errorf("watch backup %s: %w", id, err)
-	}
-	defer w.Stop()
 	start := time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nil, errors.New("catalog watch ended")
+	var last time.Time
+	var final *contracts.BackupRecord
+	err := c.cat.Watch(ctx, vm, id, func(r *contracts.BackupRecord) bool {
+		if r.State.Final() {
+			final = r
+		}
+		if progress && (final != nil || time.Since(last) >= 100*time.Millisecond) {
+			last = time.Now()
+			total := max(1, r.Segments())
+			elapsed := time.Since(start)
+			eta := "-"
+			if done := r.SegmentsDone(); done > 0 && done < total {
+				eta = (elapsed * time.Duration(total-done) / time.Duration(done)).Round(time.Second).String()
 			}
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
-				continue
-			}
-			var r contracts.BackupRecord
-			if err := json.Unmarshal(e.Value(), &r); err != nil {
-				return nil, fmt.Errorf("catalog entry of %s: %w", id, err)
-			}
-			if progress {
-				total := max(1, r.Segments())
-				fmt.Fprintf(os.Stderr, "\r%-12s %3d%%  %d/%d segments  %s stored  %s   ", r.State,
-					100*r.SegmentsDone()/total, r.SegmentsDone(), r.Segments(), human(r.StoredBytes()), time.Since(start).Round(time.Second))
-			}
-			if r.State.Final() {
-				if progress {
-					fmt.Fprintln(os.Stderr)
-				}
-				return &r, nil
+			fmt.Fprintf(os.Stderr, "\r%-12s %3d%%  %d/%d segments  %s stored  %s/s  %s  ETA %s   ", r.State,
+				100*r.SegmentsDone()/total, r.SegmentsDone(), r.Segments(), human(r.StoredBytes()),
+				human(int64(float64(r.StoredBytes())/max(elapsed.Seconds(), 0.001))), elapsed.Round(time.Second), eta)
+			if final != nil {
+				fmt.Fprintln(os.Stderr)
 			}
 		}
+		return final != nil
+	})
+	if err != nil {
+		return nil, err
 	}
+	return final, nil
+}
+
+// waitPlanned waits (up to timeout) until the snapshotter has recorded the
+// backup: a source that cannot be opened fails it there, and a user who
+// did not ask to --wait should still hear about that.
+func (c *client) waitPlanned(ctx context.Context, vm, id string, timeout time.Duration) (*contracts.BackupRecord, error) {
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var rec *contracts.BackupRecord
+	err := c.cat.Watch(wctx, vm, id, func(r *contracts.BackupRecord) bool { rec = r; return true })
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		return nil, nil
+	}
+	return rec, err
 }
 
 func human(n int64) string {
@@ -210,54 +257,56 @@ func human(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-func cmdLs(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("ls", flag.ContinueOnError)
+func newLsCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "ls", Short: "list backups", Args: usage(cobra.NoArgs)}
+	fs := cmd.Flags()
 	vm := fs.String("vm", "", "only this VM")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		return exitError{2, err}
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		c, err := connect(ctx)
+		if err != nil {
+			return err
+		}
+		defer c.close()
+		recs, err := c.cat.List(ctx, *vm)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			if recs == nil {
+				recs = []*contracts.BackupRecord{}
+			}
+			return printJSON(recs)
+		}
+		tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "VM\tBACKUP\tTIME\tKIND\tPARENT\tSIZE\tREAD\tSTORED\tVERIFY\tSTATE")
+		for _, r := range recs {
+			state := string(r.State)
+			if r.Damaged {
+				state += " DAMAGED (strata check)"
+			}
+			if r.Error != "" {
+				state += ": " + r.Error
+			}
+			verify := cmp.Or(string(r.Verify), "-")
+			if len(r.Disks) > 0 && r.Disks[0].Digest != "" {
+				verify += " " + r.Disks[0].Digest[:16] + "…"
+			}
+			var read int64
+			for _, d := range r.Disks {
+				read += d.ReadBytes
+			}
+			parent := r.Parent
+			if parent == "" {
+				parent = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.ID, r.CreatedAt.Local().Format(time.DateTime), cmp.Or(string(r.Kind), "-"),
+				parent, human(r.Size()), human(read), human(r.StoredBytes()), verify, state)
+		}
+		return tw.Flush()
 	}
-	c, err := connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	recs, err := c.cat.List(ctx, *vm)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		if recs == nil {
-			recs = []*contracts.BackupRecord{}
-		}
-		return printJSON(recs)
-	}
-	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VM\tBACKUP\tTIME\tKIND\tPARENT\tSIZE\tREAD\tSTORED\tVERIFY\tSTATE")
-	for _, r := range recs {
-		state := string(r.State)
-		if r.Damaged {
-			state += " DAMAGED (strata check)"
-		}
-		if r.Error != "" {
-			state += ": " + r.Error
-		}
-		verify := cmp.Or(string(r.Verify), "-")
-		if len(r.Disks) > 0 && r.Disks[0].Digest != "" {
-			verify += " " + r.Disks[0].Digest[:16] + "…"
-		}
-		var read int64
-		for _, d := range r.Disks {
-			read += d.ReadBytes
-		}
-		parent := r.Parent
-		if parent == "" {
-			parent = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.ID, r.CreatedAt.Local().Format(time.DateTime), cmp.Or(string(r.Kind), "-"),
-			parent, human(r.Size()), human(read), human(r.StoredBytes()), verify, state)
-	}
-	return tw.Flush()
+	return cmd
 }
 
 // restoreTargets names the image file of every disk: an existing
@@ -296,114 +345,145 @@ func safeName(s string) string {
 	return out
 }
 
-func cmdRestore(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
+func newRestoreCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "restore", Short: "restore a backup to image files or to a new VM", Args: usage(cobra.NoArgs)}
+	fs := cmd.Flags()
 	vm := fs.String("vm", "", "VM name")
 	id := fs.String("backup", "latest", "backup id, or latest (newest verified)")
 	to := fs.String("to", "", "path of the raw image to write (disk N>0 of a multi-disk VM goes to PATH.N), an existing directory (each disk goes to DIR/<vm>-<disk>.img), or vsphere://HOST/NEW-VM[?datastore=DS&pool=POOL&folder=FOLDER] for a new VM beside the backed-up one (or, when it is gone, in its datacenter; the options override either)")
 	force := fs.Bool("force", false, "replace existing image files")
 	workers := fs.Int("parallel", 8, "chunks fetched at once")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		return exitError{2, err}
-	}
-	if *vm == "" || *to == "" {
-		return exitError{2, errors.New("restore needs --vm and --to")}
-	}
-	c, err := connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	var rec *contracts.BackupRecord
-	if *id == "latest" {
-		rec, err = c.cat.Latest(ctx, *vm)
-	} else {
-		rec, _, err = c.cat.Get(ctx, *vm, *id)
-	}
-	if err != nil {
-		return err
-	}
-	if rec.State != contracts.StateVerified && rec.State != contracts.StateCommitted {
-		return fmt.Errorf("backup %s is %s, not restorable", rec.ID, rec.State)
-	}
-	store, err := c.cfg.OpenStore(ctx)
-	if err != nil {
-		return err
-	}
-	r, err := c.cfg.OpenRepo(ctx, store)
-	if err != nil {
-		return err
-	}
-	progress := !*asJSON && isTerminal(os.Stderr)
-	start := time.Now()
-	// To a hypervisor (vsphere://HOST/NEW-VM): restore into scratch images,
-	// then have the source's driver make a VM from them.
-	var sources *source.Opener
-	toHypervisor := (&source.Opener{}).RestoresTo(*to)
-	base := *to
-	if toHypervisor {
-		var vcfg vsphere.Config
-		if err := runtime.Load(&vcfg); err != nil {
-			return err
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		if *workers < 1 {
+			return exitError{2, fmt.Errorf("--parallel %d: need at least 1", *workers)}
 		}
-		sources = source.NewOpener(vcfg)
-		if err := sources.CheckRestore(ctx, rec, *to); err != nil {
-			return exitError{2, fmt.Errorf("restore %s to %s: %w", rec.ID, *to, err)}
+		if *vm == "" || *to == "" {
+			return exitError{2, errors.New("restore needs --vm and --to")}
 		}
-		dir, err := os.MkdirTemp("", "strata-restore-")
+		c, err := connect(ctx)
 		if err != nil {
 			return err
 		}
-		defer os.RemoveAll(dir)
-		base = filepath.Join(dir, "disk.img")
-	}
-	paths := restoreTargets(base, rec)
-	for _, p := range paths {
-		if err := restore.CheckTarget(p, *force); err != nil {
-			return exitError{2, fmt.Errorf("restore %s: %w", rec.ID, err)}
+		defer c.close()
+		var rec *contracts.BackupRecord
+		if *id == "latest" {
+			rec, err = c.cat.Latest(ctx, *vm)
+		} else {
+			rec, _, err = c.cat.Get(ctx, *vm, *id)
 		}
-	}
-	var results []map[string]any
-	var images []source.Image
-	for i, disk := range rec.Disks {
-		path := paths[i]
-		man, err := r.GetManifest(ctx, disk.Manifest)
 		if err != nil {
-			return fmt.Errorf("restore %s: %w", rec.ID, err)
+			return err
 		}
-		var report func(int64)
-		if progress {
-			report = func(done int64) {
-				fmt.Fprintf(os.Stderr, "\rrestoring %s  %3d%%  %s   ", path, 100*done/man.DiskSize, human(done))
+		if rec.State != contracts.StateVerified && rec.State != contracts.StateCommitted {
+			return fmt.Errorf("backup %s is %s, not restorable", rec.ID, rec.State)
+		}
+		store, err := c.cfg.OpenStore(ctx)
+		if err != nil {
+			return err
+		}
+		r, err := c.cfg.OpenRepo(ctx, store)
+		if err != nil {
+			return err
+		}
+		progress := !*asJSON && isTerminal(os.Stderr)
+		start := time.Now()
+		// To a hypervisor (vsphere://HOST/NEW-VM): restore into scratch images,
+		// then have the source's driver make a VM from them.
+		var sources *source.Opener
+		toHypervisor := (&source.Opener{}).RestoresTo(*to)
+		base := *to
+		if toHypervisor {
+			var vcfg vsphere.Config
+			if err := runtime.Load(&vcfg); err != nil {
+				return err
+			}
+			sources = source.NewOpener(vcfg)
+			if err := sources.CheckRestore(ctx, rec, *to); err != nil {
+				return exitError{2, fmt.Errorf("restore %s to %s: %w", rec.ID, *to, err)}
+			}
+			dir, err := os.MkdirTemp("", "strata-restore-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(dir)
+			base = filepath.Join(dir, "disk.img")
+		}
+		paths := restoreTargets(base, rec)
+		for _, p := range paths {
+			if err := restore.CheckTarget(p, *force); err != nil {
+				return exitError{2, fmt.Errorf("restore %s: %w", rec.ID, err)}
 			}
 		}
-		st, err := restore.ToFile(ctx, r, man, path, restore.Options{Workers: *workers, Progress: report, Overwrite: *force})
-		if progress {
-			fmt.Fprintln(os.Stderr)
+		var results []map[string]any
+		var images []source.Image
+		for i, disk := range rec.Disks {
+			path := paths[i]
+			man, err := r.GetManifest(ctx, disk.Manifest)
+			if err != nil {
+				return fmt.Errorf("restore %s: %w", rec.ID, err)
+			}
+			var report func(int64)
+			var bar *progressbar.ProgressBar
+			if progress {
+				bar, report = restoreProgress(path, man.DiskSize)
+			}
+			st, err := restore.ToFile(ctx, r, man, path, restore.Options{Workers: *workers, Progress: report, Overwrite: *force})
+			if bar != nil {
+				if err == nil {
+					bar.Finish()
+				}
+				fmt.Fprintln(os.Stderr)
+			}
+			if err != nil {
+				return fmt.Errorf("restore %s: %w", rec.ID, err)
+			}
+			results = append(results, map[string]any{"path": path, "bytes": st.Bytes, "data_chunks": st.DataChunks, "zero_chunks": st.ZeroChunks})
+			images = append(images, source.Image{Path: path, Size: disk.Size})
 		}
-		if err != nil {
-			return fmt.Errorf("restore %s: %w", rec.ID, err)
+		if toHypervisor {
+			if err := sources.Restore(ctx, rec, *to, images); err != nil {
+				return fmt.Errorf("restore %s to %s: %w", rec.ID, *to, err)
+			}
+			for _, r := range results {
+				r["path"] = *to
+			}
 		}
-		results = append(results, map[string]any{"path": path, "bytes": st.Bytes, "data_chunks": st.DataChunks, "zero_chunks": st.ZeroChunks})
-		images = append(images, source.Image{Path: path, Size: disk.Size})
-	}
-	if toHypervisor {
-		if err := sources.Restore(ctx, rec, *to, images); err != nil {
-			return fmt.Errorf("restore %s to %s: %w", rec.ID, *to, err)
+		secs := time.Since(start).Seconds()
+		if *asJSON {
+			return printJSON(map[string]any{"backup_id": rec.ID, "vm": rec.VM, "disks": results, "seconds": secs})
 		}
-		for _, r := range results {
-			r["path"] = *to
+		where := *to
+		if !toHypervisor {
+			where = strings.Join(paths, ", ")
+		}
+		fmt.Printf("restored backup %s of %s to %s (%s in %.1fs)\n", rec.ID, rec.VM, where, human(rec.Size()), secs)
+		return nil
+	}
+	return cmd
+}
+
+// restoreProgress is a progress bar for one disk (bytes, rate, ETA), drawn
+// at most 10 times a second. Chunks finish out of order on parallel
+// workers, so the bar only ever moves forward.
+func restoreProgress(path string, size int64) (*progressbar.ProgressBar, func(int64)) {
+	bar := progressbar.NewOptions64(size,
+		progressbar.OptionSetWriter(os.Stderr),
+		progressbar.OptionSetDescription("restoring "+filepath.Base(path)),
+		progressbar.OptionShowBytes(true),
+		progressbar.OptionSetPredictTime(true),
+		progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionSetWidth(30),
+	)
+	var mu sync.Mutex
+	var high int64
+	return bar, func(done int64) {
+		mu.Lock()
+		defer mu.Unlock()
+		if done > high {
+			high = done
+			bar.Set64(done)
 		}
 	}
-	secs := time.Since(start).Seconds()
-	if *asJSON {
-		return printJSON(map[string]any{"backup_id": rec.ID, "vm": rec.VM, "disks": results, "seconds": secs})
-	}
-	where := *to
-	if !toHypervisor {
-		where = strings.Join(paths, ", ")
-	}
-	fmt.Printf("restored backup %s of %s to %s (%s in %.1fs)\n", rec.ID, rec.VM, where, human(rec.Size()), secs)
-	return nil
 }

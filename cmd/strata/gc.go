@@ -1,44 +1,46 @@
 package main
 
 import (
-	"context"
-	"flag"
 	"fmt"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/strata-backup/strata/contracts"
 )
 
 // cmdGC asks the dedup service to collect unreferenced chunks.
-func cmdGC(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("gc", flag.ContinueOnError)
+func newGCCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "gc", Short: "delete chunks no backup references", Args: usage(cobra.NoArgs)}
+	fs := cmd.Flags()
 	req := contracts.GCRequest{Schema: contracts.SchemaVersion}
 	fs.BoolVar(&req.DryRun, "dry-run", false, "report what would be freed, delete nothing")
 	grace := fs.Duration("grace", -1, "spare unreferenced chunks younger than this (default: the service's STRATA_GC_GRACE)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		return exitError{2, err}
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		if *grace >= 0 {
+			req.Grace = grace.String()
+		}
+		c, err := connect(ctx)
+		if err != nil {
+			return err
+		}
+		defer c.close()
+		var reply contracts.GCReply
+		if err := c.request(ctx, contracts.SubjectDedupGC, &req, &reply, time.Hour); err != nil {
+			return fmt.Errorf("gc: %w", err)
+		}
+		if *asJSON {
+			return printJSON(reply)
+		}
+		verb := "deleted"
+		if reply.DryRun {
+			verb = "would delete"
+		}
+		fmt.Printf("marked %d backups (%d chunks referenced); %d chunk objects: %s %d (%s), %d unreferenced but younger than %s\n",
+			reply.Backups, reply.Referenced, reply.Chunks, verb, reply.Deleted, human(reply.FreedBytes), reply.Young, time.Duration(reply.GraceSeconds)*time.Second)
+		return nil
 	}
-	if *grace >= 0 {
-		req.Grace = grace.String()
-	}
-	c, err := connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	var reply contracts.GCReply
-	if err := c.request(ctx, contracts.SubjectDedupGC, &req, &reply, time.Hour); err != nil {
-		return fmt.Errorf("gc: %w", err)
-	}
-	if *asJSON {
-		return printJSON(reply)
-	}
-	verb := "deleted"
-	if reply.DryRun {
-		verb = "would delete"
-	}
-	fmt.Printf("marked %d backups (%d chunks referenced); %d chunk objects: %s %d (%s), %d unreferenced but younger than %s\n",
-		reply.Backups, reply.Referenced, reply.Chunks, verb, reply.Deleted, human(reply.FreedBytes), reply.Young, time.Duration(reply.GraceSeconds)*time.Second)
-	return nil
+	return cmd
 }

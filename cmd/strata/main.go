@@ -1,5 +1,9 @@
 // Command strata is Strata's command-line tool: request backups, list and
 // restore them, and run everything in one process for a laptop demo.
+//
+// Built on cobra, so every command's --help, usage and shell completion
+// (strata completion bash|zsh|fish) come from the flags themselves and
+// cannot drift from them.
 package main
 
 import (
@@ -8,86 +12,82 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+
+	"github.com/spf13/cobra"
 )
 
-const usage = `strata — incremental, deduplicated VM disk backups
+const version = "0.2.0"
 
-Usage:
-  strata backup  --vm NAME --source file:///abs/path.img|nbd://host:port/export|vsphere://vcenter/VM
-                 [--verify stored|trivial|certify|chunks|restore-test] [--wait] [--json]
-  strata ls      [--vm NAME] [--json]
-  strata verify  --vm NAME --backup ID|latest --mode stored|trivial|certify|chunks|restore-test [--json]
-  strata verify  --all --mode chunks [--json]
-  strata check   [--json]                 bad chunks, damaged backups (exit 1 when damaged)
-  strata restore --vm NAME --backup ID|latest --to PATH|vsphere://HOST/NEW-VM[?datastore=&pool=&folder=] [--json]
-  strata prune   --vm NAME [--keep-last N --keep-daily D --keep-weekly W --keep-monthly M] [--yes] [--json]
-  strata gc      [--dry-run] [--grace 24h] [--json]
-  strata policy  set --vm NAME --source URL --schedule CRON [--jitter D] [--key-interval K] [--verify MODE]
-                     [--keep-last N --keep-daily D --keep-weekly W --keep-monthly M]
-  strata policy  ls [--json] | rm --vm NAME
-  strata dev     --data DIR              all six services + NATS in one process
-  strata mkdisk  --size BYTES PATH       write a deterministic demo disk image
-  strata version
-
-Settings come from STRATA_* environment variables (see README.md):
-STRATA_NATS_URL, STRATA_S3_*, STRATA_STORE_DIR, …
-`
-
-// exitError carries a process exit code.
+// exitError carries a process exit code: 1 for a failed operation (or an
+// unhealthy repository), 2 for a usage error.
 type exitError struct {
 	code int
 	err  error
 }
 
 func (e exitError) Error() string { return e.err.Error() }
+func (e exitError) Unwrap() error { return e.err }
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "strata",
+		Short: "incremental, deduplicated VM disk backups",
+		Long: `strata — incremental, deduplicated VM disk backups.
+
+Settings come from STRATA_* environment variables (see README.md):
+STRATA_NATS_URL, STRATA_S3_*, STRATA_STORE_DIR, STRATA_ENCRYPTION_KEY_FILE, …`,
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return exitError{2, fmt.Errorf("%w\nsee '%s --help'", err, cmd.CommandPath())}
+	})
+	policy := &cobra.Command{Use: "policy", Short: "scheduled backups and retention per VM", Args: usage(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return exitError{2, errors.New("policy needs set, ls or rm")}
+		}}
+	policy.AddCommand(newPolicySetCmd(), newPolicyLsCmd(), newPolicyRmCmd())
+	root.AddCommand(newBackupCmd(), newCancelCmd(), newLsCmd(), newRestoreCmd(), newRmCmd(), newVerifyCmd(), newCheckCmd(), newGCCmd(), newPruneCmd(),
+		policy, newDevCmd(), newMkdiskCmd(),
+		&cobra.Command{Use: "version", Short: "print the version", Args: usage(cobra.NoArgs), Run: func(cmd *cobra.Command, args []string) {
+			fmt.Println("strata", version)
+		}})
+	return root
+}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if len(os.Args) < 2 {
-		fmt.Fprint(os.Stderr, usage)
+	err := newRootCmd().ExecuteContext(ctx)
+	if err == nil {
+		return
+	}
+	fmt.Fprintln(os.Stderr, "strata:", err)
+	var ee exitError
+	if errors.As(err, &ee) {
+		os.Exit(ee.code)
+	}
+	if isUsageError(err) {
 		os.Exit(2)
 	}
-	var err error
-	args := os.Args[2:]
-	switch os.Args[1] {
-	case "backup":
-		err = cmdBackup(ctx, args)
-	case "ls":
-		err = cmdLs(ctx, args)
-	case "restore":
-		err = cmdRestore(ctx, args)
-	case "gc":
-		err = cmdGC(ctx, args)
-	case "verify":
-		err = cmdVerify(ctx, args)
-	case "check":
-		err = cmdCheck(ctx, args)
-	case "prune":
-		err = cmdPrune(ctx, args)
-	case "policy":
-		err = cmdPolicy(ctx, args)
-	case "dev":
-		err = cmdDev(ctx, args)
-	case "mkdisk":
-		err = cmdMkdisk(args)
-	case "version":
-		fmt.Println("strata", version)
-	case "help", "-h", "--help":
-		fmt.Print(usage)
-	default:
-		fmt.Fprintf(os.Stderr, "strata: unknown command %q\n\n%s", os.Args[1], usage)
-		os.Exit(2)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "strata:", err)
-		var ee exitError
-		if errors.As(err, &ee) {
-			os.Exit(ee.code)
+	os.Exit(1)
+}
+
+// usage makes a positional-argument check's error a usage error (exit 2).
+func usage(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := check(cmd, args); err != nil {
+			return exitError{2, fmt.Errorf("%s: %w\nsee '%s --help'", cmd.CommandPath(), err, cmd.CommandPath())}
 		}
-		os.Exit(1)
+		return nil
 	}
 }
 
-const version = "0.1.0"
+// isUsageError recognises cobra's unknown-command error, the one usage
+// error it returns without a hook to type it.
+func isUsageError(err error) bool {
+	return strings.HasPrefix(err.Error(), "unknown command")
+}

@@ -1,35 +1,21 @@
 package main
 
 import (
-	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/services/scheduler"
 )
 
-func cmdPolicy(ctx context.Context, args []string) error {
-	if len(args) == 0 {
-		return exitError{2, errors.New("policy needs set, ls or rm")}
-	}
-	switch args[0] {
-	case "set":
-		return policySet(ctx, args[1:])
-	case "ls":
-		return policyLs(ctx, args[1:])
-	case "rm":
-		return policyRm(ctx, args[1:])
-	}
-	return exitError{2, fmt.Errorf("unknown policy command %q", args[0])}
-}
-
-func policySet(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("policy set", flag.ContinueOnError)
+func newPolicySetCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "set", Short: "set the backup policy of one VM", Args: usage(cobra.NoArgs)}
+	fs := cmd.Flags()
 	p := contracts.Policy{Schema: contracts.SchemaVersion}
 	fs.StringVar(&p.VM, "vm", "", "VM name")
 	fs.StringVar(&p.Source, "source", "", "source URL")
@@ -41,76 +27,81 @@ func policySet(ctx context.Context, args []string) error {
 	fs.IntVar(&p.KeepWeekly, "keep-weekly", 0, "retention: keep one per week for W weeks")
 	fs.IntVar(&p.KeepMonthly, "keep-monthly", 0, "retention: keep one per month for M months")
 	verify := fs.String("verify", "", "verification on commit: stored, trivial, certify or chunks (default: the verifier's)")
-	if err := fs.Parse(args); err != nil {
-		return exitError{2, err}
-	}
-	p.Verify = contracts.VerifyMode(*verify)
-	p.UpdatedAt = time.Now().UTC()
-	if err := p.Validate(); err != nil {
-		return exitError{2, err}
-	}
-	c, err := connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	if err := scheduler.PutPolicy(ctx, c.bus.JS, &p); err != nil {
-		return err
-	}
-	fmt.Printf("policy of %s set: %s\n", p.VM, p.Schedule)
-	return nil
-}
-
-func policyLs(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("policy ls", flag.ContinueOnError)
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		return exitError{2, err}
-	}
-	c, err := connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	ps, err := scheduler.Policies(ctx, c.bus.JS)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		if ps == nil {
-			ps = []contracts.Policy{}
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		p.Verify = contracts.VerifyMode(*verify)
+		p.UpdatedAt = time.Now().UTC()
+		if err := p.Validate(); err != nil {
+			return exitError{2, err}
 		}
-		return printJSON(ps)
+		c, err := connect(ctx)
+		if err != nil {
+			return err
+		}
+		defer c.close()
+		if err := scheduler.PutPolicy(ctx, c.bus.JS, &p); err != nil {
+			return err
+		}
+		fmt.Printf("policy of %s set: %s\n", p.VM, p.Schedule)
+		return nil
 	}
-	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VM\tSCHEDULE\tJITTER\tKEY INTERVAL\tKEEP (last/daily/weekly/monthly)\tSOURCE")
-	for _, p := range ps {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d/%d/%d/%d\t%s\n", p.VM, p.Schedule, p.Jitter, p.KeyInterval, p.KeepLast, p.KeepDaily, p.KeepWeekly, p.KeepMonthly, p.Source)
-	}
-	return tw.Flush()
+	return cmd
 }
 
-func policyRm(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("policy rm", flag.ContinueOnError)
+func newPolicyLsCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "ls", Short: "list policies", Args: usage(cobra.NoArgs)}
+	fs := cmd.Flags()
+	asJSON := fs.Bool("json", false, "print JSON")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		c, err := connect(ctx)
+		if err != nil {
+			return err
+		}
+		defer c.close()
+		ps, err := scheduler.Policies(ctx, c.bus.JS)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			if ps == nil {
+				ps = []contracts.Policy{}
+			}
+			return printJSON(ps)
+		}
+		tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "VM\tSCHEDULE\tJITTER\tKEY INTERVAL\tKEEP (last/daily/weekly/monthly)\tSOURCE")
+		for _, p := range ps {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d/%d/%d/%d\t%s\n", p.VM, p.Schedule, p.Jitter, p.KeyInterval, p.KeepLast, p.KeepDaily, p.KeepWeekly, p.KeepMonthly, p.Source)
+		}
+		return tw.Flush()
+	}
+	return cmd
+}
+
+func newPolicyRmCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "rm", Short: "remove the policy of one VM", Args: usage(cobra.NoArgs)}
+	fs := cmd.Flags()
 	vm := fs.String("vm", "", "VM name")
-	if err := fs.Parse(args); err != nil {
-		return exitError{2, err}
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		if *vm == "" {
+			return exitError{2, errors.New("policy rm needs --vm")}
+		}
+		c, err := connect(ctx)
+		if err != nil {
+			return err
+		}
+		defer c.close()
+		kv, err := c.bus.JS.KeyValue(ctx, contracts.BucketPolicies)
+		if err != nil {
+			return err
+		}
+		if err := kv.Delete(ctx, contracts.PolicyKey(*vm)); err != nil {
+			return fmt.Errorf("remove policy of %s: %w", *vm, err)
+		}
+		fmt.Printf("policy of %s removed\n", *vm)
+		return nil
 	}
-	if *vm == "" {
-		return exitError{2, errors.New("policy rm needs --vm")}
-	}
-	c, err := connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	kv, err := c.bus.JS.KeyValue(ctx, contracts.BucketPolicies)
-	if err != nil {
-		return err
-	}
-	if err := kv.Delete(ctx, contracts.PolicyKey(*vm)); err != nil {
-		return fmt.Errorf("remove policy of %s: %w", *vm, err)
-	}
-	fmt.Printf("policy of %s removed\n", *vm)
-	return nil
+	return cmd
 }

@@ -1,18 +1,19 @@
 package main
 
 import (
-	"context"
-	"flag"
 	"fmt"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/strata-backup/strata/contracts"
 )
 
 // cmdPrune applies retention through the merge service. Without --yes it
 // is a dry run: it prints what would be pruned.
-func cmdPrune(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("prune", flag.ContinueOnError)
+func newPruneCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "prune", Short: "apply retention to one VM (dry run without --yes)", Args: usage(cobra.NoArgs)}
+	fs := cmd.Flags()
 	req := contracts.PruneRequest{Schema: contracts.SchemaVersion}
 	fs.StringVar(&req.VM, "vm", "", "VM name")
 	fs.IntVar(&req.KeepLast, "keep-last", 0, "keep the last N backups")
@@ -22,33 +23,34 @@ func cmdPrune(ctx context.Context, args []string) error {
 	yes := fs.Bool("yes", false, "really prune (default: dry run)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	timeout := fs.Duration("timeout", 5*time.Minute, "give up waiting for the merge service after this long")
-	if err := fs.Parse(args); err != nil {
-		return exitError{2, err}
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		req.UsePolicy = req.KeepLast+req.KeepDaily+req.KeepWeekly+req.KeepMonthly == 0
+		req.DryRun = !*yes
+		if err := req.Validate(); err != nil {
+			return exitError{2, err}
+		}
+		c, err := connect(ctx)
+		if err != nil {
+			return err
+		}
+		defer c.close()
+		var reply contracts.PruneReply
+		if err := c.request(ctx, contracts.SubjectMergePrune, &req, &reply, *timeout); err != nil {
+			return fmt.Errorf("prune: %w", err)
+		}
+		if *asJSON {
+			return printJSON(reply)
+		}
+		verb := "pruned"
+		if reply.DryRun {
+			verb = "would prune (dry run; --yes to prune)"
+		}
+		fmt.Printf("%s %d backups of %s, keeping %d\n", verb, len(reply.Pruned), req.VM, len(reply.Kept))
+		for _, id := range reply.Pruned {
+			fmt.Println("  -", id)
+		}
+		return nil
 	}
-	req.UsePolicy = req.KeepLast+req.KeepDaily+req.KeepWeekly+req.KeepMonthly == 0
-	req.DryRun = !*yes
-	if err := req.Validate(); err != nil {
-		return exitError{2, err}
-	}
-	c, err := connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	var reply contracts.PruneReply
-	if err := c.request(ctx, contracts.SubjectMergePrune, &req, &reply, *timeout); err != nil {
-		return fmt.Errorf("prune: %w (is strata-merge running?)", err)
-	}
-	if *asJSON {
-		return printJSON(reply)
-	}
-	verb := "pruned"
-	if reply.DryRun {
-		verb = "would prune (dry run; --yes to prune)"
-	}
-	fmt.Printf("%s %d backups of %s, keeping %d\n", verb, len(reply.Pruned), req.VM, len(reply.Kept))
-	for _, id := range reply.Pruned {
-		fmt.Println("  -", id)
-	}
-	return nil
+	return cmd
 }

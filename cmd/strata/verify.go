@@ -1,17 +1,18 @@
 package main
 
 import (
-	"context"
-	"flag"
 	"fmt"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/strata-backup/strata/contracts"
 )
 
 // cmdVerify runs a verification now, through the verifier service.
-func cmdVerify(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
+func newVerifyCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "verify", Short: "verify a backup (or every backup) now", Args: usage(cobra.NoArgs)}
+	fs := cmd.Flags()
 	req := contracts.VerifyRequest{Schema: contracts.SchemaVersion}
 	fs.StringVar(&req.VM, "vm", "", "VM name")
 	fs.StringVar(&req.BackupID, "backup", "", "backup id, or latest")
@@ -19,91 +20,94 @@ func cmdVerify(ctx context.Context, args []string) error {
 	mode := fs.String("mode", string(contracts.VerifyChunks), "stored, trivial, certify, chunks or restore-test")
 	asJSON := fs.Bool("json", false, "print JSON")
 	timeout := fs.Duration("timeout", time.Hour, "give up waiting for the verifier after this long")
-	if err := fs.Parse(args); err != nil {
-		return exitError{2, err}
-	}
-	req.Mode = contracts.VerifyMode(*mode)
-	c, err := connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	if req.BackupID == "latest" {
-		rec, err := c.cat.Latest(ctx, req.VM)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		req.Mode = contracts.VerifyMode(*mode)
+		c, err := connect(ctx)
 		if err != nil {
 			return err
 		}
-		req.BackupID = rec.ID
-	}
-	if err := req.Validate(); err != nil {
-		return exitError{2, err}
-	}
-	var reply contracts.VerifyReply
-	if err := c.request(ctx, contracts.SubjectVerify, &req, &reply, *timeout); err != nil {
-		return fmt.Errorf("verify: %w (is strata-verifier running?)", err)
-	}
-	if *asJSON {
-		printJSON(reply)
-	} else {
-		fmt.Printf("%s verification: %d chunks (%s) read back in %.1fs\n", reply.Mode, reply.ChunksChecked, human(reply.BytesChecked), reply.Seconds)
-		for _, d := range reply.Digests {
-			fmt.Printf("  disk %d digest: source %s, stored %s\n", d.Disk, d.Source, d.Stored)
+		defer c.close()
+		if req.BackupID == "latest" {
+			rec, err := c.cat.Latest(ctx, req.VM)
+			if err != nil {
+				return err
+			}
+			req.BackupID = rec.ID
 		}
-		for _, b := range reply.BadChunks {
-			fmt.Printf("  bad chunk %s: %s\n", b.ID, b.Reason)
+		if err := req.Validate(); err != nil {
+			return exitError{2, err}
 		}
-		for _, b := range reply.Damaged {
-			fmt.Printf("  damaged backup %s of %s\n", b.BackupID, b.VM)
+		var reply contracts.VerifyReply
+		if err := c.request(ctx, contracts.SubjectVerify, &req, &reply, *timeout); err != nil {
+			return fmt.Errorf("verify: %w", err)
 		}
+		if *asJSON {
+			printJSON(reply)
+		} else {
+			fmt.Printf("%s verification: %d chunks (%s) read back in %.1fs\n", reply.Mode, reply.ChunksChecked, human(reply.BytesChecked), reply.Seconds)
+			for _, d := range reply.Digests {
+				fmt.Printf("  disk %d digest: source %s, stored %s\n", d.Disk, d.Source, d.Stored)
+			}
+			for _, b := range reply.BadChunks {
+				fmt.Printf("  bad chunk %s: %s\n", b.ID, b.Reason)
+			}
+			for _, b := range reply.Damaged {
+				fmt.Printf("  damaged backup %s of %s\n", b.BackupID, b.VM)
+			}
+		}
+		if !reply.OK {
+			return exitError{1, fmt.Errorf("%s", reply.Problem)}
+		}
+		if !*asJSON {
+			fmt.Println("ok")
+		}
+		return nil
 	}
-	if !reply.OK {
-		return exitError{1, fmt.Errorf("%s", reply.Problem)}
-	}
-	if !*asJSON {
-		fmt.Println("ok")
-	}
-	return nil
+	return cmd
 }
 
 // cmdCheck reports the repository's health: bad chunks (each read again;
 // repaired ones cleared) and the backups they damage. Exit 1 when damaged.
-func cmdCheck(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+func newCheckCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "check", Short: "check the repository: bad chunks, damaged backups, failed backups", Args: usage(cobra.NoArgs)}
+	fs := cmd.Flags()
 	asJSON := fs.Bool("json", false, "print JSON")
 	timeout := fs.Duration("timeout", 30*time.Minute, "give up waiting for the verifier after this long")
-	if err := fs.Parse(args); err != nil {
-		return exitError{2, err}
-	}
-	c, err := connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	var reply contracts.CheckReply
-	if err := c.request(ctx, contracts.SubjectCheck, &contracts.CheckRequest{Schema: contracts.SchemaVersion}, &reply, *timeout); err != nil {
-		return fmt.Errorf("check: %w (is strata-verifier running?)", err)
-	}
-	if *asJSON {
-		printJSON(reply)
-	} else {
-		for _, id := range reply.Repaired {
-			fmt.Printf("repaired chunk %s\n", id)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		c, err := connect(ctx)
+		if err != nil {
+			return err
 		}
-		for _, b := range reply.BadChunks {
-			fmt.Printf("bad chunk %s (found %s): %s\n", b.ID, b.FoundAt.Local().Format(time.DateTime), b.Reason)
+		defer c.close()
+		var reply contracts.CheckReply
+		if err := c.request(ctx, contracts.SubjectCheck, &contracts.CheckRequest{Schema: contracts.SchemaVersion}, &reply, *timeout); err != nil {
+			return fmt.Errorf("check: %w", err)
 		}
-		for _, b := range reply.Damaged {
-			fmt.Printf("damaged backup %s of %s\n", b.BackupID, b.VM)
+		if *asJSON {
+			printJSON(reply)
+		} else {
+			for _, id := range reply.Repaired {
+				fmt.Printf("repaired chunk %s\n", id)
+			}
+			for _, b := range reply.BadChunks {
+				fmt.Printf("bad chunk %s (found %s): %s\n", b.ID, b.FoundAt.Local().Format(time.DateTime), b.Reason)
+			}
+			for _, b := range reply.Damaged {
+				fmt.Printf("damaged backup %s of %s\n", b.BackupID, b.VM)
+			}
+			for _, b := range reply.Failed {
+				fmt.Printf("newest backup of %s failed: %s: %s\n", b.VM, b.BackupID, b.Reason)
+			}
+			if reply.Healthy {
+				fmt.Printf("healthy: %d backups, no known bad chunk\n", reply.Backups)
+			}
 		}
-		for _, b := range reply.Failed {
-			fmt.Printf("newest backup of %s failed: %s: %s\n", b.VM, b.BackupID, b.Reason)
+		if !reply.Healthy {
+			return exitError{1, fmt.Errorf("%d bad chunks damage %d backups; the newest backup of %d VMs failed", len(reply.BadChunks), len(reply.Damaged), len(reply.Failed))}
 		}
-		if reply.Healthy {
-			fmt.Printf("healthy: %d backups, no known bad chunk\n", reply.Backups)
-		}
+		return nil
 	}
-	if !reply.Healthy {
-		return exitError{1, fmt.Errorf("%d bad chunks damage %d backups; the newest backup of %d VMs failed", len(reply.BadChunks), len(reply.Damaged), len(reply.Failed))}
-	}
-	return nil
+	return cmd
 }

@@ -226,3 +226,33 @@ func (c *Catalog) Delete(ctx context.Context, vm, id string) error {
 	}
 	return nil
 }
+
+// Watch calls f with the backup's record now (if it exists) and after every
+// change, until f returns true, ctx ends, or the watch fails.
+func (c *Catalog) Watch(ctx context.Context, vm, id string, f func(*contracts.BackupRecord) bool) error {
+	w, err := c.KV.Watch(ctx, contracts.CatalogKey(vm, id))
+	if err != nil {
+		return fmt.Errorf("watch backup %s: %w", id, err)
+	}
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return errors.New("catalog watch ended")
+			}
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			r, err := decode(e)
+			if err != nil {
+				return err
+			}
+			if f(r) {
+				return nil
+			}
+		}
+	}
+}

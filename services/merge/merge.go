@@ -61,6 +61,11 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	}); err != nil {
 		return err
 	}
+	if err := bus.Endpoint(ctx, rt.Bus, svc, "remove", contracts.SubjectMergeRemove, func(ctx context.Context, req *contracts.RemoveRequest) (contracts.Message, error) {
+		return remove(ctx, rt, cfg.Hooks, req)
+	}); err != nil {
+		return err
+	}
 	// Retention runs after every verified backup of a VM with a policy.
 	if err := bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerMergeRetention,
 		Filters: []string{contracts.SubjectBackupVerified}}, func(ctx context.Context, o *contracts.BackupOutcome) error {

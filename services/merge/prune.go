@@ -92,3 +92,42 @@ func policyRules(ctx context.Context, rt *runtime.Runtime, vm string) (retention
 	}
 	return retention.FromPolicy(p), true, nil
 }
+
+// remove deletes backups that ended failed or skipped, in the same crash-
+// safe order as pruning. A backup that is running or good is refused:
+// those leave by cancel and by retention.
+func remove(ctx context.Context, rt *runtime.Runtime, hooks Hooks, req *contracts.RemoveRequest) (*contracts.RemoveReply, error) {
+	var recs []*contracts.BackupRecord
+	if req.AllFailed {
+		all, err := rt.Catalog.List(ctx, req.VM)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range all {
+			if r.State == contracts.StateFailed || r.State == contracts.StateSkipped {
+				recs = append(recs, r)
+			}
+		}
+	}
+	for _, id := range req.BackupIDs {
+		r, _, err := rt.Catalog.Get(ctx, req.VM, id)
+		if err != nil {
+			return nil, err
+		}
+		if r.State != contracts.StateFailed && r.State != contracts.StateSkipped {
+			return nil, fmt.Errorf("backup %s of %s is %s: only failed or skipped backups are removed (retention prunes good ones; strata cancel stops a running one)", id, req.VM, r.State)
+		}
+		recs = append(recs, r)
+	}
+	reply := &contracts.RemoveReply{Schema: contracts.SchemaVersion, Removed: []string{}}
+	for _, r := range recs {
+		if err := pruneOne(ctx, rt, hooks, r); err != nil {
+			return nil, fmt.Errorf("remove %s: %w", r.ID, err)
+		}
+		reply.Removed = append(reply.Removed, r.ID)
+	}
+	if len(recs) > 0 {
+		rt.Log.InfoContext(ctx, "removed failed backups", "vm", req.VM, "removed", len(recs))
+	}
+	return reply, nil
+}

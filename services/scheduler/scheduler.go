@@ -66,6 +66,11 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	}); err != nil {
 		return err
 	}
+	if err := bus.Endpoint(ctx, rt.Bus, svc, "cancel", contracts.SubjectSchedulerCancel, func(ctx context.Context, req *contracts.CancelRequest) (contracts.Message, error) {
+		return s.cancel(ctx, req)
+	}); err != nil {
+		return err
+	}
 	if err := bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerSchedulerTriggers, Filters: []string{contracts.SubjectTrigger}},
 		func(ctx context.Context, t *contracts.BackupTrigger) error {
 			_, err := s.start(ctx, t)
@@ -170,6 +175,28 @@ func (s *scheduler) start(ctx context.Context, t *contracts.BackupTrigger) (*con
 	}
 	s.rt.Log.InfoContext(ctx, "backup requested", "vm", t.VM, "backup", req.BackupID, "source", t.Source)
 	return &contracts.BackupAccepted{Schema: contracts.SchemaVersion, BackupID: req.BackupID, TraceID: span.SpanContext().TraceID().String()}, nil
+}
+
+// cancel fails a running backup on the user's request: its outcome is
+// published, so segments not yet read are skipped, its snapshot released
+// and waiting clients return.
+func (s *scheduler) cancel(ctx context.Context, req *contracts.CancelRequest) (*contracts.CancelReply, error) {
+	rec, _, err := s.rt.Catalog.Get(ctx, req.VM, req.BackupID)
+	if err != nil {
+		return nil, err
+	}
+	reply := &contracts.CancelReply{Schema: contracts.SchemaVersion, State: rec.State, Reason: rec.Error}
+	if rec.State.Final() {
+		return reply, nil
+	}
+	if err := s.rt.FailBackup(ctx, req.VM, req.BackupID, "cancelled by the user"); err != nil {
+		return nil, err
+	}
+	if rec, _, err = s.rt.Catalog.Get(ctx, req.VM, req.BackupID); err != nil {
+		return nil, err
+	}
+	reply.State, reply.Reason, reply.Cancelled = rec.State, rec.Error, rec.Error == "cancelled by the user"
+	return reply, nil
 }
 
 func (s *scheduler) record(ctx context.Context, o *contracts.BackupOutcome) error {
