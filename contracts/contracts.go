@@ -50,9 +50,9 @@ const (
 	SubjectSchedulerCancel = "strata.scheduler.cancel"
 	// SubjectMergeRemove: RemoveRequest → RemoveReply (strata rm).
 	SubjectMergeRemove = "strata.merge.remove"
-	SubjectDedupGC      = "strata.dedup.gc"         // GCRequest → GCReply
-	SubjectVerify       = "strata.verifier.verify"  // VerifyRequest → VerifyReply
-	SubjectCheck        = "strata.verifier.check"   // CheckRequest → CheckReply
+	SubjectDedupGC     = "strata.dedup.gc"        // GCRequest → GCReply
+	SubjectVerify      = "strata.verifier.verify" // VerifyRequest → VerifyReply
+	SubjectCheck       = "strata.verifier.check"  // CheckRequest → CheckReply
 )
 
 // Headers used beside W3C trace context.
