@@ -94,6 +94,9 @@ const (
 	// backup reuses this condemned chunk, do not delete it), "deleting" or
 	// "deleted" (the collector claimed it). Entries expire after a day.
 	BucketGCHolds = "strata_gc_holds"
+	// BucketBadChunks: key chunk id (hex) → BadChunk (JSON): chunks found
+	// corrupt or missing, until a backup stores them again (pkg/badchunks).
+	BucketBadChunks = "strata_bad_chunks"
 	// GCLockKey in BucketCatalog: present while garbage collection runs. A
 	// backup that sees it waits; a GC that sees a running backup gives up.
 	GCLockKey = "gc.lock"

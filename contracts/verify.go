@@ -116,19 +116,32 @@ type BackupRef struct {
 	BackupID string `json:"backup_id"`
 }
 
-// BadChunkPrefix / BadChunkKey: the catalog bucket's bad-chunk entries.
-const BadChunkPrefix = "bad."
-
-func BadChunkKey(id string) string { return BadChunkPrefix + id }
-
 // CheckRequest asks for the repository's health: every known bad chunk is
-// read again (a repaired one is cleared), then the damaged backups are
-// listed.
+// read again (a repaired one is cleared); every manifest of every
+// committed backup is decoded and every chunk they reference is looked
+// for in a listing of the store (Shards passes over the chunk-id space
+// bound the memory); with ReadData (or ReadDataPercent of the chunks)
+// every referenced chunk is also downloaded and re-hashed. Findings are
+// recorded as the verifier records them; damaged backups are listed.
 type CheckRequest struct {
-	Schema int `json:"schema"`
+	Schema          int     `json:"schema"`
+	ReadData        bool    `json:"read_data,omitempty"`
+	ReadDataPercent float64 `json:"read_data_percent,omitempty"` // 0 < p < 100: a random subset
+	Shards          int     `json:"shards,omitempty"`            // 0: the verifier's STRATA_CHECK_SHARDS
 }
 
-func (m *CheckRequest) Validate() error { return checkSchema(m.Schema) }
+func (m *CheckRequest) Validate() error {
+	if err := checkSchema(m.Schema); err != nil {
+		return err
+	}
+	if m.ReadDataPercent < 0 || m.ReadDataPercent > 100 {
+		return fmt.Errorf("read_data_percent %g: want 0–100", m.ReadDataPercent)
+	}
+	if m.Shards < 0 || m.Shards > 256 || (m.Shards > 0 && 256%m.Shards != 0) {
+		return fmt.Errorf("shards %d: a power of two from 1 to 256", m.Shards)
+	}
+	return nil
+}
 
 // CheckReply is the repository's health.
 type CheckReply struct {
@@ -141,6 +154,26 @@ type CheckReply struct {
 	// latest point in time is not protected. Not healthy.
 	Failed  []FailedBackup `json:"failed"`
 	Backups int            `json:"backups"`
+	// BadManifests: manifests that cannot be read or decoded.
+	BadManifests []BadManifest `json:"bad_manifests"`
+	// Referenced distinct chunks, the chunks the listing found, how many
+	// referenced ones are missing, and how many were read back.
+	Referenced int64   `json:"referenced"`
+	Listed     int64   `json:"listed"`
+	Missing    int64   `json:"missing"`
+	ChunksRead int     `json:"chunks_read"`
+	BytesRead  int64   `json:"bytes_read"`
+	Seconds    float64 `json:"seconds"`
+}
+
+// BadManifest is a manifest that cannot be read or decoded: its backup
+// cannot be restored.
+type BadManifest struct {
+	VM       string `json:"vm"`
+	BackupID string `json:"backup_id"`
+	Disk     int    `json:"disk"`
+	Key      string `json:"key"`
+	Reason   string `json:"reason"`
 }
 
 // FailedBackup is a backup that ended failed, and why.

@@ -279,8 +279,8 @@ func TestScheduledChunkVerifyJobOverTransferWorkers(t *testing.T) {
 	os.WriteFile(obj, data, 0o644)
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(time.Second) {
 		var bad []contracts.BadChunk
-		if e, err := st.jetstream().KeyValue(ctxT(t, 5*time.Second), contracts.BucketCatalog); err == nil {
-			if v, err := e.Get(ctxT(t, 5*time.Second), contracts.BadChunkKey(victim)); err == nil {
+		if e, err := st.jetstream().KeyValue(ctxT(t, 5*time.Second), contracts.BucketBadChunks); err == nil {
+			if v, err := e.Get(ctxT(t, 5*time.Second), victim); err == nil {
 				var b contracts.BadChunk
 				json.Unmarshal(v.Value(), &b)
 				bad = append(bad, b)

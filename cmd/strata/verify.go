@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -70,29 +72,51 @@ func newVerifyCmd() *cobra.Command {
 // cmdCheck reports the repository's health: bad chunks (each read again;
 // repaired ones cleared) and the backups they damage. Exit 1 when damaged.
 func newCheckCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "check", Short: "check the repository: bad chunks, damaged backups, failed backups", Args: usage(cobra.NoArgs)}
+	cmd := &cobra.Command{Use: "check", Short: "check the repository: every referenced chunk stored, every manifest readable (--read-data: every chunk re-hashed)", Args: usage(cobra.NoArgs)}
 	fs := cmd.Flags()
+	req := contracts.CheckRequest{Schema: contracts.SchemaVersion}
+	fs.BoolVar(&req.ReadData, "read-data", false, "also download and re-hash every referenced chunk (on the transfer workers)")
+	subset := fs.String("read-data-subset", "", "download and re-hash a random N% of the referenced chunks, e.g. 10%")
+	fs.IntVar(&req.Shards, "shards", 0, "passes over the chunk-id space (power of two; default: the verifier's STRATA_CHECK_SHARDS)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	timeout := fs.Duration("timeout", 30*time.Minute, "give up waiting for the verifier after this long")
+	timeout := fs.Duration("timeout", 6*time.Hour, "give up waiting for the verifier after this long")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
+		if *subset != "" {
+			p, err := strconv.ParseFloat(strings.TrimSuffix(*subset, "%"), 64)
+			if err != nil || p <= 0 || p > 100 {
+				return exitError{2, fmt.Errorf("--read-data-subset %q: want a percentage such as 10%%", *subset)}
+			}
+			req.ReadDataPercent = p
+		}
+		if err := req.Validate(); err != nil {
+			return exitError{2, err}
+		}
 		c, err := connect(ctx)
 		if err != nil {
 			return err
 		}
 		defer c.close()
 		var reply contracts.CheckReply
-		if err := c.request(ctx, contracts.SubjectCheck, &contracts.CheckRequest{Schema: contracts.SchemaVersion}, &reply, *timeout); err != nil {
+		if err := c.request(ctx, contracts.SubjectCheck, &req, &reply, *timeout); err != nil {
 			return fmt.Errorf("check: %w", err)
 		}
 		if *asJSON {
 			printJSON(reply)
 		} else {
+			fmt.Printf("%d backups; %d chunks referenced, %d stored, %d missing", reply.Backups, reply.Referenced, reply.Listed, reply.Missing)
+			if reply.ChunksRead > 0 {
+				fmt.Printf("; %d read back (%s)", reply.ChunksRead, human(reply.BytesRead))
+			}
+			fmt.Printf(" in %.1fs\n", reply.Seconds)
 			for _, id := range reply.Repaired {
 				fmt.Printf("repaired chunk %s\n", id)
 			}
 			for _, b := range reply.BadChunks {
 				fmt.Printf("bad chunk %s (found %s): %s\n", b.ID, b.FoundAt.Local().Format(time.DateTime), b.Reason)
+			}
+			for _, m := range reply.BadManifests {
+				fmt.Printf("unreadable manifest of backup %s of %s, disk %d: %s\n", m.BackupID, m.VM, m.Disk, m.Reason)
 			}
 			for _, b := range reply.Damaged {
 				fmt.Printf("damaged backup %s of %s\n", b.BackupID, b.VM)
@@ -101,11 +125,12 @@ func newCheckCmd() *cobra.Command {
 				fmt.Printf("newest backup of %s failed: %s: %s\n", b.VM, b.BackupID, b.Reason)
 			}
 			if reply.Healthy {
-				fmt.Printf("healthy: %d backups, no known bad chunk\n", reply.Backups)
+				fmt.Println("healthy")
 			}
 		}
 		if !reply.Healthy {
-			return exitError{1, fmt.Errorf("%d bad chunks damage %d backups; the newest backup of %d VMs failed", len(reply.BadChunks), len(reply.Damaged), len(reply.Failed))}
+			return exitError{1, fmt.Errorf("not healthy: %d bad chunks, %d unreadable manifests, %d damaged backups; the newest backup of %d VMs failed",
+				len(reply.BadChunks), len(reply.BadManifests), len(reply.Damaged), len(reply.Failed))}
 		}
 		return nil
 	}

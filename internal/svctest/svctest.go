@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/strata-backup/strata/internal/natstest"
+	"github.com/strata-backup/strata/pkg/badchunks"
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/objstore"
@@ -41,9 +42,13 @@ func Runtime(t testing.TB, service string, chunkSize int) (context.Context, *run
 	if err != nil {
 		t.Fatal(err)
 	}
+	bad, err := badchunks.Open(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
 	r, err := repo.Open(ctx, objstore.NewMem(), chunkSize, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return ctx, &runtime.Runtime{Bus: b, Repo: r, Catalog: cat, Log: log}
+	return ctx, &runtime.Runtime{Bus: b, Repo: r, Catalog: cat, Bad: bad, Log: log}
 }

@@ -105,6 +105,7 @@ func (b *Bus) EnsureStreams(ctx context.Context, replicas int) error {
 		kvStream(contracts.BucketCatalog, 5, 0, replicas),
 		kvStream(contracts.BucketPolicies, 5, 0, replicas),
 		kvStream(contracts.BucketGCHolds, 1, 24*time.Hour, replicas),
+		kvStream(contracts.BucketBadChunks, 1, 0, replicas),
 	} {
 		if err := retryJS(ctx, func(ctx context.Context) error {
 			_, err := b.JS.CreateOrUpdateStream(ctx, cfg)

@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/manifest"
 	"github.com/strata-backup/strata/pkg/objstore"
 )
 
@@ -16,6 +17,13 @@ import (
 // record, not a reason to retry.
 func IsBad(err error) bool {
 	return errors.Is(err, chunk.ErrCorrupt) || errors.Is(err, objstore.ErrNotFound)
+}
+
+// IsBadManifest reports whether a GetManifest error is about the manifest
+// itself (corrupt, undecodable or missing) rather than about reaching the
+// store.
+func IsBadManifest(err error) bool {
+	return errors.Is(err, manifest.ErrCorrupt) || errors.Is(err, objstore.ErrNotFound)
 }
 
 // CheckResult is what reading chunks back found.

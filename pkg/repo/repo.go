@@ -43,17 +43,33 @@ type Config struct {
 	KeyCheck  string `json:"key_check,omitempty"`
 }
 
-// ChunkStore is where chunks live. Contract: PutChunk is idempotent (a
+// ChunkStore is where chunks live: the content layer. It alone knows an
+// object's key for a chunk and how a stored chunk is opened (decompressed,
+// unsealed, checked against its id), so packing chunks into larger objects
+// changes this type and nothing else. Contract: PutChunk is idempotent (a
 // chunk's key is its id); PutChunkIfAbsent stores only when no object holds
 // the id yet and reports whether it did (an existing object, good or bad,
 // is left alone); GetChunk returns the verified bytes or an error wrapping
 // chunk.ErrCorrupt / objstore.ErrNotFound naming the object; Missing
-// returns the subset of ids not stored, in input order.
+// returns the subset of ids not stored, in input order; List calls f for
+// every stored chunk whose first id byte is in [lo, hi) (objects that are
+// not chunks where they lie are skipped, never reported); Delete removes
+// one chunk (absent: no error).
 type ChunkStore interface {
 	PutChunk(ctx context.Context, id chunk.ID, stored []byte) error
 	PutChunkIfAbsent(ctx context.Context, id chunk.ID, stored []byte) (created bool, err error)
 	GetChunk(ctx context.Context, id chunk.ID) ([]byte, error)
 	Missing(ctx context.Context, ids []chunk.ID) ([]chunk.ID, error)
+	List(ctx context.Context, lo byte, hi int, f func(StoredChunk) error) error
+	Delete(ctx context.Context, id chunk.ID) error
+}
+
+// StoredChunk describes one stored chunk.
+type StoredChunk struct {
+	ID       chunk.ID
+	Name     string // where it lives, for messages
+	Size     int64  // stored bytes
+	Modified time.Time
 }
 
 // Repository is an opened repository.
@@ -61,8 +77,25 @@ type Repository struct {
 	Store  objstore.Store
 	Config Config
 	Chunks ChunkStore
-	keys   *Keys
+	seal   sealer
 }
+
+// sealer turns a plaintext object into its stored form and back, bound to
+// the object's identity (ad), and names chunks. Encryption is a sealer
+// (Keys); a plaintext repository has the identity one: no code elsewhere
+// asks whether the repository is encrypted.
+type sealer interface {
+	seal(plain, ad []byte) []byte
+	open(obj, ad []byte) ([]byte, error)
+	ChunkID(data []byte) chunk.ID
+}
+
+// plain is a plaintext repository's sealer: SHA-256 ids, objects as they are.
+type plain struct{}
+
+func (plain) seal(p, _ []byte) []byte            { return p }
+func (plain) open(obj, _ []byte) ([]byte, error) { return obj, nil }
+func (plain) ChunkID(data []byte) chunk.ID       { return chunk.Hash(data) }
 
 const configKey = "config"
 
@@ -103,29 +136,23 @@ func Open(ctx context.Context, store objstore.Store, chunkSize int, keys *Keys) 
 	case keys != nil && !hmac.Equal([]byte(cfg.KeyCheck), []byte(keys.check)):
 		return nil, fmt.Errorf("repository in %s: %w (the key check in its config differs)", store, ErrWrongKey)
 	}
-	return &Repository{Store: store, Config: cfg, Chunks: &looseChunks{store: store, keys: keys}, keys: keys}, nil
+	var s sealer = plain{}
+	if keys != nil {
+		s = keys
+	}
+	return &Repository{Store: store, Config: cfg, Chunks: &looseChunks{store: store, seal: s}, seal: s}, nil
 }
 
 // Encrypted reports whether chunks and manifests are sealed.
-func (r *Repository) Encrypted() bool { return r.keys != nil }
+func (r *Repository) Encrypted() bool { return r.Config.Encrypted }
 
 // ChunkID is the id of a chunk's bytes in this repository: SHA-256, or
 // the keyed hash of an encrypted repository.
-func (r *Repository) ChunkID(data []byte) chunk.ID {
-	if r.keys != nil {
-		return r.keys.ChunkID(data)
-	}
-	return chunk.Hash(data)
-}
+func (r *Repository) ChunkID(data []byte) chunk.ID { return r.seal.ChunkID(data) }
 
-// EncodeChunk is the stored form of a chunk: compressed, then sealed in an
-// encrypted repository.
+// EncodeChunk is the stored form of a chunk: compressed, then sealed.
 func (r *Repository) EncodeChunk(id chunk.ID, data []byte) []byte {
-	stored := chunk.Encode(data)
-	if r.keys != nil {
-		return r.keys.seal(stored, id[:])
-	}
-	return stored
+	return r.seal.seal(chunk.Encode(data), id[:])
 }
 
 func readConfig(ctx context.Context, store objstore.Store) (Config, error) {
@@ -152,10 +179,10 @@ func ChunkKey(id chunk.ID) string {
 	return "chunks/" + s[:2] + "/" + s
 }
 
-// looseChunks stores one object per chunk.
+// looseChunks stores one object per chunk, under chunks/<first byte>/<id>.
 type looseChunks struct {
 	store objstore.Store
-	keys  *Keys // nil: plaintext
+	seal  sealer
 }
 
 func (c *looseChunks) PutChunk(ctx context.Context, id chunk.ID, stored []byte) error {
@@ -172,22 +199,36 @@ func (c *looseChunks) GetChunk(ctx context.Context, id chunk.ID) ([]byte, error)
 	if err != nil {
 		return nil, fmt.Errorf("chunk object %s: %w", key, err)
 	}
-	if c.keys == nil {
-		data, err := chunk.Decode(obj, id)
-		if err != nil {
-			return nil, fmt.Errorf("chunk object %s: %w", key, err)
-		}
-		return data, nil
-	}
-	plain, err := c.keys.open(obj, id[:])
+	opened, err := c.seal.open(obj, id[:])
 	if err != nil {
 		return nil, fmt.Errorf("chunk object %s: %w: %v", key, chunk.ErrCorrupt, err)
 	}
-	data, err := chunk.DecodeWith(plain, id, c.keys.ChunkID)
+	data, err := chunk.DecodeWith(opened, id, c.seal.ChunkID)
 	if err != nil {
 		return nil, fmt.Errorf("chunk object %s: %w", key, err)
 	}
 	return data, nil
+}
+
+func (c *looseChunks) List(ctx context.Context, lo byte, hi int, f func(StoredChunk) error) error {
+	for b := int(lo); b < hi && b < 256; b++ {
+		prefix := fmt.Sprintf("chunks/%02x/", b)
+		err := c.store.List(ctx, prefix, func(in objstore.Info) error {
+			id, err := chunk.ParseID(in.Key[len(prefix):])
+			if err != nil || int(id[0]) != b || ChunkKey(id) != in.Key {
+				return nil // not a chunk object where it belongs: not ours
+			}
+			return f(StoredChunk{ID: id, Name: in.Key, Size: in.Size, Modified: in.Modified})
+		})
+		if err != nil {
+			return fmt.Errorf("list %s: %w", prefix, err)
+		}
+	}
+	return nil
+}
+
+func (c *looseChunks) Delete(ctx context.Context, id chunk.ID) error {
+	return c.store.Delete(ctx, ChunkKey(id))
 }
 
 // Missing stats every id, 32 at a time: the cost is proportional to the
@@ -241,9 +282,7 @@ func (r *Repository) PutManifest(ctx context.Context, vm string, m *manifest.Man
 		return "", err
 	}
 	key := ManifestKey(vm, m.Disk, m.BackupID)
-	if r.keys != nil {
-		b = r.keys.seal(b, []byte(key))
-	}
+	b = r.seal.seal(b, []byte(key))
 	if err := r.Store.Put(ctx, key, b); err != nil {
 		return "", fmt.Errorf("write manifest %s: %w", key, err)
 	}
@@ -256,17 +295,15 @@ func (r *Repository) GetManifest(ctx context.Context, key string) (*manifest.Man
 	if err != nil {
 		return nil, fmt.Errorf("manifest object %s: %w", key, err)
 	}
-	if r.keys != nil {
-		if b, err = r.keys.open(b, []byte(key)); err != nil {
-			return nil, fmt.Errorf("manifest object %s: %w: %v", key, manifest.ErrCorrupt, err)
-		}
+	if b, err = r.seal.open(b, []byte(key)); err != nil {
+		return nil, fmt.Errorf("manifest object %s: %w: %v", key, manifest.ErrCorrupt, err)
 	}
 	m, err := manifest.Decode(b)
 	if err != nil {
 		return nil, fmt.Errorf("manifest object %s: %w", key, err)
 	}
 	if m.ChunkSize != r.Config.ChunkSize {
-		return nil, fmt.Errorf("manifest object %s: chunk size %d, repository's is %d", key, m.ChunkSize, r.Config.ChunkSize)
+		return nil, fmt.Errorf("manifest object %s: %w: chunk size %d, repository's is %d", key, manifest.ErrCorrupt, m.ChunkSize, r.Config.ChunkSize)
 	}
 	return m, nil
 }

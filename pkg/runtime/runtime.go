@@ -18,6 +18,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/badchunks"
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/objstore"
@@ -84,6 +85,7 @@ type Runtime struct {
 	Bus     *bus.Bus
 	Repo    *repo.Repository
 	Catalog *catalog.Catalog
+	Bad     *badchunks.Marks
 	Log     *slog.Logger
 	tp      *sdktrace.TracerProvider
 }
@@ -107,6 +109,10 @@ func Start(ctx context.Context, service string, c Common) (*Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
+	bad, err := badchunks.Open(ctx, b.JS)
+	if err != nil {
+		return nil, err
+	}
 	store, err := c.OpenStore(ctx)
 	if err != nil {
 		return nil, err
@@ -116,7 +122,7 @@ func Start(ctx context.Context, service string, c Common) (*Runtime, error) {
 		return nil, err
 	}
 	log.Info("started", "nats", c.NATSURL, "store", store.String(), "chunk_size", r.Config.ChunkSize, "encrypted", r.Encrypted())
-	return &Runtime{Bus: b, Repo: r, Catalog: cat, Log: log, tp: tp}, nil
+	return &Runtime{Bus: b, Repo: r, Catalog: cat, Bad: bad, Log: log, tp: tp}, nil
 }
 
 // Close flushes traces and drains NATS.

@@ -10,11 +10,8 @@ package dedup
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/bus"
@@ -52,22 +49,9 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	// Chunks the verifier found corrupt or missing are answered "missing"
 	// whatever the store says, so the next backup holding those bytes
 	// uploads them again: that repairs every backup referencing them.
-	bw, err := rt.Catalog.KV.Watch(ctx, contracts.BadChunkPrefix+"*")
-	if err != nil {
-		return fmt.Errorf("watch bad chunks: %w", err)
+	if err := rt.Bad.Watch(ctx, d.setBad); err != nil {
+		return err
 	}
-	go func() {
-		for e := range bw.Updates() {
-			if e == nil {
-				continue
-			}
-			id, err := chunk.ParseID(strings.TrimPrefix(e.Key(), contracts.BadChunkPrefix))
-			if err != nil {
-				continue
-			}
-			d.setBad(id, e.Operation() == jetstream.KeyValuePut)
-		}
-	}()
 	svc, err := rt.Bus.AddService("chunk index: which chunks are missing; garbage collection")
 	if err != nil {
 		return err

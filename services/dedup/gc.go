@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -14,7 +13,9 @@ import (
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/chunk"
-	"github.com/strata-backup/strata/pkg/objstore"
+	"github.com/strata-backup/strata/pkg/manifest"
+	"github.com/strata-backup/strata/pkg/reach"
+	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/runtime"
 )
 
@@ -126,27 +127,20 @@ func (c *collection) shard(ctx context.Context, lo byte, hi int) error {
 	}
 	var candidates []candidate
 	cutoff := c.lock.Since.Add(-c.grace)
-	for b := int(lo); b < hi; b++ {
-		prefix := fmt.Sprintf("chunks/%02x/", b)
-		err := rt.Repo.Store.List(ctx, prefix, func(in objstore.Info) error {
-			reply.Chunks++
-			id, err := chunk.ParseID(in.Key[strings.LastIndexByte(in.Key, '/')+1:])
-			if err != nil || !inShard(id) {
-				return nil // not a chunk object where it belongs: not ours to delete
-			}
-			if m.has(id) {
-				return nil
-			}
-			if in.Modified.After(cutoff) {
-				reply.Young++
-				return nil
-			}
-			candidates = append(candidates, candidate{id, in.Key, in.Size})
+	err := rt.Repo.Chunks.List(ctx, lo, hi, func(sc repo.StoredChunk) error {
+		reply.Chunks++
+		if m.has(sc.ID) {
 			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("list %s: %w", prefix, err)
 		}
+		if sc.Modified.After(cutoff) {
+			reply.Young++
+			return nil
+		}
+		candidates = append(candidates, candidate{sc.ID, sc.Name, sc.Size})
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if c.dryRun || len(candidates) == 0 {
 		reply.Referenced += len(m.ids)
@@ -200,7 +194,7 @@ func (c *collection) shard(ctx context.Context, lo byte, hi int) error {
 		} else if err != nil {
 			return fmt.Errorf("claim %s: %w", cd.key, err)
 		}
-		if err := rt.Repo.Store.Delete(ctx, cd.key); err != nil {
+		if err := rt.Repo.Chunks.Delete(ctx, cd.id); err != nil {
 			return fmt.Errorf("sweep: %w", err)
 		}
 		if _, err := holds.Put(ctx, key, []byte(contracts.GCDeleted)); err != nil {
@@ -302,36 +296,20 @@ func (m *mark) has(id chunk.ID) bool {
 // that cannot be read aborts the collection: never sweep on an incomplete
 // mark.
 func (m *mark) allManifests(ctx context.Context) error {
-	recs, err := m.rt.Catalog.List(ctx, "")
-	if err != nil {
-		return err
-	}
-	m.backups = 0
-	for _, r := range recs {
-		counted := false
-		for _, d := range r.Disks {
-			if d.Manifest == "" {
-				continue
+	w := reach.Walker{Catalog: m.rt.Catalog, Repo: m.rt.Repo, Skip: func(key string) bool { return m.manifests[key] }}
+	n, err := w.Walk(ctx, func(_ *contracts.BackupRecord, d contracts.DiskRecord, man *manifest.Manifest) error {
+		for _, id := range man.IDs {
+			if !id.IsZero() && m.inShard(id) {
+				m.ids[id] = struct{}{}
 			}
-			if !counted {
-				m.backups++
-				counted = true
-			}
-			if m.manifests[d.Manifest] {
-				continue
-			}
-			man, err := m.rt.Repo.GetManifest(ctx, d.Manifest)
-			if err != nil {
-				return fmt.Errorf("mark: %w", err)
-			}
-			for _, id := range man.IDs {
-				if !id.IsZero() && m.inShard(id) {
-					m.ids[id] = struct{}{}
-				}
-			}
-			m.manifests[d.Manifest] = true
 		}
+		m.manifests[d.Manifest] = true
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("mark: %w", err)
 	}
+	m.backups = n
 	return nil
 }
 

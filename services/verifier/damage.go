@@ -2,18 +2,17 @@ package verifier
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/manifest"
+	"github.com/strata-backup/strata/pkg/reach"
 	"github.com/strata-backup/strata/pkg/repo"
 )
 
@@ -24,9 +23,8 @@ import (
 func (v *verifier) recordDamage(ctx context.Context, bad map[chunk.ID]string) ([]contracts.BackupRef, error) {
 	now := time.Now().UTC()
 	for id, reason := range bad {
-		b, _ := json.Marshal(contracts.BadChunk{ID: id.String(), Reason: reason, FoundAt: now})
-		if _, err := v.rt.Catalog.KV.Put(ctx, contracts.BadChunkKey(id.String()), b); err != nil {
-			return nil, fmt.Errorf("record bad chunk %s: %w", id, err)
+		if err := v.rt.Bad.Mark(ctx, contracts.BadChunk{ID: id.String(), Reason: reason, FoundAt: now}); err != nil {
+			return nil, err
 		}
 		v.rt.Log.ErrorContext(ctx, "bad chunk", "chunk", id.String(), "reason", reason)
 	}
@@ -63,33 +61,65 @@ func newestFailed(recs []*contracts.BackupRecord) []contracts.FailedBackup {
 }
 
 func (v *verifier) refreshDamage(ctx context.Context, bad map[chunk.ID]string) (damaged []contracts.BackupRef, failed []contracts.FailedBackup, backups int, err error) {
-	recs, err := v.rt.Catalog.List(ctx, "")
+	scan, err := v.scanDamage(ctx, bad, len(bad) > 0)
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	failed = newestFailed(recs)
-	for _, r := range recs {
-		if r.State != contracts.StateVerified && r.State != contracts.StateCommitted {
-			continue
-		}
-		hit := false
-		for _, d := range r.Disks {
-			if hit || d.Manifest == "" || len(bad) == 0 {
-				continue
-			}
-			man, err := v.rt.Repo.GetManifest(ctx, d.Manifest)
-			if err != nil {
-				return nil, nil, 0, fmt.Errorf("damage scan: %w", err)
+	return scan.damaged, scan.failed, scan.backups, nil
+}
+
+// damageScan is what one pass over the catalog found.
+type damageScan struct {
+	damaged      []contracts.BackupRef
+	failed       []contracts.FailedBackup
+	badManifests []contracts.BadManifest
+	backups      int
+}
+
+// scanDamage sets every committed backup's damaged flag: on when it
+// references a bad chunk or one of its manifests cannot be read (read only
+// when readManifests), off otherwise.
+func (v *verifier) scanDamage(ctx context.Context, bad map[chunk.ID]string, readManifests bool) (*damageScan, error) {
+	recs, err := v.rt.Catalog.List(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	scan := &damageScan{failed: newestFailed(recs), backups: len(recs)}
+	hits := map[string]bool{} // catalog key
+	if readManifests {
+		w := reach.Walker{Catalog: v.rt.Catalog, Repo: v.rt.Repo, Records: recs, Keep: reach.Committed,
+			BadManifest: func(r *contracts.BackupRecord, d contracts.DiskRecord, err error) error {
+				if repo.IsBadManifest(err) {
+					hits[contracts.CatalogKey(r.VM, r.ID)] = true
+					scan.badManifests = append(scan.badManifests, contracts.BadManifest{VM: r.VM, BackupID: r.ID, Disk: d.Index, Key: d.Manifest, Reason: err.Error()})
+					return nil
+				}
+				return err // the store did not answer: no finding
+			}}
+		_, err := w.Walk(ctx, func(r *contracts.BackupRecord, _ contracts.DiskRecord, man *manifest.Manifest) error {
+			key := contracts.CatalogKey(r.VM, r.ID)
+			if hits[key] || len(bad) == 0 {
+				return nil
 			}
 			for _, id := range man.IDs {
 				if _, ok := bad[id]; ok {
-					hit = true
+					hits[key] = true
 					break
 				}
 			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("damage scan: %w", err)
 		}
+	}
+	for _, r := range recs {
+		if !reach.Committed(r) {
+			continue
+		}
+		hit := hits[contracts.CatalogKey(r.VM, r.ID)]
 		if hit {
-			damaged = append(damaged, contracts.BackupRef{VM: r.VM, BackupID: r.ID})
+			scan.damaged = append(scan.damaged, contracts.BackupRef{VM: r.VM, BackupID: r.ID})
 		}
 		if hit == r.Damaged {
 			continue
@@ -105,81 +135,19 @@ func (v *verifier) refreshDamage(ctx context.Context, bad map[chunk.ID]string) (
 			continue // pruned meanwhile
 		}
 		if err != nil {
-			return nil, nil, 0, err
+			return nil, err
 		}
 		if err := v.rt.Repo.PutRecord(ctx, updated); err != nil {
-			return nil, nil, 0, err
+			return nil, err
 		}
 		v.rt.Log.WarnContext(ctx, "backup damage changed", "vm", r.VM, "backup", r.ID, "damaged", hit)
 	}
-	return damaged, failed, len(recs), nil
+	return scan, nil
 }
 
 // badChunks reads the bad-chunk entries of the catalog bucket.
 func (v *verifier) badChunks(ctx context.Context) ([]contracts.BadChunk, error) {
-	lister, err := v.rt.Catalog.KV.ListKeysFiltered(ctx, contracts.BadChunkPrefix+"*")
-	if err != nil {
-		return nil, fmt.Errorf("list bad chunks: %w", err)
-	}
-	var out []contracts.BadChunk
-	for key := range lister.Keys() {
-		e, err := v.rt.Catalog.KV.Get(ctx, key)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		var b contracts.BadChunk
-		if err := json.Unmarshal(e.Value(), &b); err != nil || contracts.ValidChunkID(b.ID) != nil {
-			return nil, fmt.Errorf("bad chunk entry %s: unreadable", key)
-		}
-		out = append(out, b)
-	}
-	return out, nil
-}
-
-// health is `strata check`: read every known bad chunk again, clear the
-// ones a later backup repaired, then refresh every backup's damaged flag.
-func (v *verifier) health(ctx context.Context, _ *contracts.CheckRequest) (*contracts.CheckReply, error) {
-	known, err := v.badChunks(ctx)
-	if err != nil {
-		return nil, err
-	}
-	reply := &contracts.CheckReply{Schema: contracts.SchemaVersion, BadChunks: []contracts.BadChunk{}, Repaired: []string{}, Damaged: []contracts.BackupRef{}}
-	ids := make([]chunk.ID, len(known))
-	for i, b := range known {
-		ids[i], _ = chunk.ParseID(b.ID) // validated by badChunks
-	}
-	found, err := repo.CheckChunks(ctx, v.rt.Repo.Chunks, ids, 8)
-	if err != nil {
-		return nil, err
-	}
-	still := map[chunk.ID]string{}
-	for i, b := range known {
-		if reason, bad := found.Bad[ids[i]]; bad {
-			b.Reason = reason
-			still[ids[i]] = reason
-			reply.BadChunks = append(reply.BadChunks, b)
-			continue
-		}
-		if err := v.rt.Catalog.KV.Delete(ctx, contracts.BadChunkKey(b.ID)); err != nil {
-			return nil, err
-		}
-		reply.Repaired = append(reply.Repaired, b.ID)
-		v.rt.Log.InfoContext(ctx, "bad chunk repaired", "chunk", b.ID)
-	}
-	damaged, failed, backups, err := v.refreshDamage(ctx, still)
-	if err != nil {
-		return nil, err
-	}
-	if damaged != nil {
-		reply.Damaged = damaged
-	}
-	reply.Failed = append([]contracts.FailedBackup{}, failed...)
-	reply.Backups = backups
-	reply.Healthy = len(reply.BadChunks) == 0 && len(reply.Damaged) == 0 && len(reply.Failed) == 0
-	return reply, nil
+	return v.rt.Bad.List(ctx)
 }
 
 // verifyNow is `strata verify`: one backup in one mode, or a chunks job
@@ -187,7 +155,7 @@ func (v *verifier) health(ctx context.Context, _ *contracts.CheckRequest) (*cont
 func (v *verifier) verifyNow(ctx context.Context, req *contracts.VerifyRequest) (*contracts.VerifyReply, error) {
 	var recs []*contracts.BackupRecord
 	if req.All && req.Mode == contracts.VerifyChunks {
-		return v.chunkJob(ctx)
+		return v.chunkJob(ctx, nil)
 	}
 	if req.All {
 		all, err := v.rt.Catalog.List(ctx, "")

@@ -11,6 +11,8 @@ import (
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/manifest"
+	"github.com/strata-backup/strata/pkg/reach"
 	"github.com/strata-backup/strata/pkg/repo"
 )
 
@@ -21,28 +23,21 @@ const jobBatch = 64
 // many backups share it (PBS's verify job), spread over the transfer
 // workers as ChunkCheck batches. Bad chunks are recorded and the backups
 // they damage marked.
-func (v *verifier) chunkJob(ctx context.Context) (*contracts.VerifyReply, error) {
+// sample, when set, picks the chunks to read (check --read-data-subset).
+func (v *verifier) chunkJob(ctx context.Context, sample func(chunk.ID) bool) (*contracts.VerifyReply, error) {
 	start := time.Now()
-	recs, err := v.rt.Catalog.List(ctx, "")
-	if err != nil {
-		return nil, err
-	}
 	ids := map[chunk.ID]struct{}{}
-	for _, r := range recs {
-		if r.State != contracts.StateVerified && r.State != contracts.StateCommitted {
-			continue
-		}
-		for _, d := range r.Disks {
-			man, err := v.rt.Repo.GetManifest(ctx, d.Manifest)
-			if err != nil {
-				return nil, fmt.Errorf("chunks job: %w", err)
-			}
+	backups, err := reach.Walker{Catalog: v.rt.Catalog, Repo: v.rt.Repo, Keep: reach.Committed}.Walk(ctx,
+		func(_ *contracts.BackupRecord, _ contracts.DiskRecord, man *manifest.Manifest) error {
 			for _, id := range man.IDs {
-				if !id.IsZero() {
+				if !id.IsZero() && (sample == nil || sample(id)) {
 					ids[id] = struct{}{}
 				}
 			}
-		}
+			return nil
+		})
+	if err != nil {
+		return nil, fmt.Errorf("chunks job: %w", err)
 	}
 	job := uuid.NewString()
 	batches := 0
@@ -70,7 +65,7 @@ func (v *verifier) chunkJob(ctx context.Context) (*contracts.VerifyReply, error)
 	if err := flush(); err != nil {
 		return nil, err
 	}
-	v.rt.Log.InfoContext(ctx, "chunks job started", "job", job, "backups", len(recs), "chunks", len(ids), "batches", batches)
+	v.rt.Log.InfoContext(ctx, "chunks job started", "job", job, "backups", backups, "chunks", len(ids), "batches", batches)
 
 	results, err := v.rt.Bus.JS.Stream(ctx, contracts.StreamResults)
 	if err != nil {
@@ -138,6 +133,6 @@ func (v *verifier) scheduledJob(ctx context.Context, j *contracts.VerifyJob) err
 		return nil
 	}
 	defer v.jobRunning.Store(false)
-	_, err := v.chunkJob(ctx)
+	_, err := v.chunkJob(ctx, nil)
 	return err
 }

@@ -44,6 +44,9 @@ type Config struct {
 	// MaxDeliver: attempts at verifying a committed backup (source or
 	// store unreachable) before it is failed with the last error.
 	MaxDeliver int `envconfig:"VERIFY_MAX_DELIVER" default:"10"`
+	// CheckShards: passes `strata check` makes over the chunk-id space;
+	// its memory is the referenced ids of one pass (32 B each).
+	CheckShards int `envconfig:"CHECK_SHARDS" default:"1"`
 }
 
 // Start registers the verifier's consumer and its endpoints.
@@ -51,7 +54,10 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	if err := cfg.Mode.Validate(false); err != nil {
 		return fmt.Errorf("STRATA_VERIFY_MODE: %w", err)
 	}
-	v := &verifier{rt: rt, sources: source.NewOpener(cfg.Config), mode: cfg.Mode, trivialBytes: max(1, cfg.TrivialMiB) << 20, scratch: cfg.ScratchDir}
+	if n := cfg.CheckShards; n < 1 || n > 256 || 256%n != 0 {
+		return fmt.Errorf("STRATA_CHECK_SHARDS=%d: must be a power of two from 1 to 256", n)
+	}
+	v := &verifier{rt: rt, sources: source.NewOpener(cfg.Config), mode: cfg.Mode, trivialBytes: max(1, cfg.TrivialMiB) << 20, scratch: cfg.ScratchDir, checkShards: cfg.CheckShards}
 	svc, err := rt.Bus.AddService("backup verification, chunk verify jobs, damage report")
 	if err != nil {
 		return err
@@ -84,6 +90,7 @@ type verifier struct {
 	mode         contracts.VerifyMode
 	trivialBytes int64
 	scratch      string
+	checkShards  int
 	jobRunning   atomic.Bool
 }
 
