@@ -97,9 +97,10 @@ const (
 	// BucketBadChunks: key chunk id (hex) → BadChunk (JSON): chunks found
 	// corrupt or missing, until a backup stores them again (pkg/badchunks).
 	BucketBadChunks = "strata_bad_chunks"
-	// GCLockKey in BucketCatalog: present while garbage collection runs. A
-	// backup that sees it waits; a GC that sees a running backup gives up.
-	GCLockKey = "gc.lock"
+	// BucketGC: key GCLockKey → GCLock, present while garbage collection
+	// runs (pkg/gclock).
+	BucketGC  = "strata_gc"
+	GCLockKey = "lock"
 
 	// Hold states in BucketGCHolds.
 	GCHeld     = "held"

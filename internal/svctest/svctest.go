@@ -17,6 +17,7 @@ import (
 	"github.com/strata-backup/strata/pkg/badchunks"
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
+	"github.com/strata-backup/strata/pkg/gclock"
 	"github.com/strata-backup/strata/pkg/objstore"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/runtime"
@@ -38,17 +39,22 @@ func Runtime(t testing.TB, service string, chunkSize int) (context.Context, *run
 	if err := b.EnsureStreams(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
-	cat, err := catalog.Open(ctx, js)
-	if err != nil {
-		t.Fatal(err)
-	}
 	bad, err := badchunks.Open(ctx, js)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := repo.Open(ctx, objstore.NewMem(), chunkSize, nil)
+	gc, err := gclock.Open(ctx, js)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return ctx, &runtime.Runtime{Bus: b, Repo: r, Catalog: cat, Bad: bad, Log: log}
+	store := objstore.NewMem()
+	r, err := repo.Open(ctx, store, chunkSize, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := catalog.Open(ctx, js, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx, &runtime.Runtime{Bus: b, Repo: r, Catalog: cat, Bad: bad, GC: gc, Log: log}
 }

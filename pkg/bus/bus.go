@@ -106,6 +106,7 @@ func (b *Bus) EnsureStreams(ctx context.Context, replicas int) error {
 		kvStream(contracts.BucketPolicies, 5, 0, replicas),
 		kvStream(contracts.BucketGCHolds, 1, 24*time.Hour, replicas),
 		kvStream(contracts.BucketBadChunks, 1, 0, replicas),
+		kvStream(contracts.BucketGC, 1, 0, replicas),
 	} {
 		if err := retryJS(ctx, func(ctx context.Context) error {
 			_, err := b.JS.CreateOrUpdateStream(ctx, cfg)
@@ -383,4 +384,26 @@ func handle[T any, PT interface {
 	delay := min(time.Duration(1<<min(delivered, 5))*time.Second, 30*time.Second)
 	b.Log.WarnContext(ctx, "handler failed; will retry", "subject", msg.Subject(), "delivery", delivered, "retry_in", delay, "err", err)
 	msg.NakWithDelay(delay)
+}
+
+// KVLast reads a KV key's last change, deletes included: its stream
+// sequence (0: never written) and value (nil when deleted). Unlike a Get,
+// it tells "deleted since" from "never there", so a reader can notice that
+// anything changed at all since it last looked.
+func KVLast(ctx context.Context, js jetstream.JetStream, bucket, key string) (seq uint64, value []byte, err error) {
+	stream, err := js.Stream(ctx, "KV_"+bucket)
+	if err != nil {
+		return 0, nil, fmt.Errorf("kv %s: %w", bucket, err)
+	}
+	msg, err := stream.GetLastMsgForSubject(ctx, "$KV."+bucket+"."+key)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil, nil
+	}
+	if err != nil {
+		return 0, nil, fmt.Errorf("kv %s: read %s: %w", bucket, key, err)
+	}
+	if op := msg.Header.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
+		return msg.Sequence, nil, nil
+	}
+	return msg.Sequence, msg.Data, nil
 }

@@ -1,8 +1,10 @@
-// Package catalog keeps backup records in the JetStream KV bucket
-// contracts.BucketCatalog. Every change is a compare-and-set on the key's
+// Package catalog owns the backup records: the JetStream KV bucket
+// contracts.BucketCatalog for queries, and each record's copy in the
+// repository (backups/<vm>/<id>.json), from which Rebuild restores the
+// bucket after NATS is lost. Every change is a compare-and-set on the key's
 // revision, so concurrent writers (several merge instances, a verifier and
 // a failing transfer worker) never lose each other's updates, and a final
-// state (verified, failed) is never left.
+// state (verified, failed) is never left. No other package writes either.
 package catalog
 
 import (
@@ -10,13 +12,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/objstore"
 )
 
 // ErrNotFound: no such backup.
@@ -25,16 +30,41 @@ var ErrNotFound = errors.New("backup not found")
 // ErrUnchanged is returned by an update function to leave a record unchanged.
 var ErrUnchanged = errors.New("unchanged")
 
-// Catalog wraps the KV bucket.
-type Catalog struct{ KV jetstream.KeyValue }
+// Catalog is the KV bucket and the repository's record copies.
+type Catalog struct {
+	kv    jetstream.KeyValue
+	store objstore.Store // nil: read-only (a CLI that only lists)
+}
 
-// Open binds to the bucket (created by bus.EnsureStreams).
-func Open(ctx context.Context, js jetstream.JetStream) (*Catalog, error) {
+// Open binds to the bucket (created by bus.EnsureStreams) and the object
+// store that holds the record copies (nil: this catalog only reads).
+func Open(ctx context.Context, js jetstream.JetStream, store objstore.Store) (*Catalog, error) {
 	kv, err := js.KeyValue(ctx, contracts.BucketCatalog)
 	if err != nil {
 		return nil, fmt.Errorf("open catalog: %w", err)
 	}
-	return &Catalog{KV: kv}, nil
+	return &Catalog{kv: kv, store: store}, nil
+}
+
+// RecordKey is the object key of a backup record's copy.
+func RecordKey(vm, backupID string) string {
+	return fmt.Sprintf("backups/%s/%s.json", url.PathEscape(vm), backupID)
+}
+
+// putCopy writes the record's copy into the repository.
+func (c *Catalog) putCopy(ctx context.Context, r *contracts.BackupRecord) error {
+	if c.store == nil {
+		return errors.New("catalog opened read-only")
+	}
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	key := RecordKey(r.VM, r.ID)
+	if err := c.store.Put(ctx, key, b); err != nil {
+		return fmt.Errorf("write backup record %s: %w", key, err)
+	}
+	return nil
 }
 
 func decode(e jetstream.KeyValueEntry) (*contracts.BackupRecord, error) {
@@ -79,7 +109,7 @@ func read[T any](ctx context.Context, bounded bool, f func(context.Context) (T, 
 }
 
 func (c *Catalog) get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
-	return read(ctx, true, func(ctx context.Context) (jetstream.KeyValueEntry, error) { return c.KV.Get(ctx, key) })
+	return read(ctx, true, func(ctx context.Context) (jetstream.KeyValueEntry, error) { return c.kv.Get(ctx, key) })
 }
 
 // Get reads one record.
@@ -101,13 +131,21 @@ func (c *Catalog) Create(ctx context.Context, r *contracts.BackupRecord) (existi
 	if err := r.Validate(); err != nil {
 		return nil, false, err
 	}
+	if c.store == nil {
+		return nil, false, errors.New("catalog opened read-only")
+	}
 	b, _ := json.Marshal(r)
-	if _, err := c.KV.Create(ctx, contracts.CatalogKey(r.VM, r.ID), b); err != nil {
+	if _, err := c.kv.Create(ctx, contracts.CatalogKey(r.VM, r.ID), b); err != nil {
 		if errors.Is(err, jetstream.ErrKeyExists) {
 			old, _, gerr := c.Get(ctx, r.VM, r.ID)
 			return old, false, gerr
 		}
 		return nil, false, fmt.Errorf("create catalog entry: %w", err)
+	}
+	// The copy follows the entry: a crash between the two leaves a record
+	// only in the bucket, which the next state change copies again.
+	if err := c.putCopy(ctx, r); err != nil {
+		return nil, false, err
 	}
 	return r, true, nil
 }
@@ -115,7 +153,10 @@ func (c *Catalog) Create(ctx context.Context, r *contracts.BackupRecord) (existi
 // Update applies f to the current record and stores the result by CAS,
 // retrying on conflicts. f may return ErrUnchanged to write nothing.
 // Records in a final state are passed to f but f must not move them on;
-// Update refuses to leave a final state.
+// Update refuses to leave a final state. A change of state or of the
+// damaged flag, and any change of a finished record (digests), is copied
+// to the repository too; segment progress is not: it is worth nothing once
+// NATS is gone.
 func (c *Catalog) Update(ctx context.Context, vm, id string, f func(*contracts.BackupRecord) error) (*contracts.BackupRecord, error) {
 	key := contracts.CatalogKey(vm, id)
 	for attempt := 0; attempt < 100; attempt++ {
@@ -123,7 +164,7 @@ func (c *Catalog) Update(ctx context.Context, vm, id string, f func(*contracts.B
 		if err != nil {
 			return nil, err
 		}
-		was := r.State
+		was, wasDamaged := r.State, r.Damaged
 		if err := f(r); err != nil {
 			if errors.Is(err, ErrUnchanged) {
 				return r, nil
@@ -138,11 +179,19 @@ func (c *Catalog) Update(ctx context.Context, vm, id string, f func(*contracts.B
 			return nil, err
 		}
 		b, _ := json.Marshal(r)
-		if _, err := c.KV.Update(ctx, key, b, rev); err != nil {
+		if c.store == nil {
+			return nil, errors.New("catalog opened read-only")
+		}
+		if _, err := c.kv.Update(ctx, key, b, rev); err != nil {
 			if errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err) {
 				continue // someone else wrote first: re-read and re-apply
 			}
 			return nil, fmt.Errorf("update catalog entry %s: %w", key, err)
+		}
+		if r.State != was || r.Damaged != wasDamaged || r.State.Final() {
+			if err := c.putCopy(ctx, r); err != nil {
+				return nil, err
+			}
 		}
 		return r, nil
 	}
@@ -160,7 +209,7 @@ func (c *Catalog) List(ctx context.Context, vm string) ([]*contracts.BackupRecor
 	if vm != "" {
 		filter = contracts.CatalogVMPrefix(vm) + "*"
 	}
-	lister, err := read(ctx, false, func(ctx context.Context) (jetstream.KeyLister, error) { return c.KV.ListKeysFiltered(ctx, filter) })
+	lister, err := read(ctx, false, func(ctx context.Context) (jetstream.KeyLister, error) { return c.kv.ListKeysFiltered(ctx, filter) })
 	if err != nil {
 		return nil, fmt.Errorf("list catalog: %w", err)
 	}
@@ -219,9 +268,18 @@ func (c *Catalog) Fail(ctx context.Context, vm, id, reason string) (bool, error)
 	return changed, err
 }
 
+// DeleteCopy removes a backup's record copy from the repository (the first
+// half of removing a backup: until Delete, it stays listed).
+func (c *Catalog) DeleteCopy(ctx context.Context, vm, id string) error {
+	if c.store == nil {
+		return errors.New("catalog opened read-only")
+	}
+	return c.store.Delete(ctx, RecordKey(vm, id))
+}
+
 // Delete removes a backup's entry.
 func (c *Catalog) Delete(ctx context.Context, vm, id string) error {
-	if err := c.KV.Delete(ctx, contracts.CatalogKey(vm, id)); err != nil {
+	if err := c.kv.Delete(ctx, contracts.CatalogKey(vm, id)); err != nil {
 		return fmt.Errorf("delete catalog entry of %s: %w", id, err)
 	}
 	return nil
@@ -230,7 +288,7 @@ func (c *Catalog) Delete(ctx context.Context, vm, id string) error {
 // Watch calls f with the backup's record now (if it exists) and after every
 // change, until f returns true, ctx ends, or the watch fails.
 func (c *Catalog) Watch(ctx context.Context, vm, id string, f func(*contracts.BackupRecord) bool) error {
-	w, err := c.KV.Watch(ctx, contracts.CatalogKey(vm, id))
+	w, err := c.kv.Watch(ctx, contracts.CatalogKey(vm, id))
 	if err != nil {
 		return fmt.Errorf("watch backup %s: %w", id, err)
 	}
@@ -255,4 +313,70 @@ func (c *Catalog) Watch(ctx context.Context, vm, id string, f func(*contracts.Ba
 			}
 		}
 	}
+}
+
+// RebuildReport says what Rebuild did.
+type RebuildReport struct {
+	Records  int      `json:"records"`  // record copies found in the repository
+	Restored int      `json:"restored"` // entries created from them
+	Present  int      `json:"present"`  // entries the bucket already had
+	Failed   int      `json:"failed"`   // restored unfinished backups, recorded failed
+	Refused  []string `json:"refused"`  // copies that could not be read, with why
+}
+
+// Rebuild restores the bucket from the record copies in the repository:
+// disaster recovery after NATS and its storage are lost. Entries the bucket
+// has are left alone. A copy of a backup that had not finished is restored
+// as failed (whatever ran it is gone with NATS). Unreadable copies are
+// reported, never guessed at. Idempotent.
+func (c *Catalog) Rebuild(ctx context.Context) (*RebuildReport, error) {
+	if c.store == nil {
+		return nil, errors.New("catalog opened read-only")
+	}
+	rep := &RebuildReport{Refused: []string{}}
+	err := c.store.List(ctx, "backups/", func(in objstore.Info) error {
+		if !strings.HasSuffix(in.Key, ".json") {
+			return nil
+		}
+		rep.Records++
+		b, err := c.store.Get(ctx, in.Key)
+		if err != nil {
+			return fmt.Errorf("read %s: %w", in.Key, err)
+		}
+		var r contracts.BackupRecord
+		if err := json.Unmarshal(b, &r); err != nil {
+			rep.Refused = append(rep.Refused, fmt.Sprintf("%s: %v", in.Key, err))
+			return nil
+		}
+		if err := r.Validate(); err != nil {
+			rep.Refused = append(rep.Refused, fmt.Sprintf("%s: %v", in.Key, err))
+			return nil
+		}
+		if RecordKey(r.VM, r.ID) != in.Key {
+			rep.Refused = append(rep.Refused, fmt.Sprintf("%s: holds backup %s of %q, which belongs at %s", in.Key, r.ID, r.VM, RecordKey(r.VM, r.ID)))
+			return nil
+		}
+		unfinished := !r.State.Final()
+		if unfinished {
+			now := time.Now().UTC()
+			r.State, r.Error, r.FinishedAt = contracts.StateFailed, "unfinished when the catalog was rebuilt from the repository", &now
+		}
+		_, created, err := c.Create(ctx, &r)
+		switch {
+		case err != nil:
+			return err
+		case created:
+			rep.Restored++
+			if unfinished {
+				rep.Failed++
+			}
+		default:
+			rep.Present++
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rebuild catalog: %w", err)
+	}
+	return rep, nil
 }

@@ -270,11 +270,6 @@ func ManifestKey(vm string, disk int, backupID string) string {
 	return fmt.Sprintf("manifests/%s/%d/%s", url.PathEscape(vm), disk, backupID)
 }
 
-// RecordKey is the object key of a backup record.
-func RecordKey(vm, backupID string) string {
-	return fmt.Sprintf("backups/%s/%s.json", url.PathEscape(vm), backupID)
-}
-
 // PutManifest stores a manifest and returns its key.
 func (r *Repository) PutManifest(ctx context.Context, vm string, m *manifest.Manifest) (string, error) {
 	b, err := m.Encode()
@@ -306,17 +301,4 @@ func (r *Repository) GetManifest(ctx context.Context, key string) (*manifest.Man
 		return nil, fmt.Errorf("manifest object %s: %w: chunk size %d, repository's is %d", key, manifest.ErrCorrupt, m.ChunkSize, r.Config.ChunkSize)
 	}
 	return m, nil
-}
-
-// PutRecord writes the backup record object.
-func (r *Repository) PutRecord(ctx context.Context, rec *contracts.BackupRecord) error {
-	b, err := json.MarshalIndent(rec, "", "  ")
-	if err != nil {
-		return err
-	}
-	key := RecordKey(rec.VM, rec.ID)
-	if err := r.Store.Put(ctx, key, b); err != nil {
-		return fmt.Errorf("write backup record %s: %w", key, err)
-	}
-	return nil
 }

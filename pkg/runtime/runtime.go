@@ -21,6 +21,7 @@ import (
 	"github.com/strata-backup/strata/pkg/badchunks"
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
+	"github.com/strata-backup/strata/pkg/gclock"
 	"github.com/strata-backup/strata/pkg/objstore"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/telemetry"
@@ -86,6 +87,7 @@ type Runtime struct {
 	Repo    *repo.Repository
 	Catalog *catalog.Catalog
 	Bad     *badchunks.Marks
+	GC      *gclock.GC
 	Log     *slog.Logger
 	tp      *sdktrace.TracerProvider
 }
@@ -105,11 +107,11 @@ func Start(ctx context.Context, service string, c Common) (*Runtime, error) {
 	if err := b.EnsureStreams(ctx, c.JSReplicas); err != nil {
 		return nil, err
 	}
-	cat, err := catalog.Open(ctx, b.JS)
+	bad, err := badchunks.Open(ctx, b.JS)
 	if err != nil {
 		return nil, err
 	}
-	bad, err := badchunks.Open(ctx, b.JS)
+	gc, err := gclock.Open(ctx, b.JS)
 	if err != nil {
 		return nil, err
 	}
@@ -121,8 +123,12 @@ func Start(ctx context.Context, service string, c Common) (*Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
+	cat, err := catalog.Open(ctx, b.JS, store)
+	if err != nil {
+		return nil, err
+	}
 	log.Info("started", "nats", c.NATSURL, "store", store.String(), "chunk_size", r.Config.ChunkSize, "encrypted", r.Encrypted())
-	return &Runtime{Bus: b, Repo: r, Catalog: cat, Bad: bad, Log: log, tp: tp}, nil
+	return &Runtime{Bus: b, Repo: r, Catalog: cat, Bad: bad, GC: gc, Log: log, tp: tp}, nil
 }
 
 // Close flushes traces and drains NATS.
@@ -131,18 +137,14 @@ func (rt *Runtime) Close(ctx context.Context) {
 	rt.tp.Shutdown(ctx)
 }
 
-// FailBackup moves a backup to failed (if it is not final yet), rewrites its
-// record object and announces the outcome, so the snapshot is released and
-// waiting clients stop waiting. Idempotent.
+// FailBackup moves a backup to failed (if it is not final yet: the
+// catalog copies the record to the repository) and announces the outcome,
+// so the snapshot is released and waiting clients stop waiting.
+// Idempotent.
 func (rt *Runtime) FailBackup(ctx context.Context, vm, id, reason string) error {
 	rt.Log.ErrorContext(ctx, "backup failed", "vm", vm, "backup", id, "reason", reason)
 	if _, err := rt.Catalog.Fail(ctx, vm, id, reason); err != nil && !errors.Is(err, catalog.ErrNotFound) {
 		return err
-	}
-	if rec, _, err := rt.Catalog.Get(ctx, vm, id); err == nil {
-		if err := rt.Repo.PutRecord(ctx, rec); err != nil {
-			return err
-		}
 	}
 	out := &contracts.BackupOutcome{Schema: contracts.SchemaVersion, BackupID: id, VM: vm, State: contracts.StateFailed, Reason: reason}
 	return rt.Bus.Publish(ctx, contracts.SubjectBackupFailed, out, "outcome-"+id)

@@ -9,7 +9,6 @@ package dedup
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
@@ -35,17 +34,9 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	if err := validShards(cfg.GCShards); err != nil {
 		return err
 	}
-	holds, err := rt.Bus.JS.KeyValue(ctx, contracts.BucketGCHolds)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", contracts.BucketGCHolds, err)
-	}
-	catalogStream, err := rt.Bus.JS.Stream(ctx, "KV_"+contracts.BucketCatalog)
-	if err != nil {
-		return fmt.Errorf("open the catalog's stream: %w", err)
-	}
 	cache := NewPresentCache(cfg.CacheEntries)
 	d := &Index{chunks: rt.Repo.Chunks, cache: cache, bad: map[chunk.ID]bool{},
-		gc: &gcGuard{catalogStream: catalogStream, holds: holds, store: rt.Repo.Store, forget: cache.Reset}}
+		gc: &gcGuard{gc: rt.GC, store: rt.Repo.Store, forget: cache.Reset}}
 	// Chunks the verifier found corrupt or missing are answered "missing"
 	// whatever the store says, so the next backup holding those bytes
 	// uploads them again: that repairs every backup referencing them.

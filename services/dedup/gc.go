@@ -3,8 +3,6 @@ package dedup
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
@@ -55,15 +53,14 @@ func collect(ctx context.Context, rt *runtime.Runtime, grace time.Duration, dryR
 	if err := validShards(shards); err != nil {
 		return nil, err
 	}
-	kv := rt.Catalog.KV
 	c := &collection{rt: rt, grace: grace, dryRun: dryRun,
 		lock:  contracts.GCLock{ID: uuid.NewString(), Since: time.Now().UTC(), Phase: "mark"},
 		reply: &contracts.GCReply{Schema: contracts.SchemaVersion, DryRun: dryRun, GraceSeconds: int64(grace / time.Second)}}
 	var err error
-	if c.rev, err = takeLock(ctx, rt, c.lock); err != nil {
+	if c.rev, err = rt.GC.Take(ctx, c.lock, staleLock); err != nil {
 		return nil, err
 	}
-	defer kv.Delete(context.WithoutCancel(ctx), contracts.GCLockKey)
+	defer rt.GC.Release(context.WithoutCancel(ctx))
 	for s := 0; s < shards; s++ {
 		lo, hi := s*256/shards, (s+1)*256/shards
 		if err := c.shard(ctx, byte(lo), hi); err != nil {
@@ -98,10 +95,9 @@ type collection struct {
 // lock it found stale makes this one stop).
 func (c *collection) setPhase(ctx context.Context, phase, condemned string) error {
 	c.lock.Phase, c.lock.Condemned = phase, condemned
-	b, _ := json.Marshal(c.lock)
-	rev, err := c.rt.Catalog.KV.Update(ctx, contracts.GCLockKey, b, c.rev)
+	rev, err := c.rt.GC.Move(ctx, c.lock, c.rev)
 	if err != nil {
-		return fmt.Errorf("gc lock changed under the collector: %w", err)
+		return err
 	}
 	c.rev = rev
 	return nil
@@ -178,27 +174,24 @@ func (c *collection) shard(ctx context.Context, lo byte, hi int) error {
 	reply.Referenced += len(m.ids)
 
 	// 5. sweep
-	holds, err := rt.Bus.JS.KeyValue(ctx, contracts.BucketGCHolds)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", contracts.BucketGCHolds, err)
-	}
 	for _, cd := range candidates {
 		if m.has(cd.id) {
 			reply.Rescued++
 			continue
 		}
-		key := contracts.GCHoldKey(c.lock.ID, cd.id.String())
-		if _, err := holds.Create(ctx, key, []byte(contracts.GCDeleting)); errors.Is(err, jetstream.ErrKeyExists) {
+		claimed, err := rt.GC.Claim(ctx, c.lock.ID, cd.id.String())
+		if err != nil {
+			return err
+		}
+		if !claimed {
 			reply.Rescued++ // a backup reuses it: held
 			continue
-		} else if err != nil {
-			return fmt.Errorf("claim %s: %w", cd.key, err)
 		}
 		if err := rt.Repo.Chunks.Delete(ctx, cd.id); err != nil {
-			return fmt.Errorf("sweep: %w", err)
+			return fmt.Errorf("sweep %s: %w", cd.key, err)
 		}
-		if _, err := holds.Put(ctx, key, []byte(contracts.GCDeleted)); err != nil {
-			return fmt.Errorf("mark %s deleted: %w", cd.key, err)
+		if err := rt.GC.Deleted(ctx, c.lock.ID, cd.id.String()); err != nil {
+			return err
 		}
 		reply.Deleted++
 		reply.FreedBytes += cd.size
@@ -206,43 +199,6 @@ func (c *collection) shard(ctx context.Context, lo byte, hi int) error {
 	// Back to marking: dedup stops holding this shard's candidates (and,
 	// seeing the lock change, forgets its cache of present chunks).
 	return c.setPhase(ctx, "mark", "")
-}
-
-// takeLock writes gc.lock (taking over one a crashed collector left).
-func takeLock(ctx context.Context, rt *runtime.Runtime, lock contracts.GCLock) (uint64, error) {
-	kv := rt.Catalog.KV
-	b, _ := json.Marshal(lock)
-	rev, err := kv.Create(ctx, contracts.GCLockKey, b)
-	if err == nil {
-		return rev, nil
-	}
-	if !errors.Is(err, jetstream.ErrKeyExists) {
-		return 0, fmt.Errorf("take gc lock: %w", err)
-	}
-	e, err := kv.Get(ctx, contracts.GCLockKey)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return 0, errors.New("gc lock released while taking it; try again")
-	}
-	if err != nil {
-		return 0, fmt.Errorf("read gc lock: %w", err)
-	}
-	var held contracts.GCLock
-	if err := json.Unmarshal(e.Value(), &held); err != nil {
-		// Not ours to guess at: a person must look before anything is deleted.
-		return 0, fmt.Errorf("gc lock %s is unreadable (%v); inspect and delete it to collect again", contracts.GCLockKey, err)
-	}
-	if age := time.Since(held.Since); age < staleLock {
-		return 0, fmt.Errorf("garbage collection already running (since %s, %s ago)", held.Since.Format(time.RFC3339), age.Round(time.Second))
-	}
-	rev, err = kv.Update(ctx, contracts.GCLockKey, b, e.Revision())
-	if errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err) {
-		return 0, errors.New("garbage collection already running (another collector took over the stale lock first)")
-	}
-	if err != nil {
-		return 0, fmt.Errorf("take over stale gc lock: %w", err)
-	}
-	rt.Log.Warn("took over a stale gc lock", "since", held.Since)
-	return rev, nil
 }
 
 // drainSegments waits until every segment in STRATA_SEGMENTS now has been
@@ -363,9 +319,4 @@ func (m *mark) results(ctx context.Context) error {
 			return nil // the rest was purged (committed) meanwhile: in manifests now
 		}
 	}
-}
-
-func isWrongSequence(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }

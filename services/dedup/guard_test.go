@@ -2,19 +2,18 @@ package dedup
 
 import (
 	"context"
-	"encoding/json"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/internal/testserver"
+	"github.com/strata-backup/strata/internal/svctest"
 	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/gclock"
 	"github.com/strata-backup/strata/pkg/objstore"
 )
 
@@ -23,30 +22,16 @@ type allPresent struct{}
 
 func (allPresent) Missing(context.Context, []chunk.ID) ([]chunk.ID, error) { return nil, nil }
 
-// guardBuckets starts a real nats-server with the catalog and holds
-// buckets; the context ends with the test.
-func guardBuckets(t *testing.T) (context.Context, jetstream.KeyValue, jetstream.Stream, jetstream.KeyValue) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	nc, err := nats.Connect(testserver.NATS(t))
+// guardBuckets starts an in-process nats-server with Strata's buckets;
+// the context ends with the test. It returns the GC state and, for the
+// test's own look at it, the holds bucket.
+func guardBuckets(t *testing.T) (context.Context, *gclock.GC, jetstream.KeyValue) {
+	ctx, rt := svctest.Runtime(t, "dedup", 64<<10)
+	holds, err := rt.Bus.JS.KeyValue(ctx, contracts.BucketGCHolds)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
-	catalog, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: contracts.BucketCatalog})
-	if err != nil {
-		t.Fatal(err)
-	}
-	holds, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: contracts.BucketGCHolds})
-	if err != nil {
-		t.Fatal(err)
-	}
-	catalogStream, err := js.Stream(ctx, "KV_"+contracts.BucketCatalog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ctx, catalog, catalogStream, holds
+	return ctx, rt.GC, holds
 }
 
 // askMissing asks d which of ids are missing.
@@ -68,28 +53,29 @@ func askMissing(t *testing.T, ctx context.Context, d *Index, ids ...chunk.ID) []
 // collector's claim then fails); a chunk the collector claimed is answered
 // "missing" only after its deletion is done; others are untouched.
 func TestGCGuardHoldsAndWaitsForDeletes(t *testing.T) {
-	ctx, catalog, catalogStream, holds := guardBuckets(t)
+	ctx, gc, holds := guardBuckets(t)
 	store := objstore.NewMem()
 	held, claimed, spared := chunk.Hash([]byte("held")), chunk.Hash([]byte("claimed")), chunk.Hash([]byte("spared"))
 	store.Put(ctx, "gc/g1.condemned", append(held[:], claimed[:]...))
-	lock, _ := json.Marshal(contracts.GCLock{ID: "g1", Phase: "sweep", Condemned: "gc/g1.condemned", Since: time.Now()})
-	catalog.Put(ctx, contracts.GCLockKey, lock)
+	if _, err := gc.Take(ctx, contracts.GCLock{ID: "g1", Phase: "sweep", Condemned: "gc/g1.condemned", Since: time.Now()}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
 	d := &Index{chunks: allPresent{}, cache: NewPresentCache(16), bad: map[chunk.ID]bool{},
-		gc: &gcGuard{catalogStream: catalogStream, holds: holds, store: store}}
+		gc: &gcGuard{gc: gc, store: store}}
 	ask := func(ids ...chunk.ID) []string { return askMissing(t, ctx, d, ids...) }
 
 	if missing := ask(held, spared); len(missing) != 0 {
 		t.Fatalf("present chunks answered missing: %v", missing)
 	}
-	if _, err := holds.Create(ctx, contracts.GCHoldKey("g1", held.String()), []byte(contracts.GCDeleting)); err == nil {
-		t.Fatal("the collector could claim a chunk dedup had just answered present")
+	if claimed, err := gc.Claim(ctx, "g1", held.String()); err != nil || claimed {
+		t.Fatalf("the collector could claim a chunk dedup had just answered present: %v %v", claimed, err)
 	}
 	if _, err := holds.Get(ctx, contracts.GCHoldKey("g1", spared.String())); err == nil {
 		t.Fatal("a chunk that was not condemned got a hold")
 	}
 
-	if _, err := holds.Create(ctx, contracts.GCHoldKey("g1", claimed.String()), []byte(contracts.GCDeleting)); err != nil {
-		t.Fatal(err)
+	if ok, err := gc.Claim(ctx, "g1", claimed.String()); err != nil || !ok {
+		t.Fatalf("claim: %v %v", ok, err)
 	}
 	var deleted atomic.Bool
 	answered := make(chan []string)
@@ -101,7 +87,7 @@ func TestGCGuardHoldsAndWaitsForDeletes(t *testing.T) {
 	default:
 	}
 	deleted.Store(true)
-	holds.Put(ctx, contracts.GCHoldKey("g1", claimed.String()), []byte(contracts.GCDeleted))
+	gc.Deleted(ctx, "g1", claimed.String())
 	if m := <-answered; !slices.Equal(m, []string{claimed.String()}) || !deleted.Load() {
 		t.Fatalf("claimed chunk answered %v", m)
 	}
@@ -132,12 +118,12 @@ func (s *storeSet) Missing(_ context.Context, ids []chunk.ID) ([]chunk.ID, error
 // after gc.lock changed forgets the cache and finds it missing. While the
 // lock stays as it was, the cache answers.
 func TestGCGuardForgetsCacheWhenLockChanged(t *testing.T) {
-	ctx, catalog, catalogStream, holds := guardBuckets(t)
+	ctx, gc, _ := guardBuckets(t)
 	kept, doomed := chunk.Hash([]byte("kept")), chunk.Hash([]byte("doomed"))
 	chunks := &storeSet{present: map[chunk.ID]bool{kept: true, doomed: true}}
 	cache := NewPresentCache(16)
 	d := &Index{chunks: chunks, cache: cache, bad: map[chunk.ID]bool{},
-		gc: &gcGuard{catalogStream: catalogStream, holds: holds, store: objstore.NewMem(), forget: cache.Reset}}
+		gc: &gcGuard{gc: gc, store: objstore.NewMem(), forget: cache.Reset}}
 	ask := func(ids ...chunk.ID) []string { return askMissing(t, ctx, d, ids...) }
 	if m := ask(kept, doomed); len(m) != 0 {
 		t.Fatalf("stored chunks answered missing: %v", m)
@@ -147,14 +133,13 @@ func TestGCGuardForgetsCacheWhenLockChanged(t *testing.T) {
 	}
 	// A whole collection between two requests: lock taken, chunk deleted,
 	// lock released.
-	lock, _ := json.Marshal(contracts.GCLock{ID: "g2", Phase: "mark", Since: time.Now()})
-	if _, err := catalog.Put(ctx, contracts.GCLockKey, lock); err != nil {
+	if _, err := gc.Take(ctx, contracts.GCLock{ID: "g2", Phase: "mark", Since: time.Now()}, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	chunks.mu.Lock()
 	delete(chunks.present, doomed)
 	chunks.mu.Unlock()
-	if err := catalog.Delete(ctx, contracts.GCLockKey); err != nil {
+	if err := gc.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if m := ask(kept, doomed); !slices.Equal(m, []string{doomed.String()}) {

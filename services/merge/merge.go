@@ -154,9 +154,6 @@ func (m *merger) commit(ctx context.Context, rec *contracts.BackupRecord) error 
 	if committed.State != contracts.StateCommitted {
 		return nil // failed meanwhile, or another merge instance won
 	}
-	if err := m.rt.Repo.PutRecord(ctx, committed); err != nil {
-		return err
-	}
 	msg := &contracts.BackupCommitted{Schema: contracts.SchemaVersion, BackupID: rec.ID, VM: rec.VM}
 	if err := m.rt.Bus.Publish(ctx, contracts.SubjectBackupCommitted, msg, "committed-"+rec.ID); err != nil {
 		return err

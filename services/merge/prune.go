@@ -8,7 +8,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/retention"
 	"github.com/strata-backup/strata/pkg/runtime"
 )
@@ -64,7 +63,7 @@ func pruneOne(ctx context.Context, rt *runtime.Runtime, hooks Hooks, r *contract
 	if err := step("record"); err != nil {
 		return err
 	}
-	if err := rt.Repo.Store.Delete(ctx, repo.RecordKey(r.VM, r.ID)); err != nil {
+	if err := rt.Catalog.DeleteCopy(ctx, r.VM, r.ID); err != nil {
 		return err
 	}
 	if err := step("catalog"); err != nil {

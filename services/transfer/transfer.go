@@ -17,7 +17,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
@@ -188,8 +187,7 @@ func (p *putOutcomes) add(backup string, created, refused int) {
 // collectionRunning: a garbage collection holds gc.lock (or the lock
 // cannot be read, which is treated the same: the cautious path).
 func (w *worker) collectionRunning(ctx context.Context) bool {
-	_, err := w.rt.Catalog.KV.Get(ctx, contracts.GCLockKey)
-	return !errors.Is(err, jetstream.ErrKeyNotFound)
+	return w.rt.GC.Running(ctx)
 }
 
 func (w *worker) readSegment(ctx context.Context, disk source.Disk, seg *contracts.Segment, toRead []int, done *contracts.SegmentDone, stats *segmentStats) error {

@@ -124,7 +124,7 @@ func (v *verifier) scanDamage(ctx context.Context, bad map[chunk.ID]string, read
 		if hit == r.Damaged {
 			continue
 		}
-		updated, err := v.rt.Catalog.Update(ctx, r.VM, r.ID, func(rec *contracts.BackupRecord) error {
+		_, err := v.rt.Catalog.Update(ctx, r.VM, r.ID, func(rec *contracts.BackupRecord) error {
 			if rec.Damaged == hit {
 				return catalog.ErrUnchanged
 			}
@@ -135,9 +135,6 @@ func (v *verifier) scanDamage(ctx context.Context, bad map[chunk.ID]string, read
 			continue // pruned meanwhile
 		}
 		if err != nil {
-			return nil, err
-		}
-		if err := v.rt.Repo.PutRecord(ctx, updated); err != nil {
 			return nil, err
 		}
 		v.rt.Log.WarnContext(ctx, "backup damage changed", "vm", r.VM, "backup", r.ID, "damaged", hit)
@@ -217,15 +214,9 @@ func setDigests(r *contracts.BackupRecord, digests []contracts.DiskDigest) {
 
 // storeDigests records certify digests in the backup record.
 func (v *verifier) storeDigests(ctx context.Context, rec *contracts.BackupRecord, digests []contracts.DiskDigest) error {
-	updated, err := v.rt.Catalog.Update(ctx, rec.VM, rec.ID, func(r *contracts.BackupRecord) error {
+	_, err := v.rt.Catalog.Update(ctx, rec.VM, rec.ID, func(r *contracts.BackupRecord) error {
 		setDigests(r, digests)
 		return nil
 	})
-	if err != nil {
-		return err
-	}
-	if updated.State == contracts.StateVerified {
-		return v.rt.Repo.PutRecord(ctx, updated)
-	}
-	return nil
+	return err
 }

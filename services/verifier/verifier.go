@@ -143,9 +143,6 @@ func (v *verifier) verify(ctx context.Context, c *contracts.BackupCommitted) err
 	if verified.State != contracts.StateVerified {
 		return nil
 	}
-	if err := v.rt.Repo.PutRecord(ctx, verified); err != nil {
-		return err
-	}
 	out := &contracts.BackupOutcome{Schema: contracts.SchemaVersion, BackupID: rec.ID, VM: rec.VM, State: contracts.StateVerified}
 	if err := v.rt.Bus.Publish(ctx, contracts.SubjectBackupVerified, out, "outcome-"+rec.ID); err != nil {
 		return err
