@@ -10,7 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/services/scheduler"
+	"github.com/strata-backup/strata/pkg/policy"
 )
 
 func newPolicySetCmd() *cobra.Command {
@@ -39,7 +39,11 @@ func newPolicySetCmd() *cobra.Command {
 			return err
 		}
 		defer c.close()
-		if err := scheduler.PutPolicy(ctx, c.bus.JS, &p); err != nil {
+		policies, err := policy.Open(ctx, c.bus.JS)
+		if err != nil {
+			return err
+		}
+		if err := policies.Put(ctx, &p); err != nil {
 			return err
 		}
 		fmt.Printf("policy of %s set: %s\n", p.VM, p.Schedule)
@@ -59,7 +63,11 @@ func newPolicyLsCmd() *cobra.Command {
 			return err
 		}
 		defer c.close()
-		ps, err := scheduler.Policies(ctx, c.bus.JS)
+		policies, err := policy.Open(ctx, c.bus.JS)
+		if err != nil {
+			return err
+		}
+		ps, err := policies.List(ctx)
 		if err != nil {
 			return err
 		}
@@ -93,12 +101,12 @@ func newPolicyRmCmd() *cobra.Command {
 			return err
 		}
 		defer c.close()
-		kv, err := c.bus.JS.KeyValue(ctx, contracts.BucketPolicies)
+		policies, err := policy.Open(ctx, c.bus.JS)
 		if err != nil {
 			return err
 		}
-		if err := kv.Delete(ctx, contracts.PolicyKey(*vm)); err != nil {
-			return fmt.Errorf("remove policy of %s: %w", *vm, err)
+		if err := policies.Delete(ctx, *vm); err != nil {
+			return err
 		}
 		fmt.Printf("policy of %s removed\n", *vm)
 		return nil

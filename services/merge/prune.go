@@ -2,12 +2,10 @@ package merge
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/policy"
 	"github.com/strata-backup/strata/pkg/retention"
 	"github.com/strata-backup/strata/pkg/runtime"
 )
@@ -74,19 +72,12 @@ func pruneOne(ctx context.Context, rt *runtime.Runtime, hooks Hooks, r *contract
 
 // policyRules reads a VM's retention rules from its policy.
 func policyRules(ctx context.Context, rt *runtime.Runtime, vm string) (retention.Rules, bool, error) {
-	kv, err := rt.Bus.JS.KeyValue(ctx, contracts.BucketPolicies)
+	policies, err := policy.Open(ctx, rt.Bus.JS)
 	if err != nil {
 		return retention.Rules{}, false, err
 	}
-	e, err := kv.Get(ctx, contracts.PolicyKey(vm))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return retention.Rules{}, false, nil
-	}
-	if err != nil {
-		return retention.Rules{}, false, err
-	}
-	var p contracts.Policy
-	if err := contracts.Decode(e.Value(), &p); err != nil {
+	p, ok, err := policies.Get(ctx, vm)
+	if err != nil || !ok {
 		return retention.Rules{}, false, err
 	}
 	return retention.FromPolicy(p), true, nil

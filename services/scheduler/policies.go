@@ -2,17 +2,16 @@ package scheduler
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/robfig/cron/v3"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/policy"
 	"github.com/strata-backup/strata/pkg/schedule"
 )
 
@@ -45,48 +44,38 @@ func (st *policyState) handledUpTo(t time.Time) {
 // is doubled. A (re)started scheduler looks back `catchup` for slots that
 // fired while no replica was up.
 func (s *scheduler) runPolicies(ctx context.Context, tick, catchup time.Duration) error {
-	kv, err := s.rt.Bus.JS.KeyValue(ctx, contracts.BucketPolicies)
+	policies, err := policy.Open(ctx, s.rt.Bus.JS)
 	if err != nil {
-		return fmt.Errorf("open policies: %w", err)
+		return err
 	}
-	w, err := kv.WatchAll(ctx)
+	changes, err := policies.Watch(ctx)
 	if err != nil {
-		return fmt.Errorf("watch policies: %w", err)
+		return err
 	}
 	var mu sync.Mutex
 	states := map[string]*policyState{}
 	started := time.Now()
 	go func() {
-		for e := range w.Updates() {
-			if e == nil {
-				continue // end of the initial values
-			}
+		for c := range changes {
 			mu.Lock()
-			if e.Operation() != jetstream.KeyValuePut {
-				delete(states, e.Key())
+			if c.Err != nil {
+				s.rt.Log.Error("policy refused", "key", c.Key, "err", c.Err)
+			}
+			if c.Policy == nil {
+				delete(states, c.Key)
 				mu.Unlock()
 				continue
 			}
-			var p contracts.Policy
-			err := contracts.Decode(e.Value(), &p)
-			var sched cron.Schedule
-			if err == nil {
-				sched, err = schedule.Parse(p.Schedule)
-			}
-			if err != nil {
-				s.rt.Log.Error("policy refused", "key", e.Key(), "err", err)
-				delete(states, e.Key())
-				mu.Unlock()
-				continue
-			}
+			p := *c.Policy
+			sched, _ := schedule.Parse(p.Schedule) // parsed by the watch
 			last := started.Add(-catchup)
-			if old, ok := states[e.Key()]; ok {
+			if old, ok := states[c.Key]; ok {
 				last = old.handled()
 			}
 			if p.UpdatedAt.After(last) {
 				last = p.UpdatedAt // a new policy does not fire slots from before it existed
 			}
-			states[e.Key()] = &policyState{policy: p, sched: sched, last: last}
+			states[c.Key] = &policyState{policy: p, sched: sched, last: last}
 			mu.Unlock()
 			s.rt.Log.Info("policy loaded", "vm", p.VM, "schedule", p.Schedule)
 		}
@@ -94,7 +83,6 @@ func (s *scheduler) runPolicies(ctx context.Context, tick, catchup time.Duration
 	go func() {
 		t := time.NewTicker(tick)
 		defer t.Stop()
-		defer w.Stop()
 		for {
 			select {
 			case <-ctx.Done():
@@ -166,48 +154,4 @@ func (s *scheduler) fireSlot(ctx context.Context, p contracts.Policy, slot time.
 	}
 	s.rt.Log.InfoContext(ctx, "scheduled backup requested", "vm", p.VM, "backup", id, "slot", slot)
 	return nil
-}
-
-// PutPolicy validates and stores a policy (used by the CLI).
-func PutPolicy(ctx context.Context, js jetstream.JetStream, p *contracts.Policy) error {
-	if _, err := schedule.Parse(p.Schedule); err != nil {
-		return err
-	}
-	b, err := contracts.Encode(p)
-	if err != nil {
-		return err
-	}
-	kv, err := js.KeyValue(ctx, contracts.BucketPolicies)
-	if err != nil {
-		return fmt.Errorf("open policies: %w", err)
-	}
-	if _, err := kv.Put(ctx, contracts.PolicyKey(p.VM), b); err != nil {
-		return fmt.Errorf("store policy of %s: %w", p.VM, err)
-	}
-	return nil
-}
-
-// Policies lists stored policies.
-func Policies(ctx context.Context, js jetstream.JetStream) ([]contracts.Policy, error) {
-	kv, err := js.KeyValue(ctx, contracts.BucketPolicies)
-	if err != nil {
-		return nil, fmt.Errorf("open policies: %w", err)
-	}
-	lister, err := kv.ListKeys(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer lister.Stop()
-	var out []contracts.Policy
-	for k := range lister.Keys() {
-		e, err := kv.Get(ctx, k)
-		if err != nil {
-			continue
-		}
-		var p contracts.Policy
-		if json.Unmarshal(e.Value(), &p) == nil {
-			out = append(out, p)
-		}
-	}
-	return out, nil
 }
