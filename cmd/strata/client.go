@@ -26,6 +26,7 @@ import (
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
+	"github.com/strata-backup/strata/pkg/policy"
 	"github.com/strata-backup/strata/pkg/restore"
 	"github.com/strata-backup/strata/pkg/runtime"
 	"github.com/strata-backup/strata/pkg/source"
@@ -98,6 +99,37 @@ func (c *client) request(ctx context.Context, subject string, req, reply contrac
 }
 
 const noResponderGrace = 15 * time.Second
+
+// call is the whole of a command that is one request to one service:
+// validate (a bad request is a usage error), connect, ask, decode.
+func call(ctx context.Context, what, subject string, req, reply contracts.Message, timeout time.Duration) error {
+	if err := req.Validate(); err != nil {
+		return exitError{2, err}
+	}
+	c, err := connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	if err := c.request(ctx, subject, req, reply, timeout); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
+// policies connects and opens the policy store.
+func policies(ctx context.Context) (*policy.Store, func(), error) {
+	c, err := connect(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := policy.Open(ctx, c.bus.JS)
+	if err != nil {
+		c.close()
+		return nil, nil, err
+	}
+	return s, c.close, nil
+}
 
 // serviceOf names the service behind a request subject (strata.<service>.…).
 func serviceOf(subject string) string {

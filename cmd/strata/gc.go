@@ -22,14 +22,9 @@ func newGCCmd() *cobra.Command {
 		if *grace >= 0 {
 			req.Grace = grace.String()
 		}
-		c, err := connect(ctx)
-		if err != nil {
-			return err
-		}
-		defer c.close()
 		var reply contracts.GCReply
-		if err := c.request(ctx, contracts.SubjectDedupGC, &req, &reply, time.Hour); err != nil {
-			return fmt.Errorf("gc: %w", err)
+		if err := call(ctx, "gc", contracts.SubjectDedupGC, &req, &reply, time.Hour); err != nil {
+			return err
 		}
 		if *asJSON {
 			return printJSON(reply)

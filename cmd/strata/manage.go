@@ -19,17 +19,9 @@ func newCancelCmd() *cobra.Command {
 	asJSON := fs.Bool("json", false, "print JSON")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
-		if err := req.Validate(); err != nil {
-			return exitError{2, err}
-		}
-		c, err := connect(ctx)
-		if err != nil {
-			return err
-		}
-		defer c.close()
 		var reply contracts.CancelReply
-		if err := c.request(ctx, contracts.SubjectSchedulerCancel, &req, &reply, 30*time.Second); err != nil {
-			return fmt.Errorf("cancel: %w", err)
+		if err := call(ctx, "cancel", contracts.SubjectSchedulerCancel, &req, &reply, 30*time.Second); err != nil {
+			return err
 		}
 		if *asJSON {
 			return printJSON(reply)
@@ -56,17 +48,9 @@ func newRmCmd() *cobra.Command {
 	asJSON := fs.Bool("json", false, "print JSON")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
-		if err := req.Validate(); err != nil {
-			return exitError{2, err}
-		}
-		c, err := connect(ctx)
-		if err != nil {
-			return err
-		}
-		defer c.close()
 		var reply contracts.RemoveReply
-		if err := c.request(ctx, contracts.SubjectMergeRemove, &req, &reply, 5*time.Minute); err != nil {
-			return fmt.Errorf("rm: %w", err)
+		if err := call(ctx, "rm", contracts.SubjectMergeRemove, &req, &reply, 5*time.Minute); err != nil {
+			return err
 		}
 		if *asJSON {
 			return printJSON(reply)

@@ -10,7 +10,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/pkg/policy"
 )
 
 func newPolicySetCmd() *cobra.Command {
@@ -34,16 +33,12 @@ func newPolicySetCmd() *cobra.Command {
 		if err := p.Validate(); err != nil {
 			return exitError{2, err}
 		}
-		c, err := connect(ctx)
+		store, done, err := policies(ctx)
 		if err != nil {
 			return err
 		}
-		defer c.close()
-		policies, err := policy.Open(ctx, c.bus.JS)
-		if err != nil {
-			return err
-		}
-		if err := policies.Put(ctx, &p); err != nil {
+		defer done()
+		if err := store.Put(ctx, &p); err != nil {
 			return err
 		}
 		fmt.Printf("policy of %s set: %s\n", p.VM, p.Schedule)
@@ -58,16 +53,12 @@ func newPolicyLsCmd() *cobra.Command {
 	asJSON := fs.Bool("json", false, "print JSON")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
-		c, err := connect(ctx)
+		store, done, err := policies(ctx)
 		if err != nil {
 			return err
 		}
-		defer c.close()
-		policies, err := policy.Open(ctx, c.bus.JS)
-		if err != nil {
-			return err
-		}
-		ps, err := policies.List(ctx)
+		defer done()
+		ps, err := store.List(ctx)
 		if err != nil {
 			return err
 		}
@@ -96,16 +87,12 @@ func newPolicyRmCmd() *cobra.Command {
 		if *vm == "" {
 			return exitError{2, errors.New("policy rm needs --vm")}
 		}
-		c, err := connect(ctx)
+		store, done, err := policies(ctx)
 		if err != nil {
 			return err
 		}
-		defer c.close()
-		policies, err := policy.Open(ctx, c.bus.JS)
-		if err != nil {
-			return err
-		}
-		if err := policies.Delete(ctx, *vm); err != nil {
+		defer done()
+		if err := store.Delete(ctx, *vm); err != nil {
 			return err
 		}
 		fmt.Printf("policy of %s removed\n", *vm)

@@ -27,17 +27,9 @@ func newPruneCmd() *cobra.Command {
 		ctx := cmd.Context()
 		req.UsePolicy = req.KeepLast+req.KeepDaily+req.KeepWeekly+req.KeepMonthly == 0
 		req.DryRun = !*yes
-		if err := req.Validate(); err != nil {
-			return exitError{2, err}
-		}
-		c, err := connect(ctx)
-		if err != nil {
-			return err
-		}
-		defer c.close()
 		var reply contracts.PruneReply
-		if err := c.request(ctx, contracts.SubjectMergePrune, &req, &reply, *timeout); err != nil {
-			return fmt.Errorf("prune: %w", err)
+		if err := call(ctx, "prune", contracts.SubjectMergePrune, &req, &reply, *timeout); err != nil {
+			return err
 		}
 		if *asJSON {
 			return printJSON(reply)

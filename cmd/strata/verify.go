@@ -89,17 +89,9 @@ func newCheckCmd() *cobra.Command {
 			}
 			req.ReadDataPercent = p
 		}
-		if err := req.Validate(); err != nil {
-			return exitError{2, err}
-		}
-		c, err := connect(ctx)
-		if err != nil {
-			return err
-		}
-		defer c.close()
 		var reply contracts.CheckReply
-		if err := c.request(ctx, contracts.SubjectCheck, &req, &reply, *timeout); err != nil {
-			return fmt.Errorf("check: %w", err)
+		if err := call(ctx, "check", contracts.SubjectCheck, &req, &reply, *timeout); err != nil {
+			return err
 		}
 		if *asJSON {
 			printJSON(reply)
