@@ -302,6 +302,10 @@ func ValidChunkSize(n int) error {
 	return nil
 }
 
+// SourceSchemes are the URL schemes of the sources Strata reads (each has a
+// driver in pkg/source).
+var SourceSchemes = []string{"file", "nbd", "vsphere"}
+
 // ValidateSource accepts the source URLs Strata can read.
 func ValidateSource(s string) error {
 	u, err := url.Parse(s)
@@ -336,7 +340,7 @@ func ValidateSource(s string) error {
 		}
 		return fmt.Errorf("source %q: a source is a URL: file:///abs/path.img, nbd://host:port/export or vsphere://vcenter/VM", s)
 	default:
-		return fmt.Errorf("source %q: unsupported scheme %q (supported: file, nbd, vsphere)", s, u.Scheme)
+		return fmt.Errorf("source %q: unsupported scheme %q (supported: %s)", s, u.Scheme, strings.Join(SourceSchemes, ", "))
 	}
 }
 

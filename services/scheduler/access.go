@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/strata-backup/strata/contracts"
@@ -26,8 +27,9 @@ type access struct {
 func newAccess(addr, tokenFile string, allow []string) (*access, error) {
 	a := &access{loopback: isLoopback(addr), allow: allow}
 	for _, p := range allow {
-		if err := contracts.ValidateSource(strings.TrimSuffix(p, "/") + "/x"); err != nil {
-			return nil, fmt.Errorf("STRATA_SOURCE_ALLOW: prefix %q: %w", p, err)
+		u, err := url.Parse(p)
+		if err != nil || !slices.Contains(contracts.SourceSchemes, u.Scheme) || !strings.Contains(p, "://") {
+			return nil, fmt.Errorf("STRATA_SOURCE_ALLOW: prefix %q is not the start of a source URL (%s://…)", p, strings.Join(contracts.SourceSchemes, ":// "))
 		}
 	}
 	if tokenFile != "" {

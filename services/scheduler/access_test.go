@@ -43,6 +43,10 @@ func TestNonLoopbackNeedsToken(t *testing.T) {
 	if _, err := newAccess("127.0.0.1:8080", "", []string{"ftp://x/"}); err == nil {
 		t.Fatal("allow prefix of an unsupported scheme accepted")
 	}
+	// The compose deployment's list.
+	if _, err := newAccess("127.0.0.1:8080", "", []string{"file:///sources/", "nbd://", "vsphere://"}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestAllowedBy(t *testing.T) {
