@@ -386,16 +386,31 @@ func handle[T any, PT interface {
 	msg.NakWithDelay(delay)
 }
 
-// KVLast reads a KV key's last change, deletes included: its stream
-// sequence (0: never written) and value (nil when deleted). Unlike a Get,
-// it tells "deleted since" from "never there", so a reader can notice that
-// anything changed at all since it last looked.
-func KVLast(ctx context.Context, js jetstream.JetStream, bucket, key string) (seq uint64, value []byte, err error) {
+// KVHistory reads a KV bucket's last change of a key, deletes included,
+// through the stream behind the bucket: the one place that knows KV's
+// stream and subject names.
+type KVHistory struct {
+	bucket string
+	stream jetstream.Stream
+}
+
+// OpenKVHistory binds to a bucket's stream (once: reads then cost one
+// request each).
+func OpenKVHistory(ctx context.Context, js jetstream.JetStream, bucket string) (*KVHistory, error) {
 	stream, err := js.Stream(ctx, "KV_"+bucket)
 	if err != nil {
-		return 0, nil, fmt.Errorf("kv %s: %w", bucket, err)
+		return nil, fmt.Errorf("kv %s: %w", bucket, err)
 	}
-	msg, err := stream.GetLastMsgForSubject(ctx, "$KV."+bucket+"."+key)
+	return &KVHistory{bucket: bucket, stream: stream}, nil
+}
+
+// Last returns the key's last change: its stream sequence (0: never
+// written) and value (nil when deleted). Unlike a Get, it tells "deleted
+// since" from "never there", so a reader notices any change at all since
+// it last looked.
+func (h *KVHistory) Last(ctx context.Context, key string) (seq uint64, value []byte, err error) {
+	bucket := h.bucket
+	msg, err := h.stream.GetLastMsgForSubject(ctx, "$KV."+bucket+"."+key)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return 0, nil, nil
 	}

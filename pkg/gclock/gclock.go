@@ -23,7 +23,7 @@ import (
 
 // GC is the lock and the holds.
 type GC struct {
-	js    jetstream.JetStream
+	hist  *bus.KVHistory // the lock's changes, deletes included
 	lock  jetstream.KeyValue
 	holds jetstream.KeyValue
 }
@@ -38,7 +38,11 @@ func Open(ctx context.Context, js jetstream.JetStream) (*GC, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", contracts.BucketGCHolds, err)
 	}
-	return &GC{js: js, lock: lock, holds: holds}, nil
+	hist, err := bus.OpenKVHistory(ctx, js, contracts.BucketGC)
+	if err != nil {
+		return nil, err
+	}
+	return &GC{hist: hist, lock: lock, holds: holds}, nil
 }
 
 // ErrRunning: another collection holds the lock.
@@ -107,7 +111,7 @@ func (g *GC) Running(ctx context.Context) bool {
 // change (deletes included: the end of a collection changes it too). lock
 // is nil when no collection runs.
 func (g *GC) Current(ctx context.Context) (seq uint64, lock *contracts.GCLock, err error) {
-	seq, v, err := bus.KVLast(ctx, g.js, contracts.BucketGC, contracts.GCLockKey)
+	seq, v, err := g.hist.Last(ctx, contracts.GCLockKey)
 	if err != nil || v == nil {
 		return seq, nil, err
 	}
