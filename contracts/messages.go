@@ -103,6 +103,10 @@ type Segment struct {
 	// parent backup; the result marks them InheritID and merge takes the
 	// parent's ids.
 	Inherit bool `json:"inherit,omitempty"`
+	// PutFirst: most chunks read will be new to the repository (a VM's
+	// first full): store them with conditional PUTs and ask dedup only
+	// about those the store refuses, as an incremental (Inherit) does.
+	PutFirst bool `json:"put_first,omitempty"`
 }
 
 // InheritID in SegmentDone.IDs: "same chunk as in the parent backup".

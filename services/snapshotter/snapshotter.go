@@ -159,7 +159,7 @@ func (s *snapshotter) publishSegments(ctx context.Context, rec *contracts.Backup
 		seg := &contracts.Segment{
 			Schema: contracts.SchemaVersion, BackupID: rec.ID, VM: rec.VM, Disk: d.Index, Index: i, Source: d.Source,
 			DiskSize: d.Size, ChunkSize: rec.ChunkSize, FirstChunk: first, Chunks: int(min(int64(perSeg), total-first)),
-			Sparse: plan.sparse, Inherit: plan.inherit,
+			Sparse: plan.sparse, Inherit: plan.inherit, PutFirst: plan.putFirst,
 		}
 		if plan.sparse && i < len(plan.segRuns) {
 			seg.Runs = plan.segRuns[i]
@@ -197,6 +197,7 @@ func lastSegment(rec *contracts.BackupRecord, plans []readPlan, disk, seg int) b
 // readPlan says which chunks of a disk to read.
 type readPlan struct {
 	sparse, inherit bool       // sparse: only runs; inherit: the rest from the parent (else zero)
+	putFirst        bool       // the chunks read are expected new: conditional PUTs first
 	runs            [][2]int64 // chunk runs to read
 	changeID        source.ChangeID
 	changedBytes    int64
@@ -225,7 +226,13 @@ func (p *readPlan) cut(size int64, chunkSize int) {
 func (s *snapshotter) whatToRead(ctx context.Context, req *contracts.BackupRequested, disks []openDisk, rec *contracts.BackupRecord) []readPlan {
 	rec.Kind = contracts.KindFull
 	plans := make([]readPlan, len(disks))
-	if parent, err := s.rt.Catalog.Latest(ctx, req.VM); err == nil {
+	parent, err := s.rt.Catalog.Latest(ctx, req.VM)
+	// A VM's first full mostly reads chunks the repository has never seen:
+	// asking dedup about each first costs a request per chunk for nothing.
+	// A later full (key interval, damaged parent, CBT reset) mostly re-reads
+	// stored chunks, so it asks first.
+	firstFull := errors.Is(err, catalog.ErrNotFound)
+	if err == nil {
 		rec.FullReason = s.incrementalRefused(req, parent, disks)
 		for i, d := range disks {
 			if rec.FullReason != "" {
@@ -259,10 +266,10 @@ func (s *snapshotter) whatToRead(ctx context.Context, req *contracts.BackupReque
 		ext, changeID, err := d.disk.ChangedExtents(ctx, "")
 		if err != nil {
 			s.rt.Log.WarnContext(ctx, "source cannot list allocated extents; reading the whole disk", "disk", d.Name, "err", err)
-			plans[i] = readPlan{}
+			plans[i] = readPlan{putFirst: firstFull}
 			continue
 		}
-		plans[i] = readPlan{sparse: true, runs: source.ChunkRuns(ext, rec.ChunkSize), changeID: changeID}
+		plans[i] = readPlan{sparse: true, runs: source.ChunkRuns(ext, rec.ChunkSize), changeID: changeID, putFirst: firstFull}
 	}
 	return plans
 }

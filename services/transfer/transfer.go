@@ -117,12 +117,13 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 	}
 	var stats segmentStats
 	// An incremental reads only what changed, and changed chunks are almost
-	// always new: store them with one conditional PUT each and ask dedup
-	// only about those the store already holds. Dedup still decides for
+	// always new, as are the chunks of a VM's first full (PutFirst): store
+	// them with one conditional PUT each and ask dedup only about those the
+	// store already holds. Dedup still decides for
 	// those — a known-bad chunk is answered missing and rewritten, a chunk a
 	// running collection condemned is held — and while a collection runs
 	// every segment asks dedup first.
-	stats.putFirst = seg.Inherit && !w.collectionRunning(ctx)
+	stats.putFirst = (seg.Inherit || seg.PutFirst) && !w.collectionRunning(ctx)
 	if len(toRead) > 0 { // a segment with nothing to read never opens the source
 		disk, err := w.disks.get(ctx, seg.BackupID, seg.Source)
 		if err != nil {
