@@ -7,7 +7,7 @@ MODULES := contracts internal pkg services/scheduler services/snapshotter servic
 SERVICES := scheduler snapshotter transfer dedup merge verifier
 PKGS := github.com/strata-backup/strata/...
 
-.PHONY: all build servers test unit e2e vet fuzz bench demo clean tidy images up down e2e-compose bench-scale
+.PHONY: all build servers test unit e2e vet fuzz bench demo clean tidy images up down e2e-compose bench-scale bench-peers
 
 # docker compose v2 plugin where present, Debian's docker-compose otherwise.
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
@@ -86,6 +86,12 @@ down:
 # The compose deployment under faults, on this machine's Docker engine.
 e2e-compose: images
 	STRATA_COMPOSE="$(COMPOSE)" STRATA_REQUIRE_SERVERS=1 $(GO) test -count=1 -timeout 30m -v -run TestCompose ./e2e/
+
+# Strata against restic, kopia and borg on the same synthetic and realistic
+# disks (full, next-day incremental, restore; best of ROUNDS=3); installs
+# the peers when missing. See deploy/bench/peers.sh for its settings.
+bench-peers: build
+	deploy/bench/peers.sh $(BIN)
 
 # Throughput with 1, 2 and 4 rate-limited transfer workers.
 bench-scale: servers

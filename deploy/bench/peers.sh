@@ -1,0 +1,289 @@
+#!/usr/bin/env bash
+# make bench-peers: Strata against restic, kopia and borg on the same disk
+# images, in one run, so nobody has to take a comparison on trust.
+#
+# Setting "embedded" (this script, for now): `strata dev` (all six services
+# and NATS in one process, directory repository) against each tool's local
+# repository. Per disk kind — synthetic (`strata mkdisk`: holes, random,
+# text, repeats; a size that is no multiple of any chunk size) and realistic
+# (GPT, FAT EFI + ext4 made by `mkfs.ext4 -d` from a debootstrap minbase
+# tree plus the Go toolchain; its "next day" changed through the filesystem
+# with debugfs: a new 24 MB database, a 16 MB log, a rewritten binary) —
+# every tool does a full backup, an incremental of the next day and a
+# restore, checked bit for bit; tools alternate within each round, best of
+# ROUNDS. Printed per step: wall time, CPU of every process involved (for
+# Strata the CLI plus the dev process's CPU over the step), peak RSS,
+# repository size (growth for the incremental) and MB/s of logical disk;
+# then Strata's ratio to the best peer. The deployed setting (compose vs
+# restic/kopia on the same S3 container) and Strata's incremental through a
+# qcow2 dirty bitmap come next (issue 11).
+#
+# Environment: ROUNDS (3), DISKS ("synthetic realistic"), TOOLS ("strata
+# borg restic kopia"), SYN_SIZE (2 GiB + 12345), REAL_SIZE (3 GiB),
+# STRATA_BENCH_DIR (a temporary directory under /var/tmp, removed at the
+# end unless STRATA_BENCH_KEEP=1). Peers are installed when missing: restic
+# and kopia built from the Go module proxy into
+# ${XDG_CACHE_HOME:-~/.cache}/strata/peers, borg from Debian; the realistic
+# tree is made once with debootstrap and cached there too.
+#
+# Encryption: restic and kopia always encrypt; borg runs with -e none and
+# Strata without a key. STRATA_BENCH_ENCRYPT=1 gives Strata a key too.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+bin=${1:-$root/bin}
+cache=${XDG_CACHE_HOME:-$HOME/.cache}/strata/peers
+ROUNDS=${ROUNDS:-3}
+DISKS=${DISKS:-synthetic realistic}
+TOOLS=${TOOLS:-strata borg restic kopia}
+SYN_SIZE=${SYN_SIZE:-$(((2 << 30) + 12345))}
+REAL_SIZE=${REAL_SIZE:-$((3 << 30))}
+RESTIC_VERSION=v0.18.1
+KOPIA_VERSION=v0.22.3
+mkdir -p "$cache"
+work=${STRATA_BENCH_DIR:-$(mktemp -d /var/tmp/strata-peers.XXXXXX)}
+mkdir -p "$work"
+cleanup() {
+  [ -n "${devpid:-}" ] && kill "$devpid" 2>/dev/null && wait "$devpid" 2>/dev/null
+  if [ "${STRATA_BENCH_KEEP:-0}" = 1 ] || [ -n "${STRATA_BENCH_DIR:-}" ]; then
+    echo "kept $work" >&2
+  else
+    rm -rf "$work"
+  fi
+}
+trap cleanup EXIT
+log() { echo "== $*" >&2; }
+
+# --- peers ---------------------------------------------------------------
+restic=$cache/restic-$RESTIC_VERSION
+kopia=$cache/kopia-$KOPIA_VERSION
+need_peers() {
+  if [[ " $TOOLS " == *" restic "* ]] && [ ! -x "$restic" ]; then
+    log "building restic $RESTIC_VERSION (once per machine)"
+    local tmp; tmp=$(mktemp -d)
+    (cd "$tmp" && GOWORK=off GOBIN=$tmp go install "github.com/restic/restic/cmd/restic@$RESTIC_VERSION")
+    mv "$tmp/restic" "$restic"; rm -rf "$tmp"
+  fi
+  if [[ " $TOOLS " == *" kopia "* ]] && [ ! -x "$kopia" ]; then
+    # kopia's module has replace directives: built from our tools module,
+    # kept out of go.work like Jaeger's.
+    log "building kopia $KOPIA_VERSION (once per machine, a few minutes)"
+    (cd "$root/deploy/tools/kopia" && GOWORK=off CGO_ENABLED=0 go build -o "$kopia.tmp" github.com/kopia/kopia && mv "$kopia.tmp" "$kopia")
+  fi
+  local pkgs=()
+  [[ " $TOOLS " == *" borg "* ]] && ! command -v borg >/dev/null && pkgs+=(borgbackup)
+  [[ " $DISKS " == *" realistic "* ]] && ! command -v debootstrap >/dev/null && pkgs+=(debootstrap)
+  command -v sfdisk >/dev/null || [ -x /usr/sbin/sfdisk ] || pkgs+=(fdisk)
+  [ -x /usr/sbin/mkfs.vfat ] || pkgs+=(dosfstools)
+  [ -x /usr/bin/time ] || pkgs+=(time)
+  if [ ${#pkgs[@]} -gt 0 ]; then
+    log "installing ${pkgs[*]}"
+    apt-get update -qq && env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+  fi
+}
+
+# --- disks ---------------------------------------------------------------
+# scribble IMG PERCENT SEED: overwrite PERCENT of IMG in 4–64 KiB random
+# writes at deterministic offsets (the synthetic "next day").
+scribble() {
+  local img=$1 pct=$2 size total done=0
+  size=$(stat -c %s "$img"); total=$((size * pct / 100))
+  RANDOM=$3
+  while [ $done -lt $total ]; do
+    local len=$(((RANDOM % 16 + 1) * 4096))
+    local off=$((((RANDOM << 15 | RANDOM) * 4096) % (size - len)))
+    dd if=/dev/urandom of="$img" bs=4096 seek=$((off / 4096)) count=$((len / 4096)) conv=notrunc status=none
+    done=$((done + len))
+  done
+}
+
+synthetic() {
+  local d=$work/disks/synthetic; mkdir -p "$d"
+  [ -f "$d/day1.img" ] && return
+  log "synthetic disk: $SYN_SIZE bytes, then 2 % scattered change"
+  "$bin/strata" mkdisk --size "$SYN_SIZE" --seed 7 "$d/day0.img"
+  cp --sparse=always "$d/day0.img" "$d/day1.img"
+  scribble "$d/day1.img" 2 11
+}
+
+realistic() {
+  local d=$work/disks/realistic; mkdir -p "$d"
+  [ -f "$d/day1.img" ] && return
+  local tree=$cache/rootfs-bookworm-minbase
+  if [ ! -d "$tree/usr" ]; then
+    log "debootstrap --variant=minbase bookworm (once per machine)"
+    debootstrap --variant=minbase bookworm "$tree.tmp" http://deb.debian.org/debian >/dev/null
+    mv "$tree.tmp" "$tree"
+  fi
+  log "realistic disk: GPT, FAT EFI 256 MiB + ext4 (debian minbase + the Go toolchain)"
+  local rootfs=$d/tree; rm -rf "$rootfs"; mkdir -p "$rootfs"
+  cp -a "$tree/." "$rootfs/"
+  mkdir -p "$rootfs/usr/local" && cp -a "$(go env GOROOT)" "$rootfs/usr/local/go"
+  local mib=$((1 << 20)) efi_start=$((1 << 20)) efi_size=$((256 << 20))
+  local ext_start=$((efi_start + efi_size)) ext_size=$((REAL_SIZE - efi_start - efi_size - mib))
+  truncate -s "$efi_size" "$d/efi.part"
+  /usr/sbin/mkfs.vfat -F 32 -n EFI "$d/efi.part" >/dev/null
+  mkdir -p "$d/efi/EFI/BOOT"; head -c $((2 << 20)) /dev/urandom >"$d/efi/EFI/BOOT/BOOTX64.EFI"
+  MTOOLS_SKIP_CHECK=1 mcopy -s -i "$d/efi.part" "$d/efi/EFI" ::/ 2>/dev/null || true
+  truncate -s "$ext_size" "$d/root0.part"
+  /usr/sbin/mkfs.ext4 -q -F -d "$rootfs" -L root "$d/root0.part"
+  # The next day, through the filesystem: a new database, a log, a
+  # rewritten binary.
+  cp --sparse=always "$d/root0.part" "$d/root1.part"
+  head -c $((24 << 20)) /dev/urandom >"$d/app.db"
+  head -c $((16 << 20)) /dev/urandom | base64 >"$d/app.log"
+  head -c "$(stat -c %s "$rootfs/usr/bin/bash")" /dev/urandom >"$d/bash.new"
+  /usr/sbin/debugfs -w "$d/root1.part" >/dev/null 2>&1 <<EOF
+write $d/app.db /var/lib/app.db
+write $d/app.log /var/log/app.log
+rm /usr/bin/bash
+write $d/bash.new /usr/bin/bash
+EOF
+  for day in 0 1; do
+    truncate -s "$REAL_SIZE" "$d/day$day.img"
+    printf 'label: gpt\nstart=%d, size=%d, type=U\nstart=%d, size=%d, type=L\n' \
+      $((efi_start / 512)) $((efi_size / 512)) $((ext_start / 512)) $((ext_size / 512)) | /usr/sbin/sfdisk -q "$d/day$day.img"
+    dd if="$d/efi.part" of="$d/day$day.img" bs=1M seek=$((efi_start / mib)) conv=notrunc,sparse status=none
+    dd if="$d/root$day.part" of="$d/day$day.img" bs=1M seek=$((ext_start / mib)) conv=notrunc,sparse status=none
+  done
+  rm -rf "$rootfs" "$d"/*.part "$d/efi" "$d/app.db" "$d/app.log" "$d/bash.new"
+}
+
+# --- measuring -----------------------------------------------------------
+# timed NAME CMD…: runs CMD under /usr/bin/time; appends "wall cpu maxrss_kb"
+# to $work/t.NAME.
+timed() {
+  local name=$1; shift
+  /usr/bin/time -f "%e %U %S %M" -o "$work/t.tmp" "$@" >"$work/out.$name" 2>&1 || { cat "$work/out.$name" >&2; return 1; }
+  awk '{printf "%s %.2f %s\n", $1, $2 + $3, $4}' "$work/t.tmp" >>"$work/t.$name"
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hwm_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+size_of() { du -sb "$1" | cut -f1; }
+
+# The image every tool backs up sits at one path (a VM's disk does not
+# move); each day is copied there before that day's backup.
+stage() { cp --sparse=always "$1" "$work/vm/disk.img"; touch "$work/vm/disk.img"; }
+same() { [ "$(sha256sum <"$1")" = "$(sha256sum <"$2")" ] || { echo "restore of $3 differs" >&2; exit 1; }; }
+
+run_strata() { # disk round
+  local w=$work/r/strata; rm -rf "$w"; mkdir -p "$w"
+  local port=$((14300 + RANDOM % 500))
+  export STRATA_NATS_URL=nats://127.0.0.1:$port STRATA_STORE_DIR=$w/data/objects STRATA_LOG_LEVEL=warn OTEL_EXPORTER_OTLP_ENDPOINT=
+  if [ "${STRATA_BENCH_ENCRYPT:-0}" = 1 ]; then
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$w/key"; export STRATA_ENCRYPTION_KEY_FILE=$w/key
+  fi
+  "$bin/strata" dev --data "$w/data" --port "$port" >"$w/dev.log" 2>&1 &
+  devpid=$!
+  for _ in $(seq 100); do "$bin/strata" ls >/dev/null 2>&1 && break; sleep 0.1; done
+  local hz; hz=$(getconf CLK_TCK)
+  step() { # name cmd…
+    local name=$1; shift
+    local c0; c0=$(cpu_ticks "$devpid")
+    timed "$name" "$@"
+    local c1; c1=$(cpu_ticks "$devpid")
+    # add the dev process's CPU over the step and its peak RSS
+    local last; last=$(tail -n 1 "$work/t.$name")
+    sed -i '$d' "$work/t.$name"
+    echo "$last" | awk -v dc=$(((c1 - c0))) -v hz="$hz" -v hwm="$(hwm_kb "$devpid")" '{printf "%s %.2f %d\n", $1, $2 + dc / hz, ($3 > hwm ? $3 : hwm)}' >>"$work/t.$name"
+  }
+  stage "$work/disks/$1/day0.img"
+  step "strata.$1.full" "$bin/strata" backup --vm bench --source "file://$work/vm/disk.img" --wait
+  echo "$(size_of "$w/data/objects")" >>"$work/s.strata.$1.full"
+  stage "$work/disks/$1/day1.img"
+  step "strata.$1.incr" "$bin/strata" backup --vm bench --source "file://$work/vm/disk.img" --wait
+  echo "$(size_of "$w/data/objects")" >>"$work/s.strata.$1.incr"
+  step "strata.$1.restore" "$bin/strata" restore --vm bench --backup latest --to "$w/restored.img"
+  same "$w/restored.img" "$work/disks/$1/day1.img" strata
+  kill "$devpid"; wait "$devpid" 2>/dev/null || true; devpid=
+  unset STRATA_ENCRYPTION_KEY_FILE
+}
+
+run_borg() {
+  local w=$work/r/borg; rm -rf "$w"; mkdir -p "$w"
+  export BORG_REPO=$w/repo BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+  borg init -e none >/dev/null
+  stage "$work/disks/$1/day0.img"
+  (cd "$work/vm" && timed "borg.$1.full" borg create ::day0 disk.img)
+  size_of "$w/repo" >>"$work/s.borg.$1.full"
+  stage "$work/disks/$1/day1.img"
+  (cd "$work/vm" && timed "borg.$1.incr" borg create ::day1 disk.img)
+  size_of "$w/repo" >>"$work/s.borg.$1.incr"
+  mkdir -p "$w/out"
+  (cd "$w/out" && timed "borg.$1.restore" borg extract --sparse ::day1)
+  same "$w/out/disk.img" "$work/disks/$1/day1.img" borg
+}
+
+run_restic() {
+  local w=$work/r/restic; rm -rf "$w"; mkdir -p "$w"
+  export RESTIC_REPOSITORY=$w/repo RESTIC_PASSWORD=bench
+  "$restic" init >/dev/null
+  stage "$work/disks/$1/day0.img"
+  (cd "$work/vm" && timed "restic.$1.full" "$restic" backup --no-scan disk.img)
+  size_of "$w/repo" >>"$work/s.restic.$1.full"
+  stage "$work/disks/$1/day1.img"
+  (cd "$work/vm" && timed "restic.$1.incr" "$restic" backup --no-scan disk.img)
+  size_of "$w/repo" >>"$work/s.restic.$1.incr"
+  timed "restic.$1.restore" "$restic" restore latest --target "$w/out"
+  same "$(find "$w/out" -name disk.img)" "$work/disks/$1/day1.img" restic
+}
+
+run_kopia() {
+  local w=$work/r/kopia; rm -rf "$w"; mkdir -p "$w"
+  export KOPIA_PASSWORD=bench KOPIA_CONFIG_PATH=$w/repo.config KOPIA_CACHE_DIRECTORY=$w/cache KOPIA_CHECK_FOR_UPDATES=false
+  "$kopia" repository create filesystem --path "$w/repo" >/dev/null 2>&1
+  stage "$work/disks/$1/day0.img"
+  timed "kopia.$1.full" "$kopia" snapshot create "$work/vm"
+  size_of "$w/repo" >>"$work/s.kopia.$1.full"
+  stage "$work/disks/$1/day1.img"
+  timed "kopia.$1.incr" "$kopia" snapshot create "$work/vm"
+  size_of "$w/repo" >>"$work/s.kopia.$1.incr"
+  local snap; snap=$("$kopia" snapshot list "$work/vm" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])')
+  timed "kopia.$1.restore" "$kopia" snapshot restore "$snap" "$w/out"
+  same "$w/out/disk.img" "$work/disks/$1/day1.img" kopia
+}
+
+# --- report --------------------------------------------------------------
+# best NAME: the fastest run's "wall cpu rss".
+best() { sort -n "$work/t.$1" | head -n 1; }
+
+report() {
+  local disk=$1 size
+  size=$(stat -c %s "$work/disks/$disk/day0.img")
+  printf '\n%s disk (%s bytes logical), embedded, best of %s\n' "$disk" "$size" "$ROUNDS"
+  printf '%-8s %-8s %9s %9s %9s %10s %12s\n' tool step wall_s cpu_s rss_MiB MB/s repo_MB
+  for tool in $TOOLS; do
+    for step in full incr restore; do
+      read -r wall cpu rss < <(best "$tool.$disk.$step")
+      local repo=""
+      case $step in
+        full) repo=$(awk '{printf "%.1f", $1 / 1e6}' < <(sort -n "$work/s.$tool.$disk.full" | head -n 1)) ;;
+        incr) repo=+$(paste <(sort -n "$work/s.$tool.$disk.full" | head -n 1) <(sort -n "$work/s.$tool.$disk.incr" | head -n 1) | awk '{printf "%.1f", ($2 - $1) / 1e6}') ;;
+      esac
+      printf '%-8s %-8s %9.2f %9.2f %9.0f %10.0f %12s\n' "$tool" "$step" "$wall" "$cpu" "$((rss / 1024))" "$(awk -v s="$size" -v w="$wall" 'BEGIN {print s / 1e6 / w}')" "$repo"
+      echo "$disk $tool $step $wall $cpu" >>"$work/summary"
+    done
+  done
+  if [[ " $TOOLS " == *" strata "* ]]; then
+    for step in full incr restore; do
+      awk -v d="$disk" -v st="$step" '$1 == d && $3 == st && $2 != "strata" {if (!b || $4 < b) {b = $4; bt = $2}} $1 == d && $3 == st && $2 == "strata" {s = $4; c = $5}
+        END {if (b) printf "strata %s: %.2fx the speed of the best peer (%s)\n", st, b / s, bt}' "$work/summary"
+    done
+  fi
+}
+
+need_peers
+mkdir -p "$work/vm" "$work/r"
+for disk in $DISKS; do
+  "$disk"
+  for round in $(seq "$ROUNDS"); do
+    # alternate the order, so no tool always runs on a warm page cache
+    tools=($TOOLS); [ $((round % 2)) = 0 ] && tools=($(printf '%s\n' "${tools[@]}" | tac))
+    for tool in "${tools[@]}"; do
+      log "$disk round $round: $tool"
+      "run_$tool" "$disk"
+      rm -rf "$work/r/$tool"
+    done
+  done
+  report "$disk"
+done
