@@ -14,10 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/strata-backup/strata/internal/natstest"
-	"github.com/strata-backup/strata/pkg/badchunks"
 	"github.com/strata-backup/strata/pkg/bus"
-	"github.com/strata-backup/strata/pkg/catalog"
-	"github.com/strata-backup/strata/pkg/gclock"
 	"github.com/strata-backup/strata/pkg/objstore"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/runtime"
@@ -39,22 +36,13 @@ func Runtime(t testing.TB, service string, chunkSize int) (context.Context, *run
 	if err := b.EnsureStreams(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
-	bad, err := badchunks.Open(ctx, js)
+	r, err := repo.Open(ctx, objstore.NewMem(), chunkSize, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	gc, err := gclock.Open(ctx, js)
+	rt, err := runtime.New(ctx, b, r)
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := objstore.NewMem()
-	r, err := repo.Open(ctx, store, chunkSize, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cat, err := catalog.Open(ctx, js, store)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ctx, &runtime.Runtime{Bus: b, Repo: r, Catalog: cat, Bad: bad, GC: gc, Log: log}
+	return ctx, rt
 }

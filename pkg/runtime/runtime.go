@@ -107,14 +107,6 @@ func Start(ctx context.Context, service string, c Common) (*Runtime, error) {
 	if err := b.EnsureStreams(ctx, c.JSReplicas); err != nil {
 		return nil, err
 	}
-	bad, err := badchunks.Open(ctx, b.JS)
-	if err != nil {
-		return nil, err
-	}
-	gc, err := gclock.Open(ctx, b.JS)
-	if err != nil {
-		return nil, err
-	}
 	store, err := c.OpenStore(ctx)
 	if err != nil {
 		return nil, err
@@ -123,18 +115,40 @@ func Start(ctx context.Context, service string, c Common) (*Runtime, error) {
 	if err != nil {
 		return nil, err
 	}
-	cat, err := catalog.Open(ctx, b.JS, store)
+	rt, err := New(ctx, b, r)
 	if err != nil {
 		return nil, err
 	}
+	rt.tp = tp
 	log.Info("started", "nats", c.NATSURL, "store", store.String(), "chunk_size", r.Config.ChunkSize, "encrypted", r.Encrypted())
-	return &Runtime{Bus: b, Repo: r, Catalog: cat, Bad: bad, GC: gc, Log: log, tp: tp}, nil
+	return rt, nil
+}
+
+// New binds the owners of the shared state (catalog, bad-chunk marks, GC
+// lock) to a connected bus whose streams exist and an opened repository:
+// the one wiring, for service processes and for tests.
+func New(ctx context.Context, b *bus.Bus, r *repo.Repository) (*Runtime, error) {
+	bad, err := badchunks.Open(ctx, b.JS)
+	if err != nil {
+		return nil, err
+	}
+	gc, err := gclock.Open(ctx, b.JS)
+	if err != nil {
+		return nil, err
+	}
+	cat, err := catalog.Open(ctx, b.JS, r.Store)
+	if err != nil {
+		return nil, err
+	}
+	return &Runtime{Bus: b, Repo: r, Catalog: cat, Bad: bad, GC: gc, Log: b.Log}, nil
 }
 
 // Close flushes traces and drains NATS.
 func (rt *Runtime) Close(ctx context.Context) {
 	rt.Bus.Close()
-	rt.tp.Shutdown(ctx)
+	if rt.tp != nil {
+		rt.tp.Shutdown(ctx)
+	}
 }
 
 // FailBackup moves a backup to failed (if it is not final yet: the
