@@ -137,8 +137,10 @@ func (m *CheckRequest) Validate() error {
 	if m.ReadDataPercent < 0 || m.ReadDataPercent > 100 {
 		return fmt.Errorf("read_data_percent %g: want 0–100", m.ReadDataPercent)
 	}
-	if m.Shards < 0 || m.Shards > 256 || (m.Shards > 0 && 256%m.Shards != 0) {
-		return fmt.Errorf("shards %d: a power of two from 1 to 256", m.Shards)
+	if m.Shards != 0 {
+		if err := ValidShards(m.Shards); err != nil {
+			return fmt.Errorf("shards: %w", err)
+		}
 	}
 	return nil
 }
@@ -249,3 +251,12 @@ type VerifyJob struct {
 }
 
 func (m *VerifyJob) Validate() error { return checkSchema(m.Schema) }
+
+// ValidShards checks a number of passes over the chunk-id space (garbage
+// collection, check): they split the 256 first-byte values evenly.
+func ValidShards(n int) error {
+	if n < 1 || n > 256 || 256%n != 0 {
+		return fmt.Errorf("%d is not a power of two from 1 to 256", n)
+	}
+	return nil
+}

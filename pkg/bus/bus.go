@@ -422,3 +422,10 @@ func (h *KVHistory) Last(ctx context.Context, key string) (seq uint64, value []b
 	}
 	return msg.Sequence, msg.Data, nil
 }
+
+// IsWrongSequence reports a compare-and-set that lost: the key changed
+// since the revision it was based on.
+func IsWrongSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/objstore"
 )
 
@@ -183,7 +184,7 @@ func (c *Catalog) Update(ctx context.Context, vm, id string, f func(*contracts.B
 			return nil, errors.New("catalog opened read-only")
 		}
 		if _, err := c.kv.Update(ctx, key, b, rev); err != nil {
-			if errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err) {
+			if errors.Is(err, jetstream.ErrKeyExists) || bus.IsWrongSequence(err) {
 				continue // someone else wrote first: re-read and re-apply
 			}
 			return nil, fmt.Errorf("update catalog entry %s: %w", key, err)
@@ -196,11 +197,6 @@ func (c *Catalog) Update(ctx context.Context, vm, id string, f func(*contracts.B
 		return r, nil
 	}
 	return nil, fmt.Errorf("update catalog entry %s: too much contention", key)
-}
-
-func isWrongSequence(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
 
 // List returns the records of one VM (all VMs when vm is empty), oldest first.

@@ -75,7 +75,7 @@ func (g *GC) Take(ctx context.Context, l contracts.GCLock, stale time.Duration) 
 		return 0, fmt.Errorf("%w (since %s, %s ago)", ErrRunning, held.Since.Format(time.RFC3339), age.Round(time.Second))
 	}
 	rev, err = g.lock.Update(ctx, contracts.GCLockKey, b, e.Revision())
-	if errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err) {
+	if errors.Is(err, jetstream.ErrKeyExists) || bus.IsWrongSequence(err) {
 		return 0, fmt.Errorf("%w (another collector took over the stale lock first)", ErrRunning)
 	}
 	if err != nil {
@@ -177,9 +177,4 @@ func (g *GC) Deleted(ctx context.Context, gcID, chunkID string) error {
 		return fmt.Errorf("mark chunk %s deleted: %w", chunkID, err)
 	}
 	return nil
-}
-
-func isWrongSequence(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }

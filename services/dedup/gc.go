@@ -73,10 +73,10 @@ func collect(ctx context.Context, rt *runtime.Runtime, grace time.Duration, dryR
 	return r, nil
 }
 
-// validShards: shards split the 256 first-byte values evenly.
+// validShards checks STRATA_GC_SHARDS.
 func validShards(n int) error {
-	if n < 1 || n > 256 || 256%n != 0 {
-		return fmt.Errorf("STRATA_GC_SHARDS=%d: must be a power of two from 1 to 256", n)
+	if err := contracts.ValidShards(n); err != nil {
+		return fmt.Errorf("STRATA_GC_SHARDS: %w", err)
 	}
 	return nil
 }

@@ -54,8 +54,8 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	if err := cfg.Mode.Validate(false); err != nil {
 		return fmt.Errorf("STRATA_VERIFY_MODE: %w", err)
 	}
-	if n := cfg.CheckShards; n < 1 || n > 256 || 256%n != 0 {
-		return fmt.Errorf("STRATA_CHECK_SHARDS=%d: must be a power of two from 1 to 256", n)
+	if err := contracts.ValidShards(cfg.CheckShards); err != nil {
+		return fmt.Errorf("STRATA_CHECK_SHARDS: %w", err)
 	}
 	v := &verifier{rt: rt, sources: source.NewOpener(cfg.Config), mode: cfg.Mode, trivialBytes: max(1, cfg.TrivialMiB) << 20, scratch: cfg.ScratchDir, checkShards: cfg.CheckShards}
 	svc, err := rt.Bus.AddService("backup verification, chunk verify jobs, damage report")
