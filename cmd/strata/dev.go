@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"time"
 
@@ -30,6 +31,7 @@ func newDevCmd() *cobra.Command {
 	fs := cmd.Flags()
 	data := fs.String("data", "", "directory for NATS state and the repository")
 	port := fs.Int("port", 4222, "NATS client port (127.0.0.1)")
+	cpuProfile := fs.String("cpu-profile", "", "write a CPU profile of the whole process (all services and NATS) to this file at exit (go tool pprof)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
 		if *data == "" {
@@ -38,6 +40,16 @@ func newDevCmd() *cobra.Command {
 		dir, err := filepath.Abs(*data)
 		if err != nil {
 			return err
+		}
+		if *cpuProfile != "" {
+			f, err := os.Create(*cpuProfile)
+			if err != nil {
+				return err
+			}
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return err
+			}
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
 		}
 		ns, err := server.NewServer(&server.Options{
 			ServerName: "strata-dev", Host: "127.0.0.1", Port: *port,

@@ -10,33 +10,66 @@ import (
 func TestEncodeDecode(t *testing.T) {
 	random := make([]byte, 1<<20)
 	rand.Read(random)
+	text := bytes.Repeat([]byte("the quick brown fox "), 50000)
 	tests := []struct {
 		name      string
 		data      []byte
+		codec     Codec
 		wantCodec byte
 	}{
-		{"text compresses", bytes.Repeat([]byte("the quick brown fox "), 50000), codecZstd},
-		{"random gives up", random, codecRaw},
-		{"short tail chunk", []byte("x"), codecRaw},
+		{"text compresses", text, Zstd, codecZstd},
+		{"text compresses with s2", text, S2, codecS2},
+		{"none stores raw", text, Raw, codecRaw},
+		{"random gives up", random, Zstd, codecRaw},
+		{"random gives up with s2", random, S2, codecRaw},
+		{"short tail chunk", []byte("x"), Zstd, codecRaw},
+		{"short tail chunk with s2", []byte("x"), S2, codecRaw},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			obj := Encode(tc.data)
-			if obj[4] != tc.wantCodec {
-				t.Fatalf("codec %d, want %d", obj[4], tc.wantCodec)
-			}
-			got, err := Decode(obj, Hash(tc.data))
-			if err != nil || !bytes.Equal(got, tc.data) {
-				t.Fatalf("round trip: %v", err)
+			for _, dst := range [][]byte{nil, make([]byte, 0, 16), make([]byte, 0, 4<<20)} {
+				obj := AppendEncode(dst, tc.data, tc.codec)
+				if obj[4] != tc.wantCodec {
+					t.Fatalf("codec %d, want %d", obj[4], tc.wantCodec)
+				}
+				got, err := Decode(obj, Hash(tc.data))
+				if err != nil || !bytes.Equal(got, tc.data) {
+					t.Fatalf("round trip: %v", err)
+				}
 			}
 		})
+	}
+	// Appending keeps what dst held.
+	obj := AppendEncode([]byte("prefix"), text, S2)
+	if string(obj[:6]) != "prefix" {
+		t.Fatal("AppendEncode overwrote dst")
+	}
+	if got, err := Decode(obj[6:], Hash(text)); err != nil || !bytes.Equal(got, text) {
+		t.Fatalf("appended round trip: %v", err)
+	}
+}
+
+func TestParseCodec(t *testing.T) {
+	for _, c := range []Codec{Zstd, S2, Raw} {
+		if got, err := ParseCodec(c.String()); err != nil || got != c {
+			t.Fatalf("%s: %v %v", c, got, err)
+		}
+	}
+	if _, err := ParseCodec("lz5"); err == nil {
+		t.Fatal("unknown codec accepted")
 	}
 }
 
 func TestDecodeRejectsCorruption(t *testing.T) {
+	for _, c := range []Codec{Zstd, S2} {
+		t.Run(c.String(), func(t *testing.T) { testDecodeRejectsCorruption(t, c) })
+	}
+}
+
+func testDecodeRejectsCorruption(t *testing.T, c Codec) {
 	data := bytes.Repeat([]byte("abcdefgh"), 8192)
 	id := Hash(data)
-	obj := Encode(data)
+	obj := AppendEncode(nil, data, c)
 	for i := 0; i < len(obj); i += 7 {
 		bad := append([]byte(nil), obj...)
 		bad[i] ^= 0x01
@@ -98,6 +131,28 @@ func BenchmarkEncodeParallel(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			Encode(data)
+		}
+	})
+}
+
+// FuzzDecode: whatever a stored object holds, Decode returns the bytes of
+// the id or an error wrapping ErrCorrupt — never a panic, never other bytes.
+func FuzzDecode(f *testing.F) {
+	data := bytes.Repeat([]byte("strata chunk "), 3000)
+	f.Add(AppendEncode(nil, data, Zstd))
+	f.Add(AppendEncode(nil, data, S2))
+	f.Add(AppendEncode(nil, data, Raw))
+	id := Hash(data)
+	f.Fuzz(func(t *testing.T, obj []byte) {
+		got, err := Decode(obj, id)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("error not wrapping ErrCorrupt: %v", err)
+			}
+			return
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatal("decoded bytes differ from the id's")
 		}
 	})
 }

@@ -9,12 +9,16 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // Dir stores objects as files under a root directory: the embedded
 // (laptop) backend. Writes go to a temporary file renamed into place, so a
 // crash never leaves a torn object.
-type Dir struct{ root string }
+type Dir struct {
+	root string
+	dirs sync.Map // directories known to exist: spares a MkdirAll per object
+}
 
 // NewDir opens (creating) a directory store.
 func NewDir(root string) (*Dir, error) {
@@ -47,6 +51,15 @@ func (d *Dir) PutIfAbsent(ctx context.Context, key string, data []byte) (bool, e
 }
 
 func (d *Dir) put(key string, data []byte, ifAbsent bool) (created bool, err error) {
+	created, err = d.put1(key, data, ifAbsent)
+	if errors.Is(err, fs.ErrNotExist) { // a directory removed behind our back: make it again
+		d.dirs.Clear()
+		created, err = d.put1(key, data, ifAbsent)
+	}
+	return created, err
+}
+
+func (d *Dir) put1(key string, data []byte, ifAbsent bool) (created bool, err error) {
 	p, err := d.path(key)
 	if err != nil {
 		return false, err
@@ -56,10 +69,23 @@ func (d *Dir) put(key string, data []byte, ifAbsent bool) (created bool, err err
 			return false, nil // spare writing a temporary file
 		}
 	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return false, fmt.Errorf("put %s: %w", key, err)
+	dir := filepath.Dir(p)
+	if _, ok := d.dirs.Load(dir); !ok {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return false, fmt.Errorf("put %s: %w", key, err)
+		}
+		d.dirs.Store(dir, true)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
+	if ifAbsent {
+		created, supported, err := linkNew(dir, p, data)
+		if err != nil {
+			return false, fmt.Errorf("put %s: %w", key, err)
+		}
+		if supported {
+			return created, nil
+		}
+	}
+	tmp, err := os.CreateTemp(dir, ".tmp-*")
 	if err != nil {
 		return false, fmt.Errorf("put %s: %w", key, err)
 	}

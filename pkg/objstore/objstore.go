@@ -33,7 +33,9 @@ type Info struct {
 	Modified time.Time
 }
 
-// Store is an object store. Implementations are safe for concurrent use.
+// Store is an object store. Implementations are safe for concurrent use,
+// and never keep or change the data given to Put or PutIfAbsent after they
+// return: callers reuse those buffers.
 type Store interface {
 	Put(ctx context.Context, key string, data []byte) error
 	PutIfAbsent(ctx context.Context, key string, data []byte) (created bool, err error)

@@ -150,9 +150,18 @@ func (r *Repository) Encrypted() bool { return r.Config.Encrypted }
 // the keyed hash of an encrypted repository.
 func (r *Repository) ChunkID(data []byte) chunk.ID { return r.seal.ChunkID(data) }
 
-// EncodeChunk is the stored form of a chunk: compressed, then sealed.
+// EncodeChunk is the stored form of a chunk: compressed with zstd, then
+// sealed.
 func (r *Repository) EncodeChunk(id chunk.ID, data []byte) []byte {
-	return r.seal.seal(chunk.Encode(data), id[:])
+	return r.AppendChunk(nil, id, data, chunk.Zstd)
+}
+
+// AppendChunk appends the stored form of a chunk, compressed with c, to
+// dst, which the caller may reuse once the result is no longer needed (a
+// plaintext repository returns dst's memory; a sealed one allocates its
+// own). A stored chunk names its codec, so changing c rewrites nothing.
+func (r *Repository) AppendChunk(dst []byte, id chunk.ID, data []byte, c chunk.Codec) []byte {
+	return r.seal.seal(chunk.AppendEncode(dst, data, c), id[:])
 }
 
 func readConfig(ctx context.Context, store objstore.Store) (Config, error) {

@@ -1,6 +1,11 @@
 package transfer
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/chunk"
+)
 
 // Conditional PUTs stay the first choice until a backup has seen at least
 // minRefusals refusals and more refusals than creations; backups are
@@ -27,6 +32,30 @@ func TestPutOutcomesFallBackWhenMostlyRefused(t *testing.T) {
 		}
 		if !p.worthIt("b2") || !p.worthIt("unseen") {
 			t.Errorf("%s: another backup's refusals changed this one's choice", tc.name)
+		}
+	}
+}
+
+// auto compresses a VM's first full (PutFirst) with S2 and later backups
+// with zstd; a named codec applies to every segment.
+func TestCodecFor(t *testing.T) {
+	first, later := &contracts.Segment{PutFirst: true}, &contracts.Segment{Inherit: true}
+	tests := []struct {
+		setting     string
+		first, next chunk.Codec
+	}{
+		{"auto", chunk.S2, chunk.Zstd},
+		{"zstd", chunk.Zstd, chunk.Zstd},
+		{"s2", chunk.S2, chunk.S2},
+		{"none", chunk.Raw, chunk.Raw},
+	}
+	for _, tc := range tests {
+		cfg := Config{Compression: tc.setting}
+		if got := cfg.codecFor(first); got != tc.first {
+			t.Errorf("%s, first full: %s, want %s", tc.setting, got, tc.first)
+		}
+		if got := cfg.codecFor(later); got != tc.next {
+			t.Errorf("%s, later backup: %s, want %s", tc.setting, got, tc.next)
 		}
 	}
 }
