@@ -54,4 +54,67 @@ func TestDevMode(t *testing.T) {
 	if sha256File(t, restored) != sha256File(t, img) {
 		t.Fatal("dev mode restore differs")
 	}
+
+	// STRATA_COMPRESSION=auto: the first full's chunks are S2, the chunks a
+	// later backup adds are zstd; both restore bit for bit.
+	objects := filepath.Join(dir, "data", "objects", "chunks")
+	first := chunkCodecs(t, objects, nil)
+	if first[2] == 0 || first[1] != 0 {
+		t.Fatalf("first full stored chunks by codec %v: want S2 (2) and no zstd (1)", first)
+	}
+	seen := map[string]bool{}
+	chunkCodecs(t, objects, seen)
+	f, err := os.OpenFile(img, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := []byte(strings.Repeat("the next day's log line, compressible\n", 20000))
+	if _, err := f.WriteAt(text, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	out, err = cli("backup", "--vm", "laptop", "--source", "file://"+img, "--wait")
+	if err != nil {
+		t.Fatalf("second backup in dev mode: %v %s", err, out)
+	}
+	id = strings.TrimSpace(strings.Split(out, "\n")[0])
+	added := chunkCodecs(t, objects, seen)
+	if added[1] == 0 || added[2] != 0 {
+		t.Fatalf("second backup added chunks by codec %v: want zstd (1) and no S2 (2)", added)
+	}
+	if out, err := cli("restore", "--vm", "laptop", "--backup", id, "--to", restored, "--force"); err != nil {
+		t.Fatalf("restore of the second backup: %v %s", err, out)
+	}
+	if sha256File(t, restored) != sha256File(t, img) {
+		t.Fatal("dev mode restore of the second backup differs")
+	}
+}
+
+// chunkCodecs counts the chunk objects under dir by the codec byte of
+// their header, skipping (and then adding) those named in seen when it is
+// not nil.
+func chunkCodecs(t *testing.T, dir string, seen map[string]bool) map[byte]int {
+	t.Helper()
+	n := map[byte]int{}
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || seen[p] {
+			return err
+		}
+		if seen != nil {
+			seen[p] = true
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		if len(b) < 9 || string(b[:4]) != "STC1" {
+			t.Fatalf("%s is not a stored chunk", p)
+		}
+		n[b[4]]++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

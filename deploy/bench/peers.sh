@@ -2,9 +2,14 @@
 # make bench-peers: Strata against restic, kopia and borg on the same disk
 # images, in one run, so nobody has to take a comparison on trust.
 #
-# Setting "embedded" (this script, for now): `strata dev` (all six services
-# and NATS in one process, directory repository) against each tool's local
-# repository. Per disk kind — synthetic (`strata mkdisk`: holes, random,
+# Setting "embedded": `strata dev` (all six services and NATS in one
+# process, directory repository) against each tool's local repository.
+# Setting "deployed": Strata's compose deployment (3 NATS nodes, versitygw,
+# six services, TRANSFERS=3 workers; backups with --wait) against restic
+# and kopia writing to the same versitygw container (borg has no S3
+# backend); CPU is the client's plus, for Strata, every container's and,
+# for the peers, the S3 container's; repository size is the bucket's
+# directory in the S3 volume. Needs Docker (make images is run). Per disk kind — synthetic (`strata mkdisk`: holes, random,
 # text, repeats; a size that is no multiple of any chunk size) and realistic
 # (GPT, FAT EFI + ext4 made by `mkfs.ext4 -d` from a debootstrap minbase
 # tree plus the Go toolchain; its "next day" changed through the filesystem
@@ -14,12 +19,13 @@
 # ROUNDS. Printed per step: wall time, CPU of every process involved (for
 # Strata the CLI plus the dev process's CPU over the step), peak RSS,
 # repository size (growth for the incremental) and MB/s of logical disk;
-# then Strata's ratio to the best peer. The deployed setting (compose vs
-# restic/kopia on the same S3 container) and Strata's incremental through a
-# qcow2 dirty bitmap come next (issue 11).
+# then Strata's ratio to the best peer (speed and CPU); at the end, the
+# compression codecs on the same disks (BenchmarkCodecs). Strata's
+# incremental through a qcow2 dirty bitmap is still to come (issue 11).
 #
-# Environment: ROUNDS (3), DISKS ("synthetic realistic"), TOOLS ("strata
-# borg restic kopia"), SYN_SIZE (2 GiB + 12345), REAL_SIZE (3 GiB),
+# Environment: SETTINGS ("embedded deployed"), ROUNDS (3), DISKS
+# ("synthetic realistic"), TOOLS ("strata borg restic kopia"), TRANSFERS (3),
+# DEP_S3_PORT (17070) and DEP_NATS_PORT (14222, and the next two), SYN_SIZE (2 GiB + 12345), REAL_SIZE (3 GiB),
 # STRATA_BENCH_DIR (a temporary directory under /var/tmp, removed at the
 # end unless STRATA_BENCH_KEEP=1). Peers are installed when missing: restic
 # and kopia built from the Go module proxy into
@@ -35,6 +41,8 @@ cache=${XDG_CACHE_HOME:-$HOME/.cache}/strata/peers
 ROUNDS=${ROUNDS:-3}
 DISKS=${DISKS:-synthetic realistic}
 TOOLS=${TOOLS:-strata borg restic kopia}
+ALL_TOOLS=$TOOLS
+SETTINGS=${SETTINGS:-embedded deployed}
 SYN_SIZE=${SYN_SIZE:-$(((2 << 30) + 12345))}
 REAL_SIZE=${REAL_SIZE:-$((3 << 30))}
 RESTIC_VERSION=v0.18.1
@@ -44,6 +52,7 @@ work=${STRATA_BENCH_DIR:-$(mktemp -d /var/tmp/strata-peers.XXXXXX)}
 mkdir -p "$work"
 cleanup() {
   [ -n "${devpid:-}" ] && kill "$devpid" 2>/dev/null && wait "$devpid" 2>/dev/null
+  [ "${S:-}" = deployed ] && deployed_down
   if [ "${STRATA_BENCH_KEEP:-0}" = 1 ] || [ -n "${STRATA_BENCH_DIR:-}" ]; then
     echo "kept $work" >&2
   else
@@ -166,7 +175,8 @@ size_of() { du -sb "$1" | cut -f1; }
 stage() { cp --sparse=always "$1" "$work/vm/disk.img"; touch "$work/vm/disk.img"; }
 same() { [ "$(sha256sum <"$1")" = "$(sha256sum <"$2")" ] || { echo "restore of $3 differs" >&2; exit 1; }; }
 
-run_strata() { # disk round
+run_strata() { # disk
+  [ "$S" = deployed ] && { run_strata_deployed "$1"; return; }
   local w=$work/r/strata; rm -rf "$w"; mkdir -p "$w"
   local port=$((14300 + RANDOM % 500))
   export STRATA_NATS_URL=nats://127.0.0.1:$port STRATA_STORE_DIR=$w/data/objects STRATA_LOG_LEVEL=warn OTEL_EXPORTER_OTLP_ENDPOINT=
@@ -188,12 +198,12 @@ run_strata() { # disk round
     echo "$last" | awk -v dc=$(((c1 - c0))) -v hz="$hz" -v hwm="$(hwm_kb "$devpid")" '{printf "%s %.2f %d\n", $1, $2 + dc / hz, ($3 > hwm ? $3 : hwm)}' >>"$work/t.$name"
   }
   stage "$work/disks/$1/day0.img"
-  step "strata.$1.full" "$bin/strata" backup --vm bench --source "file://$work/vm/disk.img" --wait
-  echo "$(size_of "$w/data/objects")" >>"$work/s.strata.$1.full"
+  step "$S.strata.$1.full" "$bin/strata" backup --vm bench --source "file://$work/vm/disk.img" --wait
+  echo "$(size_of "$w/data/objects")" >>"$work/s.$S.strata.$1.full"
   stage "$work/disks/$1/day1.img"
-  step "strata.$1.incr" "$bin/strata" backup --vm bench --source "file://$work/vm/disk.img" --wait
-  echo "$(size_of "$w/data/objects")" >>"$work/s.strata.$1.incr"
-  step "strata.$1.restore" "$bin/strata" restore --vm bench --backup latest --to "$w/restored.img"
+  step "$S.strata.$1.incr" "$bin/strata" backup --vm bench --source "file://$work/vm/disk.img" --wait
+  echo "$(size_of "$w/data/objects")" >>"$work/s.$S.strata.$1.incr"
+  step "$S.strata.$1.restore" "$bin/strata" restore --vm bench --backup latest --to "$w/restored.img"
   same "$w/restored.img" "$work/disks/$1/day1.img" strata
   kill "$devpid"; wait "$devpid" 2>/dev/null || true; devpid=
   unset STRATA_ENCRYPTION_KEY_FILE
@@ -204,42 +214,158 @@ run_borg() {
   export BORG_REPO=$w/repo BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
   borg init -e none >/dev/null
   stage "$work/disks/$1/day0.img"
-  (cd "$work/vm" && timed "borg.$1.full" borg create ::day0 disk.img)
-  size_of "$w/repo" >>"$work/s.borg.$1.full"
+  (cd "$work/vm" && timed "$S.borg.$1.full" borg create ::day0 disk.img)
+  size_of "$w/repo" >>"$work/s.$S.borg.$1.full"
   stage "$work/disks/$1/day1.img"
-  (cd "$work/vm" && timed "borg.$1.incr" borg create ::day1 disk.img)
-  size_of "$w/repo" >>"$work/s.borg.$1.incr"
+  (cd "$work/vm" && timed "$S.borg.$1.incr" borg create ::day1 disk.img)
+  size_of "$w/repo" >>"$work/s.$S.borg.$1.incr"
   mkdir -p "$w/out"
-  (cd "$w/out" && timed "borg.$1.restore" borg extract --sparse ::day1)
+  (cd "$w/out" && timed "$S.borg.$1.restore" borg extract --sparse ::day1)
   same "$w/out/disk.img" "$work/disks/$1/day1.img" borg
 }
 
 run_restic() {
+  [ "$S" = deployed ] && { run_restic_deployed "$1"; return; }
   local w=$work/r/restic; rm -rf "$w"; mkdir -p "$w"
   export RESTIC_REPOSITORY=$w/repo RESTIC_PASSWORD=bench
   "$restic" init >/dev/null
   stage "$work/disks/$1/day0.img"
-  (cd "$work/vm" && timed "restic.$1.full" "$restic" backup --no-scan disk.img)
-  size_of "$w/repo" >>"$work/s.restic.$1.full"
+  (cd "$work/vm" && timed "$S.restic.$1.full" "$restic" backup --no-scan disk.img)
+  size_of "$w/repo" >>"$work/s.$S.restic.$1.full"
   stage "$work/disks/$1/day1.img"
-  (cd "$work/vm" && timed "restic.$1.incr" "$restic" backup --no-scan disk.img)
-  size_of "$w/repo" >>"$work/s.restic.$1.incr"
-  timed "restic.$1.restore" "$restic" restore latest --target "$w/out"
+  (cd "$work/vm" && timed "$S.restic.$1.incr" "$restic" backup --no-scan disk.img)
+  size_of "$w/repo" >>"$work/s.$S.restic.$1.incr"
+  timed "$S.restic.$1.restore" "$restic" restore latest --target "$w/out"
   same "$(find "$w/out" -name disk.img)" "$work/disks/$1/day1.img" restic
 }
 
 run_kopia() {
+  [ "$S" = deployed ] && { run_kopia_deployed "$1"; return; }
   local w=$work/r/kopia; rm -rf "$w"; mkdir -p "$w"
   export KOPIA_PASSWORD=bench KOPIA_CONFIG_PATH=$w/repo.config KOPIA_CACHE_DIRECTORY=$w/cache KOPIA_CHECK_FOR_UPDATES=false
   "$kopia" repository create filesystem --path "$w/repo" >/dev/null 2>&1
   stage "$work/disks/$1/day0.img"
-  timed "kopia.$1.full" "$kopia" snapshot create "$work/vm"
-  size_of "$w/repo" >>"$work/s.kopia.$1.full"
+  timed "$S.kopia.$1.full" "$kopia" snapshot create "$work/vm"
+  size_of "$w/repo" >>"$work/s.$S.kopia.$1.full"
   stage "$work/disks/$1/day1.img"
-  timed "kopia.$1.incr" "$kopia" snapshot create "$work/vm"
-  size_of "$w/repo" >>"$work/s.kopia.$1.incr"
+  timed "$S.kopia.$1.incr" "$kopia" snapshot create "$work/vm"
+  size_of "$w/repo" >>"$work/s.$S.kopia.$1.incr"
   local snap; snap=$("$kopia" snapshot list "$work/vm" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])')
-  timed "kopia.$1.restore" "$kopia" snapshot restore "$snap" "$w/out"
+  timed "$S.kopia.$1.restore" "$kopia" snapshot restore "$snap" "$w/out"
+  same "$w/out/disk.img" "$work/disks/$1/day1.img" kopia
+}
+
+# --- deployed: the compose stack and the peers on its S3 container -----
+# Its own project name and ports, so a deployment already running on this
+# machine is left alone; torn down (volumes too) after every round, so each
+# round starts from empty repositories.
+DEP_S3=${DEP_S3_PORT:-17070}
+DEP_NATS=${DEP_NATS_PORT:-14222}
+S3_KEY=strata S3_SECRET=strata-secret-key
+compose_cmd=$(docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+compose() {
+  (cd "$root" && COMPOSE_PROJECT_NAME=stratabench STRATA_SOURCES=$work/vm STRATA_API_TOKEN_PATH=$work/api-token \
+    STRATA_NATS1_PORT=$DEP_NATS STRATA_NATS2_PORT=$((DEP_NATS + 1)) STRATA_NATS3_PORT=$((DEP_NATS + 2)) \
+    STRATA_S3_PORT=$DEP_S3 STRATA_HTTP_PORT=$((DEP_S3 + 1)) JAEGER_UI_PORT=$((DEP_S3 + 2)) $compose_cmd "$@")
+}
+deployed_images() {
+  log "building the images (make images)"
+  "$root/deploy/docker/images.sh" >/dev/null
+  head -c 24 /dev/urandom | base64 >"$work/api-token"; chmod 644 "$work/api-token"
+}
+deployed_up() {
+  compose up -d --scale transfer="${TRANSFERS:-3}" >/dev/null 2>&1
+  local id st
+  for _ in $(seq 120); do # as deploy/docker/wait-healthy.sh
+    st=running
+    for id in $(compose ps -q); do
+      [ "$(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}healthy{{end}}' "$id")" = "running healthy" ] || st=starting
+    done
+    [ $st = running ] && return
+    sleep 1
+  done
+  compose ps >&2; echo "the compose stack did not become healthy" >&2; exit 1
+}
+deployed_down() { compose down -v --remove-orphans >/dev/null 2>&1; }
+
+# CPU seconds so far of containers (cgroup v1 or v2), given their ids.
+containers_cpu() {
+  local total=0 id ns
+  for id in "$@"; do
+    if [ -f "/sys/fs/cgroup/cpuacct/docker/$id/cpuacct.usage" ]; then
+      ns=$(cat "/sys/fs/cgroup/cpuacct/docker/$id/cpuacct.usage")
+    else
+      ns=$(($(awk '/usage_usec/ {print $2}' /sys/fs/cgroup/*/docker*"$id"*/cpu.stat /sys/fs/cgroup/docker/"$id"/cpu.stat 2>/dev/null | head -n 1) * 1000))
+    fi
+    total=$((total + ns))
+  done
+  echo "$total"
+}
+stack_ids() { compose ps -q; }
+s3_id() { compose ps -q s3; }
+# Bytes a bucket holds in the S3 container's volume.
+bucket_size() {
+  local vol; vol=$(docker inspect -f '{{range .Mounts}}{{if eq .Destination "/data"}}{{.Source}}{{end}}{{end}}' "$(s3_id)")
+  du -sb "$vol/$1" | cut -f1
+}
+# dstep NAME IDS CMD…: timed, adding the given containers' CPU over the step.
+dstep() {
+  local name=$1 ids=$2; shift 2
+  local c0; c0=$(containers_cpu $ids)
+  timed "$name" "$@"
+  local c1; c1=$(containers_cpu $ids)
+  local last; last=$(tail -n 1 "$work/t.$name"); sed -i '$d' "$work/t.$name"
+  echo "$last" | awk -v dc=$((c1 - c0)) '{printf "%s %.2f %d\n", $1, $2 + dc / 1e9, $3}' >>"$work/t.$name"
+}
+
+run_strata_deployed() { # disk
+  local w=$work/r/strata; rm -rf "$w"; mkdir -p "$w"
+  export STRATA_NATS_URL=nats://127.0.0.1:$DEP_NATS STRATA_S3_ENDPOINT=http://127.0.0.1:$DEP_S3 STRATA_S3_ACCESS_KEY=$S3_KEY STRATA_S3_SECRET_KEY=$S3_SECRET STRATA_LOG_LEVEL=warn OTEL_EXPORTER_OTLP_ENDPOINT=
+  unset STRATA_STORE_DIR
+  local ids; ids=$(stack_ids | tr '\n' ' ')
+  stage "$work/disks/$1/day0.img"
+  dstep "$S.strata.$1.full" "$ids" "$bin/strata" backup --vm bench --source file:///sources/disk.img --wait
+  bucket_size strata >>"$work/s.$S.strata.$1.full"
+  stage "$work/disks/$1/day1.img"
+  dstep "$S.strata.$1.incr" "$ids" "$bin/strata" backup --vm bench --source file:///sources/disk.img --wait
+  bucket_size strata >>"$work/s.$S.strata.$1.incr"
+  dstep "$S.strata.$1.restore" "$ids" "$bin/strata" restore --vm bench --backup latest --to "$w/restored.img"
+  same "$w/restored.img" "$work/disks/$1/day1.img" strata
+}
+
+run_restic_deployed() {
+  local w=$work/r/restic; rm -rf "$w"; mkdir -p "$w"
+  local bucket=restic-bench
+  export RESTIC_REPOSITORY=s3:http://127.0.0.1:$DEP_S3/$bucket RESTIC_PASSWORD=bench AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET
+  "$restic" init >/dev/null
+  local ids; ids=$(s3_id)
+  stage "$work/disks/$1/day0.img"
+  (cd "$work/vm" && dstep "$S.restic.$1.full" "$ids" "$restic" backup --no-scan disk.img)
+  bucket_size $bucket >>"$work/s.$S.restic.$1.full"
+  stage "$work/disks/$1/day1.img"
+  (cd "$work/vm" && dstep "$S.restic.$1.incr" "$ids" "$restic" backup --no-scan disk.img)
+  bucket_size $bucket >>"$work/s.$S.restic.$1.incr"
+  dstep "$S.restic.$1.restore" "$ids" "$restic" restore latest --target "$w/out"
+  same "$(find "$w/out" -name disk.img)" "$work/disks/$1/day1.img" restic
+}
+
+run_kopia_deployed() {
+  local w=$work/r/kopia; rm -rf "$w"; mkdir -p "$w"
+  local bucket=kopia-bench
+  export KOPIA_PASSWORD=bench KOPIA_CONFIG_PATH=$w/repo.config KOPIA_CACHE_DIRECTORY=$w/cache KOPIA_CHECK_FOR_UPDATES=false
+  # kopia does not create buckets: one signed PUT does.
+  curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3_KEY:$S3_SECRET" -X PUT "http://127.0.0.1:$DEP_S3/$bucket" >/dev/null
+  "$kopia" repository create s3 --bucket=$bucket --endpoint=127.0.0.1:$DEP_S3 --disable-tls \
+    --access-key="$S3_KEY" --secret-access-key="$S3_SECRET" >/dev/null 2>&1
+  local ids; ids=$(s3_id)
+  stage "$work/disks/$1/day0.img"
+  dstep "$S.kopia.$1.full" "$ids" "$kopia" snapshot create "$work/vm"
+  bucket_size $bucket >>"$work/s.$S.kopia.$1.full"
+  stage "$work/disks/$1/day1.img"
+  dstep "$S.kopia.$1.incr" "$ids" "$kopia" snapshot create "$work/vm"
+  bucket_size $bucket >>"$work/s.$S.kopia.$1.incr"
+  local snap; snap=$("$kopia" snapshot list "$work/vm" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])')
+  dstep "$S.kopia.$1.restore" "$ids" "$kopia" snapshot restore "$snap" "$w/out"
   same "$w/out/disk.img" "$work/disks/$1/day1.img" kopia
 }
 
@@ -250,40 +376,58 @@ best() { sort -n "$work/t.$1" | head -n 1; }
 report() {
   local disk=$1 size
   size=$(stat -c %s "$work/disks/$disk/day0.img")
-  printf '\n%s disk (%s bytes logical), embedded, best of %s\n' "$disk" "$size" "$ROUNDS"
+  printf '\n%s disk (%s bytes logical), %s, best of %s\n' "$disk" "$size" "$S" "$ROUNDS"
   printf '%-8s %-8s %9s %9s %9s %10s %12s\n' tool step wall_s cpu_s rss_MiB MB/s repo_MB
   for tool in $TOOLS; do
     for step in full incr restore; do
-      read -r wall cpu rss < <(best "$tool.$disk.$step")
+      read -r wall cpu rss < <(best "$S.$tool.$disk.$step")
       local repo=""
       case $step in
-        full) repo=$(awk '{printf "%.1f", $1 / 1e6}' < <(sort -n "$work/s.$tool.$disk.full" | head -n 1)) ;;
-        incr) repo=+$(paste <(sort -n "$work/s.$tool.$disk.full" | head -n 1) <(sort -n "$work/s.$tool.$disk.incr" | head -n 1) | awk '{printf "%.1f", ($2 - $1) / 1e6}') ;;
+        full) repo=$(awk '{printf "%.1f", $1 / 1e6}' < <(sort -n "$work/s.$S.$tool.$disk.full" | head -n 1)) ;;
+        incr) repo=+$(paste <(sort -n "$work/s.$S.$tool.$disk.full" | head -n 1) <(sort -n "$work/s.$S.$tool.$disk.incr" | head -n 1) | awk '{printf "%.1f", ($2 - $1) / 1e6}') ;;
       esac
       printf '%-8s %-8s %9.2f %9.2f %9.0f %10.0f %12s\n' "$tool" "$step" "$wall" "$cpu" "$((rss / 1024))" "$(awk -v s="$size" -v w="$wall" 'BEGIN {print s / 1e6 / w}')" "$repo"
-      echo "$disk $tool $step $wall $cpu" >>"$work/summary"
+      echo "$S $disk $tool $step $wall $cpu" >>"$work/summary"
     done
   done
   if [[ " $TOOLS " == *" strata "* ]]; then
     for step in full incr restore; do
-      awk -v d="$disk" -v st="$step" '$1 == d && $3 == st && $2 != "strata" {if (!b || $4 < b) {b = $4; bt = $2}} $1 == d && $3 == st && $2 == "strata" {s = $4; c = $5}
-        END {if (b) printf "strata %s: %.2fx the speed of the best peer (%s)\n", st, b / s, bt}' "$work/summary"
+      awk -v set="$S" -v d="$disk" -v st="$step" '$1 != set || $2 != d || $4 != st {next}
+        $3 != "strata" {if (!b || $5 < b) {b = $5; bt = $3; bc = $6}} $3 == "strata" {s = $5; c = $6}
+        END {if (b) printf "strata %s: %.2fx the speed of the best peer (%s), %.2fx its CPU\n", st, b / s, bt, c / bc}' "$work/summary"
     done
   fi
 }
 
 need_peers
 mkdir -p "$work/vm" "$work/r"
-for disk in $DISKS; do
-  "$disk"
-  for round in $(seq "$ROUNDS"); do
-    # alternate the order, so no tool always runs on a warm page cache
-    tools=($TOOLS); [ $((round % 2)) = 0 ] && tools=($(printf '%s\n' "${tools[@]}" | tac))
-    for tool in "${tools[@]}"; do
-      log "$disk round $round: $tool"
-      "run_$tool" "$disk"
-      rm -rf "$work/r/$tool"
+for S in $SETTINGS; do
+  TOOLS=$ALL_TOOLS
+  if [ "$S" = deployed ]; then
+    TOOLS=$(printf '%s\n' $ALL_TOOLS | grep -vx borg | tr '\n' ' ') # borg has no S3 backend
+    deployed_images
+  fi
+  for disk in $DISKS; do
+    "$disk"
+    for round in $(seq "$ROUNDS"); do
+      [ "$S" = deployed ] && deployed_up
+      # alternate the order, so no tool always runs on a warm page cache
+      tools=($TOOLS); [ $((round % 2)) = 0 ] && tools=($(printf '%s\n' "${tools[@]}" | tac))
+      for tool in "${tools[@]}"; do
+        log "$S $disk round $round: $tool"
+        "run_$tool" "$disk"
+        rm -rf "$work/r/$tool"
+      done
+      [ "$S" = deployed ] && deployed_down
     done
+    report "$disk"
   done
-  report "$disk"
 done
+if [[ " $ALL_TOOLS " == *" strata "* ]]; then
+  # The codecs a chunk may be stored with, on the same disks (README,
+  # Measured, "Compression").
+  for disk in $DISKS; do
+    log "codecs on the $disk disk"
+    (cd "$root/pkg" && STRATA_BENCH_IMAGE=$work/disks/$disk/day0.img go test -run '^$' -bench Codecs -benchtime 2x ./chunk/ | grep Benchmark)
+  done
+fi
