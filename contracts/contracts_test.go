@@ -26,6 +26,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"segment too big", `{"schema":1,"backup_id":"b","vm":"v","disk":0,"index":0,"source":"file:///x","disk_size":1099511627776,"chunk_size":1048576,"first_chunk":0,"chunks":65}`, "segment of 65", &Segment{}},
 		{"chunk size", `{"schema":1,"backup_id":"b","vm":"v","disk":0,"index":0,"source":"file:///x","disk_size":10,"chunk_size":1000,"first_chunk":0,"chunks":1}`, "power of two", &Segment{}},
 		{"bad chunk id", `{"schema":1,"backup_id":"b","vm":"v","disk":0,"index":0,"first_chunk":0,"ids":["zz"]}`, "64 hex", &SegmentDone{}},
+		{"stored beyond the segment", `{"schema":1,"backup_id":"b","vm":"v","disk":0,"index":0,"first_chunk":0,"ids":[""],"stored":[{"start":0,"count":2}]}`, "outside the segment", &SegmentDone{}},
 		{"failed without reason", `{"schema":1,"backup_id":"b","vm":"v","state":"failed"}`, "reason", &BackupOutcome{}},
 		{"missing batch empty", `{"schema":1,"ids":[]}`, "ids", &MissingRequest{}},
 	}

@@ -172,6 +172,10 @@ type SegmentDone struct {
 	ReadBytes      int64    `json:"read_bytes"`
 	UploadedChunks int      `json:"uploaded_chunks"`
 	UploadedBytes  int64    `json:"uploaded_bytes"` // as stored: compressed
+	// Stored: the chunks (relative to FirstChunk) this segment wrote with
+	// a PUT the store acknowledged. The verifier does not ask the store
+	// again about those (a hint: a chunk left out is only checked).
+	Stored []ChunkRun `json:"stored,omitempty"`
 }
 
 func (m *SegmentDone) Validate() error {
@@ -197,6 +201,11 @@ func (m *SegmentDone) Validate() error {
 			}
 		}
 	}
+	for _, r := range m.Stored {
+		if r.Start < 0 || r.Count <= 0 || r.Start+r.Count > len(m.IDs) {
+			return fmt.Errorf("stored run %d+%d outside the segment's %d chunks", r.Start, r.Count, len(m.IDs))
+		}
+	}
 	return nil
 }
 
@@ -210,6 +219,11 @@ type BackupCommitted struct {
 	Schema   int    `json:"schema"`
 	BackupID string `json:"backup_id"`
 	VM       string `json:"vm"`
+	// Stored, per disk index, the chunks (absolute positions) the backup's
+	// workers wrote with an acknowledged PUT: verification at the stored
+	// level does not ask the store about them again. Left out (nil) when
+	// the runs would make the message large; then every chunk is checked.
+	Stored [][]ChunkRun `json:"stored,omitempty"`
 }
 
 func (m *BackupCommitted) Validate() error {

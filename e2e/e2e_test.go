@@ -67,8 +67,22 @@ func TestBackupRestoreOneTrace(t *testing.T) {
 		t.Fatalf("first backup uploaded %d chunks for %d distinct", up, distinct)
 	}
 
+	// The commit tells the verifier which chunks the workers' PUTs stored,
+	// so it does not ask the store about them again: one run per upload.
+	committed := lastCommitted(t, st)
+	var acknowledged int64
+	for _, r := range committed.Stored[0] {
+		acknowledged += int64(r.Count)
+	}
+	if committed.BackupID != id || acknowledged != rec.Disks[0].UploadedChunks {
+		t.Fatalf("commit of %s names %d stored chunks; the backup uploaded %d", committed.BackupID, acknowledged, rec.Disks[0].UploadedChunks)
+	}
+
 	out = st.mustCLI("backup", "--vm", "web-01", "--source", "file://"+img, "--wait")
 	second := st.record("web-01", strings.TrimSpace(strings.Split(out, "\n")[0]))
+	if c := lastCommitted(t, st); c.BackupID != second.ID || len(c.Stored) != 1 || len(c.Stored[0]) != 0 {
+		t.Fatalf("commit of an unchanged backup names stored chunks: %+v", c.Stored)
+	}
 	if second.Disks[0].UploadedChunks != 0 || second.StoredBytes() != 0 {
 		t.Fatalf("second backup of an unchanged image uploaded %d chunks (%d bytes)", second.Disks[0].UploadedChunks, second.StoredBytes())
 	}
@@ -95,6 +109,25 @@ func TestBackupRestoreOneTrace(t *testing.T) {
 			t.Errorf("trace %s has no span from %s (has %v)", rec.TraceID, s, got)
 		}
 	}
+}
+
+// lastCommitted reads the newest BackupCommitted message from its stream.
+func lastCommitted(t *testing.T, st *stack) *contracts.BackupCommitted {
+	t.Helper()
+	js := st.jetstream()
+	stream, err := js.Stream(ctxT(t, 10*time.Second), contracts.StreamBackups)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := stream.GetLastMsgForSubject(ctxT(t, 10*time.Second), contracts.SubjectBackupCommitted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c contracts.BackupCommitted
+	if err := contracts.Decode(raw.Data, &c); err != nil {
+		t.Fatal(err)
+	}
+	return &c
 }
 
 // jaegerServices returns the services with spans in one trace.

@@ -302,6 +302,11 @@ containers_cpu() {
   echo "$total"
 }
 stack_ids() { compose ps -q; }
+# per_container: "name cpu_ns" for every container of the stack.
+per_container() {
+  local id
+  for id in $(stack_ids); do echo "$(docker inspect -f '{{.Name}}' "$id") $(containers_cpu "$id")"; done
+}
 s3_id() { compose ps -q s3; }
 # Bytes a bucket holds in the S3 container's volume.
 bucket_size() {
@@ -324,7 +329,10 @@ run_strata_deployed() { # disk
   unset STRATA_STORE_DIR
   local ids; ids=$(stack_ids | tr '\n' ' ')
   stage "$work/disks/$1/day0.img"
+  per_container >"$work/c0"
   dstep "$S.strata.$1.full" "$ids" "$bin/strata" backup --vm bench --source file:///sources/disk.img --wait
+  # where the full's CPU went, per container (the last round's is printed)
+  per_container | join <(sort "$work/c0") <(sort -) | awk '{printf "%-40s %6.2f s\n", $1, ($3 - $2) / 1e9}' | sort -k2 -rn >"$work/where.$1.full"
   bucket_size strata >>"$work/s.$S.strata.$1.full"
   stage "$work/disks/$1/day1.img"
   dstep "$S.strata.$1.incr" "$ids" "$bin/strata" backup --vm bench --source file:///sources/disk.img --wait
@@ -421,6 +429,9 @@ for S in $SETTINGS; do
       [ "$S" = deployed ] && deployed_down
     done
     report "$disk"
+    if [ "$S" = deployed ] && [ -f "$work/where.$disk.full" ]; then
+      echo "strata full: CPU by container (last round)"; cat "$work/where.$disk.full"
+    fi
   done
 done
 if [[ " $ALL_TOOLS " == *" strata "* ]]; then

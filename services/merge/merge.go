@@ -126,8 +126,9 @@ func (m *merger) segmentDone(ctx context.Context, d *contracts.SegmentDone) erro
 func (m *merger) commit(ctx context.Context, rec *contracts.BackupRecord) error {
 	keys := make([]string, len(rec.Disks))
 	stats := make([][2]int64, len(rec.Disks))
+	stored := make([][]contracts.ChunkRun, len(rec.Disks))
 	for i, disk := range rec.Disks {
-		man, zero, err := m.assemble(ctx, rec, disk)
+		man, zero, err := m.assemble(ctx, rec, disk, &stored[i])
 		if err != nil {
 			return err
 		}
@@ -155,6 +156,13 @@ func (m *merger) commit(ctx context.Context, rec *contracts.BackupRecord) error 
 		return nil // failed meanwhile, or another merge instance won
 	}
 	msg := &contracts.BackupCommitted{Schema: contracts.SchemaVersion, BackupID: rec.ID, VM: rec.VM}
+	runs := 0
+	for _, r := range stored {
+		runs += len(r)
+	}
+	if runs <= maxStoredRuns {
+		msg.Stored = stored
+	}
 	if err := m.rt.Bus.Publish(ctx, contracts.SubjectBackupCommitted, msg, "committed-"+rec.ID); err != nil {
 		return err
 	}
@@ -166,8 +174,14 @@ func (m *merger) commit(ctx context.Context, rec *contracts.BackupRecord) error 
 	return nil
 }
 
-// assemble builds one disk's manifest from its segment results.
-func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk contracts.DiskRecord) (*manifest.Manifest, int64, error) {
+// maxStoredRuns bounds the runs of acknowledged uploads a BackupCommitted
+// message carries (about 30 bytes each, well under NATS's 1 MB payload):
+// beyond it the verifier simply checks every chunk.
+const maxStoredRuns = 16384
+
+// assemble builds one disk's manifest from its segment results and appends
+// the runs of chunks its workers stored to *stored.
+func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk contracts.DiskRecord, stored *[]contracts.ChunkRun) (*manifest.Manifest, int64, error) {
 	man := &manifest.Manifest{BackupID: rec.ID, Disk: disk.Index, ChunkSize: rec.ChunkSize, DiskSize: disk.Size,
 		IDs: make([]chunk.ID, manifest.ChunkCount(disk.Size, rec.ChunkSize))}
 	covered := int64(0)
@@ -206,6 +220,11 @@ func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk
 		z, err := applyResult(man, &d, loadParent)
 		if err != nil {
 			return nil, 0, fmt.Errorf("result %s: %w", subject, err)
+		}
+		for _, r := range d.Stored { // validated against the segment's ids
+			if len(*stored) <= maxStoredRuns {
+				*stored = append(*stored, contracts.ChunkRun{Start: int(d.FirstChunk) + r.Start, Count: r.Count})
+			}
 		}
 		zero += z
 		covered += int64(len(d.IDs))

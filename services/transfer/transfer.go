@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"time"
 
@@ -166,6 +167,7 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 			return err
 		}
 	}
+	done.Stored = runsOf(stats.stored)
 	if err := w.rt.Bus.Publish(ctx, contracts.SegmentDoneSubject(seg.BackupID, seg.Disk, seg.Index), done, ""); err != nil {
 		return err
 	}
@@ -179,6 +181,21 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 type segmentStats struct {
 	read, ask, upload time.Duration
 	putFirst          bool // conditional PUTs first, dedup for what exists
+	stored            []int // chunks (relative to the segment) written by an acknowledged PUT
+}
+
+// runsOf turns chunk positions into ascending runs.
+func runsOf(at []int) []contracts.ChunkRun {
+	slices.Sort(at)
+	var runs []contracts.ChunkRun
+	for _, a := range at {
+		if n := len(runs); n > 0 && runs[n-1].Start+runs[n-1].Count == a {
+			runs[n-1].Count++
+			continue
+		}
+		runs = append(runs, contracts.ChunkRun{Start: a, Count: 1})
+	}
+	return runs
 }
 
 // putOutcomes counts, per backup, the conditional PUTs the store accepted
@@ -305,7 +322,7 @@ func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Seg
 	}
 	if stats.putFirst && w.puts.worthIt(seg.BackupID) {
 		t = time.Now()
-		present, err := w.upload(ctx, seg, ask, asked, bufs, done, true)
+		present, err := w.upload(ctx, seg, rel, ask, asked, bufs, done, stats, true)
 		stats.upload += time.Since(t)
 		if err != nil {
 			return err
@@ -323,7 +340,7 @@ func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Seg
 	}
 	stats.ask += time.Since(t)
 	t = time.Now()
-	_, err = w.upload(ctx, seg, reply.Missing, asked, bufs, done, false)
+	_, err = w.upload(ctx, seg, rel, reply.Missing, asked, bufs, done, stats, false)
 	stats.upload += time.Since(t)
 	return err
 }
@@ -331,7 +348,7 @@ func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Seg
 // upload stores the chunks named by hexIDs (each must be one of asked),
 // Uploads at a time. ifAbsent: conditional PUTs, and the ids the store
 // already held are returned instead of counted.
-func (w *worker) upload(ctx context.Context, seg *contracts.Segment, hexIDs []string, asked map[chunk.ID]int, bufs [][]byte, done *contracts.SegmentDone, ifAbsent bool) (present []string, err error) {
+func (w *worker) upload(ctx context.Context, seg *contracts.Segment, rel []int, hexIDs []string, asked map[chunk.ID]int, bufs [][]byte, done *contracts.SegmentDone, stats *segmentStats, ifAbsent bool) (present []string, err error) {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(1, w.cfg.Uploads))
 	codec := w.cfg.codecFor(seg)
@@ -345,7 +362,7 @@ func (w *worker) upload(ctx context.Context, seg *contracts.Segment, hexIDs []st
 		if !ok {
 			return nil, fmt.Errorf("dedup reply names chunk %s that was not asked about", hexID)
 		}
-		buf := bufs[i]
+		buf, at := bufs[i], rel[i]
 		g.Go(func() error {
 			enc := encodedPool.Get().(*[]byte)
 			defer encodedPool.Put(enc)
@@ -369,6 +386,7 @@ func (w *worker) upload(ctx context.Context, seg *contracts.Segment, hexIDs []st
 			}
 			done.UploadedChunks++
 			done.UploadedBytes += int64(len(stored))
+			stats.stored = append(stats.stored, at)
 			return nil
 		})
 	}

@@ -120,3 +120,36 @@ func TestCheckLooksForItself(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Verification on commit does not ask the store about chunks the backup's
+// workers stored with an acknowledged PUT, and still finds every other
+// missing chunk.
+func TestCommitCheckTrustsAcknowledgedUploads(t *testing.T) {
+	ctx, rt := svctest.Runtime(t, "verifier", testChunk)
+	v := &verifier{rt: rt, checkShards: 1}
+	rec, ids := storeBackup(t, ctx, rt, "a", 1, 20)
+	for _, i := range []int{3, 12} {
+		if err := rt.Repo.Chunks.Delete(ctx, ids[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name   string
+		stored [][]contracts.ChunkRun
+		want   string
+	}{
+		{"no hint: both found", nil, "2 chunk objects missing"},
+		{"chunks 0-9 acknowledged: only 12 asked about", [][]contracts.ChunkRun{{{Start: 0, Count: 10}}}, "1 chunk objects missing, e.g. " + repo.ChunkKey(ids[12])},
+		{"all acknowledged", [][]contracts.ChunkRun{{{Start: 0, Count: 21}}}, ""},
+		{"runs beyond the disk are ignored", [][]contracts.ChunkRun{{{Start: 15, Count: 100}}}, "2 chunk objects missing"},
+	}
+	for _, tc := range tests {
+		problem, err := v.check(ctx, rec, tc.stored)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.want == "" && problem != "" || tc.want != "" && (len(problem) < len(tc.want) || problem[:len(tc.want)] != tc.want) {
+			t.Errorf("%s: problem %q, want %q", tc.name, problem, tc.want)
+		}
+	}
+}

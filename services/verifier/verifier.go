@@ -105,7 +105,7 @@ func (v *verifier) verify(ctx context.Context, c *contracts.BackupCommitted) err
 	if rec.State != contracts.StateCommitted {
 		return nil // already verified or failed: a redelivery
 	}
-	if problem, err := v.check(ctx, rec); err != nil {
+	if problem, err := v.check(ctx, rec, c.Stored); err != nil {
 		return err
 	} else if problem != "" {
 		return v.rt.FailBackup(ctx, rec.VM, rec.ID, "verification: "+problem)
@@ -154,9 +154,13 @@ func (v *verifier) verify(ctx context.Context, c *contracts.BackupCommitted) err
 // check returns a description of what is wrong with the backup ("" when
 // nothing), or an error when it could not look (retry later). An
 // incremental checks only the chunks that differ from its verified parent:
-// its cost follows the change, not the disk size.
-func (v *verifier) check(ctx context.Context, rec *contracts.BackupRecord) (string, error) {
-	for _, disk := range rec.Disks {
+// its cost follows the change, not the disk size. Chunks the backup's own
+// workers stored with an acknowledged PUT (stored, per disk: runs of chunk
+// positions) are not asked about again — minutes ago the store said yes,
+// and a collection deletes nothing younger than its grace period — so a
+// first full costs no request per chunk here either.
+func (v *verifier) check(ctx context.Context, rec *contracts.BackupRecord, stored [][]contracts.ChunkRun) (string, error) {
+	for d, disk := range rec.Disks {
 		// The parent's map loads while this one does: both are on the path
 		// of every incremental.
 		var parent []chunk.ID
@@ -194,6 +198,13 @@ func (v *verifier) check(ctx context.Context, rec *contracts.BackupRecord) (stri
 			})
 		}
 		seen := make(map[chunk.ID]struct{})
+		if d < len(stored) {
+			for _, r := range stored[d] {
+				for i := r.Start; i < r.Start+r.Count && i >= 0 && i < len(man.IDs); i++ {
+					seen[man.IDs[i]] = struct{}{}
+				}
+			}
+		}
 		var batch []chunk.ID
 		for i, id := range man.IDs {
 			if id.IsZero() || parent != nil && parent[i] == id {
