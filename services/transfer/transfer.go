@@ -180,7 +180,7 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 // uploads.
 type segmentStats struct {
 	read, ask, upload time.Duration
-	putFirst          bool // conditional PUTs first, dedup for what exists
+	putFirst          bool  // conditional PUTs first, dedup for what exists
 	stored            []int // chunks (relative to the segment) written by an acknowledged PUT
 }
 
