@@ -107,6 +107,12 @@ type Segment struct {
 	// first full): store them with conditional PUTs and ask dedup only
 	// about those the store refuses, as an incremental (Inherit) does.
 	PutFirst bool `json:"put_first,omitempty"`
+	// Parent: the manifest of this disk in the VM's newest verified,
+	// undamaged backup, for a full read of a disk of the same size. A
+	// chunk whose id equals the parent's at the same position is stored
+	// already: it is neither asked about nor uploaded, so re-reading a disk
+	// without change tracking costs requests only for what changed.
+	Parent string `json:"parent,omitempty"`
 }
 
 // InheritID in SegmentDone.IDs: "same chunk as in the parent backup".
@@ -149,6 +155,9 @@ func (m *Segment) Validate() error {
 			return fmt.Errorf("chunk runs must be ordered, disjoint and inside the segment")
 		}
 		next = r.Start + r.Count
+	}
+	if m.Parent != "" && (!strings.HasPrefix(m.Parent, "manifests/") || strings.Contains(m.Parent, "..")) {
+		return fmt.Errorf("parent %q is not a manifest key", m.Parent)
 	}
 	return ValidateSource(m.Source)
 }

@@ -43,8 +43,12 @@ type BackupRecord struct {
 	Slot       *time.Time `json:"slot,omitempty"`        // schedule slot that fired it
 	ChainDepth int        `json:"chain_depth,omitempty"` // incrementals since the last full
 	FullReason string     `json:"full_reason,omitempty"` // why a full read when a parent existed
-	Note       string     `json:"note,omitempty"`        // what the source wants the user to know
-	Verify     VerifyMode `json:"verify,omitempty"`      // mode run on commit
+	// Base: the verified backup a full read compared its chunks against
+	// (Segment.Parent); not a chain link — a full stands alone — but what
+	// lets verification skip the chunks it shares with that backup.
+	Base   string     `json:"base,omitempty"`
+	Note   string     `json:"note,omitempty"`   // what the source wants the user to know
+	Verify VerifyMode `json:"verify,omitempty"` // mode run on commit
 	// Damaged: the backup references a chunk found bad (see strata check);
 	// cleared when the chunk is repaired.
 	Damaged    bool         `json:"damaged,omitempty"`

@@ -83,6 +83,17 @@ func TestBackupRestoreOneTrace(t *testing.T) {
 	if c := lastCommitted(t, st); c.BackupID != second.ID || len(c.Stored) != 1 || len(c.Stored[0]) != 0 {
 		t.Fatalf("commit of an unchanged backup names stored chunks: %+v", c.Stored)
 	}
+	// The file has no change tracking: the second backup re-reads it,
+	// compared chunk by chunk with the first (Segment.Parent, read by range
+	// from S3), so nothing is asked of dedup or uploaded.
+	if second.Base != id {
+		t.Fatalf("second full read was compared against %q, want the first backup %s", second.Base, id)
+	}
+	for _, p := range st.procs["transfer"] {
+		if strings.Contains(p.Output(), "parent manifest unreadable") {
+			t.Fatalf("transfer could not read the parent's manifest slice:\n%s", p.Output())
+		}
+	}
 	if second.Disks[0].UploadedChunks != 0 || second.StoredBytes() != 0 {
 		t.Fatalf("second backup of an unchanged image uploaded %d chunks (%d bytes)", second.Disks[0].UploadedChunks, second.StoredBytes())
 	}

@@ -263,6 +263,8 @@ DEP_S3=${DEP_S3_PORT:-17070}
 DEP_NATS=${DEP_NATS_PORT:-14222}
 S3_KEY=strata S3_SECRET=strata-secret-key
 compose_cmd=$(docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+# the local images deploy/docker/images.sh builds (as the Makefile names them)
+export NATS_IMAGE=${NATS_IMAGE:-strata/nats-server:v2.15.2} VERSITYGW_IMAGE=${VERSITYGW_IMAGE:-strata/versitygw:v1.8.0} JAEGER_IMAGE=${JAEGER_IMAGE:-strata/jaeger:v1.76.0}
 compose() {
   (cd "$root" && COMPOSE_PROJECT_NAME=stratabench STRATA_SOURCES=$work/vm STRATA_API_TOKEN_PATH=$work/api-token \
     STRATA_NATS1_PORT=$DEP_NATS STRATA_NATS2_PORT=$((DEP_NATS + 1)) STRATA_NATS3_PORT=$((DEP_NATS + 2)) \
@@ -274,7 +276,7 @@ deployed_images() {
   head -c 24 /dev/urandom | base64 >"$work/api-token"; chmod 644 "$work/api-token"
 }
 deployed_up() {
-  compose up -d --scale transfer="${TRANSFERS:-3}" >/dev/null 2>&1
+  compose up -d --scale transfer="${TRANSFERS:-3}" >"$work/compose.log" 2>&1 || { cat "$work/compose.log" >&2; exit 1; }
   local id st
   for _ in $(seq 120); do # as deploy/docker/wait-healthy.sh
     st=running
@@ -362,7 +364,8 @@ run_kopia_deployed() {
   local bucket=kopia-bench
   export KOPIA_PASSWORD=bench KOPIA_CONFIG_PATH=$w/repo.config KOPIA_CACHE_DIRECTORY=$w/cache KOPIA_CHECK_FOR_UPDATES=false
   # kopia does not create buckets: one signed PUT does.
-  curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3_KEY:$S3_SECRET" -X PUT "http://127.0.0.1:$DEP_S3/$bucket" >/dev/null
+  curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$S3_KEY:$S3_SECRET" -X PUT "http://127.0.0.1:$DEP_S3/$bucket" \
+    -H "x-amz-content-sha256: $(sha256sum </dev/null | cut -d' ' -f1)" >/dev/null
   "$kopia" repository create s3 --bucket=$bucket --endpoint=127.0.0.1:$DEP_S3 --disable-tls \
     --access-key="$S3_KEY" --secret-access-key="$S3_SECRET" >/dev/null 2>&1
   local ids; ids=$(s3_id)

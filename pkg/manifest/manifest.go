@@ -159,3 +159,44 @@ func Decode(data []byte) (*Manifest, error) {
 	}
 	return m, nil
 }
+
+// MaxHeaderLen bounds the encoded header (everything before the ids).
+const MaxHeaderLen = len(magic) + 2 + 4 + 8 + 2 + 1024 + 4 + 8
+
+// Header is what precedes the ids of an encoded manifest, enough to read a
+// slice of its ids without the rest (a byte range: entry i is at
+// IDsAt + 32·i). Such a slice cannot be checked against the manifest's
+// checksum: use it only where a wrong id costs a lookup, never a loss.
+type Header struct {
+	ChunkSize int
+	DiskSize  int64
+	BackupID  string
+	Disk      int
+	Count     int64
+	IDsAt     int64
+}
+
+// DecodeHeader parses the header at the start of an encoded manifest
+// (prefix: its first MaxHeaderLen bytes, or all of it when shorter).
+func DecodeHeader(prefix []byte) (*Header, error) {
+	if len(prefix) < len(magic) || string(prefix[:len(magic)]) != magic {
+		return nil, fmt.Errorf("%w: not a manifest", ErrCorrupt)
+	}
+	r := &reader{b: prefix[len(magic):]}
+	if v := r.u16(); r.err == nil && v != Version {
+		return nil, fmt.Errorf("%w: version %d, want %d", ErrCorrupt, v, Version)
+	}
+	h := &Header{ChunkSize: int(r.u32()), DiskSize: int64(r.u64())}
+	h.BackupID = string(r.take(int(r.u16())))
+	h.Disk = int(r.u32())
+	h.Count = int64(r.u64())
+	if r.err != nil {
+		return nil, fmt.Errorf("%w: header: %v", ErrCorrupt, r.err)
+	}
+	h.IDsAt = int64(len(prefix) - len(r.b))
+	m := &Manifest{BackupID: h.BackupID, Disk: h.Disk, ChunkSize: h.ChunkSize, DiskSize: h.DiskSize}
+	if m.ChunkSize < 64<<10 || m.ChunkSize&(m.ChunkSize-1) != 0 || m.DiskSize <= 0 || h.Count != ChunkCount(h.DiskSize, h.ChunkSize) {
+		return nil, fmt.Errorf("%w: header of %d entries for %d bytes of %d-byte chunks", ErrCorrupt, h.Count, h.DiskSize, h.ChunkSize)
+	}
+	return h, nil
+}

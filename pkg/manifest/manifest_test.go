@@ -75,3 +75,33 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestDecodeHeaderLocatesIDs(t *testing.T) {
+	m := &Manifest{BackupID: "0190e1a0-0000-7000-8000-000000000001", Disk: 2, ChunkSize: 64 << 10, DiskSize: 5*64<<10 + 7}
+	for i := 0; i < 6; i++ {
+		m.IDs = append(m.IDs, chunk.Hash([]byte{byte(i)}))
+	}
+	b, err := m.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := DecodeHeader(b[:min(len(b), MaxHeaderLen)])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Count != 6 || h.Disk != 2 || h.BackupID != m.BackupID || h.ChunkSize != m.ChunkSize || h.DiskSize != m.DiskSize {
+		t.Fatalf("header %+v", h)
+	}
+	for i, id := range m.IDs {
+		var got chunk.ID
+		copy(got[:], b[h.IDsAt+32*int64(i):])
+		if got != id {
+			t.Fatalf("entry %d at the header's offset differs", i)
+		}
+	}
+	for _, bad := range [][]byte{b[:10], []byte("NOTAMANIFEST...."), append([]byte("STRATAMF\x00\x09"), b[10:]...)} {
+		if _, err := DecodeHeader(bad); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("bad header accepted: %v", err)
+		}
+	}
+}

@@ -136,6 +136,33 @@ func (d *Dir) Get(ctx context.Context, key string) ([]byte, error) {
 	return b, nil
 }
 
+func (d *Dir) GetRange(ctx context.Context, key string, off, n int64) ([]byte, error) {
+	p, err := d.path(key)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("get %s: %w", key, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", key, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", key, err)
+	}
+	if off < 0 || n <= 0 || off >= fi.Size() {
+		return nil, fmt.Errorf("get %s: range %d+%d outside its %d bytes", key, off, n, fi.Size())
+	}
+	b := make([]byte, min(n, fi.Size()-off))
+	if _, err := f.ReadAt(b, off); err != nil {
+		return nil, fmt.Errorf("get %s: %w", key, err)
+	}
+	return b, nil
+}
+
 func (d *Dir) Stat(ctx context.Context, key string) (Info, error) {
 	p, err := d.path(key)
 	if err != nil {

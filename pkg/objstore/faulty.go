@@ -104,6 +104,13 @@ func (f *Faulty) Get(ctx context.Context, key string) ([]byte, error) {
 	return f.Store.Get(ctx, key)
 }
 
+func (f *Faulty) GetRange(ctx context.Context, key string, off, n int64) ([]byte, error) {
+	if ft := f.next("Get", key); ft != nil {
+		return nil, fmt.Errorf("get %s: %w", key, ft.Err)
+	}
+	return f.Store.GetRange(ctx, key, off, n)
+}
+
 func (f *Faulty) Stat(ctx context.Context, key string) (Info, error) {
 	if ft := f.next("Stat", key); ft != nil {
 		return Info{}, fmt.Errorf("stat %s: %w", key, ft.Err)

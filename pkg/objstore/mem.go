@@ -58,6 +58,19 @@ func (m *Mem) Get(ctx context.Context, key string) ([]byte, error) {
 	return append([]byte(nil), o.data...), nil
 }
 
+func (m *Mem) GetRange(ctx context.Context, key string, off, n int64) ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	o, ok := m.objs[key]
+	if !ok {
+		return nil, fmt.Errorf("get %s: %w", key, ErrNotFound)
+	}
+	if off < 0 || n <= 0 || off >= int64(len(o.data)) {
+		return nil, fmt.Errorf("get %s: range %d+%d outside its %d bytes", key, off, n, len(o.data))
+	}
+	return append([]byte(nil), o.data[off:min(off+n, int64(len(o.data)))]...), nil
+}
+
 func (m *Mem) Stat(ctx context.Context, key string) (Info, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

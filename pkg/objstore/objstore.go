@@ -40,6 +40,9 @@ type Store interface {
 	Put(ctx context.Context, key string, data []byte) error
 	PutIfAbsent(ctx context.Context, key string, data []byte) (created bool, err error)
 	Get(ctx context.Context, key string) ([]byte, error)
+	// GetRange returns n bytes of the object from off, fewer when the
+	// object ends sooner; off at or past the end, or n < 1, is an error.
+	GetRange(ctx context.Context, key string, off, n int64) ([]byte, error)
 	Stat(ctx context.Context, key string) (Info, error)
 	Delete(ctx context.Context, key string) error
 	List(ctx context.Context, prefix string, fn func(Info) error) error

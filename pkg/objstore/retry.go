@@ -60,6 +60,11 @@ func (r *Retry) Get(ctx context.Context, key string) (b []byte, err error) {
 	return b, err
 }
 
+func (r *Retry) GetRange(ctx context.Context, key string, off, n int64) (b []byte, err error) {
+	err = r.do(ctx, "get "+key, func() error { b, err = r.Store.GetRange(ctx, key, off, n); return err })
+	return b, err
+}
+
 func (r *Retry) Stat(ctx context.Context, key string) (in Info, err error) {
 	err = r.do(ctx, "stat "+key, func() error { in, err = r.Store.Stat(ctx, key); return err })
 	return in, err

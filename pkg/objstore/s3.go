@@ -162,6 +162,31 @@ func (s *S3) PutIfAbsent(ctx context.Context, key string, data []byte) (bool, er
 	return false, fmt.Errorf("put %s: %w", key, err)
 }
 
+func (s *S3) GetRange(ctx context.Context, key string, off, n int64) ([]byte, error) {
+	if off < 0 || n <= 0 {
+		return nil, fmt.Errorf("get %s: range %d+%d", key, off, n)
+	}
+	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.cfg.Bucket, Key: aws.String(s.key(key)),
+		Range: aws.String(fmt.Sprintf("bytes=%d-%d", off, off+n-1))})
+	if err != nil {
+		if isNotFound(err) {
+			return nil, fmt.Errorf("get %s: %w", key, ErrNotFound)
+		}
+		return nil, fmt.Errorf("get %s: %w", key, err)
+	}
+	defer out.Body.Close()
+	// A server that ignores Range sends the whole object: read at most
+	// what was asked for, and only from the start of the range.
+	b, err := io.ReadAll(io.LimitReader(out.Body, n))
+	if err != nil {
+		return nil, fmt.Errorf("get %s: read body: %w", key, err)
+	}
+	if out.ContentRange == nil && off > 0 {
+		return nil, fmt.Errorf("get %s: the server ignored the range request", key)
+	}
+	return b, nil
+}
+
 func (s *S3) Get(ctx context.Context, key string) ([]byte, error) {
 	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.cfg.Bucket, Key: aws.String(s.key(key))})
 	if err != nil {

@@ -112,3 +112,43 @@ func TestConcurrentCreationAgrees(t *testing.T) {
 		}
 	}
 }
+
+func TestManifestSlice(t *testing.T) {
+	ctx := context.Background()
+	r, err := Open(ctx, objstore.NewMem(), 64<<10, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &manifest.Manifest{BackupID: "0190e1a0-0000-7000-8000-000000000001", ChunkSize: 64 << 10, DiskSize: 300 * 64 << 10}
+	for i := 0; i < 300; i++ {
+		m.IDs = append(m.IDs, chunk.Hash([]byte{byte(i), byte(i >> 8)}))
+	}
+	key, err := r.PutManifest(ctx, "vm", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := r.ManifestSlice(ctx, key, 256, 44)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range got {
+		if id != m.IDs[256+i] {
+			t.Fatalf("entry %d differs", 256+i)
+		}
+	}
+	if _, err := r.ManifestSlice(ctx, key, 290, 11); err == nil {
+		t.Fatal("entries past the end read")
+	}
+	keys, _ := NewKeys(bytes.Repeat([]byte{7}, 32))
+	enc, err := Open(ctx, objstore.NewMem(), 64<<10, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ekey, err := enc.PutManifest(ctx, "vm", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := enc.ManifestSlice(ctx, ekey, 0, 1); !errors.Is(err, ErrNoSlice) {
+		t.Fatalf("sealed manifest sliced: %v", err)
+	}
+}

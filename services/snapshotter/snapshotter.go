@@ -159,7 +159,7 @@ func (s *snapshotter) publishSegments(ctx context.Context, rec *contracts.Backup
 		seg := &contracts.Segment{
 			Schema: contracts.SchemaVersion, BackupID: rec.ID, VM: rec.VM, Disk: d.Index, Index: i, Source: d.Source,
 			DiskSize: d.Size, ChunkSize: rec.ChunkSize, FirstChunk: first, Chunks: int(min(int64(perSeg), total-first)),
-			Sparse: plan.sparse, Inherit: plan.inherit, PutFirst: plan.putFirst,
+			Sparse: plan.sparse, Inherit: plan.inherit, PutFirst: plan.putFirst, Parent: plan.parent,
 		}
 		if plan.sparse && i < len(plan.segRuns) {
 			seg.Runs = plan.segRuns[i]
@@ -198,6 +198,7 @@ func lastSegment(rec *contracts.BackupRecord, plans []readPlan, disk, seg int) b
 type readPlan struct {
 	sparse, inherit bool       // sparse: only runs; inherit: the rest from the parent (else zero)
 	putFirst        bool       // the chunks read are expected new: conditional PUTs first
+	parent          string     // a full read's parent manifest of this disk (Segment.Parent)
 	runs            [][2]int64 // chunk runs to read
 	changeID        source.ChangeID
 	changedBytes    int64
@@ -267,9 +268,16 @@ func (s *snapshotter) whatToRead(ctx context.Context, req *contracts.BackupReque
 		if err != nil {
 			s.rt.Log.WarnContext(ctx, "source cannot list allocated extents; reading the whole disk", "disk", d.Name, "err", err)
 			plans[i] = readPlan{putFirst: firstFull}
-			continue
+		} else {
+			plans[i] = readPlan{sparse: true, runs: source.ChunkRuns(ext, rec.ChunkSize), changeID: changeID, putFirst: firstFull}
 		}
-		plans[i] = readPlan{sparse: true, runs: source.ChunkRuns(ext, rec.ChunkSize), changeID: changeID, putFirst: firstFull}
+		// A damaged parent is not compared against: its bad chunks must be
+		// uploaded again, which only dedup's answer brings about.
+		if parent != nil && err == nil && !parent.Damaged && sameDisk(parent.Source, req.Source) && i < len(parent.Disks) &&
+			parent.Disks[i].Size == d.disk.Size() && parent.Disks[i].Manifest != "" {
+			plans[i].parent = parent.Disks[i].Manifest
+			rec.Base = parent.ID
+		}
 	}
 	return plans
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/runtime"
 	"github.com/strata-backup/strata/pkg/source"
 	"github.com/strata-backup/strata/pkg/vsphere"
@@ -155,7 +156,19 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 	// those — a known-bad chunk is answered missing and rewritten, a chunk a
 	// running collection condemned is held — and while a collection runs
 	// every segment asks dedup first.
-	stats.putFirst = (seg.Inherit || seg.PutFirst) && !w.collectionRunning(ctx)
+	collecting := w.collectionRunning(ctx)
+	stats.putFirst = (seg.Inherit || seg.PutFirst) && !collecting
+	// A full read of a disk the VM's verified parent has: chunks equal to
+	// the parent's at the same place are stored, so only the others are
+	// asked about. Not while a collection runs (dedup's answer then holds
+	// what it condemned), and without it if the slice cannot be read.
+	if seg.Parent != "" && !collecting {
+		ids, err := w.rt.Repo.ManifestSlice(ctx, seg.Parent, seg.FirstChunk, int64(seg.Chunks))
+		if err != nil && !errors.Is(err, repo.ErrNoSlice) {
+			w.rt.Log.WarnContext(ctx, "parent manifest unreadable: asking dedup about every chunk", "backup", seg.BackupID, "segment", seg.Index, "err", err)
+		}
+		stats.parent = ids
+	}
 	if len(toRead) > 0 { // a segment with nothing to read never opens the source
 		disk, err := w.disks.get(ctx, seg.BackupID, seg.Source)
 		if err != nil {
@@ -172,7 +185,7 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 		return err
 	}
 	w.rt.Log.DebugContext(ctx, "segment done", "backup", seg.BackupID, "segment", seg.Index, "read_bytes", done.ReadBytes,
-		"uploaded", done.UploadedChunks, "took", time.Since(start), "reading", stats.read, "asking", stats.ask, "uploading", stats.upload, "put_first", stats.putFirst)
+		"uploaded", done.UploadedChunks, "took", time.Since(start), "reading", stats.read, "asking", stats.ask, "uploading", stats.upload, "put_first", stats.putFirst, "same_as_parent", stats.sameAsParent)
 	return nil
 }
 
@@ -180,8 +193,10 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 // uploads.
 type segmentStats struct {
 	read, ask, upload time.Duration
-	putFirst          bool  // conditional PUTs first, dedup for what exists
-	stored            []int // chunks (relative to the segment) written by an acknowledged PUT
+	putFirst          bool       // conditional PUTs first, dedup for what exists
+	stored            []int      // chunks (relative to the segment) written by an acknowledged PUT
+	parent            []chunk.ID // the parent's ids of this segment (nil: none)
+	sameAsParent      int
 }
 
 // runsOf turns chunk positions into ascending runs.
@@ -311,6 +326,10 @@ func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Seg
 		}
 		id := w.rt.Repo.ChunkID(buf)
 		done.IDs[r] = id.String()
+		if r < len(stats.parent) && stats.parent[r] == id {
+			stats.sameAsParent++
+			continue // stored: the verified parent holds it at this place
+		}
 		if _, dup := asked[id]; !dup {
 			asked[id] = i
 			bufs[i] = buf

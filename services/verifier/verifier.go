@@ -252,10 +252,11 @@ func (v *verifier) missing(ctx context.Context, ids []chunk.ID) (string, error) 
 // the parent is verified and has the same shape; nil otherwise (then every
 // chunk is checked).
 func (v *verifier) verifiedParentManifest(ctx context.Context, rec *contracts.BackupRecord, disk int) []chunk.ID {
-	if rec.Parent == "" {
+	from := cmp.Or(rec.Parent, rec.Base) // an incremental's parent, or what a full read compared against
+	if from == "" {
 		return nil
 	}
-	parent, _, err := v.rt.Catalog.Get(ctx, rec.VM, rec.Parent)
+	parent, _, err := v.rt.Catalog.Get(ctx, rec.VM, from)
 	if err != nil || parent.State != contracts.StateVerified || disk >= len(parent.Disks) {
 		return nil
 	}

@@ -43,6 +43,26 @@ func Run(t *testing.T, s objstore.Store) {
 			}
 		}
 	})
+	t.Run("GetRange", func(t *testing.T) {
+		data := make([]byte, 10000)
+		rand.Read(data)
+		if err := s.Put(ctx, "t/range", data); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range [][2]int64{{0, 1}, {0, 10000}, {123, 456}, {9990, 10}, {9990, 100}, {0, 1 << 20}} {
+			got, err := s.GetRange(ctx, "t/range", r[0], r[1])
+			want := data[r[0]:min(r[0]+r[1], int64(len(data)))]
+			if err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("GetRange %d+%d: %d bytes, err %v; want %d bytes", r[0], r[1], len(got), err, len(want))
+			}
+		}
+		if _, err := s.GetRange(ctx, "t/range", 10000, 1); err == nil {
+			t.Fatal("GetRange past the end: no error")
+		}
+		if _, err := s.GetRange(ctx, "t/absent", 0, 1); !errors.Is(err, objstore.ErrNotFound) {
+			t.Fatalf("GetRange absent: %v, want ErrNotFound", err)
+		}
+	})
 	t.Run("OverwriteIsAtomicReplace", func(t *testing.T) {
 		if err := s.Put(ctx, "t/over", []byte("first version")); err != nil {
 			t.Fatal(err)
