@@ -424,8 +424,16 @@ func (h *KVHistory) Last(ctx context.Context, key string) (seq uint64, value []b
 }
 
 // IsWrongSequence reports a compare-and-set that lost: the key changed
-// since the revision it was based on.
+// since the revision it was based on. Replicated streams (R>1, the compose
+// deployment) report it with another code than a single server does;
+// recognising only the single-server one turned every contended catalog
+// update there into a handler failure retried seconds later (merge's
+// commit of a backup waited 5 s of a 8 s incremental).
 func IsWrongSequence(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return true
+	}
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }

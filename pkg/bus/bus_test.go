@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"testing"
@@ -104,5 +105,24 @@ func TestGiveUpAfterMaxDeliver(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("never gave up")
+	}
+}
+
+// A lost compare-and-set is recognised whether the stream is replicated
+// (code 10164, as in the compose deployment's R3 buckets) or not (10071).
+func TestIsWrongSequence(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{&jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence}, true},
+		{fmt.Errorf("update: %w", &jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamWrongLastSequenceConstant}), true},
+		{fmt.Errorf("update: %w", jetstream.ErrKeyRevisionMismatch), true},
+		{&jetstream.APIError{Code: 503, ErrorCode: jetstream.JSErrCodeJetStreamNotEnabled}, false},
+		{errors.New("timeout"), false},
+	} {
+		if got := IsWrongSequence(tc.err); got != tc.want {
+			t.Errorf("IsWrongSequence(%v) = %v, want %v", tc.err, got, tc.want)
+		}
 	}
 }
