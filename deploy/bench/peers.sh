@@ -7,25 +7,31 @@
 # Setting "deployed": Strata's compose deployment (3 NATS nodes, versitygw,
 # six services, TRANSFERS=3 workers; backups with --wait) against restic
 # and kopia writing to the same versitygw container (borg has no S3
-# backend); CPU is the client's plus, for Strata, every container's and,
-# for the peers, the S3 container's; repository size is the bucket's
-# directory in the S3 volume. Needs Docker (make images is run). Per disk kind — synthetic (`strata mkdisk`: holes, random,
-# text, repeats; a size that is no multiple of any chunk size) and realistic
+# backend); the stack is torn down after every round. Needs Docker; the
+# images are built (deploy/docker/images.sh).
+#
+# Per disk kind — synthetic (`strata mkdisk`: holes, random, text,
+# repeats; a size that is no multiple of any chunk size) and realistic
 # (GPT, FAT EFI + ext4 made by `mkfs.ext4 -d` from a debootstrap minbase
 # tree plus the Go toolchain; its "next day" changed through the filesystem
 # with debugfs: a new 24 MB database, a 16 MB log, a rewritten binary) —
 # every tool does a full backup, an incremental of the next day and a
 # restore, checked bit for bit; tools alternate within each round, best of
-# ROUNDS. Printed per step: wall time, CPU of every process involved (for
-# Strata the CLI plus the dev process's CPU over the step), peak RSS,
-# repository size (growth for the incremental) and MB/s of logical disk;
-# then Strata's ratio to the best peer (speed and CPU); at the end, the
-# compression codecs on the same disks (BenchmarkCodecs). Strata's
+# ROUNDS. Printed per step: wall time, CPU of every process involved
+# (embedded Strata: the CLI plus the dev process over the step; deployed:
+# the client plus every container of Strata's stack, or plus the S3
+# container for a peer), peak RSS of the client, repository size (growth
+# for the incremental; deployed: the bucket's directory in the S3 volume)
+# and MB/s of logical disk; then Strata's ratio to the best peer (speed and
+# CPU), where the deployed full's CPU went per container, and at the end
+# the compression codecs on the same disks (BenchmarkCodecs). Strata's
 # incremental through a qcow2 dirty bitmap is still to come (issue 11).
 #
 # Environment: SETTINGS ("embedded deployed"), ROUNDS (3), DISKS
-# ("synthetic realistic"), TOOLS ("strata borg restic kopia"), TRANSFERS (3),
-# DEP_S3_PORT (17070) and DEP_NATS_PORT (14222, and the next two), SYN_SIZE (2 GiB + 12345), REAL_SIZE (3 GiB),
+# ("synthetic realistic"), TOOLS ("strata borg restic kopia"), TRANSFERS
+# (3), DEP_S3_PORT (17070; the next two for the HTTP trigger and Jaeger),
+# DEP_NATS_PORT (14222 and the next two), SYN_SIZE (2 GiB + 12345),
+# REAL_SIZE (3 GiB),
 # STRATA_BENCH_DIR (a temporary directory under /var/tmp, removed at the
 # end unless STRATA_BENCH_KEEP=1). Peers are installed when missing: restic
 # and kopia built from the Go module proxy into
