@@ -32,7 +32,9 @@
 # ("synthetic realistic"), TOOLS ("strata borg restic kopia"), TRANSFERS
 # (3), DEP_S3_PORT (17070; the next two for the HTTP trigger and Jaeger),
 # DEP_NATS_PORT (14222 and the next two), SYN_SIZE (2 GiB + 12345),
-# REAL_SIZE (3 GiB),
+# REAL_SIZE (3 GiB), STRATA_JS_REPLICAS (3) and STRATA_OTLP_ENDPOINT
+# (Jaeger; empty: no tracing) for the deployed stack, to measure what
+# replication and tracing cost,
 # STRATA_BENCH_DIR (a temporary directory under /var/tmp, removed at the
 # end unless STRATA_BENCH_KEEP=1). Peers are installed when missing: restic
 # and kopia built from the Go module proxy into
@@ -311,7 +313,7 @@ compose() {
     STRATA_S3_PORT=$DEP_S3 STRATA_HTTP_PORT=$((DEP_S3 + 1)) JAEGER_UI_PORT=$((DEP_S3 + 2)) $compose_cmd "$@")
 }
 deployed_images() {
-  log "building the images (make images)"
+  log "deployed: STRATA_JS_REPLICAS=${STRATA_JS_REPLICAS:-3}, tracing to '${STRATA_OTLP_ENDPOINT-http://jaeger:4318}'; building the images (make images)"
   "$root/deploy/docker/images.sh" >/dev/null
   head -c 24 /dev/urandom | base64 >"$work/api-token"; chmod 644 "$work/api-token"
 }
@@ -350,6 +352,10 @@ per_container() {
   for id in $(stack_ids); do echo "$(docker inspect -f '{{.Name}}' "$id") $(containers_cpu "$id")"; done
 }
 s3_id() { compose ps -q s3; }
+# versitygw's access log (STRATA_S3_ACCESS_LOG, set below): a line per
+# request, the operation in field 8. The image is FROM scratch: docker cp.
+s3_log() { docker cp "$(s3_id):/tmp/access.log" - 2>/dev/null | tar -xO 2>/dev/null || true; }
+export STRATA_S3_ACCESS_LOG=/tmp/access.log
 # Bytes a bucket holds in the S3 container's volume.
 bucket_size() {
   local vol; vol=$(docker inspect -f '{{range .Mounts}}{{if eq .Destination "/data"}}{{.Source}}{{end}}{{end}}' "$(s3_id)")
@@ -359,8 +365,12 @@ bucket_size() {
 dstep() {
   local name=$1 ids=$2; shift 2
   local c0; c0=$(containers_cpu $ids)
+  local q0; q0=$(s3_log | wc -l)
   timed "$name" "$@"
   local c1; c1=$(containers_cpu $ids)
+  # S3 requests of the step by operation, from versitygw's access log
+  # (the last round's are printed)
+  s3_log | tail -n +$((q0 + 1)) | awk '{n[$8]++; t++} END {printf "%d:", t; for (o in n) printf " %s %d", o, n[o]; print ""}' >"$work/q.$name"
   local last; last=$(tail -n 1 "$work/t.$name"); sed -i '$d' "$work/t.$name"
   echo "$last" | awk -v dc=$((c1 - c0)) '{printf "%s %.2f %d\n", $1, $2 + dc / 1e9, $3}' >>"$work/t.$name"
 }
@@ -479,6 +489,12 @@ for S in $SETTINGS; do
     report "$disk"
     if [ "$S" = deployed ] && [ -f "$work/where.$disk.full" ]; then
       echo "strata full: CPU by container (last round)"; cat "$work/where.$disk.full"
+    fi
+    if [ "$S" = deployed ]; then
+      echo "S3 requests per step (last round): total: by operation"
+      for tool in $TOOLS; do for step in full incr restore; do
+        [ -f "$work/q.$S.$tool.$disk.$step" ] && printf '%-8s %-8s %s\n' "$tool" "$step" "$(cat "$work/q.$S.$tool.$disk.$step")"
+      done; done
     fi
   done
 done

@@ -208,11 +208,7 @@ func (c *looseChunks) GetChunk(ctx context.Context, id chunk.ID) ([]byte, error)
 	if err != nil {
 		return nil, fmt.Errorf("chunk object %s: %w", key, err)
 	}
-	opened, err := c.seal.open(obj, id[:])
-	if err != nil {
-		return nil, fmt.Errorf("chunk object %s: %w: %v", key, chunk.ErrCorrupt, err)
-	}
-	data, err := chunk.DecodeWith(opened, id, c.seal.ChunkID)
+	data, err := openStored(c.seal, id, obj)
 	if err != nil {
 		return nil, fmt.Errorf("chunk object %s: %w", key, err)
 	}

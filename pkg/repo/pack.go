@@ -1,0 +1,252 @@
+package repo
+
+// Packs: many stored chunks in one object, so that a backup costs one
+// request per few MiB instead of one per chunk (issue 11: the per-object
+// cost of an S3 server, and of a file per chunk on a directory store, is
+// what a full backup spent most of its time on).
+//
+//	packs/<xx>/<pack id>:
+//	  blob 0 | blob 1 | … | stored trailer | u32 len(stored trailer) | "STRATAPK"
+//
+// A blob is a stored chunk exactly as a chunk object of its own holds it
+// (codec header, payload; sealed and bound to its id in an encrypted
+// repository), so a chunk reads the same from a pack range as from a loose
+// object. The trailer makes a pack self-describing, so what a pack holds
+// is known without any manifest (an index rebuilt from the store, GC
+// deciding what is dead in it):
+//
+//	trailer: "STPI" | u32 count | count × (32-byte id | u32 offset | u32 length) |
+//	         sha256 of everything before
+//
+// sealed, in an encrypted repository, and bound to the pack's key. Readers
+// reach a chunk by its location (pack, offset, length), which manifests
+// carry: no global index is needed to restore.
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/google/uuid"
+
+	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/objstore"
+)
+
+const (
+	packMagic    = "STRATAPK"
+	trailerMagic = "STPI"
+	packEntryLen = 32 + 4 + 4
+	// packTailLen is the fixed end of a pack: trailer length and magic.
+	packTailLen = 4 + len(packMagic)
+	// MaxPackSize bounds a pack: offsets are 32-bit, and a pack is built
+	// in memory.
+	MaxPackSize = 1 << 30
+)
+
+// PackKey is the object key of a pack.
+func PackKey(p chunk.PackID) string {
+	s := p.String()
+	return "packs/" + s[:2] + "/" + s
+}
+
+// PackEntry is one chunk of a pack.
+type PackEntry struct {
+	ID  chunk.ID
+	Loc chunk.Loc
+}
+
+// Pack is a pack being filled. Not safe for concurrent use.
+type Pack struct {
+	ID      chunk.PackID
+	buf     []byte
+	entries []PackEntry
+}
+
+// NewPack starts an empty pack. Its id is a UUIDv7: random, and ordered by
+// creation time, so a listing shows old packs first.
+func NewPack() *Pack {
+	return &Pack{ID: chunk.PackID(uuid.Must(uuid.NewV7()))}
+}
+
+// Add appends a stored chunk (as Repository.AppendChunk makes it) and
+// returns where it will lie once the pack is stored. stored is copied.
+func (p *Pack) Add(id chunk.ID, stored []byte) (chunk.Loc, error) {
+	if len(stored) == 0 || len(p.buf)+len(stored) > MaxPackSize {
+		return chunk.Loc{}, fmt.Errorf("pack %s: a %d-byte chunk does not fit after %d bytes", p.ID, len(stored), len(p.buf))
+	}
+	loc := chunk.Loc{Pack: p.ID, Off: uint32(len(p.buf)), Len: uint32(len(stored))}
+	p.buf = append(p.buf, stored...)
+	p.entries = append(p.entries, PackEntry{ID: id, Loc: loc})
+	return loc, nil
+}
+
+// Size is the bytes of chunks added so far.
+func (p *Pack) Size() int { return len(p.buf) }
+
+// Entries are the chunks added so far, in pack order.
+func (p *Pack) Entries() []PackEntry { return p.entries }
+
+// encodeTrailer is the plain trailer of entries.
+func encodeTrailer(entries []PackEntry) []byte {
+	b := make([]byte, 0, len(trailerMagic)+4+packEntryLen*len(entries)+sha256.Size)
+	b = append(b, trailerMagic...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(entries)))
+	for _, e := range entries {
+		b = append(b, e.ID[:]...)
+		b = binary.BigEndian.AppendUint32(b, e.Loc.Off)
+		b = binary.BigEndian.AppendUint32(b, e.Loc.Len)
+	}
+	sum := sha256.Sum256(b)
+	return append(b, sum[:]...)
+}
+
+// ErrCorruptPack is wrapped by every error about a pack whose trailer does
+// not parse or describe it.
+var ErrCorruptPack = errors.New("corrupt pack")
+
+// decodeTrailer parses a plain trailer of pack p whose blobs end at
+// blobsEnd, checking that every entry lies inside them.
+func decodeTrailer(p chunk.PackID, b []byte, blobsEnd int64) ([]PackEntry, error) {
+	if len(b) < len(trailerMagic)+4+sha256.Size || string(b[:len(trailerMagic)]) != trailerMagic {
+		return nil, fmt.Errorf("%w: no index trailer", ErrCorruptPack)
+	}
+	body, sum := b[:len(b)-sha256.Size], b[len(b)-sha256.Size:]
+	if got := sha256.Sum256(body); !bytes.Equal(got[:], sum) {
+		return nil, fmt.Errorf("%w: index checksum mismatch", ErrCorruptPack)
+	}
+	n := binary.BigEndian.Uint32(body[len(trailerMagic):])
+	rest := body[len(trailerMagic)+4:]
+	if uint64(len(rest)) != uint64(n)*packEntryLen {
+		return nil, fmt.Errorf("%w: %d entries announced, %d bytes of entries", ErrCorruptPack, n, len(rest))
+	}
+	entries := make([]PackEntry, n)
+	for i := range entries {
+		e := rest[packEntryLen*i:]
+		copy(entries[i].ID[:], e)
+		off, ln := binary.BigEndian.Uint32(e[32:]), binary.BigEndian.Uint32(e[36:])
+		if ln == 0 || int64(off)+int64(ln) > blobsEnd {
+			return nil, fmt.Errorf("%w: entry %d (%d+%d) outside the %d bytes of chunks", ErrCorruptPack, i, off, ln, blobsEnd)
+		}
+		entries[i].Loc = chunk.Loc{Pack: p, Off: off, Len: ln}
+	}
+	return entries, nil
+}
+
+// PutPack stores a pack (with its trailer) as one object. The pack may be
+// reused for nothing afterwards. A pack of no chunks is not stored.
+func (r *Repository) PutPack(ctx context.Context, p *Pack) error {
+	if len(p.entries) == 0 {
+		return nil
+	}
+	key := PackKey(p.ID)
+	trailer := r.seal.seal(encodeTrailer(p.entries), []byte(key))
+	obj := append(p.buf, trailer...)
+	obj = binary.BigEndian.AppendUint32(obj, uint32(len(trailer)))
+	obj = append(obj, packMagic...)
+	p.buf = obj[:len(p.buf)] // keep the grown buffer's chunks as they were
+	if err := r.Store.Put(ctx, key, obj); err != nil {
+		return fmt.Errorf("write pack %s: %w", key, err)
+	}
+	return nil
+}
+
+// PackIndex reads what pack p holds from its trailer, with range reads of
+// its end only. size is the pack object's size when known (a listing gives
+// it), or 0 to ask the store.
+func (r *Repository) PackIndex(ctx context.Context, p chunk.PackID, size int64) ([]PackEntry, error) {
+	key := PackKey(p)
+	if size <= 0 {
+		info, err := r.Store.Stat(ctx, key)
+		if err != nil {
+			return nil, fmt.Errorf("pack %s: %w", key, err)
+		}
+		size = info.Size
+	}
+	if size < int64(packTailLen) {
+		return nil, fmt.Errorf("pack %s: %w: %d bytes", key, ErrCorruptPack, size)
+	}
+	// One read usually holds the whole trailer: 40 bytes an entry.
+	want := min(size, 64<<10)
+	tail, err := r.Store.GetRange(ctx, key, size-want, want)
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: %w", key, err)
+	}
+	if int64(len(tail)) != want || string(tail[len(tail)-len(packMagic):]) != packMagic {
+		return nil, fmt.Errorf("pack %s: %w: no pack end", key, ErrCorruptPack)
+	}
+	tlen := int64(binary.BigEndian.Uint32(tail[len(tail)-packTailLen:]))
+	if tlen > size-int64(packTailLen) {
+		return nil, fmt.Errorf("pack %s: %w: a %d-byte index in %d bytes", key, ErrCorruptPack, tlen, size)
+	}
+	var stored []byte
+	if tlen <= want-int64(packTailLen) {
+		stored = tail[want-int64(packTailLen)-tlen : want-int64(packTailLen)]
+	} else if stored, err = r.Store.GetRange(ctx, key, size-int64(packTailLen)-tlen, tlen); err != nil {
+		return nil, fmt.Errorf("pack %s: %w", key, err)
+	}
+	plain, err := r.seal.open(stored, []byte(key))
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: %w: index: %v", key, ErrCorruptPack, err)
+	}
+	entries, err := decodeTrailer(p, plain, size-int64(packTailLen)-tlen)
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: %w", key, err)
+	}
+	return entries, nil
+}
+
+// openStored turns a stored chunk (its own object or a pack range) into
+// its verified bytes; errors wrap chunk.ErrCorrupt.
+func openStored(s sealer, id chunk.ID, stored []byte) ([]byte, error) {
+	opened, err := s.open(stored, id[:])
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", chunk.ErrCorrupt, err)
+	}
+	return chunk.DecodeWith(opened, id, s.ChunkID)
+}
+
+// ReadChunk returns the verified bytes of chunk id from where loc says it
+// lies: a range of a pack, or (the zero Loc) its own object. Errors wrap
+// chunk.ErrCorrupt or objstore.ErrNotFound and name the object.
+func (r *Repository) ReadChunk(ctx context.Context, id chunk.ID, loc chunk.Loc) ([]byte, error) {
+	if !loc.InPack() {
+		return r.Chunks.GetChunk(ctx, id)
+	}
+	key := PackKey(loc.Pack)
+	stored, err := r.Store.GetRange(ctx, key, int64(loc.Off), int64(loc.Len))
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s in pack %s: %w", id, key, err)
+	}
+	if len(stored) != int(loc.Len) {
+		return nil, fmt.Errorf("chunk %s in pack %s: %w: %d of %d bytes at %d", id, key, chunk.ErrCorrupt, len(stored), loc.Len, loc.Off)
+	}
+	data, err := openStored(r.seal, id, stored)
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s in pack %s: %w", id, key, err)
+	}
+	return data, nil
+}
+
+// ListPacks calls f for every pack object whose first id byte is in
+// [lo, hi); objects under packs/ that are not packs where they lie are
+// skipped.
+func (r *Repository) ListPacks(ctx context.Context, lo byte, hi int, f func(p chunk.PackID, info objstore.Info) error) error {
+	for b := int(lo); b < hi && b < 256; b++ {
+		prefix := fmt.Sprintf("packs/%02x/", b)
+		err := r.Store.List(ctx, prefix, func(in objstore.Info) error {
+			p, err := chunk.ParsePackID(in.Key[len(prefix):])
+			if err != nil || PackKey(p) != in.Key {
+				return nil
+			}
+			return f(p, in)
+		})
+		if err != nil {
+			return fmt.Errorf("list %s: %w", prefix, err)
+		}
+	}
+	return nil
+}

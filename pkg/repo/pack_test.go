@@ -1,0 +1,161 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/objstore"
+)
+
+// packOf fills a pack with n distinct chunks and stores it.
+func packOf(t *testing.T, r *Repository, n int) (*Pack, [][]byte) {
+	t.Helper()
+	p := NewPack()
+	var datas [][]byte
+	for i := range n {
+		data := bytes.Repeat([]byte(fmt.Sprintf("chunk %d ", i)), 100+i)
+		id := r.ChunkID(data)
+		if _, err := p.Add(id, r.AppendChunk(nil, id, data, chunk.Zstd)); err != nil {
+			t.Fatal(err)
+		}
+		datas = append(datas, data)
+	}
+	if err := r.PutPack(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	return p, datas
+}
+
+func TestPackRoundTrip(t *testing.T) {
+	for _, keys := range []*Keys{nil, testKeys(t, 7)} {
+		t.Run(fmt.Sprint("encrypted=", keys != nil), func(t *testing.T) {
+			ctx := context.Background()
+			store := objstore.NewMem()
+			r, err := Open(ctx, store, 64<<10, keys)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, datas := packOf(t, r, 5)
+			for i, e := range p.Entries() {
+				got, err := r.ReadChunk(ctx, e.ID, e.Loc)
+				if err != nil || !bytes.Equal(got, datas[i]) {
+					t.Fatalf("chunk %d at %s: %v", i, e.Loc, err)
+				}
+			}
+			// The trailer alone says what the pack holds.
+			info, err := store.Stat(ctx, PackKey(p.ID))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, size := range []int64{0, info.Size} {
+				index, err := r.PackIndex(ctx, p.ID, size)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if fmt.Sprint(index) != fmt.Sprint(p.Entries()) {
+					t.Fatalf("index %v, want %v", index, p.Entries())
+				}
+			}
+			var listed []chunk.PackID
+			if err := r.ListPacks(ctx, 0, 256, func(id chunk.PackID, _ objstore.Info) error {
+				listed = append(listed, id)
+				return nil
+			}); err != nil || len(listed) != 1 || listed[0] != p.ID {
+				t.Fatalf("ListPacks = %v %v", listed, err)
+			}
+			// A range that is not the chunk, or a chunk asked for by
+			// another id, is corrupt, never other bytes.
+			e := p.Entries()[1]
+			wrong := e.Loc
+			wrong.Off++
+			if _, err := r.ReadChunk(ctx, e.ID, wrong); !errors.Is(err, chunk.ErrCorrupt) {
+				t.Fatalf("read at a wrong offset: %v", err)
+			}
+			if _, err := r.ReadChunk(ctx, p.Entries()[0].ID, e.Loc); !errors.Is(err, chunk.ErrCorrupt) {
+				t.Fatalf("read of another chunk's range: %v", err)
+			}
+			gone := e.Loc
+			gone.Pack = NewPack().ID
+			if _, err := r.ReadChunk(ctx, e.ID, gone); !errors.Is(err, objstore.ErrNotFound) {
+				t.Fatalf("read from a missing pack: %v", err)
+			}
+		})
+	}
+}
+
+func TestPackIndexLargeTrailer(t *testing.T) {
+	// More entries than the first tail read holds: a second read.
+	ctx := context.Background()
+	r, _ := Open(ctx, objstore.NewMem(), 64<<10, nil)
+	p, _ := packOf(t, r, 2000)
+	index, err := r.PackIndex(ctx, p.ID, 0)
+	if err != nil || len(index) != 2000 || index[1999] != p.Entries()[1999] {
+		t.Fatalf("index of %d entries: %v", len(index), err)
+	}
+}
+
+func TestPackIndexRefusesDamage(t *testing.T) {
+	ctx := context.Background()
+	store := objstore.NewMem()
+	r, _ := Open(ctx, store, 64<<10, nil)
+	p, _ := packOf(t, r, 3)
+	key := PackKey(p.ID)
+	good, _ := store.Get(ctx, key)
+	for name, obj := range map[string][]byte{
+		"truncated":        good[:len(good)-3],
+		"no trailer":       good[:len(good)/2],
+		"flipped index":    flip(good, len(good)-packTailLen-sha256Len-5),
+		"tiny":             []byte("STRATAPK"),
+		"huge index claim": append(append([]byte{}, good[:len(good)-packTailLen]...), 0xff, 0xff, 0xff, 0xff, 'S', 'T', 'R', 'A', 'T', 'A', 'P', 'K'),
+	} {
+		if err := store.Put(ctx, key, obj); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.PackIndex(ctx, p.ID, 0); !errors.Is(err, ErrCorruptPack) {
+			t.Errorf("%s: %v, want ErrCorruptPack", name, err)
+		}
+	}
+}
+
+const sha256Len = 32
+
+func flip(b []byte, at int) []byte {
+	c := append([]byte{}, b...)
+	c[at] ^= 0x40
+	return c
+}
+
+// FuzzPackIndex: whatever a pack object holds, reading its index returns
+// entries inside it or an error, never a panic.
+func FuzzPackIndex(f *testing.F) {
+	ctx := context.Background()
+	store := objstore.NewMem()
+	r, _ := Open(ctx, store, 64<<10, nil)
+	p := NewPack()
+	for i := range 3 {
+		data := []byte(fmt.Sprint("seed chunk ", i))
+		id := r.ChunkID(data)
+		p.Add(id, r.AppendChunk(nil, id, data, chunk.S2))
+	}
+	r.PutPack(ctx, p)
+	seed, _ := store.Get(ctx, PackKey(p.ID))
+	f.Add(seed)
+	f.Add([]byte("STRATAPK"))
+	f.Fuzz(func(t *testing.T, obj []byte) {
+		store.Put(ctx, PackKey(p.ID), obj)
+		entries, err := r.PackIndex(ctx, p.ID, 0)
+		if err != nil {
+			return
+		}
+		for _, e := range entries {
+			if int(e.Loc.Off)+int(e.Loc.Len) > len(obj) {
+				t.Fatalf("entry %s outside a %d-byte pack", e.Loc, len(obj))
+			}
+			r.ReadChunk(ctx, e.ID, e.Loc)
+		}
+	})
+}
