@@ -1,12 +1,16 @@
 // Package manifest encodes the chunk map of one disk of one backup: chunk
 // index → chunk id, with chunk.Zero for all-zero chunks.
 //
-// Encoding (version 1, big-endian):
+// Encoding (big-endian):
 //
 //	"STRATAMF" | u16 version | u32 chunk size | u64 disk size |
-//	u16 len + backup id | u32 disk index | u64 count | count × 32-byte ids |
+//	u16 len + backup id | u32 disk index | u64 count | count × entry |
 //	sha256 of everything before
 //
+// An entry is, in version 1, the 32-byte chunk id; in version 2 the id and
+// where the chunk is stored (16-byte pack id, u32 offset, u32 length; all
+// zero for a chunk stored on its own). Encode writes version 1 when no
+// entry has a location, so manifests of loose chunks are as they were.
 // Decode rejects anything that is not exactly that, with an error.
 package manifest
 
@@ -22,8 +26,16 @@ import (
 
 const (
 	magic   = "STRATAMF"
-	Version = 1
+	Version = 2
 )
+
+// entryLen is the size of one entry in an encoding of version v.
+func entryLen(v uint16) int {
+	if v == 1 {
+		return 32
+	}
+	return 32 + 16 + 4 + 4
+}
 
 // ErrCorrupt is wrapped by every decode error.
 var ErrCorrupt = errors.New("corrupt manifest")
@@ -35,6 +47,17 @@ type Manifest struct {
 	ChunkSize int
 	DiskSize  int64
 	IDs       []chunk.ID
+	// Locs, when not nil, says where each chunk is stored (Locs[i] for
+	// IDs[i]; the zero Loc: on its own, and for every all-zero chunk).
+	Locs []chunk.Loc
+}
+
+// Loc is where chunk i is stored (the zero Loc: on its own).
+func (m *Manifest) Loc(i int) chunk.Loc {
+	if m.Locs == nil {
+		return chunk.Loc{}
+	}
+	return m.Locs[i]
 }
 
 // ChunkCount is the number of chunks a disk of size bytes has.
@@ -62,6 +85,16 @@ func (m *Manifest) Check() error {
 	if len(m.BackupID) == 0 || len(m.BackupID) > 1024 || m.Disk < 0 {
 		return fmt.Errorf("bad backup id or disk index")
 	}
+	if m.Locs != nil {
+		if len(m.Locs) != len(m.IDs) {
+			return fmt.Errorf("%d locations for %d entries", len(m.Locs), len(m.IDs))
+		}
+		for i, l := range m.Locs {
+			if l.InPack() && (m.IDs[i].IsZero() || l.Len == 0) || !l.InPack() && l != (chunk.Loc{}) {
+				return fmt.Errorf("entry %d: location %s for chunk %s", i, l, m.IDs[i])
+			}
+		}
+	}
 	return nil
 }
 
@@ -70,18 +103,28 @@ func (m *Manifest) Encode() ([]byte, error) {
 	if err := m.Check(); err != nil {
 		return nil, fmt.Errorf("encode manifest: %w", err)
 	}
+	v := uint16(1)
+	if m.Locs != nil {
+		v = 2
+	}
 	var b bytes.Buffer
-	b.Grow(64 + len(m.BackupID) + 32*len(m.IDs) + sha256.Size)
+	b.Grow(64 + len(m.BackupID) + entryLen(v)*len(m.IDs) + sha256.Size)
 	b.WriteString(magic)
-	binary.Write(&b, binary.BigEndian, uint16(Version))
+	binary.Write(&b, binary.BigEndian, v)
 	binary.Write(&b, binary.BigEndian, uint32(m.ChunkSize))
 	binary.Write(&b, binary.BigEndian, uint64(m.DiskSize))
 	binary.Write(&b, binary.BigEndian, uint16(len(m.BackupID)))
 	b.WriteString(m.BackupID)
 	binary.Write(&b, binary.BigEndian, uint32(m.Disk))
 	binary.Write(&b, binary.BigEndian, uint64(len(m.IDs)))
-	for _, id := range m.IDs {
+	for i, id := range m.IDs {
 		b.Write(id[:])
+		if v == 2 {
+			l := m.Locs[i]
+			b.Write(l.Pack[:])
+			binary.Write(&b, binary.BigEndian, l.Off)
+			binary.Write(&b, binary.BigEndian, l.Len)
+		}
 	}
 	sum := sha256.Sum256(b.Bytes())
 	b.Write(sum[:])
@@ -135,8 +178,9 @@ func Decode(data []byte) (*Manifest, error) {
 		return nil, fmt.Errorf("%w: checksum mismatch", ErrCorrupt)
 	}
 	r := &reader{b: body[len(magic):]}
-	if v := r.u16(); r.err == nil && v != Version {
-		return nil, fmt.Errorf("%w: version %d, want %d", ErrCorrupt, v, Version)
+	v := r.u16()
+	if r.err == nil && (v < 1 || v > Version) {
+		return nil, fmt.Errorf("%w: version %d, this build reads 1..%d", ErrCorrupt, v, Version)
 	}
 	m := &Manifest{}
 	m.ChunkSize = int(r.u32())
@@ -144,15 +188,26 @@ func Decode(data []byte) (*Manifest, error) {
 	m.BackupID = string(r.take(int(r.u16())))
 	m.Disk = int(r.u32())
 	count := r.u64()
-	if r.err == nil && count != uint64(len(r.b))/32 || len(r.b)%32 != 0 {
-		return nil, fmt.Errorf("%w: %d entries announced, %d bytes of entries", ErrCorrupt, count, len(r.b))
-	}
 	if r.err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, r.err)
 	}
+	el := entryLen(v)
+	if count != uint64(len(r.b)/el) || len(r.b)%el != 0 {
+		return nil, fmt.Errorf("%w: %d entries announced, %d bytes of entries", ErrCorrupt, count, len(r.b))
+	}
 	m.IDs = make([]chunk.ID, count)
+	if v == 2 {
+		m.Locs = make([]chunk.Loc, count)
+	}
 	for i := range m.IDs {
-		copy(m.IDs[i][:], r.b[32*i:])
+		e := r.b[el*i:]
+		copy(m.IDs[i][:], e)
+		if v == 2 {
+			l := &m.Locs[i]
+			copy(l.Pack[:], e[32:])
+			l.Off = binary.BigEndian.Uint32(e[48:])
+			l.Len = binary.BigEndian.Uint32(e[52:])
+		}
 	}
 	if err := m.Check(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
@@ -163,10 +218,11 @@ func Decode(data []byte) (*Manifest, error) {
 // MaxHeaderLen bounds the encoded header (everything before the ids).
 const MaxHeaderLen = len(magic) + 2 + 4 + 8 + 2 + 1024 + 4 + 8
 
-// Header is what precedes the ids of an encoded manifest, enough to read a
-// slice of its ids without the rest (a byte range: entry i is at
-// IDsAt + 32·i). Such a slice cannot be checked against the manifest's
-// checksum: use it only where a wrong id costs a lookup, never a loss.
+// Header is what precedes the entries of an encoded manifest, enough to
+// read a slice of them without the rest (a byte range: entry i is at
+// IDsAt + EntryLen·i). Such a slice cannot be checked against the
+// manifest's checksum: use it only where a wrong entry costs a lookup,
+// never a loss.
 type Header struct {
 	ChunkSize int
 	DiskSize  int64
@@ -174,6 +230,29 @@ type Header struct {
 	Disk      int
 	Count     int64
 	IDsAt     int64
+	EntryLen  int
+}
+
+// DecodeEntries parses n consecutive entries of an encoding described by
+// h; locs is nil for a manifest without locations.
+func (h *Header) DecodeEntries(b []byte, n int) (ids []chunk.ID, locs []chunk.Loc, err error) {
+	if len(b) != n*h.EntryLen {
+		return nil, nil, fmt.Errorf("%w: %d bytes for %d entries of %d", ErrCorrupt, len(b), n, h.EntryLen)
+	}
+	ids = make([]chunk.ID, n)
+	if h.EntryLen > 32 {
+		locs = make([]chunk.Loc, n)
+	}
+	for i := range ids {
+		e := b[h.EntryLen*i:]
+		copy(ids[i][:], e)
+		if locs != nil {
+			copy(locs[i].Pack[:], e[32:])
+			locs[i].Off = binary.BigEndian.Uint32(e[48:])
+			locs[i].Len = binary.BigEndian.Uint32(e[52:])
+		}
+	}
+	return ids, locs, nil
 }
 
 // DecodeHeader parses the header at the start of an encoded manifest
@@ -183,10 +262,11 @@ func DecodeHeader(prefix []byte) (*Header, error) {
 		return nil, fmt.Errorf("%w: not a manifest", ErrCorrupt)
 	}
 	r := &reader{b: prefix[len(magic):]}
-	if v := r.u16(); r.err == nil && v != Version {
-		return nil, fmt.Errorf("%w: version %d, want %d", ErrCorrupt, v, Version)
+	v := r.u16()
+	if r.err == nil && (v < 1 || v > Version) {
+		return nil, fmt.Errorf("%w: version %d, this build reads 1..%d", ErrCorrupt, v, Version)
 	}
-	h := &Header{ChunkSize: int(r.u32()), DiskSize: int64(r.u64())}
+	h := &Header{ChunkSize: int(r.u32()), DiskSize: int64(r.u64()), EntryLen: entryLen(v)}
 	h.BackupID = string(r.take(int(r.u16())))
 	h.Disk = int(r.u32())
 	h.Count = int64(r.u64())

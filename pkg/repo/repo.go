@@ -317,32 +317,30 @@ var ErrNoSlice = errors.New("manifest cannot be read in part")
 // segment against its parent's ids at a cost that follows the segment, not
 // the disk. The slice is not checked against the manifest's checksum (that
 // needs all of it), so it is a hint: a chunk whose computed id equals the
-// hint is known stored, and a corrupt entry can only fail to match.
-func (r *Repository) ManifestSlice(ctx context.Context, key string, first, count int64) ([]chunk.ID, error) {
+// hint is known stored, and a corrupt entry can only fail to match. locs is
+// nil when the manifest records no locations.
+func (r *Repository) ManifestSlice(ctx context.Context, key string, first, count int64) (ids []chunk.ID, locs []chunk.Loc, err error) {
 	if r.Encrypted() {
-		return nil, ErrNoSlice
+		return nil, nil, ErrNoSlice
 	}
 	prefix, err := r.Store.GetRange(ctx, key, 0, int64(manifest.MaxHeaderLen))
 	if err != nil {
-		return nil, fmt.Errorf("manifest object %s: %w", key, err)
+		return nil, nil, fmt.Errorf("manifest object %s: %w", key, err)
 	}
 	h, err := manifest.DecodeHeader(prefix)
 	if err != nil {
-		return nil, fmt.Errorf("manifest object %s: %w", key, err)
+		return nil, nil, fmt.Errorf("manifest object %s: %w", key, err)
 	}
 	if h.ChunkSize != r.Config.ChunkSize || first < 0 || count <= 0 || first+count > h.Count {
-		return nil, fmt.Errorf("manifest object %s: entries %d+%d of %d (%d-byte chunks) asked for", key, first, count, h.Count, h.ChunkSize)
+		return nil, nil, fmt.Errorf("manifest object %s: entries %d+%d of %d (%d-byte chunks) asked for", key, first, count, h.Count, h.ChunkSize)
 	}
-	b, err := r.Store.GetRange(ctx, key, h.IDsAt+32*first, 32*count)
+	el := int64(h.EntryLen)
+	b, err := r.Store.GetRange(ctx, key, h.IDsAt+el*first, el*count)
 	if err != nil {
-		return nil, fmt.Errorf("manifest object %s: %w", key, err)
+		return nil, nil, fmt.Errorf("manifest object %s: %w", key, err)
 	}
-	if int64(len(b)) != 32*count {
-		return nil, fmt.Errorf("manifest object %s: %w: %d bytes of entries, want %d", key, manifest.ErrCorrupt, len(b), 32*count)
+	if ids, locs, err = h.DecodeEntries(b, int(count)); err != nil {
+		return nil, nil, fmt.Errorf("manifest object %s: %w", key, err)
 	}
-	ids := make([]chunk.ID, count)
-	for i := range ids {
-		copy(ids[i][:], b[32*i:])
-	}
-	return ids, nil
+	return ids, locs, nil
 }

@@ -127,7 +127,7 @@ func TestManifestSlice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := r.ManifestSlice(ctx, key, 256, 44)
+	got, _, err := r.ManifestSlice(ctx, key, 256, 44)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +136,7 @@ func TestManifestSlice(t *testing.T) {
 			t.Fatalf("entry %d differs", 256+i)
 		}
 	}
-	if _, err := r.ManifestSlice(ctx, key, 290, 11); err == nil {
+	if _, _, err := r.ManifestSlice(ctx, key, 290, 11); err == nil {
 		t.Fatal("entries past the end read")
 	}
 	keys, _ := NewKeys(bytes.Repeat([]byte{7}, 32))
@@ -148,7 +148,7 @@ func TestManifestSlice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := enc.ManifestSlice(ctx, ekey, 0, 1); !errors.Is(err, ErrNoSlice) {
+	if _, _, err := enc.ManifestSlice(ctx, ekey, 0, 1); !errors.Is(err, ErrNoSlice) {
 		t.Fatalf("sealed manifest sliced: %v", err)
 	}
 }

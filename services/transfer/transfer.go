@@ -163,7 +163,7 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 	// asked about. Not while a collection runs (dedup's answer then holds
 	// what it condemned), and without it if the slice cannot be read.
 	if seg.Parent != "" && !collecting && len(toRead) > 0 { // nothing to read: nothing to compare
-		ids, err := w.rt.Repo.ManifestSlice(ctx, seg.Parent, seg.FirstChunk, int64(seg.Chunks))
+		ids, _, err := w.rt.Repo.ManifestSlice(ctx, seg.Parent, seg.FirstChunk, int64(seg.Chunks))
 		if err != nil && !errors.Is(err, repo.ErrNoSlice) {
 			w.rt.Log.WarnContext(ctx, "parent manifest unreadable: asking dedup about every chunk", "backup", seg.BackupID, "segment", seg.Index, "err", err)
 		}
