@@ -38,6 +38,10 @@ const (
 	// segment replaces its own earlier result instead of adding a second one.
 	SubjectSegmentDonePrefix = "strata.segment.done."
 
+	// SubjectPackStoredPrefix + "<pack id>": transfer → every dedup
+	// instance. PackStored: a pack and the chunks it holds.
+	SubjectPackStoredPrefix = "strata.pack.stored."
+
 	// SubjectDLQPrefix + original subject: messages that could not be decoded,
 	// validated or handled. Headers carry the reason.
 	SubjectDLQPrefix = "strata.dlq."
@@ -68,6 +72,7 @@ const (
 	StreamSegments = "STRATA_SEGMENTS" // strata.transfer.segment.> (work queue)
 	StreamResults  = "STRATA_RESULTS"  // strata.segment.done.> (one per subject)
 	StreamDLQ      = "STRATA_DLQ"      // strata.dlq.>
+	StreamPacks    = "STRATA_PACKS"    // strata.pack.> (limits: dedup indexes replay it)
 )
 
 // Durable consumer names.

@@ -185,6 +185,51 @@ type SegmentDone struct {
 	// a PUT the store acknowledged. The verifier does not ask the store
 	// again about those (a hint: a chunk left out is only checked).
 	Stored []ChunkRun `json:"stored,omitempty"`
+	// Where chunks of a packed repository are stored: Locs[i] places
+	// chunk Locs[i].At (relative to FirstChunk) in pack Packs[Locs[i].Pack].
+	// A chunk read and not listed is stored on its own.
+	Packs []string   `json:"packs,omitempty"`
+	Locs  []ChunkLoc `json:"locs,omitempty"`
+}
+
+// ChunkLoc places one chunk in a pack: bytes [Off, Off+Len) of pack
+// number Pack of the message's Packs.
+type ChunkLoc struct {
+	At   int    `json:"at,omitempty"` // chunk index, where the message needs one
+	ID   string `json:"id,omitempty"` // chunk id, where the message needs one
+	Pack int    `json:"pack"`
+	Off  uint32 `json:"off"`
+	Len  uint32 `json:"len"`
+}
+
+// validLocs checks locations against a pack table (and, with n > 0, chunk
+// indexes below n).
+func validLocs(packs []string, locs []ChunkLoc, n int) error {
+	for i, p := range packs {
+		if len(p) != 32 || !isHex(p) {
+			return fmt.Errorf("packs[%d]: %q is not a pack id", i, p)
+		}
+	}
+	for i, l := range locs {
+		if l.Pack < 0 || l.Pack >= len(packs) || l.Len == 0 || n > 0 && (l.At < 0 || l.At >= n) {
+			return fmt.Errorf("locs[%d]: pack %d of %d, %d bytes, chunk %d", i, l.Pack, len(packs), l.Len, l.At)
+		}
+		if l.ID != "" {
+			if err := ValidChunkID(l.ID); err != nil {
+				return fmt.Errorf("locs[%d]: %w", i, err)
+			}
+		}
+	}
+	return nil
+}
+
+func isHex(s string) bool {
+	for _, c := range s {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 func (m *SegmentDone) Validate() error {
@@ -215,7 +260,7 @@ func (m *SegmentDone) Validate() error {
 			return fmt.Errorf("stored run %d+%d outside the segment's %d chunks", r.Start, r.Count, len(m.IDs))
 		}
 	}
-	return nil
+	return validLocs(m.Packs, m.Locs, len(m.IDs))
 }
 
 // SegmentDoneSubject is where the result of one segment is published.
@@ -302,13 +347,53 @@ func validChunkIDs(ids []string) error {
 	return nil
 }
 
-// MissingReply lists the subset of the requested ids that must be uploaded.
+// MissingReply lists the subset of the requested ids that must be uploaded;
+// in a packed repository, Located says where the others are (by ID, in
+// pack Packs[Pack]); a present chunk not located is stored on its own.
 type MissingReply struct {
-	Schema  int      `json:"schema"`
-	Missing []string `json:"missing"`
+	Schema  int        `json:"schema"`
+	Missing []string   `json:"missing"`
+	Packs   []string   `json:"packs,omitempty"`
+	Located []ChunkLoc `json:"located,omitempty"`
+	// Loose: of Missing, the chunks to store on their own even in a packed
+	// repository — repairs of chunks found bad, which backups pointing at
+	// the damaged pack range then read instead (repo.ReadChunk).
+	Loose []string `json:"loose,omitempty"`
 }
 
-func (m *MissingReply) Validate() error { return checkSchema(m.Schema) }
+func (m *MissingReply) Validate() error {
+	if err := checkSchema(m.Schema); err != nil {
+		return err
+	}
+	return validLocs(m.Packs, m.Located, 0)
+}
+
+// PackStored announces a pack a transfer worker stored, with what it holds
+// (as its trailer says), so every dedup instance indexes it without
+// reading it back. Published on PackStoredSubject.
+type PackStored struct {
+	Schema int        `json:"schema"`
+	Pack   string     `json:"pack"`
+	Chunks []ChunkLoc `json:"chunks"` // ID, Off, Len (Pack 0: this one)
+}
+
+func (m *PackStored) Validate() error {
+	if err := checkSchema(m.Schema); err != nil {
+		return err
+	}
+	if len(m.Chunks) == 0 {
+		return fmt.Errorf("chunks: %w", errEmpty)
+	}
+	for i, c := range m.Chunks {
+		if c.ID == "" {
+			return fmt.Errorf("chunks[%d]: no id", i)
+		}
+	}
+	return validLocs([]string{m.Pack}, m.Chunks, 0)
+}
+
+// PackStoredSubject is where a stored pack is announced.
+func PackStoredSubject(pack string) string { return SubjectPackStoredPrefix + pack }
 
 // ValidChunkID checks a hex-encoded 32-byte chunk id.
 func ValidChunkID(id string) error {

@@ -209,6 +209,10 @@ type ChunkCheck struct {
 	Job    string   `json:"job"`
 	Index  int      `json:"index"`
 	IDs    []string `json:"ids"`
+	// Where chunks of a packed repository are (At: index in IDs); the
+	// others are read from their own objects.
+	Packs []string   `json:"packs,omitempty"`
+	Locs  []ChunkLoc `json:"locs,omitempty"`
 }
 
 func (m *ChunkCheck) Validate() error {
@@ -218,7 +222,10 @@ func (m *ChunkCheck) Validate() error {
 	if !ValidToken(m.Job) || m.Index < 0 {
 		return fmt.Errorf("job %q index %d: not a valid batch", m.Job, m.Index)
 	}
-	return validChunkIDs(m.IDs)
+	if err := validChunkIDs(m.IDs); err != nil {
+		return err
+	}
+	return validLocs(m.Packs, m.Locs, len(m.IDs))
 }
 
 // Subject of the batch on the work queue.

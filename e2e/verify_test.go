@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -12,7 +14,9 @@ import (
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/internal/testserver"
+	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/demodisk"
+	"github.com/strata-backup/strata/pkg/manifest"
 )
 
 // Certify, damage report and self-healing: two certified backups; one bit
@@ -23,9 +27,20 @@ import (
 // every point restores bit-exact. A chunks job reads each distinct chunk
 // once. The trivial check sees a change in the first MiBs and, by design,
 // misses one at the end (which certify catches).
+//
+// The same in a packed repository (STRATA_PACKS=true): the flipped bit is
+// in the victim's range of a pack; the repair is stored on its own, and the
+// damaged backups read it from there.
 func TestCertifyDamageAndSelfHealing(t *testing.T) {
+	for _, packed := range []bool{false, true} {
+		t.Run(fmt.Sprint("packed=", packed), func(t *testing.T) { certifyDamageAndSelfHealing(t, packed) })
+	}
+}
+
+func certifyDamageAndSelfHealing(t *testing.T, packed bool) {
 	const cs = 64 << 10
-	st := startStack(t, stackOptions{chunkSize: cs, extraEnv: map[string][]string{"verifier": {"STRATA_VERIFY_TRIVIAL_MIB=4"}}})
+	st := startStack(t, stackOptions{chunkSize: cs, env: []string{fmt.Sprint("STRATA_PACKS=", packed)},
+		extraEnv: map[string][]string{"verifier": {"STRATA_VERIFY_TRIVIAL_MIB=4"}}})
 	dir := t.TempDir()
 	img := filepath.Join(dir, "disk.img")
 	if err := demodisk.Write(img, 32<<20, 5); err != nil {
@@ -88,12 +103,28 @@ func TestCertifyDamageAndSelfHealing(t *testing.T) {
 	}
 	slices.Sort(shared)
 	victim := shared[rng.IntN(len(shared))]
-	obj := filepath.Join(st.s3.Dir, st.bucket, "chunks", victim[:2], victim)
+	bucket := filepath.Join(st.s3.Dir, st.bucket)
+	obj := filepath.Join(bucket, "chunks", victim[:2], victim)
+	from, n := 0, 0 // the victim's bytes in obj
+	if packed {
+		if loose := countFiles(t, filepath.Join(bucket, "chunks")); loose != 0 {
+			t.Fatalf("a packed repository holds %d chunk objects of their own", loose)
+		}
+		if packs, chunks := countFiles(t, filepath.Join(bucket, "packs")), len(ids0)+len(ids1)-len(shared); packs == 0 || packs*8 > chunks {
+			t.Fatalf("%d packs for %d chunks", packs, chunks)
+		}
+		loc := locate(t, filepath.Join(bucket, b1.Disks[0].Manifest), victim)
+		obj = filepath.Join(bucket, "packs", loc.Pack.String()[:2], loc.Pack.String())
+		from, n = int(loc.Off), int(loc.Len)
+	}
 	data, err := os.ReadFile(obj)
 	if err != nil {
 		t.Fatal(err)
 	}
-	data[rng.IntN(len(data))] ^= 1 << rng.IntN(8)
+	if !packed {
+		n = len(data)
+	}
+	data[from+rng.IntN(n)] ^= 1 << rng.IntN(8)
 	if err := os.WriteFile(obj, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -125,6 +156,11 @@ func TestCertifyDamageAndSelfHealing(t *testing.T) {
 	b3 := backup("stored")
 	if b3.Kind != contracts.KindFull || !strings.Contains(b3.FullReason, "damaged") || b3.Disks[0].UploadedChunks != 1 {
 		t.Fatalf("backup after damage: kind %s (%s), uploaded %d chunks, want a full re-read uploading 1", b3.Kind, b3.FullReason, b3.Disks[0].UploadedChunks)
+	}
+	if packed {
+		if _, err := os.Stat(filepath.Join(bucket, "chunks", victim[:2], victim)); err != nil {
+			t.Fatalf("the repair of a packed chunk is not stored on its own: %v", err)
+		}
 	}
 	health = contracts.CheckReply{}
 	if err := json.Unmarshal([]byte(st.mustCLI("check", "--json")), &health); err != nil || !health.Healthy || !slices.Contains(health.Repaired, victim) {
@@ -161,6 +197,42 @@ func TestCertifyDamageAndSelfHealing(t *testing.T) {
 	if _, _, code := st.cli("verify", "--vm", "db-01", "--backup", b3.ID, "--mode", "certify"); code != 1 {
 		t.Fatal("certify missed a change at the end of the disk")
 	}
+}
+
+// countFiles counts the regular files under dir (none: 0).
+func countFiles(t *testing.T, dir string) int {
+	t.Helper()
+	n := 0
+	filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			n++
+		}
+		return nil
+	})
+	return n
+}
+
+// locate reads a plaintext manifest file and returns where chunk id is.
+func locate(t *testing.T, path, id string) chunk.Loc {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := manifest.Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range m.IDs {
+		if c.String() == id {
+			if !m.Loc(i).InPack() {
+				t.Fatalf("chunk %s of %s is not in a pack", id, path)
+			}
+			return m.Loc(i)
+		}
+	}
+	t.Fatalf("chunk %s not in %s", id, path)
+	return chunk.Loc{}
 }
 
 func sameBackups(refs []contracts.BackupRef, ids ...string) bool {

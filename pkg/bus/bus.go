@@ -85,6 +85,10 @@ func StreamConfigs(replicas int) []jetstream.StreamConfig {
 		// results back by direct get.
 		{Name: contracts.StreamResults, Subjects: []string{contracts.SubjectSegmentDonePrefix + ">", contracts.SubjectChunkCheckedPrefix + ">"}, MaxMsgsPerSubject: 1, AllowDirect: true, MaxAge: week, Replicas: replicas},
 		{Name: contracts.StreamDLQ, Subjects: []string{contracts.SubjectDLQPrefix + ">"}, MaxAge: 30 * 24 * time.Hour, Replicas: replicas},
+		// Stored packs, replayed by each dedup instance into its index
+		// from where it left off; one that fell further behind than MaxAge
+		// rebuilds its index from the packs themselves.
+		{Name: contracts.StreamPacks, Subjects: []string{contracts.SubjectPackStoredPrefix + ">"}, MaxAge: week, Replicas: replicas},
 	}
 }
 

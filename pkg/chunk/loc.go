@@ -43,3 +43,9 @@ func (l Loc) String() string {
 	}
 	return fmt.Sprintf("%s@%d+%d", l.Pack, l.Off, l.Len)
 }
+
+// Ref is a chunk and where it is stored.
+type Ref struct {
+	ID  ID
+	Loc Loc
+}

@@ -33,25 +33,25 @@ type CheckResult struct {
 	Bad     map[chunk.ID]string // corrupt or missing, with the reason
 }
 
-// CheckChunks downloads, decodes and re-hashes each id (zero ids are
-// skipped), parallel at a time. Only a store that cannot answer is an
-// error; a bad chunk is a finding in the result.
-func CheckChunks(ctx context.Context, cs ChunkStore, ids []chunk.ID, parallel int) (CheckResult, error) {
+// CheckChunks downloads, decodes and re-hashes each chunk from where it is
+// stored (zero ids are skipped), parallel at a time. Only a store that
+// cannot answer is an error; a bad chunk is a finding in the result.
+func CheckChunks(ctx context.Context, r *Repository, refs []chunk.Ref, parallel int) (CheckResult, error) {
 	res := CheckResult{Bad: map[chunk.ID]string{}}
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(1, parallel))
-	for _, id := range ids {
-		if id.IsZero() {
+	for _, ref := range refs {
+		if ref.ID.IsZero() {
 			continue
 		}
 		g.Go(func() error {
-			data, err := cs.GetChunk(gctx, id)
+			data, err := r.ReadChunk(gctx, ref.ID, ref.Loc)
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
 			case IsBad(err):
-				res.Bad[id] = err.Error()
+				res.Bad[ref.ID] = err.Error()
 			case err != nil:
 				return err
 			default:
@@ -62,4 +62,16 @@ func CheckChunks(ctx context.Context, cs ChunkStore, ids []chunk.ID, parallel in
 		})
 	}
 	return res, g.Wait()
+}
+
+// Refs pairs ids with locations (nil locs: every chunk on its own).
+func Refs(ids []chunk.ID, locs []chunk.Loc) []chunk.Ref {
+	refs := make([]chunk.Ref, len(ids))
+	for i, id := range ids {
+		refs[i].ID = id
+		if locs != nil {
+			refs[i].Loc = locs[i]
+		}
+	}
+	return refs
 }

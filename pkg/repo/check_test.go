@@ -26,7 +26,7 @@ func TestCheckChunks(t *testing.T) {
 	store.Put(ctx, ChunkKey(corrupt), obj)
 	missing := r.ChunkID([]byte("never stored"))
 
-	res, err := CheckChunks(ctx, r.Chunks, []chunk.ID{good, corrupt, missing, chunk.Zero}, 4)
+	res, err := CheckChunks(ctx, r, Refs([]chunk.ID{good, corrupt, missing, chunk.Zero}, nil), 4)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -72,6 +72,12 @@ func NewPack() *Pack {
 	return &Pack{ID: chunk.PackID(uuid.Must(uuid.NewV7()))}
 }
 
+// Reset empties the pack, keeping its buffer, under a new id.
+func (p *Pack) Reset() {
+	p.ID = NewPack().ID
+	p.buf, p.entries = p.buf[:0], p.entries[:0]
+}
+
 // Add appends a stored chunk (as Repository.AppendChunk makes it) and
 // returns where it will lie once the pack is stored. stored is copied.
 func (p *Pack) Add(id chunk.ID, stored []byte) (chunk.Loc, error) {
@@ -210,12 +216,26 @@ func openStored(s sealer, id chunk.ID, stored []byte) ([]byte, error) {
 }
 
 // ReadChunk returns the verified bytes of chunk id from where loc says it
-// lies: a range of a pack, or (the zero Loc) its own object. Errors wrap
-// chunk.ErrCorrupt or objstore.ErrNotFound and name the object.
+// lies: a range of a pack, or (the zero Loc) its own object. A chunk that
+// is bad in its pack is read from its own object when there is one: that
+// is where a repair stores it (dedup answers a chunk found bad missing,
+// and the next backup holding its bytes writes it on its own), so every
+// backup pointing at the damaged range reads the repaired copy. Errors
+// wrap chunk.ErrCorrupt or objstore.ErrNotFound and name the object.
 func (r *Repository) ReadChunk(ctx context.Context, id chunk.ID, loc chunk.Loc) ([]byte, error) {
 	if !loc.InPack() {
 		return r.Chunks.GetChunk(ctx, id)
 	}
+	data, err := r.readPacked(ctx, id, loc)
+	if IsBad(err) {
+		if repaired, lerr := r.Chunks.GetChunk(ctx, id); lerr == nil {
+			return repaired, nil
+		}
+	}
+	return data, err
+}
+
+func (r *Repository) readPacked(ctx context.Context, id chunk.ID, loc chunk.Loc) ([]byte, error) {
 	key := PackKey(loc.Pack)
 	stored, err := r.Store.GetRange(ctx, key, int64(loc.Off), int64(loc.Len))
 	if err != nil {

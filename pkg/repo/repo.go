@@ -1,7 +1,8 @@
 // Package repo lays Strata's repository out on an object store:
 //
 //	config                                repository parameters (chunk size, id)
-//	chunks/ab/abcdef…                     stored chunks (see package chunk)
+//	chunks/ab/abcdef…                     a chunk stored on its own (see package chunk)
+//	packs/ab/abcdef…                      many stored chunks and their index (pack.go)
 //	manifests/<vm>/<disk>/<backup-id>     chunk maps (see package manifest)
 //	backups/<vm>/<backup-id>.json         backup records
 //
@@ -41,6 +42,17 @@ type Config struct {
 	// AES-256-GCM under keyed chunk ids; KeyCheck recognises the key.
 	Encrypted bool   `json:"encrypted,omitempty"`
 	KeyCheck  string `json:"key_check,omitempty"`
+	// Packs: new chunks are stored many to an object (see pack.go), not
+	// one object each. Chosen at creation.
+	Packs bool `json:"packs,omitempty"`
+}
+
+// Options are the parameters of a repository Open creates; an existing
+// repository keeps its own.
+type Options struct {
+	ChunkSize int
+	Keys      *Keys // nil: plaintext
+	Packs     bool
 }
 
 // ChunkStore is where chunks live: the content layer. It alone knows an
@@ -106,12 +118,18 @@ const configKey = "config"
 // plaintext one with a key, or with the wrong key, is refused before
 // anything is written.
 func Open(ctx context.Context, store objstore.Store, chunkSize int, keys *Keys) (*Repository, error) {
+	return OpenWith(ctx, store, Options{ChunkSize: chunkSize, Keys: keys})
+}
+
+// OpenWith is Open with every creation option.
+func OpenWith(ctx context.Context, store objstore.Store, o Options) (*Repository, error) {
+	chunkSize, keys := o.ChunkSize, o.Keys
 	cfg, err := readConfig(ctx, store)
 	if errors.Is(err, objstore.ErrNotFound) {
 		if err := contracts.ValidChunkSize(chunkSize); err != nil {
 			return nil, fmt.Errorf("create repository in %s: %w", store, err)
 		}
-		cfg = Config{Version: FormatVersion, ID: uuid.NewString(), ChunkSize: chunkSize, CreatedAt: time.Now().UTC()}
+		cfg = Config{Version: FormatVersion, ID: uuid.NewString(), ChunkSize: chunkSize, CreatedAt: time.Now().UTC(), Packs: o.Packs}
 		if keys != nil {
 			cfg.Encrypted, cfg.KeyCheck = true, keys.check
 		}
@@ -142,6 +160,9 @@ func Open(ctx context.Context, store objstore.Store, chunkSize int, keys *Keys) 
 	}
 	return &Repository{Store: store, Config: cfg, Chunks: &looseChunks{store: store, seal: s}, seal: s}, nil
 }
+
+// Packed reports whether new chunks go into packs.
+func (r *Repository) Packed() bool { return r.Config.Packs }
 
 // Encrypted reports whether chunks and manifests are sealed.
 func (r *Repository) Encrypted() bool { return r.Config.Encrypted }

@@ -101,7 +101,7 @@ func ToFile(ctx context.Context, r *repo.Repository, man *manifest.Manifest, pat
 			continue
 		}
 		g.Go(func() error {
-			b, err := r.Chunks.GetChunk(gctx, id)
+			b, err := r.ReadChunk(gctx, id, man.Loc(i))
 			if err != nil {
 				return fmt.Errorf("chunk %d of the disk: %w", i, err)
 			}

@@ -42,7 +42,10 @@ type Common struct {
 	ChunkSize   int    `envconfig:"CHUNK_SIZE" default:"262144"`
 	// EncryptionKeyFile turns on client-side encryption (see repo.Keys).
 	EncryptionKeyFile string `envconfig:"ENCRYPTION_KEY_FILE"`
-	LogLevel          string `envconfig:"LOG_LEVEL" default:"info"`
+	// Packs: a repository created by this process stores new chunks many
+	// to an object (an existing repository keeps what it was created with).
+	Packs    bool   `envconfig:"PACKS" default:"false"`
+	LogLevel string `envconfig:"LOG_LEVEL" default:"info"`
 }
 
 // Load fills spec (which embeds Common) from STRATA_* variables.
@@ -63,7 +66,7 @@ func (c Common) OpenRepo(ctx context.Context, store objstore.Store) (*repo.Repos
 			return nil, err
 		}
 	}
-	return repo.Open(ctx, store, c.ChunkSize, keys)
+	return repo.OpenWith(ctx, store, repo.Options{ChunkSize: c.ChunkSize, Keys: keys, Packs: c.Packs})
 }
 
 // OpenStore opens the configured object store, wrapped with retries.

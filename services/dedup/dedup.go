@@ -8,7 +8,11 @@
 package dedup
 
 import (
+	"cmp"
 	"context"
+	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -27,6 +31,10 @@ type Config struct {
 	// passes: the mark holds one pass's ids (memory ÷ shards), and every
 	// manifest is read once per pass. A power of two, 1–256.
 	GCShards int `envconfig:"GC_SHARDS" default:"1"`
+	// IndexDir holds the index of a packed repository (a file per
+	// repository; empty: the system's temporary directory). Kept across
+	// restarts it saves a rebuild that reads every pack's trailer.
+	IndexDir string `envconfig:"DEDUP_INDEX_DIR"`
 }
 
 // Start registers the dedup endpoint.
@@ -37,6 +45,18 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	cache := NewPresentCache(cfg.CacheEntries)
 	d := &Index{chunks: rt.Repo.Chunks, cache: cache, bad: map[chunk.ID]bool{},
 		gc: &gcGuard{gc: rt.GC, store: rt.Repo.Store, forget: cache.Reset}}
+	if rt.Repo.Packed() {
+		path := filepath.Join(cmp.Or(cfg.IndexDir, os.TempDir()), "strata-packindex-"+rt.Repo.Config.ID+".db")
+		x, err := OpenPackIndex(path, rt.Repo.Config.ID, rt.Log)
+		if err != nil {
+			return err
+		}
+		context.AfterFunc(ctx, func() { x.Close() })
+		if err := x.Follow(ctx, rt.Bus, rt.Repo); err != nil {
+			return err
+		}
+		d.packs = x
+	}
 	// Chunks the verifier found corrupt or missing are answered "missing"
 	// whatever the store says, so the next backup holding those bytes
 	// uploads them again: that repairs every backup referencing them.
@@ -70,6 +90,9 @@ type Index struct {
 	mu    sync.Mutex
 	bad   map[chunk.ID]bool // known bad: answered missing
 	gc    *gcGuard          // nil: no collector to coordinate with (unit tests)
+	// packs, in a packed repository, says where chunks are: asked instead
+	// of the store (no request per chunk), and the answer locates them.
+	packs *PackIndex
 }
 
 func (d *Index) setBad(id chunk.ID, bad bool) {
@@ -108,6 +131,9 @@ func (d *Index) Missing(ctx context.Context, req *contracts.MissingRequest) (*co
 		}
 		if d.isBad(id) {
 			reply.Missing = append(reply.Missing, s)
+			if d.packs != nil {
+				reply.Loose = append(reply.Loose, s)
+			}
 			continue
 		}
 		if condemned[id] {
@@ -117,12 +143,18 @@ func (d *Index) Missing(ctx context.Context, req *contracts.MissingRequest) (*co
 			}
 			if !kept { // deleted by the collector: upload it again
 				reply.Missing = append(reply.Missing, s)
+				if d.packs != nil {
+					reply.Loose = append(reply.Loose, s)
+				}
 				continue
 			}
 		}
 		if !d.cache.Has(id) {
 			unknown = append(unknown, id)
 		}
+	}
+	if d.packs != nil {
+		return d.locate(reply, req.IDs)
 	}
 	if len(unknown) == 0 {
 		return reply, nil
@@ -140,6 +172,44 @@ func (d *Index) Missing(ctx context.Context, req *contracts.MissingRequest) (*co
 		if !isMissing[id] {
 			d.cache.Add(id)
 		}
+	}
+	return reply, nil
+}
+
+// locate answers from the pack index: unknown chunks are missing, the
+// others located. (The present cache is not consulted: it does not know
+// where a chunk is, and the index costs no request.)
+func (d *Index) locate(reply *contracts.MissingReply, asked []string) (*contracts.MissingReply, error) {
+	// every asked id not already answered missing (bad, or deleted by a
+	// collection)
+	answered := make(map[string]bool, len(reply.Missing))
+	for _, s := range reply.Missing {
+		answered[s] = true
+	}
+	var ids []chunk.ID
+	for _, s := range asked {
+		if !answered[s] {
+			id, _ := chunk.ParseID(s) // parsed above
+			ids = append(ids, id)
+		}
+	}
+	locs, found, err := d.packs.Lookup(ids)
+	if err != nil {
+		return nil, fmt.Errorf("pack index: %w", err)
+	}
+	packNo := map[chunk.PackID]int{}
+	for i, id := range ids {
+		if !found[i] {
+			reply.Missing = append(reply.Missing, id.String())
+			continue
+		}
+		n, ok := packNo[locs[i].Pack]
+		if !ok {
+			n = len(reply.Packs)
+			packNo[locs[i].Pack] = n
+			reply.Packs = append(reply.Packs, locs[i].Pack.String())
+		}
+		reply.Located = append(reply.Located, contracts.ChunkLoc{ID: id.String(), Pack: n, Off: locs[i].Off, Len: locs[i].Len})
 	}
 	return reply, nil
 }

@@ -250,6 +250,7 @@ func applyResult(man *manifest.Manifest, d *contracts.SegmentDone, parent func()
 				return 0, err
 			}
 			man.IDs[at] = p.IDs[at]
+			setLoc(man, at, p.Loc(int(at)))
 			if p.IDs[at].IsZero() {
 				zero++
 			}
@@ -263,7 +264,30 @@ func applyResult(man *manifest.Manifest, d *contracts.SegmentDone, parent func()
 			man.IDs[at] = id
 		}
 	}
+	for _, l := range d.Locs { // validated: At inside the result, Pack in Packs
+		at := d.FirstChunk + int64(l.At)
+		p, err := chunk.ParsePackID(d.Packs[l.Pack])
+		if err != nil {
+			return 0, bus.Permanent(err)
+		}
+		if man.IDs[at].IsZero() {
+			return 0, bus.Permanent(fmt.Errorf("result places zero chunk %d in pack %s", at, p))
+		}
+		setLoc(man, at, chunk.Loc{Pack: p, Off: l.Off, Len: l.Len})
+	}
 	return zero, nil
+}
+
+// setLoc records where chunk at is stored, giving the manifest locations
+// when it is the first chunk stored in a pack.
+func setLoc(man *manifest.Manifest, at int64, l chunk.Loc) {
+	if man.Locs == nil {
+		if !l.InPack() {
+			return
+		}
+		man.Locs = make([]chunk.Loc, len(man.IDs))
+	}
+	man.Locs[at] = l
 }
 
 // inheritRange copies chunk ids [from, to) from the parent (loaded on first
@@ -277,6 +301,12 @@ func inheritRange(man *manifest.Manifest, from, to int64, parent func() (*manife
 		return 0, err
 	}
 	copy(man.IDs[from:to], p.IDs[from:to])
+	if p.Locs != nil {
+		if man.Locs == nil {
+			man.Locs = make([]chunk.Loc, len(man.IDs))
+		}
+		copy(man.Locs[from:to], p.Locs[from:to])
+	}
 	for _, id := range p.IDs[from:to] {
 		if id.IsZero() {
 			zero++

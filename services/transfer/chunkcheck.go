@@ -14,15 +14,22 @@ import (
 // "fixed" here (the verifier records them and dedup has the next backup
 // upload them again).
 func (w *worker) checkChunks(ctx context.Context, c *contracts.ChunkCheck) error {
-	ids := make([]chunk.ID, len(c.IDs))
+	ids := make([]chunk.Ref, len(c.IDs))
 	for i, s := range c.IDs {
 		id, err := chunk.ParseID(s)
 		if err != nil {
 			return err
 		}
-		ids[i] = id
+		ids[i].ID = id
 	}
-	found, err := repo.CheckChunks(ctx, w.rt.Repo.Chunks, ids, w.cfg.Uploads)
+	for _, l := range c.Locs { // validated
+		p, err := chunk.ParsePackID(c.Packs[l.Pack])
+		if err != nil {
+			return err
+		}
+		ids[l.At].Loc = chunk.Loc{Pack: p, Off: l.Off, Len: l.Len}
+	}
+	found, err := repo.CheckChunks(ctx, w.rt.Repo, ids, w.cfg.Uploads)
 	if err != nil {
 		return err
 	}

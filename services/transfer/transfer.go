@@ -163,11 +163,15 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 	// asked about. Not while a collection runs (dedup's answer then holds
 	// what it condemned), and without it if the slice cannot be read.
 	if seg.Parent != "" && !collecting && len(toRead) > 0 { // nothing to read: nothing to compare
-		ids, _, err := w.rt.Repo.ManifestSlice(ctx, seg.Parent, seg.FirstChunk, int64(seg.Chunks))
+		ids, locs, err := w.rt.Repo.ManifestSlice(ctx, seg.Parent, seg.FirstChunk, int64(seg.Chunks))
 		if err != nil && !errors.Is(err, repo.ErrNoSlice) {
 			w.rt.Log.WarnContext(ctx, "parent manifest unreadable: asking dedup about every chunk", "backup", seg.BackupID, "segment", seg.Index, "err", err)
 		}
-		stats.parent = ids
+		stats.parent, stats.parentLocs = ids, locs
+	}
+	if w.rt.Repo.Packed() {
+		stats.putFirst = false // no object per chunk to put conditionally
+		stats.locs = map[chunk.ID]chunk.Loc{}
 	}
 	if len(toRead) > 0 { // a segment with nothing to read never opens the source
 		disk, err := w.disks.get(ctx, seg.BackupID, seg.Source)
@@ -181,6 +185,7 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 		}
 	}
 	done.Stored = runsOf(stats.stored)
+	locate(done, stats.locs)
 	if err := w.rt.Bus.Publish(ctx, contracts.SegmentDoneSubject(seg.BackupID, seg.Disk, seg.Index), done, ""); err != nil {
 		return err
 	}
@@ -193,10 +198,39 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 // uploads.
 type segmentStats struct {
 	read, ask, upload time.Duration
-	putFirst          bool       // conditional PUTs first, dedup for what exists
-	stored            []int      // chunks (relative to the segment) written by an acknowledged PUT
-	parent            []chunk.ID // the parent's ids of this segment (nil: none)
+	putFirst          bool        // conditional PUTs first, dedup for what exists
+	stored            []int       // chunks (relative to the segment) written by an acknowledged PUT
+	parent            []chunk.ID  // the parent's ids of this segment (nil: none)
+	parentLocs        []chunk.Loc // where the parent's chunks are (nil: on their own)
 	sameAsParent      int
+	// locs: in a packed repository, where the segment's chunks are stored
+	// (chunks not in it: on their own).
+	locs map[chunk.ID]chunk.Loc
+}
+
+// locate fills a result's pack locations from where its chunks are.
+func locate(done *contracts.SegmentDone, locs map[chunk.ID]chunk.Loc) {
+	if len(locs) == 0 {
+		return
+	}
+	packNo := map[chunk.PackID]int{}
+	for at, s := range done.IDs {
+		if s == "" || s == contracts.InheritID {
+			continue
+		}
+		id, _ := chunk.ParseID(s) // this worker's own hex
+		l, ok := locs[id]
+		if !ok {
+			continue
+		}
+		n, ok := packNo[l.Pack]
+		if !ok {
+			n = len(done.Packs)
+			packNo[l.Pack] = n
+			done.Packs = append(done.Packs, l.Pack.String())
+		}
+		done.Locs = append(done.Locs, contracts.ChunkLoc{At: at, Pack: n, Off: l.Off, Len: l.Len})
+	}
 }
 
 // runsOf turns chunk positions into ascending runs.
@@ -327,6 +361,9 @@ func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Seg
 		id := w.rt.Repo.ChunkID(buf)
 		done.IDs[r] = id.String()
 		if r < len(stats.parent) && stats.parent[r] == id {
+			if stats.locs != nil && r < len(stats.parentLocs) && stats.parentLocs[r].InPack() {
+				stats.locs[id] = stats.parentLocs[r]
+			}
 			stats.sameAsParent++
 			continue // stored: the verified parent holds it at this place
 		}
@@ -359,6 +396,11 @@ func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Seg
 	}
 	stats.ask += time.Since(t)
 	t = time.Now()
+	if stats.locs != nil {
+		err = w.uploadPack(ctx, seg, rel, &reply, asked, bufs, done, stats)
+		stats.upload += time.Since(t)
+		return err
+	}
 	_, err = w.upload(ctx, seg, rel, reply.Missing, asked, bufs, done, stats, false)
 	stats.upload += time.Since(t)
 	return err
@@ -411,3 +453,96 @@ func (w *worker) upload(ctx context.Context, seg *contracts.Segment, rel []int, 
 	}
 	return present, g.Wait()
 }
+
+// uploadPack stores the chunks dedup answered missing as one pack (encoded
+// Uploads at a time, then written with a single request), announces it to
+// the dedup instances, and records where every asked chunk is: in the new
+// pack, or where dedup located it.
+func (w *worker) uploadPack(ctx context.Context, seg *contracts.Segment, rel []int, reply *contracts.MissingReply, asked map[chunk.ID]int, bufs [][]byte, done *contracts.SegmentDone, stats *segmentStats) error {
+	for _, l := range reply.Located {
+		id, err := chunk.ParseID(l.ID)
+		if err != nil {
+			return fmt.Errorf("dedup reply: %w", err)
+		}
+		p, err := chunk.ParsePackID(reply.Packs[l.Pack]) // index checked by Validate
+		if err != nil {
+			return fmt.Errorf("dedup reply: %w", err)
+		}
+		stats.locs[id] = chunk.Loc{Pack: p, Off: l.Off, Len: l.Len}
+	}
+	if len(reply.Loose) > 0 { // repairs: on their own (see MissingReply.Loose)
+		loose := map[string]bool{}
+		for _, s := range reply.Loose {
+			loose[s] = true
+		}
+		var packed []string
+		for _, s := range reply.Missing {
+			if !loose[s] {
+				packed = append(packed, s)
+			}
+		}
+		if _, err := w.upload(ctx, seg, rel, reply.Loose, asked, bufs, done, stats, false); err != nil {
+			return err
+		}
+		reply.Missing = packed
+	}
+	if len(reply.Missing) == 0 {
+		return nil
+	}
+	ids := make([]chunk.ID, len(reply.Missing))
+	encoded := make([]*[]byte, len(reply.Missing))
+	defer func() {
+		for _, e := range encoded {
+			if e != nil {
+				encodedPool.Put(e)
+			}
+		}
+	}()
+	codec := w.cfg.codecFor(seg)
+	g, _ := errgroup.WithContext(ctx)
+	g.SetLimit(max(1, w.cfg.Uploads))
+	for i, hexID := range reply.Missing {
+		id, err := chunk.ParseID(hexID)
+		if err != nil {
+			return fmt.Errorf("dedup reply: %w", err)
+		}
+		at, ok := asked[id]
+		if !ok {
+			return fmt.Errorf("dedup reply names chunk %s that was not asked about", hexID)
+		}
+		ids[i] = id
+		enc := encodedPool.Get().(*[]byte)
+		encoded[i] = enc
+		g.Go(func() error {
+			stored := w.rt.Repo.AppendChunk((*enc)[:0], id, bufs[at], codec)
+			*enc = stored
+			return nil
+		})
+	}
+	g.Wait()
+	pack := packPool.Get().(*repo.Pack)
+	defer packPool.Put(pack)
+	pack.Reset()
+	for i, id := range ids {
+		if _, err := pack.Add(id, *encoded[i]); err != nil {
+			return err
+		}
+	}
+	if err := w.rt.Repo.PutPack(ctx, pack); err != nil {
+		return err
+	}
+	ann := &contracts.PackStored{Schema: contracts.SchemaVersion, Pack: pack.ID.String()}
+	for _, e := range pack.Entries() {
+		ann.Chunks = append(ann.Chunks, contracts.ChunkLoc{ID: e.ID.String(), Off: e.Loc.Off, Len: e.Loc.Len})
+		stats.locs[e.ID] = e.Loc
+		done.UploadedChunks++
+		done.UploadedBytes += int64(e.Loc.Len)
+		stats.stored = append(stats.stored, rel[asked[e.ID]])
+	}
+	// Announced before the segment's result: a dedup instance that misses
+	// it answers those chunks missing (a duplicate later, never a loss).
+	return w.rt.Bus.Publish(ctx, contracts.PackStoredSubject(ann.Pack), ann, ann.Pack)
+}
+
+// packPool: a pack's buffer (up to a batch of encoded chunks) is reused.
+var packPool = sync.Pool{New: func() any { return repo.NewPack() }}

@@ -9,6 +9,7 @@ import (
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/manifest"
+	"github.com/strata-backup/strata/pkg/objstore"
 	"github.com/strata-backup/strata/pkg/reach"
 	"github.com/strata-backup/strata/pkg/repo"
 )
@@ -100,7 +101,9 @@ func (v *verifier) recheckKnownBad(ctx context.Context, reply *contracts.CheckRe
 	for i, b := range known {
 		ids[i], _ = chunk.ParseID(b.ID) // validated by List
 	}
-	found, err := repo.CheckChunks(ctx, v.rt.Repo.Chunks, ids, 8)
+	// A repair is stored on its own (see repo.ReadChunk), so that is where
+	// a chunk marked bad is looked for.
+	found, err := repo.CheckChunks(ctx, v.rt.Repo, repo.Refs(ids, nil), 8)
 	if err != nil {
 		return nil, err
 	}
@@ -132,10 +135,14 @@ func (v *verifier) checkShard(ctx context.Context, lo byte, hi int, bad map[chun
 			}
 			return err
 		}}
+	inPack := map[chunk.ID]chunk.PackID{} // referenced chunks stored in a pack
 	_, err := w.Walk(ctx, func(_ *contracts.BackupRecord, _ contracts.DiskRecord, man *manifest.Manifest) error {
-		for _, id := range man.IDs {
+		for i, id := range man.IDs {
 			if !id.IsZero() && int(id[0]) >= int(lo) && int(id[0]) < hi {
 				referenced[id] = false
+				if l := man.Loc(i); l.InPack() {
+					inPack[id] = l.Pack
+				}
 			}
 		}
 		return nil
@@ -153,12 +160,33 @@ func (v *verifier) checkShard(ctx context.Context, lo byte, hi int, bad map[chun
 	if err != nil {
 		return err
 	}
+	if len(inPack) > 0 {
+		// Packs are named by their own ids, not their chunks': one listing
+		// of all of them answers for every packed chunk of the shard.
+		packs := map[chunk.PackID]bool{}
+		if err := v.rt.Repo.ListPacks(ctx, 0, 256, func(p chunk.PackID, _ objstore.Info) error {
+			packs[p] = true
+			return nil
+		}); err != nil {
+			return err
+		}
+		for id, p := range inPack {
+			if !referenced[id] && packs[p] {
+				referenced[id] = true
+				reply.Listed++
+			}
+		}
+	}
 	reply.Referenced += int64(len(referenced))
 	missing := map[chunk.ID]string{}
 	for id, listed := range referenced {
 		if !listed {
 			if _, known := bad[id]; !known {
-				missing[id] = "missing from the store (" + repo.ChunkKey(id) + ")"
+				where := repo.ChunkKey(id)
+				if p, ok := inPack[id]; ok {
+					where = repo.PackKey(p)
+				}
+				missing[id] = "missing from the store (" + where + ")"
 			}
 		}
 	}

@@ -116,7 +116,7 @@ func TestCheckLooksForItself(t *testing.T) {
 	if rec, _, _ := rt.Catalog.Get(ctx, "a", a.ID); rec.Damaged {
 		t.Fatal("backup a still marked damaged")
 	}
-	if _, err := repo.CheckChunks(ctx, rt.Repo.Chunks, aIDs, 4); err != nil {
+	if _, err := repo.CheckChunks(ctx, rt.Repo, repo.Refs(aIDs, nil), 4); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -34,19 +34,20 @@ func (v *verifier) newRun() *chunkRun {
 	return &chunkRun{v: v, seen: map[chunk.ID]struct{}{}, bad: map[chunk.ID]string{}}
 }
 
-// checkIDs reads back every non-zero id not yet seen in this run.
-func (r *chunkRun) checkIDs(ctx context.Context, ids []chunk.ID) error {
-	var fresh []chunk.ID
-	for _, id := range ids {
+// checkManifest reads back every non-zero chunk of man not yet seen in
+// this run.
+func (r *chunkRun) checkManifest(ctx context.Context, man *manifest.Manifest) error {
+	var fresh []chunk.Ref
+	for i, id := range man.IDs {
 		if _, ok := r.seen[id]; !ok && !id.IsZero() {
 			r.seen[id] = struct{}{}
-			fresh = append(fresh, id)
+			fresh = append(fresh, chunk.Ref{ID: id, Loc: man.Loc(i)})
 		}
 	}
-	res, err := repo.CheckChunks(ctx, r.v.rt.Repo.Chunks, fresh, 8)
+	res, err := repo.CheckChunks(ctx, r.v.rt.Repo, fresh, 8)
 	if err != nil {
-		for _, id := range fresh { // not looked at: another run may
-			delete(r.seen, id)
+		for _, ref := range fresh { // not looked at: another run may
+			delete(r.seen, ref.ID)
 		}
 		return err
 	}
@@ -132,7 +133,7 @@ func (v *verifier) sourceDigest(ctx context.Context, disk contracts.DiskRecord, 
 }
 
 // storedDigest is the digest of the manifest's chunk map; valid only when
-// every chunk of it was read back good (checkIDs first).
+// every chunk of it was read back good (checkManifest first).
 func storedDigest(man *manifest.Manifest) string {
 	d, sum := newDigest()
 	for _, id := range man.IDs {
@@ -161,7 +162,7 @@ func (v *verifier) trivial(ctx context.Context, disk contracts.DiskRecord, man *
 		var stored []byte
 		if man.IDs[i].IsZero() {
 			stored = make([]byte, size)
-		} else if stored, err = v.rt.Repo.Chunks.GetChunk(ctx, man.IDs[i]); err != nil {
+		} else if stored, err = v.rt.Repo.ReadChunk(ctx, man.IDs[i], man.Loc(i)); err != nil {
 			if repo.IsBad(err) {
 				return fmt.Sprintf("%s: %v", disk.Name, err), nil
 			}
@@ -226,7 +227,7 @@ func (v *verifier) perDisk(ctx context.Context, rec *contracts.BackupRecord, mod
 				problems = append(problems, p)
 			}
 		case contracts.VerifyChunks, contracts.VerifyCertify:
-			if err := run.checkIDs(ctx, man.IDs); err != nil {
+			if err := run.checkManifest(ctx, man); err != nil {
 				return nil, err
 			}
 			if n := run.badIn(man.IDs); n > 0 {

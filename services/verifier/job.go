@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -26,12 +27,12 @@ const jobBatch = 64
 // sample, when set, picks the chunks to read (check --read-data-subset).
 func (v *verifier) chunkJob(ctx context.Context, sample func(chunk.ID) bool) (*contracts.VerifyReply, error) {
 	start := time.Now()
-	ids := map[chunk.ID]struct{}{}
+	ids := map[chunk.ID]chunk.Loc{}
 	backups, err := reach.Walker{Catalog: v.rt.Catalog, Repo: v.rt.Repo, Keep: reach.Committed}.Walk(ctx,
 		func(_ *contracts.BackupRecord, _ contracts.DiskRecord, man *manifest.Manifest) error {
-			for _, id := range man.IDs {
+			for i, id := range man.IDs {
 				if !id.IsZero() && (sample == nil || sample(id)) {
-					ids[id] = struct{}{}
+					ids[id] = man.Loc(i) // a chunk stored twice: one copy is read
 				}
 			}
 			return nil
@@ -51,10 +52,18 @@ func (v *verifier) chunkJob(ctx context.Context, sample func(chunk.ID) bool) (*c
 			return err
 		}
 		batches++
-		batch.IDs = batch.IDs[:0]
+		batch.IDs, batch.Packs, batch.Locs = batch.IDs[:0], nil, nil
 		return nil
 	}
-	for id := range ids {
+	for id, loc := range ids {
+		if loc.InPack() {
+			n := slices.Index(batch.Packs, loc.Pack.String())
+			if n < 0 {
+				n = len(batch.Packs)
+				batch.Packs = append(batch.Packs, loc.Pack.String())
+			}
+			batch.Locs = append(batch.Locs, contracts.ChunkLoc{At: len(batch.IDs), Pack: n, Off: loc.Off, Len: loc.Len})
+		}
 		batch.IDs = append(batch.IDs, id.String())
 		if len(batch.IDs) == jobBatch {
 			if err := flush(); err != nil {

@@ -35,7 +35,7 @@ func (v *verifier) restoreTest(ctx context.Context, rec *contracts.BackupRecord,
 		if _, err := restore.ToFile(ctx, v.rt.Repo, man, path, restore.Options{Workers: 4}); err != nil {
 			if repo.IsBad(err) {
 				// Name every bad chunk, not just the first the restore hit.
-				if cerr := run.checkIDs(ctx, man.IDs); cerr != nil {
+				if cerr := run.checkManifest(ctx, man); cerr != nil {
 					return nil, cerr
 				}
 				problems = append(problems, fmt.Sprintf("%s: restore failed: %v", disk.Name, err))

@@ -23,6 +23,7 @@ import (
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/objstore"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/runtime"
 	"github.com/strata-backup/strata/pkg/source"
@@ -206,6 +207,7 @@ func (v *verifier) check(ctx context.Context, rec *contracts.BackupRecord, store
 			}
 		}
 		var batch []chunk.ID
+		packs := map[chunk.PackID]struct{}{} // packed chunks: one request per pack
 		for i, id := range man.IDs {
 			if id.IsZero() || parent != nil && parent[i] == id {
 				continue
@@ -214,6 +216,22 @@ func (v *verifier) check(ctx context.Context, rec *contracts.BackupRecord, store
 				continue
 			}
 			seen[id] = struct{}{}
+			if l := man.Loc(i); l.InPack() {
+				if _, ok := packs[l.Pack]; !ok {
+					packs[l.Pack] = struct{}{}
+					g.Go(func() error {
+						_, err := v.rt.Repo.Store.Stat(gctx, repo.PackKey(l.Pack))
+						if errors.Is(err, objstore.ErrNotFound) {
+							mu.Lock()
+							problem = cmp.Or(problem, fmt.Sprintf("pack %s missing (holds chunk %s)", repo.PackKey(l.Pack), id))
+							mu.Unlock()
+							return nil
+						}
+						return err
+					})
+				}
+				continue
+			}
 			batch = append(batch, id)
 			if len(batch) == 256 {
 				flush(batch)
