@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace/noop"
 
@@ -123,6 +124,27 @@ func TestIsWrongSequence(t *testing.T) {
 	} {
 		if got := IsWrongSequence(tc.err); got != tc.want {
 			t.Errorf("IsWrongSequence(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
+
+func TestIsTransient(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("open catalog: %w", jetstream.ErrJetStreamNotEnabled), true},
+		{&jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}, true},
+		{fmt.Errorf("get: %w", nats.ErrTimeout), true},
+		{context.DeadlineExceeded, true},
+		{nats.ErrNoResponders, true},
+		{jetstream.ErrKeyNotFound, false},
+		{&jetstream.APIError{Code: 404, ErrorCode: jetstream.JSErrCodeStreamNotFound}, false},
+		{&jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence}, false},
+		{nil, false},
+	} {
+		if got := IsTransient(tc.err); got != tc.want {
+			t.Errorf("IsTransient(%v) = %v, want %v", tc.err, got, tc.want)
 		}
 	}
 }

@@ -17,7 +17,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/strata-backup/strata/contracts"
@@ -40,7 +39,9 @@ type Catalog struct {
 // Open binds to the bucket (created by bus.EnsureStreams) and the object
 // store that holds the record copies (nil: this catalog only reads).
 func Open(ctx context.Context, js jetstream.JetStream, store objstore.Store) (*Catalog, error) {
-	kv, err := js.KeyValue(ctx, contracts.BucketCatalog)
+	kv, err := read(ctx, true, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return js.KeyValue(ctx, contracts.BucketCatalog)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("open catalog: %w", err)
 	}
@@ -100,9 +101,7 @@ func read[T any](ctx context.Context, bounded bool, f func(context.Context) (T, 
 		}
 		v, err := f(actx)
 		cancel()
-		transient := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
-			errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse)
-		if !transient || ctx.Err() != nil || attempt == readRetries {
+		if !bus.IsTransient(err) || ctx.Err() != nil || attempt == readRetries {
 			return v, err
 		}
 		time.Sleep(time.Duration(attempt) * 250 * time.Millisecond)
