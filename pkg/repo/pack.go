@@ -78,6 +78,19 @@ func (p *Pack) Reset() {
 	p.buf, p.entries = p.buf[:0], p.entries[:0]
 }
 
+// Grow makes room for n more bytes of chunks and trailer without another
+// allocation. A new buffer gets a quarter more than asked, so that a
+// reused pack does not reallocate for a batch slightly larger than the
+// last (each reallocation copies and clears megabytes).
+func (p *Pack) Grow(n int) {
+	if cap(p.buf)-len(p.buf) >= n {
+		return
+	}
+	buf := make([]byte, len(p.buf), len(p.buf)+n+n/4)
+	copy(buf, p.buf)
+	p.buf = buf
+}
+
 // Add appends a stored chunk (as Repository.AppendChunk makes it) and
 // returns where it will lie once the pack is stored. stored is copied.
 func (p *Pack) Add(id chunk.ID, stored []byte) (chunk.Loc, error) {
