@@ -74,9 +74,19 @@ func TestNBDFullBackupReadsOnlyAllocated(t *testing.T) {
 // incremental. The incremental reads only the changed extents and uploads
 // exactly the changed chunks; both points restore bit-exact; the key
 // interval then forces a full re-read that stores nothing new.
+//
+// The same in a packed repository: inherited chunks keep their locations
+// in the incremental's manifest, and what dedup finds it locates.
 func TestNBDIncrementalFromDirtyBitmap(t *testing.T) {
+	for _, packed := range []bool{false, true} {
+		t.Run(fmt.Sprint("packed=", packed), func(t *testing.T) { nbdIncrementalFromDirtyBitmap(t, packed) })
+	}
+}
+
+func nbdIncrementalFromDirtyBitmap(t *testing.T, packed bool) {
 	const cs = 64 << 10
-	st := startStack(t, stackOptions{chunkSize: cs, extraEnv: map[string][]string{"snapshotter": {"STRATA_KEY_INTERVAL=2"}}})
+	st := startStack(t, stackOptions{chunkSize: cs, env: []string{fmt.Sprint("STRATA_PACKS=", packed)},
+		extraEnv: map[string][]string{"snapshotter": {"STRATA_KEY_INTERVAL=2"}}})
 	dir := t.TempDir()
 	raw0, qcow := qcowWithBitmap(t, dir, "point0", 256<<20, 21)
 
