@@ -581,6 +581,10 @@ type GCLock struct {
 	Since     time.Time `json:"since"`
 	Phase     string    `json:"phase"`
 	Condemned string    `json:"condemned,omitempty"`
+	// CondemnedPacks (an object key) lists the 16-byte ids of packs the
+	// collector may delete; dedup holds any of them it is about to locate
+	// a chunk in (hold key "pack-<id>").
+	CondemnedPacks string `json:"condemned_packs,omitempty"`
 }
 
 // GCReply reports a collection.
@@ -595,6 +599,11 @@ type GCReply struct {
 	Deleted      int   `json:"deleted"`       // deleted (or, dry run, would be)
 	FreedBytes   int64 `json:"freed_bytes"`   // their stored size
 	GraceSeconds int64 `json:"grace_seconds"` // grace applied
+	// Packed repositories: packs seen, packs referenced by no backup (and
+	// older than the grace period) deleted, their bytes counted in
+	// FreedBytes. A pack any chunk of which is referenced is kept whole.
+	Packs        int `json:"packs,omitempty"`
+	PacksDeleted int `json:"packs_deleted,omitempty"`
 }
 
 func (m *GCReply) Validate() error { return checkSchema(m.Schema) }

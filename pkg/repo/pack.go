@@ -264,6 +264,15 @@ func (r *Repository) readPacked(ctx context.Context, id chunk.ID, loc chunk.Loc)
 	return data, nil
 }
 
+// DeletePack removes a pack (absent: no error). Only garbage collection
+// calls it, for packs no backup references.
+func (r *Repository) DeletePack(ctx context.Context, p chunk.PackID) error {
+	if err := r.Store.Delete(ctx, PackKey(p)); err != nil {
+		return fmt.Errorf("delete pack %s: %w", PackKey(p), err)
+	}
+	return nil
+}
+
 // ListPacks calls f for every pack object whose first id byte is in
 // [lo, hi); objects under packs/ that are not packs where they lie are
 // skipped.

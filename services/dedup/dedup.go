@@ -10,6 +10,7 @@ package dedup
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,6 +20,8 @@ import (
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/objstore"
+	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/runtime"
 )
 
@@ -43,8 +46,8 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		return err
 	}
 	cache := NewPresentCache(cfg.CacheEntries)
-	d := &Index{chunks: rt.Repo.Chunks, cache: cache, bad: map[chunk.ID]bool{},
-		gc: &gcGuard{gc: rt.GC, store: rt.Repo.Store, forget: cache.Reset}}
+	d := &Index{chunks: rt.Repo.Chunks, cache: cache, bad: map[chunk.ID]bool{}, store: rt.Repo.Store}
+	d.gc = &gcGuard{gc: rt.GC, store: rt.Repo.Store, forget: d.forget}
 	if rt.Repo.Packed() {
 		path := filepath.Join(cmp.Or(cfg.IndexDir, os.TempDir()), "strata-packindex-"+rt.Repo.Config.ID+".db")
 		x, err := OpenPackIndex(path, rt.Repo.Config.ID, rt.Log)
@@ -92,7 +95,9 @@ type Index struct {
 	gc    *gcGuard          // nil: no collector to coordinate with (unit tests)
 	// packs, in a packed repository, says where chunks are: asked instead
 	// of the store (no request per chunk), and the answer locates them.
-	packs *PackIndex
+	packs     *PackIndex
+	store     objstore.Store
+	packsSeen map[chunk.PackID]bool // packs known to exist (under mu)
 }
 
 func (d *Index) setBad(id chunk.ID, bad bool) {
@@ -154,7 +159,7 @@ func (d *Index) Missing(ctx context.Context, req *contracts.MissingRequest) (*co
 		}
 	}
 	if d.packs != nil {
-		return d.locate(reply, req.IDs)
+		return d.locate(ctx, reply, req.IDs, gcID)
 	}
 	if len(unknown) == 0 {
 		return reply, nil
@@ -179,7 +184,47 @@ func (d *Index) Missing(ctx context.Context, req *contracts.MissingRequest) (*co
 // locate answers from the pack index: unknown chunks are missing, the
 // others located. (The present cache is not consulted: it does not know
 // where a chunk is, and the index costs no request.)
-func (d *Index) locate(reply *contracts.MissingReply, asked []string) (*contracts.MissingReply, error) {
+//
+// The index may name a pack that is gone (deleted by a collection since it
+// was indexed): each pack is confirmed to exist once (again after every
+// change of gc.lock) before a chunk is located in it, and a chunk of a
+// pack the running sweep condemned is held first, or answered missing if
+// the collector deleted it already.
+func (d *Index) locate(ctx context.Context, reply *contracts.MissingReply, asked []string, gcID string) (*contracts.MissingReply, error) {
+	var condemned map[chunk.PackID]bool
+	if d.gc != nil && gcID != "" {
+		var err error
+		if condemned, err = d.gc.condemnedPacks(ctx); err != nil {
+			return nil, err
+		}
+	}
+	usable := map[chunk.PackID]bool{} // this request's verdict per pack
+	packOK := func(p chunk.PackID) (bool, error) {
+		if ok, seen := usable[p]; seen {
+			return ok, nil
+		}
+		ok := true
+		if condemned[p] {
+			kept, err := d.gc.holdPack(ctx, gcID, p)
+			if err != nil {
+				return false, err
+			}
+			ok = kept
+		}
+		if ok && !d.packKnown(p) {
+			_, err := d.store.Stat(ctx, repo.PackKey(p))
+			switch {
+			case errors.Is(err, objstore.ErrNotFound):
+				ok = false
+			case err != nil:
+				return false, err
+			default:
+				d.rememberPack(p)
+			}
+		}
+		usable[p] = ok
+		return ok, nil
+	}
 	// every asked id not already answered missing (bad, or deleted by a
 	// collection)
 	answered := make(map[string]bool, len(reply.Missing))
@@ -199,6 +244,13 @@ func (d *Index) locate(reply *contracts.MissingReply, asked []string) (*contract
 	}
 	packNo := map[chunk.PackID]int{}
 	for i, id := range ids {
+		if found[i] {
+			ok, err := packOK(locs[i].Pack)
+			if err != nil {
+				return nil, err
+			}
+			found[i] = ok
+		}
 		if !found[i] {
 			reply.Missing = append(reply.Missing, id.String())
 			continue
@@ -212,6 +264,30 @@ func (d *Index) locate(reply *contracts.MissingReply, asked []string) (*contract
 		reply.Located = append(reply.Located, contracts.ChunkLoc{ID: id.String(), Pack: n, Off: locs[i].Off, Len: locs[i].Len})
 	}
 	return reply, nil
+}
+
+// packKnown: pack p was seen to exist since gc.lock last changed.
+func (d *Index) packKnown(p chunk.PackID) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.packsSeen[p]
+}
+
+func (d *Index) rememberPack(p chunk.PackID) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.packsSeen == nil || len(d.packsSeen) >= 1<<20 { // bounded: forgetting costs a HEAD
+		d.packsSeen = map[chunk.PackID]bool{}
+	}
+	d.packsSeen[p] = true
+}
+
+// forget drops what this instance remembers as present: chunks and packs.
+func (d *Index) forget() {
+	d.cache.Reset()
+	d.mu.Lock()
+	d.packsSeen = nil
+	d.mu.Unlock()
 }
 
 // PresentCache remembers up to about 2×limit ids known to be stored, in two

@@ -67,9 +67,14 @@ func collect(ctx context.Context, rt *runtime.Runtime, grace time.Duration, dryR
 			return nil, err
 		}
 	}
+	if rt.Repo.Packed() {
+		if err := c.packs(ctx); err != nil {
+			return nil, err
+		}
+	}
 	r := c.reply
 	rt.Log.InfoContext(ctx, "garbage collection", "dry_run", dryRun, "shards", shards, "backups", r.Backups, "referenced", r.Referenced,
-		"chunks", r.Chunks, "young", r.Young, "rescued", r.Rescued, "deleted", r.Deleted, "freed_bytes", r.FreedBytes)
+		"chunks", r.Chunks, "young", r.Young, "rescued", r.Rescued, "deleted", r.Deleted, "packs", r.Packs, "packs_deleted", r.PacksDeleted, "freed_bytes", r.FreedBytes)
 	return r, nil
 }
 
@@ -272,7 +277,19 @@ func (m *mark) allManifests(ctx context.Context) error {
 // results marks every chunk id named by the segment results of running
 // backups.
 func (m *mark) results(ctx context.Context) error {
-	stream, err := m.rt.Bus.JS.Stream(ctx, contracts.StreamResults)
+	return eachResult(ctx, m.rt, func(d *contracts.SegmentDone) {
+		for _, s := range d.IDs {
+			if id, err := chunk.ParseID(s); err == nil && m.inShard(id) {
+				m.ids[id] = struct{}{}
+			}
+		}
+	})
+}
+
+// eachResult calls f with every segment result now in STRATA_RESULTS (the
+// results of running backups; a commit purges its own).
+func eachResult(ctx context.Context, rt *runtime.Runtime, f func(*contracts.SegmentDone)) error {
+	stream, err := rt.Bus.JS.Stream(ctx, contracts.StreamResults)
 	if err != nil {
 		return fmt.Errorf("results stream: %w", err)
 	}
@@ -302,11 +319,7 @@ func (m *mark) results(ctx context.Context) error {
 			}
 			var d contracts.SegmentDone
 			if err := contracts.Decode(msg.Data(), &d); err == nil {
-				for _, s := range d.IDs {
-					if id, err := chunk.ParseID(s); err == nil && m.inShard(id) {
-						m.ids[id] = struct{}{}
-					}
-				}
+				f(&d)
 			}
 			if meta.Sequence.Stream >= last {
 				return nil

@@ -27,6 +27,42 @@ type gcGuard struct {
 	lockSeq   uint64 // stream sequence of gc.lock's last message seen
 	loaded    string // condemned list loaded
 	condemned map[chunk.ID]bool
+	// the same for packs (packed repositories)
+	loadedPacks  string
+	packs        map[chunk.PackID]bool
+	pendingPacks string // the lock's condemned pack list, as last read
+}
+
+// condemnedPacks returns the packs the collector may delete (nil outside
+// a sweep of packs), as the gc.lock read by condemnedSet — called first,
+// in the same request — names them.
+func (g *gcGuard) condemnedPacks(ctx context.Context) (map[chunk.PackID]bool, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	key := g.pendingPacks
+	if key == "" {
+		return nil, nil
+	}
+	if g.loadedPacks != key {
+		raw, err := g.store.Get(ctx, key)
+		if err != nil {
+			return nil, fmt.Errorf("read condemned pack list: %w", err)
+		}
+		if len(raw)%len(chunk.PackID{}) != 0 {
+			return nil, fmt.Errorf("condemned pack list %s is %d bytes: not a list of pack ids", key, len(raw))
+		}
+		set := make(map[chunk.PackID]bool, len(raw)/len(chunk.PackID{}))
+		for i := 0; i < len(raw); i += len(chunk.PackID{}) {
+			set[chunk.PackID(raw[i:i+len(chunk.PackID{})])] = true
+		}
+		g.loadedPacks, g.packs = key, set
+	}
+	return g.packs, nil
+}
+
+// holdPack keeps a condemned pack from deletion (see hold).
+func (g *gcGuard) holdPack(ctx context.Context, gcID string, p chunk.PackID) (kept bool, err error) {
+	return g.gc.Hold(ctx, gcID, PackHoldKey(p))
 }
 
 // condemnedSet reads gc.lock now — not from a watch, so no answer given
@@ -52,8 +88,13 @@ func (g *gcGuard) condemnedSet(ctx context.Context) (string, map[chunk.ID]bool, 
 		}
 		g.lockSeq = seq
 	}
+	g.pendingPacks = ""
 	if lock.Phase != "sweep" {
 		return "", nil, nil
+	}
+	g.pendingPacks = lock.CondemnedPacks
+	if lock.Condemned == "" {
+		return lock.ID, nil, nil
 	}
 	if g.loaded != lock.Condemned {
 		raw, err := g.store.Get(ctx, lock.Condemned)

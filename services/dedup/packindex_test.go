@@ -143,7 +143,7 @@ func TestMissingLocatesPackedChunks(t *testing.T) {
 	if err := x.add(p.Entries(), 0); err != nil {
 		t.Fatal(err)
 	}
-	d := &Index{cache: NewPresentCache(16), bad: map[chunk.ID]bool{}, packs: x}
+	d := &Index{cache: NewPresentCache(16), bad: map[chunk.ID]bool{}, packs: x, store: rt.Repo.Store}
 	bad := p.Entries()[2].ID
 	d.setBad(bad, true)
 	unknown := chunk.Hash([]byte("unknown"))
@@ -169,5 +169,49 @@ func TestMissingLocatesPackedChunks(t *testing.T) {
 		if l.ID != e.ID.String() || l.Off != e.Loc.Off || l.Len != e.Loc.Len {
 			t.Fatalf("located %+v, want %+v", l, e)
 		}
+	}
+}
+
+// A collection's sweep of packs, seen from dedup: a chunk located in a
+// condemned pack holds the pack (the collector's claim then fails); one in
+// a pack the collector claimed and deleted is answered missing; one in a
+// pack that disappeared since it was indexed (deleted by a collection this
+// instance never saw) is answered missing too, never located.
+func TestLocateHoldsCondemnedPacksAndSkipsGoneOnes(t *testing.T) {
+	ctx, rt := svctest.Runtime(t, "dedup", 64<<10)
+	x, err := OpenPackIndex(filepath.Join(t.TempDir(), "index.db"), rt.Repo.Config.ID, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	held, claimed, gone, spared := storePack(t, ctx, rt.Repo, nil, 0, 2), storePack(t, ctx, rt.Repo, nil, 1, 2), storePack(t, ctx, rt.Repo, nil, 2, 2), storePack(t, ctx, rt.Repo, nil, 3, 2)
+	for _, p := range []*repo.Pack{held, claimed, gone, spared} {
+		if err := x.add(p.Entries(), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rt.Repo.DeletePack(ctx, gone.ID)
+	rt.Repo.Store.Put(ctx, "gc/g1-packs.condemned", append(append([]byte{}, held.ID[:]...), claimed.ID[:]...))
+	if _, err := rt.GC.Take(ctx, contracts.GCLock{ID: "g1", Phase: "sweep", CondemnedPacks: "gc/g1-packs.condemned", Since: time.Now()}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := rt.GC.Claim(ctx, "g1", PackHoldKey(claimed.ID)); err != nil || !ok {
+		t.Fatalf("claim: %v %v", ok, err)
+	}
+	rt.Repo.DeletePack(ctx, claimed.ID)
+	rt.GC.Deleted(ctx, "g1", PackHoldKey(claimed.ID))
+
+	d := &Index{cache: NewPresentCache(16), bad: map[chunk.ID]bool{}, packs: x, store: rt.Repo.Store}
+	d.gc = &gcGuard{gc: rt.GC, store: rt.Repo.Store, forget: d.forget}
+	var ids []chunk.ID
+	for _, p := range []*repo.Pack{held, claimed, gone, spared} {
+		ids = append(ids, p.Entries()[0].ID)
+	}
+	got := askMissing(t, ctx, d, ids...)
+	if want := []string{ids[1].String(), ids[2].String()}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("missing %v, want the chunks of the deleted packs %v", got, want)
+	}
+	if ok, err := rt.GC.Claim(ctx, "g1", PackHoldKey(held.ID)); err != nil || ok {
+		t.Fatalf("the collector could claim a pack dedup had just located a chunk in: %v %v", ok, err)
 	}
 }
