@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/strata-backup/strata/pkg/chunk"
@@ -158,4 +159,43 @@ func FuzzPackIndex(f *testing.F) {
 			r.ReadChunk(ctx, e.ID, e.Loc)
 		}
 	})
+}
+
+// A run of chunks read with one request; a bad chunk in it sends the run
+// chunk by chunk, where a repair stored on its own is found.
+func TestReadRun(t *testing.T) {
+	ctx := context.Background()
+	store := objstore.NewMem()
+	r, _ := Open(ctx, store, 64<<10, nil)
+	p, datas := packOf(t, r, 6)
+	refs := make([]chunk.Ref, 0, 6)
+	for _, e := range p.Entries() {
+		refs = append(refs, chunk.Ref{ID: e.ID, Loc: e.Loc})
+	}
+	got, err := r.ReadRun(ctx, refs[1:5])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range got {
+		if !bytes.Equal(b, datas[1+i]) {
+			t.Fatalf("chunk %d of the run differs", i)
+		}
+	}
+	if _, err := r.ReadRun(ctx, []chunk.Ref{refs[1], refs[3]}); err == nil {
+		t.Fatal("a run with a gap was read")
+	}
+	key := PackKey(p.ID)
+	obj, _ := store.Get(ctx, key)
+	store.Put(ctx, key, flip(obj, int(refs[3].Loc.Off)+int(refs[3].Loc.Len)/2))
+	if _, err := r.ReadRun(ctx, refs); !errors.Is(err, chunk.ErrCorrupt) || !strings.Contains(err.Error(), refs[3].ID.String()) {
+		t.Fatalf("run through a corrupt chunk: %v", err)
+	}
+	// the repair, on its own
+	if err := r.Chunks.PutChunk(ctx, refs[3].ID, r.AppendChunk(nil, refs[3].ID, datas[3], chunk.Zstd)); err != nil {
+		t.Fatal(err)
+	}
+	got, err = r.ReadRun(ctx, refs)
+	if err != nil || !bytes.Equal(got[3], datas[3]) || !bytes.Equal(got[5], datas[5]) {
+		t.Fatalf("run after the repair: %v", err)
+	}
 }

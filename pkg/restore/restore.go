@@ -88,32 +88,49 @@ func ToFile(ctx context.Context, r *repo.Repository, man *manifest.Manifest, pat
 	var done, data, zero atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(1, workers))
-	for i, id := range man.IDs {
+	// Chunks that lie back to back in a pack (a full backup stores a
+	// batch's new chunks in disk order) are fetched with one request per
+	// run; a chunk stored on its own is a run of one.
+	for i := 0; i < len(man.IDs); {
 		if err := gctx.Err(); err != nil {
 			break
 		}
-		length := int64(man.ChunkLen(i))
-		if id.IsZero() {
+		if man.IDs[i].IsZero() {
 			zero.Add(1)
 			if progress != nil {
-				progress(done.Add(length))
+				progress(done.Add(int64(man.ChunkLen(i))))
 			}
+			i++
 			continue
 		}
+		start, size := i, int64(man.Loc(i).Len)
+		for i++; i < len(man.IDs) && !man.IDs[i].IsZero() && repo.Contiguous(man.Loc(i-1), man.Loc(i)) &&
+			size+int64(man.Loc(i).Len) <= repo.MaxRunBytes; i++ {
+			size += int64(man.Loc(i).Len)
+		}
+		end := i
 		g.Go(func() error {
-			b, err := r.ReadChunk(gctx, id, man.Loc(i))
+			refs := repo.Refs(man.IDs[start:end], nil)
+			for j := range refs {
+				refs[j].Loc = man.Loc(start + j)
+			}
+			chunks, err := r.ReadRun(gctx, refs)
 			if err != nil {
-				return fmt.Errorf("chunk %d of the disk: %w", i, err)
+				return fmt.Errorf("chunks %d..%d of the disk: %w", start, end-1, err)
 			}
-			if int64(len(b)) != length {
-				return fmt.Errorf("chunk %d of the disk (%s): %d bytes, manifest expects %d", i, repo.ChunkKey(id), len(b), length)
-			}
-			if _, err := f.WriteAt(b, int64(i)*int64(man.ChunkSize)); err != nil {
-				return fmt.Errorf("write %s: %w", tmp, err)
-			}
-			data.Add(1)
-			if progress != nil {
-				progress(done.Add(length))
+			for j, b := range chunks {
+				at := start + j
+				length := int64(man.ChunkLen(at))
+				if int64(len(b)) != length {
+					return fmt.Errorf("chunk %d of the disk (%s): %d bytes, manifest expects %d", at, man.IDs[at], len(b), length)
+				}
+				if _, err := f.WriteAt(b, int64(at)*int64(man.ChunkSize)); err != nil {
+					return fmt.Errorf("write %s: %w", tmp, err)
+				}
+				data.Add(1)
+				if progress != nil {
+					progress(done.Add(length))
+				}
 			}
 			return nil
 		})
