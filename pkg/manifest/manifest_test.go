@@ -61,20 +61,8 @@ func TestLocationsChecked(t *testing.T) {
 }
 
 func TestChunkLen(t *testing.T) {
-	m := sample()
-	b, err := m.Encode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := Decode(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(got, m) {
-		t.Fatalf("got %+v, want %+v", got, m)
-	}
-	if got.ChunkLen(3) != 5 || got.ChunkLen(0) != 1<<20 {
-		t.Fatalf("chunk lengths %d %d", got.ChunkLen(3), got.ChunkLen(0))
+	if m := sample(); m.ChunkLen(3) != 5 || m.ChunkLen(0) != 1<<20 {
+		t.Fatalf("chunk lengths %d %d", m.ChunkLen(3), m.ChunkLen(0))
 	}
 }
 

@@ -157,19 +157,13 @@ func (c *collection) shard(ctx context.Context, lo byte, hi int) error {
 	for _, cd := range candidates {
 		list.Write(cd.id[:])
 	}
-	condemnedKey := fmt.Sprintf("gc/%s-%02x.condemned", c.lock.ID, lo)
-	if err := rt.Repo.Store.Put(ctx, condemnedKey, list.Bytes()); err != nil {
-		return fmt.Errorf("write condemned list: %w", err)
-	}
-	defer rt.Repo.Store.Delete(context.WithoutCancel(ctx), condemnedKey)
-	if err := c.setPhase(ctx, "sweep", condemnedKey); err != nil {
+	done, err := c.condemn(ctx, fmt.Sprintf("gc/%s-%02x.condemned", c.lock.ID, lo), list.Bytes(), false)
+	if err != nil {
 		return err
 	}
+	defer done()
 
-	// 3. drain, 4. mark again
-	if err := drainSegments(ctx, rt); err != nil {
-		return err
-	}
+	// 4. mark again
 	if err := m.results(ctx); err != nil {
 		return err
 	}
@@ -204,6 +198,30 @@ func (c *collection) shard(ctx context.Context, lo byte, hi int) error {
 	// Back to marking: dedup stops holding this shard's candidates (and,
 	// seeing the lock change, forgets its cache of present chunks).
 	return c.setPhase(ctx, "mark", "")
+}
+
+// condemn stores the candidates' list under key, moves gc.lock to the
+// sweep phase naming it (a list of chunk ids, or with packs of pack ids),
+// and drains the segments handed out before (steps 2 and 3). done
+// removes the list.
+func (c *collection) condemn(ctx context.Context, key string, list []byte, packs bool) (done func(), err error) {
+	if err := c.rt.Repo.Store.Put(ctx, key, list); err != nil {
+		return nil, fmt.Errorf("write condemned list: %w", err)
+	}
+	done = func() { c.rt.Repo.Store.Delete(context.WithoutCancel(ctx), key) }
+	chunks := key
+	if packs {
+		chunks, c.lock.CondemnedPacks = "", key
+	}
+	if err := c.setPhase(ctx, "sweep", chunks); err != nil {
+		done()
+		return nil, err
+	}
+	if err := drainSegments(ctx, c.rt); err != nil {
+		done()
+		return nil, err
+	}
+	return done, nil
 }
 
 // drainSegments waits until every segment in STRATA_SEGMENTS now has been

@@ -80,18 +80,11 @@ func (c *collection) packs(ctx context.Context) error {
 	for _, cd := range candidates {
 		list.Write(cd.p[:])
 	}
-	key := fmt.Sprintf("gc/%s-packs.condemned", c.lock.ID)
-	if err := rt.Repo.Store.Put(ctx, key, list.Bytes()); err != nil {
-		return fmt.Errorf("write condemned pack list: %w", err)
-	}
-	defer rt.Repo.Store.Delete(context.WithoutCancel(ctx), key)
-	c.lock.CondemnedPacks = key
-	if err := c.setPhase(ctx, "sweep", ""); err != nil {
+	done, err := c.condemn(ctx, fmt.Sprintf("gc/%s-packs.condemned", c.lock.ID), list.Bytes(), true)
+	if err != nil {
 		return err
 	}
-	if err := drainSegments(ctx, rt); err != nil {
-		return err
-	}
+	defer done()
 	if err := mark(); err != nil {
 		return err
 	}
