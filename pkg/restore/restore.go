@@ -2,6 +2,7 @@
 package restore
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -9,10 +10,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/manifest"
 	"github.com/strata-backup/strata/pkg/repo"
 )
@@ -88,48 +91,40 @@ func ToFile(ctx context.Context, r *repo.Repository, man *manifest.Manifest, pat
 	var done, data, zero atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(1, workers))
-	// Chunks that lie back to back in a pack (a full backup stores a
-	// batch's new chunks in disk order) are fetched with one request per
-	// run; a chunk stored on its own is a run of one.
-	for i := 0; i < len(man.IDs); {
-		if err := gctx.Err(); err != nil {
-			break
-		}
-		if man.IDs[i].IsZero() {
+	for i, id := range man.IDs {
+		if id.IsZero() {
 			zero.Add(1)
 			if progress != nil {
 				progress(done.Add(int64(man.ChunkLen(i))))
 			}
-			i++
-			continue
 		}
-		start, size := i, int64(man.Loc(i).Len)
-		for i++; i < len(man.IDs) && !man.IDs[i].IsZero() && repo.Contiguous(man.Loc(i-1), man.Loc(i)) &&
-			size+int64(man.Loc(i).Len) <= repo.MaxRunBytes; i++ {
-			size += int64(man.Loc(i).Len)
+	}
+	// Reads go in pack order, not disk order: chunks that lie back to back
+	// in a pack come with one request per run, whatever disk positions
+	// they fill (a chunk a disk holds several times is read once and
+	// written to each).
+	for _, run := range plan(man) {
+		if err := gctx.Err(); err != nil {
+			break
 		}
-		end := i
 		g.Go(func() error {
-			refs := repo.Refs(man.IDs[start:end], nil)
-			for j := range refs {
-				refs[j].Loc = man.Loc(start + j)
-			}
-			chunks, err := r.ReadRun(gctx, refs)
+			chunks, err := r.ReadRun(gctx, run.refs)
 			if err != nil {
-				return fmt.Errorf("chunks %d..%d of the disk: %w", start, end-1, err)
+				return fmt.Errorf("chunk %d of the disk: %w", run.at[0][0], err)
 			}
 			for j, b := range chunks {
-				at := start + j
-				length := int64(man.ChunkLen(at))
-				if int64(len(b)) != length {
-					return fmt.Errorf("chunk %d of the disk (%s): %d bytes, manifest expects %d", at, man.IDs[at], len(b), length)
-				}
-				if _, err := f.WriteAt(b, int64(at)*int64(man.ChunkSize)); err != nil {
-					return fmt.Errorf("write %s: %w", tmp, err)
-				}
-				data.Add(1)
-				if progress != nil {
-					progress(done.Add(length))
+				for _, at := range run.at[j] {
+					length := int64(man.ChunkLen(at))
+					if int64(len(b)) != length {
+						return fmt.Errorf("chunk %d of the disk (%s): %d bytes, manifest expects %d", at, man.IDs[at], len(b), length)
+					}
+					if _, err := f.WriteAt(b, int64(at)*int64(man.ChunkSize)); err != nil {
+						return fmt.Errorf("write %s: %w", tmp, err)
+					}
+					data.Add(1)
+					if progress != nil {
+						progress(done.Add(length))
+					}
 				}
 			}
 			return nil
@@ -168,4 +163,55 @@ func ToFile(ctx context.Context, r *repo.Repository, man *manifest.Manifest, pat
 		d.Close()
 	}
 	return Stats{Bytes: man.DiskSize, DataChunks: data.Load(), ZeroChunks: zero.Load()}, nil
+}
+
+// run is one read: chunks back to back in a pack (or one chunk stored on
+// its own), and the disk positions each fills.
+type run struct {
+	refs []chunk.Ref
+	at   [][]int
+}
+
+// plan groups the non-zero chunks of man into reads: per pack, by offset,
+// adjacent ranges joined up to repo.MaxRunBytes; each chunk stored on its
+// own is a read of its own.
+func plan(man *manifest.Manifest) []run {
+	type entry struct {
+		ref chunk.Ref
+		at  []int
+	}
+	byLoc := map[chunk.Ref]*entry{}
+	var entries []*entry
+	for i, id := range man.IDs {
+		if id.IsZero() {
+			continue
+		}
+		ref := chunk.Ref{ID: id, Loc: man.Loc(i)}
+		if e, ok := byLoc[ref]; ok {
+			e.at = append(e.at, i)
+			continue
+		}
+		e := &entry{ref: ref, at: []int{i}}
+		byLoc[ref] = e
+		entries = append(entries, e)
+	}
+	slices.SortStableFunc(entries, func(a, b *entry) int {
+		if c := bytes.Compare(a.ref.Loc.Pack[:], b.ref.Loc.Pack[:]); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.ref.Loc.Off, b.ref.Loc.Off)
+	})
+	var runs []run
+	size := int64(0)
+	for k, e := range entries {
+		if n := len(runs); k > 0 && repo.Contiguous(entries[k-1].ref.Loc, e.ref.Loc) && size+int64(e.ref.Loc.Len) <= repo.MaxRunBytes {
+			runs[n-1].refs = append(runs[n-1].refs, e.ref)
+			runs[n-1].at = append(runs[n-1].at, e.at)
+			size += int64(e.ref.Loc.Len)
+			continue
+		}
+		runs = append(runs, run{refs: []chunk.Ref{e.ref}, at: [][]int{e.at}})
+		size = int64(e.ref.Loc.Len)
+	}
+	return runs
 }

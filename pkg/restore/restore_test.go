@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -122,5 +123,30 @@ func TestRestoreRefusesExistingTarget(t *testing.T) {
 		if _, err := ToFile(context.Background(), r, man, p, Options{Overwrite: true}); err == nil {
 			t.Fatalf("restore to %s accepted", p)
 		}
+	}
+}
+
+// Reads are planned per pack by offset: adjacent ranges joined whatever
+// the disk order, a chunk the disk holds twice read once, zero chunks not
+// read, a chunk stored on its own read alone.
+func TestPlanJoinsAdjacentRanges(t *testing.T) {
+	p, q := chunk.PackID{1}, chunk.PackID{2}
+	h := func(s string) chunk.ID { return chunk.Hash([]byte(s)) }
+	m := &manifest.Manifest{BackupID: "b", ChunkSize: 64 << 10, DiskSize: 7 * 64 << 10,
+		IDs: []chunk.ID{h("b"), h("a"), chunk.Zero, h("c"), h("a"), h("loose"), h("q")},
+		Locs: []chunk.Loc{{Pack: p, Off: 10, Len: 5}, {Pack: p, Off: 0, Len: 10}, {}, {Pack: p, Off: 15, Len: 1},
+			{Pack: p, Off: 0, Len: 10}, {}, {Pack: q, Off: 0, Len: 3}}}
+	runs := plan(m)
+	if len(runs) != 3 {
+		t.Fatalf("%d runs, want 3: %+v", len(runs), runs)
+	}
+	if got := fmt.Sprint(runs[0].at); got != "[[5]]" {
+		t.Fatalf("first run (the loose chunk) fills %s", got)
+	}
+	if got := fmt.Sprint(runs[1].at); got != "[[1 4] [0] [3]]" || runs[1].refs[0].Loc.Off != 0 {
+		t.Fatalf("pack run fills %s", got)
+	}
+	if got := fmt.Sprint(runs[2].at); got != "[[6]]" {
+		t.Fatalf("second pack fills %s", got)
 	}
 }
