@@ -390,7 +390,9 @@ run_strata_deployed() { # disk
   stage "$work/disks/$1/day1.img"
   dstep "$S.strata.$1.incr" "$ids" "$bin/strata" backup --vm bench --source file:///sources/disk.img --wait
   bucket_size strata >>"$work/s.$S.strata.$1.incr"
+  per_container >"$work/c0"
   dstep "$S.strata.$1.restore" "$ids" "$bin/strata" restore --vm bench --backup latest --to "$w/restored.img"
+  per_container | join <(sort "$work/c0") <(sort -) | awk '{printf "%-40s %6.2f s\n", $1, ($3 - $2) / 1e9}' | sort -k2 -rn >"$work/where.$1.restore"
   same "$w/restored.img" "$work/disks/$1/day1.img" strata
 }
 
@@ -491,6 +493,7 @@ for S in $SETTINGS; do
     report "$disk"
     if [ "$S" = deployed ] && [ -f "$work/where.$disk.full" ]; then
       echo "strata full: CPU by container (last round)"; cat "$work/where.$disk.full"
+      echo "strata restore: CPU by container besides the client's (last round)"; cat "$work/where.$disk.restore"
     fi
     if [ "$S" = deployed ]; then
       echo "S3 requests per step (last round): total: by operation"

@@ -176,11 +176,19 @@ func (s *S3) GetRange(ctx context.Context, key string, off, n int64) ([]byte, er
 	}
 	defer out.Body.Close()
 	// A server that ignores Range sends the whole object: read at most
-	// what was asked for, and only from the start of the range.
-	b, err := io.ReadAll(io.LimitReader(out.Body, n))
-	if err != nil {
+	// what was asked for, and only from the start of the range. The buffer
+	// is sized once (ReadAll grows it by doubling: a coalesced 8 MiB read
+	// copied 16 MiB).
+	size := n
+	if out.ContentLength != nil && *out.ContentLength >= 0 && *out.ContentLength < n {
+		size = *out.ContentLength
+	}
+	b := make([]byte, size)
+	got, err := io.ReadFull(out.Body, b)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("get %s: read body: %w", key, err)
 	}
+	b = b[:got]
 	if out.ContentRange == nil && off > 0 {
 		return nil, fmt.Errorf("get %s: the server ignored the range request", key)
 	}
