@@ -11,7 +11,7 @@ import (
 
 // cmdGC asks the dedup service to collect unreferenced chunks.
 func newGCCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "gc", Short: "delete chunks no backup references", Args: usage(cobra.NoArgs)}
+	cmd := &cobra.Command{Use: "gc", Short: "delete chunks (and packs) no backup references", Args: usage(cobra.NoArgs)}
 	fs := cmd.Flags()
 	req := contracts.GCRequest{Schema: contracts.SchemaVersion}
 	fs.BoolVar(&req.DryRun, "dry-run", false, "report what would be freed, delete nothing")
@@ -35,6 +35,9 @@ func newGCCmd() *cobra.Command {
 		}
 		fmt.Printf("marked %d backups (%d chunks referenced); %d chunk objects: %s %d (%s), %d unreferenced but younger than %s\n",
 			reply.Backups, reply.Referenced, reply.Chunks, verb, reply.Deleted, human(reply.FreedBytes), reply.Young, time.Duration(reply.GraceSeconds)*time.Second)
+		if reply.Packs > 0 {
+			fmt.Printf("%d packs: %s %d no backup references (packs partly referenced are kept whole)\n", reply.Packs, verb, reply.PacksDeleted)
+		}
 		return nil
 	}
 	return cmd
