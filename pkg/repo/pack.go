@@ -103,9 +103,6 @@ func (p *Pack) Add(id chunk.ID, stored []byte) (chunk.Loc, error) {
 	return loc, nil
 }
 
-// Size is the bytes of chunks added so far.
-func (p *Pack) Size() int { return len(p.buf) }
-
 // Entries are the chunks added so far, in pack order.
 func (p *Pack) Entries() []PackEntry { return p.entries }
 

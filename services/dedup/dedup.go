@@ -129,16 +129,21 @@ func (d *Index) Missing(ctx context.Context, req *contracts.MissingRequest) (*co
 			return nil, err
 		}
 	}
+	// must be stored again: in a packed repository on its own (a repair,
+	// see MissingReply.Loose)
+	again := func(s string) {
+		reply.Missing = append(reply.Missing, s)
+		if d.packs != nil {
+			reply.Loose = append(reply.Loose, s)
+		}
+	}
 	for _, s := range req.IDs {
 		id, err := chunk.ParseID(s)
 		if err != nil {
 			return nil, err
 		}
 		if d.isBad(id) {
-			reply.Missing = append(reply.Missing, s)
-			if d.packs != nil {
-				reply.Loose = append(reply.Loose, s)
-			}
+			again(s)
 			continue
 		}
 		if condemned[id] {
@@ -147,19 +152,18 @@ func (d *Index) Missing(ctx context.Context, req *contracts.MissingRequest) (*co
 				return nil, err
 			}
 			if !kept { // deleted by the collector: upload it again
-				reply.Missing = append(reply.Missing, s)
-				if d.packs != nil {
-					reply.Loose = append(reply.Loose, s)
-				}
+				again(s)
 				continue
 			}
 		}
-		if !d.cache.Has(id) {
+		// The present cache does not know where a chunk is: a packed
+		// repository asks its index about every remaining id.
+		if d.packs != nil || !d.cache.Has(id) {
 			unknown = append(unknown, id)
 		}
 	}
 	if d.packs != nil {
-		return d.locate(ctx, reply, req.IDs, gcID)
+		return d.locate(ctx, reply, unknown, gcID)
 	}
 	if len(unknown) == 0 {
 		return reply, nil
@@ -181,16 +185,15 @@ func (d *Index) Missing(ctx context.Context, req *contracts.MissingRequest) (*co
 	return reply, nil
 }
 
-// locate answers from the pack index: unknown chunks are missing, the
-// others located. (The present cache is not consulted: it does not know
-// where a chunk is, and the index costs no request.)
+// locate answers about ids from the pack index: unknown chunks are
+// missing, the others located, without a request per chunk.
 //
 // The index may name a pack that is gone (deleted by a collection since it
 // was indexed): each pack is confirmed to exist once (again after every
 // change of gc.lock) before a chunk is located in it, and a chunk of a
 // pack the running sweep condemned is held first, or answered missing if
 // the collector deleted it already.
-func (d *Index) locate(ctx context.Context, reply *contracts.MissingReply, asked []string, gcID string) (*contracts.MissingReply, error) {
+func (d *Index) locate(ctx context.Context, reply *contracts.MissingReply, ids []chunk.ID, gcID string) (*contracts.MissingReply, error) {
 	var condemned map[chunk.PackID]bool
 	if d.gc != nil && gcID != "" {
 		var err error
@@ -224,19 +227,6 @@ func (d *Index) locate(ctx context.Context, reply *contracts.MissingReply, asked
 		}
 		usable[p] = ok
 		return ok, nil
-	}
-	// every asked id not already answered missing (bad, or deleted by a
-	// collection)
-	answered := make(map[string]bool, len(reply.Missing))
-	for _, s := range reply.Missing {
-		answered[s] = true
-	}
-	var ids []chunk.ID
-	for _, s := range asked {
-		if !answered[s] {
-			id, _ := chunk.ParseID(s) // parsed above
-			ids = append(ids, id)
-		}
 	}
 	locs, found, err := d.packs.Lookup(ids)
 	if err != nil {
