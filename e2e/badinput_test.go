@@ -3,6 +3,7 @@ package e2e
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -118,15 +119,34 @@ func TestBadInputIsRefusedAndNothingBreaks(t *testing.T) {
 	manKey := "manifests/app/0/" + id
 	restoreFailsNaming(t, st, id, filepath.Join(st.s3.Dir, st.bucket, manKey), manKey, flipByte)
 
-	// A corrupted and a truncated chunk: the same.
-	chunks := st.objectFiles("chunks")
-	if len(chunks) < 2 {
-		t.Fatalf("only %d chunk objects", len(chunks))
+	// A corrupted and a truncated chunk: the same, whatever object holds
+	// them (their own or a pack); the error names that object.
+	stored := st.storedChunks()
+	var ids []string
+	for id := range stored {
+		ids = append(ids, id)
 	}
-	for i, damage := range []func(*testing.T, string){flipByte, truncate} {
-		path := chunks[i]
-		key, _ := filepath.Rel(filepath.Join(st.s3.Dir, st.bucket), path)
-		restoreFailsNaming(t, st, id, path, key, damage)
+	if len(ids) < 2 {
+		t.Fatalf("only %d chunks stored", len(ids))
+	}
+	slices.Sort(ids)
+	for i, damage := range []func(*testing.T, string){flipByteAt(stored[ids[0]]), truncateAt(stored[ids[1]])} {
+		c := stored[ids[i]]
+		restoreFailsNaming(t, st, id, c.File, c.Key, damage)
+	}
+}
+
+// flipByteAt damages the middle of a chunk's stored bytes.
+func flipByteAt(c storedChunk) func(*testing.T, string) {
+	return func(t *testing.T, _ string) { c.flip(t, c.Len/2, 0x04) }
+}
+
+// truncateAt cuts the chunk's object in the middle of the chunk.
+func truncateAt(c storedChunk) func(*testing.T, string) {
+	return func(t *testing.T, path string) {
+		if err := os.Truncate(path, c.Off+c.Len/2); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
@@ -137,13 +157,6 @@ func flipByte(t *testing.T, path string) {
 	}
 	b[len(b)/2] ^= 0x04
 	os.WriteFile(path, b, 0o644)
-}
-
-func truncate(t *testing.T, path string) {
-	fi, _ := os.Stat(path)
-	if err := os.Truncate(path, fi.Size()/2); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // restoreFailsNaming damages one stored object, checks that restore

@@ -41,7 +41,7 @@ func BenchmarkBackupRestore(b *testing.B) {
 		b.ReportMetric(float64(size)/1e6/restore.Seconds(), "restore_MB/s")
 	}
 	b.StopTimer()
-	b.ReportMetric(float64(len(st.objectFiles("chunks"))), "chunks_stored")
+	b.ReportMetric(float64(len(st.storedChunks())), "chunks_stored")
 	b.ReportMetric(float64(peakRSS(b, st.procs["transfer"][0].Cmd.Process.Pid))/(1<<20), "transfer_peak_RSS_MiB")
 }
 

@@ -114,22 +114,41 @@ func TestChainOf25KeyIntervalAndPrune(t *testing.T) {
 			want[id] = true
 		}
 	}
-	before := len(st.objectFiles("chunks"))
+	// Whatever the layout: an object (a loose chunk or a pack) is deleted
+	// exactly when it holds no referenced chunk — a pack partly referenced
+	// is kept whole.
+	before := st.storedChunks()
+	objects, dead := map[string]bool{}, map[string]bool{}
+	for _, c := range before {
+		objects[c.Key], dead[c.Key] = true, true
+	}
+	for id := range want {
+		c, ok := before[id]
+		if !ok {
+			t.Fatalf("referenced chunk %s is not stored", id)
+		}
+		delete(dead, c.Key)
+	}
 	var dryGC, gc contracts.GCReply
 	json.Unmarshal([]byte(st.mustCLI("gc", "--dry-run", "--grace", "0s", "--json")), &dryGC)
-	if !dryGC.DryRun || dryGC.Deleted != before-len(want) || len(st.objectFiles("chunks")) != before {
-		t.Fatalf("gc dry run: %+v; %d chunk objects, %d referenced", dryGC, before, len(want))
+	if !dryGC.DryRun || dryGC.Deleted+dryGC.PacksDeleted != len(dead) || len(st.storedChunks()) != len(before) {
+		t.Fatalf("gc dry run: %+v; %d objects, %d hold no referenced chunk", dryGC, len(objects), len(dead))
 	}
 	json.Unmarshal([]byte(st.mustCLI("gc", "--grace", "0s", "--json")), &gc)
-	left := st.objectFiles("chunks")
-	if len(left) != len(want) || gc.Deleted != before-len(want) {
-		t.Fatalf("gc deleted %d of %d chunk objects, leaving %d; %d referenced", gc.Deleted, before, len(left), len(want))
+	left := st.storedChunks()
+	if n := gc.Deleted + gc.PacksDeleted; n != len(dead) {
+		t.Fatalf("gc deleted %d of %d objects (%+v); %d hold no referenced chunk", n, len(objects), gc, len(dead))
 	}
-	for _, f := range left {
-		if !want[filepath.Base(f)] {
-			t.Fatalf("gc left unreferenced chunk %s", f)
+	for id := range want {
+		if _, ok := left[id]; !ok {
+			t.Fatalf("gc deleted referenced chunk %s", id)
 		}
 	}
-	t.Logf("gc: %d chunk objects → %d (freed %d bytes)", before, len(left), gc.FreedBytes)
+	for id, c := range left {
+		if dead[c.Key] {
+			t.Fatalf("gc left %s (chunk %s), which holds no referenced chunk", c.Key, id)
+		}
+	}
+	t.Logf("gc: %d objects → %d, %d chunks → %d (freed %d bytes)", len(objects), len(objects)-len(dead), len(before), len(left), gc.FreedBytes)
 	restoreAll(remaining)
 }

@@ -57,7 +57,7 @@ func TestDevMode(t *testing.T) {
 
 	// STRATA_COMPRESSION=auto: the first full's chunks are S2, the chunks a
 	// later backup adds are zstd; both restore bit for bit.
-	objects := filepath.Join(dir, "data", "objects", "chunks")
+	objects := filepath.Join(dir, "data", "objects")
 	first := chunkCodecs(t, objects, nil)
 	if first[2] == 0 || first[1] != 0 {
 		t.Fatalf("first full stored chunks by codec %v: want S2 (2) and no zstd (1)", first)
@@ -90,31 +90,24 @@ func TestDevMode(t *testing.T) {
 	}
 }
 
-// chunkCodecs counts the chunk objects under dir by the codec byte of
-// their header, skipping (and then adding) those named in seen when it is
-// not nil.
-func chunkCodecs(t *testing.T, dir string, seen map[string]bool) map[byte]int {
+// chunkCodecs counts the chunks stored in the repository under root (loose
+// or packed) by the codec byte of their header, skipping (and then adding)
+// those named in seen when it is not nil.
+func chunkCodecs(t *testing.T, root string, seen map[string]bool) map[byte]int {
 	t.Helper()
 	n := map[byte]int{}
-	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() || seen[p] {
-			return err
+	for id, c := range storedChunks(t, root, "") {
+		if seen[id] {
+			continue
 		}
 		if seen != nil {
-			seen[p] = true
+			seen[id] = true
 		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
+		b := c.bytes(t)
 		if len(b) < 9 || string(b[:4]) != "STC1" {
-			t.Fatalf("%s is not a stored chunk", p)
+			t.Fatalf("chunk %s in %s is not a stored chunk", id, c.Key)
 		}
 		n[b[4]]++
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 	return n
 }

@@ -56,9 +56,8 @@ func TestBackupRestoreOneTrace(t *testing.T) {
 		t.Fatalf("restored image allocates %d bytes; the source's non-zero chunks hold %d: zero chunks were written", allocated, dataBytes)
 	}
 
-	chunks := st.objectFiles("chunks")
-	if len(chunks) != distinct {
-		t.Fatalf("%d chunk objects in S3, want %d distinct non-zero chunks", len(chunks), distinct)
+	if n := len(st.storedChunks()); n != distinct {
+		t.Fatalf("%d chunks stored in S3, want %d distinct non-zero chunks", n, distinct)
 	}
 	// Two segments holding the same new chunk may both upload it at once
 	// (harmless: same key, same bytes), so uploads can exceed the distinct
@@ -97,8 +96,8 @@ func TestBackupRestoreOneTrace(t *testing.T) {
 	if second.Disks[0].UploadedChunks != 0 || second.StoredBytes() != 0 {
 		t.Fatalf("second backup of an unchanged image uploaded %d chunks (%d bytes)", second.Disks[0].UploadedChunks, second.StoredBytes())
 	}
-	if n := len(st.objectFiles("chunks")); n != distinct {
-		t.Fatalf("chunk objects grew to %d after an unchanged backup", n)
+	if n := len(st.storedChunks()); n != distinct {
+		t.Fatalf("stored chunks grew to %d after an unchanged backup", n)
 	}
 
 	// One trace for the first backup, with spans from all six services.

@@ -40,8 +40,8 @@ func TestEncryption(t *testing.T) {
 		t.Fatal("encrypted backup was not certified")
 	}
 	objects := st.objectFiles("")
-	if len(objects) < 10 {
-		t.Fatalf("only %d objects stored", len(objects))
+	if n := len(st.storedChunks()); n < 10 {
+		t.Fatalf("only %d chunks stored", n)
 	}
 	for _, f := range objects {
 		data, err := os.ReadFile(f)

@@ -253,15 +253,11 @@ func TestIncrementalRewritesAKnownBadChunk(t *testing.T) {
 	a := st.record("vm-a", strings.TrimSpace(strings.Split(out, "\n")[0]))
 
 	victim := chunk.Hash(pattern).String()
-	obj := filepath.Join(st.s3.Dir, st.bucket, "chunks", victim[:2], victim)
-	data, err := os.ReadFile(obj)
-	if err != nil {
-		t.Fatal(err)
+	c, ok := st.storedChunks()[victim]
+	if !ok {
+		t.Fatalf("chunk %s is not stored", victim)
 	}
-	data[len(data)-1] ^= 0x40
-	if err := os.WriteFile(obj, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	c.flip(t, c.Len-1, 0x40)
 	var reply contracts.VerifyReply
 	out, _, code := st.cli("verify", "--vm", "vm-a", "--backup", a.ID, "--mode", "chunks", "--json")
 	if err := json.Unmarshal([]byte(out), &reply); err != nil || code != 1 || len(reply.BadChunks) != 1 || reply.BadChunks[0].ID != victim {

@@ -342,13 +342,11 @@ func TestScheduledChunkVerifyJobOverTransferWorkers(t *testing.T) {
 	// Corrupt one chunk; the scheduled job must find it on its own.
 	slices.Sort(ids)
 	victim := ids[len(ids)/2]
-	obj := filepath.Join(st.s3.Dir, st.bucket, "chunks", victim[:2], victim)
-	data, err := os.ReadFile(obj)
-	if err != nil {
-		t.Fatal(err)
+	c, ok := st.storedChunks()[victim]
+	if !ok {
+		t.Fatalf("chunk %s is not stored", victim)
 	}
-	data[len(data)/2] ^= 0x10
-	os.WriteFile(obj, data, 0o644)
+	c.flip(t, c.Len/2, 0x10)
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(time.Second) {
 		var bad []contracts.BadChunk
 		if e, err := st.jetstream().KeyValue(ctxT(t, 5*time.Second), contracts.BucketBadChunks); err == nil {

@@ -34,8 +34,8 @@
 # DEP_NATS_PORT (14222 and the next two), SYN_SIZE (2 GiB + 12345),
 # REAL_SIZE (3 GiB), STRATA_JS_REPLICAS (3) and STRATA_OTLP_ENDPOINT
 # (Jaeger; empty: no tracing) for the deployed stack, to measure what
-# replication and tracing cost, STRATA_PACKS (false; true: Strata's
-# repositories store chunks in packs, both settings),
+# replication and tracing cost, STRATA_PACKS (true; false: Strata's
+# repositories store one object per chunk, both settings),
 # STRATA_BENCH_DIR (a temporary directory under /var/tmp, removed at the
 # end unless STRATA_BENCH_KEEP=1). Peers are installed when missing: restic
 # and kopia built from the Go module proxy into
@@ -469,7 +469,7 @@ report() {
 }
 
 need_peers
-log "Strata: STRATA_PACKS=${STRATA_PACKS:-false}, STRATA_COMPRESSION=${STRATA_COMPRESSION:-auto}"
+log "Strata: STRATA_PACKS=${STRATA_PACKS:-true}, STRATA_COMPRESSION=${STRATA_COMPRESSION:-auto}"
 mkdir -p "$work/vm" "$work/r"
 for S in $SETTINGS; do
   TOOLS=$ALL_TOOLS

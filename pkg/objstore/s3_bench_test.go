@@ -28,35 +28,7 @@ func BenchmarkS3Requests(b *testing.B) {
 	}
 	data := make([]byte, 64<<10)
 	rand.Read(data)
-	parallel := func(b *testing.B, op func(i int) error) {
-		var next atomic.Int64
-		var wg sync.WaitGroup
-		errs := make(chan error, 32)
-		for w := 0; w < 32; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					i := int(next.Add(1)) - 1
-					if i >= b.N {
-						return
-					}
-					if err := op(i); err != nil {
-						select {
-						case errs <- err:
-						default:
-						}
-						return
-					}
-				}
-			}()
-		}
-		wg.Wait()
-		close(errs)
-		if err := <-errs; err != nil {
-			b.Fatal(err)
-		}
-	}
+	parallel := func(b *testing.B, op func(i int) error) { parallelN(b, 32, op) }
 	ctx := context.Background()
 	b.Run("head-absent", func(b *testing.B) {
 		parallel(b, func(i int) error {
@@ -77,4 +49,57 @@ func BenchmarkS3Requests(b *testing.B) {
 			return err
 		})
 	})
+	// A restore's reads of a packed repository: ranges of up to 8 MiB
+	// from packs of ~16 MiB, 8 at once.
+	pack := make([]byte, 16<<20)
+	rand.Read(pack)
+	for i := 0; i < 8; i++ {
+		if err := s.Put(ctx, fmt.Sprintf("pack/%d", i), pack); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, n := range []int64{1 << 20, 4 << 20, 8 << 20} {
+		b.Run(fmt.Sprintf("get-range-%dMiB", n>>20), func(b *testing.B) {
+			b.SetBytes(n)
+			parallelN(b, 8, func(i int) error {
+				off := int64(i%3) * n
+				got, err := s.GetRange(ctx, fmt.Sprintf("pack/%d", i%8), off, n)
+				if err == nil && int64(len(got)) != n {
+					err = fmt.Errorf("range read %d bytes of %d", len(got), n)
+				}
+				return err
+			})
+		})
+	}
+}
+
+// parallelN runs op for i in [0, b.N) on n goroutines.
+func parallelN(b *testing.B, n int, op func(i int) error) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for w := 0; w < n; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= b.N {
+					return
+				}
+				if err := op(i); err != nil {
+					select {
+					case errs <- err:
+					default:
+					}
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		b.Fatal(err)
+	}
 }

@@ -44,7 +44,7 @@ type Common struct {
 	EncryptionKeyFile string `envconfig:"ENCRYPTION_KEY_FILE"`
 	// Packs: a repository created by this process stores new chunks many
 	// to an object (an existing repository keeps what it was created with).
-	Packs    bool   `envconfig:"PACKS" default:"false"`
+	Packs    bool   `envconfig:"PACKS" default:"true"`
 	LogLevel string `envconfig:"LOG_LEVEL" default:"info"`
 }
 
