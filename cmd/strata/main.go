@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 
@@ -61,7 +62,7 @@ STRATA_NATS_URL, STRATA_S3_*, STRATA_STORE_DIR, STRATA_ENCRYPTION_KEY_FILE, …`
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	err := newRootCmd().ExecuteContext(ctx)
+	err := withCPUProfile(os.Getenv("STRATA_CPU_PROFILE"), func() error { return newRootCmd().ExecuteContext(ctx) })
 	if err == nil {
 		return
 	}
@@ -74,6 +75,25 @@ func main() {
 		os.Exit(2)
 	}
 	os.Exit(1)
+}
+
+// withCPUProfile runs f, writing a CPU profile of the process to path
+// (go tool pprof) when path is not empty: how a user or a benchmark sees
+// where one command's time goes (a restore's client side, say).
+func withCPUProfile(path string, f func() error) error {
+	if path == "" {
+		return f()
+	}
+	out, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("STRATA_CPU_PROFILE: %w", err)
+	}
+	defer out.Close()
+	if err := pprof.StartCPUProfile(out); err != nil {
+		return fmt.Errorf("STRATA_CPU_PROFILE: %w", err)
+	}
+	defer pprof.StopCPUProfile()
+	return f()
 }
 
 // usage makes a positional-argument check's error a usage error (exit 2).

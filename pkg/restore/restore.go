@@ -89,8 +89,6 @@ func ToFile(ctx context.Context, r *repo.Repository, man *manifest.Manifest, pat
 		return st, fmt.Errorf("size %s: %w", tmp, err)
 	}
 	var done, data, zero atomic.Int64
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(max(1, workers))
 	for i, id := range man.IDs {
 		if id.IsZero() {
 			zero.Add(1)
@@ -99,6 +97,38 @@ func ToFile(ctx context.Context, r *repo.Repository, man *manifest.Manifest, pat
 			}
 		}
 	}
+	// One goroutine writes: buffered writes to one file take its inode
+	// lock, and eight fetchers writing at once spent most of a restore's
+	// CPU spinning on it (pwrite was 3.8 s of 7.3 s for 2 GiB; dd writes
+	// the same bytes in 0.25 s). Fetching, decoding and checking stay
+	// parallel; at most workers fetched runs wait for the writer.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	fetched := make(chan fetchedRun, workers)
+	var werr error
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		for fr := range fetched {
+			if werr != nil {
+				continue // drain: the fetchers see the cancel
+			}
+			if werr = writeRun(f, tmp, man, fr); werr != nil {
+				cancel()
+				continue
+			}
+			for _, at := range fr.run.at {
+				for _, i := range at {
+					data.Add(1)
+					if progress != nil {
+						progress(done.Add(int64(man.ChunkLen(i))))
+					}
+				}
+			}
+		}
+	}()
+	g, gctx := errgroup.WithContext(wctx)
+	g.SetLimit(max(1, workers))
 	// Reads go in pack order, not disk order: chunks that lie back to back
 	// in a pack come with one request per run, whatever disk positions
 	// they fill (a chunk a disk holds several times is read once and
@@ -112,26 +142,22 @@ func ToFile(ctx context.Context, r *repo.Repository, man *manifest.Manifest, pat
 			if err != nil {
 				return fmt.Errorf("chunk %d of the disk: %w", run.at[0][0], err)
 			}
-			for j, b := range chunks {
-				for _, at := range run.at[j] {
-					length := int64(man.ChunkLen(at))
-					if int64(len(b)) != length {
-						return fmt.Errorf("chunk %d of the disk (%s): %d bytes, manifest expects %d", at, man.IDs[at], len(b), length)
-					}
-					if _, err := f.WriteAt(b, int64(at)*int64(man.ChunkSize)); err != nil {
-						return fmt.Errorf("write %s: %w", tmp, err)
-					}
-					data.Add(1)
-					if progress != nil {
-						progress(done.Add(length))
-					}
-				}
+			select {
+			case fetched <- fetchedRun{run: run, chunks: chunks}:
+				return nil
+			case <-gctx.Done():
+				return gctx.Err()
 			}
-			return nil
 		})
 	}
-	if err := g.Wait(); err != nil {
-		return st, err
+	ferr := g.Wait()
+	close(fetched)
+	<-writerDone
+	if werr != nil {
+		return st, werr
+	}
+	if ferr != nil {
+		return st, ferr
 	}
 	if err := ctx.Err(); err != nil {
 		return st, err
@@ -163,6 +189,27 @@ func ToFile(ctx context.Context, r *repo.Repository, man *manifest.Manifest, pat
 		d.Close()
 	}
 	return Stats{Bytes: man.DiskSize, DataChunks: data.Load(), ZeroChunks: zero.Load()}, nil
+}
+
+// fetchedRun is a run's checked chunks, waiting to be written.
+type fetchedRun struct {
+	run    run
+	chunks [][]byte
+}
+
+// writeRun writes a fetched run's chunks to every disk position each fills.
+func writeRun(f *os.File, name string, man *manifest.Manifest, fr fetchedRun) error {
+	for j, b := range fr.chunks {
+		for _, at := range fr.run.at[j] {
+			if length := man.ChunkLen(at); len(b) != length {
+				return fmt.Errorf("chunk %d of the disk (%s): %d bytes, manifest expects %d", at, man.IDs[at], len(b), length)
+			}
+			if _, err := f.WriteAt(b, int64(at)*int64(man.ChunkSize)); err != nil {
+				return fmt.Errorf("write %s: %w", name, err)
+			}
+		}
+	}
+	return nil
 }
 
 // run is one read: chunks back to back in a pack (or one chunk stored on
