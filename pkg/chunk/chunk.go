@@ -136,6 +136,10 @@ func codecs() (*zstd.Encoder, *zstd.Decoder) {
 // Encode produces the stored form of data with zstd.
 func Encode(data []byte) []byte { return AppendEncode(nil, data, Zstd) }
 
+// MaxStoredLen bounds the stored form of n bytes (header and the worst
+// case of every codec): room that AppendEncode fills without allocating.
+func MaxStoredLen(n int) int { return headerSize + max(s2.MaxEncodedLen(n), n) }
+
 // AppendEncode appends the stored form of data, compressed with c, to dst
 // and returns it: a caller that reuses dst spares an allocation (and its
 // zeroing) per chunk. Compression gives up when it would save less than

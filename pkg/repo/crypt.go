@@ -89,6 +89,10 @@ func (k *Keys) seal(plain, ad []byte) []byte {
 	return k.aead.Seal(out, out[len(sealedMagic):], plain, ad)
 }
 
+func (k *Keys) overhead() int {
+	return len(sealedMagic) + k.aead.NonceSize() + k.aead.Overhead()
+}
+
 // open decrypts a sealed object; any tampering is an error.
 func (k *Keys) open(obj, ad []byte) ([]byte, error) {
 	head := len(sealedMagic) + k.aead.NonceSize()

@@ -31,6 +31,7 @@ import (
 	"fmt"
 
 	"github.com/google/uuid"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/objstore"
@@ -101,6 +102,53 @@ func (p *Pack) Add(id chunk.ID, stored []byte) (chunk.Loc, error) {
 	p.buf = append(p.buf, stored...)
 	p.entries = append(p.entries, PackEntry{ID: id, Loc: loc})
 	return loc, nil
+}
+
+// PackChunks adds chunks data[i] (ids[i]), encoded with c, to p, encoding
+// up to parallel at once straight into the pack's buffer: each chunk gets
+// a slot of its worst-case size, and the stored forms are then moved
+// together in place. Encoding into buffers of their own and copying them
+// into the pack cost a copy of every stored byte, and those buffers (a
+// sync.Pool, emptied by each garbage collection) were fresh memory: a
+// page fault per 4 KiB stored, a sixth of a deployed worker's CPU.
+func (r *Repository) PackChunks(p *Pack, ids []chunk.ID, data [][]byte, c chunk.Codec, parallel int) error {
+	if len(ids) != len(data) {
+		return fmt.Errorf("pack %s: %d ids for %d chunks", p.ID, len(ids), len(data))
+	}
+	base, total := len(p.buf), 0
+	slots := make([]int, len(data)+1) // slot i is [slots[i], slots[i+1]) past base
+	for i, d := range data {
+		total += chunk.MaxStoredLen(len(d)) + r.seal.overhead()
+		slots[i+1] = total
+	}
+	if base+total > MaxPackSize {
+		return fmt.Errorf("pack %s: %d chunks do not fit after %d bytes", p.ID, len(data), base)
+	}
+	p.Grow(total + 64*len(ids) + 128)
+	full := p.buf[:base+total]
+	stored := make([][]byte, len(data))
+	var g errgroup.Group
+	g.SetLimit(max(1, parallel))
+	for i := range data {
+		g.Go(func() error {
+			slot := full[base+slots[i] : base+slots[i] : base+slots[i+1]]
+			stored[i] = r.AppendChunk(slot, ids[i], data[i], c)
+			return nil
+		})
+	}
+	g.Wait()
+	at := base
+	for i, b := range stored {
+		// In its slot unless sealing or a codec allocated elsewhere; never
+		// longer than its slot, so the copy (a memmove towards the start)
+		// overwrites no slot not yet moved.
+		n := copy(full[at:], b)
+		loc := chunk.Loc{Pack: p.ID, Off: uint32(at), Len: uint32(n)}
+		p.entries = append(p.entries, PackEntry{ID: ids[i], Loc: loc})
+		at += n
+	}
+	p.buf = full[:at]
+	return nil
 }
 
 // Entries are the chunks added so far, in pack order.

@@ -99,6 +99,8 @@ type Repository struct {
 type sealer interface {
 	seal(plain, ad []byte) []byte
 	open(obj, ad []byte) ([]byte, error)
+	// overhead is how many bytes seal adds.
+	overhead() int
 	ChunkID(data []byte) chunk.ID
 }
 
@@ -108,6 +110,7 @@ type plain struct{}
 func (plain) seal(p, _ []byte) []byte            { return p }
 func (plain) open(obj, _ []byte) ([]byte, error) { return obj, nil }
 func (plain) ChunkID(data []byte) chunk.ID       { return chunk.Hash(data) }
+func (plain) overhead() int                      { return 0 }
 
 const configKey = "config"
 

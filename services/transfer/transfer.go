@@ -70,7 +70,7 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		}
 	}
 	w := &worker{rt: rt, cfg: cfg, disks: newDiskPool(ctx, source.NewOpener(cfg.Config), cfg.NBDConnections),
-		packs: make(chan *repo.Pack, max(1, cfg.Concurrency))}
+		packs: make(chan *repo.Pack, max(1, cfg.Concurrency)), batches: make(chan []byte, max(1, cfg.Concurrency))}
 	if cfg.RateLimit > 0 {
 		w.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(int(cfg.RateLimit), rt.Repo.Config.ChunkSize))
 	}
@@ -99,19 +99,20 @@ type worker struct {
 	disks   *diskPool
 	puts    putOutcomes
 	packs   chan *repo.Pack // free pack buffers, at most one per concurrent segment
+	// free read-batch buffers, as packs: in a sync.Pool, emptied by every
+	// garbage collection, each batch read into fresh memory (a page fault
+	// per 4 KiB read)
+	batches chan []byte
 }
 
 // batchBytes bounds the memory one segment holds at once, whatever the
 // segment and chunk sizes.
 const batchBytes = 16 << 20
 
-// Read batches and encoded chunks reuse their buffers: allocating them
+// Encoded chunks of the loose layout reuse their buffers: allocating them
 // anew cost a tenth of a full backup's CPU in zeroing alone (profile of
 // strata dev on the synthetic disk).
-var (
-	batchPool   = sync.Pool{New: func() any { return new([]byte) }}
-	encodedPool = sync.Pool{New: func() any { return new([]byte) }}
-)
+var encodedPool = sync.Pool{New: func() any { return new([]byte) }}
 
 func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 	start := time.Now()
@@ -295,13 +296,22 @@ func (w *worker) readSegment(ctx context.Context, disk source.Disk, seg *contrac
 		return bus.Permanent(fmt.Errorf("source %s is %d bytes, planned as %d: it changed under the backup", seg.Source, disk.Size(), seg.DiskSize))
 	}
 	perBatch := max(1, batchBytes/seg.ChunkSize)
-	buf := batchPool.Get().(*[]byte)
-	defer batchPool.Put(buf)
-	if need := perBatch * seg.ChunkSize; cap(*buf) < need {
-		*buf = make([]byte, need)
+	var buf []byte
+	select {
+	case buf = <-w.batches:
+	default:
 	}
+	if need := perBatch * seg.ChunkSize; cap(buf) < need {
+		buf = make([]byte, need)
+	}
+	defer func() {
+		select {
+		case w.batches <- buf:
+		default: // enough kept
+		}
+	}()
 	for start := 0; start < len(toRead); start += perBatch {
-		if err := w.batch(ctx, disk, seg, toRead[start:min(start+perBatch, len(toRead))], (*buf)[:cap(*buf)], done, stats); err != nil {
+		if err := w.batch(ctx, disk, seg, toRead[start:min(start+perBatch, len(toRead))], buf[:cap(buf)], done, stats); err != nil {
 			return err
 		}
 	}
@@ -492,17 +502,7 @@ func (w *worker) uploadPack(ctx context.Context, seg *contracts.Segment, rel []i
 		return nil
 	}
 	ids := make([]chunk.ID, len(reply.Missing))
-	encoded := make([]*[]byte, len(reply.Missing))
-	defer func() {
-		for _, e := range encoded {
-			if e != nil {
-				encodedPool.Put(e)
-			}
-		}
-	}()
-	codec := w.cfg.codecFor(seg)
-	g, _ := errgroup.WithContext(ctx)
-	g.SetLimit(max(1, w.cfg.Uploads))
+	data := make([][]byte, len(reply.Missing))
 	for i, hexID := range reply.Missing {
 		id, err := chunk.ParseID(hexID)
 		if err != nil {
@@ -512,27 +512,12 @@ func (w *worker) uploadPack(ctx context.Context, seg *contracts.Segment, rel []i
 		if !ok {
 			return fmt.Errorf("dedup reply names chunk %s that was not asked about", hexID)
 		}
-		ids[i] = id
-		enc := encodedPool.Get().(*[]byte)
-		encoded[i] = enc
-		g.Go(func() error {
-			stored := w.rt.Repo.AppendChunk((*enc)[:0], id, bufs[at], codec)
-			*enc = stored
-			return nil
-		})
+		ids[i], data[i] = id, bufs[at]
 	}
-	g.Wait()
 	pack := w.getPack()
 	defer w.putPack(pack)
-	total := 0
-	for _, e := range encoded {
-		total += len(*e)
-	}
-	pack.Grow(total + 64*len(ids) + 128)
-	for i, id := range ids {
-		if _, err := pack.Add(id, *encoded[i]); err != nil {
-			return err
-		}
+	if err := w.rt.Repo.PackChunks(pack, ids, data, w.cfg.codecFor(seg), w.cfg.Uploads); err != nil {
+		return err
 	}
 	if err := w.rt.Repo.PutPack(ctx, pack); err != nil {
 		return err
