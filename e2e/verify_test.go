@@ -14,9 +14,7 @@ import (
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/internal/testserver"
-	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/demodisk"
-	"github.com/strata-backup/strata/pkg/manifest"
 )
 
 // Certify, damage report and self-healing: two certified backups; one bit
@@ -104,8 +102,6 @@ func certifyDamageAndSelfHealing(t *testing.T, packed bool) {
 	slices.Sort(shared)
 	victim := shared[rng.IntN(len(shared))]
 	bucket := filepath.Join(st.s3.Dir, st.bucket)
-	obj := filepath.Join(bucket, "chunks", victim[:2], victim)
-	from, n := 0, 0 // the victim's bytes in obj
 	if packed {
 		if loose := countFiles(t, filepath.Join(bucket, "chunks")); loose != 0 {
 			t.Fatalf("a packed repository holds %d chunk objects of their own", loose)
@@ -113,21 +109,12 @@ func certifyDamageAndSelfHealing(t *testing.T, packed bool) {
 		if packs, chunks := countFiles(t, filepath.Join(bucket, "packs")), len(ids0)+len(ids1)-len(shared); packs == 0 || packs*8 > chunks {
 			t.Fatalf("%d packs for %d chunks", packs, chunks)
 		}
-		loc := locate(t, filepath.Join(bucket, b1.Disks[0].Manifest), victim)
-		obj = filepath.Join(bucket, "packs", loc.Pack.String()[:2], loc.Pack.String())
-		from, n = int(loc.Off), int(loc.Len)
 	}
-	data, err := os.ReadFile(obj)
-	if err != nil {
-		t.Fatal(err)
+	c, ok := st.storedChunks()[victim]
+	if !ok || packed != strings.HasPrefix(c.Key, "packs/") {
+		t.Fatalf("chunk %s stored as %+v (found %v), packed %v", victim, c, ok, packed)
 	}
-	if !packed {
-		n = len(data)
-	}
-	data[from+rng.IntN(n)] ^= 1 << rng.IntN(8)
-	if err := os.WriteFile(obj, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	c.flip(t, rng.Int64N(c.Len), 1<<rng.IntN(8))
 
 	var reply contracts.VerifyReply
 	out, _, code := st.cli("verify", "--vm", "db-01", "--backup", b1.ID, "--mode", "certify", "--json")
@@ -210,29 +197,6 @@ func countFiles(t *testing.T, dir string) int {
 		return nil
 	})
 	return n
-}
-
-// locate reads a plaintext manifest file and returns where chunk id is.
-func locate(t *testing.T, path, id string) chunk.Loc {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := manifest.Decode(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, c := range m.IDs {
-		if c.String() == id {
-			if !m.Loc(i).InPack() {
-				t.Fatalf("chunk %s of %s is not in a pack", id, path)
-			}
-			return m.Loc(i)
-		}
-	}
-	t.Fatalf("chunk %s not in %s", id, path)
-	return chunk.Loc{}
 }
 
 func sameBackups(refs []contracts.BackupRef, ids ...string) bool {
