@@ -48,9 +48,6 @@ const (
 	replyOffsetHole  = 2
 	replyBlockStatus = 5
 	replyErrBit      = 1 << 15
-
-	// MaxRead is the largest read one request asks for (qemu's limit is 32 MiB).
-	MaxRead = 32 << 20
 )
 
 // Status bits of base:allocation; a dirty bitmap context uses bit 0 = dirty.
@@ -235,58 +232,89 @@ func (c *Conn) send(cmd, flags uint16, off uint64, length uint32) (uint64, error
 	return c.cookie, err
 }
 
-// ReadAt reads len(p) bytes at off (split into MaxRead requests).
+// ReadAt reads len(p) bytes at off. A large read is cut into pieces of
+// at most pipelinePiece bytes with up to pipelineDepth of them in flight
+// on the connection: qemu-nbd serves a qcow2 image's reads one request at
+// a time per request but several requests at once (its thread pool), so
+// a 16 MiB batch read as one request took 1.5× as long as four pieces in
+// flight (48 MiB of a qcow2 export: 200 ms → 135 ms).
 func (c *Conn) ReadAt(p []byte, off int64) (int, error) {
-	done := 0
-	for done < len(p) {
-		n := min(len(p)-done, MaxRead)
-		if err := c.read(p[done:done+n], off+int64(done)); err != nil {
-			return done, err
-		}
-		done += n
-	}
-	return done, nil
-}
-
-func (c *Conn) read(p []byte, off int64) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if off < 0 || off+int64(len(p)) > c.size {
-		return fmt.Errorf("nbd read [%d, %d) beyond export size %d", off, off+int64(len(p)), c.size)
+		return 0, fmt.Errorf("nbd read [%d, %d) beyond export size %d", off, off+int64(len(p)), c.size)
 	}
-	cookie, err := c.send(cmdRead, 0, uint64(off), uint32(len(p)))
-	if err != nil {
-		return err
+	if err := c.readPipelined(p, off); err != nil {
+		return 0, fmt.Errorf("nbd read at %d (%d bytes): %w", off, len(p), err)
 	}
-	covered := 0
-	simple, err := c.replies(cookie, len(p), func(typ uint16, payload []byte) error {
-		switch typ {
-		case replyOffsetData:
-			start, data, err := DecodeOffsetData(payload, off, len(p))
+	return len(p), nil
+}
+
+const (
+	pipelinePiece = 4 << 20
+	pipelineDepth = 4
+)
+
+// pendingRead is one request of a read in flight.
+type pendingRead struct {
+	readTarget
+	covered int
+}
+
+func (c *Conn) readPipelined(p []byte, off int64) error {
+	inflight := map[uint64]*pendingRead{}
+	next := 0
+	for {
+		for next < len(p) && len(inflight) < pipelineDepth {
+			n := min(len(p)-next, pipelinePiece)
+			cookie, err := c.send(cmdRead, 0, uint64(off)+uint64(next), uint32(n))
 			if err != nil {
 				return err
 			}
-			copy(p[start:], data)
-			covered += len(data)
-		case replyOffsetHole:
-			start, n, err := DecodeOffsetHole(payload, off, len(p))
-			if err != nil {
-				return err
-			}
-			clear(p[start : start+n])
-			covered += n
-		default:
-			return fmt.Errorf("unexpected reply type %d to read", typ)
+			inflight[cookie] = &pendingRead{readTarget: readTarget{p: p[next : next+n], off: off + int64(next)}}
+			next += n
 		}
-		return nil
-	}, p)
-	if err != nil {
-		return fmt.Errorf("nbd read at %d: %w", off, err)
+		if len(inflight) == 0 {
+			return nil
+		}
+		r, err := c.reply(func(cookie uint64) *readTarget {
+			if pr := inflight[cookie]; pr != nil {
+				return &pr.readTarget
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		pr := inflight[r.cookie]
+		if pr == nil {
+			return fmt.Errorf("reply for cookie %d, which no read is waiting for", r.cookie)
+		}
+		switch {
+		case r.simple:
+			pr.covered = len(pr.p)
+		case r.typ == replyOffsetData:
+			pr.covered += len(r.data)
+		case r.typ == replyOffsetHole:
+			start, n, err := DecodeOffsetHole(r.payload, pr.off, len(pr.p))
+			if err != nil {
+				return err
+			}
+			clear(pr.p[start : start+n])
+			pr.covered += n
+		case r.typ != replyNone:
+			return fmt.Errorf("unexpected reply type %d to read", r.typ)
+		}
+		if r.done {
+			// Chunks never overlap (the protocol's rule), so the bytes
+			// they cover add up to the request's length exactly when
+			// every byte was answered.
+			if pr.covered != len(pr.p) {
+				return fmt.Errorf("server covered %d of %d bytes at %d", pr.covered, len(pr.p), pr.off)
+			}
+			delete(inflight, r.cookie)
+		}
 	}
-	if !simple && covered != len(p) {
-		return fmt.Errorf("nbd read at %d: server covered %d of %d bytes", off, covered, len(p))
-	}
-	return nil
 }
 
 // BlockStatus returns the extents from off for one meta context; they may
@@ -303,19 +331,34 @@ func (c *Conn) BlockStatus(context string, off int64, length uint32) ([]Extent, 
 		return nil, err
 	}
 	var out []Extent
-	_, err = c.replies(cookie, 0, func(typ uint16, payload []byte) error {
-		if typ != replyBlockStatus {
-			return fmt.Errorf("unexpected reply type %d to block status", typ)
+	for err == nil {
+		var r replyChunk
+		if r, err = c.reply(nil); err != nil {
+			break
 		}
-		ctxID, ext, err := DecodeBlockStatus(payload)
-		if err != nil {
-			return err
+		if r.cookie != cookie {
+			err = fmt.Errorf("reply for cookie %d, want %d", r.cookie, cookie)
+			break
+		}
+		if r.simple || r.typ != replyBlockStatus {
+			if !r.simple && r.typ == replyNone && r.done {
+				break
+			}
+			err = fmt.Errorf("unexpected reply type %d to block status", r.typ)
+			break
+		}
+		ctxID, ext, derr := DecodeBlockStatus(r.payload)
+		if derr != nil {
+			err = derr
+			break
 		}
 		if ctxID == id {
 			out = ext
 		}
-		return nil
-	}, nil)
+		if r.done {
+			break
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("nbd block status %s at %d: %w", context, off, err)
 	}
@@ -325,84 +368,110 @@ func (c *Conn) BlockStatus(context string, off int64, length uint32) ([]Extent, 
 	return out, nil
 }
 
-// replies reads the reply chunks of one request until the final one.
-// simpleData, if set, receives the payload of a simple (non-structured)
-// read reply; simple reports that one was read.
-func (c *Conn) replies(cookie uint64, maxPayload int, f func(typ uint16, payload []byte) error, simpleData []byte) (simple bool, err error) {
-	for {
-		var magic uint32
-		if err := binary.Read(c.r, binary.BigEndian, &magic); err != nil {
-			return false, err
+// readTarget is where a read's data goes: the caller's buffer p, which
+// holds the bytes from off.
+type readTarget struct {
+	p   []byte
+	off int64
+}
+
+// replyChunk is one reply read from the connection: a simple reply, or
+// one chunk of a structured reply (done: its request's last).
+type replyChunk struct {
+	cookie        uint64
+	simple, done  bool
+	typ           uint16
+	payload, data []byte // data: an OFFSET_DATA chunk's bytes, in place in its read's buffer
+}
+
+// maxMetaPayload bounds a reply chunk that is not read data (block
+// status, holes, errors): a hostile server's length never sizes an
+// allocation beyond it.
+const maxMetaPayload = 1 << 20
+
+// reply reads one reply. The data of a read — a simple reply's payload,
+// an OFFSET_DATA chunk's bytes — goes straight from the connection into
+// the buffer target(cookie) names: reading it into memory of its own
+// first cost a fresh allocation (page faults) and a copy of every byte.
+// A structured error chunk is returned as an error.
+func (c *Conn) reply(target func(cookie uint64) *readTarget) (replyChunk, error) {
+	var r replyChunk
+	var magic uint32
+	if err := binary.Read(c.r, binary.BigEndian, &magic); err != nil {
+		return r, err
+	}
+	switch magic {
+	case simpleMagic:
+		var h struct {
+			Err    uint32
+			Cookie uint64
 		}
-		switch magic {
-		case simpleMagic:
-			var h struct {
-				Err    uint32
-				Cookie uint64
-			}
-			if err := binary.Read(c.r, binary.BigEndian, &h); err != nil {
-				return false, err
-			}
-			if h.Cookie != cookie {
-				return false, fmt.Errorf("reply for cookie %d, want %d", h.Cookie, cookie)
-			}
-			if h.Err != 0 {
-				return false, fmt.Errorf("server error %d", h.Err)
-			}
-			if simpleData != nil {
-				_, err := io.ReadFull(c.r, simpleData)
-				return true, err
-			}
-			return true, nil
-		case structuredMagic:
-			var h struct {
-				Flags, Typ uint16
-				Cookie     uint64
-				Len        uint32
-			}
-			if err := binary.Read(c.r, binary.BigEndian, &h); err != nil {
-				return false, err
-			}
-			if h.Cookie != cookie {
-				return false, fmt.Errorf("reply for cookie %d, want %d", h.Cookie, cookie)
-			}
-			if int64(h.Len) > int64(maxPayload)+(1<<20) {
-				return false, fmt.Errorf("reply chunk of %d bytes", h.Len)
-			}
-			payload := make([]byte, h.Len)
-			if _, err := io.ReadFull(c.r, payload); err != nil {
-				return false, err
-			}
-			if h.Typ&replyErrBit != 0 {
-				return false, DecodeError(payload)
-			}
-			if h.Typ != replyNone {
-				if err := f(h.Typ, payload); err != nil {
-					return false, err
-				}
-			}
-			if h.Flags&replyFlagDone != 0 {
-				return false, nil
-			}
-		default:
-			return false, fmt.Errorf("bad reply magic %#x", magic)
+		if err := binary.Read(c.r, binary.BigEndian, &h); err != nil {
+			return r, err
 		}
+		r.cookie, r.simple, r.done = h.Cookie, true, true
+		if h.Err != 0 {
+			return r, fmt.Errorf("server error %d", h.Err)
+		}
+		if target != nil {
+			if dst := target(h.Cookie); dst != nil {
+				_, err := io.ReadFull(c.r, dst.p)
+				return r, err
+			}
+		}
+		return r, nil
+	case structuredMagic:
+		var h struct {
+			Flags, Typ uint16
+			Cookie     uint64
+			Len        uint32
+		}
+		if err := binary.Read(c.r, binary.BigEndian, &h); err != nil {
+			return r, err
+		}
+		r.cookie, r.typ, r.done = h.Cookie, h.Typ, h.Flags&replyFlagDone != 0
+		if h.Typ == replyOffsetData && target != nil {
+			if dst := target(h.Cookie); dst != nil {
+				data, err := c.offsetData(h.Len, dst)
+				r.data = data
+				return r, err
+			}
+		}
+		if h.Len > maxMetaPayload {
+			return r, fmt.Errorf("reply chunk of %d bytes", h.Len)
+		}
+		r.payload = make([]byte, h.Len)
+		if _, err := io.ReadFull(c.r, r.payload); err != nil {
+			return r, err
+		}
+		if h.Typ&replyErrBit != 0 {
+			return r, DecodeError(r.payload)
+		}
+		return r, nil
+	default:
+		return r, fmt.Errorf("bad reply magic %#x", magic)
 	}
 }
 
-// DecodeOffsetData checks an OFFSET_DATA chunk against the request
-// [off, off+length) and returns where its data starts in the buffer.
-func DecodeOffsetData(payload []byte, off int64, length int) (int, []byte, error) {
-	if len(payload) < 8 {
-		return 0, nil, errors.New("short offset-data chunk")
+// offsetData reads an OFFSET_DATA chunk of n bytes (its offset, then
+// data) into dst and returns the data in place.
+func (c *Conn) offsetData(n uint32, dst *readTarget) ([]byte, error) {
+	if n < 8 {
+		return nil, errors.New("short offset-data chunk")
 	}
-	at := int64(binary.BigEndian.Uint64(payload))
-	data := payload[8:]
-	start := at - off
-	if start < 0 || start+int64(len(data)) > int64(length) {
-		return 0, nil, fmt.Errorf("offset-data chunk [%d,+%d) outside request [%d,+%d)", at, len(data), off, length)
+	var at [8]byte
+	if _, err := io.ReadFull(c.r, at[:]); err != nil {
+		return nil, err
 	}
-	return int(start), data, nil
+	start, size := int64(binary.BigEndian.Uint64(at[:]))-dst.off, int64(n)-8
+	if start < 0 || start+size > int64(len(dst.p)) {
+		return nil, fmt.Errorf("offset-data chunk [%d,+%d) outside request [%d,+%d)", start+dst.off, size, dst.off, len(dst.p))
+	}
+	data := dst.p[start : start+size]
+	if _, err := io.ReadFull(c.r, data); err != nil {
+		return nil, err
+	}
+	return data, nil
 }
 
 // DecodeOffsetHole checks an OFFSET_HOLE chunk against the request.

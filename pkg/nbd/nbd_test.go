@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,6 +43,14 @@ func TestAgainstQemuNBD(t *testing.T) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatal("NBD read differs from qemu-img convert output")
+	}
+	// A read of pieces in flight at once, none aligned to them.
+	part := make([]byte, 9<<20+4321)
+	if _, err := c.ReadAt(part, 1<<20+123); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(part, want[1<<20+123:][:len(part)]) {
+		t.Fatal("unaligned NBD read differs")
 	}
 
 	data := walk(t, c, "base:allocation", func(f uint32) bool { return f&StateHole == 0 })
@@ -106,7 +115,42 @@ func FuzzReplies(f *testing.F) {
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		c := &Conn{c: scriptConn{}, r: bufio.NewReader(bytes.NewReader(stream)), size: 1 << 20, contexts: map[string]uint32{"base:allocation": 1}}
 		buf := make([]byte, 16)
-		c.read(buf, 0)
+		c.ReadAt(buf, 0)
 		c.BlockStatus("base:allocation", 0, 4096)
 	})
+}
+
+// A structured read reply lands in the caller's buffer, and a chunk that
+// claims bytes outside the request is refused before anything is read
+// into it.
+func TestOffsetDataInPlace(t *testing.T) {
+	reply := func(at uint64, data []byte) []byte {
+		b := binary.BigEndian.AppendUint32(nil, structuredMagic)
+		b = binary.BigEndian.AppendUint16(b, replyFlagDone)
+		b = binary.BigEndian.AppendUint16(b, replyOffsetData)
+		b = binary.BigEndian.AppendUint64(b, 1)
+		b = binary.BigEndian.AppendUint32(b, uint32(8+len(data)))
+		b = binary.BigEndian.AppendUint64(b, at)
+		return append(b, data...)
+	}
+	conn := func(stream []byte) *Conn {
+		return &Conn{c: scriptConn{}, r: bufio.NewReader(bytes.NewReader(stream)), size: 1 << 20}
+	}
+	buf := make([]byte, 16)
+	if _, err := conn(reply(4096, bytes.Repeat([]byte{7}, 16))).ReadAt(buf, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf, bytes.Repeat([]byte{7}, 16)) {
+		t.Fatalf("read %v", buf)
+	}
+	clear(buf)
+	if _, err := conn(reply(4104, bytes.Repeat([]byte{9}, 16))).ReadAt(buf, 4096); err == nil || !strings.Contains(err.Error(), "outside request") {
+		t.Fatalf("chunk past the request: %v", err)
+	}
+	if !bytes.Equal(buf, make([]byte, 16)) {
+		t.Fatalf("buffer written by a refused chunk: %v", buf)
+	}
+	if _, err := conn(reply(4096, bytes.Repeat([]byte{9}, 8))).ReadAt(buf, 4096); err == nil || !strings.Contains(err.Error(), "covered 8 of 16") {
+		t.Fatalf("short cover: %v", err)
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	goruntime "runtime"
 	"slices"
 	"sync"
 	"time"
@@ -70,7 +71,7 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		}
 	}
 	w := &worker{rt: rt, cfg: cfg, disks: newDiskPool(ctx, source.NewOpener(cfg.Config), cfg.NBDConnections),
-		packs: make(chan *repo.Pack, max(1, cfg.Concurrency)), batches: make(chan []byte, max(1, cfg.Concurrency))}
+		packs: make(chan *repo.Pack, max(1, cfg.Concurrency)), batches: make(chan []byte, 2*max(1, cfg.Concurrency))}
 	if cfg.RateLimit > 0 {
 		w.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(int(cfg.RateLimit), rt.Repo.Config.ChunkSize))
 	}
@@ -296,26 +297,70 @@ func (w *worker) readSegment(ctx context.Context, disk source.Disk, seg *contrac
 		return bus.Permanent(fmt.Errorf("source %s is %d bytes, planned as %d: it changed under the backup", seg.Source, disk.Size(), seg.DiskSize))
 	}
 	perBatch := max(1, batchBytes/seg.ChunkSize)
+	need := perBatch * seg.ChunkSize
+	batches := (len(toRead) + perBatch - 1) / perBatch
+	rel := func(k int) []int { return toRead[k*perBatch : min((k+1)*perBatch, len(toRead))] }
+	// The next batch is read while this one is hashed, asked about and
+	// stored: a segment of many changed chunks (an incremental's one big
+	// run) otherwise waits for its source and its store in turn. Two
+	// buffers per segment bound the memory.
+	var mem [2][]byte
+	for i := range min(2, batches) {
+		mem[i] = w.getBatch(need)
+		defer w.putBatch(mem[i])
+	}
+	type readDone struct {
+		bufs [][]byte
+		err  error
+	}
+	readAsync := func(k int) <-chan readDone {
+		ch := make(chan readDone, 1)
+		go func() {
+			bufs, err := w.read(ctx, disk, seg, rel(k), mem[k%2])
+			ch <- readDone{bufs, err}
+		}()
+		return ch
+	}
+	pending := readAsync(0)
+	for k := range batches {
+		t := time.Now()
+		r := <-pending
+		stats.read += time.Since(t) // the wait for the source, not hidden behind the previous batch
+		pending = nil
+		if r.err != nil {
+			return r.err
+		}
+		if k+1 < batches {
+			pending = readAsync(k + 1)
+		}
+		if err := w.batch(ctx, seg, rel(k), r.bufs, done, stats); err != nil {
+			if pending != nil {
+				<-pending // its buffer is written until the read ends
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// getBatch returns a read buffer of at least need bytes, reusing a free one.
+func (w *worker) getBatch(need int) []byte {
 	var buf []byte
 	select {
 	case buf = <-w.batches:
 	default:
 	}
-	if need := perBatch * seg.ChunkSize; cap(buf) < need {
+	if cap(buf) < need {
 		buf = make([]byte, need)
 	}
-	defer func() {
-		select {
-		case w.batches <- buf:
-		default: // enough kept
-		}
-	}()
-	for start := 0; start < len(toRead); start += perBatch {
-		if err := w.batch(ctx, disk, seg, toRead[start:min(start+perBatch, len(toRead))], buf[:cap(buf)], done, stats); err != nil {
-			return err
-		}
+	return buf[:cap(buf)]
+}
+
+func (w *worker) putBatch(buf []byte) {
+	select {
+	case w.batches <- buf:
+	default: // enough kept
 	}
-	return nil
 }
 
 // read reads the given chunks (indexes relative to the segment, ascending)
@@ -351,26 +396,21 @@ func (w *worker) read(ctx context.Context, disk source.Disk, seg *contracts.Segm
 	return bufs, nil
 }
 
-// batch reads the given chunks (indexes relative to the segment) and
-// uploads the ones the repository lacks.
-func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Segment, rel []int, mem []byte, done *contracts.SegmentDone, stats *segmentStats) error {
-	t := time.Now()
-	bufs, err := w.read(ctx, disk, seg, rel, mem)
-	stats.read += time.Since(t)
-	if err != nil {
-		return err
-	}
+// batch hashes the given chunks (indexes relative to the segment, read
+// into bufs) and uploads the ones the repository lacks.
+func (w *worker) batch(ctx context.Context, seg *contracts.Segment, rel []int, bufs [][]byte, done *contracts.SegmentDone, stats *segmentStats) error {
+	ids := w.hash(bufs)
 	var ask []string
 	asked := map[chunk.ID]int{} // id → position in this batch of its first chunk
 	for i, r := range rel {
 		buf := bufs[i]
 		done.ReadBytes += int64(len(buf))
 		bufs[i] = nil // kept below only for chunks dedup may want
-		if chunk.AllZero(buf) {
+		if ids[i] == nil {
 			done.IDs[r] = "" // a zero chunk: never stored
 			continue
 		}
-		id := w.rt.Repo.ChunkID(buf)
+		id := *ids[i]
 		done.IDs[r] = id.String()
 		if r < len(stats.parent) && stats.parent[r] == id {
 			if stats.locs != nil && r < len(stats.parentLocs) && stats.parentLocs[r].InPack() {
@@ -389,7 +429,7 @@ func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Seg
 		return nil
 	}
 	if stats.putFirst && w.puts.worthIt(seg.BackupID) {
-		t = time.Now()
+		t := time.Now()
 		present, err := w.upload(ctx, seg, rel, ask, asked, bufs, done, stats, true)
 		stats.upload += time.Since(t)
 		if err != nil {
@@ -401,7 +441,7 @@ func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Seg
 		}
 		ask = present
 	}
-	t = time.Now()
+	t := time.Now()
 	var reply contracts.MissingReply
 	if err := bus.Request(ctx, w.rt.Bus.NC, contracts.SubjectDedupMissing, &contracts.MissingRequest{Schema: contracts.SchemaVersion, IDs: ask}, &reply); err != nil {
 		return fmt.Errorf("ask dedup: %w", err)
@@ -409,13 +449,34 @@ func (w *worker) batch(ctx context.Context, disk source.Disk, seg *contracts.Seg
 	stats.ask += time.Since(t)
 	t = time.Now()
 	if stats.locs != nil {
-		err = w.uploadPack(ctx, seg, rel, &reply, asked, bufs, done, stats)
+		err := w.uploadPack(ctx, seg, rel, &reply, asked, bufs, done, stats)
 		stats.upload += time.Since(t)
 		return err
 	}
-	_, err = w.upload(ctx, seg, rel, reply.Missing, asked, bufs, done, stats, false)
+	_, err := w.upload(ctx, seg, rel, reply.Missing, asked, bufs, done, stats, false)
 	stats.upload += time.Since(t)
 	return err
+}
+
+// hash returns the id of each chunk, nil for an all-zero one, hashing
+// several at once: an incremental's changed chunks are mostly one
+// segment's, and its hashing was a serial step between reads.
+func (w *worker) hash(bufs [][]byte) []*chunk.ID {
+	ids := make([]*chunk.ID, len(bufs))
+	all := make([]chunk.ID, len(bufs))
+	var g errgroup.Group
+	g.SetLimit(goruntime.GOMAXPROCS(0))
+	for i, buf := range bufs {
+		g.Go(func() error {
+			if !chunk.AllZero(buf) {
+				all[i] = w.rt.Repo.ChunkID(buf)
+				ids[i] = &all[i]
+			}
+			return nil
+		})
+	}
+	g.Wait()
+	return ids
 }
 
 // upload stores the chunks named by hexIDs (each must be one of asked),
