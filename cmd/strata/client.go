@@ -399,17 +399,9 @@ func newRestoreCmd() *cobra.Command {
 			return err
 		}
 		defer c.close()
-		var rec *contracts.BackupRecord
-		if *id == "latest" {
-			rec, err = c.cat.Latest(ctx, *vm)
-		} else {
-			rec, _, err = c.cat.Get(ctx, *vm, *id)
-		}
+		rec, err := c.restorable(ctx, *vm, *id)
 		if err != nil {
 			return err
-		}
-		if rec.State != contracts.StateVerified && rec.State != contracts.StateCommitted {
-			return fmt.Errorf("backup %s is %s, not restorable", rec.ID, rec.State)
 		}
 		store, err := c.cfg.OpenStore(ctx)
 		if err != nil {

@@ -249,16 +249,31 @@ func plan(man *manifest.Manifest) []run {
 		return cmp.Compare(a.ref.Loc.Off, b.ref.Loc.Off)
 	})
 	var runs []run
-	size := int64(0)
-	for k, e := range entries {
-		if n := len(runs); k > 0 && repo.Contiguous(entries[k-1].ref.Loc, e.ref.Loc) && size+int64(e.ref.Loc.Len) <= repo.MaxRunBytes {
-			runs[n-1].refs = append(runs[n-1].refs, e.ref)
-			runs[n-1].at = append(runs[n-1].at, e.at)
-			size += int64(e.ref.Loc.Len)
-			continue
+	bounds := cutRuns(len(entries), func(k int) chunk.Loc { return entries[k].ref.Loc })
+	for k, start := range bounds[:len(bounds)-1] {
+		var r run
+		for _, e := range entries[start:bounds[k+1]] {
+			r.refs = append(r.refs, e.ref)
+			r.at = append(r.at, e.at)
 		}
-		runs = append(runs, run{refs: []chunk.Ref{e.ref}, at: [][]int{e.at}})
-		size = int64(e.ref.Loc.Len)
+		runs = append(runs, r)
 	}
 	return runs
+}
+
+// cutRuns cuts n chunks, in read order, into runs one request can read
+// (back to back in a pack, at most repo.MaxRunBytes): run j is
+// [bounds[j], bounds[j+1]).
+func cutRuns(n int, loc func(k int) chunk.Loc) (bounds []int) {
+	size := int64(0)
+	for k := range n {
+		l := loc(k)
+		if k > 0 && repo.Contiguous(loc(k-1), l) && size+int64(l.Len) <= repo.MaxRunBytes {
+			size += int64(l.Len)
+			continue
+		}
+		bounds = append(bounds, k)
+		size = int64(l.Len)
+	}
+	return append(bounds, n)
 }
