@@ -17,6 +17,7 @@ import (
 	goruntime "runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -99,6 +100,7 @@ type worker struct {
 	limiter *rate.Limiter // nil: unlimited
 	disks   *diskPool
 	puts    putOutcomes
+	active  atomic.Int32    // segments being read
 	packs   chan *repo.Pack // free pack buffers, at most one per concurrent segment
 	// free read-batch buffers, as packs: in a sync.Pool, emptied by every
 	// garbage collection, each batch read into fresh memory (a page fault
@@ -182,7 +184,9 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 		if err != nil {
 			return fmt.Errorf("open source: %w", err)
 		}
+		w.active.Add(1)
 		err = w.readSegment(ctx, disk, seg, toRead, done, &stats)
+		w.active.Add(-1)
 		w.disks.put(seg.BackupID, seg.Source, disk, err == nil)
 		if err != nil {
 			return err
@@ -300,43 +304,66 @@ func (w *worker) readSegment(ctx context.Context, disk source.Disk, seg *contrac
 	need := perBatch * seg.ChunkSize
 	batches := (len(toRead) + perBatch - 1) / perBatch
 	rel := func(k int) []int { return toRead[k*perBatch : min((k+1)*perBatch, len(toRead))] }
-	// The next batch is read while this one is hashed, asked about and
-	// stored: a segment of many changed chunks (an incremental's one big
-	// run) otherwise waits for its source and its store in turn. Two
-	// buffers per segment bound the memory.
+	// When this segment is the worker's only one (an incremental's one big
+	// run of changes), the next batch is read while this one is hashed,
+	// asked about and stored, and chunks are hashed in parallel: the
+	// segment otherwise waits for its source and its store in turn
+	// (through a qcow2 dirty bitmap: 0.35 s → 0.27 s). With other segments
+	// running the worker is busy anyway, and a second buffer per segment
+	// only cost page faults (a synthetic full 10 % slower).
 	var mem [2][]byte
-	for i := range min(2, batches) {
-		mem[i] = w.getBatch(need)
-		defer w.putBatch(mem[i])
+	buffer := func(i int) []byte {
+		if mem[i] == nil {
+			mem[i] = w.getBatch(need)
+		}
+		return mem[i]
 	}
+	defer func() {
+		for _, b := range mem {
+			if b != nil {
+				w.putBatch(b)
+			}
+		}
+	}()
 	type readDone struct {
 		bufs [][]byte
 		err  error
 	}
-	readAsync := func(k int) <-chan readDone {
+	readAsync := func(k, into int) <-chan readDone {
 		ch := make(chan readDone, 1)
 		go func() {
-			bufs, err := w.read(ctx, disk, seg, rel(k), mem[k%2])
+			bufs, err := w.read(ctx, disk, seg, rel(k), buffer(into))
 			ch <- readDone{bufs, err}
 		}()
 		return ch
 	}
-	pending := readAsync(0)
+	var pending <-chan readDone
+	cur := 0 // the buffer of the batch being stored
 	for k := range batches {
 		t := time.Now()
-		r := <-pending
+		var r readDone
+		if pending != nil {
+			r, pending = <-pending, nil
+		} else {
+			r.bufs, r.err = w.read(ctx, disk, seg, rel(k), buffer(cur))
+		}
 		stats.read += time.Since(t) // the wait for the source, not hidden behind the previous batch
-		pending = nil
 		if r.err != nil {
 			return r.err
 		}
-		if k+1 < batches {
-			pending = readAsync(k + 1)
+		alone := w.active.Load() <= 1
+		if k+1 < batches && alone {
+			pending = readAsync(k+1, 1-cur)
 		}
-		if err := w.batch(ctx, seg, rel(k), r.bufs, done, stats); err != nil {
-			if pending != nil {
+		err := w.batch(ctx, seg, rel(k), r.bufs, alone, done, stats)
+		if pending != nil {
+			if err != nil {
 				<-pending // its buffer is written until the read ends
+				return err
 			}
+			cur = 1 - cur
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -398,8 +425,8 @@ func (w *worker) read(ctx context.Context, disk source.Disk, seg *contracts.Segm
 
 // batch hashes the given chunks (indexes relative to the segment, read
 // into bufs) and uploads the ones the repository lacks.
-func (w *worker) batch(ctx context.Context, seg *contracts.Segment, rel []int, bufs [][]byte, done *contracts.SegmentDone, stats *segmentStats) error {
-	ids := w.hash(bufs)
+func (w *worker) batch(ctx context.Context, seg *contracts.Segment, rel []int, bufs [][]byte, parallel bool, done *contracts.SegmentDone, stats *segmentStats) error {
+	ids := w.hash(bufs, parallel)
 	var ask []string
 	asked := map[chunk.ID]int{} // id → position in this batch of its first chunk
 	for i, r := range rel {
@@ -458,22 +485,27 @@ func (w *worker) batch(ctx context.Context, seg *contracts.Segment, rel []int, b
 	return err
 }
 
-// hash returns the id of each chunk, nil for an all-zero one, hashing
-// several at once: an incremental's changed chunks are mostly one
-// segment's, and its hashing was a serial step between reads.
-func (w *worker) hash(bufs [][]byte) []*chunk.ID {
+// hash returns the id of each chunk, nil for an all-zero one, several
+// at once if parallel.
+func (w *worker) hash(bufs [][]byte, parallel bool) []*chunk.ID {
 	ids := make([]*chunk.ID, len(bufs))
 	all := make([]chunk.ID, len(bufs))
+	one := func(i int) {
+		if !chunk.AllZero(bufs[i]) {
+			all[i] = w.rt.Repo.ChunkID(bufs[i])
+			ids[i] = &all[i]
+		}
+	}
+	if !parallel {
+		for i := range bufs {
+			one(i)
+		}
+		return ids
+	}
 	var g errgroup.Group
 	g.SetLimit(goruntime.GOMAXPROCS(0))
-	for i, buf := range bufs {
-		g.Go(func() error {
-			if !chunk.AllZero(buf) {
-				all[i] = w.rt.Repo.ChunkID(buf)
-				ids[i] = &all[i]
-			}
-			return nil
-		})
+	for i := range bufs {
+		g.Go(func() error { one(i); return nil })
 	}
 	g.Wait()
 	return ids
