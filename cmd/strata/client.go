@@ -399,15 +399,7 @@ func newRestoreCmd() *cobra.Command {
 			return err
 		}
 		defer c.close()
-		rec, err := c.restorable(ctx, *vm, *id)
-		if err != nil {
-			return err
-		}
-		store, err := c.cfg.OpenStore(ctx)
-		if err != nil {
-			return err
-		}
-		r, err := c.cfg.OpenRepo(ctx, store)
+		rec, r, err := c.openBackup(ctx, *vm, *id)
 		if err != nil {
 			return err
 		}

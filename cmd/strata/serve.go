@@ -14,6 +14,7 @@ import (
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/nbd"
+	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/restore"
 	"github.com/strata-backup/strata/pkg/runtime"
 )
@@ -55,15 +56,7 @@ func newServeCmd() *cobra.Command {
 			return err
 		}
 		defer c.close()
-		rec, err := c.restorable(ctx, *vm, *id)
-		if err != nil {
-			return err
-		}
-		store, err := c.cfg.OpenStore(ctx)
-		if err != nil {
-			return err
-		}
-		r, err := c.cfg.OpenRepo(ctx, store)
+		rec, r, err := c.openBackup(ctx, *vm, *id)
 		if err != nil {
 			return err
 		}
@@ -111,8 +104,9 @@ func newServeCmd() *cobra.Command {
 	return cmd
 }
 
-// restorable finds a backup (id or "latest") that can be read back.
-func (c *client) restorable(ctx context.Context, vm, id string) (*contracts.BackupRecord, error) {
+// openBackup finds a backup (id or "latest") that can be read back and
+// opens the repository holding it.
+func (c *client) openBackup(ctx context.Context, vm, id string) (*contracts.BackupRecord, *repo.Repository, error) {
 	var rec *contracts.BackupRecord
 	var err error
 	if id == "latest" {
@@ -121,12 +115,20 @@ func (c *client) restorable(ctx context.Context, vm, id string) (*contracts.Back
 		rec, _, err = c.cat.Get(ctx, vm, id)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if rec.State != contracts.StateVerified && rec.State != contracts.StateCommitted {
-		return nil, fmt.Errorf("backup %s is %s, not restorable", rec.ID, rec.State)
+		return nil, nil, fmt.Errorf("backup %s is %s, not restorable", rec.ID, rec.State)
 	}
-	return rec, nil
+	store, err := c.cfg.OpenStore(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := c.cfg.OpenRepo(ctx, store)
+	if err != nil {
+		return nil, nil, err
+	}
+	return rec, r, nil
 }
 
 // listenAddress checks --listen: a unix socket path, or a loopback

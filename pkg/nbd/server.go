@@ -278,16 +278,24 @@ func (s *Server) option(sc *srvConn, noZeroes bool) (done bool, err error) {
 // Read-only, so several connections see the same bytes: multi-conn is safe.
 const transFlags = transHasFlags | transReadOnly | transSendFlush | transCanMultiConn | transSendCache
 
-func parseInfoRequest(data []byte) (name string, infos []uint16, ok bool) {
-	if len(data) < 6 {
+// splitName takes the export name (length-prefixed) off an option's data
+// that must have at least tail more bytes after it.
+func splitName(data []byte, tail int) (string, []byte, bool) {
+	if len(data) < 4 {
 		return "", nil, false
 	}
 	n := binary.BigEndian.Uint32(data)
-	if uint64(n)+6 > uint64(len(data)) {
+	if uint64(n)+4+uint64(tail) > uint64(len(data)) {
 		return "", nil, false
 	}
-	name = string(data[4 : 4+n])
-	rest := data[4+n:]
+	return string(data[4 : 4+n]), data[4+n:], true
+}
+
+func parseInfoRequest(data []byte) (name string, infos []uint16, ok bool) {
+	name, rest, ok := splitName(data, 2)
+	if !ok {
+		return "", nil, false
+	}
 	k := int(binary.BigEndian.Uint16(rest))
 	rest = rest[2:]
 	if len(rest) != 2*k {
@@ -300,15 +308,10 @@ func parseInfoRequest(data []byte) (name string, infos []uint16, ok bool) {
 }
 
 func parseMetaRequest(data []byte) (name string, queries []string, ok bool) {
-	if len(data) < 8 {
+	name, rest, ok := splitName(data, 4)
+	if !ok {
 		return "", nil, false
 	}
-	n := binary.BigEndian.Uint32(data)
-	if uint64(n)+8 > uint64(len(data)) {
-		return "", nil, false
-	}
-	name = string(data[4 : 4+n])
-	rest := data[4+n:]
 	k := binary.BigEndian.Uint32(rest)
 	rest = rest[4:]
 	for range k {
