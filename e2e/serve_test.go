@@ -85,6 +85,17 @@ func TestServeBackupOverNBD(t *testing.T) {
 	}
 	st.mustCLI("backup", "--vm", "web", "--source", "file://"+img, "--wait")
 
+	// Without NATS (STRATA_NATS_URL empty): the record comes from its copy
+	// in the repository, and the restore is the same.
+	noNATS := exec.Command(filepath.Join(binDir, "strata"), "restore", "--vm", "web", "--backup", "latest", "--to", filepath.Join(t.TempDir(), "r.img"))
+	noNATS.Env = append(append([]string{}, st.env...), "STRATA_NATS_URL=")
+	if o, err := noNATS.CombinedOutput(); err != nil {
+		t.Fatalf("restore without NATS: %v\n%s", err, o)
+	}
+	if got, _ := os.ReadFile(noNATS.Args[len(noNATS.Args)-1]); !bytes.Equal(got, want) {
+		t.Fatal("restore without NATS differs from the backed-up disk")
+	}
+
 	addr, stop := st.serveBackup("web")
 	url := "nbd://" + addr + "/disk0"
 	out := filepath.Join(t.TempDir(), "out.raw")

@@ -394,15 +394,11 @@ func newRestoreCmd() *cobra.Command {
 		if *vm == "" || *to == "" {
 			return exitError{2, errors.New("restore needs --vm and --to")}
 		}
-		c, err := connect(ctx)
+		rec, r, done, err := openBackup(ctx, *vm, *id)
 		if err != nil {
 			return err
 		}
-		defer c.close()
-		rec, r, err := c.openBackup(ctx, *vm, *id)
-		if err != nil {
-			return err
-		}
+		defer done()
 		progress := !*asJSON && isTerminal(os.Stderr)
 		start := time.Now()
 		// To a hypervisor (vsphere://HOST/NEW-VM): restore into scratch images,

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/nbd"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/restore"
@@ -51,15 +52,11 @@ func newServeCmd() *cobra.Command {
 		if scfg.CacheMiB < 1 {
 			return exitError{2, fmt.Errorf("STRATA_SERVE_CACHE_MIB=%d: need at least 1", scfg.CacheMiB)}
 		}
-		c, err := connect(ctx)
+		rec, r, done, err := openBackup(ctx, *vm, *id)
 		if err != nil {
 			return err
 		}
-		defer c.close()
-		rec, r, err := c.openBackup(ctx, *vm, *id)
-		if err != nil {
-			return err
-		}
+		defer done()
 		srv := &nbd.Server{Exports: map[string]nbd.ServerExport{}, InFlight: 16,
 			Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 		type export struct {
@@ -105,30 +102,48 @@ func newServeCmd() *cobra.Command {
 }
 
 // openBackup finds a backup (id or "latest") that can be read back and
-// opens the repository holding it.
-func (c *client) openBackup(ctx context.Context, vm, id string) (*contracts.BackupRecord, *repo.Repository, error) {
-	var rec *contracts.BackupRecord
-	var err error
-	if id == "latest" {
-		rec, err = c.cat.Latest(ctx, vm)
+// opens the repository holding it; done releases what it opened. The
+// record comes from the catalog, or — with STRATA_NATS_URL empty, or NATS
+// unreachable — from its copy in the repository: a site that lost its
+// NATS cluster can still restore and serve.
+func openBackup(ctx context.Context, vm, id string) (rec *contracts.BackupRecord, r *repo.Repository, done func(), err error) {
+	var cfg runtime.Common
+	if err := runtime.Load(&cfg); err != nil {
+		return nil, nil, nil, err
+	}
+	done = func() {}
+	store, err := cfg.OpenStore(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var c *client
+	if cfg.NATSURL != "" {
+		c, err = connect(ctx)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "strata: %v\nreading the backup record from its copy in the repository instead\n", err)
+		}
+	}
+	if c != nil {
+		done = c.close
+		if id == "latest" {
+			rec, err = c.cat.Latest(ctx, vm)
+		} else {
+			rec, _, err = c.cat.Get(ctx, vm, id)
+		}
 	} else {
-		rec, _, err = c.cat.Get(ctx, vm, id)
+		rec, err = catalog.FromCopies(ctx, store, vm, id)
+	}
+	if err == nil && rec.State != contracts.StateVerified && rec.State != contracts.StateCommitted {
+		err = fmt.Errorf("backup %s is %s, not restorable", rec.ID, rec.State)
+	}
+	if err == nil {
+		r, err = cfg.OpenRepo(ctx, store)
 	}
 	if err != nil {
-		return nil, nil, err
+		done()
+		return nil, nil, nil, err
 	}
-	if rec.State != contracts.StateVerified && rec.State != contracts.StateCommitted {
-		return nil, nil, fmt.Errorf("backup %s is %s, not restorable", rec.ID, rec.State)
-	}
-	store, err := c.cfg.OpenStore(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	r, err := c.cfg.OpenRepo(ctx, store)
-	if err != nil {
-		return nil, nil, err
-	}
-	return rec, r, nil
+	return rec, r, done, nil
 }
 
 // listenAddress checks --listen: a unix socket path, or a loopback

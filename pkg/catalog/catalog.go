@@ -375,3 +375,55 @@ func (c *Catalog) Rebuild(ctx context.Context) (*RebuildReport, error) {
 	}
 	return rep, nil
 }
+
+// FromCopies reads backup records from their copies in the repository,
+// with no NATS: restore and serve at a site that lost its NATS cluster.
+// id "latest" is the newest verified backup of vm. Listing one VM's
+// copies costs O(its backups), never O(all backups).
+func FromCopies(ctx context.Context, store objstore.Store, vm, id string) (*contracts.BackupRecord, error) {
+	readCopy := func(key string) (*contracts.BackupRecord, error) {
+		b, err := store.Get(ctx, key)
+		if err != nil {
+			if errors.Is(err, objstore.ErrNotFound) {
+				return nil, fmt.Errorf("backup %s of vm %q: no record copy in the repository: %w", id, vm, ErrNotFound)
+			}
+			return nil, fmt.Errorf("read %s: %w", key, err)
+		}
+		var r contracts.BackupRecord
+		if err := json.Unmarshal(b, &r); err != nil {
+			return nil, fmt.Errorf("record copy %s: %w", key, err)
+		}
+		if err := r.Validate(); err != nil {
+			return nil, fmt.Errorf("record copy %s: %w", key, err)
+		}
+		if RecordKey(r.VM, r.ID) != key {
+			return nil, fmt.Errorf("record copy %s holds backup %s of %q", key, r.ID, r.VM)
+		}
+		return &r, nil
+	}
+	if id != "latest" {
+		return readCopy(RecordKey(vm, id))
+	}
+	var keys []string
+	prefix := strings.TrimSuffix(RecordKey(vm, ""), ".json")
+	if err := store.List(ctx, prefix, func(in objstore.Info) error {
+		if strings.HasSuffix(in.Key, ".json") {
+			keys = append(keys, in.Key)
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("list record copies of vm %q: %w", vm, err)
+	}
+	// Backup ids are UUIDv7: their order is their creation order.
+	sort.Sort(sort.Reverse(sort.StringSlice(keys)))
+	for _, k := range keys {
+		r, err := readCopy(k)
+		if err != nil {
+			return nil, err
+		}
+		if r.State == contracts.StateVerified {
+			return r, nil
+		}
+	}
+	return nil, fmt.Errorf("no verified backup of vm %q in the repository's record copies: %w", vm, ErrNotFound)
+}
