@@ -9,7 +9,6 @@ import (
 
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/nbd"
-	"github.com/strata-backup/strata/pkg/repo"
 )
 
 // Random reads through a cache smaller than the disk return the disk's
@@ -54,10 +53,7 @@ func TestReaderRandomAccessWithinBudget(t *testing.T) {
 // not cached), and only those.
 func TestReaderDamagedChunk(t *testing.T) {
 	r, man, img := setup(t)
-	key := repo.ChunkKey(man.IDs[3])
-	obj, _ := r.Store.Get(context.Background(), key)
-	obj[len(obj)-1] ^= 0x40
-	r.Store.Put(context.Background(), key, obj)
+	damage(r, man.IDs[3])
 	rd := NewReader(context.Background(), r, man, ReaderOptions{})
 	for range 2 {
 		if err := rd.ReadAt(context.Background(), make([]byte, 100), 3*64<<10+10); !errors.Is(err, chunk.ErrCorrupt) {

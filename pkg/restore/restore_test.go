@@ -42,6 +42,15 @@ func setup(t *testing.T) (*repo.Repository, *manifest.Manifest, []byte) {
 	return r, man, img
 }
 
+// damage flips a bit in chunk id's object and returns its key.
+func damage(r *repo.Repository, id chunk.ID) string {
+	key := repo.ChunkKey(id)
+	obj, _ := r.Store.Get(context.Background(), key)
+	obj[len(obj)-1] ^= 0x40
+	r.Store.Put(context.Background(), key, obj)
+	return key
+}
+
 func TestRestoreBitExactAndSparse(t *testing.T) {
 	r, man, img := setup(t)
 	out := filepath.Join(t.TempDir(), "out.img")
@@ -64,10 +73,7 @@ func TestRestoreBitExactAndSparse(t *testing.T) {
 
 func TestRestoreRefusesCorruptChunkAndLeavesNoFile(t *testing.T) {
 	r, man, _ := setup(t)
-	key := repo.ChunkKey(man.IDs[3])
-	obj, _ := r.Store.Get(context.Background(), key)
-	obj[len(obj)-1] ^= 0x40
-	r.Store.Put(context.Background(), key, obj)
+	key := damage(r, man.IDs[3])
 	out := filepath.Join(t.TempDir(), "out.img")
 	_, err := ToFile(context.Background(), r, man, out, Options{Workers: 2})
 	if !errors.Is(err, chunk.ErrCorrupt) || !strings.Contains(err.Error(), key) {
