@@ -331,8 +331,9 @@ func (w *worker) readSegment(ctx context.Context, disk source.Disk, seg *contrac
 	}
 	readAsync := func(k, into int) <-chan readDone {
 		ch := make(chan readDone, 1)
+		mem := buffer(into) // allocated here: mem is only touched by this goroutine
 		go func() {
-			bufs, err := w.read(ctx, disk, seg, rel(k), buffer(into))
+			bufs, err := w.read(ctx, disk, seg, rel(k), mem)
 			ch <- readDone{bufs, err}
 		}()
 		return ch
