@@ -356,16 +356,14 @@ func (w *worker) readSegment(ctx context.Context, disk source.Disk, seg *contrac
 		if k+1 < batches && alone {
 			pending = readAsync(k+1, 1-cur)
 		}
-		err := w.batch(ctx, seg, rel(k), r.bufs, alone, done, stats)
-		if pending != nil {
-			if err != nil {
+		if err := w.batch(ctx, seg, rel(k), r.bufs, alone, done, stats); err != nil {
+			if pending != nil {
 				<-pending // its buffer is written until the read ends
-				return err
 			}
-			cur = 1 - cur
-		}
-		if err != nil {
 			return err
+		}
+		if pending != nil {
+			cur = 1 - cur // the next batch is in the other buffer
 		}
 	}
 	return nil
