@@ -30,7 +30,21 @@ type ServerExport interface {
 	Extents(off, length int64) []Extent
 }
 
-// Server serves read-only exports by name.
+// WritableExport is an export that takes writes. WriteAt stores p at
+// off; Zero makes [off, off+n) read back as zeros (trim and write-zeroes
+// alike: the export may free the space); Flush returns once every write
+// that returned before it was called is durable, whichever connection
+// sent it (which is what makes several connections safe). All are called
+// concurrently with each other and with reads.
+type WritableExport interface {
+	ServerExport
+	WriteAt(ctx context.Context, p []byte, off int64) error
+	Zero(ctx context.Context, off, n int64) error
+	Flush(ctx context.Context) error
+}
+
+// Server serves exports by name: read-only, or writable where the
+// export is a WritableExport.
 type Server struct {
 	Exports map[string]ServerExport
 	Log     *slog.Logger
@@ -41,29 +55,33 @@ type Server struct {
 
 // Protocol numbers the client does not use (the shared ones are in nbd.go).
 const (
-	optExportName     = 1
-	optAbort          = 2
-	optList           = 3
-	optStartTLS       = 5
-	optInfo           = 6
-	optListMetaCtx    = 9
-	repServer         = 2
-	repErrUnsup       = repErrBit + 1
-	repErrPolicy      = repErrBit + 2
-	repErrInvalid     = repErrBit + 3
-	repErrUnknown     = repErrBit + 6
-	infoBlockSize     = 3
-	transHasFlags     = 1 << 0
-	transReadOnly     = 1 << 1
-	transSendFlush    = 1 << 2
-	transCanMultiConn = 1 << 8
-	transSendCache    = 1 << 10
+	optExportName        = 1
+	optAbort             = 2
+	optList              = 3
+	optStartTLS          = 5
+	optInfo              = 6
+	optListMetaCtx       = 9
+	repServer            = 2
+	repErrUnsup          = repErrBit + 1
+	repErrPolicy         = repErrBit + 2
+	repErrInvalid        = repErrBit + 3
+	repErrUnknown        = repErrBit + 6
+	infoBlockSize        = 3
+	transHasFlags        = 1 << 0
+	transReadOnly        = 1 << 1
+	transSendFlush       = 1 << 2
+	transSendFUA         = 1 << 3
+	transSendTrim        = 1 << 5
+	transSendWriteZeroes = 1 << 6
+	transCanMultiConn    = 1 << 8
+	transSendCache       = 1 << 10
 
 	cmdWrite       = 1
 	cmdFlush       = 3
 	cmdTrim        = 4
 	cmdCache       = 5
 	cmdWriteZeroes = 6
+	cmdFlagFUA     = 1 << 0
 	cmdFlagReqOne  = 1 << 3
 	replyError     = 1<<15 + 1
 
@@ -183,7 +201,7 @@ func (s *Server) option(sc *srvConn, noZeroes bool) (done bool, err error) {
 			return false, fmt.Errorf("unknown export %q", data) // the protocol has no error reply here
 		}
 		b := binary.BigEndian.AppendUint64(nil, uint64(e.Size()))
-		b = binary.BigEndian.AppendUint16(b, transFlags)
+		b = binary.BigEndian.AppendUint16(b, exportFlags(e))
 		if !noZeroes {
 			b = append(b, make([]byte, 124)...)
 		}
@@ -223,7 +241,7 @@ func (s *Server) option(sc *srvConn, noZeroes bool) (done bool, err error) {
 		}
 		p := binary.BigEndian.AppendUint16(nil, infoExport)
 		p = binary.BigEndian.AppendUint64(p, uint64(e.Size()))
-		p = binary.BigEndian.AppendUint16(p, transFlags)
+		p = binary.BigEndian.AppendUint16(p, exportFlags(e))
 		if err := reply(repInfo, p); err != nil {
 			return false, err
 		}
@@ -276,7 +294,14 @@ func (s *Server) option(sc *srvConn, noZeroes bool) (done bool, err error) {
 }
 
 // Read-only, so several connections see the same bytes: multi-conn is safe.
-const transFlags = transHasFlags | transReadOnly | transSendFlush | transCanMultiConn | transSendCache
+const transFlags = transHasFlags | transSendFlush | transCanMultiConn | transSendCache
+
+func exportFlags(e ServerExport) uint16 {
+	if _, ok := e.(WritableExport); ok {
+		return transFlags | transSendFUA | transSendTrim | transSendWriteZeroes
+	}
+	return transFlags | transReadOnly
+}
 
 // splitName takes the export name (length-prefixed) off an option's data
 // that must have at least tail more bytes after it.
@@ -355,22 +380,50 @@ func (s *Server) transmission(ctx context.Context, sc *srvConn) error {
 		switch rq.Type {
 		case cmdDisc:
 			return nil
-		case cmdWrite:
-			// Read-only: the payload is read and dropped, the write refused.
-			if rq.Len > maxServerRead {
-				return fmt.Errorf("write of %d bytes", rq.Len)
+		case cmdWrite, cmdTrim, cmdWriteZeroes, cmdFlush:
+			var payload []byte
+			if rq.Type == cmdWrite {
+				if rq.Len > maxServerRead {
+					return fmt.Errorf("write of %d bytes", rq.Len)
+				}
+				payload = make([]byte, rq.Len) // read before the next request, whatever the answer
+				if _, err := io.ReadFull(sc.c, payload); err != nil {
+					return err
+				}
 			}
-			if _, err := io.CopyN(io.Discard, sc.c, int64(rq.Len)); err != nil {
-				return err
+			w, ok := sc.export.(WritableExport)
+			if !ok {
+				if rq.Type == cmdFlush {
+					if err := sc.replyOK(rq); err != nil {
+						return err
+					}
+					continue
+				}
+				if err := sc.replyErr(rq, errPerm, "read-only export"); err != nil {
+					return err
+				}
+				continue
 			}
-			if err := sc.replyErr(rq, errPerm, "read-only export"); err != nil {
-				return err
+			if bad := sc.check(rq); bad != "" && rq.Type != cmdFlush {
+				if err := sc.replyErr(rq, errInval, bad); err != nil {
+					return err
+				}
+				continue
 			}
-		case cmdTrim, cmdWriteZeroes:
-			if err := sc.replyErr(rq, errPerm, "read-only export"); err != nil {
-				return err
+			select {
+			case inflight <- struct{}{}:
+			case <-ctx.Done():
+				return ctx.Err()
 			}
-		case cmdFlush, cmdCache:
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-inflight }()
+				if err := sc.change(ctx, w, rq, payload); err != nil {
+					sc.c.Close()
+				}
+			}()
+		case cmdCache:
 			if err := sc.replyOK(rq); err != nil {
 				return err
 			}
@@ -408,13 +461,32 @@ func (s *Server) transmission(ctx context.Context, sc *srvConn) error {
 	}
 }
 
-// check returns why a read or status request is refused, or "".
+// change carries out a write, trim, write-zeroes or flush and answers it;
+// FUA makes the change durable before the answer.
+func (sc *srvConn) change(ctx context.Context, w WritableExport, rq request, payload []byte) error {
+	var err error
+	switch rq.Type {
+	case cmdWrite:
+		err = w.WriteAt(ctx, payload, int64(rq.Off))
+	case cmdTrim, cmdWriteZeroes:
+		err = w.Zero(ctx, int64(rq.Off), int64(rq.Len))
+	}
+	if err == nil && (rq.Type == cmdFlush || rq.Flags&cmdFlagFUA != 0) {
+		err = w.Flush(ctx)
+	}
+	if err != nil {
+		return sc.replyErr(rq, errIO, err.Error())
+	}
+	return sc.replyOK(rq)
+}
+
+// check returns why a request for a range is refused, or "".
 func (sc *srvConn) check(rq request) string {
 	size := uint64(sc.export.Size())
 	switch {
 	case rq.Len == 0:
 		return "zero length"
-	case rq.Type == cmdRead && rq.Len > maxServerRead: // a status request may span the disk
+	case (rq.Type == cmdRead || rq.Type == cmdWrite) && rq.Len > maxServerRead: // status, trim and zeroing may span the disk
 		return fmt.Sprintf("%d bytes: at most %d per request", rq.Len, maxServerRead)
 	case rq.Off > size || uint64(rq.Len) > size-rq.Off:
 		return fmt.Sprintf("[%d, +%d) beyond the export's %d bytes", rq.Off, rq.Len, size)
