@@ -16,12 +16,13 @@ import (
 	"github.com/strata-backup/strata/pkg/nbd"
 )
 
-// serveBackup starts `strata serve` for a VM's latest backup and returns
-// its disk0 address once it listens; the server stops with the test.
-func (st *stack) serveBackup(vm string) (addr string, stop func()) {
+// serveBackup starts `strata serve` for a VM's latest backup (extra
+// flags after) and returns its address once it listens; the server stops
+// with the test.
+func (st *stack) serveBackup(vm string, extra ...string) (addr string, stop func()) {
 	st.t.Helper()
 	addr = fmt.Sprintf("127.0.0.1:%d", testserver.FreePort(st.t))
-	cmd := exec.Command(filepath.Join(binDir, "strata"), "serve", "--vm", vm, "--listen", addr, "--json")
+	cmd := exec.Command(filepath.Join(binDir, "strata"), append([]string{"serve", "--vm", vm, "--listen", addr, "--json"}, extra...)...)
 	cmd.Env = st.env
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -47,7 +48,7 @@ func (st *stack) serveBackup(vm string) (addr string, stop func()) {
 	var info struct {
 		Exports []struct{ Name, URL string }
 	}
-	if err := json.NewDecoder(out).Decode(&info); err != nil || len(info.Exports) != 1 || info.Exports[0].Name != "disk0" {
+	if err := json.NewDecoder(out).Decode(&info); err != nil || len(info.Exports) == 0 || info.Exports[0].Name != "disk0" {
 		st.t.Fatalf("strata serve: %+v %v\n%s", info, err, stderr.String())
 	}
 	return addr, stop

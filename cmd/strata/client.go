@@ -385,6 +385,7 @@ func newRestoreCmd() *cobra.Command {
 	to := fs.String("to", "", "path of the raw image to write (disk N>0 of a multi-disk VM goes to PATH.N), an existing directory (each disk goes to DIR/<vm>-<disk>.img), or vsphere://HOST/NEW-VM[?datastore=DS&pool=POOL&folder=FOLDER] for a new VM beside the backed-up one (or, when it is gone, in its datacenter; the options override either)")
 	force := fs.Bool("force", false, "replace existing image files")
 	workers := fs.Int("parallel", 8, "chunks fetched at once")
+	serveAt := fs.String("serve", "", "live restore: serve the backup at once over NBD on this loopback HOST:PORT or unix socket, writable (a VM runs from it), while it is copied to --to; rerun the same command to resume")
 	asJSON := fs.Bool("json", false, "print JSON")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
@@ -405,6 +406,12 @@ func newRestoreCmd() *cobra.Command {
 		// then have the source's driver make a VM from them.
 		var sources *source.Opener
 		toHypervisor := (&source.Opener{}).RestoresTo(*to)
+		if *serveAt != "" {
+			if toHypervisor {
+				return exitError{2, errors.New("--serve restores to image files, not to a hypervisor")}
+			}
+			return liveRestore(ctx, rec, r, restoreTargets(*to, rec), *serveAt, *force, *workers, *asJSON)
+		}
 		base := *to
 		if toHypervisor {
 			var vcfg vsphere.Config

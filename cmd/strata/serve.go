@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -8,13 +9,16 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/nbd"
+	"github.com/strata-backup/strata/pkg/overlay"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/restore"
 	"github.com/strata-backup/strata/pkg/runtime"
@@ -23,15 +27,33 @@ import (
 // serveConfig: the NBD server's settings from the environment (STRATA_).
 type serveConfig struct {
 	CacheMiB int64 `envconfig:"SERVE_CACHE_MIB" default:"256"`
+	// LiveRestoreMiBps bounds a live restore's background copy (0: none).
+	LiveRestoreMiBps int64 `envconfig:"LIVE_RESTORE_MIB_PER_SEC" default:"0"`
+}
+
+func loadServeConfig() (serveConfig, error) {
+	var scfg serveConfig
+	if err := runtime.Load(&scfg); err != nil {
+		return scfg, err
+	}
+	if scfg.CacheMiB < 1 {
+		return scfg, exitError{2, fmt.Errorf("STRATA_SERVE_CACHE_MIB=%d: need at least 1", scfg.CacheMiB)}
+	}
+	if scfg.LiveRestoreMiBps < 0 {
+		return scfg, exitError{2, fmt.Errorf("STRATA_LIVE_RESTORE_MIB_PER_SEC=%d: need 0 (no limit) or more", scfg.LiveRestoreMiBps)}
+	}
+	return scfg, nil
 }
 
 func newServeCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "serve", Short: "serve a backup point's disks over NBD (read-only): qemu-img, nbdcopy, QEMU and libvirt read them in place", Args: usage(cobra.NoArgs)}
+	cmd := &cobra.Command{Use: "serve", Short: "serve a backup point's disks over NBD: qemu-img, nbdcopy, QEMU and libvirt read them in place, or run a VM from them (--writable)", Args: usage(cobra.NoArgs)}
 	fs := cmd.Flags()
 	vm := fs.String("vm", "", "VM name")
 	id := fs.String("backup", "latest", "backup id, or latest (newest verified)")
 	listen := fs.String("listen", "127.0.0.1:10809", "address to listen on: a loopback HOST:PORT, or the path of a unix socket (NBD has no authentication here)")
 	parallel := fs.Int("parallel", 8, "chunk fetches at once per disk")
+	writable := fs.Bool("writable", false, "take writes (instant recovery: a VM runs from the export); they go to the --overlay directory, never to the repository")
+	overlayDir := fs.String("overlay", "", "directory of the copy-on-write overlay (diskN.raw and diskN.map); serving it again continues where it stopped")
 	asJSON := fs.Bool("json", false, "print the exports as JSON")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
@@ -41,64 +63,146 @@ func newServeCmd() *cobra.Command {
 		if *parallel < 1 {
 			return exitError{2, fmt.Errorf("--parallel %d: need at least 1", *parallel)}
 		}
+		if *writable != (*overlayDir != "") {
+			return exitError{2, errors.New("--writable and --overlay DIR go together: writes land in the overlay, never in the repository")}
+		}
 		network, addr, err := listenAddress(*listen)
 		if err != nil {
 			return exitError{2, err}
 		}
-		var scfg serveConfig
-		if err := runtime.Load(&scfg); err != nil {
+		scfg, err := loadServeConfig()
+		if err != nil {
 			return err
 		}
-		if scfg.CacheMiB < 1 {
-			return exitError{2, fmt.Errorf("STRATA_SERVE_CACHE_MIB=%d: need at least 1", scfg.CacheMiB)}
+		if *overlayDir != "" {
+			if err := os.MkdirAll(*overlayDir, 0o700); err != nil {
+				return fmt.Errorf("--overlay: %w", err)
+			}
 		}
 		rec, r, done, err := openBackup(ctx, *vm, *id)
 		if err != nil {
 			return err
 		}
 		defer done()
-		srv := &nbd.Server{Exports: map[string]nbd.ServerExport{}, InFlight: 16,
-			Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
-		type export struct {
-			Name string `json:"name"`
-			URL  string `json:"url"`
-			Disk string `json:"disk"`
-			Size int64  `json:"size"`
-		}
-		var exports []export
-		// The cache is shared out between the disks.
-		perDisk := scfg.CacheMiB << 20 / int64(max(1, len(rec.Disks)))
-		for i, disk := range rec.Disks {
-			man, err := r.GetManifest(ctx, disk.Manifest)
-			if err != nil {
-				return fmt.Errorf("serve %s: %w", rec.ID, err)
+		var overlayFiles func(i int) (string, string)
+		if *overlayDir != "" {
+			overlayFiles = func(i int) (string, string) {
+				base := filepath.Join(*overlayDir, fmt.Sprintf("disk%d", i))
+				return base + ".raw", base + ".map"
 			}
-			name := fmt.Sprintf("disk%d", i)
-			srv.Exports[name] = restore.NewReader(ctx, r, man, restore.ReaderOptions{CacheBytes: perDisk, Parallel: *parallel})
-			exports = append(exports, export{Name: name, URL: nbdURL(network, addr, name), Disk: disk.Name, Size: man.DiskSize})
 		}
-		l, err := net.Listen(network, addr)
+		disks, closeAll, err := openExports(ctx, r, rec, scfg, *parallel, overlayFiles)
 		if err != nil {
-			return fmt.Errorf("serve: %w", err)
+			return err
 		}
-		if network == "unix" {
-			defer os.Remove(addr)
+		defer closeAll()
+		mode := "read-only"
+		if *writable {
+			mode = "writable, overlay " + *overlayDir
 		}
-		if *asJSON {
-			printJSON(map[string]any{"backup_id": rec.ID, "vm": rec.VM, "exports": exports})
-		} else {
-			fmt.Printf("serving backup %s of %s (read-only) until interrupted:\n", rec.ID, rec.VM)
+		return serveNBD(ctx, network, addr, disks, func(exports []servedExport) {
+			if *asJSON {
+				printJSON(map[string]any{"backup_id": rec.ID, "vm": rec.VM, "writable": *writable, "exports": exports})
+				return
+			}
+			fmt.Printf("serving backup %s of %s (%s) until interrupted:\n", rec.ID, rec.VM, mode)
 			for _, e := range exports {
 				fmt.Printf("  %s  %s (%s)\n", e.URL, e.Disk, human(e.Size))
 			}
-		}
-		err = srv.Serve(ctx, l)
-		if errors.Is(ctx.Err(), context.Canceled) {
-			return nil // SIGINT/SIGTERM: a clean stop
-		}
-		return err
+		})
 	}
 	return cmd
+}
+
+// servedDisk is one disk of a backup point as served: from the
+// repository, or through an overlay (writable serve, live restore).
+type servedDisk struct {
+	disk    string
+	export  nbd.ServerExport
+	overlay *overlay.Overlay
+}
+
+// servedExport is what serve prints of each export.
+type servedExport struct {
+	Name string `json:"name"`
+	URL  string `json:"url"`
+	Disk string `json:"disk"`
+	Size int64  `json:"size"`
+}
+
+// openExports opens a backup point's disks for serving; with files set,
+// disk i is writable through the overlay whose data and map files it
+// names. closeAll flushes and closes the overlays.
+func openExports(ctx context.Context, r *repo.Repository, rec *contracts.BackupRecord, scfg serveConfig, parallel int, files func(i int) (data, mapPath string)) (disks []servedDisk, closeAll func() error, err error) {
+	closeAll = func() error {
+		var first error
+		for _, d := range disks {
+			if d.overlay == nil {
+				continue
+			}
+			if err := d.overlay.Flush(context.WithoutCancel(ctx)); err != nil && first == nil {
+				first = err
+			}
+			if err := d.overlay.Close(); err != nil && first == nil {
+				first = err
+			}
+		}
+		return first
+	}
+	// The cache is shared out between the disks.
+	perDisk := scfg.CacheMiB << 20 / int64(max(1, len(rec.Disks)))
+	for i, disk := range rec.Disks {
+		man, err := r.GetManifest(ctx, disk.Manifest)
+		if err != nil {
+			closeAll()
+			return nil, nil, fmt.Errorf("serve %s: %w", rec.ID, err)
+		}
+		d := servedDisk{disk: cmp.Or(disk.Name, fmt.Sprintf("disk%d", i)),
+			export: restore.NewReader(ctx, r, man, restore.ReaderOptions{CacheBytes: perDisk, Parallel: parallel})}
+		if files != nil {
+			data, mapPath := files(i)
+			o, err := overlay.Open(data, mapPath, d.export, overlay.Options{Identity: fmt.Sprintf("%s/%s/disk%d", rec.VM, rec.ID, i), Grain: man.ChunkSize})
+			if err != nil {
+				closeAll()
+				return nil, nil, fmt.Errorf("serve %s disk%d: %w", rec.ID, i, err)
+			}
+			d.export, d.overlay = o, o
+		}
+		disks = append(disks, d)
+	}
+	return disks, closeAll, nil
+}
+
+// serveNBD serves disks as disk0, disk1, … on the listener until ctx
+// ends (SIGINT/SIGTERM: a clean stop); announce runs once it listens.
+func serveNBD(ctx context.Context, network, addr string, disks []servedDisk, announce func([]servedExport)) error {
+	srv := &nbd.Server{Exports: map[string]nbd.ServerExport{}, InFlight: 16,
+		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	var exports []servedExport
+	for i, d := range disks {
+		name := fmt.Sprintf("disk%d", i)
+		srv.Exports[name] = d.export
+		exports = append(exports, servedExport{Name: name, URL: nbdURL(network, addr, name), Disk: d.disk, Size: d.export.Size()})
+	}
+	if network == "unix" {
+		// A socket left by a server that was killed would refuse the listen.
+		if fi, err := os.Lstat(addr); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			os.Remove(addr)
+		}
+	}
+	l, err := net.Listen(network, addr)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	if network == "unix" {
+		defer os.Remove(addr)
+	}
+	announce(exports)
+	err = srv.Serve(ctx, l)
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return nil
+	}
+	return err
 }
 
 // openBackup finds a backup (id or "latest") that can be read back and
@@ -172,4 +276,108 @@ func nbdURL(network, addr, export string) string {
 		return fmt.Sprintf("nbd+unix:///%s?socket=%s", export, addr)
 	}
 	return fmt.Sprintf("nbd://%s/%s", addr, export)
+}
+
+// liveRestore serves a backup point at once, writable, with each disk's
+// target image as its overlay, and copies every chunk the guest has not
+// written into the targets in the background. Until the copy is complete
+// a target is PATH.partial beside PATH.partial.map (its progress, so the
+// same command run again resumes without losing a guest write); then it
+// becomes PATH and the serve goes on as plain pass-through.
+func liveRestore(ctx context.Context, rec *contracts.BackupRecord, r *repo.Repository, paths []string, listen string, force bool, parallel int, asJSON bool) error {
+	network, addr, err := listenAddress(listen)
+	if err != nil {
+		return exitError{2, fmt.Errorf("--serve: %w", err)}
+	}
+	scfg, err := loadServeConfig()
+	if err != nil {
+		return err
+	}
+	for _, p := range paths {
+		if _, err := os.Stat(p + ".partial.map"); err == nil {
+			continue // resuming: the map says what is there
+		}
+		if err := restore.CheckTarget(p, force); err != nil {
+			return exitError{2, fmt.Errorf("restore %s: %w", rec.ID, err)}
+		}
+	}
+	disks, closeAll, err := openExports(ctx, r, rec, scfg, parallel, func(i int) (string, string) {
+		return paths[i] + ".partial", paths[i] + ".partial.map"
+	})
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	say := func(event string, fields map[string]any, text string) {
+		if asJSON {
+			fields["event"] = event
+			printJSON(fields)
+		} else {
+			fmt.Println(text)
+		}
+	}
+	copyDone := make(chan error, 1)
+	started := false
+	announce := func(exports []servedExport) {
+		have, total := 0, 0
+		for _, d := range disks {
+			p, n := d.overlay.Progress()
+			have, total = have+p, total+n
+		}
+		resumed := ""
+		if have > 0 {
+			resumed = fmt.Sprintf(" (resuming: %d of %d chunks there already)", have, total)
+		}
+		say("serving", map[string]any{"backup_id": rec.ID, "vm": rec.VM, "exports": exports, "targets": paths, "chunks_present": have, "chunks": total},
+			fmt.Sprintf("live restore of backup %s of %s: serving now (writable), copying into %s in the background%s", rec.ID, rec.VM, strings.Join(paths, ", "), resumed))
+		started = true
+		if !asJSON {
+			for _, e := range exports {
+				fmt.Printf("  %s  %s (%s)\n", e.URL, e.Disk, human(e.Size))
+			}
+		}
+		go func() { copyDone <- fillTargets(ctx, disks, paths, scfg.LiveRestoreMiBps) }()
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- serveNBD(ctx, network, addr, disks, announce) }()
+	for {
+		select {
+		case err := <-serveErr:
+			if started && copyDone != nil {
+				// Stopping mid-copy: let it flush its progress first.
+				<-copyDone
+				fmt.Fprintf(os.Stderr, "strata: live restore stopped before the copy finished; run the same command again to resume\n")
+			}
+			return err
+		case err := <-copyDone:
+			copyDone = nil
+			if err != nil {
+				if ctx.Err() != nil {
+					continue // stopping: progress is kept for the next run
+				}
+				return fmt.Errorf("live restore %s: %w (run the same command again to resume)", rec.ID, err)
+			}
+			say("restored", map[string]any{"backup_id": rec.ID, "vm": rec.VM, "targets": paths},
+				fmt.Sprintf("restore complete: %s holds backup %s plus every write made through the export; serving it on as pass-through until interrupted", strings.Join(paths, ", "), rec.ID))
+		}
+	}
+}
+
+// fillTargets copies each disk's missing chunks into its target, then
+// moves the complete target into place and drops its map.
+func fillTargets(ctx context.Context, disks []servedDisk, paths []string, mibPerSec int64) error {
+	for i, d := range disks {
+		// The budget is shared: one disk is copied at a time.
+		if err := d.overlay.Fill(ctx, overlay.FillOptions{BytesPerSecond: mibPerSec << 20, FlushEvery: 64 << 20, FlushInterval: time.Second}); err != nil {
+			return fmt.Errorf("%s: %w", paths[i], err)
+		}
+		// The open file follows the rename: the guest keeps writing to it.
+		if err := os.Rename(paths[i]+".partial", paths[i]); err != nil {
+			return err
+		}
+		if err := os.Remove(paths[i] + ".partial.map"); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -430,8 +430,10 @@ type FillOptions struct {
 	BytesPerSecond int64
 	// Batch is the bytes read from the base at once (default 8 MiB).
 	Batch int64
-	// FlushEvery persists progress after this many bytes (default 256 MiB).
-	FlushEvery int64
+	// FlushEvery persists progress after this many bytes (default 256
+	// MiB), FlushInterval after this long (default 5 s), whichever first.
+	FlushEvery    int64
+	FlushInterval time.Duration
 	// Progress, if set, is called after each batch.
 	Progress func(present, total int)
 }
@@ -448,6 +450,10 @@ func (o *Overlay) Fill(ctx context.Context, opt FillOptions) (err error) {
 	if opt.FlushEvery <= 0 {
 		opt.FlushEvery = 256 << 20
 	}
+	if opt.FlushInterval <= 0 {
+		opt.FlushInterval = 5 * time.Second
+	}
+	lastFlush := time.Now()
 	perBatch := max(1, int(opt.Batch/o.grain))
 	buf := make([]byte, int64(perBatch)*o.grain)
 	start, copied, sinceFlush := time.Now(), int64(0), int64(0)
@@ -486,11 +492,11 @@ func (o *Overlay) Fill(ctx context.Context, opt FillOptions) (err error) {
 			sinceFlush += end - off
 			i = j
 		}
-		if sinceFlush >= opt.FlushEvery {
+		if sinceFlush >= opt.FlushEvery || (sinceFlush > 0 && time.Since(lastFlush) >= opt.FlushInterval) {
 			if err := o.Flush(ctx); err != nil {
 				return err
 			}
-			sinceFlush = 0
+			sinceFlush, lastFlush = 0, time.Now()
 		}
 		if opt.Progress != nil {
 			opt.Progress(o.Progress())
