@@ -16,7 +16,7 @@ require (
 	github.com/nats-io/nuid v1.0.1 // indirect
 	github.com/strata-backup/strata/internal v0.0.0
 	golang.org/x/crypto v0.57.0 // indirect
-	golang.org/x/sys v0.50.0 // indirect
+	golang.org/x/sys v0.50.0
 	gopkg.in/yaml.v3 v3.0.1 // indirect
 )
 

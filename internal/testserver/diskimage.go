@@ -46,6 +46,17 @@ const (
 // device needed).
 func PartitionedImage(t testing.TB, path string) {
 	t.Helper()
+	content := t.TempDir()
+	for i := 0; i < 20; i++ {
+		os.WriteFile(fmt.Sprintf("%s/file%02d.txt", content, i), []byte(strings.Repeat(fmt.Sprintf("line %d of a test file\n", i), 2000)), 0o644)
+	}
+	PartitionedImageFrom(t, path, content)
+}
+
+// PartitionedImageFrom is PartitionedImage with the ext4 filesystem made
+// from the files of the directory content (mkfs.ext4 -d).
+func PartitionedImageFrom(t testing.TB, path, content string) {
+	t.Helper()
 	if err := os.Truncate(path, 64<<20); err != nil {
 		f, cerr := os.Create(path)
 		if cerr != nil {
@@ -56,10 +67,6 @@ func PartitionedImage(t testing.TB, path string) {
 	}
 	Tool(t, fmt.Sprintf("label: gpt\nstart=%d, size=%d, type=linux\nstart=%d, size=%d, type=uefi\n",
 		Ext4Offset/512, Ext4Size/512, FATOffset/512, FATSize/512), "sfdisk", "--quiet", path)
-	content := t.TempDir()
-	for i := 0; i < 20; i++ {
-		os.WriteFile(fmt.Sprintf("%s/file%02d.txt", content, i), []byte(strings.Repeat(fmt.Sprintf("line %d of a test file\n", i), 2000)), 0o644)
-	}
 	Tool(t, "", "mkfs.ext4", "-q", "-F", "-d", content, "-E", fmt.Sprintf("offset=%d", Ext4Offset), path, fmt.Sprintf("%dk", Ext4Size>>10))
 	Tool(t, "", "mkfs.vfat", "-F", "16", "--offset", fmt.Sprint(FATOffset/512), path, fmt.Sprint(FATSize>>10))
 }
