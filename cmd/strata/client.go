@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -377,6 +378,10 @@ func safeName(s string) string {
 	return out
 }
 
+// defaultFetches sizes a restore's parallel fetches to the machine: each
+// fetch mostly waits on the store, so a few per CPU keep the decoding busy.
+func defaultFetches() int { return min(32, max(8, 4*goruntime.NumCPU())) }
+
 func newRestoreCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "restore", Short: "restore a backup to image files or to a new VM", Args: usage(cobra.NoArgs)}
 	fs := cmd.Flags()
@@ -384,7 +389,7 @@ func newRestoreCmd() *cobra.Command {
 	id := fs.String("backup", "latest", "backup id, or latest (newest verified)")
 	to := fs.String("to", "", "path of the raw image to write (disk N>0 of a multi-disk VM goes to PATH.N), an existing directory (each disk goes to DIR/<vm>-<disk>.img), or vsphere://HOST/NEW-VM[?datastore=DS&pool=POOL&folder=FOLDER] for a new VM beside the backed-up one (or, when it is gone, in its datacenter; the options override either)")
 	force := fs.Bool("force", false, "replace existing image files")
-	workers := fs.Int("parallel", 8, "chunks fetched at once")
+	workers := fs.Int("parallel", defaultFetches(), "chunk runs fetched at once (default: 4 per CPU, 8 to 32)")
 	serveAt := fs.String("serve", "", "live restore: serve the backup at once over NBD on this loopback HOST:PORT or unix socket, writable (a VM runs from it), while it is copied to --to; rerun the same command to resume")
 	asJSON := fs.Bool("json", false, "print JSON")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
