@@ -64,7 +64,8 @@ func convert(t *testing.T, url string) []byte {
 // zeroing, across chunks) land in the overlay; served again from the same
 // overlay they are all there; the backup itself is untouched (served
 // read-only it is the original, certify passes); an overlay made over one
-// backup is refused for another.
+// backup is refused for another; and a backup of the export (an NBD
+// source like any other) restores to the written disk.
 func TestServeWritableOverlay(t *testing.T) {
 	const cs = 64 << 10
 	st := startStack(t, stackOptions{chunkSize: cs})
@@ -105,7 +106,15 @@ func TestServeWritableOverlay(t *testing.T) {
 	if !bytes.Equal(convert(t, "nbd://"+addr+"/disk0"), want) {
 		t.Fatal("the second round of writes is gone")
 	}
+	// The running export backs up like any NBD source: a backup of its own
+	// VM name that restores to the writes.
+	st.mustCLI("backup", "--vm", "app-recovered", "--source", "nbd://"+addr+"/disk0", "--wait")
 	stop()
+	restored := filepath.Join(t.TempDir(), "recovered.img")
+	st.mustCLI("restore", "--vm", "app-recovered", "--backup", "latest", "--to", restored)
+	if got, _ := os.ReadFile(restored); !bytes.Equal(got, want) {
+		t.Fatal("a backup of the writable export does not restore to its writes")
+	}
 
 	// The repository was not touched.
 	addr, stop = st.serveBackup("app")

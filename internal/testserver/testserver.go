@@ -11,6 +11,7 @@ package testserver
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -55,12 +56,46 @@ func Binary(t testing.TB, name, version string) string {
 // FreePort returns a loopback port that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
+	// Ports the kernel hands out for outgoing connections (the ephemeral
+	// range, where a :0 listener also lands) can be taken between this
+	// check and the server's bind by any client socket on the machine; a
+	// port below that range is only ever taken by someone binding it.
+	portMu.Lock()
+	defer portMu.Unlock()
+	low := ephemeralLow()
+	for try := 0; try < 200; try++ {
+		port := 10000 + rand.IntN(low-10000)
+		if handedOut[port] {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		handedOut[port] = true
+		return port
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+var (
+	portMu    sync.Mutex
+	handedOut = map[int]bool{}
+)
+
+// ephemeralLow is the first port of the kernel's ephemeral range.
+func ephemeralLow() int {
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		fmt.Sscan(string(b), &low)
+	}
+	return max(low, 12000)
 }
 
 // Process is a started server.
