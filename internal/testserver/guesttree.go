@@ -1,0 +1,124 @@
+package testserver
+
+import (
+	"bytes"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// RandomBytes is n bytes from a seeded generator.
+func RandomBytes(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, seed))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// Stamp is the modification time GuestTree gives its files.
+var Stamp = time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC)
+
+// GuestTree writes a directory tree for the file-restore tests: nested directories, a big file,
+// a sparse file, symlinks (one leading out), a non-ASCII name, modes and
+// times, and a directory of 5,000 files (an htree directory in ext4).
+func GuestTree(t testing.TB) string {
+	dir := t.TempDir()
+	w := func(rel string, data []byte, mode fs.FileMode) {
+		p := filepath.Join(dir, rel)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, data, mode); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(p, mode)
+		os.Chtimes(p, Stamp, Stamp)
+	}
+	w("docs/readme.txt", []byte("hello from the guest\n"), 0o640)
+	w("docs/nested/deep/file.bin", RandomBytes(1, 300<<10), 0o600)
+	w("big.bin", RandomBytes(2, 4<<20+17), 0o644)
+	w("héllo wörld ✓.txt", []byte("non-ASCII name\n"), 0o644)
+	sp, _ := os.Create(filepath.Join(dir, "sparse.img"))
+	sp.WriteAt([]byte("data in the middle"), 3<<20)
+	sp.Truncate(8 << 20)
+	sp.Close()
+	os.Symlink("docs/readme.txt", filepath.Join(dir, "link-rel"))
+	os.Symlink("../../etc/passwd", filepath.Join(dir, "escape"))
+	os.Symlink("/etc/hostname", filepath.Join(dir, "abs"))
+	os.MkdirAll(filepath.Join(dir, "many"), 0o755)
+	for i := 0; i < 5000; i++ {
+		os.WriteFile(filepath.Join(dir, "many", fmt.Sprintf("f%04d", i)), []byte(fmt.Sprint(i)), 0o644)
+	}
+	os.Chmod(filepath.Join(dir, "docs"), 0o750)
+	os.Chtimes(filepath.Join(dir, "docs"), Stamp, Stamp)
+	return dir
+}
+
+// CopyToFAT copies files and directories into the FAT filesystem at
+// offset in img with mtools' mcopy (no mount).
+func CopyToFAT(t testing.TB, img string, offset int64, paths ...string) {
+	t.Helper()
+	if _, err := exec.LookPath("mcopy"); err != nil {
+		msg := "mcopy not found (apt-get install mtools)"
+		if os.Getenv("STRATA_REQUIRE_SERVERS") == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	args := append([]string{"-s", "-i", fmt.Sprintf("%s@@%d", img, offset)}, paths...)
+	cmd := exec.Command("mcopy", append(args, "::/")...)
+	cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("mcopy: %v\n%s", err, out)
+	}
+}
+
+// CompareTrees checks that got holds every file, directory and symlink of
+// want (but skip) with the same bytes, permissions, mtimes and targets.
+func CompareTrees(t testing.TB, want, got string, skip ...string) {
+	t.Helper()
+	filepath.WalkDir(want, func(p string, d fs.DirEntry, err error) error {
+		rel, _ := filepath.Rel(want, p)
+		for _, s := range skip {
+			if rel == s {
+				return nil
+			}
+		}
+		wi, _ := os.Lstat(p)
+		gi, err := os.Lstat(filepath.Join(got, rel))
+		if err != nil {
+			t.Fatalf("%s missing: %v", rel, err)
+		}
+		if wi.Mode() != gi.Mode() {
+			t.Fatalf("%s: mode %v, want %v", rel, gi.Mode(), wi.Mode())
+		}
+		switch {
+		case wi.Mode()&fs.ModeSymlink != 0:
+			wl, _ := os.Readlink(p)
+			gl, _ := os.Readlink(filepath.Join(got, rel))
+			if wl != gl {
+				t.Fatalf("%s: link %q, want %q", rel, gl, wl)
+			}
+		case wi.Mode().IsRegular():
+			wb, _ := os.ReadFile(p)
+			gb, _ := os.ReadFile(filepath.Join(got, rel))
+			if !bytes.Equal(wb, gb) {
+				t.Fatalf("%s: content differs", rel)
+			}
+			if !wi.ModTime().Truncate(time.Second).Equal(gi.ModTime().Truncate(time.Second)) {
+				t.Fatalf("%s: mtime %v, want %v", rel, gi.ModTime(), wi.ModTime())
+			}
+		case wi.IsDir() && rel != ".":
+			// Seconds: the test's small ext4 has 128-byte inodes (no ns).
+			if !wi.ModTime().Truncate(time.Second).Equal(gi.ModTime().Truncate(time.Second)) {
+				t.Fatalf("%s: dir mtime %v, want %v", rel, gi.ModTime(), wi.ModTime())
+			}
+		}
+		return nil
+	})
+}
