@@ -93,7 +93,7 @@ func (d diskReader) ReadAt(p []byte, off int64) (int, error) {
 
 // guestPath resolves /<volume>/<path> to the volume's filesystem.
 func guestPath(g *guestfs.Guest, p string) (guestfs.FS, string, string, error) {
-	vol, inside, err := guestfs.Split(p)
+	vol, inside, err := g.Split(p)
 	if err != nil {
 		return nil, "", "", exitError{2, err}
 	}

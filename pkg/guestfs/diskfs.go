@@ -25,14 +25,17 @@ func openFS(d Disk, v Volume) (f FS, err error) {
 			f, err = nil, fmt.Errorf("damaged filesystem (the reader failed: %v)", r)
 		}
 	}()
-	st := newStorage(section{d, v.Offset, v.Size})
+	if v.Note != "" && v.FS == "" {
+		return nil, fmt.Errorf("%w: %s", ErrNoFS, v.Note)
+	}
+	st := newStorage(v.bytes(d))
 	switch v.FS {
 	case "ext2", "ext3", "ext4":
 		x, err := ext4.Read(st, v.Size, 0, sector)
 		if err != nil {
 			return nil, err
 		}
-		data, err := newExtData(section{d, v.Offset, v.Size})
+		data, err := newExtData(v.bytes(d))
 		if err != nil {
 			return nil, err
 		}

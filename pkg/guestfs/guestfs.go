@@ -40,6 +40,16 @@ type Volume struct {
 	PartType string `json:"part_type,omitempty"`
 	// Note says why the volume's files cannot be read, if they cannot.
 	Note string `json:"note,omitempty"`
+
+	r io.ReaderAt // a logical volume's bytes (nil: the disk's at Offset)
+}
+
+// bytes returns the volume's byte range.
+func (v Volume) bytes(d Disk) section {
+	if v.r != nil {
+		return section{v.r, 0, v.Size}
+	}
+	return section{d, v.Offset, v.Size}
 }
 
 // Entry is a file, directory or link in a guest filesystem.
@@ -121,22 +131,33 @@ func (g *Guest) names() string {
 	return "it has " + strings.Join(n, ", ")
 }
 
-// Split takes a guest path (/p2/etc/hostname) apart into the volume and
-// the cleaned path inside it ("etc/hostname"; "." for the volume's
-// root). "/" or "" is the disk itself: volume "".
-func Split(p string) (volume, inside string, err error) {
+// Split takes a guest path (/p2/etc/hostname, /vg0/root/etc) apart into
+// the volume and the cleaned path inside it ("etc/hostname"; "." for the
+// volume's root). "/" or "" is the disk itself: volume "". A volume name
+// may hold a slash (VG/LV): the longest volume name that prefixes the
+// path wins.
+func (g *Guest) Split(p string) (volume, inside string, err error) {
 	if strings.ContainsRune(p, 0) {
 		return "", "", fmt.Errorf("path %q: NUL byte", p)
 	}
-	clean := path.Clean("/" + p)
-	if clean == "/" {
+	clean := strings.TrimPrefix(path.Clean("/"+p), "/")
+	if clean == "" {
 		return "", ".", nil
 	}
-	parts := strings.SplitN(strings.TrimPrefix(clean, "/"), "/", 2)
-	if len(parts) == 1 {
-		return parts[0], ".", nil
+	for _, v := range g.volumes {
+		if (clean == v.Name || strings.HasPrefix(clean, v.Name+"/")) && len(v.Name) > len(volume) {
+			volume = v.Name
+		}
 	}
-	return parts[0], parts[1], nil
+	if volume == "" {
+		volume, _, _ = strings.Cut(clean, "/")
+		return "", "", fmt.Errorf("no volume %q on this disk (%s)", volume, g.names())
+	}
+	inside = strings.TrimPrefix(strings.TrimPrefix(clean, volume), "/")
+	if inside == "" {
+		inside = "."
+	}
+	return volume, inside, nil
 }
 
 func cmpOr(s, def string) string {

@@ -137,3 +137,57 @@ func TestExt4AndFATOnGPT(t *testing.T) {
 		t.Fatalf("unknown volume: %v", err)
 	}
 }
+
+// LVM2 made by the real tools: an MBR disk whose partitions 1 and 2 are
+// PVs of one VG with a linear and a striped LV (ext4 each), and a FAT in
+// logical partition 5.
+func TestLVMAndLogicalPartitions(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "lvm.img")
+	lv := testserver.LVMImage(t, img)
+	g, err := New(openDisk(t, img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, v := range g.Volumes() {
+		got = append(got, v.Name+":"+v.FS)
+	}
+	want := []string{"p1:LVM2_member", "p2:LVM2_member", "p5:vfat", lv.VG + "/data:ext4", lv.VG + "/root:ext4"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("volumes %v, want %v", got, want)
+	}
+	for _, c := range []struct{ path, src string }{
+		{"/" + lv.VG + "/root/payload.bin", filepath.Join(lv.Root, "payload.bin")},
+		{"/" + lv.VG + "/root/etc/hostname", filepath.Join(lv.Root, "etc", "hostname")},
+		{"/" + lv.VG + "/data/striped.bin", filepath.Join(lv.Data, "striped.bin")},
+	} {
+		vol, inside, err := g.Split(c.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fsys, err := g.Volume(vol)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := fsys.Open(inside)
+		if err != nil {
+			t.Fatalf("%s: %v", c.path, err)
+		}
+		b, err := io.ReadAll(r)
+		want, _ := os.ReadFile(c.src)
+		if err != nil || !bytes.Equal(b, want) {
+			t.Fatalf("%s: %d bytes (%v), want %d", c.path, len(b), err, len(want))
+		}
+	}
+	fat, err := g.Volume("p5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := fat.Open("BOOT.BIN")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := io.ReadAll(r); !bytes.Equal(b, lv.FATFile) {
+		t.Fatal("the FAT file in the logical partition differs")
+	}
+}

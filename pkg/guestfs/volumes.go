@@ -14,8 +14,30 @@ import (
 const sector = 512
 
 // volumes finds d's volumes: a filesystem on the whole disk, or the
-// partitions of its GPT or MBR table (logical partitions included).
+// partitions of its GPT or MBR table (logical partitions included), and
+// the logical volumes of LVM2 physical volumes among them.
 func volumes(d Disk) ([]Volume, error) {
+	vols, err := tableVolumes(d)
+	if err != nil {
+		return nil, err
+	}
+	var pvs []*pvInfo
+	for i, v := range vols {
+		if v.FS != "LVM2_member" {
+			continue
+		}
+		pv, err := readPV(section{d, v.Offset, v.Size}, v.Size)
+		if err != nil {
+			vols[i].Note = "LVM2 physical volume: " + err.Error()
+			continue
+		}
+		vols[i].UUID = pv.uuid
+		pvs = append(pvs, pv)
+	}
+	return append(vols, lvmVolumes(pvs)...), nil
+}
+
+func tableVolumes(d Disk) ([]Volume, error) {
 	size := d.Size()
 	if size < sector {
 		return nil, fmt.Errorf("disk of %d bytes: too small for a partition table or a filesystem", size)
