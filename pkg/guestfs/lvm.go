@@ -272,8 +272,8 @@ func (m *lvMap) ReadAt(p []byte, off int64) (int, error) {
 type lvmSection map[string]any
 
 func (s lvmSection) children() map[string]any { return s }
-func (s lvmSection) num(k string) int64     { v, _ := s[k].(int64); return v }
-func (s lvmSection) str(k string) string    { v, _ := s[k].(string); return v }
+func (s lvmSection) num(k string) int64       { v, _ := s[k].(int64); return v }
+func (s lvmSection) str(k string) string      { v, _ := s[k].(string); return v }
 func (s lvmSection) hasStatus(flag string) bool {
 	st, _ := s["status"].([]any)
 	for _, f := range st {
