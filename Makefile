@@ -50,6 +50,8 @@ fuzz:
 	cd pkg && $(GO) test -run '^$$' -fuzz FuzzReplies -fuzztime 30s ./nbd/
 	cd pkg && $(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 30s ./chunk/
 	cd pkg && $(GO) test -run '^$$' -fuzz FuzzPackIndex -fuzztime 30s ./repo/
+	cd pkg && $(GO) test -run '^$$' -fuzz FuzzServerConn -fuzztime 30s ./nbd/
+	cd pkg && $(GO) test -run '^$$' -fuzz FuzzLVMConfig -fuzztime 30s ./guestfs/
 
 # 1 GiB image through the six processes on real servers: prints backup and
 # restore MB/s, chunks stored and the transfer worker's peak RSS; then a

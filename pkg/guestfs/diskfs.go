@@ -127,8 +127,19 @@ func (d diskfsFS) Open(name string) (r io.ReadCloser, err error) {
 	if err != nil {
 		return nil, err
 	}
-	return f, nil
+	return safeReader{f}, nil
 }
+
+// safeReader turns a panic of a library's file reader (a damaged
+// filesystem) into an error.
+type safeReader struct{ r io.ReadCloser }
+
+func (s safeReader) Read(p []byte) (n int, err error) {
+	defer recovered(&err)
+	return s.r.Read(p)
+}
+
+func (s safeReader) Close() error { return s.r.Close() }
 
 func (d diskfsFS) entry(fi fs.FileInfo) (Entry, error) {
 	e := entry(fi)

@@ -128,6 +128,11 @@ func (x *extData) open(ino uint32) (*extFile, error) {
 		return nil, fmt.Errorf("inode %d: %w", ino, err)
 	}
 	sort.Slice(f.runs, func(i, j int) bool { return f.runs[i].logical < f.runs[j].logical })
+	for i := 1; i < len(f.runs); i++ {
+		if prev := f.runs[i-1]; prev.logical+prev.count > f.runs[i].logical || prev.logical+prev.count < prev.logical {
+			return nil, fmt.Errorf("inode %d: extents overlap at block %d: damaged", ino, f.runs[i].logical)
+		}
+	}
 	return f, nil
 }
 
