@@ -38,6 +38,7 @@ require (
 	github.com/sirupsen/logrus v1.9.4 // indirect
 	github.com/ulikunitz/xz v0.5.15 // indirect
 	golang.org/x/time v0.16.0 // indirect
+	www.velocidex.com/golang/go-ntfs v0.2.1 // indirect
 )
 
 require (

@@ -122,3 +122,49 @@ func CompareTrees(t testing.TB, want, got string, skip ...string) {
 		return nil
 	})
 }
+
+// NTFSImage writes an NTFS filesystem of size bytes at offset in img
+// (mkntfs) and copies files into its root with ntfscp (ntfs-3g's tools,
+// no mount): name → content.
+func NTFSImage(t testing.TB, img string, offset, size int64, files map[string][]byte) {
+	t.Helper()
+	for _, tool := range []string{"mkntfs", "ntfscp"} {
+		if _, err := lookTool(tool); err != nil {
+			msg := tool + " not found (apt-get install ntfs-3g)"
+			if os.Getenv("STRATA_REQUIRE_SERVERS") == "1" {
+				t.Fatal(msg)
+			}
+			t.Skip(msg)
+		}
+	}
+	part := filepath.Join(t.TempDir(), "ntfs.img")
+	if err := os.WriteFile(part, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(part, size)
+	mk, _ := lookTool("mkntfs")
+	if out, err := exec.Command(mk, "-F", "-Q", "-L", "strata-ntfs", part).CombinedOutput(); err != nil {
+		t.Fatalf("mkntfs: %v\n%s", err, out)
+	}
+	cp, _ := lookTool("ntfscp")
+	src := t.TempDir()
+	for name, data := range files {
+		p := filepath.Join(src, "f")
+		os.WriteFile(p, data, 0o644)
+		if out, err := exec.Command(cp, "-f", part, p, name).CombinedOutput(); err != nil {
+			t.Fatalf("ntfscp %s: %v\n%s", name, err, out)
+		}
+	}
+	b, err := os.ReadFile(part)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(img, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, offset); err != nil {
+		t.Fatal(err)
+	}
+}

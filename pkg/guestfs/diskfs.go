@@ -58,6 +58,8 @@ func openFS(d Disk, v Volume) (f FS, err error) {
 			return nil, err
 		}
 		return diskfsFS{fsys: x}, nil
+	case "ntfs":
+		return openNTFS(v.bytes(d))
 	case "":
 		return nil, ErrNoFS
 	}

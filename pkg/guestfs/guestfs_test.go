@@ -191,3 +191,50 @@ func TestLVMAndLogicalPartitions(t *testing.T) {
 		t.Fatal("the FAT file in the logical partition differs")
 	}
 }
+
+// NTFS made by mkntfs and filled by ntfscp (no mount), on the whole disk.
+func TestNTFS(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "ntfs.img")
+	files := map[string][]byte{"big.bin": testserver.RandomBytes(21, 2<<20+5), "héllo.txt": []byte("hello NTFS\n"), "empty": nil}
+	testserver.NTFSImage(t, img, 0, 24<<20, files)
+	g, err := New(openDisk(t, img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := g.Volumes(); len(v) != 1 || v[0].Name != "disk" || v[0].FS != "ntfs" || v[0].UUID == "" {
+		t.Fatalf("volumes: %+v", v)
+	}
+	fsys, err := g.Volume("disk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, err := fsys.ReadDir(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name)
+	}
+	sort.Strings(names)
+	if strings.Join(names, ",") != "big.bin,empty,héllo.txt" {
+		t.Fatalf("NTFS root: %q", names)
+	}
+	for name, want := range files {
+		r, err := fsys.Open(name)
+		if err != nil {
+			t.Fatalf("open %s: %v", name, err)
+		}
+		got, err := io.ReadAll(r)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s: %d bytes (%v), want %d", name, len(got), err, len(want))
+		}
+	}
+	out := t.TempDir()
+	if _, err := Get(fsys, ".", out, GetOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(out, "big.bin")); !bytes.Equal(got, files["big.bin"]) {
+		t.Fatal("get of the NTFS volume: big.bin differs")
+	}
+}
