@@ -18,6 +18,9 @@ type BackupTrigger struct {
 	// Verify is the verification mode run on commit; empty: the
 	// verifier's default (STRATA_VERIFY_MODE).
 	Verify VerifyMode `json:"verify,omitempty"`
+	// SkipFree: a full read skips the blocks the guest's filesystems
+	// mark free (they are stored as zeros).
+	SkipFree bool `json:"skip_free,omitempty"`
 }
 
 func (m *BackupTrigger) Validate() error {
@@ -60,6 +63,7 @@ type BackupRequested struct {
 	Slot        *time.Time `json:"slot,omitempty"`         // the schedule slot that fired it
 	KeyInterval int        `json:"key_interval,omitempty"` // the policy's; 0: the snapshotter's default
 	Verify      VerifyMode `json:"verify,omitempty"`       // empty: the verifier's default
+	SkipFree    bool       `json:"skip_free,omitempty"`    // full reads skip blocks the guest's filesystems mark free
 }
 
 func (m *BackupRequested) Validate() error {
@@ -486,6 +490,7 @@ type Policy struct {
 	KeepWeekly  int           `json:"keep_weekly,omitempty"`
 	KeepMonthly int           `json:"keep_monthly,omitempty"`
 	Verify      VerifyMode    `json:"verify,omitempty"`
+	SkipFree    bool          `json:"skip_free,omitempty"`
 	UpdatedAt   time.Time     `json:"updated_at"`
 }
 

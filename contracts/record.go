@@ -94,6 +94,12 @@ type DiskRecord struct {
 	ChangeID       string `json:"change_id,omitempty"`     // change tracking point this backup consumed
 	ChangedBytes   int64  `json:"changed_bytes,omitempty"` // incrementals: bytes the source reported changed
 	Digest         string `json:"digest,omitempty"`        // certify: digest of the chunk map, equal at both ends
+	// FreeMap (--skip-free full reads) says which filesystems' allocation
+	// bitmaps were read and what they gave; FreeSkippedBytes is what was
+	// therefore not read and is stored as zeros. Certify re-reads the
+	// source through the same bitmaps.
+	FreeMap          string `json:"free_map,omitempty"`
+	FreeSkippedBytes int64  `json:"free_skipped_bytes,omitempty"`
 }
 
 func (r *BackupRecord) Validate() error {

@@ -21,6 +21,7 @@ func newPolicySetCmd() *cobra.Command {
 	fs.StringVar(&p.Schedule, "schedule", "", `cron schedule: "0 2 * * *", with optional seconds field, or "@every 6h"`)
 	fs.DurationVar(&p.Jitter, "jitter", 0, "spread start times over this much (deterministic per VM and slot)")
 	fs.IntVar(&p.KeyInterval, "key-interval", 0, "every Nth backup is a full re-read (0: the snapshotter's default)")
+	fs.BoolVar(&p.SkipFree, "skip-free", false, "full reads skip the blocks the guest's filesystems mark free")
 	fs.IntVar(&p.KeepLast, "keep-last", 0, "retention: keep the last N backups")
 	fs.IntVar(&p.KeepDaily, "keep-daily", 0, "retention: keep one per day for D days")
 	fs.IntVar(&p.KeepWeekly, "keep-weekly", 0, "retention: keep one per week for W weeks")

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+
+	"github.com/strata-backup/strata/pkg/source"
 )
 
 // Extent is a byte range of a disk.
@@ -135,4 +137,20 @@ func extFree(s section) ([]Extent, error) {
 		}
 	}
 	return free, nil
+}
+
+// FreeChunks returns the chunk ranges [first, end) of d lying wholly in
+// blocks its filesystems mark free — the one rule both a --skip-free
+// backup (not read, stored as zeros) and its certification (not compared)
+// follow — with the report they came from.
+func FreeChunks(d Disk, chunkSize int) ([][2]int64, FreeReport, error) {
+	rep, err := FreeExtents(d)
+	if err != nil {
+		return nil, rep, err
+	}
+	free := make([]source.Extent, len(rep.Free))
+	for i, e := range rep.Free {
+		free[i] = source.Extent{Offset: e.Offset, Length: e.Length}
+	}
+	return source.WhollyInside(free, chunkSize), rep, nil
 }

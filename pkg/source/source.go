@@ -203,3 +203,48 @@ func ChunkRuns(extents []Extent, chunkSize int) [][2]int64 {
 	}
 	return runs
 }
+
+// WhollyInside returns the chunk ranges [first, end) that lie entirely
+// inside extents (sorted, disjoint): a chunk partly outside is not one.
+func WhollyInside(extents []Extent, chunkSize int) [][2]int64 {
+	var runs [][2]int64
+	cs := int64(chunkSize)
+	for i := 0; i < len(extents); {
+		// Join extents that touch: a chunk may span two of them.
+		off, end := extents[i].Offset, extents[i].Offset+extents[i].Length
+		for i++; i < len(extents) && extents[i].Offset <= end; i++ {
+			end = max(end, extents[i].Offset+extents[i].Length)
+		}
+		first, last := (off+cs-1)/cs, end/cs
+		if first < last {
+			runs = append(runs, [2]int64{first, last})
+		}
+	}
+	return runs
+}
+
+// SubtractRuns returns the chunks of runs not in cut (both sorted,
+// disjoint [first, end) ranges), and how many chunks were taken out.
+func SubtractRuns(runs, cut [][2]int64) ([][2]int64, int64) {
+	var out [][2]int64
+	var removed int64
+	j := 0
+	for _, r := range runs {
+		lo, hi := r[0], r[1]
+		for j < len(cut) && cut[j][1] <= lo {
+			j++
+		}
+		for k := j; k < len(cut) && cut[k][0] < hi; k++ {
+			c := cut[k]
+			if c[0] > lo {
+				out = append(out, [2]int64{lo, c[0]})
+			}
+			removed += min(hi, c[1]) - max(lo, c[0])
+			lo = max(lo, c[1])
+		}
+		if lo < hi {
+			out = append(out, [2]int64{lo, hi})
+		}
+	}
+	return out, removed
+}

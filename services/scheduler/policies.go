@@ -148,7 +148,7 @@ func (s *scheduler) fireSlot(ctx context.Context, p contracts.Policy, slot time.
 		}
 	}
 	req := &contracts.BackupRequested{Schema: contracts.SchemaVersion, BackupID: id, VM: p.VM, Source: p.Source,
-		RequestedAt: time.Now().UTC(), Slot: &slot, KeyInterval: p.KeyInterval, Verify: p.Verify}
+		RequestedAt: time.Now().UTC(), Slot: &slot, KeyInterval: p.KeyInterval, Verify: p.Verify, SkipFree: p.SkipFree}
 	if err := s.rt.Bus.Publish(ctx, contracts.SubjectBackupRequested, req, "req-"+id); err != nil {
 		return err
 	}

@@ -169,7 +169,7 @@ func (s *scheduler) start(ctx context.Context, t *contracts.BackupTrigger) (*con
 	ctx, span := s.rt.Bus.Tracer.Start(ctx, "backup "+t.VM, trace.WithAttributes(
 		attribute.String("strata.vm", t.VM), attribute.String("strata.backup_id", id.String()), attribute.String("strata.source", t.Source)))
 	defer span.End()
-	req := &contracts.BackupRequested{Schema: contracts.SchemaVersion, BackupID: id.String(), VM: t.VM, Source: t.Source, RequestedAt: time.Now().UTC(), Verify: t.Verify}
+	req := &contracts.BackupRequested{Schema: contracts.SchemaVersion, BackupID: id.String(), VM: t.VM, Source: t.Source, RequestedAt: time.Now().UTC(), Verify: t.Verify, SkipFree: t.SkipFree}
 	if err := s.rt.Bus.Publish(ctx, contracts.SubjectBackupRequested, req, "req-"+req.BackupID); err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -17,6 +18,7 @@ import (
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
+	"github.com/strata-backup/strata/pkg/guestfs"
 	"github.com/strata-backup/strata/pkg/manifest"
 	"github.com/strata-backup/strata/pkg/runtime"
 	"github.com/strata-backup/strata/pkg/source"
@@ -106,7 +108,7 @@ func (s *snapshotter) plan(ctx context.Context, req *contracts.BackupRequested) 
 		size := d.disk.Size()
 		plans[i].cut(size, rec.ChunkSize)
 		rec.Disks = append(rec.Disks, contracts.DiskRecord{Index: i, Name: d.Name, Source: d.URL, Size: size, Segments: len(plans[i].segRuns),
-			ChangeID: string(plans[i].changeID), ChangedBytes: plans[i].changedBytes})
+			ChangeID: string(plans[i].changeID), ChangedBytes: plans[i].changedBytes, FreeMap: plans[i].freeMap, FreeSkippedBytes: plans[i].freeSkipped})
 	}
 	markUntouched(rec, plans)
 	existing, _, err := s.rt.Catalog.Create(ctx, rec)
@@ -202,6 +204,8 @@ type readPlan struct {
 	runs            [][2]int64 // chunk runs to read
 	changeID        source.ChangeID
 	changedBytes    int64
+	freeMap         string                 // --skip-free: what the filesystems' bitmaps gave
+	freeSkipped     int64                  // bytes of chunks not read because wholly free
 	segRuns         [][]contracts.ChunkRun // per segment: its part of runs (relative), set by cut
 }
 
@@ -271,6 +275,9 @@ func (s *snapshotter) whatToRead(ctx context.Context, req *contracts.BackupReque
 		} else {
 			plans[i] = readPlan{sparse: true, runs: source.ChunkRuns(ext, rec.ChunkSize), changeID: changeID, putFirst: firstFull}
 		}
+		if req.SkipFree {
+			s.skipFree(ctx, d, &plans[i], rec.ChunkSize)
+		}
 		// A damaged parent is not compared against: its bad chunks must be
 		// uploaded again, which only dedup's answer brings about.
 		if parent != nil && err == nil && !parent.Damaged && sameDisk(parent.Source, req.Source) && i < len(parent.Disks) &&
@@ -280,6 +287,28 @@ func (s *snapshotter) whatToRead(ctx context.Context, req *contracts.BackupReque
 		}
 	}
 	return plans
+}
+
+// skipFree takes the chunks the guest's filesystems mark wholly free out
+// of a full read: they are stored as zeros. The bitmaps are read from the
+// same snapshot the backup reads; anything not understood is read in full.
+func (s *snapshotter) skipFree(ctx context.Context, d openDisk, p *readPlan, chunkSize int) {
+	free, rep, err := guestfs.FreeChunks(d.disk, chunkSize)
+	if err != nil {
+		p.freeMap = "nothing skipped: " + err.Error()
+		return
+	}
+	p.freeMap = "filesystem bitmaps: " + strings.Join(rep.Volumes, "; ")
+	if len(free) == 0 {
+		return
+	}
+	if !p.sparse {
+		p.sparse, p.runs = true, [][2]int64{{0, manifest.ChunkCount(d.disk.Size(), chunkSize)}}
+	}
+	var removed int64
+	p.runs, removed = source.SubtractRuns(p.runs, free)
+	p.freeSkipped = removed * int64(chunkSize)
+	s.rt.Log.InfoContext(ctx, "free blocks skipped", "disk", d.Name, "bytes", p.freeSkipped, "map", p.freeMap)
 }
 
 // incrementalRefused says why the backup cannot be an incremental of

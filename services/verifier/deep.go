@@ -9,11 +9,13 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"strings"
 	"time"
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/guestfs"
 	"github.com/strata-backup/strata/pkg/manifest"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/source"
@@ -113,11 +115,28 @@ func (v *verifier) sourceDigest(ctx context.Context, disk contracts.DiskRecord, 
 	if src.Size() != disk.Size {
 		return "", bus.Permanent(fmt.Errorf("source of %s is %d bytes, the backup %d", disk.Name, src.Size(), disk.Size))
 	}
+	// A --skip-free backup stored wholly free chunks as zeros: read the
+	// source through the same bitmaps (from the same source) to compare.
+	var free [][2]int64
+	if strings.HasPrefix(disk.FreeMap, "filesystem bitmaps") {
+		if free, _, err = guestfs.FreeChunks(src, chunkSize); err != nil {
+			return "", fmt.Errorf("free-block map of the source of %s: %w", disk.Name, err)
+		}
+	}
 	d, sum := newDigest()
 	buf := make([]byte, chunkSize)
 	for off := int64(0); off < disk.Size; off += int64(chunkSize) {
 		if err := ctx.Err(); err != nil {
 			return "", err
+		}
+		if i := off / int64(chunkSize); len(free) > 0 && i >= free[0][0] {
+			for len(free) > 0 && i >= free[0][1] {
+				free = free[1:]
+			}
+			if len(free) > 0 && i >= free[0][0] {
+				d.add(chunk.ID{})
+				continue
+			}
 		}
 		n := int(min(int64(chunkSize), disk.Size-off))
 		if _, err := src.ReadAt(buf[:n], off); err != nil && !errors.Is(err, io.EOF) {
