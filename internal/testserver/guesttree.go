@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -166,5 +167,88 @@ func NTFSImage(t testing.TB, img string, offset, size int64, files map[string][]
 	defer f.Close()
 	if _, err := f.WriteAt(b, offset); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// XFSImage writes an XFS filesystem of size bytes (at least 300 MiB, as
+// mkfs.xfs demands) at offset in img, populated from the tree at src
+// through a mkfs.xfs protofile (-p; no mount): directories, files and
+// symlinks with their modes and owners. Names with spaces cannot be
+// written in a protofile and are left out; mtimes are mkfs's.
+func XFSImage(t testing.TB, img string, offset, size int64, src string) {
+	t.Helper()
+	mk, err := lookTool("mkfs.xfs")
+	if err != nil {
+		if os.Getenv("STRATA_REQUIRE_SERVERS") == "1" {
+			t.Fatal("mkfs.xfs not found (apt-get install xfsprogs)")
+		}
+		t.Skip("mkfs.xfs not found (apt-get install xfsprogs)")
+	}
+	var proto strings.Builder
+	proto.WriteString("/dev/null\n0 0\nd--755 0 0\n")
+	var walk func(dir, indent string)
+	walk = func(dir, indent string) {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if strings.ContainsAny(e.Name(), " \t\n") {
+				continue
+			}
+			p := filepath.Join(dir, e.Name())
+			fi, _ := os.Lstat(p)
+			perm := fmt.Sprintf("%03o", fi.Mode().Perm())
+			switch {
+			case fi.Mode()&fs.ModeSymlink != 0:
+				target, _ := os.Readlink(p)
+				fmt.Fprintf(&proto, "%s%s l--%s 0 0 %s\n", indent, e.Name(), perm, target)
+			case fi.IsDir():
+				fmt.Fprintf(&proto, "%s%s d--%s 0 0\n", indent, e.Name(), perm)
+				walk(p, indent+" ")
+				fmt.Fprintf(&proto, "%s$\n", indent+" ")
+			default:
+				fmt.Fprintf(&proto, "%s%s ---%s 1000 1000 %s\n", indent, e.Name(), perm, p)
+			}
+		}
+	}
+	walk(src, "")
+	proto.WriteString("$\n")
+	protoFile := filepath.Join(t.TempDir(), "proto")
+	os.WriteFile(protoFile, []byte(proto.String()), 0o644)
+	part := filepath.Join(t.TempDir(), "xfs.img")
+	os.WriteFile(part, nil, 0o644)
+	os.Truncate(part, size)
+	if out, err := exec.Command(mk, "-q", "-L", "strata-xfs", "-p", protoFile, part).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.xfs: %v\n%s", err, out)
+	}
+	copySparse(t, part, img, offset)
+}
+
+// copySparse writes the non-zero 64 KiB blocks of the file src into dst
+// at offset (an image of hundreds of MiB, mostly zeros, stays sparse).
+func copySparse(t testing.TB, src, dst string, offset int64) {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	buf := make([]byte, 64<<10)
+	for off := int64(0); ; off += int64(len(buf)) {
+		n, err := in.ReadAt(buf, off)
+		if n > 0 && !bytes.Equal(buf[:n], make([]byte, n)) {
+			if _, werr := out.WriteAt(buf[:n], offset+off); werr != nil {
+				t.Fatal(werr)
+			}
+		}
+		if err != nil {
+			return
+		}
 	}
 }

@@ -60,6 +60,12 @@ func openFS(d Disk, v Volume) (f FS, err error) {
 		return diskfsFS{fsys: x}, nil
 	case "ntfs":
 		return openNTFS(v.bytes(d))
+	case "xfs":
+		x, err := openXFS(v.bytes(d))
+		if err != nil {
+			return nil, err
+		}
+		return x, nil
 	case "":
 		return nil, ErrNoFS
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"sort"
 	"time"
 )
@@ -88,13 +87,15 @@ type extRun struct {
 	logical, phys, count uint64
 }
 
-// extFile is a regular file's content: its size and where its blocks are.
+// extFile is a regular file's content: its size and where its blocks are
+// (ext and XFS alike: runs of blocks of blockSize bytes in r).
 type extFile struct {
-	x      *extData
-	size   int64
-	runs   []extRun // sorted by logical block, holes left out
-	inline []byte   // the whole content, for inline-data files
-	pos    int64
+	r         io.ReaderAt
+	blockSize int64
+	size      int64
+	runs      []extRun // sorted by logical block, holes left out
+	inline    []byte   // the whole content, for inline-data files
+	pos       int64
 }
 
 const (
@@ -113,7 +114,7 @@ func (x *extData) open(ino uint32) (*extFile, error) {
 	if size < 0 {
 		return nil, fmt.Errorf("inode %d: size %d", ino, size)
 	}
-	f := &extFile{x: x, size: size}
+	f := &extFile{r: x.s, blockSize: x.blockSize, size: size}
 	flags := binary.LittleEndian.Uint32(in[32:])
 	iblock := in[40:100]
 	switch {
@@ -127,11 +128,8 @@ func (x *extData) open(ino uint32) (*extFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("inode %d: %w", ino, err)
 	}
-	sort.Slice(f.runs, func(i, j int) bool { return f.runs[i].logical < f.runs[j].logical })
-	for i := 1; i < len(f.runs); i++ {
-		if prev := f.runs[i-1]; prev.logical+prev.count > f.runs[i].logical || prev.logical+prev.count < prev.logical {
-			return nil, fmt.Errorf("inode %d: extents overlap at block %d: damaged", ino, f.runs[i].logical)
-		}
+	if err := f.sortRuns(); err != nil {
+		return nil, fmt.Errorf("inode %d: %w", ino, err)
 	}
 	return f, nil
 }
@@ -287,6 +285,17 @@ func (x *extData) inlineData(in, iblock []byte, size int64) ([]byte, error) {
 	return out[:size], nil
 }
 
+// sortRuns orders the runs and refuses overlapping ones (a damaged map).
+func (f *extFile) sortRuns() error {
+	sort.Slice(f.runs, func(i, j int) bool { return f.runs[i].logical < f.runs[j].logical })
+	for i := 1; i < len(f.runs); i++ {
+		if prev := f.runs[i-1]; prev.logical+prev.count > f.runs[i].logical || prev.logical+prev.count < prev.logical {
+			return fmt.Errorf("extents overlap at block %d: damaged", f.runs[i].logical)
+		}
+	}
+	return nil
+}
+
 // ReadAt reads the file's bytes at off; holes read as zeros.
 func (f *extFile) ReadAt(p []byte, off int64) (int, error) {
 	if off >= f.size {
@@ -302,7 +311,7 @@ func (f *extFile) ReadAt(p []byte, off int64) (int, error) {
 		copy(p, f.inline[off:])
 	} else {
 		clear(p)
-		bs := uint64(f.x.blockSize)
+		bs := uint64(f.blockSize)
 		first, last := uint64(off)/bs, (uint64(off)+uint64(n)-1)/bs
 		i := sort.Search(len(f.runs), func(i int) bool { return f.runs[i].logical+f.runs[i].count > first })
 		for ; i < len(f.runs) && f.runs[i].logical <= last; i++ {
@@ -311,7 +320,7 @@ func (f *extFile) ReadAt(p []byte, off int64) (int, error) {
 			// The bytes of p this run covers, and where they are on disk.
 			from, to := max(int64(lo*bs), off), min(int64((hi+1)*bs), off+int64(n))
 			disk := int64((r.phys+(uint64(from)/bs-r.logical))*bs) + from%int64(bs)
-			if _, err := f.x.s.ReadAt(p[from-off:to-off], disk); err != nil {
+			if _, err := f.r.ReadAt(p[from-off:to-off], disk); err != nil {
 				return 0, fmt.Errorf("read blocks at %d: %w", disk, err)
 			}
 		}
@@ -342,34 +351,7 @@ func (x *extData) stat(ino uint32, e *Entry) error {
 	}
 	le16 := func(o int) uint32 { return uint32(binary.LittleEndian.Uint16(in[o:])) }
 	le32 := func(o int) uint32 { return binary.LittleEndian.Uint32(in[o:]) }
-	mode := le16(0)
-	m := fs.FileMode(mode & 0o777)
-	if mode&0o4000 != 0 {
-		m |= fs.ModeSetuid
-	}
-	if mode&0o2000 != 0 {
-		m |= fs.ModeSetgid
-	}
-	if mode&0o1000 != 0 {
-		m |= fs.ModeSticky
-	}
-	switch mode & 0xf000 {
-	case 0x4000:
-		m |= fs.ModeDir
-	case 0xa000:
-		m |= fs.ModeSymlink
-	case 0x2000:
-		m |= fs.ModeDevice | fs.ModeCharDevice
-	case 0x6000:
-		m |= fs.ModeDevice
-	case 0x1000:
-		m |= fs.ModeNamedPipe
-	case 0xc000:
-		m |= fs.ModeSocket
-	case 0x8000:
-	default:
-		m |= fs.ModeIrregular
-	}
+	m := unixMode(le16(0))
 	e.Mode = m
 	e.UID, e.GID, e.HasOwner = le16(2)|le16(0x78)<<16, le16(0x18)|le16(0x7a)<<16, true
 	if m.IsRegular() {

@@ -68,7 +68,8 @@ type Entry struct {
 }
 
 // FS is one guest filesystem, read-only. Names are slash-separated paths
-// inside it without a leading slash ("." is its root), as in io/fs.
+// inside it without a leading slash ("." is its root), as in io/fs. An FS
+// is used by one goroutine at a time.
 type FS interface {
 	// Lstat describes name without following a final symlink.
 	Lstat(name string) (Entry, error)

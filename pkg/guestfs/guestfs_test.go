@@ -303,3 +303,50 @@ func TestExtFreeBlocks(t *testing.T) {
 		t.Fatalf("free map of a filesystem whose journal needs recovery: %d bytes, %v, %v", rep.Bytes, rep.Volumes, err)
 	}
 }
+
+// XFS made by mkfs.xfs from the test tree (protofile): listings, modes,
+// owners, symlink targets, file bytes, the 5,000-file directory (leaf or
+// node format), and a whole-volume get.
+func TestXFS(t *testing.T) {
+	src := testserver.GuestTree(t)
+	img := filepath.Join(t.TempDir(), "xfs.img")
+	testserver.XFSImage(t, img, 0, 300<<20, src)
+	g, err := New(openDisk(t, img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := g.Volumes(); len(v) != 1 || v[0].FS != "xfs" || v[0].Label != "strata-xfs" {
+		t.Fatalf("volumes: %+v", v)
+	}
+	x, err := g.Volume("disk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, err := x.Lstat("docs/readme.txt"); err != nil || e.Mode != 0o640 || e.UID != 1000 || e.Size != 21 {
+		t.Fatalf("lstat docs/readme.txt: %+v %v", e, err)
+	}
+	if e, err := x.Lstat("escape"); err != nil || e.Link != "../../etc/passwd" {
+		t.Fatalf("lstat escape: %+v %v", e, err)
+	}
+	if many, err := x.ReadDir("many"); err != nil || len(many) != 5000 {
+		t.Fatalf("many: %d entries, %v", len(many), err)
+	}
+	out := t.TempDir()
+	st, err := Get(x, ".", out, GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Refused) != 1 {
+		t.Fatalf("refused %q", st.Refused)
+	}
+	for _, name := range []string{"big.bin", "docs/nested/deep/file.bin", "sparse.img", "docs/readme.txt", "many/f4321"} {
+		want, _ := os.ReadFile(filepath.Join(src, name))
+		got, err := os.ReadFile(filepath.Join(out, name))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s: %d bytes (%v), want %d", name, len(got), err, len(want))
+		}
+	}
+	if l, _ := os.Readlink(filepath.Join(out, "link-rel")); l != "docs/readme.txt" {
+		t.Fatalf("link-rel -> %q", l)
+	}
+}
