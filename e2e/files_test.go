@@ -11,24 +11,25 @@ import (
 	"github.com/strata-backup/strata/internal/testserver"
 )
 
-// File-level restore straight from the repository: a GPT disk with an
-// ext4 partition (made by mkfs.ext4 -d from a tree with nested
+// File-level restore straight from the repository: one GPT disk holding
+// FAT32 (mkfs.vfat + mcopy), ext4 (mkfs.ext4 -d from a tree with nested
 // directories, a big file, a sparse file, symlinks, a non-ASCII name, a
-// directory of 5,000 files) and a FAT partition (mcopy) is backed up;
-// then `strata files` lists the volumes, lists directories with modes,
-// owners and link targets, cats a file, and gets files, a directory and
-// a whole volume back — bytes, modes, mtimes and symlinks as built, the
-// escaping symlink refused.
+// directory of 5,000 files), XFS (mkfs.xfs -p from the same tree) and
+// NTFS (mkntfs + ntfscp) is backed up; then `strata files` lists the
+// volumes with their types, lists directories with modes, owners and
+// link targets, cats files from each filesystem, and gets files, a
+// directory and a whole volume back — bytes, modes, mtimes, symlinks and
+// holes as built, the escaping symlink refused.
 func TestFilesFromBackup(t *testing.T) {
 	src := testserver.GuestTree(t)
 	work := t.TempDir()
 	img := filepath.Join(work, "disk.img")
-	testserver.PartitionedImageFrom(t, img, src)
 	efi := filepath.Join(work, "EFI")
 	os.MkdirAll(filepath.Join(efi, "debian"), 0o755)
 	grub := testserver.RandomBytes(9, 150<<10)
 	os.WriteFile(filepath.Join(efi, "debian", "grubx64.efi"), grub, 0o644)
-	testserver.CopyToFAT(t, img, testserver.FATOffset, efi)
+	ntfsBig := testserver.RandomBytes(10, 1<<20+3)
+	testserver.GuestDisk(t, img, src, []string{efi}, map[string][]byte{"big.bin": ntfsBig, "readme.txt": []byte("NTFS\n")})
 
 	st := startStack(t, stackOptions{chunkSize: 64 << 10})
 	st.mustCLI("backup", "--vm", "files", "--source", "file://"+img, "--wait")
@@ -37,40 +38,58 @@ func TestFilesFromBackup(t *testing.T) {
 	if err := json.Unmarshal([]byte(st.mustCLI("files", "ls", "--vm", "files", "--json")), &vols); err != nil {
 		t.Fatal(err)
 	}
-	if len(vols) != 2 || vols[0].Name != "p1" || vols[0].FS != "ext4" || vols[1].Name != "p2" || vols[1].FS != "vfat" {
+	var got []string
+	for _, v := range vols {
+		got = append(got, v.Name+":"+v.FS)
+	}
+	if strings.Join(got, " ") != "p1:vfat p2:ext4 p3:xfs p4:ntfs" {
 		t.Fatalf("files ls /: %+v", vols)
 	}
-	long := st.mustCLI("files", "ls", "--vm", "files", "-l", "/p1")
+	long := st.mustCLI("files", "ls", "--vm", "files", "-l", "/p2")
 	for _, want := range []string{"drwxr-x---", "docs/", "link-rel -> docs/readme.txt", "escape -> ../../etc/passwd", "héllo wörld ✓.txt", "2024-01-02 03:04:05"} {
 		if !strings.Contains(long, want) {
-			t.Fatalf("files ls -l /p1 lacks %q:\n%s", want, long)
+			t.Fatalf("files ls -l /p2 lacks %q:\n%s", want, long)
 		}
 	}
-	if n := strings.Count(st.mustCLI("files", "ls", "--vm", "files", "/p1/many"), "\n"); n != 5000 {
-		t.Fatalf("files ls /p1/many: %d entries", n)
+	if n := strings.Count(st.mustCLI("files", "ls", "--vm", "files", "/p2/many"), "\n"); n != 5000 {
+		t.Fatalf("files ls /p2/many: %d entries", n)
 	}
 	big, _ := os.ReadFile(filepath.Join(src, "big.bin"))
-	if got := st.mustCLI("files", "cat", "--vm", "files", "/p1/big.bin"); got != string(big) {
-		t.Fatalf("files cat /p1/big.bin: %d bytes, want %d", len(got), len(big))
+	if got := st.mustCLI("files", "cat", "--vm", "files", "/p2/big.bin"); got != string(big) {
+		t.Fatalf("files cat /p2/big.bin: %d bytes, want %d", len(got), len(big))
 	}
-	if got := st.mustCLI("files", "cat", "--vm", "files", "/p2/EFI/debian/grubx64.efi"); got != string(grub) {
+	if got := st.mustCLI("files", "cat", "--vm", "files", "/p1/EFI/debian/grubx64.efi"); got != string(grub) {
 		t.Fatal("files cat of a FAT file differs")
 	}
-	if _, errOut, code := st.cli("files", "cat", "--vm", "files", "/p1/no/such/file"); code == 0 || !strings.Contains(errOut, "no/such/file") {
+	if got := st.mustCLI("files", "cat", "--vm", "files", "/p3/big.bin"); got != string(big) {
+		t.Fatal("files cat of an XFS file differs")
+	}
+	if got := st.mustCLI("files", "cat", "--vm", "files", "/p4/big.bin"); got != string(ntfsBig) {
+		t.Fatal("files cat of an NTFS file differs")
+	}
+	if l := st.mustCLI("files", "ls", "--vm", "files", "-l", "/p3"); !strings.Contains(l, "link-rel -> docs/readme.txt") || !strings.Contains(l, "1000 1000") {
+		t.Fatalf("files ls -l of XFS:\n%s", l)
+	}
+	xfsOut := t.TempDir()
+	st.mustCLI("files", "get", "--vm", "files", "/p3/docs", "--to", xfsOut)
+	if b, _ := os.ReadFile(filepath.Join(xfsOut, "docs", "nested", "deep", "file.bin")); !bytes.Equal(b, testserver.RandomBytes(1, 300<<10)) {
+		t.Fatal("files get of an XFS directory: a file differs")
+	}
+	if _, errOut, code := st.cli("files", "cat", "--vm", "files", "/p2/no/such/file"); code == 0 || !strings.Contains(errOut, "no/such/file") {
 		t.Fatalf("cat of a missing file: exit %d, %s", code, errOut)
 	}
 
 	// get: a directory and a file, then the whole volume.
 	out := t.TempDir()
-	st.mustCLI("files", "get", "--vm", "files", "/p1/docs", "/p1/sparse.img", "--to", out)
+	st.mustCLI("files", "get", "--vm", "files", "/p2/docs", "/p2/sparse.img", "--to", out)
 	testserver.CompareTrees(t, filepath.Join(src, "docs"), filepath.Join(out, "docs"))
 	sparse, _ := os.ReadFile(filepath.Join(out, "sparse.img"))
 	if want, _ := os.ReadFile(filepath.Join(src, "sparse.img")); !bytes.Equal(sparse, want) {
 		t.Fatal("files get of the sparse file differs")
 	}
 	whole := t.TempDir()
-	stdout, errOut, code := st.cli("files", "get", "--vm", "files", "/p1", "--to", whole)
-	if code != 1 || !strings.Contains(errOut, "/p1/escape") {
+	stdout, errOut, code := st.cli("files", "get", "--vm", "files", "/p2", "--to", whole)
+	if code != 1 || !strings.Contains(errOut, "/p2/escape") {
 		t.Fatalf("get of a volume with an escaping symlink: exit %d\n%s\n%s", code, stdout, errOut)
 	}
 	testserver.CompareTrees(t, src, whole, "escape")

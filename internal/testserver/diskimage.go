@@ -70,3 +70,38 @@ func PartitionedImageFrom(t testing.TB, path, content string) {
 	Tool(t, "", "mkfs.ext4", "-q", "-F", "-d", content, "-E", fmt.Sprintf("offset=%d", Ext4Offset), path, fmt.Sprintf("%dk", Ext4Size>>10))
 	Tool(t, "", "mkfs.vfat", "-F", "16", "--offset", fmt.Sprint(FATOffset/512), path, fmt.Sprint(FATSize>>10))
 }
+
+// Partitions of GuestDisk, in bytes.
+const (
+	GuestFATOffset  = 1 << 20
+	GuestFATSize    = 40 << 20
+	GuestExt4Offset = GuestFATOffset + GuestFATSize
+	GuestExt4Size   = 64 << 20
+	GuestXFSOffset  = GuestExt4Offset + GuestExt4Size
+	GuestXFSSize    = 300 << 20
+	GuestNTFSOffset = GuestXFSOffset + GuestXFSSize
+	GuestNTFSSize   = 32 << 20
+	GuestDiskSize   = GuestNTFSOffset + GuestNTFSSize + 1<<20
+)
+
+// GuestDisk writes a sparse GPT disk holding, each made by the real
+// tools: p1 FAT32 (mkfs.vfat, the files fat copied in with mcopy), p2
+// ext4 (mkfs.ext4 -d tree), p3 XFS (mkfs.xfs -p from tree), p4 NTFS
+// (mkntfs, ntfs files copied into its root with ntfscp).
+func GuestDisk(t testing.TB, path, tree string, fat []string, ntfs map[string][]byte) {
+	t.Helper()
+	os.WriteFile(path, nil, 0o644)
+	if err := os.Truncate(path, GuestDiskSize); err != nil {
+		t.Fatal(err)
+	}
+	Tool(t, fmt.Sprintf("label: gpt\nstart=%d, size=%d, type=uefi\nstart=%d, size=%d, type=linux\nstart=%d, size=%d, type=linux\nstart=%d, size=%d, type=%s\n",
+		GuestFATOffset/512, GuestFATSize/512, GuestExt4Offset/512, GuestExt4Size/512, GuestXFSOffset/512, GuestXFSSize/512,
+		GuestNTFSOffset/512, GuestNTFSSize/512, "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"), "sfdisk", "--quiet", path)
+	// One sector per cluster: FAT32 needs 65,525 clusters or more, and
+	// mkfs.vfat would size clusters by the whole image.
+	Tool(t, "", "mkfs.vfat", "-F", "32", "-s", "1", "-n", "EFI", "--offset", fmt.Sprint(GuestFATOffset/512), path, fmt.Sprint(GuestFATSize>>10))
+	CopyToFAT(t, path, GuestFATOffset, fat...)
+	Tool(t, "", "mkfs.ext4", "-q", "-F", "-L", "root", "-d", tree, "-E", fmt.Sprintf("offset=%d", GuestExt4Offset), path, fmt.Sprintf("%dk", GuestExt4Size>>10))
+	XFSImage(t, path, GuestXFSOffset, GuestXFSSize, tree)
+	NTFSImage(t, path, GuestNTFSOffset, GuestNTFSSize, ntfs)
+}
