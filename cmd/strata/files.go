@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -20,6 +21,7 @@ type filesFlags struct {
 	vm, backup *string
 	disk       *int
 	json       *bool
+	stats      *bool
 }
 
 func addFilesFlags(cmd *cobra.Command) filesFlags {
@@ -29,6 +31,7 @@ func addFilesFlags(cmd *cobra.Command) filesFlags {
 		backup: fs.String("backup", "latest", "backup id, or latest (newest verified)"),
 		disk:   fs.Int("disk", 0, "disk index in the backup record (0, 1, …)"),
 		json:   fs.Bool("json", false, "print JSON"),
+		stats:  fs.Bool("stats", false, "say on stderr how much of the disk was fetched from the repository, and how long it took"),
 	}
 }
 
@@ -66,6 +69,14 @@ func openGuest(ctx context.Context, f filesFlags) (*guestfs.Guest, func(), error
 	if err != nil {
 		done()
 		return nil, nil, fmt.Errorf("backup %s disk %d: %w", rec.ID, *f.disk, err)
+	}
+	if *f.stats {
+		start, release := time.Now(), done
+		done = func() {
+			chunks, bytes := rd.Fetched()
+			fmt.Fprintf(os.Stderr, "fetched %d chunks, %d bytes of the %d-byte disk, in %v\n", chunks, bytes, rd.Size(), time.Since(start).Round(time.Millisecond))
+			release()
+		}
 	}
 	return g, done, nil
 }

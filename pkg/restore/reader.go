@@ -23,18 +23,34 @@ type Reader struct {
 	r     *repo.Repository
 	man   *manifest.Manifest
 	ctx   context.Context // fetches outlive the read that started them
-	ahead int
-	fetch chan struct{} // a slot per fetch running
+	ahead int             // the most chunks fetched past a miss
+	fetch chan struct{}   // a slot per fetch running
 
 	mu      sync.Mutex
 	flights map[chunk.ID]*flight
 	cache   *chunkCache
+	fetched struct {
+		chunks int
+		bytes  int64
+	}
+	// Read-ahead grows while misses follow each other (a copy, a boot,
+	// a big file) and starts small at a random miss (a directory, an
+	// inode): window chunks past the miss, doubling up to ahead.
+	window, seqEnd int
+}
+
+// Fetched says how many chunks, and how many bytes of disk they hold,
+// were fetched from the repository so far.
+func (rd *Reader) Fetched() (chunks int, bytes int64) {
+	rd.mu.Lock()
+	defer rd.mu.Unlock()
+	return rd.fetched.chunks, rd.fetched.bytes
 }
 
 // ReaderOptions size a Reader.
 type ReaderOptions struct {
 	CacheBytes int64 // decoded chunks kept (default 256 MiB)
-	Ahead      int   // chunks fetched past a miss (default 32)
+	Ahead      int   // the most chunks fetched past a miss, reached while reads are sequential (default 32)
 	Parallel   int   // fetches at once (default 8)
 }
 
@@ -134,13 +150,20 @@ func (rd *Reader) chunk(ctx context.Context, i int) ([]byte, error) {
 	}
 }
 
-// startLocked starts fetching chunk i and up to ahead data chunks after
-// it that are neither cached nor on their way, grouped into runs that lie
-// back to back in a pack (one request each). It returns chunk i's flight.
+// startLocked starts fetching chunk i and the read-ahead window of data
+// chunks after it that are neither cached nor on their way, grouped into
+// runs that lie back to back in a pack (one request each). It returns
+// chunk i's flight.
 func (rd *Reader) startLocked(i int) *flight {
+	if i >= rd.seqEnd-rd.window && i <= rd.seqEnd+1 && rd.window > 0 {
+		rd.window = min(2*rd.window, rd.ahead)
+	} else {
+		rd.window = min(2, rd.ahead)
+	}
+	rd.seqEnd = i + rd.window
 	var refs []chunk.Ref
 	var mine *flight
-	for k := i; k < len(rd.man.IDs) && k <= i+rd.ahead; k++ {
+	for k := i; k < len(rd.man.IDs) && k <= i+rd.window; k++ {
 		id := rd.man.IDs[k]
 		if id.IsZero() || rd.cache.has(id) || rd.flights[id] != nil {
 			continue
@@ -177,6 +200,8 @@ func (rd *Reader) fetchRun(run []chunk.Ref) {
 		if err == nil && k < len(chunks) {
 			f.data = chunks[k]
 			rd.cache.put(ref.ID, chunks[k])
+			rd.fetched.chunks++
+			rd.fetched.bytes += int64(len(chunks[k]))
 		} else {
 			f.err = err
 			if f.err == nil {
