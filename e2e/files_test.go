@@ -96,4 +96,37 @@ func TestFilesFromBackup(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(whole, "escape")); err == nil {
 		t.Fatal("the escaping symlink was written")
 	}
+
+	// An MBR disk with an LVM2 volume group over two partitions (made by
+	// lvm2's tools) and FAT in a logical partition, backed up too.
+	lvmImg := filepath.Join(work, "lvm.img")
+	lv := testserver.LVMImage(t, lvmImg)
+	st.mustCLI("backup", "--vm", "lvm", "--source", "file://"+lvmImg, "--wait")
+	vols = nil
+	if err := json.Unmarshal([]byte(st.mustCLI("files", "ls", "--vm", "lvm", "--json")), &vols); err != nil {
+		t.Fatal(err)
+	}
+	got = nil
+	for _, v := range vols {
+		got = append(got, v.Name+":"+v.FS)
+	}
+	if want := "p1:LVM2_member p2:LVM2_member p5:vfat " + lv.VG + "/data:ext4 " + lv.VG + "/root:ext4"; strings.Join(got, " ") != want {
+		t.Fatalf("files ls / of the LVM disk: %v, want %s", got, want)
+	}
+	payload, _ := os.ReadFile(filepath.Join(lv.Root, "payload.bin"))
+	if got := st.mustCLI("files", "cat", "--vm", "lvm", "/"+lv.VG+"/root/payload.bin"); got != string(payload) {
+		t.Fatal("files cat from a linear LV differs")
+	}
+	striped, _ := os.ReadFile(filepath.Join(lv.Data, "striped.bin"))
+	lvOut := t.TempDir()
+	st.mustCLI("files", "get", "--vm", "lvm", "/"+lv.VG+"/data/striped.bin", "/"+lv.VG+"/root/etc", "--to", lvOut)
+	if b, _ := os.ReadFile(filepath.Join(lvOut, "striped.bin")); !bytes.Equal(b, striped) {
+		t.Fatal("files get from a striped LV differs")
+	}
+	if b, _ := os.ReadFile(filepath.Join(lvOut, "etc", "hostname")); string(b) != "lvm-guest\n" {
+		t.Fatalf("files get of /%s/root/etc: hostname %q", lv.VG, b)
+	}
+	if got := st.mustCLI("files", "cat", "--vm", "lvm", "/p5/BOOT.BIN"); got != string(lv.FATFile) {
+		t.Fatal("files cat from the FAT in a logical partition differs")
+	}
 }
