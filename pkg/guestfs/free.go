@@ -28,7 +28,8 @@ type FreeReport struct {
 // returns the ranges they mark free. Only what is certain is reported: a
 // volume whose filesystem is not understood, is damaged, or has a journal
 // still to replay (blocks it allocated may be marked free on disk) counts
-// as fully used. Supported: ext2/3/4 on partitions or the whole disk.
+// as fully used. Supported: ext2/3/4 and NTFS on partitions or the whole
+// disk.
 func FreeExtents(d Disk) (FreeReport, error) {
 	var rep FreeReport
 	vols, err := volumes(d)
@@ -40,9 +41,16 @@ func FreeExtents(d Disk) (FreeReport, error) {
 			rep.Volumes = append(rep.Volumes, fmt.Sprintf("%s: logical volume, read in full", v.Name))
 			continue
 		}
+		var read func(section) ([]Extent, error)
 		switch v.FS {
 		case "ext2", "ext3", "ext4":
-			free, err := extFree(section{d, v.Offset, v.Size})
+			read = extFree
+		case "ntfs":
+			read = ntfsFree
+		}
+		switch {
+		case read != nil:
+			free, err := read(section{d, v.Offset, v.Size})
 			if err != nil {
 				rep.Volumes = append(rep.Volumes, fmt.Sprintf("%s (%s): read in full: %v", v.Name, v.FS, err))
 				continue

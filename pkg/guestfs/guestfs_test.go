@@ -5,6 +5,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -236,6 +237,34 @@ func TestNTFS(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(filepath.Join(out, "big.bin")); !bytes.Equal(got, files["big.bin"]) {
 		t.Fatal("get of the NTFS volume: big.bin differs")
+	}
+
+	// $Bitmap: zeroing every cluster it marks free leaves every file.
+	rep, err := FreeExtents(openDisk(t, img))
+	if err != nil || rep.Bytes < 16<<20 || !strings.Contains(rep.Volumes[0], "bytes free") {
+		t.Fatalf("NTFS free map: %d bytes, %v, %v", rep.Bytes, rep.Volumes, err)
+	}
+	w, _ := os.OpenFile(img, os.O_RDWR, 0)
+	for _, e := range rep.Free {
+		w.WriteAt(make([]byte, e.Length), e.Offset)
+	}
+	w.Close()
+	g, err = New(openDisk(t, img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fsys, _ = g.Volume("disk")
+	for name, want := range files {
+		r, err := fsys.Open(name)
+		if err != nil {
+			t.Fatalf("after zeroing the free clusters, open %s: %v", name, err)
+		}
+		if got, _ := io.ReadAll(r); !bytes.Equal(got, want) {
+			t.Fatalf("after zeroing the free clusters, %s differs", name)
+		}
+	}
+	if out, err := exec.Command("ntfsls", "-f", img).CombinedOutput(); err != nil || !strings.Contains(string(out), "big.bin") {
+		t.Fatalf("ntfsls after zeroing the free clusters: %v\n%s", err, out)
 	}
 }
 

@@ -1,6 +1,8 @@
 package guestfs
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -114,4 +116,90 @@ func (n *ntfsFS) Open(name string) (r io.ReadCloser, err error) {
 		return nil, fmt.Errorf("%s: data: %w", name, err)
 	}
 	return safeReader{io.NopCloser(io.NewSectionReader(data, 0, e.Size))}, nil
+}
+
+// ntfsFree reads $Bitmap (one bit per cluster) into free byte ranges of
+// the volume. Only for a volume whose log says it was shut down clean:
+// otherwise $Bitmap may lag behind clusters the log allocated.
+func ntfsFree(s section) (free []Extent, err error) {
+	defer recovered(&err)
+	f, err := openNTFS(s)
+	if err != nil {
+		return nil, err
+	}
+	n := f.(*ntfsFS)
+	if err := n.logClean(); err != nil {
+		return nil, err
+	}
+	m, err := n.entry("$Bitmap")
+	if err != nil {
+		return nil, err
+	}
+	bm, err := ntfs.OpenStream(n.ctx, m, 128, ntfs.WILDCARD_STREAM_ID, ntfs.WILDCARD_STREAM_NAME)
+	if err != nil {
+		return nil, fmt.Errorf("$Bitmap: %w", err)
+	}
+	cluster := n.ctx.ClusterSize
+	clusters := n.ctx.Boot.VolumeSize() * int64(n.ctx.Boot.Sector_size()) / cluster
+	if cluster <= 0 || clusters <= 0 || clusters*cluster > s.len+cluster {
+		return nil, fmt.Errorf("%d clusters of %d bytes on a %d-byte volume", clusters, cluster, s.len)
+	}
+	buf := make([]byte, 64<<10)
+	for c := int64(0); c < clusters; {
+		k, rerr := bm.ReadAt(buf, c/8)
+		if k == 0 {
+			if rerr == nil {
+				rerr = io.ErrUnexpectedEOF
+			}
+			return nil, fmt.Errorf("$Bitmap at cluster %d: %w", c, rerr)
+		}
+		for i := 0; i < k*8 && c < clusters; i, c = i+1, c+1 {
+			if buf[i/8]&(1<<(i%8)) != 0 {
+				continue
+			}
+			off := c * cluster
+			if l := len(free); l > 0 && free[l-1].Offset+free[l-1].Length == off {
+				free[l-1].Length += cluster
+			} else {
+				free = append(free, Extent{off, cluster})
+			}
+		}
+	}
+	// The last cluster may run past the volume's end.
+	if l := len(free); l > 0 && free[l-1].Offset+free[l-1].Length > s.len {
+		free[l-1].Length = s.len - free[l-1].Offset
+	}
+	return free, nil
+}
+
+// logClean checks $LogFile's restart area: a volume not shut down clean
+// (or one whose log cannot be read) is refused.
+func (n *ntfsFS) logClean() error {
+	m, err := n.entry("$LogFile")
+	if err != nil {
+		return err
+	}
+	log, err := ntfs.OpenStream(n.ctx, m, 128, ntfs.WILDCARD_STREAM_ID, ntfs.WILDCARD_STREAM_NAME)
+	if err != nil {
+		return fmt.Errorf("$LogFile: %w", err)
+	}
+	page := make([]byte, 512)
+	if _, err := log.ReadAt(page, 0); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("$LogFile: %w", err)
+	}
+	if bytes.Count(page, []byte{0xff}) == len(page) {
+		return nil // an empty log (a fresh mkntfs, or emptied on a clean unmount): nothing to replay
+	}
+	if string(page[:4]) != "RSTR" {
+		return errors.New("$LogFile has no restart page (chkdsk needed?)")
+	}
+	ra := int(binary.LittleEndian.Uint16(page[24:]))
+	if ra+16 > len(page) {
+		return errors.New("$LogFile restart area out of range")
+	}
+	inUse, flags := binary.LittleEndian.Uint16(page[ra+12:]), binary.LittleEndian.Uint16(page[ra+14:])
+	if flags&0x2 == 0 && inUse != 0xffff {
+		return errors.New("its log says it was not shut down clean (blocks it allocated may still be marked free)")
+	}
+	return nil
 }
