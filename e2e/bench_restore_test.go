@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"fmt"
 	"io"
 	"os"
@@ -57,10 +56,10 @@ func BenchmarkRestoreVsRestic(b *testing.B) {
 	if err := demodisk.Write(img, size, 42); err != nil {
 		b.Fatal(err)
 	}
-	want := fileHash(b, img)
+	want := sha256File(b, img)
 	mbps := func(d time.Duration) float64 { return float64(size) / 1e6 / d.Seconds() }
 	check := func(path, who string) {
-		if got := fileHash(b, path); got != want {
+		if got := sha256File(b, path); got != want {
 			b.Fatalf("%s restored an image that differs from the backed-up one", who)
 		}
 		os.Remove(path)
@@ -125,18 +124,4 @@ func BenchmarkRestoreVsRestic(b *testing.B) {
 		b.ReportMetric(r, kind+"_restic_dump_MB/s")
 		b.ReportMetric(best/r, kind+"_strata_over_restic")
 	}
-}
-
-func fileHash(tb testing.TB, path string) string {
-	tb.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		tb.Fatal(err)
-	}
-	return fmt.Sprintf("%x", h.Sum(nil))
 }

@@ -369,6 +369,24 @@ func (s *Server) transmission(ctx context.Context, sc *srvConn) error {
 	inflight := make(chan struct{}, max(1, s.InFlight))
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// spawn answers a request in a goroutine of its own, up to InFlight at
+	// once; a reply that cannot be written ends the connection.
+	spawn := func(answer func() error) error {
+		select {
+		case inflight <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-inflight }()
+			if answer() != nil {
+				sc.c.Close()
+			}
+		}()
+		return nil
+	}
 	for {
 		var rq request
 		if err := binary.Read(sc.c, binary.BigEndian, &rq); err != nil {
@@ -410,19 +428,9 @@ func (s *Server) transmission(ctx context.Context, sc *srvConn) error {
 				}
 				continue
 			}
-			select {
-			case inflight <- struct{}{}:
-			case <-ctx.Done():
-				return ctx.Err()
+			if err := spawn(func() error { return sc.change(ctx, w, rq, payload) }); err != nil {
+				return err
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { <-inflight }()
-				if err := sc.change(ctx, w, rq, payload); err != nil {
-					sc.c.Close()
-				}
-			}()
 		case cmdCache:
 			if err := sc.replyOK(rq); err != nil {
 				return err
@@ -434,25 +442,15 @@ func (s *Server) transmission(ctx context.Context, sc *srvConn) error {
 				}
 				continue
 			}
-			select {
-			case inflight <- struct{}{}:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { <-inflight }()
-				var err error
+			err := spawn(func() error {
 				if rq.Type == cmdRead {
-					err = sc.read(ctx, rq)
-				} else {
-					err = sc.blockStatus(rq)
+					return sc.read(ctx, rq)
 				}
-				if err != nil {
-					sc.c.Close() // a reply that cannot be written ends the connection
-				}
-			}()
+				return sc.blockStatus(rq)
+			})
+			if err != nil {
+				return err
+			}
 		default:
 			if err := sc.replyErr(rq, errInval, fmt.Sprintf("command %d not supported", rq.Type)); err != nil {
 				return err
