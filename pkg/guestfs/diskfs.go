@@ -121,8 +121,13 @@ func (d diskfsFS) Open(name string) (r io.ReadCloser, err error) {
 	if !e.Mode.IsRegular() {
 		return nil, fmt.Errorf("%s is not a regular file (%s)", name, e.Mode.Type())
 	}
-	if d.ext != nil {
-		f, err := d.ext.open(e.ino)
+	return d.openEntry(name, e)
+}
+
+func (d diskfsFS) openEntry(name string, e Entry) (r io.ReadCloser, err error) {
+	defer recovered(&err)
+	if d.ext != nil && e.ino != 0 && e.ino <= 1<<32-1 {
+		f, err := d.ext.open(uint32(e.ino))
 		if err == nil && f.size != e.Size {
 			err = fmt.Errorf("inode %d: %d bytes, its directory entry says %d", e.ino, f.size, e.Size)
 		}
@@ -151,8 +156,8 @@ func (s safeReader) Close() error { return s.r.Close() }
 
 func (d diskfsFS) entry(fi fs.FileInfo) (Entry, error) {
 	e := entry(fi)
-	if d.ext != nil && e.ino != 0 {
-		if err := d.ext.stat(e.ino, &e); err != nil {
+	if d.ext != nil && e.ino != 0 && e.ino <= 1<<32-1 {
+		if err := d.ext.stat(uint32(e.ino), &e); err != nil {
 			return e, err
 		}
 		if e.Mode&fs.ModeSymlink != 0 {
@@ -168,7 +173,7 @@ func entry(fi fs.FileInfo) Entry {
 		e.Mode |= fs.ModeDir
 	}
 	if st, ok := fi.Sys().(*ext4.StatT); ok && st != nil {
-		e.HasOwner, e.UID, e.GID, e.Link, e.ino = true, st.UID, st.GID, st.LinkTarget, st.Ino
+		e.HasOwner, e.UID, e.GID, e.Link, e.ino = true, st.UID, st.GID, st.LinkTarget, uint64(st.Ino)
 	}
 	if e.Mode.IsDir() || e.Mode&fs.ModeSymlink != 0 {
 		if e.Mode&fs.ModeSymlink != 0 {

@@ -156,7 +156,13 @@ func (g *getter) finish(target string, e Entry) {
 
 // file copies a regular file; all-zero blocks are skipped (holes).
 func (g *getter) file(src string, e Entry, target string) error {
-	r, err := g.fsys.Open(src)
+	var r io.ReadCloser
+	var err error
+	if eo, ok := g.fsys.(entryOpener); ok && e.ino != 0 {
+		r, err = eo.openEntry(src, e)
+	} else {
+		r, err = g.fsys.Open(src)
+	}
 	if err != nil {
 		return err
 	}

@@ -64,7 +64,14 @@ type Entry struct {
 	GID      uint32 `json:"gid"`
 	Link     string `json:"link,omitempty"` // a symlink's target
 
-	ino uint32 // ext: the inode, for reading the content
+	ino uint64 // ext, XFS: the inode, for reading the content
+}
+
+// entryOpener is an FS that opens a file from the Entry its ReadDir gave,
+// without looking its path up again: a directory of n files costs n
+// lookups, not n².
+type entryOpener interface {
+	openEntry(name string, e Entry) (io.ReadCloser, error)
 }
 
 // FS is one guest filesystem, read-only. Names are slash-separated paths

@@ -395,7 +395,7 @@ func (x *xfsFS) lookup(name string) (*xfsInode, error) {
 }
 
 func (x *xfsFS) entry(name string, in *xfsInode) (Entry, error) {
-	e := Entry{Name: name, Size: in.size, ModTime: in.mtime, HasOwner: true, UID: in.uid, GID: in.gid}
+	e := Entry{Name: name, Size: in.size, ModTime: in.mtime, HasOwner: true, UID: in.uid, GID: in.gid, ino: in.ino}
 	e.Mode = unixMode(uint32(in.mode))
 	if e.Mode&fs.ModeSymlink != 0 {
 		f, err := x.content(in)
@@ -469,6 +469,19 @@ func (x *xfsFS) Open(name string) (r io.ReadCloser, err error) {
 	if err != nil {
 		return nil, err
 	}
+	return x.open(name, in)
+}
+
+func (x *xfsFS) openEntry(name string, e Entry) (r io.ReadCloser, err error) {
+	defer recovered(&err)
+	in, err := x.inode(e.ino)
+	if err != nil {
+		return nil, err
+	}
+	return x.open(name, in)
+}
+
+func (x *xfsFS) open(name string, in *xfsInode) (io.ReadCloser, error) {
 	if in.mode&0xf000 != 0x8000 {
 		return nil, fmt.Errorf("%s is not a regular file", name)
 	}
