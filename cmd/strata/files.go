@@ -36,7 +36,10 @@ func addFilesFlags(cmd *cobra.Command) filesFlags {
 }
 
 func newFilesCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "files", Short: "list, read and restore files inside a backed-up disk, straight from the repository (no mount, no root)"}
+	cmd := &cobra.Command{Use: "files", Short: "list, read and restore files inside a backed-up disk, straight from the repository (no mount, no root)", Args: usage(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return exitError{2, errors.New("files needs ls, cat or get")}
+		}}
 	cmd.AddCommand(newFilesLsCmd(), newFilesCatCmd(), newFilesGetCmd())
 	return cmd
 }
@@ -45,7 +48,7 @@ func newFilesCmd() *cobra.Command {
 // demand through the restore read path (cached, each checked).
 func openGuest(ctx context.Context, f filesFlags) (*guestfs.Guest, func(), error) {
 	if *f.vm == "" {
-		return nil, nil, exitError{2, errors.New("needs --vm")}
+		return nil, nil, exitError{2, errors.New("files needs --vm")}
 	}
 	scfg, err := loadServeConfig()
 	if err != nil {
