@@ -35,17 +35,40 @@ const composeProject = "strata-e2e"
 // stack.
 var composeFiles = []string{"-f", "docker-compose.yml", "-f", "deploy/docker/vsphere-demo.yml"}
 
-func (c *composeStack) run(args ...string) string {
-	c.t.Helper()
+// compose is a docker-compose command on the project.
+func (c *composeStack) compose(args ...string) *exec.Cmd {
 	full := append(append([]string{}, c.command[1:]...), append(append([]string{"-p", composeProject}, composeFiles...), args...)...)
 	cmd := exec.Command(c.command[0], full...)
 	cmd.Dir = ".."
 	cmd.Env = c.env
-	out, err := cmd.CombinedOutput()
+	return cmd
+}
+
+func (c *composeStack) run(args ...string) string {
+	c.t.Helper()
+	out, err := c.compose(args...).CombinedOutput()
 	if err != nil {
 		c.t.Fatalf("%s %v: %v\n%s", c.command, args, err, out)
 	}
 	return string(out)
+}
+
+// restoreScale brings every service back after a fault. A container that
+// was paused or stopped is unhealthy until its next health check passes,
+// and compose refuses to start what depends on it until then: retry for a
+// while rather than fail on that window.
+func (c *composeStack) restoreScale(t *testing.T) {
+	t.Helper()
+	var out []byte
+	var err error
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(2 * time.Second) {
+		if out, err = c.compose("up", "-d", "--scale", "transfer=3", "--no-recreate").CombinedOutput(); err == nil || !strings.Contains(string(out), "unhealthy") {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("%s up after the fault: %v\n%s", c.command, err, out)
+	}
 }
 
 func (c *composeStack) containers(service string) []string {
@@ -291,7 +314,7 @@ func TestCompose(t *testing.T) {
 				next := strings.TrimSpace(strings.Split(c.mustCLI("backup", "--vm", vm, "--source", src, "--wait"), "\n")[0])
 				c.restoreMatches(vm, next, img)
 			}
-			c.run("up", "-d", "--scale", "transfer=3", "--no-recreate")
+			c.restoreScale(t)
 		})
 	}
 }
