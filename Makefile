@@ -57,7 +57,10 @@ fuzz:
 # restore MB/s, chunks stored and the transfer worker's peak RSS; then a
 # 4 GiB qemu-nbd disk (sparse, then fully allocated) with 2 % change:
 # incremental time and storage amplification per chunk size. Also the S3
-# client's per-request cost on versitygw and parallel compression.
+# client's per-request cost on versitygw and parallel compression; restore
+# with 1/4/8 fetches against restic dump (local directory and S3) and NBD
+# reads of a served backup; files cat (time, bytes fetched) and files get
+# of a 1 GiB tree from a 4 GiB disk in S3.
 bench: servers
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkMergeChain30On1TiB -benchtime 3x ./services/merge/
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkDial -benchtime 50x ./pkg/nbd/
