@@ -336,7 +336,7 @@ func liveRestore(ctx context.Context, rec *contracts.BackupRecord, r *repo.Repos
 				fmt.Printf("  %s  %s (%s)\n", e.URL, e.Disk, human(e.Size))
 			}
 		}
-		go func() { copyDone <- fillTargets(ctx, disks, paths, scfg.LiveRestoreMiBps) }()
+		go func() { copyDone <- fillTargets(ctx, disks, paths, scfg.LiveRestoreMiBps, !asJSON && isTerminal(os.Stderr)) }()
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- serveNBD(ctx, network, addr, disks, announce) }()
@@ -365,10 +365,17 @@ func liveRestore(ctx context.Context, rec *contracts.BackupRecord, r *repo.Repos
 
 // fillTargets copies each disk's missing chunks into its target, then
 // moves the complete target into place and drops its map.
-func fillTargets(ctx context.Context, disks []servedDisk, paths []string, mibPerSec int64) error {
+func fillTargets(ctx context.Context, disks []servedDisk, paths []string, mibPerSec int64, progress bool) error {
 	for i, d := range disks {
+		opt := overlay.FillOptions{BytesPerSecond: mibPerSec << 20, FlushEvery: 64 << 20, FlushInterval: time.Second}
+		if progress {
+			size := d.overlay.Size()
+			bar, report := restoreProgress(paths[i], size)
+			opt.Progress = func(present, total int) { report(int64(float64(size) * float64(present) / float64(max(1, total)))) }
+			defer bar.Finish()
+		}
 		// The budget is shared: one disk is copied at a time.
-		if err := d.overlay.Fill(ctx, overlay.FillOptions{BytesPerSecond: mibPerSec << 20, FlushEvery: 64 << 20, FlushInterval: time.Second}); err != nil {
+		if err := d.overlay.Fill(ctx, opt); err != nil {
 			return fmt.Errorf("%s: %w", paths[i], err)
 		}
 		// The open file follows the rename: the guest keeps writing to it.
