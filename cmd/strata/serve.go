@@ -336,7 +336,9 @@ func liveRestore(ctx context.Context, rec *contracts.BackupRecord, r *repo.Repos
 				fmt.Printf("  %s  %s (%s)\n", e.URL, e.Disk, human(e.Size))
 			}
 		}
-		go func() { copyDone <- fillTargets(ctx, disks, paths, scfg.LiveRestoreMiBps, !asJSON && isTerminal(os.Stderr)) }()
+		go func() {
+			copyDone <- fillTargets(ctx, disks, paths, scfg.LiveRestoreMiBps, !asJSON && isTerminal(os.Stderr))
+		}()
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- serveNBD(ctx, network, addr, disks, announce) }()
