@@ -117,6 +117,7 @@ func ToFile(ctx context.Context, r *repo.Repository, man *manifest.Manifest, pat
 				cancel()
 				continue
 			}
+			startWriteback(f, man, fr)
 			for _, at := range fr.run.at {
 				for _, i := range at {
 					data.Add(1)
