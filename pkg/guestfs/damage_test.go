@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/strata-backup/strata/internal/testserver"
+	"github.com/strata-backup/strata/pkg/chunk"
 )
 
 // Damaged filesystems made by the real tools — bytes flipped, numbers
@@ -132,7 +133,7 @@ func TestDamagedXFSNeverPanicsOrHangs(t *testing.T) {
 	}
 	var used []int64 // 4 KiB blocks that are not all zero
 	for off := int64(0); off < int64(len(base)); off += 4096 {
-		if !allZero(base[off : off+4096]) {
+		if !chunk.AllZero(base[off : off+4096]) {
 			used = append(used, off)
 		}
 	}

@@ -175,10 +175,8 @@ func entry(fi fs.FileInfo) Entry {
 	if st, ok := fi.Sys().(*ext4.StatT); ok && st != nil {
 		e.HasOwner, e.UID, e.GID, e.Link, e.ino = true, st.UID, st.GID, st.LinkTarget, uint64(st.Ino)
 	}
-	if e.Mode.IsDir() || e.Mode&fs.ModeSymlink != 0 {
-		if e.Mode&fs.ModeSymlink != 0 {
-			e.Size = int64(len(e.Link))
-		}
+	if e.Mode&fs.ModeSymlink != 0 {
+		e.Size = int64(len(e.Link))
 	}
 	return e
 }

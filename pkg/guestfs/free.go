@@ -1,6 +1,7 @@
 package guestfs
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -63,7 +64,7 @@ func FreeExtents(d Disk) (FreeReport, error) {
 			rep.Bytes += n
 			rep.Volumes = append(rep.Volumes, fmt.Sprintf("%s (%s): %d bytes free", v.Name, v.FS, n))
 		default:
-			rep.Volumes = append(rep.Volumes, fmt.Sprintf("%s (%s): read in full", v.Name, cmpOr(v.FS, "unknown")))
+			rep.Volumes = append(rep.Volumes, fmt.Sprintf("%s (%s): read in full", v.Name, cmp.Or(v.FS, "unknown")))
 		}
 	}
 	sort.Slice(rep.Free, func(i, j int) bool { return rep.Free[i].Offset < rep.Free[j].Offset })

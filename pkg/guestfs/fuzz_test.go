@@ -55,8 +55,7 @@ func FuzzLVMConfig(f *testing.F) {
 	f.Add([]byte(lvmSample))
 	f.Add([]byte("a { b = [ 1, \"x\", 2.5 ] c { } }"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		s, err := parseLVMConfig(b)
-		if err != nil {
+		if _, err := parseLVMConfig(b); err != nil {
 			return
 		}
 		pv := &pvInfo{uuid: "SRYpKiicMtB2VqQtZRUGhuNfgmLpAZGL", r: memDisk(make([]byte, 1<<20)), size: 1 << 20, metadata: b}
@@ -65,7 +64,6 @@ func FuzzLVMConfig(f *testing.F) {
 				v.r.ReadAt(make([]byte, 4096), v.Size/2)
 			}
 		}
-		_ = s
 	})
 }
 

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/strata-backup/strata/pkg/chunk"
 )
 
 // GetOptions tune Get.
@@ -115,8 +117,8 @@ func (g *getter) one(src string, e Entry, dst, elem string) error {
 		if g.opt.Owners && e.HasOwner {
 			os.Lchown(target, int(e.UID), int(e.GID))
 		}
-		t := []syscall.Timespec{syscall.NsecToTimespec(e.ModTime.UnixNano()), syscall.NsecToTimespec(e.ModTime.UnixNano())}
-		lutimes(target, t)
+		ts := syscall.NsecToTimespec(e.ModTime.UnixNano())
+		utimesNanoAt(target, []syscall.Timespec{ts, ts})
 		g.st.Links++
 	case e.Mode.IsRegular():
 		if err := g.file(src, e, target); err != nil {
@@ -196,7 +198,7 @@ func copySparse(f *os.File, r io.Reader) (int64, error) {
 		if k > 0 {
 			for off := 0; off < k; off += 4096 {
 				b := buf[off:min(k, off+4096)]
-				if allZero(b) {
+				if chunk.AllZero(b) {
 					continue
 				}
 				if _, werr := f.WriteAt(b, n+int64(off)); werr != nil {
@@ -214,15 +216,6 @@ func copySparse(f *os.File, r io.Reader) (int64, error) {
 	}
 }
 
-func allZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
-}
-
 // escapes reports whether a symlink at rel (relative to the tree's top)
 // pointing to link leads above the top. Absolute targets name the guest's
 // own tree and are kept as they are: they are never followed here.
@@ -235,8 +228,4 @@ func escapes(rel, link string) bool {
 	}
 	p := path.Join(path.Dir(filepath.ToSlash(rel)), link)
 	return p == ".." || strings.HasPrefix(p, "../")
-}
-
-func lutimes(p string, ts []syscall.Timespec) {
-	_ = utimesNanoAt(p, ts)
 }

@@ -13,6 +13,7 @@
 package guestfs
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -120,7 +121,7 @@ func (g *Guest) Volume(name string) (FS, error) {
 		}
 		f, err := openFS(g.disk, v)
 		if err != nil {
-			return nil, fmt.Errorf("volume %s (%s): %w", name, cmpOr(v.FS, "unknown filesystem"), err)
+			return nil, fmt.Errorf("volume %s (%s): %w", name, cmp.Or(v.FS, "unknown filesystem"), err)
 		}
 		g.opened[name] = f
 		return f, nil
@@ -166,13 +167,6 @@ func (g *Guest) Split(p string) (volume, inside string, err error) {
 		inside = "."
 	}
 	return volume, inside, nil
-}
-
-func cmpOr(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
 
 // section is the byte range of one volume.

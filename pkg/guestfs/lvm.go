@@ -119,7 +119,7 @@ func lvmVolumes(pvs []*pvInfo) []Volume {
 			newest.err = fmt.Errorf("LVM2 metadata: %w", err)
 			continue
 		}
-		for name, v := range md.children() {
+		for name, v := range md {
 			vg, ok := v.(lvmSection)
 			if !ok {
 				continue
@@ -271,9 +271,8 @@ func (m *lvMap) ReadAt(p []byte, off int64) (int, error) {
 // string, []any or lvmSection.
 type lvmSection map[string]any
 
-func (s lvmSection) children() map[string]any { return s }
-func (s lvmSection) num(k string) int64       { v, _ := s[k].(int64); return v }
-func (s lvmSection) str(k string) string      { v, _ := s[k].(string); return v }
+func (s lvmSection) num(k string) int64  { v, _ := s[k].(int64); return v }
+func (s lvmSection) str(k string) string { v, _ := s[k].(string); return v }
 func (s lvmSection) hasStatus(flag string) bool {
 	st, _ := s["status"].([]any)
 	for _, f := range st {

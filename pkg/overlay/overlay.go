@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/nbd"
 )
 
@@ -525,7 +526,7 @@ func (o *Overlay) fillGrain(i int, data []byte) error {
 		return nil
 	}
 	var err error
-	if allZero(data[:glen]) {
+	if chunk.AllZero(data[:glen]) {
 		err = punch(o.data, goff, glen) // a restored hole stays sparse
 	} else {
 		_, err = o.data.WriteAt(data[:glen], goff)
@@ -535,19 +536,4 @@ func (o *Overlay) fillGrain(i int, data []byte) error {
 	}
 	o.mark(i)
 	return nil
-}
-
-func allZero(b []byte) bool {
-	for len(b) >= 8 {
-		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
-			return false
-		}
-		b = b[8:]
-	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/nbd"
 )
 
@@ -28,7 +29,7 @@ func (m *memBase) ReadAt(_ context.Context, p []byte, off int64) error {
 	return nil
 }
 func (m *memBase) Extents(off, length int64) []nbd.Extent {
-	zero := allZero(m.data[off:min(off+m.grain-off%m.grain, int64(len(m.data)))])
+	zero := chunk.AllZero(m.data[off:min(off+m.grain-off%m.grain, int64(len(m.data)))])
 	n := min(length, m.grain-off%m.grain)
 	if zero {
 		return []nbd.Extent{{Length: uint32(n), Flags: nbd.StateHole | nbd.StateZero}}
