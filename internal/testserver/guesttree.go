@@ -2,6 +2,7 @@ package testserver
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"io/fs"
 	"math/rand/v2"
@@ -16,11 +17,11 @@ import (
 // RandomBytes is n bytes from a seeded generator.
 func RandomBytes(seed uint64, n int) []byte {
 	r := rand.New(rand.NewPCG(seed, seed))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
+	b := make([]byte, n+8)
+	for i := 0; i < n; i += 8 {
+		binary.LittleEndian.PutUint64(b[i:], r.Uint64())
 	}
-	return b
+	return b[:n:n]
 }
 
 // Stamp is the modification time GuestTree gives its files.
@@ -129,6 +130,18 @@ func CompareTrees(t testing.TB, want, got string, skip ...string) {
 // no mount): name → content.
 func NTFSImage(t testing.TB, img string, offset, size int64, files map[string][]byte) {
 	t.Helper()
+	ntfsImage(t, img, offset, size, files, false)
+}
+
+// NTFSImageOnStale is NTFSImage made over random bytes (mkntfs -Q does
+// not clear them): its free clusters hold data, as deleted files leave.
+func NTFSImageOnStale(t testing.TB, img string, offset, size int64, files map[string][]byte) {
+	t.Helper()
+	ntfsImage(t, img, offset, size, files, true)
+}
+
+func ntfsImage(t testing.TB, img string, offset, size int64, files map[string][]byte, stale bool) {
+	t.Helper()
 	for _, tool := range []string{"mkntfs", "ntfscp"} {
 		if _, err := lookTool(tool); err != nil {
 			msg := tool + " not found (apt-get install ntfs-3g)"
@@ -143,6 +156,9 @@ func NTFSImage(t testing.TB, img string, offset, size int64, files map[string][]
 		t.Fatal(err)
 	}
 	os.Truncate(part, size)
+	if stale {
+		os.WriteFile(part, RandomBytes(77, int(size)), 0o644)
+	}
 	mk, _ := lookTool("mkntfs")
 	if out, err := exec.Command(mk, "-F", "-Q", "-L", "strata-ntfs", part).CombinedOutput(); err != nil {
 		t.Fatalf("mkntfs: %v\n%s", err, out)
@@ -176,6 +192,18 @@ func NTFSImage(t testing.TB, img string, offset, size int64, files map[string][]
 // symlinks with their modes and owners. Names with spaces cannot be
 // written in a protofile and are left out; mtimes are mkfs's.
 func XFSImage(t testing.TB, img string, offset, size int64, src string) {
+	t.Helper()
+	xfsImage(t, img, offset, size, src, false)
+}
+
+// XFSImageOnStale is XFSImage made over random bytes with mkfs.xfs -K
+// (no discard): its free blocks hold data, as deleted files leave.
+func XFSImageOnStale(t testing.TB, img string, offset, size int64, src string) {
+	t.Helper()
+	xfsImage(t, img, offset, size, src, true)
+}
+
+func xfsImage(t testing.TB, img string, offset, size int64, src string, stale bool) {
 	t.Helper()
 	mk, err := lookTool("mkfs.xfs")
 	if err != nil {
@@ -219,7 +247,12 @@ func XFSImage(t testing.TB, img string, offset, size int64, src string) {
 	part := filepath.Join(t.TempDir(), "xfs.img")
 	os.WriteFile(part, nil, 0o644)
 	os.Truncate(part, size)
-	if out, err := exec.Command(mk, "-q", "-L", "strata-xfs", "-p", protoFile, part).CombinedOutput(); err != nil {
+	args := []string{"-q", "-L", "strata-xfs", "-p", protoFile}
+	if stale {
+		os.WriteFile(part, RandomBytes(78, int(size)), 0o644)
+		args = append(args, "-K")
+	}
+	if out, err := exec.Command(mk, append(args, part)...).CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.xfs: %v\n%s", err, out)
 	}
 	copySparse(t, part, img, offset)
@@ -248,6 +281,10 @@ func copySparse(t testing.TB, src, dst string, offset int64) {
 			}
 		}
 		if err != nil {
+			// A zero tail is not written: the image still ends where src does.
+			if fi, _ := out.Stat(); fi != nil && fi.Size() < offset+off+int64(n) {
+				out.Truncate(offset + off + int64(n))
+			}
 			return
 		}
 	}

@@ -29,8 +29,9 @@ type FreeReport struct {
 // returns the ranges they mark free. Only what is certain is reported: a
 // volume whose filesystem is not understood, is damaged, or has a journal
 // still to replay (blocks it allocated may be marked free on disk) counts
-// as fully used. Supported: ext2/3/4 and NTFS on partitions or the whole
-// disk.
+// as fully used. Supported: ext2/3/4, XFS and NTFS on partitions, the
+// whole disk or LVM2 logical volumes (linear and striped) whose physical
+// volumes are on d.
 func FreeExtents(d Disk) (FreeReport, error) {
 	var rep FreeReport
 	vols, err := volumes(d)
@@ -38,34 +39,49 @@ func FreeExtents(d Disk) (FreeReport, error) {
 		return rep, err
 	}
 	for _, v := range vols {
-		if v.r != nil {
-			rep.Volumes = append(rep.Volumes, fmt.Sprintf("%s: logical volume, read in full", v.Name))
-			continue
-		}
 		var read func(section) ([]Extent, error)
 		switch v.FS {
 		case "ext2", "ext3", "ext4":
 			read = extFree
 		case "ntfs":
 			read = ntfsFree
+		case "xfs":
+			read = xfsFree
 		}
-		switch {
-		case read != nil:
-			free, err := read(section{d, v.Offset, v.Size})
-			if err != nil {
-				rep.Volumes = append(rep.Volumes, fmt.Sprintf("%s (%s): read in full: %v", v.Name, v.FS, err))
+		if read == nil {
+			rep.Volumes = append(rep.Volumes, fmt.Sprintf("%s (%s): read in full", v.Name, cmp.Or(v.FS, "unknown")))
+			continue
+		}
+		vol, toDisk := section{d, v.Offset, v.Size}, func(e Extent) ([]Extent, error) {
+			return []Extent{{v.Offset + e.Offset, e.Length}}, nil
+		}
+		if v.r != nil {
+			lv, ok := v.r.(*lvMap)
+			if !ok {
+				rep.Volumes = append(rep.Volumes, fmt.Sprintf("%s (%s): read in full", v.Name, v.FS))
 				continue
 			}
-			n := int64(0)
-			for _, e := range free {
-				rep.Free = append(rep.Free, Extent{v.Offset + e.Offset, e.Length})
-				n += e.Length
-			}
-			rep.Bytes += n
-			rep.Volumes = append(rep.Volumes, fmt.Sprintf("%s (%s): %d bytes free", v.Name, v.FS, n))
-		default:
-			rep.Volumes = append(rep.Volumes, fmt.Sprintf("%s (%s): read in full", v.Name, cmp.Or(v.FS, "unknown")))
+			vol, toDisk = section{lv, 0, v.Size}, func(e Extent) ([]Extent, error) { return lv.onDisk(e) }
 		}
+		free, err := read(vol)
+		var mapped []Extent
+		n := int64(0)
+		for _, e := range free {
+			on, merr := toDisk(e)
+			if merr != nil {
+				err = merr
+				break
+			}
+			mapped = append(mapped, on...)
+			n += e.Length
+		}
+		if err != nil {
+			rep.Volumes = append(rep.Volumes, fmt.Sprintf("%s (%s): read in full: %v", v.Name, v.FS, err))
+			continue
+		}
+		rep.Free = append(rep.Free, mapped...)
+		rep.Bytes += n
+		rep.Volumes = append(rep.Volumes, fmt.Sprintf("%s (%s): %d bytes free", v.Name, v.FS, n))
 	}
 	sort.Slice(rep.Free, func(i, j int) bool { return rep.Free[i].Offset < rep.Free[j].Offset })
 	return rep, nil

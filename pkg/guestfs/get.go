@@ -76,6 +76,7 @@ type getter struct {
 	opt      GetOptions
 	st       *GetStats
 	dirTimes map[string]time.Time
+	buf      []byte // one copy buffer for every file: a tree of small files is not a GB of allocations
 }
 
 // one writes the entry e (at src in the image) as dst/elem; rel is its
@@ -173,7 +174,10 @@ func (g *getter) file(src string, e Entry, target string) error {
 	if err != nil {
 		return err
 	}
-	n, err := copySparse(f, r)
+	if g.buf == nil {
+		g.buf = make([]byte, 1<<20)
+	}
+	n, err := copySparse(f, r, g.buf)
 	g.st.Bytes += n
 	if err == nil && n != e.Size {
 		err = fmt.Errorf("%s: read %d bytes, the file has %d", src, n, e.Size)
@@ -188,25 +192,28 @@ func (g *getter) file(src string, e Entry, target string) error {
 	return nil
 }
 
-// copySparse copies r to f, seeking over blocks of zeros so they become
-// holes, and sets f's size at the end (a trailing hole).
-func copySparse(f *os.File, r io.Reader) (int64, error) {
-	buf := make([]byte, 1<<20)
+// copySparse copies r to f through buf, seeking over 4 KiB blocks of
+// zeros so they become holes (one write per run of data blocks), and sets
+// f's size at the end (a trailing hole).
+func copySparse(f *os.File, r io.Reader, buf []byte) (int64, error) {
 	var n int64
 	for {
 		k, err := io.ReadFull(r, buf)
-		if k > 0 {
-			for off := 0; off < k; off += 4096 {
-				b := buf[off:min(k, off+4096)]
-				if chunk.AllZero(b) {
-					continue
-				}
-				if _, werr := f.WriteAt(b, n+int64(off)); werr != nil {
-					return n, werr
-				}
+		for off := 0; off < k; {
+			end := min(k, off+4096)
+			if chunk.AllZero(buf[off:end]) {
+				off = end
+				continue
 			}
-			n += int64(k)
+			for end < k && !chunk.AllZero(buf[end:min(k, end+4096)]) {
+				end = min(k, end+4096)
+			}
+			if _, werr := f.WriteAt(buf[off:end], n+int64(off)); werr != nil {
+				return n, werr
+			}
+			off = end
 		}
+		n += int64(k)
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return n, f.Truncate(n)
 		}

@@ -2,6 +2,7 @@ package guestfs
 
 import (
 	"bytes"
+	"encoding/binary"
 	"io"
 	"io/fs"
 	"os"
@@ -145,6 +146,33 @@ func TestExt4AndFATOnGPT(t *testing.T) {
 func TestLVMAndLogicalPartitions(t *testing.T) {
 	img := filepath.Join(t.TempDir(), "lvm.img")
 	lv := testserver.LVMImage(t, img)
+	lvFiles(t, img, lv)
+
+	// The free map through the LVs' segments (linear and striped): what
+	// it reports free lies in the PV partitions, and filling all of it
+	// with junk leaves every file intact.
+	rep, err := FreeExtents(openDisk(t, img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := strings.Join(rep.Volumes, "; ")
+	if !strings.Contains(all, lv.VG+"/root (ext4): ") || !strings.Contains(all, lv.VG+"/data (ext4): ") || rep.Bytes < 8<<20 {
+		t.Fatalf("LVM free map: %d bytes, %s", rep.Bytes, all)
+	}
+	f, _ := os.OpenFile(img, os.O_RDWR, 0)
+	for _, e := range rep.Free {
+		if e.Offset < 1<<20 || e.Offset+e.Length > 49<<20 {
+			t.Fatalf("free extent %+v outside the PV partitions", e)
+		}
+		f.WriteAt(bytes.Repeat([]byte{0x5a}, int(e.Length)), e.Offset)
+	}
+	f.Close()
+	lvFiles(t, img, lv)
+}
+
+// lvFiles checks the files of testserver.LVMImage's disk.
+func lvFiles(t *testing.T, img string, lv testserver.LVMDisk) {
+	t.Helper()
 	g, err := New(openDisk(t, img))
 	if err != nil {
 		t.Fatal(err)
@@ -377,5 +405,80 @@ func TestXFS(t *testing.T) {
 	}
 	if l, _ := os.Readlink(filepath.Join(out, "link-rel")); l != "docs/readme.txt" {
 		t.Fatalf("link-rel -> %q", l)
+	}
+}
+
+// XFS free map: an XFS made over random bytes (its free blocks hold
+// data, as deleted files leave) reports them free; zeroing everything
+// reported free leaves a filesystem xfs_repair accepts with every file
+// intact. A log that does not end in an unmount record reports nothing.
+func TestXFSFreeBlocks(t *testing.T) {
+	src := testserver.GuestTree(t)
+	img := filepath.Join(t.TempDir(), "xfs.img")
+	testserver.XFSImageOnStale(t, img, 0, 300<<20, src)
+	rep, err := FreeExtents(openDisk(t, img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Bytes < 200<<20 || !strings.Contains(rep.Volumes[0], "disk (xfs)") {
+		t.Fatalf("XFS free map: %d bytes, %v", rep.Bytes, rep.Volumes)
+	}
+	f, _ := os.OpenFile(img, os.O_RDWR, 0)
+	for _, e := range rep.Free {
+		f.WriteAt(make([]byte, e.Length), e.Offset)
+	}
+	f.Close()
+	testserver.Tool(t, "", "xfs_repair", "-n", "-f", img)
+	g, err := New(openDisk(t, img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, _ := g.Volume("disk")
+	out := t.TempDir()
+	if _, err := Get(x, ".", out, GetOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"big.bin", "docs/nested/deep/file.bin", "sparse.img", "docs/readme.txt", "many/f4321"} {
+		want, _ := os.ReadFile(filepath.Join(src, name))
+		if got, err := os.ReadFile(filepath.Join(out, name)); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("after zeroing the free blocks, %s: %d bytes (%v), want %d", name, len(got), err, len(want))
+		}
+	}
+
+	// Damage around the log's head: each is refused, nothing reported free.
+	sb := make([]byte, 512)
+	f, _ = os.OpenFile(img, os.O_RDWR, 0)
+	f.ReadAt(sb, 0)
+	logAt := int64(binary.BigEndian.Uint64(sb[48:])) // one AG is enough to find it in a test image
+	agBlkLog, agBlocks, bs := uint(sb[124]), int64(binary.BigEndian.Uint32(sb[84:])), int64(binary.BigEndian.Uint32(sb[4:]))
+	logAt = ((logAt>>agBlkLog)*agBlocks + logAt&(1<<agBlkLog-1)) * bs
+	rec := make([]byte, 64<<10)
+	f.ReadAt(rec, logAt)
+	f.Close()
+	if binary.BigEndian.Uint32(rec) != 0xFEEDBABE {
+		t.Fatalf("no log record header at the log's start: % x", rec[:8])
+	}
+	for name, damage := range map[string]func(){
+		"not an unmount record": func() { f.WriteAt([]byte{rec[512+9] &^ 0x20}, logAt+512+9) },
+		"a current block past the head": func() {
+			b := make([]byte, 4)
+			binary.BigEndian.PutUint32(b, binary.BigEndian.Uint32(rec[4:]))
+			f.WriteAt(b, logAt+40*512)
+		},
+		"two operations": func() { f.WriteAt([]byte{0, 0, 0, 2}, logAt+40) },
+	} {
+		f, _ = os.OpenFile(img, os.O_RDWR, 0)
+		damage()
+		f.Close()
+		rep, err := FreeExtents(openDisk(t, img))
+		if err != nil || rep.Bytes != 0 || !strings.Contains(rep.Volumes[0], "not shut down clean") {
+			t.Errorf("%s: %d bytes free, %v, %v", name, rep.Bytes, rep.Volumes, err)
+		}
+		f, _ = os.OpenFile(img, os.O_RDWR, 0)
+		f.WriteAt(rec, logAt)
+		f.Close()
+	}
+	if rep, _ := FreeExtents(openDisk(t, img)); rep.Bytes == 0 {
+		t.Fatalf("the log put back: %v", rep.Volumes)
 	}
 }

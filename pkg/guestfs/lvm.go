@@ -237,25 +237,36 @@ type lvLeg struct {
 	off int64 // where the segment's part on this PV starts
 }
 
+// locate finds where the volume's byte off lies: the leg (physical
+// volume), the offset there, and how many bytes from off stay contiguous
+// on it (at most max).
+func (m *lvMap) locate(off, max int64) (lvLeg, int64, int64, error) {
+	i := sort.Search(len(m.segs), func(i int) bool { return m.segs[i].start+m.segs[i].length > off })
+	if i == len(m.segs) || m.segs[i].start > off {
+		return lvLeg{}, 0, 0, fmt.Errorf("LVM2: no segment maps offset %d", off)
+	}
+	s := m.segs[i]
+	in := off - s.start
+	k := min(max, s.length-in)
+	leg, at := s.legs[0], s.legs[0].off+in
+	if len(s.legs) > 1 {
+		unit := in / s.stripe
+		leg = s.legs[unit%int64(len(s.legs))]
+		at = leg.off + (unit/int64(len(s.legs)))*s.stripe + in%s.stripe
+		k = min(k, s.stripe-in%s.stripe)
+	}
+	return leg, at, k, nil
+}
+
 func (m *lvMap) ReadAt(p []byte, off int64) (int, error) {
 	n := 0
 	for len(p) > 0 {
 		if off >= m.size {
 			return n, io.EOF
 		}
-		i := sort.Search(len(m.segs), func(i int) bool { return m.segs[i].start+m.segs[i].length > off })
-		if i == len(m.segs) || m.segs[i].start > off {
-			return n, fmt.Errorf("LVM2: no segment maps offset %d", off)
-		}
-		s := m.segs[i]
-		in := off - s.start
-		k := min(int64(len(p)), s.length-in)
-		leg, at := s.legs[0], s.legs[0].off+in
-		if len(s.legs) > 1 {
-			unit := in / s.stripe
-			leg = s.legs[unit%int64(len(s.legs))]
-			at = leg.off + (unit/int64(len(s.legs)))*s.stripe + in%s.stripe
-			k = min(k, s.stripe-in%s.stripe)
+		leg, at, k, err := m.locate(off, int64(len(p)))
+		if err != nil {
+			return n, err
 		}
 		got, err := leg.r.ReadAt(p[:k], at)
 		n += got
@@ -265,6 +276,30 @@ func (m *lvMap) ReadAt(p []byte, off int64) (int, error) {
 		p, off = p[k:], off+k
 	}
 	return n, nil
+}
+
+// onDisk maps the volume's range e to the byte ranges of the disk that
+// hold it (striped segments give one range per stripe unit). Physical
+// volumes are sections of the disk the volume was found on.
+func (m *lvMap) onDisk(e Extent) ([]Extent, error) {
+	var out []Extent
+	for off, end := e.Offset, min(e.Offset+e.Length, m.size); off < end; {
+		leg, at, k, err := m.locate(off, end-off)
+		if err != nil {
+			return nil, err
+		}
+		pv, ok := leg.r.(section)
+		if !ok {
+			return nil, errors.New("a physical volume is not on this disk")
+		}
+		if l := len(out); l > 0 && out[l-1].Offset+out[l-1].Length == pv.off+at {
+			out[l-1].Length += k
+		} else {
+			out = append(out, Extent{pv.off + at, k})
+		}
+		off += k
+	}
+	return out, nil
 }
 
 // lvmSection is a section of LVM2's text format: values are int64,
