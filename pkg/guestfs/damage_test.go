@@ -66,8 +66,10 @@ func TestDamagedFilesystemsNeverPanicOrHang(t *testing.T) {
 	}
 }
 
-// readAll lists every volume and reads a few files of each.
+// readAll lists every volume, reads a few files of each, and reads the
+// free-block maps.
 func readAll(d Disk) {
+	FreeExtents(d)
 	g, err := New(d)
 	if err != nil {
 		return
