@@ -420,7 +420,7 @@ func ValidChunkSize(n int) error {
 
 // SourceSchemes are the URL schemes of the sources Strata reads (each has a
 // driver in pkg/source).
-var SourceSchemes = []string{"file", "nbd", "vsphere"}
+var SourceSchemes = []string{"file", "nbd", "vsphere", "libvirt+unix", "libvirt+ssh", "qemu+unix", "qemu+ssh"}
 
 // ValidateSource accepts the source URLs Strata can read.
 func ValidateSource(s string) error {
@@ -450,11 +450,18 @@ func ValidateSource(s string) error {
 			return fmt.Errorf("source %q: vsphere source needs a VM name or inventory path (vsphere://vcenter/DC/vm/NAME or vsphere:///NAME)", s)
 		}
 		return nil
+	case "libvirt+unix", "libvirt+ssh", "qemu+unix", "qemu+ssh":
+		// The driver (pkg/libvirt) checks the rest: options, names.
+		parts := strings.Split(strings.TrimPrefix(u.Path, "/"), "/")
+		if len(parts) != 2 || (parts[0] != "system" && parts[0] != "session") || parts[1] == "" {
+			return fmt.Errorf("source %q: libvirt source needs /system/DOMAIN or /session/DOMAIN (libvirt+unix:///system/web-01, libvirt+ssh://host/system/web-01)", s)
+		}
+		return nil
 	case "":
 		if strings.HasPrefix(s, "/") {
 			return fmt.Errorf("source %q: a source is a URL; for a local image or block device write file://%s", s, s)
 		}
-		return fmt.Errorf("source %q: a source is a URL: file:///abs/path.img, nbd://host:port/export or vsphere://vcenter/VM", s)
+		return fmt.Errorf("source %q: a source is a URL: file:///abs/path.img, nbd://host:port/export, vsphere://vcenter/VM or libvirt+unix:///system/DOMAIN", s)
 	default:
 		return fmt.Errorf("source %q: unsupported scheme %q (supported: %s)", s, u.Scheme, strings.Join(SourceSchemes, ", "))
 	}

@@ -69,6 +69,9 @@ type VMConfig struct {
 	CPUs     int32  `json:"cpus,omitempty"`
 	MemoryMB int64  `json:"memory_mb,omitempty"`
 	Firmware string `json:"firmware,omitempty"` // bios, efi
+	// DomainXML is a libvirt domain's definition as it was backed up (a
+	// restore into libvirt defines the new domain from it).
+	DomainXML string `json:"domain_xml,omitempty"`
 }
 
 // DiskRecord describes one disk of a backup.

@@ -32,7 +32,6 @@ import (
 	"github.com/strata-backup/strata/pkg/runtime"
 	"github.com/strata-backup/strata/pkg/source"
 	"github.com/strata-backup/strata/pkg/telemetry"
-	"github.com/strata-backup/strata/pkg/vsphere"
 )
 
 // client is the CLI's connection to a running Strata.
@@ -420,7 +419,7 @@ func newRestoreCmd() *cobra.Command {
 		}
 		base := *to
 		if toHypervisor {
-			var vcfg vsphere.Config
+			var vcfg source.Config
 			if err := runtime.Load(&vcfg); err != nil {
 				return err
 			}

@@ -19,8 +19,11 @@ type Driver interface {
 	// backup reads. Images and exports are their own point: one disk,
 	// nothing held.
 	Snapshot(ctx context.Context, rawURL, backupID string) (*Point, error)
-	// Release lets go of what Snapshot took. Idempotent.
-	Release(ctx context.Context, rawURL, backupID string) (released bool, err error)
+	// Release lets go of what Snapshot took once the backup is verified
+	// (kept) or has failed; a source with change-tracking points (libvirt
+	// checkpoints) keeps the point of a kept backup and drops the rest.
+	// Idempotent.
+	Release(ctx context.Context, rawURL, backupID string, kept bool) (released bool, err error)
 }
 
 // Restorer is a driver that restores a backup back to its hypervisor, to
@@ -56,7 +59,7 @@ func (fileDriver) Open(_ context.Context, rawURL string) (Disk, error) {
 func (fileDriver) Snapshot(_ context.Context, rawURL, _ string) (*Point, error) {
 	return selfPoint(rawURL), nil
 }
-func (fileDriver) Release(context.Context, string, string) (bool, error) { return false, nil }
+func (fileDriver) Release(context.Context, string, string, bool) (bool, error) { return false, nil }
 
 type nbdDriver struct{}
 
@@ -67,7 +70,7 @@ func (nbdDriver) Open(_ context.Context, rawURL string) (Disk, error) {
 func (nbdDriver) Snapshot(_ context.Context, rawURL, _ string) (*Point, error) {
 	return selfPoint(rawURL), nil
 }
-func (nbdDriver) Release(context.Context, string, string) (bool, error) { return false, nil }
+func (nbdDriver) Release(context.Context, string, string, bool) (bool, error) { return false, nil }
 
 func selfPoint(rawURL string) *Point {
 	return &Point{Disks: []PointDisk{{Name: "disk0", URL: rawURL}}}

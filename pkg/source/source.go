@@ -10,6 +10,7 @@ import (
 	"net/url"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/libvirt"
 	"github.com/strata-backup/strata/pkg/vsphere"
 )
 
@@ -48,20 +49,31 @@ func Open(ctx context.Context, rawURL string) (Disk, error) {
 // per service process; the zero value knows file and nbd sources.
 type Opener struct {
 	VSphere *vsphere.Sessions // nil: vsphere:// sources refused
+	Libvirt libvirt.Settings    // no scratch directory: libvirt sources refused
+}
+
+// Config is the settings of the sources that need any (prefix STRATA_).
+type Config struct {
+	vsphere.Config
+	libvirt.Settings
 }
 
 // NewOpener returns an opener for the configured sources.
-func NewOpener(cfg vsphere.Config) *Opener {
-	return &Opener{VSphere: vsphere.NewSessions(cfg)}
+func NewOpener(cfg Config) *Opener {
+	return &Opener{VSphere: vsphere.NewSessions(cfg.Config), Libvirt: cfg.Settings}
 }
 
 // drivers is the registry: the only place that knows which schemes exist.
 func (o *Opener) drivers() map[string]Driver {
-	return map[string]Driver{
+	m := map[string]Driver{
 		"file":    fileDriver{},
 		"nbd":     nbdDriver{},
 		"vsphere": &vsphereDriver{sessions: o.VSphere},
 	}
+	for _, scheme := range libvirt.Schemes {
+		m[scheme] = libvirtDriver{cfg: o.Libvirt}
+	}
+	return m
 }
 
 // driver returns the driver of rawURL's scheme.
@@ -114,14 +126,14 @@ func (o *Opener) Snapshot(ctx context.Context, rawURL, backupID string) (*Point,
 	return d.Snapshot(ctx, rawURL, backupID)
 }
 
-// Release lets go of what Snapshot took for the backup. Idempotent: a
-// point already released is not an error.
-func (o *Opener) Release(ctx context.Context, rawURL, backupID string) (released bool, err error) {
+// Release lets go of what Snapshot took for the backup, verified (kept)
+// or failed. Idempotent: a point already released is not an error.
+func (o *Opener) Release(ctx context.Context, rawURL, backupID string, kept bool) (released bool, err error) {
 	d, err := o.driver(rawURL)
 	if err != nil {
 		return false, err
 	}
-	return d.Release(ctx, rawURL, backupID)
+	return d.Release(ctx, rawURL, backupID, kept)
 }
 
 // RestoresTo reports whether target names a place a driver restores to (a

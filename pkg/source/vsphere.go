@@ -68,7 +68,7 @@ func (o *vsphereDriver) Snapshot(ctx context.Context, rawURL, backupID string) (
 	return p, nil
 }
 
-func (o *vsphereDriver) Release(ctx context.Context, rawURL, backupID string) (bool, error) {
+func (o *vsphereDriver) Release(ctx context.Context, rawURL, backupID string, _ bool) (bool, error) {
 	_, _, vm, err := o.vsphereVM(ctx, rawURL)
 	if errors.Is(err, vsphere.ErrVMNotFound) {
 		return false, nil // the VM is gone, and its snapshots with it

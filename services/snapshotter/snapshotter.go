@@ -22,13 +22,12 @@ import (
 	"github.com/strata-backup/strata/pkg/manifest"
 	"github.com/strata-backup/strata/pkg/runtime"
 	"github.com/strata-backup/strata/pkg/source"
-	"github.com/strata-backup/strata/pkg/vsphere"
 )
 
 // Config of the snapshotter (prefix STRATA_).
 type Config struct {
 	runtime.Common
-	vsphere.Config
+	source.Config
 	// KeyInterval: every KeyInterval-th backup of a chain re-reads the whole
 	// disk (still deduplicated, so it stores little): the guard against a
 	// silently broken change-tracking chain (Xen Orchestra's "key backup
@@ -375,7 +374,7 @@ func (s *snapshotter) release(ctx context.Context, o *contracts.BackupOutcome) e
 	if err != nil {
 		return err
 	}
-	released, err := s.sources.Release(ctx, rec.Source, rec.ID)
+	released, err := s.sources.Release(ctx, rec.Source, rec.ID, o.State == contracts.StateVerified)
 	if err != nil {
 		return fmt.Errorf("release snapshot of backup %s: %w", rec.ID, err)
 	}

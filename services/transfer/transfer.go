@@ -30,13 +30,12 @@ import (
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/runtime"
 	"github.com/strata-backup/strata/pkg/source"
-	"github.com/strata-backup/strata/pkg/vsphere"
 )
 
 // Config of a transfer worker (prefix STRATA_).
 type Config struct {
 	runtime.Common
-	vsphere.Config
+	source.Config
 	Concurrency int           `envconfig:"TRANSFER_CONCURRENCY" default:"4"`
 	Uploads     int           `envconfig:"TRANSFER_UPLOADS" default:"8"`
 	AckWait     time.Duration `envconfig:"TRANSFER_ACK_WAIT" default:"60s"`

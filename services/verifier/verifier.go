@@ -27,13 +27,12 @@ import (
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/runtime"
 	"github.com/strata-backup/strata/pkg/source"
-	"github.com/strata-backup/strata/pkg/vsphere"
 )
 
 // Config of the verifier (prefix STRATA_).
 type Config struct {
 	runtime.Common
-	vsphere.Config
+	source.Config
 	// Mode run on commit when the backup's request names none.
 	Mode contracts.VerifyMode `envconfig:"VERIFY_MODE" default:"stored"`
 	// TrivialMiB: how much of the start of each disk the trivial check

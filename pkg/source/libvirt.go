@@ -1,0 +1,218 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/libvirt"
+	"github.com/strata-backup/strata/pkg/nbd"
+)
+
+// libvirtDriver is libvirt+unix:// and libvirt+ssh:// sources: domains
+// of a libvirt host (KVM/QEMU). A backup is a pull-mode backup job: QEMU
+// holds the point in time (copy-before-write into scratch files) and
+// exports it over NBD; the job creates the checkpoint strata-<backup id>
+// (a persistent dirty bitmap per disk), and the next backup's job is
+// incremental from it. Only the newest verified backup's checkpoint is
+// kept: older ones cost the guest a bitmap update per write.
+type libvirtDriver struct {
+	cfg libvirt.Settings
+}
+
+func (d libvirtDriver) target(rawURL string) (libvirt.Target, error) {
+	if d.cfg.ScratchDir == "" {
+		return libvirt.Target{}, errors.New("libvirt sources are not configured in this process (STRATA_LIBVIRT_SCRATCH_DIR)")
+	}
+	return libvirt.ParseTarget(rawURL)
+}
+
+func (d libvirtDriver) Snapshot(ctx context.Context, rawURL, backupID string) (*Point, error) {
+	t, err := d.target(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	if t.Backup != "" {
+		return nil, fmt.Errorf("libvirt source %q names one disk of a backup, not a domain", rawURL)
+	}
+	c, err := libvirt.Open(t)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	raw, dom, err := c.Domain()
+	if err != nil {
+		return nil, err
+	}
+	if running, err := c.Running(); err != nil {
+		return nil, err
+	} else if !running {
+		return nil, fmt.Errorf("domain %s is shut off: Strata backs up running domains through libvirt backup jobs (back up a shut-off domain's images as file:// sources)", t.Domain)
+	}
+	disks := libvirt.BackupDisks(dom)
+	if len(disks) == 0 {
+		return nil, fmt.Errorf("domain %s has no disks to back up", t.Domain)
+	}
+	socket, name := d.cfg.Socket(backupID), libvirt.CheckpointName(backupID)
+	p := &Point{VM: libvirtVMConfig(raw, dom)}
+	since := ""
+	job, err := c.BackupJob()
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case job != nil && job.Socket == socket:
+		since = job.Incremental // redelivered: the job this backup began
+	case job != nil:
+		return nil, fmt.Errorf("domain %s runs another backup job (NBD socket %q): retried when it ends", t.Domain, job.Socket)
+	default:
+		cps, err := c.Checkpoints()
+		if err != nil {
+			return nil, err
+		}
+		// A checkpoint of this backup without its job (libvirtd restarted
+		// between the two): it marks a point nothing read; begin again.
+		if n := len(cps); n > 0 && cps[n-1] == name {
+			if err := c.DeleteCheckpoint(name); err != nil {
+				return nil, err
+			}
+			cps = cps[:n-1]
+		}
+		if n := len(cps); n > 0 {
+			since = cps[n-1]
+		}
+		err = c.BeginBackup(socket, since, name, disks)
+		if err != nil && since != "" {
+			// A disk added since the checkpoint has no bitmap for it: a
+			// full read, and the record says why.
+			p.Note = fmt.Sprintf("libvirt refused a job incremental from %s (%v): full read", since, err)
+			since = ""
+			err = c.BeginBackup(socket, "", name, disks)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	for _, disk := range disks {
+		p.Disks = append(p.Disks, PointDisk{Name: disk, URL: libvirt.DiskURL(rawURL, backupID, disk, since)})
+	}
+	return p, nil
+}
+
+// libvirtVMConfig records the domain's XML (a restore defines the new
+// domain from it) and what the record shows of it.
+func libvirtVMConfig(raw string, dom *libvirtxml.Domain) *contracts.VMConfig {
+	vm := &contracts.VMConfig{DomainXML: raw, Firmware: "bios"}
+	if dom.Memory != nil {
+		vm.MemoryMB = int64(libvirt.Bytes(dom.Memory.Value, dom.Memory.Unit) >> 20)
+	}
+	if dom.VCPU != nil {
+		vm.CPUs = int32(dom.VCPU.Value)
+	}
+	if os := dom.OS; os != nil && (os.Firmware == "efi" || os.Loader != nil && os.Loader.Type == "pflash") {
+		vm.Firmware = "efi"
+	}
+	return vm
+}
+
+// Release ends the backup's job and settles the checkpoints: a verified
+// backup's becomes the only one (older ones are deleted, their bitmaps
+// merged away); a failed backup's is deleted, so the next backup is
+// incremental from the last verified one.
+func (d libvirtDriver) Release(ctx context.Context, rawURL, backupID string, kept bool) (bool, error) {
+	t, err := d.target(rawURL)
+	if err != nil {
+		return false, err
+	}
+	c, err := libvirt.Open(t)
+	if errors.Is(err, libvirt.ErrNoDomain) {
+		return false, nil // the domain is gone, and its checkpoints with it
+	}
+	if err != nil {
+		return false, err
+	}
+	defer c.Close()
+	released := false
+	job, err := c.BackupJob()
+	if err != nil {
+		return false, err
+	}
+	if job != nil && job.Socket == d.cfg.Socket(backupID) {
+		if err := c.AbortJob(); err != nil {
+			return false, err
+		}
+		if err := c.WaitNoJob(time.Minute); err != nil {
+			return false, err
+		}
+		released = true
+	}
+	cps, err := c.Checkpoints()
+	if err != nil {
+		return released, err
+	}
+	name := libvirt.CheckpointName(backupID)
+	for _, cp := range cps {
+		if kept && cp < name || !kept && cp == name {
+			if err := c.DeleteCheckpoint(cp); err != nil {
+				return released, err
+			}
+			released = true
+		}
+	}
+	return released, nil
+}
+
+func (d libvirtDriver) Open(_ context.Context, rawURL string) (Disk, error) {
+	t, err := d.target(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	if t.Backup == "" {
+		return nil, fmt.Errorf("libvirt source %q names a domain, not one disk of a backup", rawURL)
+	}
+	contexts := []string{"base:allocation"}
+	bitmap := ""
+	if t.Since != "" {
+		bitmap = libvirt.ExportBitmap(t.Disk)
+		contexts = append(contexts, "qemu:dirty-bitmap:"+bitmap)
+	}
+	c, err := nbd.Dial(d.cfg.Socket(t.Backup), t.Disk, contexts...)
+	if err != nil {
+		return nil, fmt.Errorf("disk %s of backup %s (the job's NBD export): %w", t.Disk, t.Backup, err)
+	}
+	if bitmap != "" && !c.HasContext("qemu:dirty-bitmap:"+bitmap) {
+		c.Close()
+		return nil, fmt.Errorf("disk %s of backup %s: the job exports no dirty bitmap %q", t.Disk, t.Backup, bitmap)
+	}
+	return &LibvirtDisk{NBD: &NBD{conn: c, bitmap: bitmap}, since: t.Since, point: libvirt.CheckpointName(t.Backup)}, nil
+}
+
+// LibvirtDisk is one disk of a domain's backup job.
+type LibvirtDisk struct {
+	*NBD
+	since string // the checkpoint the job is incremental from ("": a full)
+	point string // the checkpoint the job created
+}
+
+// ChangedExtents: since empty → the extents holding data; since the
+// checkpoint the job is incremental from → the job's dirty bitmap; any
+// other point is refused with the reason (the job reads in full). The
+// returned ChangeID is the checkpoint this backup created.
+func (d *LibvirtDisk) ChangedExtents(ctx context.Context, since ChangeID) ([]Extent, ChangeID, error) {
+	switch {
+	case since == "":
+		ext, _, err := d.NBD.ChangedExtents(ctx, "")
+		return ext, ChangeID(d.point), err
+	case string(since) == d.since:
+		ext, _, err := d.NBD.ChangedExtents(ctx, since)
+		return ext, ChangeID(d.point), err
+	case d.since == "":
+		return nil, "", fmt.Errorf("checkpoint %s of the parent backup is not on the domain (deleted outside Strata, or the domain redefined)", since)
+	default:
+		return nil, "", fmt.Errorf("the job is incremental from checkpoint %s, the parent backup is at %s", d.since, since)
+	}
+}
