@@ -49,7 +49,7 @@ func Open(ctx context.Context, rawURL string) (Disk, error) {
 // per service process; the zero value knows file and nbd sources.
 type Opener struct {
 	VSphere *vsphere.Sessions // nil: vsphere:// sources refused
-	Libvirt libvirt.Settings    // no scratch directory: libvirt sources refused
+	Libvirt libvirt.Settings  // no scratch directory: libvirt sources refused
 }
 
 // Config is the settings of the sources that need any (prefix STRATA_).
