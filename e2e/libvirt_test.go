@@ -150,4 +150,56 @@ func TestLibvirtDriver(t *testing.T) {
 		t.Fatalf("backup after the checkpoint was deleted: %s, reason %q", fourth.Kind, fourth.FullReason)
 	}
 	restoreEquals(fourth, disks)
+
+	// A source that fails under a backup: its job ended behind Strata's
+	// back before certify re-reads the disks. The backup fails, its
+	// checkpoint is dropped (libvirt merges its bitmap into the last
+	// verified one's), no job is left, and the next backup is incremental
+	// from the last verified one, reading the changes from both sides of
+	// the failed backup's point.
+	write := func(i int, p byte, off int64) {
+		lv.Write(dom, i, p, off, cs)
+		copy(disks[i][off:off+cs], bytes.Repeat([]byte{p}, cs))
+	}
+	write(1, 0xbb, 9<<20)
+	verifier := st.procs["verifier"]
+	verifier[len(verifier)-1].Stop()
+	done := make(chan int, 1)
+	go func() {
+		_, _, code := st.cli("backup", "--vm", dom, "--source", src, "--verify", "certify", "--wait")
+		done <- code
+	}()
+	var failedID string
+	for deadline := time.Now().Add(2 * time.Minute); failedID == ""; time.Sleep(100 * time.Millisecond) {
+		if recs := st.records(dom); len(recs) == 5 && recs[4].State == contracts.StateCommitted {
+			failedID = recs[4].ID
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the fifth backup was not committed within 2 minutes")
+		}
+	}
+	lv.Virsh("domjobabort", dom)
+	write(0, 0xcc, 7<<20)
+	st.waitReady(st.startService("verifier"))
+	if code := <-done; code == 0 {
+		t.Fatal("backup --wait exited 0 for a backup whose source failed")
+	}
+	if rec := st.record(dom, failedID); rec.State != contracts.StateFailed {
+		t.Fatalf("backup whose source failed: %s %s", rec.State, rec.Error)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		cps := lv.Checkpoints(dom)
+		if slices.Equal(cps, []string{"strata-" + fourth.ID}) && !lv.JobRunning(dom) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a failed backup: checkpoints %v (want only the last verified backup's), job running %v", cps, lv.JobRunning(dom))
+		}
+	}
+	after := backup()
+	if after.Kind != contracts.KindIncremental || after.Parent != fourth.ID || after.Disks[0].ChangedBytes != cs || after.Disks[1].ChangedBytes != cs {
+		t.Fatalf("backup after a failed one: %s parent %s (want %s), changed %d/%d: %s", after.Kind, after.Parent, fourth.ID,
+			after.Disks[0].ChangedBytes, after.Disks[1].ChangedBytes, after.FullReason)
+	}
+	restoreEquals(after, disks)
 }
