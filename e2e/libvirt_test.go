@@ -202,4 +202,37 @@ func TestLibvirtDriver(t *testing.T) {
 			after.Disks[0].ChangedBytes, after.Disks[1].ChangedBytes, after.FullReason)
 	}
 	restoreEquals(after, disks)
+
+	// Restore into libvirt: a new domain defined from the recorded XML,
+	// its images beside the original's (qcow2), bit-exact; it starts. A
+	// name that exists is refused before anything is restored.
+	const restored = dom + "-restored"
+	target := "libvirt+unix:///session/" + restored + "?socket=" + lv.Socket
+	st.mustCLI("restore", "--vm", dom, "--backup", after.ID, "--to", target)
+	for i, dev := range []string{"vda", "vdb"} {
+		img := filepath.Join(lv.Dir, "images", restored+"-"+dev+".qcow2")
+		raw := filepath.Join(work, "restored-"+dev+".raw")
+		testserver.Qemu(t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", img, raw)
+		if got, _ := os.ReadFile(raw); !bytes.Equal(got, disks[i]) {
+			t.Fatalf("restored domain's %s differs from the backup's disk", dev)
+		}
+		os.Chown(img, 65534, 65534) // the test's daemon runs as nobody; a system one chowns itself
+	}
+	xml := lv.Virsh("dumpxml", restored)
+	if !strings.Contains(xml, restored+"-vda.qcow2") || strings.Contains(xml, images[0]) {
+		t.Fatalf("restored domain's XML does not point at its own images:\n%s", xml)
+	}
+	lv.Virsh("start", restored)
+	if state := lv.Virsh("domstate", restored); state != "running" {
+		t.Fatalf("restored domain: %s", state)
+	}
+	for _, name := range []string{restored, dom} {
+		_, errOut, code := st.cli("restore", "--vm", dom, "--backup", after.ID, "--to", "libvirt+unix:///session/"+name+"?socket="+lv.Socket+"&dir="+work)
+		if code == 0 || !strings.Contains(errOut, "exists already") {
+			t.Fatalf("restore to the existing domain %s: exit %d, %s", name, code, errOut)
+		}
+	}
+	if m, _ := filepath.Glob(filepath.Join(work, "*.qcow2")); len(m) != 0 {
+		t.Fatalf("a refused restore left %v", m)
+	}
 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
 	"time"
 
 	"libvirt.org/go/libvirtxml"
@@ -215,4 +218,114 @@ func (d *LibvirtDisk) ChangedExtents(ctx context.Context, since ChangeID) ([]Ext
 	default:
 		return nil, "", fmt.Errorf("the job is incremental from checkpoint %s, the parent backup is at %s", d.since, since)
 	}
+}
+
+// libvirtRestore is a restore into libvirt as planned from the target
+// URL and the backup's record: the new domain and its images' paths.
+type libvirtRestore struct {
+	rt     libvirt.RestoreTarget
+	images []string // by disk, in the record's order
+	disks  map[string]libvirt.DiskSource
+}
+
+func libvirtRestorePlan(rec *contracts.BackupRecord, target *url.URL) (*libvirtRestore, error) {
+	rt, err := libvirt.ParseRestoreTarget(target.String())
+	if err != nil {
+		return nil, err
+	}
+	if rec.VMConfig == nil || rec.VMConfig.DomainXML == "" {
+		return nil, fmt.Errorf("backup %s recorded no domain XML: restore it to files", rec.ID)
+	}
+	dir := rt.Dir
+	if dir == "" {
+		if dir, err = libvirt.ImageDir(rec.VMConfig.DomainXML); err != nil {
+			return nil, err
+		}
+	}
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("image directory %s: not a directory (%v)", dir, err)
+	}
+	p := &libvirtRestore{rt: rt, disks: map[string]libvirt.DiskSource{}}
+	for _, d := range rec.Disks {
+		path := rt.ImagePath(dir, d.Name)
+		p.images = append(p.images, path)
+		p.disks[d.Name] = libvirt.DiskSource{File: path, Format: rt.Format}
+	}
+	return p, nil
+}
+
+// CheckRestore refuses, before any disk is restored, a restore into
+// libvirt that could not finish: a domain of that name exists, an image
+// would be overwritten, the backup has no domain XML.
+func (d libvirtDriver) CheckRestore(ctx context.Context, rec *contracts.BackupRecord, target *url.URL) error {
+	p, err := libvirtRestorePlan(rec, target)
+	if err != nil {
+		return err
+	}
+	if err := libvirt.CheckImages(p.images...); err != nil {
+		return err
+	}
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		return errors.New("qemu-img not found: it writes the new domain's images (apt-get install qemu-utils)")
+	}
+	c, err := libvirt.Dial(p.rt.Target)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if exists, err := c.Exists(p.rt.Domain); err != nil {
+		return err
+	} else if exists {
+		return fmt.Errorf("a domain named %s exists already; restore under another name", p.rt.Domain)
+	}
+	return nil
+}
+
+// Restore writes the restored disks as the new domain's images (qcow2 or
+// raw, sparse) and defines it from the recorded XML; started if asked.
+// On failure nothing it made is left behind.
+func (d libvirtDriver) Restore(ctx context.Context, rec *contracts.BackupRecord, target *url.URL, images []Image) (err error) {
+	p, err := libvirtRestorePlan(rec, target)
+	if err != nil {
+		return err
+	}
+	if len(images) != len(p.images) {
+		return fmt.Errorf("%d restored images for %d disks", len(images), len(p.images))
+	}
+	if err := libvirt.CheckImages(p.images...); err != nil {
+		return err
+	}
+	var made []string
+	defer func() {
+		if err != nil {
+			for _, m := range made {
+				os.Remove(m)
+			}
+		}
+	}()
+	for i, img := range images {
+		out, cerr := exec.CommandContext(ctx, "qemu-img", "convert", "-f", "raw", "-O", p.rt.Format, img.Path, p.images[i]).CombinedOutput()
+		if _, serr := os.Stat(p.images[i]); serr == nil {
+			made = append(made, p.images[i])
+		}
+		if cerr != nil {
+			return fmt.Errorf("write image %s: %v: %s", p.images[i], cerr, out)
+		}
+	}
+	xml, err := libvirt.NewDomainXML(rec.VMConfig.DomainXML, p.rt.Domain, p.disks)
+	if err != nil {
+		return err
+	}
+	c, err := libvirt.Dial(p.rt.Target)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Define(xml, p.rt.Start); err != nil {
+		if p.rt.Start {
+			c.Undefine(p.rt.Domain)
+		}
+		return err
+	}
+	return nil
 }
