@@ -32,10 +32,15 @@ func TestLibvirtDriver(t *testing.T) {
 	disks := make([][]byte, len(sizes))
 	var raws []string
 	for i, n := range sizes {
-		disks[i] = testserver.RandomBytes(uint64(60+i), n)
-		clear(disks[i][n/2 : n/2+4<<20]) // a hole, as disks have
+		// Old data, a hole, and a GPT with an ext4 over them (what the
+		// restore test looks for).
+		b := testserver.RandomBytes(uint64(60+i), n)
+		clear(b[n/2 : n/2+4<<20])
 		raws = append(raws, filepath.Join(work, fmt.Sprintf("d%d.raw", i)))
-		os.WriteFile(raws[i], disks[i], 0o644)
+		os.WriteFile(raws[i], b, 0o644)
+		testserver.Tool(t, "label: gpt\nstart=2048, type=linux\n", "sfdisk", "--quiet", raws[i])
+		testserver.Tool(t, "", "mkfs.ext4", "-q", "-F", "-E", "offset=1048576", raws[i], fmt.Sprintf("%dk", (n-2<<20)>>10))
+		disks[i], _ = os.ReadFile(raws[i])
 	}
 	const dom = "strata-kvm"
 	images := lv.Domain(dom, raws...)
@@ -109,7 +114,9 @@ func TestLibvirtDriver(t *testing.T) {
 	for i, n := range sizes {
 		writes := n / 50 / cs
 		for k := 0; k < writes; k++ {
-			off := int64(k) * int64(n/writes) / cs * cs // granule-aligned: the bitmap counts 64 KiB granules
+			// Granule-aligned (the bitmap counts 64 KiB granules), clear of
+			// the partition table and the ext4 superblock.
+			off := (2<<20 + int64(k)*int64((n-4<<20)/writes)) / cs * cs
 			p := byte(1 + k + 40*i)
 			lv.Write(dom, i, p, off, cs)
 			copy(disks[i][off:off+cs], bytes.Repeat([]byte{p}, cs))
@@ -234,5 +241,59 @@ func TestLibvirtDriver(t *testing.T) {
 	}
 	if m, _ := filepath.Glob(filepath.Join(work, "*.qcow2")); len(m) != 0 {
 		t.Fatalf("a refused restore left %v", m)
+	}
+
+	// Instant recovery: the backup served writable, a domain defined on
+	// the exports and started at once; it reads the backup's bytes, its
+	// writes land in the overlay, and it is gone when serving stops.
+	const instant = dom + "-instant"
+	overlayDir := filepath.Join(work, "overlay")
+	_, stopServe := st.serveBackup(dom, "--backup", after.ID, "--writable", "--overlay", overlayDir,
+		"--define", "libvirt+unix:///session/"+instant+"?socket="+lv.Socket)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if state, _ := lv.VirshErr("domstate", instant); state == "running" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the domain defined on the served backup is not running within 30 s")
+		}
+	}
+	if xml := lv.Virsh("dumpxml", instant); !strings.Contains(xml, "protocol='nbd'") {
+		t.Fatalf("instant domain's disks are not the NBD exports:\n%s", xml)
+	}
+	hmp := func(i int, cmd string) string {
+		return lv.Virsh("qemu-monitor-command", "--hmp", instant, fmt.Sprintf("qemu-io -d /machine/peripheral/virtio-disk%d/virtio-backend %q", i, cmd))
+	}
+	// qemu-io prints into QEMU's log, not to the monitor.
+	hmp(0, fmt.Sprintf("read -P 0xdd %d %d", 5<<20, cs))
+	hmp(0, fmt.Sprintf("read -P 0x11 %d %d", 5<<20, cs)) // the wrong pattern: the check can fail
+	qlog := lv.Log(instant)
+	if !strings.Contains(qlog, "read 65536/65536 bytes at offset 5242880") || strings.Count(qlog, "Pattern verification failed") != 1 {
+		t.Fatalf("the instant domain's reads of vda at 5 MiB (want the backup's 0xdd):\n%s", qlog)
+	}
+	if out := hmp(1, fmt.Sprintf("write -P 0x77 %d %d", 1<<20, cs)); strings.Contains(out, "fail") || strings.Contains(out, "rror") {
+		t.Fatalf("the instant domain writes vdb: %s", out)
+	}
+	hmp(1, "flush")
+	stopServe()
+	if state, _ := lv.VirshErr("domstate", instant); state != "" && !strings.Contains(state, "failed to get domain") {
+		t.Fatalf("after serving stopped the instant domain is still there: %q", state)
+	}
+	if b, err := os.ReadFile(filepath.Join(overlayDir, "disk1.raw")); err != nil || len(b) < 1<<20+cs || !bytes.Equal(b[1<<20:1<<20+cs], bytes.Repeat([]byte{0x77}, cs)) {
+		t.Fatalf("the instant domain's write is not in the overlay (%v)", err)
+	}
+
+	// Restore test: a throwaway domain on the restored disks starts, and
+	// is gone afterwards.
+	id := strings.TrimSpace(strings.Split(st.mustCLI("backup", "--vm", dom, "--source", src, "--verify", "restore-test", "--wait"), "\n")[0])
+	if rec := st.record(dom, id); rec.State != contracts.StateVerified {
+		t.Fatalf("restore-test backup: %s %s", rec.State, rec.Error)
+	}
+	verifier = st.procs["verifier"]
+	if out := verifier[len(verifier)-1].Output(); !strings.Contains(out, "boot check passed") {
+		t.Fatal("the restore test did not boot-check the libvirt backup")
+	}
+	if names := lv.Virsh("list", "--all", "--name"); strings.Contains(names, "strata-check-") {
+		t.Fatalf("the restore test left its domain: %s", names)
 	}
 }

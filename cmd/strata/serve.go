@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/catalog"
+	"github.com/strata-backup/strata/pkg/libvirt"
 	"github.com/strata-backup/strata/pkg/nbd"
 	"github.com/strata-backup/strata/pkg/overlay"
 	"github.com/strata-backup/strata/pkg/repo"
@@ -55,8 +57,10 @@ func newServeCmd() *cobra.Command {
 	writable := fs.Bool("writable", false, "take writes (instant recovery: a VM runs from the export); they go to the --overlay directory, never to the repository")
 	overlayDir := fs.String("overlay", "", "directory of the copy-on-write overlay (diskN.raw and diskN.map); serving it again continues where it stopped")
 	asJSON := fs.Bool("json", false, "print the exports as JSON")
+	define := fs.String("define", "", "with --writable: define and start a libvirt domain on the served disks, from the backup's recorded domain XML (libvirt+unix:///system/NEW-NAME): instant recovery; it is stopped and undefined when serving stops")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		ctx := cmd.Context()
+		ctx, cancel := context.WithCancel(cmd.Context())
+		defer cancel()
 		if *vm == "" {
 			return exitError{2, errors.New("serve needs --vm")}
 		}
@@ -65,6 +69,17 @@ func newServeCmd() *cobra.Command {
 		}
 		if *writable != (*overlayDir != "") {
 			return exitError{2, errors.New("--writable and --overlay DIR go together: writes land in the overlay, never in the repository")}
+		}
+		var domain libvirt.Target
+		if *define != "" {
+			if !*writable {
+				return exitError{2, errors.New("--define runs a domain on the served disks: it needs --writable --overlay DIR")}
+			}
+			t, err := libvirt.ParseTarget(*define)
+			if err != nil || t.Backup != "" {
+				return exitError{2, fmt.Errorf("--define %q: want libvirt+unix:///system/NEW-NAME (%v)", *define, err)}
+			}
+			domain = t
 		}
 		network, addr, err := listenAddress(*listen)
 		if err != nil {
@@ -84,6 +99,9 @@ func newServeCmd() *cobra.Command {
 			return err
 		}
 		defer done()
+		if *define != "" && (rec.VMConfig == nil || rec.VMConfig.DomainXML == "") {
+			return exitError{2, fmt.Errorf("--define: backup %s recorded no libvirt domain XML", rec.ID)}
+		}
 		var overlayFiles func(i int) (string, string)
 		if *overlayDir != "" {
 			overlayFiles = func(i int) (string, string) {
@@ -100,18 +118,88 @@ func newServeCmd() *cobra.Command {
 		if *writable {
 			mode = "writable, overlay " + *overlayDir
 		}
-		return serveNBD(ctx, network, addr, disks, func(exports []servedExport) {
+		var defineErr error
+		defined := false
+		var defining chan struct{} // closed once the define has succeeded or failed
+		err = serveNBD(ctx, network, addr, disks, func(exports []servedExport) {
 			if *asJSON {
 				printJSON(map[string]any{"backup_id": rec.ID, "vm": rec.VM, "writable": *writable, "exports": exports})
+			} else {
+				fmt.Printf("serving backup %s of %s (%s) until interrupted:\n", rec.ID, rec.VM, mode)
+				for _, e := range exports {
+					fmt.Printf("  %s  %s (%s)\n", e.URL, e.Disk, human(e.Size))
+				}
+			}
+			if *define == "" {
 				return
 			}
-			fmt.Printf("serving backup %s of %s (%s) until interrupted:\n", rec.ID, rec.VM, mode)
-			for _, e := range exports {
-				fmt.Printf("  %s  %s (%s)\n", e.URL, e.Disk, human(e.Size))
-			}
+			// QEMU opens the exports while the domain starts: serve first.
+			defining = make(chan struct{})
+			go func() {
+				defer close(defining)
+				if defineErr = defineOnExports(domain, rec, network, addr, exports); defineErr != nil {
+					cancel()
+					return
+				}
+				defined = true
+				if *asJSON {
+					printJSON(map[string]any{"event": "domain-started", "domain": domain.Domain})
+				} else {
+					fmt.Printf("domain %s started on the served disks (stopped and undefined when serving stops)\n", domain.Domain)
+				}
+			}()
 		})
+		if defining != nil {
+			<-defining
+		}
+		if defined {
+			if c, cerr := libvirt.Dial(domain); cerr == nil {
+				if uerr := c.Undefine(domain.Domain); uerr != nil {
+					fmt.Fprintf(os.Stderr, "strata: %v\n", uerr)
+				}
+				c.Close()
+			}
+		}
+		return cmp.Or(defineErr, err)
 	}
 	return cmd
+}
+
+// defineOnExports defines and starts a libvirt domain from the backup's
+// recorded XML whose disks read the served exports. A name in use is
+// refused.
+func defineOnExports(t libvirt.Target, rec *contracts.BackupRecord, network, addr string, exports []servedExport) error {
+	c, err := libvirt.Dial(t)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if exists, err := c.Exists(t.Domain); err != nil {
+		return err
+	} else if exists {
+		return fmt.Errorf("--define: a domain named %s exists already", t.Domain)
+	}
+	disks := map[string]libvirt.DiskSource{}
+	for i, e := range exports {
+		src := libvirt.DiskSource{NBDExport: e.Name}
+		if network == "unix" {
+			src.NBDSocket = addr
+		} else {
+			host, port, _ := net.SplitHostPort(addr)
+			src.NBDHost = cmp.Or(map[string]string{"localhost": "127.0.0.1"}[host], host)
+			src.NBDPort, _ = strconv.Atoi(port)
+		}
+		disks[rec.Disks[i].Name] = src
+	}
+	xml, err := libvirt.NewDomainXML(rec.VMConfig.DomainXML, t.Domain, disks, true)
+	if err != nil {
+		return err
+	}
+	if err := c.Define(xml, true); err != nil {
+		c.Undefine(t.Domain)
+		return fmt.Errorf("--define: %w", err)
+	}
+	return nil
 }
 
 // servedDisk is one disk of a backup point as served: from the

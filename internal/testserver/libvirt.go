@@ -130,6 +130,15 @@ func (l *Libvirtd) virsh(args ...string) (string, error) {
 	return strings.TrimSpace(string(out)), err
 }
 
+// Log is what QEMU printed for a domain (its log file).
+func (l *Libvirtd) Log(domain string) string {
+	b, _ := os.ReadFile(filepath.Join(l.Dir, "cache", "libvirt", "qemu", "log", domain+".log"))
+	return string(b)
+}
+
+// VirshErr runs virsh on the daemon: its output, and its error.
+func (l *Libvirtd) VirshErr(args ...string) (string, error) { return l.virsh(args...) }
+
 // Virsh runs virsh on the daemon or fails the test.
 func (l *Libvirtd) Virsh(args ...string) string {
 	l.t.Helper()

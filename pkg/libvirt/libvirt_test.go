@@ -83,7 +83,7 @@ func TestNewDomainXML(t *testing.T) {
 	out, err := NewDomainXML(recorded, "web-01-dr", map[string]DiskSource{
 		"vda": {File: "/srv/web-01-dr-vda.qcow2", Format: "qcow2"},
 		"vdb": {NBDExport: "disk1", NBDSocket: "/run/strata/serve.sock"},
-	})
+	}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,13 +92,16 @@ func TestNewDomainXML(t *testing.T) {
 			t.Errorf("new XML lacks %s:\n%s", want, out)
 		}
 	}
-	for _, gone := range []string{"7c76a962", "52:54:00:12:34:56", "base.qcow2", "/dev/vg0/data", "web-01.qcow2"} {
+	for _, gone := range []string{"7c76a962", "52:54:00:12:34:56", "base.qcow2", "/dev/vg0/data", "web-01.qcow2", "<interface"} {
 		if strings.Contains(out, gone) {
 			t.Errorf("new XML keeps %s:\n%s", gone, out)
 		}
 	}
-	if _, err := NewDomainXML(recorded, "x", map[string]DiskSource{"vdz": {File: "/x"}}); err == nil {
+	if _, err := NewDomainXML(recorded, "x", map[string]DiskSource{"vdz": {File: "/x"}}, true); err == nil {
 		t.Error("a disk the XML does not have was accepted")
+	}
+	if withNICs, _ := NewDomainXML(recorded, "x", map[string]DiskSource{"vda": {File: "/x", Format: "raw"}}, true); !strings.Contains(withNICs, "<interface") || strings.Contains(withNICs, "52:54:00") {
+		t.Errorf("with NICs, new MACs:\n%s", withNICs)
 	}
 	if dir, err := ImageDir(recorded); err != nil || dir != "/var/lib/libvirt/images" {
 		t.Errorf("image dir %q %v", dir, err)

@@ -87,6 +87,24 @@ func (c *Conn) Define(xml string, start bool) error {
 	return nil
 }
 
+// State is the state of the domain called name: running, paused,
+// shutoff, crashed, … ("" when there is none).
+func (c *Conn) State(name string) (string, error) {
+	dom, err := c.l.DomainLookupByName(name)
+	if isCode(err, golibvirt.ErrNoDomain) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	state, _, err := c.l.DomainGetState(dom, 0)
+	if err != nil {
+		return "", fmt.Errorf("state of domain %s: %w", name, err)
+	}
+	names := map[int32]string{0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown", 5: "shutoff", 6: "crashed", 7: "pmsuspended"}
+	return names[state], nil
+}
+
 // Undefine stops (if running) and undefines the domain called name.
 func (c *Conn) Undefine(name string) error {
 	dom, err := c.l.DomainLookupByName(name)
@@ -118,8 +136,10 @@ type DiskSource struct {
 // NewDomainXML turns the XML a domain was backed up with into a new
 // domain's: another name, no UUID (libvirt makes one), no MAC addresses
 // (libvirt makes new ones: the original may still run), and each
-// backed-up disk (by target name) reading from its new source.
-func NewDomainXML(recorded, name string, disks map[string]DiskSource) (string, error) {
+// backed-up disk (by target name) reading from its new source. Without
+// nics the network interfaces go too (a throwaway check domain must not
+// meet the original's network with its addresses).
+func NewDomainXML(recorded, name string, disks map[string]DiskSource, nics bool) (string, error) {
 	var d libvirtxml.Domain
 	if err := d.Unmarshal(recorded); err != nil {
 		return "", fmt.Errorf("recorded domain XML: %w", err)
@@ -162,6 +182,9 @@ func NewDomainXML(recorded, name string, disks map[string]DiskSource) (string, e
 	}
 	for i := range d.Devices.Interfaces {
 		d.Devices.Interfaces[i].MAC = nil
+	}
+	if !nics {
+		d.Devices.Interfaces = nil
 	}
 	return d.Marshal()
 }

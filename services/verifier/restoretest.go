@@ -53,8 +53,10 @@ func (v *verifier) restoreTest(ctx context.Context, rec *contracts.BackupRecord,
 		}
 	}
 	if len(problems) == 0 {
-		if _, err := v.sources.BootCheck(ctx, rec, images); err != nil {
+		if checked, err := v.sources.BootCheck(ctx, rec, images); err != nil {
 			problems = append(problems, "boot check: "+err.Error())
+		} else if checked {
+			v.rt.Log.InfoContext(ctx, "restore test: boot check passed", "vm", rec.VM, "backup", rec.ID)
 		}
 	}
 	return problems, nil
