@@ -16,7 +16,6 @@ import (
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/manifest"
 	"github.com/strata-backup/strata/pkg/source"
-	"github.com/strata-backup/strata/pkg/vsphere"
 )
 
 // A full read compared with its parent (Segment.Parent) asks dedup only
@@ -68,7 +67,7 @@ func TestFullReadComparedWithParent(t *testing.T) {
 	}
 	defer sub.Unsubscribe()
 
-	w := &worker{rt: rt, cfg: Config{Uploads: 4, Compression: "auto"}, disks: newDiskPool(ctx, source.NewOpener(vsphere.Config{}), 2)}
+	w := &worker{rt: rt, cfg: Config{Uploads: 4, Compression: "auto"}, disks: newDiskPool(ctx, source.NewOpener(source.Config{}), 2)}
 	seg := &contracts.Segment{Schema: contracts.SchemaVersion, BackupID: backup, VM: "vm", Disk: 0, Index: 0, Source: "file://" + img,
 		DiskSize: int64(len(disk)), ChunkSize: cs, FirstChunk: 0, Chunks: 8, Parent: key}
 	if err := w.handle(ctx, seg); err != nil {
