@@ -163,7 +163,13 @@ func (l *Libvirtd) Checkpoints(domain string) []string {
 // JobRunning reports whether the domain runs a job (a backup).
 func (l *Libvirtd) JobRunning(domain string) bool {
 	l.t.Helper()
-	out := l.Virsh("domjobinfo", domain)
+	out, err := l.virsh("domjobinfo", domain)
+	if err != nil && strings.Contains(out, "not running") {
+		return false // a shut-off domain runs no job
+	}
+	if err != nil {
+		l.t.Fatalf("virsh domjobinfo %s: %v\n%s", domain, err, out)
+	}
 	return !strings.Contains(out, "None")
 }
 

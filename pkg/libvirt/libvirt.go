@@ -50,8 +50,10 @@ func CheckpointName(backupID string) string { return CheckpointPrefix + backupID
 type Target struct {
 	Conn   *url.URL // the connection: qemu+unix:///system?socket=…
 	Domain string
-	// One disk of a backup's job.
+	// One disk of a backup: of its job, or (Image) of a shut-off domain's
+	// image exported by qemu-nbd.
 	Backup, Disk, Since string
+	Image               bool
 }
 
 var (
@@ -85,7 +87,7 @@ func ParseTarget(raw string) (Target, error) {
 	}
 	conn := &url.URL{Scheme: "qemu+" + transport, Path: "/" + parts[0]}
 	q, cq := u.Query(), url.Values{}
-	t := Target{Domain: parts[1], Backup: q.Get("backup"), Disk: q.Get("disk"), Since: q.Get("since")}
+	t := Target{Domain: parts[1], Backup: q.Get("backup"), Disk: q.Get("disk"), Since: q.Get("since"), Image: q.Get("image") == "1"}
 	for k, v := range q {
 		if len(v) != 1 {
 			return Target{}, fmt.Errorf("libvirt source %q: option %s given %d times", raw, k, len(v))
@@ -97,6 +99,10 @@ func ParseTarget(raw string) (Target, error) {
 			}
 			cq.Set(k, v[0])
 		case "backup", "disk", "since":
+		case "image":
+			if v[0] != "1" {
+				return Target{}, fmt.Errorf("libvirt source %q: image=1 or nothing", raw)
+			}
 		default:
 			return Target{}, fmt.Errorf("libvirt source %q: unknown option %q (socket, keyfile, known_hosts)", raw, k)
 		}
@@ -122,7 +128,7 @@ func ParseTarget(raw string) (Target, error) {
 	}
 	conn.RawQuery = cq.Encode()
 	t.Conn = conn
-	if (t.Backup != "" || t.Disk != "" || t.Since != "") &&
+	if (t.Backup != "" || t.Disk != "" || t.Since != "" || t.Image) &&
 		(!backupPattern.MatchString(t.Backup) || !diskPattern.MatchString(t.Disk) ||
 			t.Since != "" && !backupPattern.MatchString(strings.TrimPrefix(t.Since, CheckpointPrefix))) {
 		return Target{}, fmt.Errorf("libvirt source %q: a disk of a backup is ?backup=UUID&disk=NAME[&since=strata-UUID]", raw)
@@ -130,16 +136,19 @@ func ParseTarget(raw string) (Target, error) {
 	return t, nil
 }
 
-// DiskURL is the URL of one disk of a backup's job, for the transfer
-// workers; since is the checkpoint the job is incremental from ("" for a
-// full).
-func DiskURL(source, backupID, disk, since string) string {
+// DiskURL is the URL of one disk of a backup, for the transfer workers:
+// of its job, or with image of a shut-off domain's image; since is the
+// checkpoint it is incremental from ("" for a full).
+func DiskURL(source, backupID, disk, since string, image bool) string {
 	u, _ := url.Parse(source)
 	q := u.Query()
 	q.Set("backup", backupID)
 	q.Set("disk", disk)
 	if since != "" {
 		q.Set("since", since)
+	}
+	if image {
+		q.Set("image", "1")
 	}
 	u.RawQuery = q.Encode()
 	return u.String()

@@ -18,7 +18,7 @@ func TestParseTarget(t *testing.T) {
 			t.Errorf("%s: %v %q %q", c.in, err, tg.Conn, tg.Domain)
 		}
 	}
-	disk := DiskURL("libvirt+unix:///system/web-01", "01a23771-2f1e-7578-b6aa-8835acc74e2f", "vdb", "strata-01a23771-2f1e-7578-b6aa-8835acc74e2e")
+	disk := DiskURL("libvirt+unix:///system/web-01", "01a23771-2f1e-7578-b6aa-8835acc74e2f", "vdb", "strata-01a23771-2f1e-7578-b6aa-8835acc74e2e", false)
 	if tg, err := ParseTarget(disk); err != nil || tg.Disk != "vdb" || tg.Backup != "01a23771-2f1e-7578-b6aa-8835acc74e2f" || tg.Since != "strata-01a23771-2f1e-7578-b6aa-8835acc74e2e" {
 		t.Errorf("disk URL %s: %+v %v", disk, tg, err)
 	}
@@ -39,6 +39,8 @@ func TestParseTarget(t *testing.T) {
 		"libvirt+unix:///system/web?backup=x&disk=vda",   // not a UUID
 		"libvirt+unix:///system/web?backup=01a23771-2f1e-7578-b6aa-8835acc74e2f&disk=../x",
 		"libvirt+unix:///system/web?backup=01a23771-2f1e-7578-b6aa-8835acc74e2f&disk=vda&since=other",
+		"libvirt+unix:///system/web?backup=01a23771-2f1e-7578-b6aa-8835acc74e2f&disk=vda&image=yes",
+		"libvirt+unix:///system/web?image=1",
 	} {
 		if _, err := ParseTarget(bad); err == nil {
 			t.Errorf("%s accepted", bad)

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"slices"
 	"time"
 
 	"libvirt.org/go/libvirtxml"
@@ -53,17 +54,17 @@ func (d libvirtDriver) Snapshot(ctx context.Context, rawURL, backupID string) (*
 	if err != nil {
 		return nil, err
 	}
-	if running, err := c.Running(); err != nil {
-		return nil, err
-	} else if !running {
-		return nil, fmt.Errorf("domain %s is shut off: Strata backs up running domains through libvirt backup jobs (back up a shut-off domain's images as file:// sources)", t.Domain)
-	}
 	disks := libvirt.BackupDisks(dom)
 	if len(disks) == 0 {
 		return nil, fmt.Errorf("domain %s has no disks to back up", t.Domain)
 	}
-	socket, name := d.cfg.Socket(backupID), libvirt.CheckpointName(backupID)
 	p := &Point{VM: libvirtVMConfig(raw, dom)}
+	if running, err := c.Running(); err != nil {
+		return nil, err
+	} else if !running {
+		return d.offline(ctx, c, rawURL, backupID, dom, p)
+	}
+	socket, name := d.cfg.Socket(backupID), libvirt.CheckpointName(backupID)
 	since := ""
 	job, err := c.BackupJob()
 	if err != nil {
@@ -90,6 +91,9 @@ func (d libvirtDriver) Snapshot(ctx context.Context, rawURL, backupID string) (*
 		if n := len(cps); n > 0 {
 			since = cps[n-1]
 		}
+		if err := os.MkdirAll(d.cfg.ScratchDir, 0o755); err != nil {
+			return nil, fmt.Errorf("scratch directory: %w", err)
+		}
 		err = c.BeginBackup(socket, since, name, disks)
 		if err != nil && since != "" {
 			// A disk added since the checkpoint has no bitmap for it: a
@@ -99,11 +103,53 @@ func (d libvirtDriver) Snapshot(ctx context.Context, rawURL, backupID string) (*
 			err = c.BeginBackup(socket, "", name, disks)
 		}
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%w (QEMU must be able to create its NBD socket and scratch files in STRATA_LIBVIRT_SCRATCH_DIR=%s)", err, d.cfg.ScratchDir)
 		}
 	}
 	for _, disk := range disks {
-		p.Disks = append(p.Disks, PointDisk{Name: disk, URL: libvirt.DiskURL(rawURL, backupID, disk, since)})
+		p.Disks = append(p.Disks, PointDisk{Name: disk, URL: libvirt.DiskURL(rawURL, backupID, disk, since, false)})
+	}
+	return p, nil
+}
+
+// offline plans the backup of a shut-off domain: each disk image exported
+// read-only by qemu-nbd, incremental from the newest checkpoint's bitmap
+// when every image holds it intact. No checkpoint is made (libvirt makes
+// them through QEMU): the backup's change id is that checkpoint, whose
+// bitmap keeps collecting every change for the next backup.
+func (d libvirtDriver) offline(ctx context.Context, c *libvirt.Conn, rawURL, backupID string, dom *libvirtxml.Domain, p *Point) (*Point, error) {
+	images, err := libvirt.ImageDisks(dom)
+	if err != nil {
+		return nil, fmt.Errorf("domain %s is shut off: %w", dom.Name, err)
+	}
+	cps, err := c.Checkpoints()
+	if err != nil {
+		return nil, err
+	}
+	since := ""
+	if n := len(cps); n > 0 {
+		since = cps[n-1]
+		for _, img := range images {
+			ok, why, err := libvirt.Bitmap(ctx, img, since)
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				p.Note = fmt.Sprintf("domain shut off; %s: full read", why)
+				since = ""
+				break
+			}
+		}
+	}
+	if p.Note == "" {
+		p.Note = "domain shut off: read from its images"
+	}
+	for _, img := range images {
+		if err := d.cfg.ExportImage(ctx, backupID, img, since); err != nil {
+			d.cfg.StopImageExports(backupID)
+			return nil, err
+		}
+		p.Disks = append(p.Disks, PointDisk{Name: img.Dev, URL: libvirt.DiskURL(rawURL, backupID, img.Dev, since, true)})
 	}
 	return p, nil
 }
@@ -141,7 +187,10 @@ func (d libvirtDriver) Release(ctx context.Context, rawURL, backupID string, kep
 		return false, err
 	}
 	defer c.Close()
-	released := false
+	released, err := d.cfg.StopImageExports(backupID)
+	if err != nil {
+		return false, err
+	}
 	job, err := c.BackupJob()
 	if err != nil {
 		return false, err
@@ -159,9 +208,12 @@ func (d libvirtDriver) Release(ctx context.Context, rawURL, backupID string, kep
 	if err != nil {
 		return released, err
 	}
+	// A backup of a shut-off domain made no checkpoint: then none is
+	// older than its own, and the newest stays.
 	name := libvirt.CheckpointName(backupID)
+	own := slices.Contains(cps, name)
 	for _, cp := range cps {
-		if kept && cp < name || !kept && cp == name {
+		if kept && own && cp < name || !kept && cp == name {
 			if err := c.DeleteCheckpoint(cp); err != nil {
 				return released, err
 			}
@@ -180,12 +232,18 @@ func (d libvirtDriver) Open(_ context.Context, rawURL string) (Disk, error) {
 		return nil, fmt.Errorf("libvirt source %q names a domain, not one disk of a backup", rawURL)
 	}
 	contexts := []string{"base:allocation"}
-	bitmap := ""
-	if t.Since != "" {
+	bitmap, socket, point := "", d.cfg.Socket(t.Backup), libvirt.CheckpointName(t.Backup)
+	if t.Image {
+		// qemu-nbd exports the checkpoint's bitmap under its own name,
+		// and the backup's change id is that checkpoint.
+		socket, bitmap, point = d.cfg.ImageSocket(t.Backup, t.Disk), t.Since, t.Since
+	} else if t.Since != "" {
 		bitmap = libvirt.ExportBitmap(t.Disk)
+	}
+	if bitmap != "" {
 		contexts = append(contexts, "qemu:dirty-bitmap:"+bitmap)
 	}
-	c, err := nbd.Dial(d.cfg.Socket(t.Backup), t.Disk, contexts...)
+	c, err := nbd.Dial(socket, t.Disk, contexts...)
 	if err != nil {
 		return nil, fmt.Errorf("disk %s of backup %s (the job's NBD export): %w", t.Disk, t.Backup, err)
 	}
@@ -193,14 +251,15 @@ func (d libvirtDriver) Open(_ context.Context, rawURL string) (Disk, error) {
 		c.Close()
 		return nil, fmt.Errorf("disk %s of backup %s: the job exports no dirty bitmap %q", t.Disk, t.Backup, bitmap)
 	}
-	return &LibvirtDisk{NBD: &NBD{conn: c, bitmap: bitmap}, since: t.Since, point: libvirt.CheckpointName(t.Backup)}, nil
+	return &LibvirtDisk{NBD: &NBD{conn: c, bitmap: bitmap}, since: t.Since, point: point, image: t.Image}, nil
 }
 
 // LibvirtDisk is one disk of a domain's backup job.
 type LibvirtDisk struct {
 	*NBD
 	since string // the checkpoint the job is incremental from ("": a full)
-	point string // the checkpoint the job created
+	point string // the checkpoint the job created ("" or since: a shut-off domain's image, no new checkpoint)
+	image bool   // a shut-off domain's image, exported by qemu-nbd
 }
 
 // ChangedExtents: since empty → the extents holding data; since the
@@ -215,6 +274,8 @@ func (d *LibvirtDisk) ChangedExtents(ctx context.Context, since ChangeID) ([]Ext
 	case string(since) == d.since:
 		ext, _, err := d.NBD.ChangedExtents(ctx, since)
 		return ext, ChangeID(d.point), err
+	case d.since == "" && d.image:
+		return nil, "", fmt.Errorf("the shut-off domain's images hold no usable bitmap of checkpoint %s of the parent backup", since)
 	case d.since == "":
 		return nil, "", fmt.Errorf("checkpoint %s of the parent backup is not on the domain (deleted outside Strata, or the domain redefined)", since)
 	default:
