@@ -55,15 +55,35 @@ func StartLibvirtd(t testing.TB) *Libvirtd {
 	os.WriteFile(filepath.Join(dir, "config", "libvirt", "qemu.conf"), []byte("stdio_handler = \"file\"\n"), 0o644)
 	l.chown(dir)
 	t.Cleanup(func() {
+		// Cleanups run last-registered first: the daemon's own process
+		// may be gone by now, so its guests are also found by their
+		// command lines, which name this directory.
 		for _, name := range l.domains() {
 			l.virsh("destroy", name)
 			l.virsh("undefine", name, "--checkpoints-metadata")
 		}
 		l.Stop()
+		killUnder(dir)
 		os.RemoveAll(dir)
 	})
 	l.Start()
 	return l
+}
+
+// killUnder kills every process whose command line names dir (a test
+// daemon's QEMU guests, qemu-nbd exports in its scratch directory).
+func killUnder(dir string) {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !strings.Contains(string(b), dir) {
+			continue
+		}
+		var pid int
+		if _, err := fmt.Sscanf(p, "/proc/%d/cmdline", &pid); err == nil && pid != os.Getpid() {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 }
 
 func (l *Libvirtd) chown(root string) {
