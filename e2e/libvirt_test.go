@@ -48,6 +48,20 @@ func TestLibvirtDriver(t *testing.T) {
 	st := startStack(t, stackOptions{chunkSize: cs, env: []string{"STRATA_LIBVIRT_SCRATCH_DIR=" + lv.Scratch}})
 	src := lv.Source(dom)
 
+	// settled waits until the domain holds exactly checkpoint cp and runs
+	// no job: what every backup's release leaves.
+	settled := func(cp, after string) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			cps := lv.Checkpoints(dom)
+			if slices.Equal(cps, []string{cp}) && !lv.JobRunning(dom) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after %s: checkpoints %v (want only %s), job running %v", after, cps, cp, lv.JobRunning(dom))
+			}
+		}
+	}
 	keep := "" // the checkpoint a backup should leave: its own when ""
 	backup := func() contracts.BackupRecord {
 		t.Helper()
@@ -57,18 +71,7 @@ func TestLibvirtDriver(t *testing.T) {
 			t.Fatalf("backup %s: %s %s", id, rec.State, rec.Error)
 		}
 		// The outcome releases the job and settles the checkpoints.
-		want := []string{cmp.Or(keep, "strata-"+id)}
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			cps := lv.Checkpoints(dom)
-			if slices.Equal(cps, want) && !lv.JobRunning(dom) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("after backup %s: checkpoints %v (want %v), job running %v", id, cps, want, lv.JobRunning(dom))
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		settled(cmp.Or(keep, "strata-"+id), "backup "+id)
 		return rec
 	}
 	restoreEquals := func(rec contracts.BackupRecord, want [][]byte) {
@@ -196,15 +199,24 @@ func TestLibvirtDriver(t *testing.T) {
 	if rec := st.record(dom, failedID); rec.State != contracts.StateFailed {
 		t.Fatalf("backup whose source failed: %s %s", rec.State, rec.Error)
 	}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		cps := lv.Checkpoints(dom)
-		if slices.Equal(cps, []string{"strata-" + fourth.ID}) && !lv.JobRunning(dom) {
-			break
-		}
+	settled("strata-"+fourth.ID, "a failed backup")
+	// Cancelled mid-backup (the transfer worker stopped, so its job is
+	// certainly still exporting): failed, job ended, its checkpoint gone.
+	transfer := st.procs["transfer"]
+	transfer[len(transfer)-1].Stop()
+	cancelled := strings.TrimSpace(strings.Split(st.mustCLI("backup", "--vm", dom, "--source", src), "\n")[0])
+	for deadline := time.Now().Add(time.Minute); !lv.JobRunning(dom); time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("after a failed backup: checkpoints %v (want only the last verified backup's), job running %v", cps, lv.JobRunning(dom))
+			t.Fatal("no backup job started within a minute")
 		}
 	}
+	st.mustCLI("cancel", "--vm", dom, "--backup", cancelled)
+	settled("strata-"+fourth.ID, "a cancelled backup")
+	if rec := st.record(dom, cancelled); rec.State != contracts.StateFailed {
+		t.Fatalf("cancelled backup: %s", rec.State)
+	}
+	st.waitReady(st.startService("transfer"))
+
 	after := backup()
 	if after.Kind != contracts.KindIncremental || after.Parent != fourth.ID || after.Disks[0].ChangedBytes != cs || after.Disks[1].ChangedBytes != cs {
 		t.Fatalf("backup after a failed one: %s parent %s (want %s), changed %d/%d: %s", after.Kind, after.Parent, fourth.ID,

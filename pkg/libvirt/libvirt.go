@@ -43,7 +43,7 @@ func CheckpointName(backupID string) string { return CheckpointPrefix + backupID
 //
 //	libvirt+unix:///system/web-01                  the local system daemon
 //	libvirt+unix:///session/web-01?socket=/path    a daemon on another socket
-//	libvirt+ssh://root@host/system/web-01          a remote host over SSH
+//	libvirt+ssh://root@host/system/web-01[?keyfile=PATH]   a remote host over SSH
 //	…?backup=ID&disk=vda[&since=CHECKPOINT]        one disk of a backup (planned by the snapshotter)
 //
 // qemu+unix and qemu+ssh are accepted as aliases.
@@ -93,7 +93,7 @@ func ParseTarget(raw string) (Target, error) {
 			return Target{}, fmt.Errorf("libvirt source %q: option %s given %d times", raw, k, len(v))
 		}
 		switch k {
-		case "socket", "keyfile", "known_hosts":
+		case "socket", "keyfile":
 			if p := v[0]; !path.IsAbs(p) || path.Clean(p) != p {
 				return Target{}, fmt.Errorf("libvirt source %q: %s must be an absolute clean path", raw, k)
 			}
@@ -104,7 +104,7 @@ func ParseTarget(raw string) (Target, error) {
 				return Target{}, fmt.Errorf("libvirt source %q: image=1 or nothing", raw)
 			}
 		default:
-			return Target{}, fmt.Errorf("libvirt source %q: unknown option %q (socket, keyfile, known_hosts)", raw, k)
+			return Target{}, fmt.Errorf("libvirt source %q: unknown option %q (socket, keyfile)", raw, k)
 		}
 	}
 	switch transport {
@@ -112,16 +112,16 @@ func ParseTarget(raw string) (Target, error) {
 		if u.Host != "" {
 			return Target{}, fmt.Errorf("libvirt source %q: a unix socket is local: libvirt+unix:///system/DOMAIN", raw)
 		}
-		if cq.Has("keyfile") || cq.Has("known_hosts") {
-			return Target{}, fmt.Errorf("libvirt source %q: keyfile and known_hosts are ssh options", raw)
+		if cq.Has("keyfile") {
+			return Target{}, fmt.Errorf("libvirt source %q: keyfile is an ssh option", raw)
 		}
 	case "ssh":
 		if u.Host == "" {
 			return Target{}, usage
 		}
-		// go-libvirt speaks SSH itself (golang.org/x/crypto/ssh): its
-		// transport is called libssh after libvirt's own.
-		conn.Scheme, conn.Host, conn.User = "qemu+libssh", u.Host, u.User
+		// go-libvirt speaks SSH itself (golang.org/x/crypto/ssh), with
+		// the system's defaults: ~/.ssh/known_hosts, the user's keys.
+		conn.Host, conn.User = u.Host, u.User
 		if cq.Has("socket") {
 			return Target{}, fmt.Errorf("libvirt source %q: socket is a unix option", raw)
 		}

@@ -11,7 +11,7 @@ func TestParseTarget(t *testing.T) {
 	for _, c := range []struct{ in, conn, domain string }{
 		{"libvirt+unix:///system/web-01", "qemu+unix:///system", "web-01"},
 		{"qemu+unix:///session/db.1?socket=/run/user/1000/libvirt/libvirt-sock", "qemu+unix:///session?socket=%2Frun%2Fuser%2F1000%2Flibvirt%2Flibvirt-sock", "db.1"},
-		{"libvirt+ssh://root@kvm1:2222/system/web-01?keyfile=/root/.ssh/id_ed25519", "qemu+libssh://root@kvm1:2222/system?keyfile=%2Froot%2F.ssh%2Fid_ed25519", "web-01"},
+		{"libvirt+ssh://root@kvm1:2222/system/web-01?keyfile=/root/.ssh/id_ed25519", "qemu+ssh://root@kvm1:2222/system?keyfile=%2Froot%2F.ssh%2Fid_ed25519", "web-01"},
 	} {
 		tg, err := ParseTarget(c.in)
 		if err != nil || tg.Conn.String() != c.conn || tg.Domain != c.domain {
