@@ -163,12 +163,12 @@ func TestLibvirtDriver(t *testing.T) {
 	}
 	restoreEquals(fourth, disks)
 
-	// A source that fails under a backup: its job ended behind Strata's
-	// back before certify re-reads the disks. The backup fails, its
-	// checkpoint is dropped (libvirt merges its bitmap into the last
-	// verified one's), no job is left, and the next backup is incremental
-	// from the last verified one, reading the changes from both sides of
-	// the failed backup's point.
+	// A source that fails under a backup: the job's NBD socket vanishes
+	// (the job itself runs on) before certify re-reads the disks. The
+	// backup fails, Strata ends the job, its checkpoint is dropped
+	// (libvirt merges its bitmap into the last verified one's), and the
+	// next backup is incremental from the last verified one, reading the
+	// changes from both sides of the failed backup's point.
 	write := func(i int, p byte, off int64) {
 		lv.Write(dom, i, p, off, cs)
 		copy(disks[i][off:off+cs], bytes.Repeat([]byte{p}, cs))
@@ -190,7 +190,12 @@ func TestLibvirtDriver(t *testing.T) {
 			t.Fatal("the fifth backup was not committed within 2 minutes")
 		}
 	}
-	lv.Virsh("domjobabort", dom)
+	if err := os.Remove(filepath.Join(lv.Scratch, failedID+".sock")); err != nil {
+		t.Fatal(err)
+	}
+	if !lv.JobRunning(dom) {
+		t.Fatal("the job ended with its socket")
+	}
 	write(0, 0xcc, 7<<20)
 	st.waitReady(st.startService("verifier"))
 	if code := <-done; code == 0 {
