@@ -349,4 +349,24 @@ func TestLibvirtDriver(t *testing.T) {
 	if names := lv.Virsh("list", "--all", "--name"); strings.Contains(names, "strata-check-") {
 		t.Fatalf("the restore test left its domain: %s", names)
 	}
+
+	// A disk added to the domain: libvirt has no bitmap of the
+	// checkpoint for it, so the backup is a full that says why; the next
+	// one is incremental again, over all three disks.
+	extra := filepath.Join(lv.Dir, "images", dom+"-2.qcow2")
+	testserver.Qemu(t, "qemu-img", "create", "-f", "qcow2", extra, "16M")
+	os.Chown(extra, 65534, 65534)
+	lv.Virsh("destroy", dom) // the guest has no ACPI to hot-plug with: added while shut off
+	lv.Virsh("attach-disk", dom, extra, "vdc", "--driver", "qemu", "--subdriver", "qcow2", "--targetbus", "virtio", "--config")
+	lv.Virsh("start", dom)
+	keep = ""
+	added := backup()
+	if added.Kind != contracts.KindFull || len(added.Disks) != 3 || !strings.Contains(added.FullReason, "3 disks") {
+		t.Fatalf("backup after a disk was added: %s, %d disks, reason %q, note %q", added.Kind, len(added.Disks), added.FullReason, added.Note)
+	}
+	lv.Write(dom, 2, 0x55, 1<<20, cs)
+	next := backup()
+	if next.Kind != contracts.KindIncremental || next.Parent != added.ID || next.Disks[2].ChangedBytes != cs {
+		t.Fatalf("backup after the added disk's full: %s parent %s, vdc changed %d: %s", next.Kind, next.Parent, next.Disks[2].ChangedBytes, next.FullReason)
+	}
 }
