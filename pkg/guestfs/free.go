@@ -15,6 +15,16 @@ type Extent struct {
 	Offset, Length int64
 }
 
+// addExtent appends e to the sorted list, merged with the last extent
+// when they touch.
+func addExtent(list []Extent, e Extent) []Extent {
+	if k := len(list); k > 0 && list[k-1].Offset+list[k-1].Length == e.Offset {
+		list[k-1].Length += e.Length
+		return list
+	}
+	return append(list, e)
+}
+
 // FreeReport is what FreeExtents found: the byte ranges of the disk that
 // filesystems mark free, and per volume what was understood.
 type FreeReport struct {
@@ -119,14 +129,6 @@ func extFree(s section) ([]Extent, error) {
 	}
 	groups := (total - firstData + perGroup - 1) / perGroup
 	var free []Extent
-	add := func(block, n int64) {
-		off, l := block*x.blockSize, n*x.blockSize
-		if k := len(free); k > 0 && free[k-1].Offset+free[k-1].Length == off {
-			free[k-1].Length += l
-			return
-		}
-		free = append(free, Extent{off, l})
-	}
 	gd := make([]byte, x.descSize)
 	bitmap := make([]byte, x.blockSize)
 	for g := int64(0); g < groups; g++ {
@@ -157,7 +159,7 @@ func extFree(s section) ([]Extent, error) {
 			for j < n && bitmap[j/8]&(1<<(j%8)) == 0 {
 				j++
 			}
-			add(first+i, j-i)
+			free = addExtent(free, Extent{(first + i) * x.blockSize, (j - i) * x.blockSize})
 			i = j
 		}
 	}

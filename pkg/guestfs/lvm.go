@@ -292,11 +292,7 @@ func (m *lvMap) onDisk(e Extent) ([]Extent, error) {
 		if !ok {
 			return nil, errors.New("a physical volume is not on this disk")
 		}
-		if l := len(out); l > 0 && out[l-1].Offset+out[l-1].Length == pv.off+at {
-			out[l-1].Length += k
-		} else {
-			out = append(out, Extent{pv.off + at, k})
-		}
+		out = addExtent(out, Extent{pv.off + at, k})
 		off += k
 	}
 	return out, nil

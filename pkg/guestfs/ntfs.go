@@ -157,12 +157,7 @@ func ntfsFree(s section) (free []Extent, err error) {
 			if buf[i/8]&(1<<(i%8)) != 0 {
 				continue
 			}
-			off := c * cluster
-			if l := len(free); l > 0 && free[l-1].Offset+free[l-1].Length == off {
-				free[l-1].Length += cluster
-			} else {
-				free = append(free, Extent{off, cluster})
-			}
+			free = addExtent(free, Extent{c * cluster, cluster})
 		}
 	}
 	// The last cluster may run past the volume's end.

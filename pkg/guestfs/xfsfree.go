@@ -61,12 +61,7 @@ func xfsFree(s section) ([]Extent, error) {
 			return nil, fmt.Errorf("AG %d: free-space tree holds %d blocks, its AGF says %d", ag, w.blocks, want)
 		}
 		for _, e := range w.free {
-			e.Offset += base
-			if k := len(free); k > 0 && free[k-1].Offset+free[k-1].Length == e.Offset {
-				free[k-1].Length += e.Length
-				continue
-			}
-			free = append(free, e)
+			free = addExtent(free, Extent{base + e.Offset, e.Length})
 		}
 	}
 	return free, nil
@@ -123,11 +118,7 @@ func (w *bnoWalk) visit(bno uint32, level int) error {
 			}
 			w.next = start + count
 			w.blocks += count
-			if k := len(w.free); k > 0 && w.free[k-1].Offset+w.free[k-1].Length == start*bs {
-				w.free[k-1].Length += count * bs
-			} else {
-				w.free = append(w.free, Extent{start * bs, count * bs})
-			}
+			w.free = addExtent(w.free, Extent{start * bs, count * bs})
 		}
 		return nil
 	}
