@@ -233,12 +233,21 @@ func (c *Conn) Running() (bool, error) {
 // (not CD-ROMs or floppies) with a target name, in the domain's order.
 func BackupDisks(d *libvirtxml.Domain) []string {
 	var out []string
+	for _, disk := range backedUp(d) {
+		out = append(out, disk.Target.Dev)
+	}
+	return out
+}
+
+// backedUp returns the domain's disks a backup reads.
+func backedUp(d *libvirtxml.Domain) []libvirtxml.DomainDisk {
+	var out []libvirtxml.DomainDisk
 	if d.Devices == nil {
 		return nil
 	}
 	for _, disk := range d.Devices.Disks {
 		if (disk.Device == "" || disk.Device == "disk") && disk.Target != nil && diskPattern.MatchString(disk.Target.Dev) {
-			out = append(out, disk.Target.Dev)
+			out = append(out, disk)
 		}
 	}
 	return out

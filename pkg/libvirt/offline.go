@@ -32,29 +32,25 @@ type ImageDisk struct {
 // (Ceph RBD, iSCSI, …) are refused.
 func ImageDisks(d *libvirtxml.Domain) ([]ImageDisk, error) {
 	var out []ImageDisk
-	for _, dev := range BackupDisks(d) {
-		for _, disk := range d.Devices.Disks {
-			if disk.Target == nil || disk.Target.Dev != dev {
-				continue
-			}
-			img := ImageDisk{Dev: dev, Format: "raw"}
-			if disk.Driver != nil && disk.Driver.Type != "" {
-				img.Format = disk.Driver.Type
-			}
-			switch {
-			case disk.Source != nil && disk.Source.File != nil:
-				img.Path = disk.Source.File.File
-			case disk.Source != nil && disk.Source.Block != nil:
-				img.Path = disk.Source.Block.Dev
-			}
-			if img.Path == "" || !filepath.IsAbs(img.Path) {
-				return nil, fmt.Errorf("disk %s is not a local image or block device: a shut-off domain is read from its images", dev)
-			}
-			if img.Format != "raw" && img.Format != "qcow2" {
-				return nil, fmt.Errorf("disk %s is %s: shut-off domains are read from raw and qcow2 images", dev, img.Format)
-			}
-			out = append(out, img)
+	for _, disk := range backedUp(d) {
+		dev := disk.Target.Dev
+		img := ImageDisk{Dev: dev, Format: "raw"}
+		if disk.Driver != nil && disk.Driver.Type != "" {
+			img.Format = disk.Driver.Type
 		}
+		switch {
+		case disk.Source != nil && disk.Source.File != nil:
+			img.Path = disk.Source.File.File
+		case disk.Source != nil && disk.Source.Block != nil:
+			img.Path = disk.Source.Block.Dev
+		}
+		if img.Path == "" || !filepath.IsAbs(img.Path) {
+			return nil, fmt.Errorf("disk %s is not a local image or block device: a shut-off domain is read from its images", dev)
+		}
+		if img.Format != "raw" && img.Format != "qcow2" {
+			return nil, fmt.Errorf("disk %s is %s: shut-off domains are read from raw and qcow2 images", dev, img.Format)
+		}
+		out = append(out, img)
 	}
 	return out, nil
 }
