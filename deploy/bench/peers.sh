@@ -185,6 +185,13 @@ size_of() { du -sb "$1" | cut -f1; }
 stage() { cp --sparse=always "$1" "$work/vm/disk.img"; touch "$work/vm/disk.img"; }
 same() { [ "$(sha256sum <"$1")" = "$(sha256sum <"$2")" ] || { echo "restore of $3 differs" >&2; exit 1; }; }
 
+# start_dev DATA: strata dev on the repository in DATA, ready for requests.
+start_dev() {
+  "$bin/strata" dev --data "$1" --port "${STRATA_NATS_URL##*:}" >"$1.log" 2>&1 &
+  devpid=$!
+  for _ in $(seq 100); do "$bin/strata" ls >/dev/null 2>&1 && break; sleep 0.1; done
+}
+
 run_strata() { # disk
   [ "$S" = deployed ] && { run_strata_deployed "$1"; return; }
   local w=$work/r/strata; rm -rf "$w"; mkdir -p "$w"
@@ -193,9 +200,7 @@ run_strata() { # disk
   if [ "${STRATA_BENCH_ENCRYPT:-0}" = 1 ]; then
     head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$w/key"; export STRATA_ENCRYPTION_KEY_FILE=$w/key
   fi
-  "$bin/strata" dev --data "$w/data" --port "$port" >"$w/dev.log" 2>&1 &
-  devpid=$!
-  for _ in $(seq 100); do "$bin/strata" ls >/dev/null 2>&1 && break; sleep 0.1; done
+  start_dev "$w/data"
   local hz; hz=$(getconf CLK_TCK)
   step() { # name cmd…
     local name=$1; shift
@@ -227,6 +232,12 @@ run_strata() { # disk
 # only what the bitmap marks. Restored and compared with day 1.
 strata_bitmap() {
   local q=$work/vm/disk.qcow2 port=$((15300 + RANDOM % 500)) nbdpid
+  # A repository of its own: the one of the file backups holds day 1's
+  # chunks already, and an incremental that stores nothing new is not the
+  # one borg's rescan is measured against.
+  kill "$devpid"; wait "$devpid" 2>/dev/null || true
+  export STRATA_STORE_DIR=$work/r/strata/bitmap/objects
+  start_dev "$work/r/strata/bitmap"
   qemu-img convert -f raw -O qcow2 "$work/disks/$1/day0.img" "$q"
   qemu-img bitmap --add "$q" b1
   serve() {

@@ -49,6 +49,23 @@ func TestEncodeDecode(t *testing.T) {
 	}
 }
 
+// Encoding into MaxStoredLen of room never leaves it: packs encode chunks
+// straight into slots of that size, and a codec that outgrows one
+// allocates and copies a buffer per chunk.
+func TestMaxStoredLenHoldsEveryCodec(t *testing.T) {
+	for _, n := range []int{1, 4096, 256 << 10, 1 << 20} {
+		random := make([]byte, n)
+		rand.Read(random)
+		for _, c := range []Codec{Zstd, S2, Raw} {
+			slot := make([]byte, 0, MaxStoredLen(n))
+			AppendEncode(slot, random, c) // the zstd encoder's own state, once
+			if allocs := testing.AllocsPerRun(10, func() { AppendEncode(slot, random, c) }); allocs >= 1 {
+				t.Fatalf("%s of %d random bytes into MaxStoredLen (%d): %.0f allocations", c, n, cap(slot), allocs)
+			}
+		}
+	}
+}
+
 func TestParseCodec(t *testing.T) {
 	for _, c := range []Codec{Zstd, S2, Raw} {
 		if got, err := ParseCodec(c.String()); err != nil || got != c {
