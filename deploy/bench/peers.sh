@@ -26,7 +26,8 @@
 # CPU), where the deployed full's CPU went per container, and at the end
 # the compression codecs on the same disks (BenchmarkCodecs). Embedded, on
 # the realistic disk, Strata also backs the next day up through a qcow2
-# dirty bitmap over qemu-nbd -t (strata_bitmap; needs qemu-utils).
+# dirty bitmap over qemu-nbd -t, into a repository of its own (strata_bitmap;
+# needs qemu-utils).
 #
 # Environment: SETTINGS ("embedded deployed"), ROUNDS (3), DISKS
 # ("synthetic realistic"), TOOLS ("strata borg restic kopia"), TRANSFERS
