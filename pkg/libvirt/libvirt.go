@@ -65,11 +65,11 @@ var (
 	backupPattern = lazyRegexp(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 )
 
-// Schemes are the URL schemes of libvirt sources.
 func lazyRegexp(expr string) func() *regexp.Regexp {
 	return sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(expr) })
 }
 
+// Schemes are the URL schemes of libvirt sources.
 var Schemes = []string{"libvirt+unix", "libvirt+ssh", "qemu+unix", "qemu+ssh"}
 
 // ParseTarget reads a libvirt source URL, refusing anything it would not
