@@ -83,6 +83,13 @@ func TestConformanceS3Versity(t *testing.T) {
 		t.Fatal(err)
 	}
 	objstoretest.Run(t, objstore.WithRetry(s))
+	signed, err := objstore.NewS3(context.Background(), objstore.S3Config{
+		Endpoint: srv.Endpoint, Bucket: "conformance-signed", AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true, SignPayload: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	objstoretest.Run(t, signed)
 	if _, err := objstore.NewS3(context.Background(), objstore.S3Config{
 		Endpoint: srv.Endpoint, Bucket: "conformance", AccessKey: srv.AccessKey, SecretKey: "wrong", PathStyle: true,
 	}); err == nil {

@@ -39,8 +39,10 @@ type Common struct {
 	S3AccessKey string `envconfig:"S3_ACCESS_KEY"`
 	S3SecretKey string `envconfig:"S3_SECRET_KEY"`
 	S3PathStyle bool   `envconfig:"S3_PATH_STYLE" default:"true"`
-	StoreDir    string `envconfig:"STORE_DIR"` // local directory instead of S3
-	ChunkSize   int    `envconfig:"CHUNK_SIZE" default:"262144"`
+	// S3SignPayload: see objstore.S3Config.SignPayload.
+	S3SignPayload bool   `envconfig:"S3_SIGN_PAYLOAD" default:"false"`
+	StoreDir      string `envconfig:"STORE_DIR"` // local directory instead of S3
+	ChunkSize     int    `envconfig:"CHUNK_SIZE" default:"262144"`
 	// EncryptionKeyFile turns on client-side encryption (see repo.Keys).
 	EncryptionKeyFile string `envconfig:"ENCRYPTION_KEY_FILE"`
 	// Packs: a repository created by this process stores new chunks many
@@ -82,6 +84,7 @@ func (c Common) OpenStore(ctx context.Context) (objstore.Store, error) {
 	s3, err := objstore.NewS3(ctx, objstore.S3Config{
 		Endpoint: c.S3Endpoint, Region: c.S3Region, Bucket: c.S3Bucket, Prefix: c.S3Prefix,
 		AccessKey: c.S3AccessKey, SecretKey: c.S3SecretKey, PathStyle: c.S3PathStyle,
+		SignPayload: c.S3SignPayload,
 	})
 	if err != nil {
 		return nil, err
