@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
@@ -85,16 +86,12 @@ func (d *Dir) put1(key string, data []byte, ifAbsent bool) (created bool, err er
 			return created, nil
 		}
 	}
-	tmp, err := os.CreateTemp(dir, ".tmp-*")
+	tmp, err := createTemp(dir, data)
 	if err != nil {
 		return false, fmt.Errorf("put %s: %w", key, err)
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return false, fmt.Errorf("put %s: %w", key, err)
-	}
-	if err := tmp.Sync(); err != nil {
+	if err := writeSync(tmp, data); err != nil {
 		tmp.Close()
 		return false, fmt.Errorf("put %s: %w", key, err)
 	}
@@ -119,6 +116,17 @@ func (d *Dir) put1(key string, data []byte, ifAbsent bool) (created bool, err er
 		return false, fmt.Errorf("put %s: %w", key, err)
 	}
 	return true, nil
+}
+
+// createTemp is os.CreateTemp with the flags writeSync wants for data.
+func createTemp(dir string, data []byte) (*os.File, error) {
+	for {
+		name := filepath.Join(dir, fmt.Sprintf(".tmp-%016x", rand.Uint64()))
+		f, err := openWrite(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, data)
+		if !errors.Is(err, fs.ErrExist) {
+			return f, err
+		}
+	}
 }
 
 func (d *Dir) Get(ctx context.Context, key string) ([]byte, error) {
