@@ -88,6 +88,8 @@ func ToFile(ctx context.Context, r *repo.Repository, man *manifest.Manifest, pat
 	if err := f.Truncate(man.DiskSize); err != nil {
 		return st, fmt.Errorf("size %s: %w", tmp, err)
 	}
+	iw := newImageWriter(f, man.ChunkSize)
+	defer iw.close()
 	var done, data, zero atomic.Int64
 	for i, id := range man.IDs {
 		if id.IsZero() {
@@ -113,11 +115,10 @@ func ToFile(ctx context.Context, r *repo.Repository, man *manifest.Manifest, pat
 			if werr != nil {
 				continue // drain: the fetchers see the cancel
 			}
-			if werr = writeRun(f, tmp, man, fr); werr != nil {
+			if werr = writeRun(iw, tmp, man, fr); werr != nil {
 				cancel()
 				continue
 			}
-			startWriteback(f, man, fr)
 			for _, at := range fr.run.at {
 				for _, i := range at {
 					data.Add(1)
@@ -163,6 +164,7 @@ func ToFile(ctx context.Context, r *repo.Repository, man *manifest.Manifest, pat
 	if err := ctx.Err(); err != nil {
 		return st, err
 	}
+	iw.close()
 	if err := f.Sync(); err != nil {
 		return st, fmt.Errorf("sync %s: %w", tmp, err)
 	}
@@ -199,13 +201,13 @@ type fetchedRun struct {
 }
 
 // writeRun writes a fetched run's chunks to every disk position each fills.
-func writeRun(f *os.File, name string, man *manifest.Manifest, fr fetchedRun) error {
+func writeRun(w *imageWriter, name string, man *manifest.Manifest, fr fetchedRun) error {
 	for j, b := range fr.chunks {
 		for _, at := range fr.run.at[j] {
 			if length := man.ChunkLen(at); len(b) != length {
 				return fmt.Errorf("chunk %d of the disk (%s): %d bytes, manifest expects %d", at, man.IDs[at], len(b), length)
 			}
-			if _, err := f.WriteAt(b, int64(at)*int64(man.ChunkSize)); err != nil {
+			if err := w.writeAt(b, int64(at)*int64(man.ChunkSize)); err != nil {
 				return fmt.Errorf("write %s: %w", name, err)
 			}
 		}
