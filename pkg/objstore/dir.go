@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+
+	"github.com/strata-backup/strata/pkg/directio"
 )
 
 // Dir stores objects as files under a root directory: the embedded
@@ -116,6 +118,43 @@ func (d *Dir) put1(key string, data []byte, ifAbsent bool) (created bool, err er
 		return false, fmt.Errorf("put %s: %w", key, err)
 	}
 	return true, nil
+}
+
+// Objects of at least directMin bytes (packs) are written past the page
+// cache (see pkg/directio: on a 2-core VM 16 MiB took 55–70 ms through the
+// cache, 11–16 ms direct including the fsync). The whole blocks go direct,
+// the tail through the cache, then one fsync covers both.
+const directMin = 1 << 20
+
+// openWrite opens name with flags, direct where data qualifies and the
+// filesystem takes it.
+func openWrite(name string, flags int, data []byte) (*os.File, error) {
+	if len(data) >= directMin && directio.Aligned(data) {
+		f, _, err := directio.Open(name, flags, 0o644)
+		return f, err
+	}
+	return os.OpenFile(name, flags, 0o644)
+}
+
+// writeSync writes data to f and makes it durable. With O_DIRECT set on
+// f, the tail that is not a whole block is written after clearing it; a
+// filesystem that refuses a direct write gets the rest through the cache.
+func writeSync(f *os.File, data []byte) error {
+	if len(data) >= directMin && directio.Aligned(data) {
+		n := len(data) &^ (directio.Align - 1)
+		w, err := f.Write(data[:n])
+		if err != nil && !directio.Refused(err) {
+			return err
+		}
+		if err := directio.Stop(f); err != nil {
+			return err
+		}
+		data = data[w:]
+	}
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	return f.Sync()
 }
 
 // createTemp is os.CreateTemp with the flags writeSync wants for data.

@@ -6,6 +6,8 @@ import (
 	"os"
 	"runtime"
 	"testing"
+
+	"github.com/strata-backup/strata/pkg/directio"
 )
 
 // Packs bypass the page cache on Linux (O_DIRECT for the whole blocks, the
@@ -29,12 +31,12 @@ func TestDirLargeObjectsDirect(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for i, n := range []int{directMin, 5<<20 + 123, 3<<20 + directAlign - 1} {
+		for i, n := range []int{directMin, 5<<20 + 123, 3<<20 + directio.Align - 1} {
 			data := make([]byte, n)
 			for j := range data {
 				data[j] = byte(j*31 + i)
 			}
-			if runtime.GOOS == "linux" && !useDirect(data) {
+			if !directio.Aligned(data) {
 				t.Fatalf("a fresh %d-byte buffer does not qualify for O_DIRECT: the test would not cover it", n)
 			}
 			if err := d.Put(ctx, "packs/aa/put", data); err != nil {

@@ -1,27 +1,22 @@
 package restore
 
 import (
-	"errors"
 	"os"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/strata-backup/strata/pkg/directio"
 )
 
-// directAlign: O_DIRECT wants memory, offsets and lengths in whole
-// logical blocks; 4 KiB covers every common device.
-const directAlign = 4096
-
 // imageWriter writes restored chunks into the image file. Whole-block
-// chunks go through a second descriptor opened O_DIRECT: writing a 2 GiB
-// image through the page cache ran at 0.5–1.2 GB/s on a 2-core VM (new
-// cache pages for every byte, then writeback) and took most of a local
-// restore; direct writes ran at 1.2–1.6 GB/s, and a restore does not evict
-// the host's cache with a disk image nobody reads soon. A chunk in memory
-// O_DIRECT cannot take is copied into an aligned buffer first. What is not
-// whole blocks (a disk's short last chunk), or a filesystem that refuses
-// O_DIRECT (tmpfs), goes through the cache, with writeback started at once
-// (sync_file_range), so the final fsync does not write it all at the end.
+// chunks go through a second descriptor opened O_DIRECT (pkg/directio: a
+// 2 GiB image through the page cache ran at 0.5–1.2 GB/s on a 2-core VM,
+// direct at 1.2–1.6 GB/s, and a restore does not evict the host's cache
+// with an image nobody reads soon); a chunk in memory O_DIRECT cannot take
+// is copied into an aligned buffer first. What is not whole blocks (a
+// disk's short last chunk), or a filesystem that refuses O_DIRECT, goes
+// through the cache, with writeback started at once (sync_file_range), so
+// the final fsync does not write it all at the end.
 type imageWriter struct {
 	f       *os.File
 	direct  *os.File // nil: every write through the cache
@@ -30,34 +25,28 @@ type imageWriter struct {
 
 func newImageWriter(f *os.File, chunkSize int) *imageWriter {
 	w := &imageWriter{f: f}
-	if chunkSize%directAlign != 0 {
+	if chunkSize%directio.Align != 0 {
 		return w
 	}
-	d, err := os.OpenFile(f.Name(), os.O_WRONLY|unix.O_DIRECT, 0)
+	d, direct, err := directio.Open(f.Name(), os.O_WRONLY, 0)
 	if err != nil {
 		return w
 	}
-	w.direct, w.scratch = d, alignedBuffer(chunkSize)
+	if !direct {
+		d.Close()
+		return w
+	}
+	w.direct, w.scratch = d, directio.Buffer(chunkSize)
 	return w
 }
 
-func alignedBuffer(n int) []byte {
-	b := make([]byte, n+directAlign)
-	skip := (directAlign - int(uintptr(unsafe.Pointer(&b[0]))%directAlign)) % directAlign
-	return b[skip : skip+n : skip+n]
-}
-
-func aligned(b []byte) bool {
-	return uintptr(unsafe.Pointer(unsafe.SliceData(b)))%directAlign == 0
-}
-
 func (w *imageWriter) writeAt(b []byte, off int64) error {
-	if w.direct != nil && len(b)%directAlign == 0 && off%directAlign == 0 && len(b) <= len(w.scratch) {
-		if !aligned(b) {
+	if w.direct != nil && len(b)%directio.Align == 0 && off%directio.Align == 0 && len(b) <= len(w.scratch) {
+		if !directio.Aligned(b) {
 			b = w.scratch[:copy(w.scratch, b)]
 		}
 		_, err := w.direct.WriteAt(b, off)
-		if !errors.Is(err, unix.EINVAL) {
+		if !directio.Refused(err) {
 			return err
 		}
 		// refused after all: this and every later chunk through the cache
