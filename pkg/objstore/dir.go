@@ -126,10 +126,12 @@ func (d *Dir) put1(key string, data []byte, ifAbsent bool) (created bool, err er
 // the tail through the cache, then one fsync covers both.
 const directMin = 1 << 20
 
+func writesDirect(data []byte) bool { return len(data) >= directMin && directio.Aligned(data) }
+
 // openWrite opens name with flags, direct where data qualifies and the
 // filesystem takes it.
 func openWrite(name string, flags int, data []byte) (*os.File, error) {
-	if len(data) >= directMin && directio.Aligned(data) {
+	if writesDirect(data) {
 		f, _, err := directio.Open(name, flags, 0o644)
 		return f, err
 	}
@@ -140,7 +142,7 @@ func openWrite(name string, flags int, data []byte) (*os.File, error) {
 // f, the tail that is not a whole block is written after clearing it; a
 // filesystem that refuses a direct write gets the rest through the cache.
 func writeSync(f *os.File, data []byte) error {
-	if len(data) >= directMin && directio.Aligned(data) {
+	if writesDirect(data) {
 		n := len(data) &^ (directio.Align - 1)
 		w, err := f.Write(data[:n])
 		if err != nil && !directio.Refused(err) {

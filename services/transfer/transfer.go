@@ -213,11 +213,11 @@ type segmentStats struct {
 	// locs: in a packed repository, where the segment's chunks are stored
 	// (chunks not in it: on their own).
 	locs map[chunk.ID]chunk.Loc
-	// writes: packs being written while the next batch is hashed, for a
-	// packed repository, while the segment is its worker's only one (an
-	// incremental's run of changes often starts beside a few small
-	// segments: decided per pack, not per segment). Waited for before the
-	// segment's result is published.
+	// writes: packs being written while the next batch is hashed, while
+	// the segment is its worker's only one (an incremental's run of
+	// changes often starts beside a few small segments: decided per pack,
+	// not per segment). Waited for before the segment's result is
+	// published.
 	writes *errgroup.Group
 }
 
@@ -302,15 +302,11 @@ func (w *worker) collectionRunning(ctx context.Context) bool {
 }
 
 func (w *worker) readSegment(ctx context.Context, disk source.Disk, seg *contracts.Segment, toRead []int, done *contracts.SegmentDone, stats *segmentStats) error {
-	if stats.locs != nil {
-		stats.writes = new(errgroup.Group)
-		stats.writes.SetLimit(2)
-	}
+	stats.writes = new(errgroup.Group)
+	stats.writes.SetLimit(2)
 	err := w.readBatches(ctx, disk, seg, toRead, done, stats)
-	if stats.writes != nil {
-		if werr := stats.writes.Wait(); err == nil {
-			err = werr
-		}
+	if werr := stats.writes.Wait(); err == nil {
+		err = werr
 	}
 	return err
 }
@@ -653,7 +649,7 @@ func (w *worker) uploadPack(ctx context.Context, seg *contracts.Segment, rel []i
 		// a loss).
 		return w.rt.Bus.Publish(ctx, contracts.PackStoredSubject(ann.Pack), ann, ann.Pack)
 	}
-	if stats.writes == nil || w.active.Load() > 1 {
+	if w.active.Load() > 1 {
 		return write()
 	}
 	// Writing a pack (10–60 ms per 16 MiB: a directory store's O_DIRECT
