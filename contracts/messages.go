@@ -567,6 +567,15 @@ type GCRequest struct {
 	Schema int    `json:"schema"`
 	DryRun bool   `json:"dry_run,omitempty"`
 	Grace  string `json:"grace,omitempty"` // Go duration; empty: the service's default
+	// RepackBelow: packs whose live bytes are under this fraction of their
+	// size are rewritten (compacted); nil: the service's
+	// STRATA_GC_REPACK_BELOW; 0: none.
+	RepackBelow *float64 `json:"repack_below,omitempty"`
+	// Recompress rewrites packs holding S2 chunks, re-encoding them with
+	// zstd.
+	Recompress bool `json:"recompress,omitempty"`
+	// RateLimit paces the bytes compaction reads, per second (0: unlimited).
+	RateLimit int64 `json:"rate_limit,omitempty"`
 }
 
 func (m *GCRequest) Validate() error {
@@ -578,6 +587,12 @@ func (m *GCRequest) Validate() error {
 		if err != nil || d < 0 {
 			return fmt.Errorf("grace %q: want a non-negative duration", m.Grace)
 		}
+	}
+	if m.RepackBelow != nil && (*m.RepackBelow < 0 || *m.RepackBelow > 1 || *m.RepackBelow != *m.RepackBelow) {
+		return fmt.Errorf("repack below %v: want a fraction from 0 to 1", *m.RepackBelow)
+	}
+	if m.RateLimit < 0 {
+		return fmt.Errorf("rate limit %d: want bytes per second, 0 for none", m.RateLimit)
 	}
 	return nil
 }
@@ -613,9 +628,27 @@ type GCReply struct {
 	GraceSeconds int64 `json:"grace_seconds"` // grace applied
 	// Packed repositories: packs seen, packs referenced by no backup (and
 	// older than the grace period) deleted, their bytes counted in
-	// FreedBytes. A pack any chunk of which is referenced is kept whole.
+	// FreedBytes.
 	Packs        int `json:"packs,omitempty"`
 	PacksDeleted int `json:"packs_deleted,omitempty"`
+	// Compaction: packs whose live bytes were under RepackBelow of their
+	// size (or, with Recompress, holding S2 chunks) rewritten — their live
+	// chunks copied into new packs, the old ones deleted (FreedBytes counts
+	// the difference). PackBytes and LiveBytes describe the packs seen.
+	RepackBelow   float64 `json:"repack_below,omitempty"`
+	PackBytes     int64   `json:"pack_bytes,omitempty"`
+	LiveBytes     int64   `json:"live_bytes,omitempty"`
+	PacksRepacked int     `json:"packs_repacked,omitempty"`
+	PacksWritten  int     `json:"packs_written,omitempty"`
+	ChunksMoved   int     `json:"chunks_moved,omitempty"`
+	BytesRead     int64   `json:"bytes_read,omitempty"`
+	BytesWritten  int64   `json:"bytes_written,omitempty"`
+	Recompressed  int     `json:"recompressed,omitempty"`     // chunks re-encoded S2 → zstd
+	RecompSaved   int64   `json:"recompress_saved,omitempty"` // bytes that saved
+	PacksNotMoved int     `json:"packs_not_moved,omitempty"`  // left whole: a live chunk bad, or held by a backup
+	MovedRecords  int     `json:"moved_records,omitempty"`    // records of compacted packs still needed
+	MovedDeleted  int     `json:"moved_deleted,omitempty"`    // records no backup needs any more, deleted
+	DanglingPacks int     `json:"dangling_packs,omitempty"`   // referenced packs neither stored nor moved (the verifier reports them)
 }
 
 func (m *GCReply) Validate() error { return checkSchema(m.Schema) }

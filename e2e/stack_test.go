@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binDir = dir
-	pkgs := []string{"github.com/strata-backup/strata/cmd/strata", "github.com/strata-backup/strata/e2e/cmd/strata-merge-crashing"}
+	pkgs := []string{"github.com/strata-backup/strata/cmd/strata", "github.com/strata-backup/strata/e2e/cmd/strata-merge-crashing", "github.com/strata-backup/strata/e2e/cmd/strata-dedup-crashing"}
 	for _, s := range services {
 		pkgs = append(pkgs, fmt.Sprintf("github.com/strata-backup/strata/services/%s/cmd/strata-%s", s, s))
 	}

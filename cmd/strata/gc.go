@@ -11,19 +11,31 @@ import (
 
 // cmdGC asks the dedup service to collect unreferenced chunks.
 func newGCCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "gc", Short: "delete chunks (and packs) no backup references", Args: usage(cobra.NoArgs)}
+	cmd := &cobra.Command{Use: "gc", Short: "delete chunks and packs no backup references; compact and recompress packs", Args: usage(cobra.NoArgs)}
 	fs := cmd.Flags()
 	req := contracts.GCRequest{Schema: contracts.SchemaVersion}
 	fs.BoolVar(&req.DryRun, "dry-run", false, "report what would be freed, delete nothing")
 	grace := fs.Duration("grace", -1, "spare unreferenced chunks younger than this (default: the service's STRATA_GC_GRACE)")
+	repackBelow := fs.Float64("repack-below", -1, "rewrite packs whose live bytes are under this fraction of their size, 0 for none (default: the service's STRATA_GC_REPACK_BELOW, 0.5)")
+	fs.BoolVar(&req.Recompress, "recompress", false, "also rewrite packs holding S2 chunks, re-encoding them with zstd (smaller; reads those packs once)")
+	var rateLimit sizeFlag
+	fs.Var(&rateLimit, "rate-limit", "read at most this much per second while rewriting packs (e.g. 50M; default unlimited)")
+	timeout := fs.Duration("timeout", 6*time.Hour, "give up waiting for the dedup service after this long (the collection goes on)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
 		if *grace >= 0 {
 			req.Grace = grace.String()
 		}
+		if fs.Changed("repack-below") {
+			if *repackBelow < 0 || *repackBelow > 1 {
+				return exitError{2, fmt.Errorf("--repack-below %v: want a fraction from 0 to 1", *repackBelow)}
+			}
+			req.RepackBelow = repackBelow
+		}
+		req.RateLimit = int64(rateLimit)
 		var reply contracts.GCReply
-		if err := call(ctx, "gc", contracts.SubjectDedupGC, &req, &reply, time.Hour); err != nil {
+		if err := call(ctx, "gc", contracts.SubjectDedupGC, &req, &reply, *timeout); err != nil {
 			return err
 		}
 		if *asJSON {
@@ -36,8 +48,24 @@ func newGCCmd() *cobra.Command {
 		fmt.Printf("marked %d backups (%d chunks referenced); %d chunk objects: %s %d (%s), %d unreferenced but younger than %s\n",
 			reply.Backups, reply.Referenced, reply.Chunks, verb, reply.Deleted, human(reply.FreedBytes), reply.Young, time.Duration(reply.GraceSeconds)*time.Second)
 		if reply.Packs > 0 {
-			fmt.Printf("%d packs: %s %d no backup references (packs partly referenced are kept whole)\n", reply.Packs, verb, reply.PacksDeleted)
+			fmt.Printf("%d packs (%s, %s live): %s %d no backup references\n", reply.Packs, human(reply.PackBytes), human(reply.LiveBytes), verb, reply.PacksDeleted)
+			rewrite := "rewrote"
+			if reply.DryRun {
+				rewrite = "would rewrite"
+			}
+			fmt.Printf("compaction (packs under %.0f%% live%s): %s %d packs", reply.RepackBelow*100, map[bool]string{true: ", or holding S2 chunks"}[req.Recompress], rewrite, reply.PacksRepacked)
+			if !reply.DryRun {
+				fmt.Printf(" into %d (%d chunks moved, %s read, %s written, %d recompressed saving %s)", reply.PacksWritten, reply.ChunksMoved, human(reply.BytesRead), human(reply.BytesWritten), reply.Recompressed, human(reply.RecompSaved))
+			}
+			fmt.Println()
+			if reply.PacksNotMoved > 0 {
+				fmt.Printf("%d packs left whole (a live chunk unreadable: run strata check)\n", reply.PacksNotMoved)
+			}
+			if reply.DanglingPacks > 0 {
+				fmt.Printf("warning: %d referenced packs are neither stored nor moved: run strata check\n", reply.DanglingPacks)
+			}
 		}
+		fmt.Printf("freed %s\n", human(reply.FreedBytes))
 		return nil
 	}
 	return cmd

@@ -180,6 +180,14 @@ func AppendEncode(dst, data []byte, c Codec) []byte {
 	return dst
 }
 
+// StoredCodec is the codec a stored chunk (unsealed) names in its header.
+func StoredCodec(obj []byte) (Codec, bool) {
+	if len(obj) < headerSize || string(obj[:4]) != magic {
+		return 0, false
+	}
+	return Codec(obj[4]), true
+}
+
 // Decode turns a stored chunk back into its bytes and checks them against
 // id. Any mismatch is an error wrapping ErrCorrupt; wrong bytes are never
 // returned.

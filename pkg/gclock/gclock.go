@@ -178,3 +178,13 @@ func (g *GC) Deleted(ctx context.Context, gcID, chunkID string) error {
 	}
 	return nil
 }
+
+// Unclaim gives a claimed chunk or pack back, not deleted after all (a
+// pack compaction had to leave whole): holds taken on it from now on keep
+// it, and dedup stops waiting for its deletion.
+func (g *GC) Unclaim(ctx context.Context, gcID, chunkID string) error {
+	if _, err := g.holds.Put(ctx, contracts.GCHoldKey(gcID, chunkID), []byte(contracts.GCHeld)); err != nil {
+		return fmt.Errorf("give back chunk %s: %w", chunkID, err)
+	}
+	return nil
+}

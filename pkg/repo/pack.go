@@ -15,8 +15,12 @@ package repo
 // is known without any manifest (an index rebuilt from the store, GC
 // deciding what is dead in it):
 //
-//	trailer: "STPI" | u32 count | count × (32-byte id | u32 offset | u32 length) |
+//	trailer: "STP2" | u32 count | count × (32-byte id | u32 offset | u32 length | codec) |
 //	         sha256 of everything before
+//
+// (packs written before the codec byte have "STPI" and 40-byte entries;
+// their codecs read as CodecUnknown). The codec lets maintenance find the
+// packs worth recompressing from their trailers alone.
 //
 // sealed, in an encrypted repository, and bound to the pack's key. Readers
 // reach a chunk by its location (pack, offset, length), which manifests
@@ -33,14 +37,17 @@ import (
 	"github.com/google/uuid"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/objstore"
 )
 
 const (
-	packMagic    = "STRATAPK"
-	trailerMagic = "STPI"
-	packEntryLen = 32 + 4 + 4
+	packMagic      = "STRATAPK"
+	trailerMagicV1 = "STPI"
+	trailerMagic   = "STP2"
+	packEntryLenV1 = 32 + 4 + 4
+	packEntryLen   = packEntryLenV1 + 1
 	// packTailLen is the fixed end of a pack: trailer length and magic.
 	packTailLen = 4 + len(packMagic)
 	// MaxPackSize bounds a pack: offsets are 32-bit, and a pack is built
@@ -58,7 +65,20 @@ func PackKey(p chunk.PackID) string {
 type PackEntry struct {
 	ID  chunk.ID
 	Loc chunk.Loc
+	// Codec the chunk is compressed with (CodecUnknown in packs written
+	// before trailers named it).
+	Codec chunk.Codec
+	// Settled: recompression tried zstd on this chunk and kept it as it
+	// was (zstd did no better); it is not tried again.
+	Settled bool
 }
+
+// settledBit marks a settled chunk in the trailer's codec byte.
+const settledBit = 0x80
+
+// CodecUnknown is the codec of a chunk whose pack's trailer does not name
+// it.
+const CodecUnknown chunk.Codec = 0xff
 
 // Pack is a pack being filled. Not safe for concurrent use.
 type Pack struct {
@@ -92,17 +112,21 @@ func (p *Pack) Grow(n int) {
 	p.buf = buf
 }
 
-// Add appends a stored chunk (as Repository.AppendChunk makes it) and
-// returns where it will lie once the pack is stored. stored is copied.
-func (p *Pack) Add(id chunk.ID, stored []byte) (chunk.Loc, error) {
+// Add appends a stored chunk (as Repository.AppendChunk makes it, with
+// codec c) and returns where it will lie once the pack is stored. stored
+// is copied.
+func (p *Pack) Add(id chunk.ID, stored []byte, c chunk.Codec) (chunk.Loc, error) {
 	if len(stored) == 0 || len(p.buf)+len(stored) > MaxPackSize {
 		return chunk.Loc{}, fmt.Errorf("pack %s: a %d-byte chunk does not fit after %d bytes", p.ID, len(stored), len(p.buf))
 	}
 	loc := chunk.Loc{Pack: p.ID, Off: uint32(len(p.buf)), Len: uint32(len(stored))}
 	p.buf = append(p.buf, stored...)
-	p.entries = append(p.entries, PackEntry{ID: id, Loc: loc})
+	p.entries = append(p.entries, PackEntry{ID: id, Loc: loc, Codec: c})
 	return loc, nil
 }
+
+// Len is the number of bytes of chunks added so far.
+func (p *Pack) Len() int { return len(p.buf) }
 
 // PackChunks adds chunks data[i] (ids[i]), encoded with c, to p, encoding
 // up to parallel at once straight into the pack's buffer: each chunk gets
@@ -127,12 +151,13 @@ func (r *Repository) PackChunks(p *Pack, ids []chunk.ID, data [][]byte, c chunk.
 	p.Grow(total + 64*len(ids) + 128)
 	full := p.buf[:base+total]
 	stored := make([][]byte, len(data))
+	codecs := make([]chunk.Codec, len(data))
 	var g errgroup.Group
 	g.SetLimit(max(1, parallel))
 	for i := range data {
 		g.Go(func() error {
 			slot := full[base+slots[i] : base+slots[i] : base+slots[i+1]]
-			stored[i] = r.AppendChunk(slot, ids[i], data[i], c)
+			stored[i], codecs[i] = r.appendChunk(slot, ids[i], data[i], c)
 			return nil
 		})
 	}
@@ -144,7 +169,7 @@ func (r *Repository) PackChunks(p *Pack, ids []chunk.ID, data [][]byte, c chunk.
 		// overwrites no slot not yet moved.
 		n := copy(full[at:], b)
 		loc := chunk.Loc{Pack: p.ID, Off: uint32(at), Len: uint32(n)}
-		p.entries = append(p.entries, PackEntry{ID: ids[i], Loc: loc})
+		p.entries = append(p.entries, PackEntry{ID: ids[i], Loc: loc, Codec: codecs[i]})
 		at += n
 	}
 	p.buf = full[:at]
@@ -163,6 +188,11 @@ func encodeTrailer(entries []PackEntry) []byte {
 		b = append(b, e.ID[:]...)
 		b = binary.BigEndian.AppendUint32(b, e.Loc.Off)
 		b = binary.BigEndian.AppendUint32(b, e.Loc.Len)
+		c := byte(e.Codec)
+		if e.Settled {
+			c |= settledBit
+		}
+		b = append(b, c)
 	}
 	sum := sha256.Sum256(b)
 	return append(b, sum[:]...)
@@ -175,7 +205,15 @@ var ErrCorruptPack = errors.New("corrupt pack")
 // decodeTrailer parses a plain trailer of pack p whose blobs end at
 // blobsEnd, checking that every entry lies inside them.
 func decodeTrailer(p chunk.PackID, b []byte, blobsEnd int64) ([]PackEntry, error) {
-	if len(b) < len(trailerMagic)+4+sha256.Size || string(b[:len(trailerMagic)]) != trailerMagic {
+	if len(b) < len(trailerMagic)+4+sha256.Size {
+		return nil, fmt.Errorf("%w: no index trailer", ErrCorruptPack)
+	}
+	entryLen := packEntryLen
+	switch string(b[:len(trailerMagic)]) {
+	case trailerMagic:
+	case trailerMagicV1:
+		entryLen = packEntryLenV1
+	default:
 		return nil, fmt.Errorf("%w: no index trailer", ErrCorruptPack)
 	}
 	body, sum := b[:len(b)-sha256.Size], b[len(b)-sha256.Size:]
@@ -184,13 +222,18 @@ func decodeTrailer(p chunk.PackID, b []byte, blobsEnd int64) ([]PackEntry, error
 	}
 	n := binary.BigEndian.Uint32(body[len(trailerMagic):])
 	rest := body[len(trailerMagic)+4:]
-	if uint64(len(rest)) != uint64(n)*packEntryLen {
+	if uint64(len(rest)) != uint64(n)*uint64(entryLen) {
 		return nil, fmt.Errorf("%w: %d entries announced, %d bytes of entries", ErrCorruptPack, n, len(rest))
 	}
 	entries := make([]PackEntry, n)
 	for i := range entries {
-		e := rest[packEntryLen*i:]
+		e := rest[entryLen*i:]
 		copy(entries[i].ID[:], e)
+		entries[i].Codec = CodecUnknown
+		if entryLen == packEntryLen {
+			entries[i].Codec = chunk.Codec(e[40] &^ settledBit)
+			entries[i].Settled = e[40]&settledBit != 0
+		}
 		off, ln := binary.BigEndian.Uint32(e[32:]), binary.BigEndian.Uint32(e[36:])
 		if ln == 0 || int64(off)+int64(ln) > blobsEnd {
 			return nil, fmt.Errorf("%w: entry %d (%d+%d) outside the %d bytes of chunks", ErrCorruptPack, i, off, ln, blobsEnd)
@@ -347,7 +390,26 @@ func (r *Repository) ReadRun(ctx context.Context, refs []chunk.Ref) ([][]byte, e
 	return out, nil
 }
 
+// readPacked reads a chunk from its pack, following the pack's moved
+// records when compaction deleted it (moved.go).
 func (r *Repository) readPacked(ctx context.Context, id chunk.ID, loc chunk.Loc) ([]byte, error) {
+	for hop := 0; ; hop++ {
+		data, err := r.readPackRange(ctx, id, loc)
+		if !errors.Is(err, objstore.ErrNotFound) || hop == maxMoveHops {
+			return data, err
+		}
+		to, ok, rerr := r.relocate(ctx, id, loc)
+		if rerr != nil {
+			return nil, fmt.Errorf("%w (looking for where it moved: %v)", err, rerr)
+		}
+		if !ok {
+			return nil, err
+		}
+		loc = to
+	}
+}
+
+func (r *Repository) readPackRange(ctx context.Context, id chunk.ID, loc chunk.Loc) ([]byte, error) {
 	key := PackKey(loc.Pack)
 	stored, err := r.Store.GetRange(ctx, key, int64(loc.Off), int64(loc.Len))
 	if err != nil {
@@ -390,4 +452,19 @@ func (r *Repository) ListPacks(ctx context.Context, lo byte, hi int, f func(p ch
 		}
 	}
 	return nil
+}
+
+// AddChunk encodes data with c and appends it to p (see Pack.Add).
+func (r *Repository) AddChunk(p *Pack, id chunk.ID, data []byte, c chunk.Codec) (chunk.Loc, error) {
+	stored, got := r.appendChunk(nil, id, data, c)
+	return p.Add(id, stored, got)
+}
+
+// Announcement is what dedup's index learns of a stored pack.
+func (p *Pack) Announcement() *contracts.PackStored {
+	ann := &contracts.PackStored{Schema: contracts.SchemaVersion, Pack: p.ID.String()}
+	for _, e := range p.entries {
+		ann.Chunks = append(ann.Chunks, contracts.ChunkLoc{ID: e.ID.String(), Off: e.Loc.Off, Len: e.Loc.Len})
+	}
+	return ann
 }

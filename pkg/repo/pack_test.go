@@ -21,7 +21,7 @@ func packOf(t *testing.T, r *Repository, n int) (*Pack, [][]byte) {
 	for i := range n {
 		data := bytes.Repeat([]byte(fmt.Sprintf("chunk %d ", i)), 100+i)
 		id := r.ChunkID(data)
-		if _, err := p.Add(id, r.AppendChunk(nil, id, data, chunk.Zstd)); err != nil {
+		if _, err := r.AddChunk(p, id, data, chunk.Zstd); err != nil {
 			t.Fatal(err)
 		}
 		datas = append(datas, data)
@@ -141,7 +141,7 @@ func FuzzPackIndex(f *testing.F) {
 	for i := range 3 {
 		data := []byte(fmt.Sprint("seed chunk ", i))
 		id := r.ChunkID(data)
-		p.Add(id, r.AppendChunk(nil, id, data, chunk.S2))
+		r.AddChunk(p, id, data, chunk.S2)
 	}
 	r.PutPack(ctx, p)
 	seed, _ := store.Get(ctx, PackKey(p.ID))
@@ -235,7 +235,7 @@ func TestPackChunks(t *testing.T) {
 					p.Reset()
 					first := []byte("already in the pack")
 					firstID := r.ChunkID(first)
-					if _, err := p.Add(firstID, r.AppendChunk(nil, firstID, first, c)); err != nil {
+					if _, err := r.AddChunk(p, firstID, first, c); err != nil {
 						t.Fatal(err)
 					}
 					ids := make([]chunk.ID, len(datas))

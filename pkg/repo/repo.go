@@ -3,6 +3,7 @@
 //	config                                repository parameters (chunk size, id)
 //	chunks/ab/abcdef…                     a chunk stored on its own (see package chunk)
 //	packs/ab/abcdef…                      many stored chunks and their index (pack.go)
+//	moved/ab/<pack>/<collection>          where compaction moved a pack's chunks (moved.go)
 //	manifests/<vm>/<disk>/<backup-id>     chunk maps (see package manifest)
 //	backups/<vm>/<backup-id>.json         backup records
 //
@@ -90,6 +91,7 @@ type Repository struct {
 	Config Config
 	Chunks ChunkStore
 	seal   sealer
+	moved  moveCache // records of packs found gone (moved.go)
 }
 
 // sealer turns a plaintext object into its stored form and back, bound to
@@ -185,7 +187,16 @@ func (r *Repository) EncodeChunk(id chunk.ID, data []byte) []byte {
 // plaintext repository returns dst's memory; a sealed one allocates its
 // own). A stored chunk names its codec, so changing c rewrites nothing.
 func (r *Repository) AppendChunk(dst []byte, id chunk.ID, data []byte, c chunk.Codec) []byte {
-	return r.seal.seal(chunk.AppendEncode(dst, data, c), id[:])
+	b, _ := r.appendChunk(dst, id, data, c)
+	return b
+}
+
+// appendChunk is AppendChunk that also says which codec the chunk got
+// (raw when compression gave up).
+func (r *Repository) appendChunk(dst []byte, id chunk.ID, data []byte, c chunk.Codec) ([]byte, chunk.Codec) {
+	enc := chunk.AppendEncode(dst, data, c)
+	got, _ := chunk.StoredCodec(enc[len(dst):])
+	return r.seal.seal(enc, id[:]), got
 }
 
 func readConfig(ctx context.Context, store objstore.Store) (Config, error) {

@@ -38,12 +38,24 @@ type Config struct {
 	// repository; empty: the system's temporary directory). Kept across
 	// restarts it saves a rebuild that reads every pack's trailer.
 	IndexDir string `envconfig:"DEDUP_INDEX_DIR"`
+	// GCRepackBelow: a collection rewrites packs whose live bytes are
+	// under this fraction of their size (0: never).
+	GCRepackBelow float64 `envconfig:"GC_REPACK_BELOW" default:"0.5"`
+	// GCLockStale: a gc.lock older than this was left by a collector that
+	// stopped, and the next collection takes it over.
+	GCLockStale time.Duration `envconfig:"GC_LOCK_STALE" default:"6h"`
+	// Hooks observe a collection step by step; nil in production (the e2e
+	// suite stops a collection at each step with them).
+	Hooks Hooks `ignored:"true"`
 }
 
 // Start registers the dedup endpoint.
 func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	if err := validShards(cfg.GCShards); err != nil {
 		return err
+	}
+	if cfg.GCRepackBelow < 0 || cfg.GCRepackBelow > 1 {
+		return fmt.Errorf("STRATA_GC_REPACK_BELOW %v: want a fraction from 0 to 1", cfg.GCRepackBelow)
 	}
 	cache := NewPresentCache(cfg.CacheEntries)
 	d := &Index{chunks: rt.Repo.Chunks, cache: cache, bad: map[chunk.ID]bool{}, store: rt.Repo.Store}
@@ -80,7 +92,11 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		if req.Grace != "" {
 			grace, _ = time.ParseDuration(req.Grace) // validated
 		}
-		return collect(ctx, rt, grace, req.DryRun, cfg.GCShards) // every instance forgets its cache on its next request (gcGuard)
+		opts := gcOptions{repackBelow: cfg.GCRepackBelow, recompress: req.Recompress, rateLimit: req.RateLimit, hooks: cfg.Hooks}
+		if req.RepackBelow != nil {
+			opts.repackBelow = *req.RepackBelow
+		}
+		return collect(ctx, rt, grace, req.DryRun, cfg.GCShards, cfg.GCLockStale, opts) // every instance forgets its cache on its next request (gcGuard)
 	})
 }
 

@@ -17,9 +17,6 @@ import (
 	"github.com/strata-backup/strata/pkg/runtime"
 )
 
-// staleLock: a lock older than this was left by a crashed collector.
-const staleLock = 6 * time.Hour
-
 // drainTimeout bounds how long a collection waits for segments already
 // handed to transfer workers.
 const drainTimeout = 30 * time.Minute
@@ -49,11 +46,11 @@ const drainTimeout = 30 * time.Minute
 // With shards > 1 the whole protocol runs once per range of chunk ids (by
 // their first byte), so the mark holds one shard's ids at a time: memory
 // divided by shards, every manifest read shards times.
-func collect(ctx context.Context, rt *runtime.Runtime, grace time.Duration, dryRun bool, shards int) (*contracts.GCReply, error) {
+func collect(ctx context.Context, rt *runtime.Runtime, grace time.Duration, dryRun bool, shards int, staleLock time.Duration, opts gcOptions) (*contracts.GCReply, error) {
 	if err := validShards(shards); err != nil {
 		return nil, err
 	}
-	c := &collection{rt: rt, grace: grace, dryRun: dryRun,
+	c := &collection{rt: rt, grace: grace, dryRun: dryRun, opts: opts,
 		lock:  contracts.GCLock{ID: uuid.NewString(), Since: time.Now().UTC(), Phase: "mark"},
 		reply: &contracts.GCReply{Schema: contracts.SchemaVersion, DryRun: dryRun, GraceSeconds: int64(grace / time.Second)}}
 	var err error
@@ -74,7 +71,8 @@ func collect(ctx context.Context, rt *runtime.Runtime, grace time.Duration, dryR
 	}
 	r := c.reply
 	rt.Log.InfoContext(ctx, "garbage collection", "dry_run", dryRun, "shards", shards, "backups", r.Backups, "referenced", r.Referenced,
-		"chunks", r.Chunks, "young", r.Young, "rescued", r.Rescued, "deleted", r.Deleted, "packs", r.Packs, "packs_deleted", r.PacksDeleted, "freed_bytes", r.FreedBytes)
+		"chunks", r.Chunks, "young", r.Young, "rescued", r.Rescued, "deleted", r.Deleted, "packs", r.Packs, "packs_deleted", r.PacksDeleted,
+		"packs_repacked", r.PacksRepacked, "chunks_moved", r.ChunksMoved, "recompressed", r.Recompressed, "freed_bytes", r.FreedBytes)
 	return r, nil
 }
 
@@ -91,6 +89,7 @@ type collection struct {
 	rt     *runtime.Runtime
 	grace  time.Duration
 	dryRun bool
+	opts   gcOptions
 	lock   contracts.GCLock
 	rev    uint64 // gc.lock's revision, for compare-and-set moves
 	reply  *contracts.GCReply

@@ -3,77 +3,207 @@ package dedup
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+
+	"golang.org/x/time/rate"
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/manifest"
 	"github.com/strata-backup/strata/pkg/objstore"
 	"github.com/strata-backup/strata/pkg/reach"
-	"github.com/strata-backup/strata/pkg/runtime"
+	"github.com/strata-backup/strata/pkg/repo"
 )
 
 // PackHoldKey is the hold a dedup instance takes on a condemned pack.
 func PackHoldKey(p chunk.PackID) string { return "pack-" + p.String() }
 
-// packs collects the packs of a packed repository that no backup
-// references, by the same five steps as chunks (see collect): a pack is
-// live when any manifest or running backup's segment result places a
-// chunk in it, so the mark holds one entry per pack, not per chunk.
-// Packs partly referenced are kept whole (repacking them is not done yet).
-func (c *collection) packs(ctx context.Context) error {
-	rt, reply := c.rt, c.reply
-	live := map[chunk.PackID]struct{}{}
-	read := map[string]bool{}
-	mark := func() error {
-		if err := markResultPacks(ctx, rt, live); err != nil {
-			return err
-		}
-		w := reach.Walker{Catalog: rt.Catalog, Repo: rt.Repo, Skip: func(key string) bool { return read[key] }}
-		_, err := w.Walk(ctx, func(_ *contracts.BackupRecord, d contracts.DiskRecord, man *manifest.Manifest) error {
-			for _, l := range man.Locs {
-				if l.InPack() {
-					live[l.Pack] = struct{}{}
-				}
+// packRefs is the live part of each pack: the offsets references name,
+// with the stored length there. 8 bytes and a map entry per distinct live
+// chunk: the collection of packs holds this for the whole repository.
+type packRefs map[chunk.PackID]map[uint32]uint32
+
+func (r packRefs) add(l chunk.Loc) {
+	m := r[l.Pack]
+	if m == nil {
+		m = map[uint32]uint32{}
+		r[l.Pack] = m
+	}
+	m[l.Off] = l.Len
+}
+
+func (r packRefs) bytes(p chunk.PackID) (n int64) {
+	for _, l := range r[p] {
+		n += int64(l)
+	}
+	return n
+}
+
+// packMark is what references say about the packs: the offsets named
+// directly (manifests, running backups' results) and, through the moved
+// records of compacted packs, where those chunks lie now.
+type packMark struct {
+	c      *collection
+	direct packRefs        // as manifests and results name them
+	live   packRefs        // resolved to stored packs
+	read   map[string]bool // manifests read
+	moves  map[chunk.PackID]map[uint32]repo.Move
+}
+
+// mark reads the results of running backups and every manifest not read
+// yet, then resolves the references through moved records.
+func (m *packMark) mark(ctx context.Context, stored map[chunk.PackID]objstore.Info, moved map[chunk.PackID][]objstore.Info) error {
+	rt := m.c.rt
+	err := eachResult(ctx, rt, func(d *contracts.SegmentDone) {
+		for _, l := range d.Locs {
+			if p, err := chunk.ParsePackID(d.Packs[l.Pack]); err == nil {
+				m.direct.add(chunk.Loc{Pack: p, Off: l.Off, Len: l.Len})
 			}
-			read[d.Manifest] = true
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("mark packs: %w", err)
 		}
-		return nil
-	}
-	if err := mark(); err != nil {
-		return err
-	}
-	type candidate struct {
-		p    chunk.PackID
-		size int64
-	}
-	var candidates []candidate
-	cutoff := c.lock.Since.Add(-c.grace)
-	err := rt.Repo.ListPacks(ctx, 0, 256, func(p chunk.PackID, info objstore.Info) error {
-		reply.Packs++
-		if _, ok := live[p]; ok {
-			return nil
-		}
-		if info.Modified.After(cutoff) {
-			reply.Young++
-			return nil
-		}
-		candidates = append(candidates, candidate{p, info.Size})
-		return nil
 	})
 	if err != nil {
 		return err
 	}
+	w := reach.Walker{Catalog: rt.Catalog, Repo: rt.Repo, Skip: func(key string) bool { return m.read[key] }}
+	if _, err := w.Walk(ctx, func(_ *contracts.BackupRecord, d contracts.DiskRecord, man *manifest.Manifest) error {
+		for _, l := range man.Locs {
+			if l.InPack() {
+				m.direct.add(l)
+			}
+		}
+		m.read[d.Manifest] = true
+		return nil
+	}); err != nil {
+		return fmt.Errorf("mark packs: %w", err)
+	}
+	// Resolve: a reference to a pack with records counts where its chunk
+	// went (a pack may still exist beside its records when a collection
+	// stopped between the two: both are kept live then).
+	m.live = packRefs{}
+	m.c.reply.DanglingPacks = 0
+	var todo []chunk.Loc
+	for p, offs := range m.direct {
+		for off, n := range offs {
+			todo = append(todo, chunk.Loc{Pack: p, Off: off, Len: n})
+		}
+	}
+	seen := map[chunk.Loc]bool{}
+	dangling := map[chunk.PackID]bool{}
+	for len(todo) > 0 {
+		l := todo[len(todo)-1]
+		todo = todo[:len(todo)-1]
+		if seen[l] {
+			continue
+		}
+		seen[l] = true
+		_, isStored := stored[l.Pack]
+		if isStored {
+			m.live.add(l)
+		}
+		if _, has := moved[l.Pack]; has {
+			moves, err := m.movesOf(ctx, l.Pack)
+			if err != nil {
+				return err
+			}
+			if mv, ok := moves[l.Off]; ok {
+				todo = append(todo, mv.To)
+				continue
+			}
+		}
+		if !isStored {
+			dangling[l.Pack] = true
+		}
+	}
+	m.c.reply.DanglingPacks = len(dangling)
+	return nil
+}
+
+func (m *packMark) movesOf(ctx context.Context, p chunk.PackID) (map[uint32]repo.Move, error) {
+	if mv, ok := m.moves[p]; ok {
+		return mv, nil
+	}
+	mv, err := m.c.rt.Repo.Moves(ctx, p)
+	if err != nil {
+		return nil, fmt.Errorf("mark packs: %w", err)
+	}
+	m.moves[p] = mv
+	return mv, nil
+}
+
+// packs collects a packed repository's packs by the same steps as chunks
+// (see collect): packs no reference reaches are deleted; packs whose live
+// bytes fall under the repack threshold — or, recompressing, that hold S2
+// chunks — are compacted: their live chunks copied into new packs, moved
+// records written, the old packs deleted (pkg/repo's Repacker). Both kinds
+// are condemned, so a backup deduplicating against one meanwhile holds it
+// and it is left as it is.
+func (c *collection) packs(ctx context.Context) error {
+	rt, reply := c.rt, c.reply
+	stored := map[chunk.PackID]objstore.Info{}
+	if err := rt.Repo.ListPacks(ctx, 0, 256, func(p chunk.PackID, info objstore.Info) error {
+		stored[p] = info
+		return nil
+	}); err != nil {
+		return err
+	}
+	moved := map[chunk.PackID][]objstore.Info{}
+	if err := rt.Repo.ListMoved(ctx, func(p chunk.PackID, recs []objstore.Info) error {
+		moved[p] = recs
+		return nil
+	}); err != nil {
+		return err
+	}
+	m := &packMark{c: c, direct: packRefs{}, read: map[string]bool{}, moves: map[chunk.PackID]map[uint32]repo.Move{}}
+	if err := m.mark(ctx, stored, moved); err != nil {
+		return err
+	}
+
+	type candidate struct {
+		p      chunk.PackID
+		size   int64
+		repack bool
+	}
+	var candidates []candidate
+	cutoff := c.lock.Since.Add(-c.grace)
+	reply.RepackBelow = c.opts.repackBelow
+	for p, info := range stored {
+		reply.Packs++
+		live := m.live.bytes(p)
+		reply.PackBytes += info.Size
+		reply.LiveBytes += live
+		if info.Modified.After(cutoff) {
+			if live == 0 {
+				reply.Young++
+			}
+			continue
+		}
+		switch {
+		case live == 0:
+			candidates = append(candidates, candidate{p: p, size: info.Size})
+		case float64(live) < c.opts.repackBelow*float64(info.Size):
+			candidates = append(candidates, candidate{p: p, size: info.Size, repack: true})
+		case c.opts.recompress:
+			worth, err := c.worthRecompressing(ctx, p, info.Size, m.live[p])
+			if err != nil {
+				return err
+			}
+			if worth {
+				candidates = append(candidates, candidate{p: p, size: info.Size, repack: true})
+			}
+		}
+	}
 	if c.dryRun || len(candidates) == 0 {
 		for _, cd := range candidates {
-			reply.PacksDeleted++
-			reply.FreedBytes += cd.size
+			if cd.repack {
+				reply.PacksRepacked++
+				reply.FreedBytes += cd.size - m.live.bytes(cd.p)
+			} else {
+				reply.PacksDeleted++
+				reply.FreedBytes += cd.size
+			}
 		}
-		return nil
+		return c.dropMoved(ctx, m, stored, moved)
 	}
 
 	var list bytes.Buffer
@@ -85,11 +215,27 @@ func (c *collection) packs(ctx context.Context) error {
 		return err
 	}
 	defer done()
-	if err := mark(); err != nil {
+	if err := c.hook("condemned", ""); err != nil {
 		return err
 	}
+	if err := m.mark(ctx, stored, moved); err != nil {
+		return err
+	}
+
+	rp := rt.Repo.NewRepacker(c.lock.ID)
+	rp.Recompress = c.opts.recompress
+	if c.opts.rateLimit > 0 {
+		rp.Limit = rate.NewLimiter(rate.Limit(c.opts.rateLimit), int(min(c.opts.rateLimit, repo.MaxRunBytes)))
+	}
+	rp.Announce = func(ctx context.Context, p *repo.Pack) error {
+		ann := p.Announcement()
+		return rt.Bus.Publish(ctx, contracts.PackStoredSubject(ann.Pack), ann, ann.Pack)
+	}
+	rp.Step = func(step string, p chunk.PackID) error { return c.hook(step, p.String()) }
+	rp.Done = func(ctx context.Context, p chunk.PackID) error { return rt.GC.Deleted(ctx, c.lock.ID, PackHoldKey(p)) }
 	for _, cd := range candidates {
-		if _, ok := live[cd.p]; ok {
+		live := m.live[cd.p]
+		if !cd.repack && len(live) > 0 {
 			reply.Rescued++
 			continue
 		}
@@ -98,30 +244,121 @@ func (c *collection) packs(ctx context.Context) error {
 			return err
 		}
 		if !claimed {
-			reply.Rescued++
+			reply.Rescued++ // a backup reuses it: held
 			continue
 		}
-		if err := rt.Repo.DeletePack(ctx, cd.p); err != nil {
-			return fmt.Errorf("sweep: %w", err)
+		if !cd.repack {
+			if err := rt.Repo.DeletePack(ctx, cd.p); err != nil {
+				return fmt.Errorf("sweep: %w", err)
+			}
+			if err := rt.GC.Deleted(ctx, c.lock.ID, PackHoldKey(cd.p)); err != nil {
+				return err
+			}
+			reply.PacksDeleted++
+			reply.FreedBytes += cd.size
+			continue
 		}
-		if err := rt.GC.Deleted(ctx, c.lock.ID, PackHoldKey(cd.p)); err != nil {
-			return err
+		if err := rp.Repack(ctx, cd.p, live); err != nil {
+			if !errors.Is(err, repo.ErrNotRepacked) {
+				return err
+			}
+			rt.Log.WarnContext(ctx, "pack left whole", "pack", cd.p.String(), "err", err)
+			reply.PacksNotMoved++
+			if err := rt.GC.Unclaim(ctx, c.lock.ID, PackHoldKey(cd.p)); err != nil {
+				return err
+			}
+			continue
 		}
-		reply.PacksDeleted++
 		reply.FreedBytes += cd.size
 	}
+	if err := rp.Flush(ctx); err != nil {
+		return err
+	}
+	reply.PacksRepacked += rp.Stats.Packs
+	reply.PacksWritten += rp.Stats.NewPacks
+	reply.ChunksMoved += rp.Stats.Moved
+	reply.BytesRead += rp.Stats.Read
+	reply.BytesWritten += rp.Stats.Written
+	reply.Recompressed += rp.Stats.Recompressed
+	reply.RecompSaved += rp.Stats.RecompSaved
+	reply.FreedBytes -= rp.Stats.Written
 	c.lock.CondemnedPacks = ""
-	return c.setPhase(ctx, "mark", "")
+	if err := c.setPhase(ctx, "mark", ""); err != nil {
+		return err
+	}
+	return c.dropMoved(ctx, m, stored, moved)
 }
 
-// markResultPacks marks the packs named by segment results of running
-// backups.
-func markResultPacks(ctx context.Context, rt *runtime.Runtime, live map[chunk.PackID]struct{}) error {
-	return eachResult(ctx, rt, func(d *contracts.SegmentDone) {
-		for _, s := range d.Packs {
-			if p, err := chunk.ParsePackID(s); err == nil {
-				live[p] = struct{}{}
+// worthRecompressing: a pack one of whose live chunks is stored with S2
+// (or in a pack whose trailer predates codecs). Reads the trailer only.
+func (c *collection) worthRecompressing(ctx context.Context, p chunk.PackID, size int64, live map[uint32]uint32) (bool, error) {
+	entries, err := c.rt.Repo.PackIndex(ctx, p, size)
+	if err != nil {
+		c.rt.Log.WarnContext(ctx, "pack trailer unreadable; not recompressed", "pack", p.String(), "err", err)
+		return false, nil
+	}
+	for _, e := range entries {
+		if _, ok := live[e.Loc.Off]; ok && (e.Codec == chunk.S2 && !e.Settled || e.Codec == repo.CodecUnknown) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// dropMoved deletes the records of compacted packs that no reference names
+// any more (older than the grace period), and counts the others. Nothing
+// can come to name such a pack again: dedup locates chunks only in packs
+// that exist, and a backup inherits locations only from a parent that
+// still references them.
+func (c *collection) dropMoved(ctx context.Context, m *packMark, stored map[chunk.PackID]objstore.Info, moved map[chunk.PackID][]objstore.Info) error {
+	cutoff := c.lock.Since.Add(-c.grace)
+	for p, recs := range moved {
+		if _, ok := m.direct[p]; ok {
+			c.reply.MovedRecords += len(recs)
+			continue
+		}
+		if _, ok := stored[p]; ok {
+			c.reply.MovedRecords += len(recs) // its pack's own collection decides
+			continue
+		}
+		var old []string
+		for _, r := range recs {
+			if r.Modified.After(cutoff) {
+				c.reply.MovedRecords++
+			} else {
+				old = append(old, r.Key)
 			}
 		}
-	})
+		if c.dryRun || len(old) == 0 {
+			continue
+		}
+		if err := c.rt.Repo.DeleteMoved(ctx, old); err != nil {
+			return err
+		}
+		c.reply.MovedDeleted += len(old)
+	}
+	return nil
+}
+
+// hook calls the test hooks, if any.
+func (c *collection) hook(step, pack string) error {
+	if c.opts.hooks == nil {
+		return nil
+	}
+	return c.opts.hooks.BeforeGCStep(step, pack)
+}
+
+// gcOptions are a collection's settings beyond grace and dry run.
+type gcOptions struct {
+	repackBelow float64
+	recompress  bool
+	rateLimit   int64
+	hooks       Hooks
+}
+
+// Hooks are called before each step of a collection of packs (condemned,
+// then per pack packed, moved, deleted); nil in production. The e2e suite
+// builds a dedup that exits at a chosen step, as a crash would.
+type Hooks interface {
+	BeforeGCStep(step, pack string) error
 }

@@ -7,9 +7,17 @@ require (
 	github.com/nats-io/nats.go v1.55.0
 	github.com/strata-backup/strata/contracts v0.0.0
 	github.com/strata-backup/strata/pkg v0.0.0
+	golang.org/x/time v0.16.0
 )
 
-require go.etcd.io/bbolt v1.5.0 // indirect
+require (
+	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
+	github.com/google/go-tpm v0.9.8 // indirect
+	github.com/minio/highwayhash v1.0.4 // indirect
+	github.com/nats-io/jwt/v2 v2.8.2 // indirect
+	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
+	go.etcd.io/bbolt v1.5.0
+)
 
 require (
 	github.com/aws/aws-sdk-go-v2 v1.48.0 // indirect

@@ -22,7 +22,7 @@ func storePack(t *testing.T, ctx context.Context, r *repo.Repository, announce f
 	for i := range n {
 		data := []byte(fmt.Sprintf("pack %d chunk %d", seed, i))
 		id := r.ChunkID(data)
-		if _, err := p.Add(id, r.AppendChunk(nil, id, data, chunk.Zstd)); err != nil {
+		if _, err := r.AddChunk(p, id, data, chunk.Zstd); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -631,9 +631,8 @@ func (w *worker) uploadPack(ctx context.Context, seg *contracts.Segment, rel []i
 	}
 	// The chunks are in the pack's buffer now: the read buffer may be
 	// reused, and where they will be is known before the pack is written.
-	ann := &contracts.PackStored{Schema: contracts.SchemaVersion, Pack: pack.ID.String()}
+	ann := pack.Announcement()
 	for _, e := range pack.Entries() {
-		ann.Chunks = append(ann.Chunks, contracts.ChunkLoc{ID: e.ID.String(), Off: e.Loc.Off, Len: e.Loc.Len})
 		stats.locs[e.ID] = e.Loc
 		done.UploadedChunks++
 		done.UploadedBytes += int64(e.Loc.Len)

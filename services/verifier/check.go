@@ -170,6 +170,15 @@ func (v *verifier) checkShard(ctx context.Context, lo byte, hi int, bad map[chun
 		}); err != nil {
 			return err
 		}
+		// A pack compaction rewrote is read through its moved records;
+		// whether each chunk really is where they say is the chunk check's
+		// to find (it reads them).
+		if err := v.rt.Repo.ListMoved(ctx, func(p chunk.PackID, _ []objstore.Info) error {
+			packs[p] = true
+			return nil
+		}); err != nil {
+			return err
+		}
 		for id, p := range inPack {
 			if !referenced[id] && packs[p] {
 				referenced[id] = true

@@ -23,7 +23,6 @@ import (
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/chunk"
-	"github.com/strata-backup/strata/pkg/objstore"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/runtime"
 	"github.com/strata-backup/strata/pkg/source"
@@ -219,12 +218,12 @@ func (v *verifier) check(ctx context.Context, rec *contracts.BackupRecord, store
 				if _, ok := packs[l.Pack]; !ok {
 					packs[l.Pack] = struct{}{}
 					g.Go(func() error {
-						_, err := v.rt.Repo.Store.Stat(gctx, repo.PackKey(l.Pack))
-						if errors.Is(err, objstore.ErrNotFound) {
+						// A pack compaction moved is read through its records.
+						present, err := v.rt.Repo.PackPresent(gctx, l.Pack)
+						if err == nil && !present {
 							mu.Lock()
 							problem = cmp.Or(problem, fmt.Sprintf("pack %s missing (holds chunk %s)", repo.PackKey(l.Pack), id))
 							mu.Unlock()
-							return nil
 						}
 						return err
 					})
