@@ -16,7 +16,8 @@
 # tree plus the Go toolchain; its "next day" changed through the filesystem
 # with debugfs: a new 24 MB database, a 16 MB log, a rewritten binary) —
 # every tool does a full backup, an incremental of the next day and a
-# restore, checked bit for bit; tools alternate within each round, best of
+# restore, checked bit for bit (Strata then runs `gc --recompress`, and its
+# repository after that is compared with every peer's); tools alternate within each round, best of
 # ROUNDS. Printed per step: wall time, CPU of every process involved
 # (embedded Strata: the CLI plus the dev process over the step; deployed:
 # the client plus every container of Strata's stack, or plus the S3
@@ -221,6 +222,9 @@ run_strata() { # disk
   echo "$(size_of "$w/data/objects")" >>"$work/s.$S.strata.$1.incr"
   step "$S.strata.$1.restore" "$bin/strata" restore --vm bench --backup latest --to "$w/restored.img"
   same "$w/restored.img" "$work/disks/$1/day1.img" strata
+  # maintenance: the first full's S2 chunks re-encoded with zstd
+  step "$S.strata.$1.gc" "$bin/strata" gc --recompress --grace 0s
+  echo "$(size_of "$w/data/objects")" >>"$work/s.$S.strata.$1.gc"
   if [ "$1" = realistic ] && command -v qemu-nbd >/dev/null; then strata_bitmap "$1"; fi
   kill "$devpid"; wait "$devpid" 2>/dev/null || true; devpid=
   unset STRATA_ENCRYPTION_KEY_FILE
@@ -406,6 +410,8 @@ run_strata_deployed() { # disk
   dstep "$S.strata.$1.restore" "$ids" "$bin/strata" restore --vm bench --backup latest --to "$w/restored.img"
   per_container | join <(sort "$work/c0") <(sort -) | awk '{printf "%-40s %6.2f s\n", $1, ($3 - $2) / 1e9}' | sort -k2 -rn >"$work/where.$1.restore"
   same "$w/restored.img" "$work/disks/$1/day1.img" strata
+  dstep "$S.strata.$1.gc" "$ids" "$bin/strata" gc --recompress --grace 0s
+  bucket_size strata >>"$work/s.$S.strata.$1.gc"
 }
 
 run_restic_deployed() {
@@ -466,6 +472,23 @@ report() {
       echo "$S $disk $tool $step $wall $cpu" >>"$work/summary"
     done
   done
+  if [ -s "$work/t.$S.strata.$disk.gc" ]; then
+    # Repository size after the full and the next day: Strata after
+    # gc --recompress against every peer as it stands.
+    read -r wall cpu rss < <(best "$S.strata.$disk.gc")
+    local after; after=$(sort -n "$work/s.$S.strata.$disk.gc" | head -n 1)
+    printf '%-8s %-8s %9.2f %9.2f %9.0f %10s %12s\n' strata gc "$wall" "$cpu" "$((rss / 1024))" "" "=$(awk -v a="$after" 'BEGIN {printf "%.1f", a / 1e6}')"
+    local line="repository after full + next day: strata $(awk -v a="$after" 'BEGIN {printf "%.1f", a / 1e6}') MB after gc --recompress ($(sort -n "$work/s.$S.strata.$disk.incr" | head -n 1 | awk '{printf "%.1f", $1 / 1e6}') before)"
+    local smallest=0 sname=""
+    for tool in $TOOLS; do
+      [ "$tool" = strata ] && continue
+      local t; t=$(sort -n "$work/s.$S.$tool.$disk.incr" | head -n 1)
+      line="$line, $tool $(awk -v a="$t" 'BEGIN {printf "%.1f", a / 1e6}')"
+      if [ "$smallest" = 0 ] || [ "$t" -lt "$smallest" ]; then smallest=$t; sname=$tool; fi
+    done
+    [ "$smallest" != 0 ] && line="$line: $(awk -v a="$after" -v b="$smallest" 'BEGIN {printf "%.3f", a / b}')x the smallest ($sname)"
+    echo "$line"
+  fi
   if [ -s "$work/t.$S.strata.$disk.bitmap" ]; then
     read -r wall cpu rss < <(best "$S.strata.$disk.bitmap")
     printf '%-8s %-8s %9.2f %9.2f %9.0f %10.0f %12s\n' strata bitmap "$wall" "$cpu" "$((rss / 1024))" "$(awk -v s="$size" -v w="$wall" 'BEGIN {print s / 1e6 / w}')" ""

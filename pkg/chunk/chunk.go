@@ -88,6 +88,11 @@ const (
 	// faster than zstd's fastest level and gives up on incompressible
 	// data early; its output is 3–25 % larger.
 	S2 Codec = codecS2
+	// ZstdBetter stores zstd (chunks name it zstd: any decoder reads it)
+	// at a stronger level, for rewriting chunks in the background
+	// (strata gc --recompress) where speed matters less than size. Not a
+	// codec of its own in stored chunks.
+	ZstdBetter Codec = 0x10 | codecZstd
 )
 
 // ParseCodec reads a codec name: zstd, s2 or none.
@@ -111,6 +116,8 @@ func (c Codec) String() string {
 		return "s2"
 	case Raw:
 		return "none"
+	case ZstdBetter:
+		return "zstd-better"
 	}
 	return fmt.Sprintf("codec(%d)", byte(c))
 }
@@ -120,6 +127,20 @@ var (
 	encoder     *zstd.Encoder
 	decoder     *zstd.Decoder
 )
+
+var (
+	betterOnce sync.Once
+	better     *zstd.Encoder
+)
+
+// betterEncoder is ZstdBetter's, made on first use (its window and tables
+// cost memory a worker that never rewrites should not pay).
+func betterEncoder() *zstd.Encoder {
+	betterOnce.Do(func() {
+		better, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBetterCompression), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)))
+	})
+	return better
+}
 
 func codecs() (*zstd.Encoder, *zstd.Decoder) {
 	encoderOnce.Do(func() {
@@ -162,6 +183,9 @@ func AppendEncode(dst, data []byte, c Codec) []byte {
 	case Zstd:
 		enc, _ := codecs()
 		compressed = enc.EncodeAll(data, dst)
+	case ZstdBetter:
+		compressed = betterEncoder().EncodeAll(data, dst)
+		c = Zstd
 	case S2:
 		// s2.Encode writes into the spare capacity when there is enough.
 		need := base + headerSize + s2.MaxEncodedLen(len(data))

@@ -58,6 +58,7 @@ func BenchmarkCodecs(b *testing.B) {
 	}{
 		{"sha256", func(dst, data []byte) []byte { Hash(data); return data }}, // the id every chunk costs, for scale
 		{"zstd", func(dst, data []byte) []byte { return AppendEncode(dst[:0], data, Zstd) }},
+		{"zstd-better", func(dst, data []byte) []byte { return AppendEncode(dst[:0], data, ZstdBetter) }}, // gc --recompress
 		{"s2", func(dst, data []byte) []byte { return AppendEncode(dst[:0], data, S2) }},
 		{"lz4", lz4Block},
 	}

@@ -14,6 +14,7 @@ package repo
 // records is rewritten only for the live chunks they do not cover.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -35,6 +36,9 @@ type Repacker struct {
 	// pack's trailer does not name) with zstd; other chunks are copied as
 	// they are stored.
 	Recompress bool
+	// Codec recompressed chunks get: chunk.Zstd, or chunk.ZstdBetter for a
+	// stronger level (the zero value means chunk.Zstd).
+	Codec chunk.Codec
 	// Limit paces the bytes read from old packs; nil: unlimited.
 	Limit *rate.Limiter
 	// Announce is called for each new pack once it is stored, before any
@@ -171,7 +175,7 @@ func (rp *Repacker) Repack(ctx context.Context, p chunk.PackID, live map[uint32]
 			// Kept as it was when zstd does no better (tiny or odd chunks),
 			// and marked so that it is not tried again.
 			settled = true
-			if again, c := r.appendChunk(nil, it.e.ID, it.data, chunk.Zstd); len(again) < len(stored) {
+			if again, c := r.appendChunk(nil, it.e.ID, it.data, cmp.Or(rp.Codec, chunk.Zstd)); len(again) < len(stored) {
 				rp.Stats.Recompressed++
 				rp.Stats.RecompSaved += int64(len(stored) - len(again))
 				stored, codec, settled = again, c, false

@@ -44,6 +44,10 @@ type Config struct {
 	// GCLockStale: a gc.lock older than this was left by a collector that
 	// stopped, and the next collection takes it over.
 	GCLockStale time.Duration `envconfig:"GC_LOCK_STALE" default:"6h"`
+	// GCRecompressLevel: the zstd level gc --recompress stores with,
+	// fastest (what backups use) or better (smaller, about 2.5× the CPU:
+	// a background pass can afford it).
+	GCRecompressLevel string `envconfig:"GC_RECOMPRESS_LEVEL" default:"better"`
 	// Hooks observe a collection step by step; nil in production (the e2e
 	// suite stops a collection at each step with them).
 	Hooks Hooks `ignored:"true"`
@@ -56,6 +60,10 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	}
 	if cfg.GCRepackBelow < 0 || cfg.GCRepackBelow > 1 {
 		return fmt.Errorf("STRATA_GC_REPACK_BELOW %v: want a fraction from 0 to 1", cfg.GCRepackBelow)
+	}
+	recompress := map[string]chunk.Codec{"fastest": chunk.Zstd, "better": chunk.ZstdBetter}[cfg.GCRecompressLevel]
+	if recompress == 0 {
+		return fmt.Errorf("STRATA_GC_RECOMPRESS_LEVEL %q: want fastest or better", cfg.GCRecompressLevel)
 	}
 	cache := NewPresentCache(cfg.CacheEntries)
 	d := &Index{chunks: rt.Repo.Chunks, cache: cache, bad: map[chunk.ID]bool{}, store: rt.Repo.Store}
@@ -92,7 +100,7 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		if req.Grace != "" {
 			grace, _ = time.ParseDuration(req.Grace) // validated
 		}
-		opts := gcOptions{repackBelow: cfg.GCRepackBelow, recompress: req.Recompress, rateLimit: req.RateLimit, hooks: cfg.Hooks}
+		opts := gcOptions{repackBelow: cfg.GCRepackBelow, recompress: req.Recompress, recompressCodec: recompress, rateLimit: req.RateLimit, hooks: cfg.Hooks}
 		if req.RepackBelow != nil {
 			opts.repackBelow = *req.RepackBelow
 		}

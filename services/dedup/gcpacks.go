@@ -223,7 +223,7 @@ func (c *collection) packs(ctx context.Context) error {
 	}
 
 	rp := rt.Repo.NewRepacker(c.lock.ID)
-	rp.Recompress = c.opts.recompress
+	rp.Recompress, rp.Codec = c.opts.recompress, c.opts.recompressCodec
 	if c.opts.rateLimit > 0 {
 		rp.Limit = rate.NewLimiter(rate.Limit(c.opts.rateLimit), int(min(c.opts.rateLimit, repo.MaxRunBytes)))
 	}
@@ -352,8 +352,10 @@ func (c *collection) hook(step, pack string) error {
 type gcOptions struct {
 	repackBelow float64
 	recompress  bool
-	rateLimit   int64
-	hooks       Hooks
+	// recompressCodec: chunk.Zstd or chunk.ZstdBetter
+	recompressCodec chunk.Codec
+	rateLimit       int64
+	hooks           Hooks
 }
 
 // Hooks are called before each step of a collection of packs (condemned,
