@@ -55,6 +55,7 @@ const (
 	// SubjectMergeRemove: RemoveRequest → RemoveReply (strata rm).
 	SubjectMergeRemove = "strata.merge.remove"
 	SubjectDedupGC     = "strata.dedup.gc"        // GCRequest → GCReply
+	SubjectDedupStats  = "strata.dedup.stats"     // RepoStatsRequest → RepoStatsReply
 	SubjectVerify      = "strata.verifier.verify" // VerifyRequest → VerifyReply
 	SubjectCheck       = "strata.verifier.check"  // CheckRequest → CheckReply
 )
@@ -106,6 +107,9 @@ const (
 	// runs (pkg/gclock).
 	BucketGC  = "strata_gc"
 	GCLockKey = "lock"
+	// GCLastKey (bucket BucketGC) → GCReply of the last collection that
+	// finished (not dry runs), for strata repo stats.
+	GCLastKey = "last"
 
 	// Hold states in BucketGCHolds.
 	GCHeld     = "held"

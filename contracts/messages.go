@@ -616,16 +616,17 @@ type GCLock struct {
 
 // GCReply reports a collection.
 type GCReply struct {
-	Schema       int   `json:"schema"`
-	DryRun       bool  `json:"dry_run"`
-	Backups      int   `json:"backups"`       // backups whose manifests were marked
-	Referenced   int   `json:"referenced"`    // distinct chunk ids referenced
-	Chunks       int   `json:"chunks"`        // chunk objects seen
-	Young        int   `json:"young"`         // unreferenced but within the grace period
-	Rescued      int   `json:"rescued"`       // condemned, then found referenced or held by a running backup
-	Deleted      int   `json:"deleted"`       // deleted (or, dry run, would be)
-	FreedBytes   int64 `json:"freed_bytes"`   // their stored size
-	GraceSeconds int64 `json:"grace_seconds"` // grace applied
+	Schema       int       `json:"schema"`
+	DryRun       bool      `json:"dry_run"`
+	Finished     time.Time `json:"finished,omitzero"`
+	Backups      int       `json:"backups"`       // backups whose manifests were marked
+	Referenced   int       `json:"referenced"`    // distinct chunk ids referenced
+	Chunks       int       `json:"chunks"`        // chunk objects seen
+	Young        int       `json:"young"`         // unreferenced but within the grace period
+	Rescued      int       `json:"rescued"`       // condemned, then found referenced or held by a running backup
+	Deleted      int       `json:"deleted"`       // deleted (or, dry run, would be)
+	FreedBytes   int64     `json:"freed_bytes"`   // their stored size
+	GraceSeconds int64     `json:"grace_seconds"` // grace applied
 	// Packed repositories: packs seen, packs referenced by no backup (and
 	// older than the grace period) deleted, their bytes counted in
 	// FreedBytes.
@@ -652,6 +653,53 @@ type GCReply struct {
 }
 
 func (m *GCReply) Validate() error { return checkSchema(m.Schema) }
+
+// RepoStatsRequest asks dedup for the repository's numbers (strata repo
+// stats). It reads every manifest and every pack's trailer: a maintenance
+// question, never asked on the backup path.
+type RepoStatsRequest struct {
+	Schema int `json:"schema"`
+}
+
+func (m *RepoStatsRequest) Validate() error { return checkSchema(m.Schema) }
+
+// RepoStatsReply describes a repository. Chunk counts of packs count a
+// chunk stored twice twice; ratios are over the chunks live in packs.
+type RepoStatsReply struct {
+	Schema    int `json:"schema"`
+	ChunkSize int `json:"chunk_size"`
+	Backups   int `json:"backups"` // backups whose manifests were read
+	// LogicalBytes: the disks' sizes summed over every backup (what a
+	// restore of every point would write).
+	LogicalBytes int64 `json:"logical_bytes"`
+	// References: non-zero chunk entries over every manifest.
+	References int64 `json:"references"`
+	Packs      int   `json:"packs"`
+	PackBytes  int64 `json:"pack_bytes"` // stored in packs, trailers included
+	LiveChunks int64 `json:"live_chunks"`
+	LiveBytes  int64 `json:"live_bytes"` // stored bytes of the chunks backups reference
+	DeadBytes  int64 `json:"dead_bytes"` // PackBytes - LiveBytes
+	// RepackBelow is the service's threshold; PacksBelow the packs whose
+	// live share is under it (the next gc compacts them), holding
+	// BelowDeadBytes dead bytes.
+	RepackBelow    float64 `json:"repack_below"`
+	PacksBelow     int     `json:"packs_below"`
+	BelowDeadBytes int64   `json:"below_dead_bytes"`
+	// LiveByCodec: live stored bytes by codec, from the packs' trailers
+	// ("unknown": packs older than codecs in trailers).
+	LiveByCodec  map[string]int64 `json:"live_by_codec"`
+	LooseChunks  int              `json:"loose_chunks"`
+	LooseBytes   int64            `json:"loose_bytes"`
+	MovedRecords int              `json:"moved_records"`
+	// DedupRatio: references per live chunk; CompressionRatio: the live
+	// chunks' size (chunk size each) over their stored bytes.
+	DedupRatio       float64    `json:"dedup_ratio"`
+	CompressionRatio float64    `json:"compression_ratio"`
+	LastGC           *GCReply   `json:"last_gc,omitempty"`
+	LastGCAt         *time.Time `json:"last_gc_at,omitempty"`
+}
+
+func (m *RepoStatsReply) Validate() error { return checkSchema(m.Schema) }
 
 // CancelRequest stops a running backup: it is failed with the reason
 // "cancelled", its segments are skipped and its snapshot released.

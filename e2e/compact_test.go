@@ -65,6 +65,16 @@ func (st *stack) gc(args ...string) contracts.GCReply {
 	return r
 }
 
+func (st *stack) repoStats() contracts.RepoStatsReply {
+	st.t.Helper()
+	var r contracts.RepoStatsReply
+	out := st.mustCLI("repo", "stats", "--json")
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		st.t.Fatalf("repo stats: %v\n%s", err, out)
+	}
+	return r
+}
+
 func (st *stack) verifiedBackup(vm, src string) contracts.BackupRecord {
 	st.t.Helper()
 	out := st.mustCLI("backup", "--vm", vm, "--source", src, "--wait")
@@ -104,10 +114,18 @@ func TestCompaction(t *testing.T) {
 	}
 	text := st.verifiedBackup("text", "file://"+textImg)
 	before := st.packBytes()
+	s0 := st.repoStats()
+	if s0.LiveByCodec["s2"] == 0 || s0.LogicalBytes != 32<<20 || s0.Backups != 1 || s0.PackBytes != before || s0.LastGC != nil {
+		t.Fatalf("repo stats after an S2 full: %+v (%d bytes in packs)", s0, before)
+	}
 	rc := st.gc("--recompress")
 	after := st.packBytes()
 	if rc.Recompressed == 0 || rc.RecompSaved <= 0 || after >= before || rc.PacksRepacked == 0 {
 		t.Fatalf("gc --recompress: %+v; packs %d → %d bytes", rc, before, after)
+	}
+	s1 := st.repoStats()
+	if s1.LiveByCodec["s2"] >= s0.LiveByCodec["s2"] || s1.LiveByCodec["zstd"] <= s0.LiveByCodec["zstd"] || s1.LastGC == nil || s1.LastGC.Recompressed != rc.Recompressed || s1.LastGCAt == nil {
+		t.Fatalf("repo stats after gc --recompress: %+v, before %+v", s1, s0)
 	}
 	t.Logf("recompress: %d → %d bytes (%d chunks re-encoded, %d saved)", before, after, rc.Recompressed, rc.RecompSaved)
 	st.checkRestore("text", text.ID, []string{textImg})
@@ -140,6 +158,9 @@ func TestCompaction(t *testing.T) {
 		vm := "half-" + step
 		img, kept := half(vm, uint64(10+i))
 		stored := st.packBytes() - base
+		if s := st.repoStats(); s.PacksBelow < 3 || s.BelowDeadBytes < size/2 || s.DeadBytes < s.BelowDeadBytes {
+			t.Fatalf("repo stats with a pruned half-dead backup: %+v", s)
+		}
 		st.replaceDedup("strata-dedup-crashing", step)
 		crashing := st.procs["dedup"][len(st.procs["dedup"])-1]
 		if _, stderr, code := st.cli("gc", "--grace", "0s", "--timeout", "5s"); code == 0 {
@@ -159,6 +180,9 @@ func TestCompaction(t *testing.T) {
 			t.Fatalf("after the rerun of a gc stopped at %q, another gc still had work: %+v", step, next)
 		}
 		check("after a gc stopped at " + step + " and run again")
+		if s := st.repoStats(); s.PacksBelow != 0 || s.MovedRecords == 0 || s.DedupRatio < 1 {
+			t.Fatalf("repo stats after compaction: %+v", s)
+		}
 		t.Logf("stopped at %s: %d bytes in packs for this disk before, rerun %+v", step, stored, r)
 	}
 

@@ -188,3 +188,30 @@ func (g *GC) Unclaim(ctx context.Context, gcID, chunkID string) error {
 	}
 	return nil
 }
+
+// RecordLast keeps the reply of a collection that finished, for
+// strata repo stats.
+func (g *GC) RecordLast(ctx context.Context, r *contracts.GCReply) error {
+	b, _ := json.Marshal(r)
+	if _, err := g.lock.Put(ctx, contracts.GCLastKey, b); err != nil {
+		return fmt.Errorf("record last collection: %w", err)
+	}
+	return nil
+}
+
+// Last is the reply of the last collection that finished; nil when none
+// did.
+func (g *GC) Last(ctx context.Context) (*contracts.GCReply, error) {
+	e, err := g.lock.Get(ctx, contracts.GCLastKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read last collection: %w", err)
+	}
+	var r contracts.GCReply
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		return nil, fmt.Errorf("last collection record unreadable: %w", err)
+	}
+	return &r, nil
+}

@@ -95,6 +95,11 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	}); err != nil {
 		return err
 	}
+	if err := bus.Endpoint(ctx, rt.Bus, svc, "stats", contracts.SubjectDedupStats, func(ctx context.Context, req *contracts.RepoStatsRequest) (contracts.Message, error) {
+		return stats(ctx, rt, cfg.GCRepackBelow)
+	}); err != nil {
+		return err
+	}
 	return bus.Endpoint(ctx, rt.Bus, svc, "gc", contracts.SubjectDedupGC, func(ctx context.Context, req *contracts.GCRequest) (contracts.Message, error) {
 		grace := cfg.GCGrace
 		if req.Grace != "" {

@@ -70,6 +70,12 @@ func collect(ctx context.Context, rt *runtime.Runtime, grace time.Duration, dryR
 		}
 	}
 	r := c.reply
+	r.Finished = time.Now().UTC()
+	if !dryRun {
+		if err := rt.GC.RecordLast(ctx, r); err != nil {
+			rt.Log.WarnContext(ctx, "collection finished, its numbers not kept", "err", err)
+		}
+	}
 	rt.Log.InfoContext(ctx, "garbage collection", "dry_run", dryRun, "shards", shards, "backups", r.Backups, "referenced", r.Referenced,
 		"chunks", r.Chunks, "young", r.Young, "rescued", r.Rescued, "deleted", r.Deleted, "packs", r.Packs, "packs_deleted", r.PacksDeleted,
 		"packs_repacked", r.PacksRepacked, "chunks_moved", r.ChunksMoved, "recompressed", r.Recompressed, "freed_bytes", r.FreedBytes)

@@ -14,6 +14,7 @@ import (
 	"github.com/strata-backup/strata/pkg/objstore"
 	"github.com/strata-backup/strata/pkg/reach"
 	"github.com/strata-backup/strata/pkg/repo"
+	"github.com/strata-backup/strata/pkg/runtime"
 )
 
 // PackHoldKey is the hold a dedup instance takes on a condemned pack.
@@ -44,17 +45,21 @@ func (r packRefs) bytes(p chunk.PackID) (n int64) {
 // directly (manifests, running backups' results) and, through the moved
 // records of compacted packs, where those chunks lie now.
 type packMark struct {
-	c      *collection
-	direct packRefs        // as manifests and results name them
-	live   packRefs        // resolved to stored packs
-	read   map[string]bool // manifests read
-	moves  map[chunk.PackID]map[uint32]repo.Move
+	rt       *runtime.Runtime
+	dangling int // referenced packs neither stored nor moved
+	backups  int // backups whose manifests were read
+	// onManifest, when set, sees every manifest read (strata repo stats)
+	onManifest func(rec *contracts.BackupRecord, d contracts.DiskRecord, ids []chunk.ID)
+	direct     packRefs        // as manifests and results name them
+	live       packRefs        // resolved to stored packs
+	read       map[string]bool // manifests read
+	moves      map[chunk.PackID]map[uint32]repo.Move
 }
 
 // mark reads the results of running backups and every manifest not read
 // yet, then resolves the references through moved records.
 func (m *packMark) mark(ctx context.Context, stored map[chunk.PackID]objstore.Info, moved map[chunk.PackID][]objstore.Info) error {
-	rt := m.c.rt
+	rt := m.rt
 	err := eachResult(ctx, rt, func(d *contracts.SegmentDone) {
 		for _, l := range d.Locs {
 			if p, err := chunk.ParsePackID(d.Packs[l.Pack]); err == nil {
@@ -66,7 +71,10 @@ func (m *packMark) mark(ctx context.Context, stored map[chunk.PackID]objstore.In
 		return err
 	}
 	w := reach.Walker{Catalog: rt.Catalog, Repo: rt.Repo, Skip: func(key string) bool { return m.read[key] }}
-	if _, err := w.Walk(ctx, func(_ *contracts.BackupRecord, d contracts.DiskRecord, man *manifest.Manifest) error {
+	n, err := w.Walk(ctx, func(rec *contracts.BackupRecord, d contracts.DiskRecord, man *manifest.Manifest) error {
+		if m.onManifest != nil {
+			m.onManifest(rec, d, man.IDs)
+		}
 		for _, l := range man.Locs {
 			if l.InPack() {
 				m.direct.add(l)
@@ -74,14 +82,15 @@ func (m *packMark) mark(ctx context.Context, stored map[chunk.PackID]objstore.In
 		}
 		m.read[d.Manifest] = true
 		return nil
-	}); err != nil {
+	})
+	if err != nil {
 		return fmt.Errorf("mark packs: %w", err)
 	}
+	m.backups = n
 	// Resolve: a reference to a pack with records counts where its chunk
 	// went (a pack may still exist beside its records when a collection
 	// stopped between the two: both are kept live then).
 	m.live = packRefs{}
-	m.c.reply.DanglingPacks = 0
 	var todo []chunk.Loc
 	for p, offs := range m.direct {
 		for off, n := range offs {
@@ -115,15 +124,38 @@ func (m *packMark) mark(ctx context.Context, stored map[chunk.PackID]objstore.In
 			dangling[l.Pack] = true
 		}
 	}
-	m.c.reply.DanglingPacks = len(dangling)
+	m.dangling = len(dangling)
 	return nil
+}
+
+func newPackMark(rt *runtime.Runtime) *packMark {
+	return &packMark{rt: rt, direct: packRefs{}, read: map[string]bool{}, moves: map[chunk.PackID]map[uint32]repo.Move{}}
+}
+
+// listPacks lists the stored packs and the moved records.
+func listPacks(ctx context.Context, r *repo.Repository) (map[chunk.PackID]objstore.Info, map[chunk.PackID][]objstore.Info, error) {
+	stored := map[chunk.PackID]objstore.Info{}
+	if err := r.ListPacks(ctx, 0, 256, func(p chunk.PackID, info objstore.Info) error {
+		stored[p] = info
+		return nil
+	}); err != nil {
+		return nil, nil, err
+	}
+	moved := map[chunk.PackID][]objstore.Info{}
+	if err := r.ListMoved(ctx, func(p chunk.PackID, recs []objstore.Info) error {
+		moved[p] = recs
+		return nil
+	}); err != nil {
+		return nil, nil, err
+	}
+	return stored, moved, nil
 }
 
 func (m *packMark) movesOf(ctx context.Context, p chunk.PackID) (map[uint32]repo.Move, error) {
 	if mv, ok := m.moves[p]; ok {
 		return mv, nil
 	}
-	mv, err := m.c.rt.Repo.Moves(ctx, p)
+	mv, err := m.rt.Repo.Moves(ctx, p)
 	if err != nil {
 		return nil, fmt.Errorf("mark packs: %w", err)
 	}
@@ -140,24 +172,15 @@ func (m *packMark) movesOf(ctx context.Context, p chunk.PackID) (map[uint32]repo
 // and it is left as it is.
 func (c *collection) packs(ctx context.Context) error {
 	rt, reply := c.rt, c.reply
-	stored := map[chunk.PackID]objstore.Info{}
-	if err := rt.Repo.ListPacks(ctx, 0, 256, func(p chunk.PackID, info objstore.Info) error {
-		stored[p] = info
-		return nil
-	}); err != nil {
+	stored, moved, err := listPacks(ctx, rt.Repo)
+	if err != nil {
 		return err
 	}
-	moved := map[chunk.PackID][]objstore.Info{}
-	if err := rt.Repo.ListMoved(ctx, func(p chunk.PackID, recs []objstore.Info) error {
-		moved[p] = recs
-		return nil
-	}); err != nil {
-		return err
-	}
-	m := &packMark{c: c, direct: packRefs{}, read: map[string]bool{}, moves: map[chunk.PackID]map[uint32]repo.Move{}}
+	m := newPackMark(rt)
 	if err := m.mark(ctx, stored, moved); err != nil {
 		return err
 	}
+	reply.DanglingPacks = m.dangling
 
 	type candidate struct {
 		p      chunk.PackID
@@ -221,6 +244,7 @@ func (c *collection) packs(ctx context.Context) error {
 	if err := m.mark(ctx, stored, moved); err != nil {
 		return err
 	}
+	reply.DanglingPacks = m.dangling
 
 	rp := rt.Repo.NewRepacker(c.lock.ID)
 	rp.Recompress, rp.Codec = c.opts.recompress, c.opts.recompressCodec
