@@ -5,8 +5,14 @@ import (
 	"time"
 )
 
-// State of a backup. Transitions: transferring → committed → verified, and
+// State of a backup. A record is created transferring (once the
+// snapshotter has planned it: its disks and segments are known), skipped (a
+// slot that found the previous backup still running) or failed (a request
+// refused before planning); then transferring → committed → verified, and
 // any non-final state → failed. verified, failed and skipped are final.
+// Moves lists every allowed move; pkg/catalog refuses any other. Damage is
+// a flag beside the state (Damaged), set and cleared on committed and
+// verified records.
 type State string
 
 const (
@@ -29,6 +35,32 @@ const (
 
 // Final reports whether no further transition is allowed.
 func (s State) Final() bool { return s == StateVerified || s == StateFailed || s == StateSkipped }
+
+// StateNone is the state before a record exists: moves from it are the
+// states a record may be created in.
+const StateNone State = ""
+
+// Moves is the lifecycle of a backup record: for each state, the states it
+// may move to.
+var Moves = map[State][]State{
+	StateNone:         {StateTransferring, StateSkipped, StateFailed},
+	StateTransferring: {StateCommitted, StateFailed},
+	StateCommitted:    {StateVerified, StateFailed},
+}
+
+// CanMove reports whether a record may move from one state to another
+// (staying in a state is no move, and always allowed).
+func CanMove(from, to State) bool {
+	if from == to {
+		return true
+	}
+	for _, s := range Moves[from] {
+		if s == to {
+			return true
+		}
+	}
+	return false
+}
 
 // BackupRecord is the catalog entry of one backup (KV) and, once committed,
 // the backups/<vm>/<id>.json object in the repository.

@@ -125,9 +125,27 @@ func (c *Catalog) Get(ctx context.Context, vm, id string) (*contracts.BackupReco
 	return r, e.Revision(), err
 }
 
-// Create stores a new record; an existing one is returned unchanged
-// (redelivered request), with created=false.
+// Create stores a new record, in a state a record may start in
+// (contracts.Moves); an existing one is returned unchanged (redelivered
+// request), with created=false.
 func (c *Catalog) Create(ctx context.Context, r *contracts.BackupRecord) (existing *contracts.BackupRecord, created bool, err error) {
+	if !contracts.CanMove(contracts.StateNone, r.State) {
+		return nil, false, fmt.Errorf("%w: a backup record is not created %s", ErrIllegalMove, r.State)
+	}
+	return c.create(ctx, r)
+}
+
+// Import stores a record that already lived elsewhere — its copy in a
+// repository (Rebuild), or a backup made by another deployment — in a
+// final state; an existing one is returned unchanged, with created=false.
+func (c *Catalog) Import(ctx context.Context, r *contracts.BackupRecord) (existing *contracts.BackupRecord, created bool, err error) {
+	if !r.State.Final() {
+		return nil, false, fmt.Errorf("%w: an imported backup record is final, not %s", ErrIllegalMove, r.State)
+	}
+	return c.create(ctx, r)
+}
+
+func (c *Catalog) create(ctx context.Context, r *contracts.BackupRecord) (existing *contracts.BackupRecord, created bool, err error) {
 	if err := r.Validate(); err != nil {
 		return nil, false, err
 	}
@@ -150,14 +168,18 @@ func (c *Catalog) Create(ctx context.Context, r *contracts.BackupRecord) (existi
 	return r, true, nil
 }
 
-// Update applies f to the current record and stores the result by CAS,
-// retrying on conflicts. f may return ErrUnchanged to write nothing.
-// Records in a final state are passed to f but f must not move them on;
-// Update refuses to leave a final state. A change of state or of the
+// ErrIllegalMove is wrapped by errors about a state change the lifecycle
+// (contracts.Moves) does not allow.
+var ErrIllegalMove = errors.New("illegal backup state change")
+
+// update applies f to the current record and stores the result by CAS,
+// retrying on conflicts: the one way the named transitions below change a
+// record. f may return ErrUnchanged to write nothing. A move that
+// contracts.Moves does not allow is refused. A change of state or of the
 // damaged flag, and any change of a finished record (digests), is copied
 // to the repository too; segment progress is not: it is worth nothing once
 // NATS is gone.
-func (c *Catalog) Update(ctx context.Context, vm, id string, f func(*contracts.BackupRecord) error) (*contracts.BackupRecord, error) {
+func (c *Catalog) update(ctx context.Context, vm, id string, f func(*contracts.BackupRecord) error) (*contracts.BackupRecord, error) {
 	key := contracts.CatalogKey(vm, id)
 	for attempt := 0; attempt < 100; attempt++ {
 		r, rev, err := c.Get(ctx, vm, id)
@@ -171,8 +193,8 @@ func (c *Catalog) Update(ctx context.Context, vm, id string, f func(*contracts.B
 			}
 			return nil, err
 		}
-		if was.Final() && r.State != was {
-			return nil, fmt.Errorf("backup %s is %s; refusing to change it to %s", id, was, r.State)
+		if !contracts.CanMove(was, r.State) {
+			return nil, fmt.Errorf("%w: backup %s is %s; refusing to change it to %s", ErrIllegalMove, id, was, r.State)
 		}
 		r.UpdatedAt = time.Now().UTC()
 		if err := r.Validate(); err != nil {
@@ -251,7 +273,7 @@ func (c *Catalog) Latest(ctx context.Context, vm string) (*contracts.BackupRecor
 // whether this call made the change (false when already final).
 func (c *Catalog) Fail(ctx context.Context, vm, id, reason string) (bool, error) {
 	changed := false
-	_, err := c.Update(ctx, vm, id, func(r *contracts.BackupRecord) error {
+	_, err := c.update(ctx, vm, id, func(r *contracts.BackupRecord) error {
 		if r.State.Final() {
 			return ErrUnchanged
 		}
@@ -356,7 +378,7 @@ func (c *Catalog) Rebuild(ctx context.Context) (*RebuildReport, error) {
 			now := time.Now().UTC()
 			r.State, r.Error, r.FinishedAt = contracts.StateFailed, "unfinished when the catalog was rebuilt from the repository", &now
 		}
-		_, created, err := c.Create(ctx, &r)
+		_, created, err := c.Import(ctx, &r)
 		switch {
 		case err != nil:
 			return err

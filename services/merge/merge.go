@@ -92,23 +92,9 @@ type merger struct {
 }
 
 func (m *merger) segmentDone(ctx context.Context, d *contracts.SegmentDone) error {
-	rec, err := m.rt.Catalog.Update(ctx, d.VM, d.BackupID, func(r *contracts.BackupRecord) error {
-		if r.State != contracts.StateTransferring {
-			return catalog.ErrUnchanged
-		}
-		if d.Disk >= len(r.Disks) || d.Index >= r.Disks[d.Disk].Segments {
-			return bus.Permanent(fmt.Errorf("result for disk %d segment %d; backup has %d disks", d.Disk, d.Index, len(r.Disks)))
-		}
-		disk := &r.Disks[d.Disk]
-		if !disk.MarkSegmentDone(d.Index) {
-			return catalog.ErrUnchanged // a duplicate result
-		}
-		disk.UploadedChunks += int64(d.UploadedChunks)
-		disk.UploadedBytes += d.UploadedBytes
-		disk.ReadBytes += d.ReadBytes
-		return nil
-	})
-	if errors.Is(err, catalog.ErrNotFound) {
+	rec, _, err := m.rt.Catalog.RecordSegment(ctx, d.VM, d.BackupID, catalog.SegmentResult{Disk: d.Disk, Index: d.Index,
+		UploadedChunks: int64(d.UploadedChunks), UploadedBytes: d.UploadedBytes, ReadBytes: d.ReadBytes})
+	if errors.Is(err, catalog.ErrNotFound) || errors.Is(err, catalog.ErrInvalid) {
 		return bus.Permanent(err)
 	}
 	if err != nil {
@@ -124,35 +110,24 @@ func (m *merger) segmentDone(ctx context.Context, d *contracts.SegmentDone) erro
 }
 
 func (m *merger) commit(ctx context.Context, rec *contracts.BackupRecord) error {
-	keys := make([]string, len(rec.Disks))
-	stats := make([][2]int64, len(rec.Disks))
+	disks := make([]catalog.CommittedDisk, len(rec.Disks))
 	stored := make([][]contracts.ChunkRun, len(rec.Disks))
 	for i, disk := range rec.Disks {
 		man, zero, err := m.assemble(ctx, rec, disk, &stored[i])
 		if err != nil {
 			return err
 		}
-		if keys[i], err = m.rt.Repo.PutManifest(ctx, rec.VM, man); err != nil {
+		key, err := m.rt.Repo.PutManifest(ctx, rec.VM, man)
+		if err != nil {
 			return err
 		}
-		stats[i] = [2]int64{int64(len(man.IDs)), zero}
+		disks[i] = catalog.CommittedDisk{Manifest: key, Chunks: int64(len(man.IDs)), ZeroChunks: zero}
 	}
-	committed, err := m.rt.Catalog.Update(ctx, rec.VM, rec.ID, func(r *contracts.BackupRecord) error {
-		if r.State != contracts.StateTransferring {
-			return catalog.ErrUnchanged
-		}
-		r.State = contracts.StateCommitted
-		for i := range r.Disks {
-			r.Disks[i].Manifest = keys[i]
-			r.Disks[i].Chunks, r.Disks[i].ZeroChunks = stats[i][0], stats[i][1]
-			r.Disks[i].DoneBitmap = nil
-		}
-		return nil
-	})
+	committed, ok, err := m.rt.Catalog.Commit(ctx, rec.VM, rec.ID, disks)
 	if err != nil {
 		return err
 	}
-	if committed.State != contracts.StateCommitted {
+	if !ok {
 		return nil // failed meanwhile, or another merge instance won
 	}
 	msg := &contracts.BackupCommitted{Schema: contracts.SchemaVersion, BackupID: rec.ID, VM: rec.VM}

@@ -36,7 +36,7 @@ func TestFirstFullPutsFirst(t *testing.T) {
 	}
 	parent := &contracts.BackupRecord{Schema: contracts.SchemaVersion, ID: req.BackupID, VM: "vm", Source: req.Source, State: contracts.StateVerified,
 		ChunkSize: 64 << 10, CreatedAt: time.Now(), Disks: []contracts.DiskRecord{{Index: 0, Name: "disk0", Size: 1 << 20, Segments: 1}}}
-	if _, _, err := rt.Catalog.Create(ctx, parent); err != nil {
+	if _, _, err := rt.Catalog.Import(ctx, parent); err != nil {
 		t.Fatal(err)
 	}
 	next := &contracts.BackupRecord{ChunkSize: 64 << 10}

@@ -41,7 +41,7 @@ func storeBackup(t *testing.T, ctx context.Context, rt *runtime.Runtime, vm stri
 	rec := &contracts.BackupRecord{Schema: contracts.SchemaVersion, ID: id, VM: vm, Source: "file:///x.img", State: contracts.StateVerified,
 		ChunkSize: testChunk, CreatedAt: time.Now().UTC(), UpdatedAt: time.Now().UTC(),
 		Disks: []contracts.DiskRecord{{Index: 0, Name: "disk0", Size: man.DiskSize, Segments: 1, Manifest: key}}}
-	if _, _, err := rt.Catalog.Create(ctx, rec); err != nil {
+	if _, _, err := rt.Catalog.Import(ctx, rec); err != nil {
 		t.Fatal(err)
 	}
 	return rec, ids

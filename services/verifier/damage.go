@@ -124,13 +124,7 @@ func (v *verifier) scanDamage(ctx context.Context, bad map[chunk.ID]string, read
 		if hit == r.Damaged {
 			continue
 		}
-		_, err := v.rt.Catalog.Update(ctx, r.VM, r.ID, func(rec *contracts.BackupRecord) error {
-			if rec.Damaged == hit {
-				return catalog.ErrUnchanged
-			}
-			rec.Damaged = hit
-			return nil
-		})
+		_, err := v.rt.Catalog.SetDamaged(ctx, r.VM, r.ID, hit)
 		if errors.Is(err, catalog.ErrNotFound) {
 			continue // pruned meanwhile
 		}
@@ -203,20 +197,7 @@ func (v *verifier) verifyNow(ctx context.Context, req *contracts.VerifyRequest) 
 	return total, nil
 }
 
-// setDigests writes certify digests into a record's disks.
-func setDigests(r *contracts.BackupRecord, digests []contracts.DiskDigest) {
-	for _, d := range digests {
-		if d.Disk < len(r.Disks) {
-			r.Disks[d.Disk].Digest = d.Stored
-		}
-	}
-}
-
 // storeDigests records certify digests in the backup record.
 func (v *verifier) storeDigests(ctx context.Context, rec *contracts.BackupRecord, digests []contracts.DiskDigest) error {
-	_, err := v.rt.Catalog.Update(ctx, rec.VM, rec.ID, func(r *contracts.BackupRecord) error {
-		setDigests(r, digests)
-		return nil
-	})
-	return err
+	return v.rt.Catalog.SetDigests(ctx, rec.VM, rec.ID, digests)
 }

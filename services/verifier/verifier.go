@@ -127,19 +127,11 @@ func (v *verifier) verify(ctx context.Context, c *contracts.BackupCommitted) err
 		}
 		digests = reply.Digests
 	}
-	verified, err := v.rt.Catalog.Update(ctx, rec.VM, rec.ID, func(r *contracts.BackupRecord) error {
-		if r.State != contracts.StateCommitted {
-			return catalog.ErrUnchanged
-		}
-		now := time.Now().UTC()
-		r.State, r.FinishedAt, r.Verify = contracts.StateVerified, &now, mode
-		setDigests(r, digests)
-		return nil
-	})
+	_, verified, err := v.rt.Catalog.MarkVerified(ctx, rec.VM, rec.ID, mode, digests)
 	if err != nil {
 		return err
 	}
-	if verified.State != contracts.StateVerified {
+	if !verified {
 		return nil
 	}
 	out := &contracts.BackupOutcome{Schema: contracts.SchemaVersion, BackupID: rec.ID, VM: rec.VM, State: contracts.StateVerified}
