@@ -53,7 +53,31 @@ func TestEncryption(t *testing.T) {
 		}
 	}
 	t.Logf("%d objects, none holds a plaintext block of the source", len(objects))
+	// Nor does the bucket name the VM: not in a key (VM names in keys are
+	// keyed hashes) and not in an object (record copies are sealed).
+	root := filepath.Join(st.s3.Dir, st.bucket)
+	records := 0
+	for _, f := range objects {
+		rel, _ := filepath.Rel(root, f)
+		if strings.Contains(rel, "secret") {
+			t.Fatalf("object key %s names the VM", rel)
+		}
+		if strings.HasPrefix(rel, "backups/") {
+			records++
+		}
+		if data, _ := os.ReadFile(f); bytes.Contains(data, []byte("secret")) || bytes.Contains(data, []byte(`"vm"`)) {
+			t.Fatalf("object %s holds the VM's name or a plaintext record", rel)
+		}
+	}
+	if records == 0 {
+		t.Fatal("no record copy in the bucket")
+	}
 	st.checkRestore("secret", id, []string{img})
+	// With no NATS the record comes from its sealed copy.
+	saved := st.env
+	st.env = append(append([]string{}, st.env...), "STRATA_NATS_URL=")
+	st.checkRestore("secret", id, []string{img})
+	st.env = saved
 
 	// Wrong key and no key: refused before anything is written.
 	wrong := filepath.Join(dir, "wrong.key")

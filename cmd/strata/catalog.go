@@ -38,11 +38,11 @@ func newCatalogCmd() *cobra.Command {
 		if err := b.EnsureStreams(cctx, cfg.JSReplicas); err != nil {
 			return err
 		}
-		store, err := cfg.OpenStore(ctx)
+		store, r, err := cfg.OpenExisting(ctx)
 		if err != nil {
 			return err
 		}
-		cat, err := catalog.Open(cctx, b.JS, store)
+		cat, err := catalog.Open(cctx, b.JS, store, r)
 		if err != nil {
 			return err
 		}

@@ -58,7 +58,7 @@ func connect(ctx context.Context) (*client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w (is Strata running? STRATA_NATS_URL=%s)", err, cfg.NATSURL)
 	}
-	cat, err := catalog.Open(cctx, b.JS, nil) // read-only: writes go through the services
+	cat, err := catalog.Open(cctx, b.JS, nil, nil) // read-only: writes go through the services
 	if err != nil {
 		if errors.Is(err, jetstream.ErrBucketNotFound) {
 			return nil, fmt.Errorf("%w (no catalog yet: have the services started once?)", err)

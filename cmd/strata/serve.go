@@ -304,7 +304,9 @@ func openBackup(ctx context.Context, vm, id string) (rec *contracts.BackupRecord
 		return nil, nil, nil, err
 	}
 	done = func() {}
-	store, err := cfg.OpenStore(ctx)
+	// A command that reads creates nothing: not the bucket, not a
+	// repository where none is (a typo in STRATA_S3_BUCKET is reported).
+	store, r, err := cfg.OpenExisting(ctx)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -323,13 +325,10 @@ func openBackup(ctx context.Context, vm, id string) (rec *contracts.BackupRecord
 			rec, _, err = c.cat.Get(ctx, vm, id)
 		}
 	} else {
-		rec, err = catalog.FromCopies(ctx, store, vm, id)
+		rec, err = catalog.FromCopies(ctx, store, r, vm, id)
 	}
 	if err == nil && rec.State != contracts.StateVerified && rec.State != contracts.StateCommitted {
 		err = fmt.Errorf("backup %s is %s, not restorable", rec.ID, rec.State)
-	}
-	if err == nil {
-		r, err = cfg.OpenRepo(ctx, store)
 	}
 	if err != nil {
 		done()

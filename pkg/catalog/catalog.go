@@ -34,24 +34,76 @@ var ErrUnchanged = errors.New("unchanged")
 type Catalog struct {
 	kv    jetstream.KeyValue
 	store objstore.Store // nil: read-only (a CLI that only lists)
+	seal  Sealer
+}
+
+// Sealer is how the repository protects the record copies
+// (repo.Repository is one): an encrypted repository seals them and names
+// VMs in their keys by a keyed hash, so its bucket names no VM and holds
+// no record in plaintext.
+type Sealer interface {
+	SealObject(key string, plain []byte) []byte
+	OpenObject(key string, obj []byte) ([]byte, error)
+	NameInKey(name string) string
+}
+
+// plainCopies is the Sealer of a plaintext repository.
+type plainCopies struct{}
+
+func (plainCopies) SealObject(_ string, p []byte) []byte            { return p }
+func (plainCopies) OpenObject(_ string, obj []byte) ([]byte, error) { return obj, nil }
+func (plainCopies) NameInKey(name string) string                    { return url.PathEscape(name) }
+
+func orPlain(s Sealer) Sealer {
+	if s == nil {
+		return plainCopies{}
+	}
+	return s
 }
 
 // Open binds to the bucket (created by bus.EnsureStreams) and the object
-// store that holds the record copies (nil: this catalog only reads).
-func Open(ctx context.Context, js jetstream.JetStream, store objstore.Store) (*Catalog, error) {
+// store that holds the record copies (nil: this catalog only reads),
+// sealed by seal (nil: a plaintext repository).
+func Open(ctx context.Context, js jetstream.JetStream, store objstore.Store, seal Sealer) (*Catalog, error) {
 	kv, err := read(ctx, true, func(ctx context.Context) (jetstream.KeyValue, error) {
 		return js.KeyValue(ctx, contracts.BucketCatalog)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open catalog: %w", err)
 	}
-	return &Catalog{kv: kv, store: store}, nil
+	return &Catalog{kv: kv, store: store, seal: orPlain(seal)}, nil
 }
 
-// RecordKey is the object key of a backup record's copy.
-func RecordKey(vm, backupID string) string {
-	return fmt.Sprintf("backups/%s/%s.json", url.PathEscape(vm), backupID)
+// RecordKey is the object key of a backup record's copy in a plaintext
+// repository.
+func RecordKey(vm, backupID string) string { return recordKey(plainCopies{}, vm, backupID) }
+
+func recordKey(seal Sealer, vm, backupID string) string {
+	return fmt.Sprintf("backups/%s/%s.json", seal.NameInKey(vm), backupID)
 }
+
+// decodeCopy opens and checks the record copy b read from key: it must
+// open, decode, validate and belong there.
+func decodeCopy(seal Sealer, key string, b []byte) (*contracts.BackupRecord, error) {
+	b, err := seal.OpenObject(key, b)
+	if err != nil {
+		return nil, fmt.Errorf("record copy: %w", err)
+	}
+	var r contracts.BackupRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("record copy %s: %w", key, err)
+	}
+	if err := r.Validate(); err != nil {
+		return nil, fmt.Errorf("record copy %s: %w", key, err)
+	}
+	if recordKey(seal, r.VM, r.ID) != key {
+		return nil, fmt.Errorf("%w: record copy %s holds backup %s of %q, which belongs at %s", errMisplaced, key, r.ID, r.VM, recordKey(seal, r.VM, r.ID))
+	}
+	return &r, nil
+}
+
+// errMisplaced: a record copy that is not where its backup's belongs.
+var errMisplaced = errors.New("misplaced record copy")
 
 // putCopy writes the record's copy into the repository.
 func (c *Catalog) putCopy(ctx context.Context, r *contracts.BackupRecord) error {
@@ -62,8 +114,8 @@ func (c *Catalog) putCopy(ctx context.Context, r *contracts.BackupRecord) error 
 	if err != nil {
 		return err
 	}
-	key := RecordKey(r.VM, r.ID)
-	if err := c.store.Put(ctx, key, b); err != nil {
+	key := recordKey(c.seal, r.VM, r.ID)
+	if err := c.store.Put(ctx, key, c.seal.SealObject(key, b)); err != nil {
 		return fmt.Errorf("write backup record %s: %w", key, err)
 	}
 	return nil
@@ -291,7 +343,7 @@ func (c *Catalog) DeleteCopy(ctx context.Context, vm, id string) error {
 	if c.store == nil {
 		return errors.New("catalog opened read-only")
 	}
-	return c.store.Delete(ctx, RecordKey(vm, id))
+	return c.store.Delete(ctx, recordKey(c.seal, vm, id))
 }
 
 // Delete removes a backup's entry.
@@ -360,19 +412,12 @@ func (c *Catalog) Rebuild(ctx context.Context) (*RebuildReport, error) {
 		if err != nil {
 			return fmt.Errorf("read %s: %w", in.Key, err)
 		}
-		var r contracts.BackupRecord
-		if err := json.Unmarshal(b, &r); err != nil {
+		rp, err := decodeCopy(c.seal, in.Key, b)
+		if err != nil {
 			rep.Refused = append(rep.Refused, fmt.Sprintf("%s: %v", in.Key, err))
 			return nil
 		}
-		if err := r.Validate(); err != nil {
-			rep.Refused = append(rep.Refused, fmt.Sprintf("%s: %v", in.Key, err))
-			return nil
-		}
-		if RecordKey(r.VM, r.ID) != in.Key {
-			rep.Refused = append(rep.Refused, fmt.Sprintf("%s: holds backup %s of %q, which belongs at %s", in.Key, r.ID, r.VM, RecordKey(r.VM, r.ID)))
-			return nil
-		}
+		r := *rp
 		unfinished := !r.State.Final()
 		if unfinished {
 			now := time.Now().UTC()
@@ -402,7 +447,8 @@ func (c *Catalog) Rebuild(ctx context.Context) (*RebuildReport, error) {
 // with no NATS: restore and serve at a site that lost its NATS cluster.
 // id "latest" is the newest verified backup of vm. Listing one VM's
 // copies costs O(its backups), never O(all backups).
-func FromCopies(ctx context.Context, store objstore.Store, vm, id string) (*contracts.BackupRecord, error) {
+func FromCopies(ctx context.Context, store objstore.Store, seal Sealer, vm, id string) (*contracts.BackupRecord, error) {
+	seal = orPlain(seal)
 	readCopy := func(key string) (*contracts.BackupRecord, error) {
 		b, err := store.Get(ctx, key)
 		if err != nil {
@@ -411,23 +457,13 @@ func FromCopies(ctx context.Context, store objstore.Store, vm, id string) (*cont
 			}
 			return nil, fmt.Errorf("read %s: %w", key, err)
 		}
-		var r contracts.BackupRecord
-		if err := json.Unmarshal(b, &r); err != nil {
-			return nil, fmt.Errorf("record copy %s: %w", key, err)
-		}
-		if err := r.Validate(); err != nil {
-			return nil, fmt.Errorf("record copy %s: %w", key, err)
-		}
-		if RecordKey(r.VM, r.ID) != key {
-			return nil, fmt.Errorf("record copy %s holds backup %s of %q", key, r.ID, r.VM)
-		}
-		return &r, nil
+		return decodeCopy(seal, key, b)
 	}
 	if id != "latest" {
-		return readCopy(RecordKey(vm, id))
+		return readCopy(recordKey(seal, vm, id))
 	}
 	var keys []string
-	prefix := strings.TrimSuffix(RecordKey(vm, ""), ".json")
+	prefix := strings.TrimSuffix(recordKey(seal, vm, ""), ".json")
 	if err := store.List(ctx, prefix, func(in objstore.Info) error {
 		if strings.HasSuffix(in.Key, ".json") {
 			keys = append(keys, in.Key)

@@ -29,20 +29,20 @@ func TestFromCopies(t *testing.T) {
 	put("web", ids[1], contracts.StateVerified, "")
 	put("web", ids[2], contracts.StateFailed, "")
 	put("web-2", ids[0], contracts.StateVerified, "") // a VM whose name extends another's
-	if r, err := FromCopies(ctx, store, "web", "latest"); err != nil || r.ID != ids[1] {
+	if r, err := FromCopies(ctx, store, nil, "web", "latest"); err != nil || r.ID != ids[1] {
 		t.Fatalf("latest: %+v %v, want %s", r, err, ids[1])
 	}
-	if r, err := FromCopies(ctx, store, "web", ids[2]); err != nil || r.State != contracts.StateFailed {
+	if r, err := FromCopies(ctx, store, nil, "web", ids[2]); err != nil || r.State != contracts.StateFailed {
 		t.Fatalf("by id: %+v %v", r, err)
 	}
-	if _, err := FromCopies(ctx, store, "db", "latest"); !errors.Is(err, ErrNotFound) {
+	if _, err := FromCopies(ctx, store, nil, "db", "latest"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("unknown vm: %v", err)
 	}
-	if _, err := FromCopies(ctx, store, "web", "01a23600-0000-7000-8000-000000000009"); !errors.Is(err, ErrNotFound) {
+	if _, err := FromCopies(ctx, store, nil, "web", "01a23600-0000-7000-8000-000000000009"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("unknown id: %v", err)
 	}
 	put("web", ids[0], contracts.StateVerified, RecordKey("web", "01a23600-0000-7000-8000-000000000004"))
-	if _, err := FromCopies(ctx, store, "web", "01a23600-0000-7000-8000-000000000004"); err == nil || !strings.Contains(err.Error(), "holds backup") {
+	if _, err := FromCopies(ctx, store, nil, "web", "01a23600-0000-7000-8000-000000000004"); err == nil || !strings.Contains(err.Error(), "holds backup") {
 		t.Fatalf("misfiled copy: %v", err)
 	}
 }

@@ -29,7 +29,7 @@ func testCatalog(t *testing.T) (context.Context, *Catalog, objstore.Store) {
 		t.Fatal(err)
 	}
 	store := objstore.NewMem()
-	c, err := Open(ctx, js, store)
+	c, err := Open(ctx, js, store, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,6 +33,9 @@ type S3Config struct {
 	AccessKey string
 	SecretKey string
 	PathStyle bool // most self-hosted servers need path-style addressing
+	// NoCreate: a missing bucket is an error, not created (commands that
+	// only read).
+	NoCreate bool
 	// SignPayload puts the SHA-256 of every request body into its
 	// signature. Off (the default), bodies are sent as UNSIGNED-PAYLOAD
 	// with a CRC-32C the server checks instead: the SHA-256 cost a core
@@ -103,6 +106,12 @@ func (s *S3) String() string {
 }
 
 func (s *S3) ensureBucket(ctx context.Context) error {
+	if s.cfg.NoCreate {
+		if _, err := s.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: &s.cfg.Bucket}); err != nil {
+			return fmt.Errorf("bucket %s at %s: %w (it is not created by a command that only reads)", s.cfg.Bucket, s.cfg.Endpoint, err)
+		}
+		return nil
+	}
 	var lastErr error
 	for attempt := 0; attempt < 10; attempt++ {
 		if _, err := s.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: &s.cfg.Bucket}); err == nil {

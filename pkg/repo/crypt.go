@@ -23,9 +23,10 @@ import (
 // repository config, which tells a wrong key from a corrupt object before
 // anything is written.
 type Keys struct {
-	aead  cipher.AEAD
-	idKey []byte
-	check string
+	aead    cipher.AEAD
+	idKey   []byte
+	nameKey []byte // VM names in object keys (NameInKey)
+	check   string
 }
 
 // ErrWrongKey: the key does not open this repository.
@@ -64,7 +65,7 @@ func NewKeys(master []byte) (*Keys, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Keys{aead: aead, idKey: derive("chunk id"), check: hex.EncodeToString(derive("key check"))}, nil
+	return &Keys{aead: aead, idKey: derive("chunk id"), nameKey: derive("name in key"), check: hex.EncodeToString(derive("key check"))}, nil
 }
 
 // ChunkID is the keyed id of a chunk's bytes.
@@ -74,6 +75,14 @@ func (k *Keys) ChunkID(data []byte) chunk.ID {
 	var id chunk.ID
 	copy(id[:], m.Sum(nil))
 	return id
+}
+
+// nameInKey is how a VM name appears in an encrypted repository's object
+// keys: a keyed hash, so that the bucket's listing does not name the VMs.
+func (k *Keys) nameInKey(name string) string {
+	m := hmac.New(sha256.New, k.nameKey)
+	m.Write([]byte(name))
+	return "h-" + hex.EncodeToString(m.Sum(nil)[:16])
 }
 
 const sealedMagic = "STE1"

@@ -5,9 +5,9 @@
 //	packs/ab/abcdef…                      many stored chunks and their index (pack.go)
 //	moved/ab/<pack>/<collection>          where compaction moved a pack's chunks (moved.go)
 //	manifests/<vm>/<disk>/<backup-id>     chunk maps (see package manifest)
-//	backups/<vm>/<backup-id>.json         backup records
+//	backups/<vm>/<backup-id>.json         backup records (pkg/catalog, sealed here)
 //
-// (<vm> is path-escaped.) Where a chunk lives is behind ChunkStore so that
+// (<vm> is path-escaped, or in an encrypted repository a keyed hash.) Where a chunk lives is behind ChunkStore so that
 // packing small chunks into larger objects later changes one type.
 package repo
 
@@ -54,7 +54,13 @@ type Options struct {
 	ChunkSize int
 	Keys      *Keys // nil: plaintext
 	Packs     bool
+	// Existing: a store with no repository is an error (ErrNoRepository),
+	// never a new repository (commands that only read).
+	Existing bool
 }
+
+// ErrNoRepository: the store holds no repository (no config object).
+var ErrNoRepository = errors.New("no repository")
 
 // ChunkStore is where chunks live: the content layer. It alone knows an
 // object's key for a chunk and how a stored chunk is opened (decompressed,
@@ -104,6 +110,7 @@ type sealer interface {
 	// overhead is how many bytes seal adds.
 	overhead() int
 	ChunkID(data []byte) chunk.ID
+	nameInKey(name string) string
 }
 
 // plain is a plaintext repository's sealer: SHA-256 ids, objects as they are.
@@ -113,6 +120,26 @@ func (plain) seal(p, _ []byte) []byte            { return p }
 func (plain) open(obj, _ []byte) ([]byte, error) { return obj, nil }
 func (plain) ChunkID(data []byte) chunk.ID       { return chunk.Hash(data) }
 func (plain) overhead() int                      { return 0 }
+func (plain) nameInKey(name string) string       { return url.PathEscape(name) }
+
+// SealObject is the stored form of a small object of another layer (a
+// backup record's copy) under key: as it is, or sealed and bound to key in
+// an encrypted repository.
+func (r *Repository) SealObject(key string, plain []byte) []byte { return r.seal.seal(plain, []byte(key)) }
+
+// OpenObject reverses SealObject; a sealed object stored under another
+// key, tampered with or sealed with another key does not open.
+func (r *Repository) OpenObject(key string, obj []byte) ([]byte, error) {
+	b, err := r.seal.open(obj, []byte(key))
+	if err != nil {
+		return nil, fmt.Errorf("object %s: %w", key, err)
+	}
+	return b, nil
+}
+
+// NameInKey is how a VM name appears in object keys: path-escaped, or in
+// an encrypted repository a keyed hash (the listing names no VM).
+func (r *Repository) NameInKey(name string) string { return r.seal.nameInKey(name) }
 
 const configKey = "config"
 
@@ -130,6 +157,9 @@ func Open(ctx context.Context, store objstore.Store, chunkSize int, keys *Keys) 
 func OpenWith(ctx context.Context, store objstore.Store, o Options) (*Repository, error) {
 	chunkSize, keys := o.ChunkSize, o.Keys
 	cfg, err := readConfig(ctx, store)
+	if errors.Is(err, objstore.ErrNotFound) && o.Existing {
+		return nil, fmt.Errorf("%w in %s (no config object): check STRATA_STORE_DIR, or STRATA_S3_ENDPOINT, STRATA_S3_BUCKET and STRATA_S3_PREFIX", ErrNoRepository, store)
+	}
 	if errors.Is(err, objstore.ErrNotFound) {
 		if err := contracts.ValidChunkSize(chunkSize); err != nil {
 			return nil, fmt.Errorf("create repository in %s: %w", store, err)
@@ -306,8 +336,8 @@ func (c *looseChunks) Missing(ctx context.Context, ids []chunk.ID) ([]chunk.ID, 
 }
 
 // ManifestKey is the object key of one disk's manifest.
-func ManifestKey(vm string, disk int, backupID string) string {
-	return fmt.Sprintf("manifests/%s/%d/%s", url.PathEscape(vm), disk, backupID)
+func (r *Repository) ManifestKey(vm string, disk int, backupID string) string {
+	return fmt.Sprintf("manifests/%s/%d/%s", r.NameInKey(vm), disk, backupID)
 }
 
 // PutManifest stores a manifest and returns its key.
@@ -316,7 +346,7 @@ func (r *Repository) PutManifest(ctx context.Context, vm string, m *manifest.Man
 	if err != nil {
 		return "", err
 	}
-	key := ManifestKey(vm, m.Disk, m.BackupID)
+	key := r.ManifestKey(vm, m.Disk, m.BackupID)
 	b = r.seal.seal(b, []byte(key))
 	if err := r.Store.Put(ctx, key, b); err != nil {
 		return "", fmt.Errorf("write manifest %s: %w", key, err)

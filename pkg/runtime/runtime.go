@@ -64,8 +64,13 @@ func Load(spec any) error {
 }
 
 // OpenRepo opens the repository on store with the configured chunk size
-// and, when STRATA_ENCRYPTION_KEY_FILE is set, encryption key.
+// and, when STRATA_ENCRYPTION_KEY_FILE is set, encryption key, creating it
+// when the store holds none.
 func (c Common) OpenRepo(ctx context.Context, store objstore.Store) (*repo.Repository, error) {
+	return c.openRepo(ctx, store, false)
+}
+
+func (c Common) openRepo(ctx context.Context, store objstore.Store, existing bool) (*repo.Repository, error) {
 	var keys *repo.Keys
 	if c.EncryptionKeyFile != "" {
 		var err error
@@ -73,18 +78,43 @@ func (c Common) OpenRepo(ctx context.Context, store objstore.Store) (*repo.Repos
 			return nil, err
 		}
 	}
-	return repo.OpenWith(ctx, store, repo.Options{ChunkSize: c.ChunkSize, Keys: keys, Packs: c.Packs})
+	return repo.OpenWith(ctx, store, repo.Options{ChunkSize: c.ChunkSize, Keys: keys, Packs: c.Packs, Existing: existing})
 }
 
-// OpenStore opens the configured object store, wrapped with retries.
+// OpenExisting opens the configured store and the repository in it for a
+// command that only reads: a missing bucket or repository is an error,
+// never created.
+func (c Common) OpenExisting(ctx context.Context) (objstore.Store, *repo.Repository, error) {
+	store, err := c.openStore(ctx, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := c.openRepo(ctx, store, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	return store, r, nil
+}
+
+// OpenStore opens the configured object store, wrapped with retries,
+// creating the bucket when there is none.
 func (c Common) OpenStore(ctx context.Context) (objstore.Store, error) {
+	return c.openStore(ctx, false)
+}
+
+func (c Common) openStore(ctx context.Context, existing bool) (objstore.Store, error) {
 	if c.StoreDir != "" {
+		if existing {
+			if _, err := os.Stat(c.StoreDir); err != nil {
+				return nil, fmt.Errorf("STRATA_STORE_DIR: %w", err)
+			}
+		}
 		return objstore.NewDir(c.StoreDir)
 	}
 	s3, err := objstore.NewS3(ctx, objstore.S3Config{
 		Endpoint: c.S3Endpoint, Region: c.S3Region, Bucket: c.S3Bucket, Prefix: c.S3Prefix,
 		AccessKey: c.S3AccessKey, SecretKey: c.S3SecretKey, PathStyle: c.S3PathStyle,
-		SignPayload: c.S3SignPayload,
+		SignPayload: c.S3SignPayload, NoCreate: existing,
 	})
 	if err != nil {
 		return nil, err
@@ -147,7 +177,7 @@ func New(ctx context.Context, b *bus.Bus, r *repo.Repository) (*Runtime, error) 
 	if err != nil {
 		return nil, err
 	}
-	cat, err := catalog.Open(ctx, b.JS, r.Store)
+	cat, err := catalog.Open(ctx, b.JS, r.Store, r)
 	if err != nil {
 		return nil, err
 	}
