@@ -152,10 +152,15 @@ type CheckReply struct {
 	BadChunks []BadChunk  `json:"bad_chunks"`
 	Repaired  []string    `json:"repaired"`
 	Damaged   []BackupRef `json:"damaged"`
-	// Failed: VMs whose newest backup failed (with the reason): their
+	// Failed: VMs meant to be backed up (a policy, or an earlier backup
+	// that worked) whose newest backup failed (with the reason): their
 	// latest point in time is not protected. Not healthy.
-	Failed  []FailedBackup `json:"failed"`
-	Backups int            `json:"backups"`
+	Failed []FailedBackup `json:"failed"`
+	// FailedIgnored: VMs with no policy and no backup that ever worked
+	// whose only attempts failed (a mistyped name or source): listed, not
+	// unhealthy; strata rm --failed removes them.
+	FailedIgnored []FailedBackup `json:"failed_ignored"`
+	Backups       int            `json:"backups"`
 	// BadManifests: manifests that cannot be read or decoded.
 	BadManifests []BadManifest `json:"bad_manifests"`
 	// Referenced distinct chunks, the chunks the listing found, how many

@@ -19,6 +19,9 @@ import (
 // Shared by the process-level stack and the compose deployment.
 func sourceGoneBeforeCertify(t *testing.T, st *stack, vm, img, src string, stopVerifier, startVerifier func()) {
 	t.Helper()
+	// The VM is meant to be protected (a policy, never due in the test):
+	// its failed newest backup makes the repository unhealthy.
+	st.mustCLI("policy", "set", "--vm", vm, "--source", src, "--schedule", "0 0 1 1 *")
 	stopVerifier()
 	type result struct {
 		out, errOut string
@@ -74,6 +77,15 @@ func sourceGoneBeforeCertify(t *testing.T, st *stack, vm, img, src string, stopV
 	}
 	if !found {
 		t.Fatalf("check does not report the failed backup %s: %+v", id, health.Failed)
+	}
+	// Without the policy it is a one-off attempt that never worked: listed
+	// as ignored, and the repository is healthy.
+	st.mustCLI("policy", "rm", "--vm", vm)
+	out, _, code = st.cli("check", "--json")
+	health = contracts.CheckReply{}
+	if err := json.Unmarshal([]byte(out), &health); err != nil || code != 0 || !health.Healthy ||
+		len(health.FailedIgnored) != 1 || health.FailedIgnored[0].BackupID != id {
+		t.Fatalf("check with no policy: exit %d %s", code, out)
 	}
 	t.Logf("backup %s failed with: %s", id, rec.Error)
 }

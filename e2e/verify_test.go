@@ -174,6 +174,11 @@ func certifyDamageAndSelfHealing(t *testing.T, packed bool) {
 
 	// Trivial: compares the first 4 MiB (STRATA_VERIFY_TRIVIAL_MIB) only.
 	st.mustCLI("verify", "--vm", "db-01", "--backup", b3.ID, "--mode", "trivial")
+	// The record (and ls) shows the last verification that passed, not
+	// only the one on commit.
+	if rec := st.record("db-01", b3.ID); rec.Verify != contracts.VerifyTrivial {
+		t.Fatalf("after verify --mode trivial passed, the record says %q", rec.Verify)
+	}
 	scribble(100<<10, 4096)
 	if out, _, code := st.cli("verify", "--vm", "db-01", "--backup", b3.ID, "--mode", "trivial"); code != 1 {
 		t.Fatalf("trivial check missed a change in the first MiB: exit %d %s", code, out)

@@ -156,7 +156,7 @@ func newBackupCmd() *cobra.Command {
 	vm := fs.String("vm", "", "VM name")
 	src := fs.String("source", "", "source URL, e.g. file:///abs/path.img")
 	wait := fs.Bool("wait", false, "wait until the backup is verified (exit 0) or failed (exit 1)")
-	verify := fs.String("verify", "", "verification on commit: stored, trivial, certify or chunks (default: the verifier's)")
+	verify := fs.String("verify", "", "verification on commit: stored, trivial, certify, chunks or restore-test (default: the verifier's)")
 	skipFree := fs.Bool("skip-free", false, "a full read skips the blocks the guest's ext2/3/4, XFS and NTFS filesystems mark free (stored as zeros; the record says how much)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	plannedWait := fs.Duration("planned-timeout", 30*time.Second, "without --wait: how long to wait for the backup to be planned (a source that cannot be opened fails it then, exit 1)")

@@ -26,7 +26,7 @@ func newPolicySetCmd() *cobra.Command {
 	fs.IntVar(&p.KeepDaily, "keep-daily", 0, "retention: keep one per day for D days")
 	fs.IntVar(&p.KeepWeekly, "keep-weekly", 0, "retention: keep one per week for W weeks")
 	fs.IntVar(&p.KeepMonthly, "keep-monthly", 0, "retention: keep one per month for M months")
-	verify := fs.String("verify", "", "verification on commit: stored, trivial, certify or chunks (default: the verifier's)")
+	verify := fs.String("verify", "", "verification on commit: stored, trivial, certify, chunks or restore-test (default: the verifier's)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
 		p.Verify = contracts.VerifyMode(*verify)

@@ -116,6 +116,9 @@ func newCheckCmd() *cobra.Command {
 			for _, b := range reply.Failed {
 				fmt.Printf("newest backup of %s failed: %s: %s\n", b.VM, b.BackupID, b.Reason)
 			}
+			for _, b := range reply.FailedIgnored {
+				fmt.Printf("ignored: %s has no policy and no backup that worked; its newest attempt %s failed: %s (strata rm --vm %s --failed removes it)\n", b.VM, b.BackupID, b.Reason, b.VM)
+			}
 			if reply.Healthy {
 				fmt.Println("healthy")
 			}

@@ -97,13 +97,16 @@ func (c *Catalog) MarkVerified(ctx context.Context, vm, id string, mode contract
 	return rec, verified, err
 }
 
-// SetDigests records certify digests on a committed or verified backup
-// (a later verification of a finished backup).
-func (c *Catalog) SetDigests(ctx context.Context, vm, id string, digests []contracts.DiskDigest) error {
+// RecordVerification notes a verification that passed on a committed or
+// verified backup after its commit (strata verify): its mode becomes the
+// record's Verify (the last one that passed, which ls shows), with the
+// certify digests when there are any.
+func (c *Catalog) RecordVerification(ctx context.Context, vm, id string, mode contracts.VerifyMode, digests []contracts.DiskDigest) error {
 	_, err := c.update(ctx, vm, id, func(r *contracts.BackupRecord) error {
 		if r.State != contracts.StateCommitted && r.State != contracts.StateVerified {
-			return fmt.Errorf("%w: backup %s is %s: no digests to record", ErrInvalid, id, r.State)
+			return fmt.Errorf("%w: backup %s is %s: no verification to record", ErrInvalid, id, r.State)
 		}
+		r.Verify = mode
 		setDigests(r, digests)
 		return nil
 	})

@@ -125,7 +125,9 @@ func (plain) nameInKey(name string) string       { return url.PathEscape(name) }
 // SealObject is the stored form of a small object of another layer (a
 // backup record's copy) under key: as it is, or sealed and bound to key in
 // an encrypted repository.
-func (r *Repository) SealObject(key string, plain []byte) []byte { return r.seal.seal(plain, []byte(key)) }
+func (r *Repository) SealObject(key string, plain []byte) []byte {
+	return r.seal.seal(plain, []byte(key))
+}
 
 // OpenObject reverses SealObject; a sealed object stored under another
 // key, tampered with or sealed with another key does not open.

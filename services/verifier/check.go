@@ -34,7 +34,7 @@ import (
 func (v *verifier) health(ctx context.Context, req *contracts.CheckRequest) (*contracts.CheckReply, error) {
 	start := time.Now()
 	reply := &contracts.CheckReply{Schema: contracts.SchemaVersion, BadChunks: []contracts.BadChunk{}, Repaired: []string{},
-		Damaged: []contracts.BackupRef{}, Failed: []contracts.FailedBackup{}, BadManifests: []contracts.BadManifest{}}
+		Damaged: []contracts.BackupRef{}, Failed: []contracts.FailedBackup{}, FailedIgnored: []contracts.FailedBackup{}, BadManifests: []contracts.BadManifest{}}
 	bad, err := v.recheckKnownBad(ctx, reply)
 	if err != nil {
 		return nil, err
@@ -74,6 +74,7 @@ func (v *verifier) health(ctx context.Context, req *contracts.CheckRequest) (*co
 	}
 	reply.Damaged = append(reply.Damaged, scan.damaged...)
 	reply.Failed = append(reply.Failed, scan.failed...)
+	reply.FailedIgnored = append(reply.FailedIgnored, scan.ignored...)
 	reply.BadManifests = append(reply.BadManifests, scan.badManifests...)
 	reply.Backups = scan.backups
 	// The bad chunks as recorded now (new findings included).

@@ -12,6 +12,7 @@ import (
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/manifest"
+	"github.com/strata-backup/strata/pkg/policy"
 	"github.com/strata-backup/strata/pkg/reach"
 	"github.com/strata-backup/strata/pkg/repo"
 )
@@ -38,9 +39,14 @@ func (v *verifier) recordDamage(ctx context.Context, bad map[chunk.ID]string) ([
 // chunk is found or on `strata check`, never on the backup path.
 // newestFailed lists the VMs whose newest backup failed (recs oldest
 // first): a failure already followed by a good backup is history, not a
-// health problem.
-func newestFailed(recs []*contracts.BackupRecord) []contracts.FailedBackup {
+// health problem. Such a VM is unprotected — failed — when it is meant to
+// be backed up: it has a policy, or an earlier backup that worked (its
+// newest point in time is missing). A VM with neither (a one-off attempt
+// with a mistyped name or source, never retried) is listed apart, as
+// ignored: it does not make the repository unhealthy.
+func newestFailed(recs []*contracts.BackupRecord, hasPolicy func(vm string) bool) (failed, ignored []contracts.FailedBackup) {
 	newest := map[string]*contracts.BackupRecord{}
+	protected := map[string]bool{} // had a backup that worked
 	var order []string
 	for _, r := range recs {
 		if !r.State.Final() {
@@ -50,14 +56,23 @@ func newestFailed(recs []*contracts.BackupRecord) []contracts.FailedBackup {
 			order = append(order, r.VM)
 		}
 		newest[r.VM] = r
-	}
-	var out []contracts.FailedBackup
-	for _, vm := range order {
-		if r := newest[vm]; r.State == contracts.StateFailed {
-			out = append(out, contracts.FailedBackup{VM: r.VM, BackupID: r.ID, Reason: r.Error})
+		if r.State == contracts.StateVerified {
+			protected[r.VM] = true
 		}
 	}
-	return out
+	for _, vm := range order {
+		r := newest[vm]
+		if r.State != contracts.StateFailed {
+			continue
+		}
+		f := contracts.FailedBackup{VM: r.VM, BackupID: r.ID, Reason: r.Error}
+		if protected[vm] || hasPolicy(vm) {
+			failed = append(failed, f)
+		} else {
+			ignored = append(ignored, f)
+		}
+	}
+	return failed, ignored
 }
 
 func (v *verifier) refreshDamage(ctx context.Context, bad map[chunk.ID]string) (damaged []contracts.BackupRef, failed []contracts.FailedBackup, backups int, err error) {
@@ -72,6 +87,7 @@ func (v *verifier) refreshDamage(ctx context.Context, bad map[chunk.ID]string) (
 type damageScan struct {
 	damaged      []contracts.BackupRef
 	failed       []contracts.FailedBackup
+	ignored      []contracts.FailedBackup // see newestFailed
 	badManifests []contracts.BadManifest
 	backups      int
 }
@@ -84,7 +100,12 @@ func (v *verifier) scanDamage(ctx context.Context, bad map[chunk.ID]string, read
 	if err != nil {
 		return nil, err
 	}
-	scan := &damageScan{failed: newestFailed(recs), backups: len(recs)}
+	policies, err := v.policyNames(ctx)
+	if err != nil {
+		return nil, err
+	}
+	scan := &damageScan{backups: len(recs)}
+	scan.failed, scan.ignored = newestFailed(recs, func(vm string) bool { return policies[vm] })
 	hits := map[string]bool{} // catalog key
 	if readManifests {
 		w := reach.Walker{Catalog: v.rt.Catalog, Repo: v.rt.Repo, Records: recs, Keep: reach.Committed,
@@ -181,8 +202,8 @@ func (v *verifier) verifyNow(ctx context.Context, req *contracts.VerifyRequest) 
 			total.OK = false
 			problems = append(problems, fmt.Sprintf("%s/%s: %s", r.VM, r.ID, reply.Problem))
 		}
-		if req.Mode == contracts.VerifyCertify && reply.OK {
-			if err := v.storeDigests(ctx, r, reply.Digests); err != nil {
+		if reply.OK {
+			if err := v.rt.Catalog.RecordVerification(ctx, r.VM, r.ID, req.Mode, reply.Digests); err != nil && !errors.Is(err, catalog.ErrNotFound) {
 				return nil, err
 			}
 		}
@@ -197,7 +218,19 @@ func (v *verifier) verifyNow(ctx context.Context, req *contracts.VerifyRequest) 
 	return total, nil
 }
 
-// storeDigests records certify digests in the backup record.
-func (v *verifier) storeDigests(ctx context.Context, rec *contracts.BackupRecord, digests []contracts.DiskDigest) error {
-	return v.rt.Catalog.SetDigests(ctx, rec.VM, rec.ID, digests)
+// policyNames is the set of VMs that have a backup policy (pkg/policy).
+func (v *verifier) policyNames(ctx context.Context) (map[string]bool, error) {
+	store, err := policy.Open(ctx, v.rt.Bus.JS)
+	if err != nil {
+		return nil, err
+	}
+	list, err := store.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	names := make(map[string]bool, len(list))
+	for _, p := range list {
+		names[p.VM] = true
+	}
+	return names, nil
 }
