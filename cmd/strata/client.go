@@ -451,7 +451,7 @@ func newRestoreCmd() *cobra.Command {
 			var report func(int64)
 			var bar *progressbar.ProgressBar
 			if progress {
-				bar, report = restoreProgress(path, man.DiskSize)
+				bar, report = restoreProgress(path, man.DataBytes())
 			}
 			st, err := restore.ToFile(ctx, r, man, path, restore.Options{Workers: *workers, Progress: report, Overwrite: *force})
 			if bar != nil {
@@ -488,13 +488,15 @@ func newRestoreCmd() *cobra.Command {
 	return cmd
 }
 
-// restoreProgress is a progress bar for one disk (bytes, rate, ETA), drawn
-// at most 10 times a second. Chunks finish out of order on parallel
-// workers, so the bar only ever moves forward.
+// restoreProgress is a progress bar for one disk's data (bytes, rate,
+// ETA; all-zero chunks are holes, written in no time: counting them made
+// the first rate read terabytes per second), drawn at most 10 times a
+// second. Chunks finish out of order on parallel workers, so the bar only
+// ever moves forward.
 func restoreProgress(path string, size int64) (*progressbar.ProgressBar, func(int64)) {
 	bar := progressbar.NewOptions64(size,
 		progressbar.OptionSetWriter(os.Stderr),
-		progressbar.OptionSetDescription("restoring "+filepath.Base(path)),
+		progressbar.OptionSetDescription("restoring "+filepath.Base(path)+" (data)"),
 		progressbar.OptionShowBytes(true),
 		progressbar.OptionSetPredictTime(true),
 		progressbar.OptionThrottle(100*time.Millisecond),

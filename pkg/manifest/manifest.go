@@ -71,6 +71,17 @@ func (m *Manifest) ChunkLen(i int) int {
 	return int(min(int64(m.ChunkSize), m.DiskSize-off))
 }
 
+// DataBytes is what the disk holds in chunks that are not all zero.
+func (m *Manifest) DataBytes() int64 {
+	var n int64
+	for i, id := range m.IDs {
+		if !id.IsZero() {
+			n += int64(m.ChunkLen(i))
+		}
+	}
+	return n
+}
+
 // Check reports an inconsistent manifest.
 func (m *Manifest) Check() error {
 	if m.ChunkSize < 64<<10 || m.ChunkSize > 16<<20 || m.ChunkSize&(m.ChunkSize-1) != 0 {

@@ -30,7 +30,9 @@ type Stats struct {
 // Options of one restore.
 type Options struct {
 	Workers int // chunks fetched at once (default 8)
-	// Progress, if set, is called with bytes done so far.
+	// Progress, if set, is called with the bytes of data chunks written so
+	// far (of DataBytes: all-zero chunks are holes and cost nothing, so a
+	// rate over them would be meaningless).
 	Progress func(done int64)
 	// Overwrite lets the restore replace an existing file at the target
 	// (never a directory); without it an existing target is refused, even
@@ -91,12 +93,9 @@ func ToFile(ctx context.Context, r *repo.Repository, man *manifest.Manifest, pat
 	iw := newImageWriter(f, man.ChunkSize)
 	defer iw.close()
 	var done, data, zero atomic.Int64
-	for i, id := range man.IDs {
+	for _, id := range man.IDs {
 		if id.IsZero() {
-			zero.Add(1)
-			if progress != nil {
-				progress(done.Add(int64(man.ChunkLen(i))))
-			}
+			zero.Add(1) // a hole: nothing to fetch or write, so no progress either
 		}
 	}
 	// One goroutine writes: buffered writes to one file take its inode

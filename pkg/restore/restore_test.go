@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -63,9 +65,20 @@ func TestRestoreBitExactAndSparse(t *testing.T) {
 	}
 	for _, dir := range dirs {
 		out := filepath.Join(dir, "out.img")
-		st, err := ToFile(context.Background(), r, man, out, Options{Workers: 3})
+		// Progress counts data written, never the holes: the first report
+		// is one chunk's worth, the last all the data.
+		var reports []int64
+		var mu sync.Mutex
+		st, err := ToFile(context.Background(), r, man, out, Options{Workers: 3, Progress: func(n int64) {
+			mu.Lock()
+			reports = append(reports, n)
+			mu.Unlock()
+		}})
 		if err != nil {
 			t.Fatal(err)
+		}
+		if len(reports) != 3 || slices.Min(reports) > int64(man.ChunkSize) || slices.Max(reports) != man.DataBytes() || man.DataBytes() != 2*int64(man.ChunkSize)+100 {
+			t.Fatalf("progress reports %v for %d bytes of data", reports, man.DataBytes())
 		}
 		got, _ := os.ReadFile(out)
 		if !bytes.Equal(got, img) {
