@@ -22,6 +22,17 @@ func sourceGoneBeforeCertify(t *testing.T, st *stack, vm, img, src string, stopV
 	// The VM is meant to be protected (a policy, never due in the test):
 	// its failed newest backup makes the repository unhealthy.
 	st.mustCLI("policy", "set", "--vm", vm, "--source", src, "--schedule", "0 0 1 1 *")
+	var ps []struct {
+		VM      string     `json:"vm"`
+		NextRun *time.Time `json:"next_run"`
+	}
+	if err := json.Unmarshal([]byte(st.mustCLI("policy", "ls", "--json")), &ps); err != nil || len(ps) != 1 || ps[0].NextRun == nil ||
+		ps[0].NextRun.Month() != time.January || ps[0].NextRun.Day() != 1 || !ps[0].NextRun.After(time.Now()) {
+		t.Fatalf("policy ls: %+v %v", ps, err)
+	}
+	if ls := st.mustCLI("policy", "ls"); !strings.Contains(ls, "NEXT RUN") || !strings.Contains(ls, "-01-01 00:00:00") {
+		t.Fatalf("policy ls shows no next run:\n%s", ls)
+	}
 	stopVerifier()
 	type result struct {
 		out, errOut string

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/schedule"
 )
 
 func newPolicySetCmd() *cobra.Command {
@@ -63,16 +64,32 @@ func newPolicyLsCmd() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		if *asJSON {
-			if ps == nil {
-				ps = []contracts.Policy{}
+		// Each policy with when it next runs (the scheduler's slot plus
+		// the VM's jitter).
+		type view struct {
+			contracts.Policy
+			NextRun *time.Time `json:"next_run,omitempty"`
+		}
+		now := time.Now()
+		views := []view{}
+		for _, p := range ps {
+			v := view{Policy: p}
+			if _, run, err := schedule.NextRun(p.VM, p.Schedule, p.Jitter, now); err == nil {
+				v.NextRun = &run
 			}
-			return printJSON(ps)
+			views = append(views, v)
+		}
+		if *asJSON {
+			return printJSON(views)
 		}
 		tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "VM\tSCHEDULE\tJITTER\tKEY INTERVAL\tKEEP (last/daily/weekly/monthly)\tSOURCE")
-		for _, p := range ps {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d/%d/%d/%d\t%s\n", p.VM, p.Schedule, p.Jitter, p.KeyInterval, p.KeepLast, p.KeepDaily, p.KeepWeekly, p.KeepMonthly, p.Source)
+		fmt.Fprintln(tw, "VM\tSCHEDULE\tJITTER\tNEXT RUN\tKEY INTERVAL\tKEEP (last/daily/weekly/monthly)\tSOURCE")
+		for _, v := range views {
+			p, next := v.Policy, "-"
+			if v.NextRun != nil {
+				next = fmt.Sprintf("%s (in %s)", v.NextRun.Local().Format(time.DateTime), v.NextRun.Sub(now).Round(time.Second))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d/%d/%d/%d\t%s\n", p.VM, p.Schedule, p.Jitter, next, p.KeyInterval, p.KeepLast, p.KeepDaily, p.KeepWeekly, p.KeepMonthly, p.Source)
 		}
 		return tw.Flush()
 	}

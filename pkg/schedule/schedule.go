@@ -43,3 +43,24 @@ var slotNamespace = uuid.MustParse("6f1a3c5e-6b0e-4b59-9a43-3f3d4a2b9c10")
 func SlotBackupID(vm string, slot time.Time) string {
 	return uuid.NewSHA1(slotNamespace, []byte(fmt.Sprintf("%s|%d", vm, slot.Unix()))).String()
 }
+
+// NextRun is when a VM's schedule next starts a backup after now: the
+// next slot's time plus its jitter (a slot already due but still inside
+// its jitter counts).
+func NextRun(vm, expr string, jitter time.Duration, now time.Time) (slot, run time.Time, err error) {
+	s, err := Parse(expr)
+	if err != nil {
+		return slot, run, err
+	}
+	slot = s.Next(now.Add(-max(jitter, 0)))
+	for range 1000 {
+		if slot.IsZero() {
+			return slot, run, fmt.Errorf("schedule %q never fires", expr)
+		}
+		if run = slot.Add(Jitter(vm, slot, jitter)); run.After(now) {
+			return slot, run, nil
+		}
+		slot = s.Next(slot)
+	}
+	return slot, run, fmt.Errorf("schedule %q: no run found after %s", expr, now)
+}

@@ -1,6 +1,7 @@
 package schedule
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -27,5 +28,30 @@ func TestParseAndSlots(t *testing.T) {
 	j := Jitter("vm", base, time.Minute)
 	if j < 0 || j >= time.Minute || j != Jitter("vm", base, time.Minute) {
 		t.Fatalf("jitter %v", j)
+	}
+}
+
+// The next run is the first slot whose jittered time is still ahead: a
+// slot that passed but whose jitter has not, is it.
+func TestNextRun(t *testing.T) {
+	now := time.Date(2026, 12, 7, 10, 30, 0, 0, time.UTC)
+	slot, run, err := NextRun("web", "0 * * * *", 0, now)
+	if err != nil || !slot.Equal(time.Date(2026, 12, 7, 11, 0, 0, 0, time.UTC)) || !run.Equal(slot) {
+		t.Fatalf("hourly: %s %s %v", slot, run, err)
+	}
+	j := time.Hour
+	for vm := range 20 {
+		name := fmt.Sprint("vm", vm)
+		slot, run, err := NextRun(name, "0 * * * *", j, now)
+		if err != nil || !run.After(now) || run.Sub(slot) != Jitter(name, slot, j) || run.Sub(now) > 2*time.Hour {
+			t.Fatalf("%s: slot %s run %s %v", name, slot, run, err)
+		}
+		// The slot before it had already run (or it is the 10:00 slot).
+		if prev := slot.Add(-time.Hour); prev.Add(Jitter(name, prev, j)).After(now) {
+			t.Fatalf("%s: the %s slot runs after now, yet %s was given", name, prev, slot)
+		}
+	}
+	if _, _, err := NextRun("web", "not a schedule", 0, now); err == nil {
+		t.Fatal("bad schedule accepted")
 	}
 }
