@@ -86,6 +86,9 @@ func newDevCmd() *cobra.Command {
 		}
 		schedCfg.Common, snapCfg.Common, xferCfg.Common, dedupCfg.Common, mergeCfg.Common, verCfg.Common = common, common, common, common, common, common
 		schedCfg.HTTPAddr = "" // one process, one port: NATS only
+		if dedupCfg.IndexDir == "" {
+			dedupCfg.IndexDir = filepath.Join(dir, "dedup") // beside everything else of this repository
+		}
 		services := []struct {
 			name  string
 			start func(context.Context, *runtime.Runtime) error

@@ -45,9 +45,11 @@ DOCKERFILE
 
 # Every service binary is /app in its image, so health checks read the same
 # everywhere: /app healthcheck.
+# dedup keeps its pack index in /data (a volume in the compose file).
 for s in scheduler snapshotter transfer dedup merge verifier; do
   mkdir -p "$ctx/src-$s" && cp "$bin/strata-$s" "$ctx/src-$s/app"
-  image "strata/$s" "$tag" app "" "$ctx/src-$s/app"
+  data=""; [ "$s" = dedup ] && data=/data
+  image "strata/$s" "$tag" app "$data" "$ctx/src-$s/app"
 done
 image strata/cli "$tag" strata "" "$bin/strata"
 # The vSphere demo's simulator (test scaffolding, deploy/docker/vsphere-demo.yml).

@@ -8,7 +8,6 @@
 package dedup
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -35,8 +34,9 @@ type Config struct {
 	// manifest is read once per pass. A power of two, 1–256.
 	GCShards int `envconfig:"GC_SHARDS" default:"1"`
 	// IndexDir holds the index of a packed repository (a file per
-	// repository; empty: the system's temporary directory). Kept across
-	// restarts it saves a rebuild that reads every pack's trailer.
+	// repository; empty: the user's cache directory, ~/.cache/strata/dedup
+	// or $XDG_CACHE_HOME/strata/dedup — it can always be rebuilt). Kept
+	// across restarts it saves a rebuild that reads every pack's trailer.
 	IndexDir string `envconfig:"DEDUP_INDEX_DIR"`
 	// GCRepackBelow: a collection rewrites packs whose live bytes are
 	// under this fraction of their size (0: never).
@@ -69,7 +69,11 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	d := &Index{chunks: rt.Repo.Chunks, cache: cache, bad: map[chunk.ID]bool{}, store: rt.Repo.Store}
 	d.gc = &gcGuard{gc: rt.GC, store: rt.Repo.Store, forget: d.forget}
 	if rt.Repo.Packed() {
-		path := filepath.Join(cmp.Or(cfg.IndexDir, os.TempDir()), "strata-packindex-"+rt.Repo.Config.ID+".db")
+		dir, err := indexDir(cfg.IndexDir)
+		if err != nil {
+			return err
+		}
+		path := filepath.Join(dir, "strata-packindex-"+rt.Repo.Config.ID+".db")
 		x, err := OpenPackIndex(path, rt.Repo.Config.ID, rt.Log)
 		if err != nil {
 			return err
@@ -349,4 +353,21 @@ func (c *PresentCache) Add(id chunk.ID) {
 		c.old, c.young = c.young, map[chunk.ID]struct{}{}
 	}
 	c.young[id] = struct{}{}
+}
+
+// indexDir is where the pack index lives, made if missing (owner only: it
+// names every chunk of the repository).
+func indexDir(configured string) (string, error) {
+	dir := configured
+	if dir == "" {
+		cache, err := os.UserCacheDir()
+		if err != nil {
+			return "", fmt.Errorf("no STRATA_DEDUP_INDEX_DIR and no cache directory to keep the pack index in (%v): set STRATA_DEDUP_INDEX_DIR", err)
+		}
+		dir = filepath.Join(cache, "strata", "dedup")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("STRATA_DEDUP_INDEX_DIR %s: %w", dir, err)
+	}
+	return dir, nil
 }
