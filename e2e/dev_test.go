@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,8 +20,15 @@ import (
 func TestDevMode(t *testing.T) {
 	dir := t.TempDir()
 	port := testserver.FreePort(t)
-	env := append(os.Environ(), fmt.Sprintf("STRATA_NATS_URL=nats://127.0.0.1:%d", port), "STRATA_STORE_DIR="+filepath.Join(dir, "data", "objects"),
-		"OTEL_EXPORTER_OTLP_ENDPOINT=", "STRATA_CHUNK_SIZE=262144")
+	var base []string // the environment without any STRATA_ setting
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "STRATA_") {
+			base = append(base, kv)
+		}
+	}
+	base = append(base, "XDG_STATE_HOME="+filepath.Join(dir, "state"), "OTEL_EXPORTER_OTLP_ENDPOINT=")
+	env := append(slices.Clone(base), fmt.Sprintf("STRATA_NATS_URL=nats://127.0.0.1:%d", port), "STRATA_STORE_DIR="+filepath.Join(dir, "data", "objects"),
+		"STRATA_CHUNK_SIZE=262144")
 	dev := exec.Command(filepath.Join(binDir, "strata"), "dev", "--data", filepath.Join(dir, "data"), "--port", fmt.Sprint(port))
 	dev.Env = env
 	testserver.Start(t, "strata-dev", dev)
@@ -53,6 +61,23 @@ func TestDevMode(t *testing.T) {
 	}
 	if sha256File(t, restored) != sha256File(t, img) {
 		t.Fatal("dev mode restore differs")
+	}
+	// In another shell with nothing set, the CLI finds the dev stack by
+	// itself (before, restore went to AWS S3).
+	bare := exec.Command(filepath.Join(binDir, "strata"), "restore", "--vm", "laptop", "--backup", id, "--to", restored+".bare")
+	bare.Env = base
+	var stderr strings.Builder
+	bare.Stderr = &stderr
+	if out, err := bare.Output(); err != nil || !strings.Contains(stderr.String(), "using the repository of strata dev") {
+		t.Fatalf("restore with nothing set: %v %s %s", err, out, stderr.String())
+	}
+	if sha256File(t, restored+".bare") != sha256File(t, img) {
+		t.Fatal("restore with nothing set differs")
+	}
+	ls := exec.Command(filepath.Join(binDir, "strata"), "ls", "--vm", "laptop")
+	ls.Env = base
+	if out, err := ls.Output(); err != nil || !strings.Contains(string(out), id) {
+		t.Fatalf("ls with nothing set: %v %s", err, out)
 	}
 
 	// STRATA_COMPRESSION=auto: the first full's chunks are S2, the chunks a

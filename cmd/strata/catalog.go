@@ -24,7 +24,7 @@ func newCatalogCmd() *cobra.Command {
 	rebuild.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
 		var cfg runtime.Common
-		if err := runtime.Load(&cfg); err != nil {
+		if err := loadConfig(&cfg, &cfg); err != nil {
 			return err
 		}
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)

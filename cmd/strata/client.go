@@ -44,7 +44,7 @@ type client struct {
 
 func connect(ctx context.Context) (*client, error) {
 	var cfg runtime.Common
-	if err := runtime.Load(&cfg); err != nil {
+	if err := loadConfig(&cfg, &cfg); err != nil {
 		return nil, err
 	}
 	tp, err := telemetry.Tracing(ctx, "cli")

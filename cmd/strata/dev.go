@@ -118,7 +118,12 @@ func newDevCmd() *cobra.Command {
 				return fmt.Errorf("start %s: %w", s.name, err)
 			}
 		}
-		fmt.Fprintf(os.Stderr, "strata dev: all six services up. In another shell:\n  export STRATA_NATS_URL=%s STRATA_STORE_DIR=%s\n  strata backup --vm demo --source file:///abs/disk.img --wait\n", common.NATSURL, common.StoreDir)
+		remove, err := writeDevState(devState{NATSURL: common.NATSURL, StoreDir: common.StoreDir, PID: os.Getpid()})
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "strata dev: could not record where it runs (%v): commands in another shell need the exports below\n", err)
+		}
+		defer remove()
+		fmt.Fprintf(os.Stderr, "strata dev: all six services up. In another shell (strata finds this dev by itself while nothing else is configured):\n  export STRATA_NATS_URL=%s STRATA_STORE_DIR=%s\n  strata backup --vm demo --source file:///abs/disk.img --wait\n", common.NATSURL, common.StoreDir)
 		<-ctx.Done()
 		return nil
 	}

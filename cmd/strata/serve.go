@@ -300,7 +300,7 @@ func serveNBD(ctx context.Context, network, addr string, disks []servedDisk, ann
 // NATS cluster can still restore and serve.
 func openBackup(ctx context.Context, vm, id string) (rec *contracts.BackupRecord, r *repo.Repository, done func(), err error) {
 	var cfg runtime.Common
-	if err := runtime.Load(&cfg); err != nil {
+	if err := loadConfig(&cfg, &cfg); err != nil {
 		return nil, nil, nil, err
 	}
 	done = func() {}
