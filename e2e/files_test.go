@@ -78,10 +78,28 @@ func TestFilesFromBackup(t *testing.T) {
 	if _, errOut, code := st.cli("files", "cat", "--vm", "files", "/p2/no/such/file"); code == 0 || !strings.Contains(errOut, "no/such/file") {
 		t.Fatalf("cat of a missing file: exit %d, %s", code, errOut)
 	}
+	// cat follows symlinks as in the guest (ext4 and XFS), never out of
+	// the volume: escape -> ../../etc/passwd is /etc/passwd of the volume,
+	// which it does not have.
+	for _, vol := range []string{"p2", "p3"} {
+		if got := st.mustCLI("files", "cat", "--vm", "files", "/"+vol+"/link-rel"); got != "hello from the guest\n" {
+			t.Fatalf("files cat /%s/link-rel: %q", vol, got)
+		}
+	}
+	if _, errOut, code := st.cli("files", "cat", "--vm", "files", "/p2/escape"); code == 0 || !strings.Contains(errOut, "etc") {
+		t.Fatalf("cat of a symlink out of the volume: exit %d, %s", code, errOut)
+	}
 
 	// get: a directory and a file, then the whole volume.
 	out := t.TempDir()
 	st.mustCLI("files", "get", "--vm", "files", "/p2/docs", "/p2/sparse.img", "--to", out)
+	testserver.CompareTrees(t, filepath.Join(src, "docs"), filepath.Join(out, "docs"))
+	// Again over what is there: refused without --force, replaced with it.
+	os.WriteFile(filepath.Join(out, "docs", "readme.txt"), []byte("changed locally"), 0o644)
+	if _, errOut, code := st.cli("files", "get", "--vm", "files", "/p2/docs", "--to", out); code == 0 || !strings.Contains(errOut, "--force") {
+		t.Fatalf("get over existing files: exit %d, %s", code, errOut)
+	}
+	st.mustCLI("files", "get", "--vm", "files", "/p2/docs", "--to", out, "--force")
 	testserver.CompareTrees(t, filepath.Join(src, "docs"), filepath.Join(out, "docs"))
 	sparse, _ := os.ReadFile(filepath.Join(out, "sparse.img"))
 	if want, _ := os.ReadFile(filepath.Join(src, "sparse.img")); !bytes.Equal(sparse, want) {

@@ -207,6 +207,11 @@ func newFilesCatCmd() *cobra.Command {
 		if fsys == nil || inside == "." {
 			return exitError{2, fmt.Errorf("%s: not a file (a file is /VOLUME/PATH; see strata files ls)", args[0])}
 		}
+		// Symlinks are followed as cat follows them in the guest, never
+		// out of the volume.
+		if inside, err = guestfs.Resolve(fsys, inside); err != nil {
+			return fmt.Errorf("%s: %w", args[0], err)
+		}
 		r, err := fsys.Open(inside)
 		if err != nil {
 			return fmt.Errorf("%s: %w", args[0], err)
@@ -224,6 +229,7 @@ func newFilesGetCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "get /VOLUME/PATH... --to DIR", Short: "restore files or whole directories of a backed-up disk into a directory", Args: usage(cobra.MinimumNArgs(1))}
 	f := addFilesFlags(cmd)
 	to := cmd.Flags().String("to", "", "directory to write into (it must exist)")
+	force := cmd.Flags().Bool("force", false, "replace files and symlinks already in --to (directories are merged)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if *to == "" {
 			return exitError{2, errors.New("get needs --to DIR")}
@@ -242,19 +248,26 @@ func newFilesGetCmd() *cobra.Command {
 			if fsys == nil {
 				return exitError{2, fmt.Errorf("%s: name a volume (/p1) or a path in one", a)}
 			}
-			st, err := guestfs.Get(fsys, inside, *to, guestfs.GetOptions{Owners: os.Geteuid() == 0})
+			st, err := guestfs.Get(fsys, inside, *to, guestfs.GetOptions{Owners: os.Geteuid() == 0, Overwrite: *force})
 			total.Files, total.Dirs, total.Links, total.Bytes = total.Files+st.Files, total.Dirs+st.Dirs, total.Links+st.Links, total.Bytes+st.Bytes
 			for _, r := range st.Refused {
 				total.Refused = append(total.Refused, "/"+vol+"/"+r)
+			}
+			for _, r := range st.Skipped {
+				total.Skipped = append(total.Skipped, "/"+vol+"/"+r)
 			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", a, err)
 			}
 		}
 		if *f.json {
-			printJSON(map[string]any{"files": total.Files, "dirs": total.Dirs, "symlinks": total.Links, "bytes": total.Bytes, "refused": total.Refused})
+			printJSON(map[string]any{"files": total.Files, "dirs": total.Dirs, "symlinks": total.Links, "bytes": total.Bytes, "refused": total.Refused, "skipped": total.Skipped})
 		} else {
-			fmt.Printf("restored %d files (%s), %d directories, %d symlinks into %s\n", total.Files, human(total.Bytes), total.Dirs, total.Links, *to)
+			fmt.Printf("restored %d files (%s), %d directories, %d symlinks into %s", total.Files, human(total.Bytes), total.Dirs, total.Links, *to)
+			if len(total.Skipped) > 0 {
+				fmt.Printf("; skipped %d special files (devices, FIFOs, sockets: nothing in them to restore)", len(total.Skipped))
+			}
+			fmt.Println()
 			for _, r := range total.Refused {
 				fmt.Fprintf(os.Stderr, "refused: %s\n", r)
 			}

@@ -19,6 +19,9 @@ import (
 type GetOptions struct {
 	// Owners sets each file's owner from the image (needs root).
 	Owners bool
+	// Overwrite replaces files and symlinks already at a target (never a
+	// directory: its contents are merged, as always).
+	Overwrite bool
 	// Progress, if set, is called after each file with the bytes so far.
 	Progress func(files int, bytes int64)
 }
@@ -28,8 +31,11 @@ type GetStats struct {
 	Files, Dirs, Links int
 	Bytes              int64
 	// Refused lists what was not written, and why (hostile names,
-	// symlinks leading out of the tree, special files).
+	// symlinks leading out of the tree, a name taken).
 	Refused []string
+	// Skipped lists special files (devices, FIFOs, sockets): there is
+	// nothing in them to restore, so they are not a failure.
+	Skipped []string
 }
 
 // Get copies name (a file, a symlink or a whole directory, recursively)
@@ -112,7 +118,11 @@ func (g *getter) one(src string, e Entry, dst, elem string) error {
 			g.st.Refused = append(g.st.Refused, fmt.Sprintf("%s: symlink to %q leads out of the tree written", src, e.Link))
 			return nil
 		}
-		if err := os.Symlink(e.Link, target); err != nil {
+		err := os.Symlink(e.Link, target)
+		if errors.Is(err, fs.ErrExist) && g.replace(target) {
+			err = os.Symlink(e.Link, target)
+		}
+		if err != nil {
 			return err
 		}
 		if g.opt.Owners && e.HasOwner {
@@ -132,9 +142,37 @@ func (g *getter) one(src string, e Entry, dst, elem string) error {
 			g.opt.Progress(g.st.Files, g.st.Bytes)
 		}
 	default:
-		g.st.Refused = append(g.st.Refused, fmt.Sprintf("%s: %s not restored (only files, directories and symlinks)", src, e.Mode.Type()))
+		g.st.Skipped = append(g.st.Skipped, fmt.Sprintf("%s: %s", src, kind(e.Mode)))
 	}
 	return nil
+}
+
+// kind names a special file's type.
+func kind(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeCharDevice != 0:
+		return "character device"
+	case m&fs.ModeDevice != 0:
+		return "block device"
+	case m&fs.ModeNamedPipe != 0:
+		return "FIFO"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	}
+	return "special file " + m.Type().String()
+}
+
+// replace removes what is at target so that it can be written again, when
+// Overwrite allows and it is not a directory.
+func (g *getter) replace(target string) bool {
+	if !g.opt.Overwrite {
+		return false
+	}
+	fi, err := os.Lstat(target)
+	if err != nil || fi.IsDir() {
+		return false
+	}
+	return os.Remove(target) == nil
 }
 
 func (g *getter) dir(src, target, rel string) error {
@@ -171,6 +209,12 @@ func (g *getter) file(src string, e Entry, target string) error {
 	}
 	defer r.Close()
 	f, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	if errors.Is(err, fs.ErrExist) && g.replace(target) {
+		f, err = os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	}
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%s exists (--force replaces it)", target)
+	}
 	if err != nil {
 		return err
 	}
