@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -232,4 +234,53 @@ func TestCatalogRebuildFromRepository(t *testing.T) {
 	if rec := st.record("dr", next); rec.State != contracts.StateVerified || rec.StoredBytes() != 0 {
 		t.Fatalf("backup after rebuild: %s, %d bytes newly stored", rec.State, rec.StoredBytes())
 	}
+}
+
+// NATS goes away for a few seconds while `backup --wait` waits: the CLI
+// says it is waiting for NATS (no raw client error), the services carry
+// on once it is back, and the command ends with the backup verified.
+func TestWaitRidesOutANATSOutage(t *testing.T) {
+	st := startStack(t, stackOptions{chunkSize: 64 << 10, extraEnv: map[string][]string{"transfer": {"STRATA_TRANSFER_RATE_LIMIT=4000000"}}})
+	img := filepath.Join(t.TempDir(), "disk.img")
+	if err := demodisk.WriteAllocated(img, 48<<20, 31); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(binDir, "strata"), "backup", "--vm", "outage", "--source", "file://"+img, "--wait")
+	cmd.Env = st.env
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		if recs := st.records("outage"); len(recs) == 1 && recs[0].State == contracts.StateTransferring {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("backup did not start transferring")
+		}
+	}
+	st.natsSrv.Stop()
+	time.Sleep(3 * time.Second)
+	st.natsSrv.Start()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("backup --wait across the outage: %v\nstdout: %s\nstderr: %s", err, stdout.String(), stderr.String())
+		}
+	case <-time.After(4 * time.Minute):
+		cmd.Process.Kill()
+		t.Fatalf("backup --wait did not end within 4 minutes of NATS coming back\nstderr: %s", stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "waiting for NATS") || strings.Contains(stderr.String(), "consumer not active") {
+		t.Fatalf("stderr during the outage:\n%s", stderr.String())
+	}
+	id := strings.TrimSpace(strings.Split(stdout.String(), "\n")[0])
+	if rec := st.record("outage", id); rec.State != contracts.StateVerified {
+		t.Fatalf("backup across the outage: %s %s", rec.State, rec.Error)
+	}
+	st.checkRestore("outage", id, []string{img})
+	t.Logf("stderr of backup --wait across the outage:\n%s", stderr.String())
 }

@@ -60,7 +60,9 @@ type stack struct {
 	procs  map[string][]*testserver.Process
 	bucket string
 	nats   string
-	http   string // scheduler's HTTP trigger base URL
+	// natsSrv can be stopped and started again (an outage)
+	natsSrv *testserver.NATSServer
+	http    string // scheduler's HTTP trigger base URL
 }
 
 type stackOptions struct {
@@ -74,9 +76,10 @@ type stackOptions struct {
 
 func startStack(t testing.TB, o stackOptions) *stack {
 	t.Helper()
-	natsURL := testserver.NATS(t)
+	natsSrv := testserver.StartNATS(t)
+	natsURL := natsSrv.URL
 	s3 := testserver.Versity(t)
-	st := &stack{t: t, s3: s3, procs: map[string][]*testserver.Process{}, bucket: "strata-e2e", nats: natsURL}
+	st := &stack{t: t, s3: s3, procs: map[string][]*testserver.Process{}, bucket: "strata-e2e", nats: natsURL, natsSrv: natsSrv}
 	st.env = append(os.Environ(),
 		"STRATA_NATS_URL="+natsURL,
 		"STRATA_S3_ENDPOINT="+s3.Endpoint,

@@ -3,8 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -29,7 +29,7 @@ func newCatalogCmd() *cobra.Command {
 		}
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		b, err := bus.Connect(cctx, cfg.NATSURL, "cli", nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		b, err := bus.Connect(cctx, cfg.NATSURL, "cli", nil, slog.New(&natsNotices{w: os.Stderr}))
 		if err != nil {
 			return fmt.Errorf("%w (is NATS running? STRATA_NATS_URL=%s)", err, cfg.NATSURL)
 		}

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -53,7 +52,7 @@ func connect(ctx context.Context) (*client, error) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := slog.New(&natsNotices{w: os.Stderr})
 	b, err := bus.Connect(cctx, cfg.NATSURL, "cli", tp.Tracer("strata/cli"), log)
 	if err != nil {
 		return nil, fmt.Errorf("%w (is Strata running? STRATA_NATS_URL=%s)", err, cfg.NATSURL)
@@ -236,7 +235,7 @@ func (c *client) waitFinal(ctx context.Context, vm, id string, progress bool) (*
 	start := time.Now()
 	var last time.Time
 	var final *contracts.BackupRecord
-	err := c.cat.Watch(ctx, vm, id, func(r *contracts.BackupRecord) bool {
+	watch := func(r *contracts.BackupRecord) bool {
 		if r.State.Final() {
 			final = r
 		}
@@ -256,11 +255,30 @@ func (c *client) waitFinal(ctx context.Context, vm, id string, progress bool) (*
 			}
 		}
 		return final != nil
-	})
-	if err != nil {
-		return nil, err
 	}
-	return final, nil
+	// A watch lost with NATS (an outage, a leader moving) is started
+	// again: its first value is the record as it is by then. natsNotices
+	// says "waiting for NATS" meanwhile; only a watch that keeps failing
+	// while NATS is there gives up.
+	for failures := 0; ; {
+		err := c.cat.Watch(ctx, vm, id, watch)
+		if err == nil || ctx.Err() != nil || errors.Is(err, catalog.ErrNotFound) {
+			if err != nil {
+				return nil, err
+			}
+			return final, nil
+		}
+		if c.bus.NC.IsConnected() {
+			if failures++; failures > 5 {
+				return nil, err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // waitPlanned waits (up to timeout) until the snapshotter has recorded the

@@ -155,13 +155,39 @@ func WaitTCP(t testing.TB, addr string, timeout time.Duration) {
 }
 
 // NATS starts nats-server with JetStream; returns its client URL.
-func NATS(t testing.TB) string {
+func NATS(t testing.TB) string { return StartNATS(t).URL }
+
+// NATSServer is a started nats-server that a test can stop and start again
+// on the same port and store (an outage).
+type NATSServer struct {
+	URL   string
+	t     testing.TB
+	args  []string
+	proc  *Process
+	count int
+}
+
+// StartNATS starts nats-server with JetStream.
+func StartNATS(t testing.TB) *NATSServer {
 	bin := Binary(t, "nats-server", NATSVersion)
 	port := FreePort(t)
-	Start(t, "nats-server", exec.Command(bin, "-js", "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-sd", t.TempDir()))
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	WaitTCP(t, addr, 15*time.Second)
-	return "nats://" + addr
+	n := &NATSServer{URL: fmt.Sprintf("nats://127.0.0.1:%d", port), t: t,
+		args: []string{bin, "-js", "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-sd", t.TempDir()}}
+	n.Start()
+	return n
+}
+
+// Stop kills the server.
+func (n *NATSServer) Stop() { n.proc.Stop() }
+
+// Start starts it (again), with what it stored before.
+func (n *NATSServer) Start() {
+	name := "nats-server"
+	if n.count++; n.count > 1 {
+		name = fmt.Sprintf("nats-server#%d", n.count)
+	}
+	n.proc = Start(n.t, name, exec.Command(n.args[0], n.args[1:]...))
+	WaitTCP(n.t, strings.TrimPrefix(n.URL, "nats://"), 15*time.Second)
 }
 
 // S3 describes a started S3 server.
