@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -42,7 +43,8 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("open results stream: %w", err)
 	}
-	m := &merger{rt: rt, results: results}
+	m := &merger{cat: rt.Catalog, repo: rt.Repo, results: results, pub: rt.Bus, log: rt.Log}
+	pr := &pruner{cat: rt.Catalog, store: rt.Repo.Store, hooks: cfg.Hooks, log: rt.Log}
 	svc, err := rt.Bus.AddService("backup assembly, retention and pruning")
 	if err != nil {
 		return err
@@ -57,12 +59,12 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 				return nil, fmt.Errorf("vm %q has no policy with retention rules", req.VM)
 			}
 		}
-		return prune(ctx, rt, cfg.Hooks, req.VM, rules, req.DryRun)
+		return pr.prune(ctx, req.VM, rules, req.DryRun)
 	}); err != nil {
 		return err
 	}
 	if err := bus.Endpoint(ctx, rt.Bus, svc, "remove", contracts.SubjectMergeRemove, func(ctx context.Context, req *contracts.RemoveRequest) (contracts.Message, error) {
-		return remove(ctx, rt, cfg.Hooks, req)
+		return pr.remove(ctx, req)
 	}); err != nil {
 		return err
 	}
@@ -73,7 +75,7 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		if err != nil || !ok || rules.None() {
 			return err
 		}
-		_, err = prune(ctx, rt, cfg.Hooks, o.VM, rules, false)
+		_, err = pr.prune(ctx, o.VM, rules, false)
 		return err
 	}); err != nil {
 		return err
@@ -86,13 +88,43 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		}}, m.segmentDone)
 }
 
+// The ports merge depends on: the few methods it uses of the catalog, the
+// repository, the results stream and the bus, so that its logic is
+// unit-tested with in-memory fakes (merge_test.go) and only the
+// integration tests need NATS.
+type (
+	// records: the backup records' transitions merge makes.
+	records interface {
+		Get(ctx context.Context, vm, id string) (*contracts.BackupRecord, uint64, error)
+		RecordSegment(ctx context.Context, vm, id string, s catalog.SegmentResult) (*contracts.BackupRecord, bool, error)
+		Commit(ctx context.Context, vm, id string, disks []catalog.CommittedDisk) (*contracts.BackupRecord, bool, error)
+	}
+	// manifests: where chunk maps are read and written.
+	manifests interface {
+		GetManifest(ctx context.Context, key string) (*manifest.Manifest, error)
+		PutManifest(ctx context.Context, vm string, m *manifest.Manifest) (string, error)
+	}
+	// resultStream: the segment results (STRATA_RESULTS).
+	resultStream interface {
+		GetLastMsgForSubject(ctx context.Context, subject string) (*jetstream.RawStreamMsg, error)
+		Purge(ctx context.Context, opts ...jetstream.StreamPurgeOpt) error
+	}
+	// publisher: events to other services.
+	publisher interface {
+		Publish(ctx context.Context, subject string, m contracts.Message, msgID string) error
+	}
+)
+
 type merger struct {
-	rt      *runtime.Runtime
-	results jetstream.Stream
+	cat     records
+	repo    manifests
+	results resultStream
+	pub     publisher
+	log     *slog.Logger
 }
 
 func (m *merger) segmentDone(ctx context.Context, d *contracts.SegmentDone) error {
-	rec, _, err := m.rt.Catalog.RecordSegment(ctx, d.VM, d.BackupID, catalog.SegmentResult{Disk: d.Disk, Index: d.Index,
+	rec, _, err := m.cat.RecordSegment(ctx, d.VM, d.BackupID, catalog.SegmentResult{Disk: d.Disk, Index: d.Index,
 		UploadedChunks: int64(d.UploadedChunks), UploadedBytes: d.UploadedBytes, ReadBytes: d.ReadBytes})
 	if errors.Is(err, catalog.ErrNotFound) || errors.Is(err, catalog.ErrInvalid) {
 		return bus.Permanent(err)
@@ -117,13 +149,13 @@ func (m *merger) commit(ctx context.Context, rec *contracts.BackupRecord) error 
 		if err != nil {
 			return err
 		}
-		key, err := m.rt.Repo.PutManifest(ctx, rec.VM, man)
+		key, err := m.repo.PutManifest(ctx, rec.VM, man)
 		if err != nil {
 			return err
 		}
 		disks[i] = catalog.CommittedDisk{Manifest: key, Chunks: int64(len(man.IDs)), ZeroChunks: zero}
 	}
-	committed, ok, err := m.rt.Catalog.Commit(ctx, rec.VM, rec.ID, disks)
+	committed, ok, err := m.cat.Commit(ctx, rec.VM, rec.ID, disks)
 	if err != nil {
 		return err
 	}
@@ -138,13 +170,13 @@ func (m *merger) commit(ctx context.Context, rec *contracts.BackupRecord) error 
 	if runs <= maxStoredRuns {
 		msg.Stored = stored
 	}
-	if err := m.rt.Bus.Publish(ctx, contracts.SubjectBackupCommitted, msg, "committed-"+rec.ID); err != nil {
+	if err := m.pub.Publish(ctx, contracts.SubjectBackupCommitted, msg, "committed-"+rec.ID); err != nil {
 		return err
 	}
-	m.rt.Log.InfoContext(ctx, "backup committed", "vm", rec.VM, "backup", rec.ID, "stored_bytes", committed.StoredBytes())
+	m.log.InfoContext(ctx, "backup committed", "vm", rec.VM, "backup", rec.ID, "stored_bytes", committed.StoredBytes())
 	// The results are in the manifests now; drop them from the stream.
 	if err := m.results.Purge(ctx, jetstream.WithPurgeSubject(contracts.SubjectSegmentDonePrefix+rec.ID+".>")); err != nil {
-		m.rt.Log.WarnContext(ctx, "purge segment results", "backup", rec.ID, "err", err)
+		m.log.WarnContext(ctx, "purge segment results", "backup", rec.ID, "err", err)
 	}
 	return nil
 }
@@ -297,14 +329,14 @@ func (m *merger) parentManifest(ctx context.Context, rec *contracts.BackupRecord
 	if rec.Parent == "" {
 		return nil, bus.Permanent(fmt.Errorf("backup %s inherits chunks but has no parent", rec.ID))
 	}
-	parent, _, err := m.rt.Catalog.Get(ctx, rec.VM, rec.Parent)
+	parent, _, err := m.cat.Get(ctx, rec.VM, rec.Parent)
 	if err != nil {
 		return nil, fmt.Errorf("parent backup %s: %w", rec.Parent, err)
 	}
 	if disk.Index >= len(parent.Disks) || parent.Disks[disk.Index].Manifest == "" {
 		return nil, bus.Permanent(fmt.Errorf("parent backup %s has no manifest for disk %d", rec.Parent, disk.Index))
 	}
-	pm, err := m.rt.Repo.GetManifest(ctx, parent.Disks[disk.Index].Manifest)
+	pm, err := m.repo.GetManifest(ctx, parent.Disks[disk.Index].Manifest)
 	if err != nil {
 		return nil, bus.Permanent(fmt.Errorf("parent of %s: %w", rec.ID, err))
 	}

@@ -3,6 +3,7 @@ package merge
 import (
 	"context"
 	"fmt"
+	"log/slog"
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/policy"
@@ -17,8 +18,23 @@ import (
 // backup stays listed, so a crash at any step leaves every other backup
 // restorable and the next prune finishes the job (deletes are idempotent).
 // Chunks are left to garbage collection.
-func prune(ctx context.Context, rt *runtime.Runtime, hooks Hooks, vm string, rules retention.Rules, dryRun bool) (*contracts.PruneReply, error) {
-	recs, err := rt.Catalog.List(ctx, vm)
+// pruner removes backups: what it needs of the catalog and the store.
+type pruner struct {
+	cat interface {
+		List(ctx context.Context, vm string) ([]*contracts.BackupRecord, error)
+		Get(ctx context.Context, vm, id string) (*contracts.BackupRecord, uint64, error)
+		DeleteCopy(ctx context.Context, vm, id string) error
+		Delete(ctx context.Context, vm, id string) error
+	}
+	store interface {
+		Delete(ctx context.Context, key string) error
+	}
+	hooks Hooks
+	log   *slog.Logger
+}
+
+func (p *pruner) prune(ctx context.Context, vm string, rules retention.Rules, dryRun bool) (*contracts.PruneReply, error) {
+	recs, err := p.cat.List(ctx, vm)
 	if err != nil {
 		return nil, err
 	}
@@ -29,22 +45,22 @@ func prune(ctx context.Context, rt *runtime.Runtime, hooks Hooks, vm string, rul
 	}
 	for _, r := range drop {
 		if !dryRun {
-			if err := pruneOne(ctx, rt, hooks, r); err != nil {
+			if err := p.pruneOne(ctx, r); err != nil {
 				return nil, fmt.Errorf("prune %s: %w", r.ID, err)
 			}
 		}
 		reply.Pruned = append(reply.Pruned, r.ID)
 	}
 	if !dryRun && len(drop) > 0 {
-		rt.Log.InfoContext(ctx, "pruned", "vm", vm, "pruned", len(drop), "kept", len(keep))
+		p.log.InfoContext(ctx, "pruned", "vm", vm, "pruned", len(drop), "kept", len(keep))
 	}
 	return reply, nil
 }
 
-func pruneOne(ctx context.Context, rt *runtime.Runtime, hooks Hooks, r *contracts.BackupRecord) error {
+func (p *pruner) pruneOne(ctx context.Context, r *contracts.BackupRecord) error {
 	step := func(name string) error {
-		if hooks != nil {
-			return hooks.BeforePruneStep(name, r.ID)
+		if p.hooks != nil {
+			return p.hooks.BeforePruneStep(name, r.ID)
 		}
 		return nil
 	}
@@ -53,7 +69,7 @@ func pruneOne(ctx context.Context, rt *runtime.Runtime, hooks Hooks, r *contract
 	}
 	for _, d := range r.Disks {
 		if d.Manifest != "" {
-			if err := rt.Repo.Store.Delete(ctx, d.Manifest); err != nil {
+			if err := p.store.Delete(ctx, d.Manifest); err != nil {
 				return err
 			}
 		}
@@ -61,13 +77,13 @@ func pruneOne(ctx context.Context, rt *runtime.Runtime, hooks Hooks, r *contract
 	if err := step("record"); err != nil {
 		return err
 	}
-	if err := rt.Catalog.DeleteCopy(ctx, r.VM, r.ID); err != nil {
+	if err := p.cat.DeleteCopy(ctx, r.VM, r.ID); err != nil {
 		return err
 	}
 	if err := step("catalog"); err != nil {
 		return err
 	}
-	return rt.Catalog.Delete(ctx, r.VM, r.ID)
+	return p.cat.Delete(ctx, r.VM, r.ID)
 }
 
 // policyRules reads a VM's retention rules from its policy.
@@ -86,10 +102,10 @@ func policyRules(ctx context.Context, rt *runtime.Runtime, vm string) (retention
 // remove deletes backups that ended failed or skipped, in the same crash-
 // safe order as pruning. A backup that is running or good is refused:
 // those leave by cancel and by retention.
-func remove(ctx context.Context, rt *runtime.Runtime, hooks Hooks, req *contracts.RemoveRequest) (*contracts.RemoveReply, error) {
+func (p *pruner) remove(ctx context.Context, req *contracts.RemoveRequest) (*contracts.RemoveReply, error) {
 	var recs []*contracts.BackupRecord
 	if req.AllFailed {
-		all, err := rt.Catalog.List(ctx, req.VM)
+		all, err := p.cat.List(ctx, req.VM)
 		if err != nil {
 			return nil, err
 		}
@@ -100,7 +116,7 @@ func remove(ctx context.Context, rt *runtime.Runtime, hooks Hooks, req *contract
 		}
 	}
 	for _, id := range req.BackupIDs {
-		r, _, err := rt.Catalog.Get(ctx, req.VM, id)
+		r, _, err := p.cat.Get(ctx, req.VM, id)
 		if err != nil {
 			return nil, err
 		}
@@ -111,13 +127,13 @@ func remove(ctx context.Context, rt *runtime.Runtime, hooks Hooks, req *contract
 	}
 	reply := &contracts.RemoveReply{Schema: contracts.SchemaVersion, Removed: []string{}}
 	for _, r := range recs {
-		if err := pruneOne(ctx, rt, hooks, r); err != nil {
+		if err := p.pruneOne(ctx, r); err != nil {
 			return nil, fmt.Errorf("remove %s: %w", r.ID, err)
 		}
 		reply.Removed = append(reply.Removed, r.ID)
 	}
 	if len(recs) > 0 {
-		rt.Log.InfoContext(ctx, "removed failed backups", "vm", req.VM, "removed", len(recs))
+		p.log.InfoContext(ctx, "removed failed backups", "vm", req.VM, "removed", len(recs))
 	}
 	return reply, nil
 }
