@@ -54,10 +54,14 @@ const (
 	SubjectSchedulerCancel = "strata.scheduler.cancel"
 	// SubjectMergeRemove: RemoveRequest → RemoveReply (strata rm).
 	SubjectMergeRemove = "strata.merge.remove"
-	SubjectDedupGC     = "strata.dedup.gc"        // GCRequest → GCReply
-	SubjectDedupStats  = "strata.dedup.stats"     // RepoStatsRequest → RepoStatsReply
-	SubjectVerify      = "strata.verifier.verify" // VerifyRequest → VerifyReply
-	SubjectCheck       = "strata.verifier.check"  // CheckRequest → CheckReply
+	SubjectDedupGC     = "strata.dedup.gc"    // GCRequest → GCReply
+	SubjectDedupStats  = "strata.dedup.stats" // RepoStatsRequest → RepoStatsReply
+	// SubjectGCProgress: dedup → whoever listens (strata gc on a
+	// terminal): GCProgress, at most twice a second while a collection
+	// runs. Core NATS: a lost message loses nothing.
+	SubjectGCProgress = "strata.gc.progress"
+	SubjectVerify     = "strata.verifier.verify" // VerifyRequest → VerifyReply
+	SubjectCheck      = "strata.verifier.check"  // CheckRequest → CheckReply
 )
 
 // Headers used beside W3C trace context.

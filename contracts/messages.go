@@ -654,6 +654,21 @@ type GCReply struct {
 
 func (m *GCReply) Validate() error { return checkSchema(m.Schema) }
 
+// GCProgress is where a running collection is: its phase ("marking",
+// "sweeping chunks", "sweeping packs", "rewriting packs"), how far
+// (Done of Total; Total 0 when not known ahead) and the bytes the phase
+// read or freed so far.
+type GCProgress struct {
+	Schema int    `json:"schema"`
+	GC     string `json:"gc"`
+	Phase  string `json:"phase"`
+	Done   int64  `json:"done"`
+	Total  int64  `json:"total,omitempty"`
+	Bytes  int64  `json:"bytes,omitempty"`
+}
+
+func (m *GCProgress) Validate() error { return checkSchema(m.Schema) }
+
 // RepoStatsRequest asks dedup for the repository's numbers (strata repo
 // stats). It reads every manifest and every pack's trailer: a maintenance
 // question, never asked on the backup path.

@@ -216,9 +216,13 @@ func TestCompaction(t *testing.T) {
 	done := make(chan contracts.GCReply, 1)
 	go func() {
 		var r contracts.GCReply
-		out, stderr, code := st.cli("gc", "--grace", "0s", "--json")
+		out, stderr, code := st.cli("gc", "--grace", "0s", "--json", "--progress")
 		if code != 0 || json.Unmarshal([]byte(out), &r) != nil {
 			t.Errorf("gc while reading: %s", stderr)
+		}
+		// progress on stderr: the mark, then the packs with an ETA
+		if !strings.Contains(stderr, "gc: marking") || !strings.Contains(stderr, "gc: sweeping and rewriting packs") || !strings.Contains(stderr, "ETA") {
+			t.Errorf("gc --progress printed:\n%s", stderr)
 		}
 		done <- r
 	}()

@@ -2,7 +2,12 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"os"
+	"sync"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/spf13/cobra"
 
@@ -22,6 +27,7 @@ func newGCCmd() *cobra.Command {
 	fs.Var(&rateLimit, "rate-limit", "read at most this much per second while rewriting packs (e.g. 50M; default unlimited)")
 	timeout := fs.Duration("timeout", 6*time.Hour, "give up waiting for the dedup service after this long (the collection goes on)")
 	asJSON := fs.Bool("json", false, "print JSON")
+	progress := fs.Bool("progress", false, "show the collection's progress on stderr even when it is not a terminal")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
 		if *grace >= 0 {
@@ -35,8 +41,20 @@ func newGCCmd() *cobra.Command {
 		}
 		req.RateLimit = int64(rateLimit)
 		var reply contracts.GCReply
-		if err := call(ctx, "gc", contracts.SubjectDedupGC, &req, &reply, *timeout); err != nil {
+		if err := req.Validate(); err != nil {
+			return exitError{2, err}
+		}
+		c, err := connect(ctx)
+		if err != nil {
 			return err
+		}
+		defer c.close()
+		if *progress || !*asJSON && isTerminal(os.Stderr) {
+			stop := gcProgress(c, os.Stderr)
+			defer stop()
+		}
+		if err := c.request(ctx, contracts.SubjectDedupGC, &req, &reply, *timeout); err != nil {
+			return fmt.Errorf("gc: %w", err)
 		}
 		if *asJSON {
 			return printJSON(reply)
@@ -69,4 +87,51 @@ func newGCCmd() *cobra.Command {
 		return nil
 	}
 	return cmd
+}
+
+// gcProgress prints the collection's progress reports (phase, done of
+// total, rate, ETA) on one line of w until stop.
+func gcProgress(c *client, w io.Writer) (stop func()) {
+	var mu sync.Mutex
+	var phase string
+	var since time.Time
+	sub, err := c.bus.NC.Subscribe(contracts.SubjectGCProgress, func(m *nats.Msg) {
+		var p contracts.GCProgress
+		if contracts.Decode(m.Data, &p) != nil {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if p.Phase != phase {
+			if phase != "" {
+				fmt.Fprintln(w)
+			}
+			phase, since = p.Phase, time.Now()
+		}
+		line := fmt.Sprintf("gc: %s %d", p.Phase, p.Done)
+		if p.Total > 0 {
+			line += fmt.Sprintf("/%d", p.Total)
+			if el := time.Since(since); p.Done > 0 && p.Done < p.Total && el > time.Second {
+				line += fmt.Sprintf("  ETA %s", (el * time.Duration(p.Total-p.Done) / time.Duration(p.Done)).Round(time.Second))
+			}
+		}
+		if p.Bytes > 0 {
+			line += fmt.Sprintf("  %s", human(p.Bytes))
+			if el := time.Since(since).Seconds(); el > 1 {
+				line += fmt.Sprintf(" (%s/s)", human(int64(float64(p.Bytes)/el)))
+			}
+		}
+		fmt.Fprintf(w, "\r%-78s", line)
+	})
+	if err != nil {
+		return func() {}
+	}
+	return func() {
+		sub.Unsubscribe()
+		mu.Lock()
+		if phase != "" {
+			fmt.Fprintln(w)
+		}
+		mu.Unlock()
+	}
 }

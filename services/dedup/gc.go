@@ -97,8 +97,29 @@ type collection struct {
 	dryRun bool
 	opts   gcOptions
 	lock   contracts.GCLock
-	rev    uint64 // gc.lock's revision, for compare-and-set moves
-	reply  *contracts.GCReply
+	// the last progress report (report)
+	lastPhase  string
+	lastReport time.Time
+	manifests  int64  // read so far, over every mark of this collection
+	rev        uint64 // gc.lock's revision, for compare-and-set moves
+	reply      *contracts.GCReply
+}
+
+// report publishes where the collection is (contracts.GCProgress), at most
+// twice a second and at the end of each phase.
+func (c *collection) report(phase string, done, total, bytes int64) {
+	if c.dryRun && phase != "marking" {
+		return
+	}
+	end := total > 0 && done >= total
+	if !end && phase == c.lastPhase && time.Since(c.lastReport) < 500*time.Millisecond {
+		return
+	}
+	c.lastPhase, c.lastReport = phase, time.Now()
+	b, err := contracts.Encode(&contracts.GCProgress{Schema: contracts.SchemaVersion, GC: c.lock.ID, Phase: phase, Done: done, Total: total, Bytes: bytes})
+	if err == nil {
+		c.rt.Bus.NC.Publish(contracts.SubjectGCProgress, b) // core NATS: best effort
+	}
 }
 
 // setPhase moves gc.lock (compare-and-set: another collector taking over a
@@ -117,7 +138,7 @@ func (c *collection) setPhase(ctx context.Context, phase, condemned string) erro
 func (c *collection) shard(ctx context.Context, lo byte, hi int) error {
 	rt, reply := c.rt, c.reply
 	inShard := func(id chunk.ID) bool { return int(id[0]) >= int(lo) && int(id[0]) < hi }
-	m := &mark{rt: rt, ids: map[chunk.ID]struct{}{}, manifests: map[string]bool{}, inShard: inShard}
+	m := &mark{c: c, rt: rt, ids: map[chunk.ID]struct{}{}, manifests: map[string]bool{}, inShard: inShard}
 	if err := m.results(ctx); err != nil {
 		return err
 	}
@@ -178,7 +199,8 @@ func (c *collection) shard(ctx context.Context, lo byte, hi int) error {
 	reply.Referenced += len(m.ids)
 
 	// 5. sweep
-	for _, cd := range candidates {
+	for i, cd := range candidates {
+		c.report("sweeping chunks", int64(i+1), int64(len(candidates)), reply.FreedBytes)
 		if m.has(cd.id) {
 			reply.Rescued++
 			continue
@@ -264,6 +286,7 @@ func drainSegments(ctx context.Context, rt *runtime.Runtime) error {
 // mark is the set of referenced chunk ids of one shard: 32 B per distinct
 // id in it.
 type mark struct {
+	c         *collection // progress reports; nil: none
 	rt        *runtime.Runtime
 	inShard   func(chunk.ID) bool
 	ids       map[chunk.ID]struct{}
@@ -288,6 +311,10 @@ func (m *mark) allManifests(ctx context.Context) error {
 			}
 		}
 		m.manifests[d.Manifest] = true
+		if m.c != nil {
+			m.c.manifests++
+			m.c.report("marking", m.c.manifests, 0, 0)
+		}
 		return nil
 	})
 	if err != nil {

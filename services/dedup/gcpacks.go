@@ -45,6 +45,7 @@ func (r packRefs) bytes(p chunk.PackID) (n int64) {
 // directly (manifests, running backups' results) and, through the moved
 // records of compacted packs, where those chunks lie now.
 type packMark struct {
+	c        *collection // progress reports; nil: none (strata repo stats)
 	rt       *runtime.Runtime
 	dangling int // referenced packs neither stored nor moved
 	backups  int // backups whose manifests were read
@@ -81,6 +82,10 @@ func (m *packMark) mark(ctx context.Context, stored map[chunk.PackID]objstore.In
 			}
 		}
 		m.read[d.Manifest] = true
+		if m.c != nil {
+			m.c.manifests++
+			m.c.report("marking", m.c.manifests, 0, 0)
+		}
 		return nil
 	})
 	if err != nil {
@@ -177,6 +182,7 @@ func (c *collection) packs(ctx context.Context) error {
 		return err
 	}
 	m := newPackMark(rt)
+	m.c = c
 	if err := m.mark(ctx, stored, moved); err != nil {
 		return err
 	}
@@ -257,7 +263,8 @@ func (c *collection) packs(ctx context.Context) error {
 	}
 	rp.Step = func(step string, p chunk.PackID) error { return c.hook(step, p.String()) }
 	rp.Done = func(ctx context.Context, p chunk.PackID) error { return rt.GC.Deleted(ctx, c.lock.ID, PackHoldKey(p)) }
-	for _, cd := range candidates {
+	for i, cd := range candidates {
+		c.report("sweeping and rewriting packs", int64(i+1), int64(len(candidates)), rp.Stats.Read)
 		live := m.live[cd.p]
 		if !cd.repack && len(live) > 0 {
 			reply.Rescued++
