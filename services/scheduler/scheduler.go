@@ -45,6 +45,13 @@ type Config struct {
 	// verification of every backup, spread over the transfer workers;
 	// empty: never.
 	VerifyJobSchedule string `envconfig:"VERIFY_JOB_SCHEDULE"`
+	// GCSchedule (cron, optional seconds field) runs the repository's
+	// maintenance — strata gc, with GCRecompress and at most GCRateLimit
+	// bytes read per second while rewriting packs — in a quiet window;
+	// empty: never (run strata gc yourself).
+	GCSchedule   string `envconfig:"GC_SCHEDULE"`
+	GCRecompress bool   `envconfig:"GC_RECOMPRESS" default:"true"`
+	GCRateLimit  int64  `envconfig:"GC_RATE_LIMIT" default:"0"`
 }
 
 // Start registers the scheduler's endpoint and consumers.
@@ -98,6 +105,11 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 			return err
 		}
 	}
+	if cfg.GCSchedule != "" {
+		if err := s.runMaintenance(ctx, cfg); err != nil {
+			return err
+		}
+	}
 	if err := s.runPolicies(ctx, max(cfg.Tick, 100*time.Millisecond), cfg.Catchup); err != nil {
 		return err
 	}
@@ -129,6 +141,42 @@ func (s *scheduler) runVerifyJobs(ctx context.Context, expr string) error {
 			job := &contracts.VerifyJob{Schema: contracts.SchemaVersion, Slot: next.UTC()}
 			if err := s.rt.Bus.Publish(ctx, contracts.SubjectVerifyJob, job, "verify-job-"+next.UTC().Format(time.RFC3339Nano)); err != nil {
 				s.rt.Log.WarnContext(ctx, "verify job not started", "slot", next, "err", err)
+			}
+		}
+	}()
+	return nil
+}
+
+// runMaintenance asks dedup for a collection (compaction, recompression)
+// at every slot of STRATA_GC_SCHEDULE. Every scheduler replica asks; the
+// gc lock lets one run and the others are told it already runs.
+func (s *scheduler) runMaintenance(ctx context.Context, cfg Config) error {
+	sched, err := schedule.Parse(cfg.GCSchedule)
+	if err != nil {
+		return fmt.Errorf("STRATA_GC_SCHEDULE: %w", err)
+	}
+	if cfg.GCRateLimit < 0 {
+		return fmt.Errorf("STRATA_GC_RATE_LIMIT %d: want bytes per second, 0 for none", cfg.GCRateLimit)
+	}
+	go func() {
+		for next := sched.Next(time.Now()); ; next = sched.Next(next) {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Until(next)):
+			}
+			req := &contracts.GCRequest{Schema: contracts.SchemaVersion, Recompress: cfg.GCRecompress, RateLimit: cfg.GCRateLimit}
+			var reply contracts.GCReply
+			rctx, cancel := context.WithTimeout(ctx, 24*time.Hour)
+			err := bus.Request(rctx, s.rt.Bus.NC, contracts.SubjectDedupGC, req, &reply)
+			cancel()
+			switch {
+			case err != nil && strings.Contains(err.Error(), "already running"):
+				s.rt.Log.InfoContext(ctx, "scheduled gc: another collection runs", "slot", next)
+			case err != nil:
+				s.rt.Log.WarnContext(ctx, "scheduled gc failed", "slot", next, "err", err)
+			default:
+				s.rt.Log.InfoContext(ctx, "scheduled gc", "slot", next, "freed_bytes", reply.FreedBytes, "packs_repacked", reply.PacksRepacked, "recompressed", reply.Recompressed)
 			}
 		}
 	}()
