@@ -438,6 +438,23 @@ func (r *Repository) DeletePack(ctx context.Context, p chunk.PackID) error {
 // [lo, hi); objects under packs/ that are not packs where they lie are
 // skipped.
 func (r *Repository) ListPacks(ctx context.Context, lo byte, hi int, f func(p chunk.PackID, info objstore.Info) error) error {
+	if lo == 0 && hi >= 256 { // all of them: one listing, not 256
+		err := r.Store.List(ctx, "packs/", func(in objstore.Info) error {
+			name := in.Key[len("packs/"):]
+			if len(name) < 3 {
+				return nil
+			}
+			p, err := chunk.ParsePackID(name[3:])
+			if err != nil || PackKey(p) != in.Key {
+				return nil
+			}
+			return f(p, in)
+		})
+		if err != nil {
+			return fmt.Errorf("list packs/: %w", err)
+		}
+		return nil
+	}
 	for b := int(lo); b < hi && b < 256; b++ {
 		prefix := fmt.Sprintf("packs/%02x/", b)
 		err := r.Store.List(ctx, prefix, func(in objstore.Info) error {
@@ -467,4 +484,26 @@ func (p *Pack) Announcement() *contracts.PackStored {
 		ann.Chunks = append(ann.Chunks, contracts.ChunkLoc{ID: e.ID.String(), Off: e.Loc.Off, Len: e.Loc.Len})
 	}
 	return ann
+}
+
+// Where names the object that holds a chunk stored at loc (its pack, or
+// its own object), for messages.
+func Where(id chunk.ID, loc chunk.Loc) string {
+	if loc.InPack() {
+		return PackKey(loc.Pack)
+	}
+	return ChunkKey(id)
+}
+
+// PackExists reports whether pack p is stored (not whether its chunks can
+// be read: see PackPresent for packs compaction moved).
+func (r *Repository) PackExists(ctx context.Context, p chunk.PackID) (bool, error) {
+	_, err := r.Store.Stat(ctx, PackKey(p))
+	if errors.Is(err, objstore.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("pack %s: %w", PackKey(p), err)
+	}
+	return true, nil
 }

@@ -9,7 +9,6 @@ package dedup
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,8 +18,6 @@ import (
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/chunk"
-	"github.com/strata-backup/strata/pkg/objstore"
-	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/runtime"
 )
 
@@ -66,7 +63,7 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		return fmt.Errorf("STRATA_GC_RECOMPRESS_LEVEL %q: want fastest or better", cfg.GCRecompressLevel)
 	}
 	cache := NewPresentCache(cfg.CacheEntries)
-	d := &Index{chunks: rt.Repo.Chunks, cache: cache, bad: map[chunk.ID]bool{}, store: rt.Repo.Store}
+	d := &Index{chunks: rt.Repo.Chunks, cache: cache, bad: map[chunk.ID]bool{}, packExists: rt.Repo.PackExists}
 	d.gc = &gcGuard{gc: rt.GC, store: rt.Repo.Store, forget: d.forget}
 	if rt.Repo.Packed() {
 		dir, err := indexDir(cfg.IndexDir)
@@ -128,9 +125,9 @@ type Index struct {
 	gc    *gcGuard          // nil: no collector to coordinate with (unit tests)
 	// packs, in a packed repository, says where chunks are: asked instead
 	// of the store (no request per chunk), and the answer locates them.
-	packs     *PackIndex
-	store     objstore.Store
-	packsSeen map[chunk.PackID]bool // packs known to exist (under mu)
+	packs      *PackIndex
+	packExists func(ctx context.Context, p chunk.PackID) (bool, error)
+	packsSeen  map[chunk.PackID]bool // packs known to exist (under mu)
 }
 
 func (d *Index) setBad(id chunk.ID, bad bool) {
@@ -248,12 +245,12 @@ func (d *Index) locate(ctx context.Context, reply *contracts.MissingReply, ids [
 			ok = kept
 		}
 		if ok && !d.packKnown(p) {
-			_, err := d.store.Stat(ctx, repo.PackKey(p))
+			exists, err := d.packExists(ctx, p)
 			switch {
-			case errors.Is(err, objstore.ErrNotFound):
-				ok = false
 			case err != nil:
 				return false, err
+			case !exists:
+				ok = false
 			default:
 				d.rememberPack(p)
 			}

@@ -64,10 +64,9 @@ func collect(ctx context.Context, rt *runtime.Runtime, grace time.Duration, dryR
 			return nil, err
 		}
 	}
-	if rt.Repo.Packed() {
-		if err := c.packs(ctx); err != nil {
-			return nil, err
-		}
+	// Packs too (a loose repository has none: one empty listing).
+	if err := c.packs(ctx); err != nil {
+		return nil, err
 	}
 	r := c.reply
 	r.Finished = time.Now().UTC()

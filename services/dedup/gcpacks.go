@@ -181,6 +181,9 @@ func (c *collection) packs(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if len(stored) == 0 && len(moved) == 0 {
+		return nil // a loose repository: no second walk of every manifest
+	}
 	m := newPackMark(rt)
 	m.c = c
 	if err := m.mark(ctx, stored, moved); err != nil {

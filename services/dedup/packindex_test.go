@@ -143,7 +143,7 @@ func TestMissingLocatesPackedChunks(t *testing.T) {
 	if err := x.add(p.Entries(), 0); err != nil {
 		t.Fatal(err)
 	}
-	d := &Index{cache: NewPresentCache(16), bad: map[chunk.ID]bool{}, packs: x, store: rt.Repo.Store}
+	d := &Index{cache: NewPresentCache(16), bad: map[chunk.ID]bool{}, packs: x, packExists: rt.Repo.PackExists}
 	bad := p.Entries()[2].ID
 	d.setBad(bad, true)
 	unknown := chunk.Hash([]byte("unknown"))
@@ -201,7 +201,7 @@ func TestLocateHoldsCondemnedPacksAndSkipsGoneOnes(t *testing.T) {
 	rt.Repo.DeletePack(ctx, claimed.ID)
 	rt.GC.Deleted(ctx, "g1", PackHoldKey(claimed.ID))
 
-	d := &Index{cache: NewPresentCache(16), bad: map[chunk.ID]bool{}, packs: x, store: rt.Repo.Store}
+	d := &Index{cache: NewPresentCache(16), bad: map[chunk.ID]bool{}, packs: x, packExists: rt.Repo.PackExists}
 	d.gc = &gcGuard{gc: rt.GC, store: rt.Repo.Store, forget: d.forget}
 	var ids []chunk.ID
 	for _, p := range []*repo.Pack{held, claimed, gone, spared} {

@@ -192,10 +192,7 @@ func (v *verifier) checkShard(ctx context.Context, lo byte, hi int, bad map[chun
 	for id, listed := range referenced {
 		if !listed {
 			if _, known := bad[id]; !known {
-				where := repo.ChunkKey(id)
-				if p, ok := inPack[id]; ok {
-					where = repo.PackKey(p)
-				}
+				where := repo.Where(id, chunk.Loc{Pack: inPack[id]})
 				missing[id] = "missing from the store (" + where + ")"
 			}
 		}

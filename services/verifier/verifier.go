@@ -214,7 +214,7 @@ func (v *verifier) check(ctx context.Context, rec *contracts.BackupRecord, store
 						present, err := v.rt.Repo.PackPresent(gctx, l.Pack)
 						if err == nil && !present {
 							mu.Lock()
-							problem = cmp.Or(problem, fmt.Sprintf("pack %s missing (holds chunk %s)", repo.PackKey(l.Pack), id))
+							problem = cmp.Or(problem, fmt.Sprintf("pack %s missing (holds chunk %s)", repo.Where(id, l), id))
 							mu.Unlock()
 						}
 						return err
@@ -251,7 +251,7 @@ func (v *verifier) missing(ctx context.Context, ids []chunk.ID) (string, error) 
 	}
 	var names []string
 	for _, id := range missing[:min(3, len(missing))] {
-		names = append(names, repo.ChunkKey(id))
+		names = append(names, repo.Where(id, chunk.Loc{}))
 	}
 	return fmt.Sprintf("%d chunk objects missing, e.g. %s", len(missing), strings.Join(names, ", ")), nil
 }
