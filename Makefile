@@ -59,6 +59,7 @@ fuzz:
 	cd pkg && $(GO) test -run '^$$' -fuzz FuzzReplies -fuzztime 30s ./nbd/
 	cd pkg && $(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 30s ./chunk/
 	cd pkg && $(GO) test -run '^$$' -fuzz FuzzPackIndex -fuzztime 30s ./repo/
+	cd pkg && $(GO) test -run '^$$' -fuzz FuzzDecodeMoves -fuzztime 30s ./repo/
 	cd pkg && $(GO) test -run '^$$' -fuzz FuzzServerConn -fuzztime 30s ./nbd/
 	cd pkg && $(GO) test -run '^$$' -fuzz FuzzLVMConfig -fuzztime 30s ./guestfs/
 

@@ -24,7 +24,6 @@ package repo
 // keeps a pack's records as long as any manifest names the pack.
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -80,17 +79,12 @@ func encodeMoves(moves []Move) []byte {
 }
 
 func decodeMoves(b []byte) ([]Move, error) {
-	if len(b) < len(movedMagic)+4+sha256.Size || string(b[:len(movedMagic)]) != movedMagic {
+	if len(b) < len(movedMagic) || string(b[:len(movedMagic)]) != movedMagic {
 		return nil, fmt.Errorf("%w: not a moved record", ErrCorruptPack)
 	}
-	body, sum := b[:len(b)-sha256.Size], b[len(b)-sha256.Size:]
-	if got := sha256.Sum256(body); !bytes.Equal(got[:], sum) {
-		return nil, fmt.Errorf("%w: moved record checksum mismatch", ErrCorruptPack)
-	}
-	n := binary.BigEndian.Uint32(body[len(movedMagic):])
-	rest := body[len(movedMagic)+4:]
-	if uint64(len(rest)) != uint64(n)*movedEntryLen {
-		return nil, fmt.Errorf("%w: moved record announces %d entries in %d bytes", ErrCorruptPack, n, len(rest))
+	rest, n, err := table(b, len(movedMagic), movedEntryLen, "moved record")
+	if err != nil {
+		return nil, err
 	}
 	moves := make([]Move, n)
 	for i := range moves {

@@ -202,6 +202,25 @@ func encodeTrailer(entries []PackEntry) []byte {
 // not parse or describe it.
 var ErrCorruptPack = errors.New("corrupt pack")
 
+// table checks a "magic | u32 count | count × entryLen | sha256" table
+// (a pack's trailer, a moved record) whose magic is magicLen bytes, and
+// returns its entries and their count.
+func table(b []byte, magicLen, entryLen int, what string) (entries []byte, n uint32, err error) {
+	if len(b) < magicLen+4+sha256.Size {
+		return nil, 0, fmt.Errorf("%w: %s too short", ErrCorruptPack, what)
+	}
+	body, sum := b[:len(b)-sha256.Size], b[len(b)-sha256.Size:]
+	if got := sha256.Sum256(body); !bytes.Equal(got[:], sum) {
+		return nil, 0, fmt.Errorf("%w: %s checksum mismatch", ErrCorruptPack, what)
+	}
+	n = binary.BigEndian.Uint32(body[magicLen:])
+	entries = body[magicLen+4:]
+	if uint64(len(entries)) != uint64(n)*uint64(entryLen) {
+		return nil, 0, fmt.Errorf("%w: %s announces %d entries in %d bytes", ErrCorruptPack, what, n, len(entries))
+	}
+	return entries, n, nil
+}
+
 // decodeTrailer parses a plain trailer of pack p whose blobs end at
 // blobsEnd, checking that every entry lies inside them.
 func decodeTrailer(p chunk.PackID, b []byte, blobsEnd int64) ([]PackEntry, error) {
@@ -216,14 +235,9 @@ func decodeTrailer(p chunk.PackID, b []byte, blobsEnd int64) ([]PackEntry, error
 	default:
 		return nil, fmt.Errorf("%w: no index trailer", ErrCorruptPack)
 	}
-	body, sum := b[:len(b)-sha256.Size], b[len(b)-sha256.Size:]
-	if got := sha256.Sum256(body); !bytes.Equal(got[:], sum) {
-		return nil, fmt.Errorf("%w: index checksum mismatch", ErrCorruptPack)
-	}
-	n := binary.BigEndian.Uint32(body[len(trailerMagic):])
-	rest := body[len(trailerMagic)+4:]
-	if uint64(len(rest)) != uint64(n)*uint64(entryLen) {
-		return nil, fmt.Errorf("%w: %d entries announced, %d bytes of entries", ErrCorruptPack, n, len(rest))
+	rest, n, err := table(b, len(trailerMagic), entryLen, "index")
+	if err != nil {
+		return nil, err
 	}
 	entries := make([]PackEntry, n)
 	for i := range entries {

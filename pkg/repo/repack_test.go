@@ -244,3 +244,19 @@ func TestRepackLeavesAPackWithABadLiveChunk(t *testing.T) {
 	}
 	mustRead(t, r, a, aData, 0)
 }
+
+// A moved record decodes only when whole and checked; whatever decodes
+// encodes back to the same bytes.
+func FuzzDecodeMoves(f *testing.F) {
+	f.Add(encodeMoves([]Move{{ID: chunk.Hash([]byte("a")), From: 7, To: chunk.Loc{Pack: NewPack().ID, Off: 1, Len: 2}}}))
+	f.Add([]byte(movedMagic))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		moves, err := decodeMoves(b)
+		if err != nil {
+			return
+		}
+		if again := encodeMoves(moves); !bytes.Equal(again, b) {
+			t.Fatalf("decoded %d moves that encode to other bytes", len(moves))
+		}
+	})
+}
