@@ -265,7 +265,16 @@ func (c *collection) packs(ctx context.Context) error {
 		return rt.Bus.Publish(ctx, contracts.PackStoredSubject(ann.Pack), ann, ann.Pack)
 	}
 	rp.Step = func(step string, p chunk.PackID) error { return c.hook(step, p.String()) }
-	rp.Done = func(ctx context.Context, p chunk.PackID) error { return rt.GC.Deleted(ctx, c.lock.ID, PackHoldKey(p)) }
+	repacks := int64(0)
+	for _, cd := range candidates {
+		if cd.repack {
+			repacks++
+		}
+	}
+	rp.Done = func(ctx context.Context, p chunk.PackID) error {
+		c.report("old packs rewritten and deleted", int64(rp.Stats.Packs), repacks, rp.Stats.Read)
+		return rt.GC.Deleted(ctx, c.lock.ID, PackHoldKey(p))
+	}
 	for i, cd := range candidates {
 		c.report("sweeping and rewriting packs", int64(i+1), int64(len(candidates)), rp.Stats.Read)
 		live := m.live[cd.p]
