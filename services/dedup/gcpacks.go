@@ -96,14 +96,27 @@ func (m *packMark) mark(ctx context.Context, stored map[chunk.PackID]objstore.In
 	// went (a pack may still exist beside its records when a collection
 	// stopped between the two: both are kept live then).
 	m.live = packRefs{}
-	var todo []chunk.Loc
+	var todo []chunk.Loc // references through moved records only: the common case costs no copy
+	dangling := map[chunk.PackID]bool{}
 	for p, offs := range m.direct {
+		_, isStored := stored[p]
+		_, isMoved := moved[p]
+		switch {
+		case isStored && !isMoved:
+			// shared, not copied: a moved chunk resolved into p below is
+			// added to both, and both are right to hold it (it is live
+			// there)
+			m.live[p] = offs
+			continue
+		case !isStored && !isMoved:
+			dangling[p] = true
+			continue
+		}
 		for off, n := range offs {
 			todo = append(todo, chunk.Loc{Pack: p, Off: off, Len: n})
 		}
 	}
 	seen := map[chunk.Loc]bool{}
-	dangling := map[chunk.PackID]bool{}
 	for len(todo) > 0 {
 		l := todo[len(todo)-1]
 		todo = todo[:len(todo)-1]
