@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/robfig/cron/v3"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
@@ -131,6 +132,18 @@ func (s *scheduler) runVerifyJobs(ctx context.Context, expr string) error {
 	if err != nil {
 		return fmt.Errorf("STRATA_VERIFY_JOB_SCHEDULE: %w", err)
 	}
+	atSlots(ctx, sched, func(next time.Time) {
+		job := &contracts.VerifyJob{Schema: contracts.SchemaVersion, Slot: next.UTC()}
+		if err := s.rt.Bus.Publish(ctx, contracts.SubjectVerifyJob, job, "verify-job-"+next.UTC().Format(time.RFC3339Nano)); err != nil {
+			s.rt.Log.WarnContext(ctx, "verify job not started", "slot", next, "err", err)
+		}
+	})
+	return nil
+}
+
+// atSlots calls f at every slot of sched, in its own goroutine, until ctx
+// ends.
+func atSlots(ctx context.Context, sched cron.Schedule, f func(slot time.Time)) {
 	go func() {
 		for next := sched.Next(time.Now()); ; next = sched.Next(next) {
 			select {
@@ -138,13 +151,9 @@ func (s *scheduler) runVerifyJobs(ctx context.Context, expr string) error {
 				return
 			case <-time.After(time.Until(next)):
 			}
-			job := &contracts.VerifyJob{Schema: contracts.SchemaVersion, Slot: next.UTC()}
-			if err := s.rt.Bus.Publish(ctx, contracts.SubjectVerifyJob, job, "verify-job-"+next.UTC().Format(time.RFC3339Nano)); err != nil {
-				s.rt.Log.WarnContext(ctx, "verify job not started", "slot", next, "err", err)
-			}
+			f(next)
 		}
 	}()
-	return nil
 }
 
 // runMaintenance asks dedup for a collection (compaction, recompression)
@@ -158,28 +167,21 @@ func (s *scheduler) runMaintenance(ctx context.Context, cfg Config) error {
 	if cfg.GCRateLimit < 0 {
 		return fmt.Errorf("STRATA_GC_RATE_LIMIT %d: want bytes per second, 0 for none", cfg.GCRateLimit)
 	}
-	go func() {
-		for next := sched.Next(time.Now()); ; next = sched.Next(next) {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Until(next)):
-			}
-			req := &contracts.GCRequest{Schema: contracts.SchemaVersion, Recompress: cfg.GCRecompress, RateLimit: cfg.GCRateLimit}
-			var reply contracts.GCReply
-			rctx, cancel := context.WithTimeout(ctx, 24*time.Hour)
-			err := bus.Request(rctx, s.rt.Bus.NC, contracts.SubjectDedupGC, req, &reply)
-			cancel()
-			switch {
-			case err != nil && strings.Contains(err.Error(), "already running"):
-				s.rt.Log.InfoContext(ctx, "scheduled gc: another collection runs", "slot", next)
-			case err != nil:
-				s.rt.Log.WarnContext(ctx, "scheduled gc failed", "slot", next, "err", err)
-			default:
-				s.rt.Log.InfoContext(ctx, "scheduled gc", "slot", next, "freed_bytes", reply.FreedBytes, "packs_repacked", reply.PacksRepacked, "recompressed", reply.Recompressed)
-			}
+	atSlots(ctx, sched, func(next time.Time) {
+		req := &contracts.GCRequest{Schema: contracts.SchemaVersion, Recompress: cfg.GCRecompress, RateLimit: cfg.GCRateLimit}
+		var reply contracts.GCReply
+		rctx, cancel := context.WithTimeout(ctx, 24*time.Hour)
+		err := bus.Request(rctx, s.rt.Bus.NC, contracts.SubjectDedupGC, req, &reply)
+		cancel()
+		switch {
+		case err != nil && strings.Contains(err.Error(), "already running"):
+			s.rt.Log.InfoContext(ctx, "scheduled gc: another collection runs", "slot", next)
+		case err != nil:
+			s.rt.Log.WarnContext(ctx, "scheduled gc failed", "slot", next, "err", err)
+		default:
+			s.rt.Log.InfoContext(ctx, "scheduled gc", "slot", next, "freed_bytes", reply.FreedBytes, "packs_repacked", reply.PacksRepacked, "recompressed", reply.Recompressed)
 		}
-	}()
+	})
 	return nil
 }
 
