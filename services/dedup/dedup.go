@@ -18,6 +18,7 @@ import (
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/repo/packindex"
 	"github.com/strata-backup/strata/pkg/runtime"
 )
 
@@ -65,21 +66,16 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	cache := NewPresentCache(cfg.CacheEntries)
 	d := &Index{chunks: rt.Repo.Chunks, cache: cache, bad: map[chunk.ID]bool{}, packExists: rt.Repo.PackExists}
 	d.gc = &gcGuard{gc: rt.GC, store: rt.Repo.Store, forget: d.forget}
-	if rt.Repo.Packed() {
-		dir, err := indexDir(cfg.IndexDir)
-		if err != nil {
-			return err
-		}
-		path := filepath.Join(dir, "strata-packindex-"+rt.Repo.Config.ID+".db")
-		x, err := OpenPackIndex(path, rt.Repo.Config.ID, rt.Log)
-		if err != nil {
-			return err
-		}
-		context.AfterFunc(ctx, func() { x.Close() })
-		if err := x.Follow(ctx, rt.Bus, rt.Repo); err != nil {
-			return err
-		}
-		d.packs = x
+	dir, err := indexDir(cfg.IndexDir)
+	if err != nil {
+		return err
+	}
+	packs, err := packindex.Start(ctx, rt.Repo, rt.Bus, dir, rt.Log)
+	if err != nil {
+		return err
+	}
+	if packs != nil { // a nil *Index is no locator
+		d.packs = packs
 	}
 	// Chunks the verifier found corrupt or missing are answered "missing"
 	// whatever the store says, so the next backup holding those bytes
@@ -114,6 +110,11 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	})
 }
 
+// locator says where chunks are stored (packindex.Index).
+type locator interface {
+	Lookup(ids []chunk.ID) (locs []chunk.Loc, found []bool, err error)
+}
+
 // Index answers missing-chunk questions.
 type Index struct {
 	chunks interface {
@@ -125,7 +126,7 @@ type Index struct {
 	gc    *gcGuard          // nil: no collector to coordinate with (unit tests)
 	// packs, in a packed repository, says where chunks are: asked instead
 	// of the store (no request per chunk), and the answer locates them.
-	packs      *PackIndex
+	packs      locator
 	packExists func(ctx context.Context, p chunk.PackID) (bool, error)
 	packsSeen  map[chunk.PackID]bool // packs known to exist (under mu)
 }

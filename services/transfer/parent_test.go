@@ -68,6 +68,7 @@ func TestFullReadComparedWithParent(t *testing.T) {
 	defer sub.Unsubscribe()
 
 	w := &worker{rt: rt, cfg: Config{Uploads: 4, Compression: "auto"}, disks: newDiskPool(ctx, source.NewOpener(source.Config{}), 2)}
+	w.writer = rt.Repo.NewWriter(4, 1, nil)
 	seg := &contracts.Segment{Schema: contracts.SchemaVersion, BackupID: backup, VM: "vm", Disk: 0, Index: 0, Source: "file://" + img,
 		DiskSize: int64(len(disk)), ChunkSize: cs, FirstChunk: 0, Chunks: 8, Parent: key}
 	if err := w.handle(ctx, seg); err != nil {

@@ -71,7 +71,12 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		}
 	}
 	w := &worker{rt: rt, cfg: cfg, disks: newDiskPool(ctx, source.NewOpener(cfg.Config), cfg.NBDConnections),
-		packs: make(chan *repo.Pack, max(1, cfg.Concurrency)), batches: make(chan []byte, 2*max(1, cfg.Concurrency))}
+		batches: make(chan []byte, 2*max(1, cfg.Concurrency))}
+	// Announced before the segment's result: a dedup instance that misses
+	// it answers those chunks missing (a duplicate later, never a loss).
+	w.writer = rt.Repo.NewWriter(cfg.Uploads, cfg.Concurrency, func(ctx context.Context, ann *contracts.PackStored) error {
+		return rt.Bus.Publish(ctx, contracts.PackStoredSubject(ann.Pack), ann, ann.Pack)
+	})
 	if cfg.RateLimit > 0 {
 		w.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), max(int(cfg.RateLimit), rt.Repo.Config.ChunkSize))
 	}
@@ -99,8 +104,8 @@ type worker struct {
 	limiter *rate.Limiter // nil: unlimited
 	disks   *diskPool
 	puts    putOutcomes
-	active  atomic.Int32    // segments being read
-	packs   chan *repo.Pack // free pack buffers, at most one per concurrent segment
+	active  atomic.Int32 // segments being read
+	writer  *repo.Writer // where chunks go (loose or packed: its business)
 	// free read-batch buffers, as packs: in a sync.Pool, emptied by every
 	// garbage collection, each batch read into fresh memory (a page fault
 	// per 4 KiB read)
@@ -110,11 +115,6 @@ type worker struct {
 // batchBytes bounds the memory one segment holds at once, whatever the
 // segment and chunk sizes.
 const batchBytes = 16 << 20
-
-// Encoded chunks of the loose layout reuse their buffers: allocating them
-// anew cost a tenth of a full backup's CPU in zeroing alone (profile of
-// strata dev on the synthetic disk).
-var encodedPool = sync.Pool{New: func() any { return new([]byte) }}
 
 func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 	start := time.Now()
@@ -174,10 +174,8 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 		}
 		stats.parent, stats.parentLocs = ids, locs
 	}
-	if w.rt.Repo.Packed() {
-		stats.putFirst = false // no object per chunk to put conditionally
-		stats.locs = map[chunk.ID]chunk.Loc{}
-	}
+	stats.place = w.writer.Placement()
+	stats.putFirst = stats.putFirst && stats.place.PutsFirst()
 	if len(toRead) > 0 { // a segment with nothing to read never opens the source
 		disk, err := w.disks.get(ctx, seg.BackupID, seg.Source)
 		if err != nil {
@@ -192,7 +190,7 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 		}
 	}
 	done.Stored = runsOf(stats.stored)
-	locate(done, stats.locs)
+	locate(done, stats.place)
 	if err := w.rt.Bus.Publish(ctx, contracts.SegmentDoneSubject(seg.BackupID, seg.Disk, seg.Index), done, ""); err != nil {
 		return err
 	}
@@ -210,29 +208,25 @@ type segmentStats struct {
 	parent            []chunk.ID  // the parent's ids of this segment (nil: none)
 	parentLocs        []chunk.Loc // where the parent's chunks are (nil: on their own)
 	sameAsParent      int
-	// locs: in a packed repository, where the segment's chunks are stored
-	// (chunks not in it: on their own).
-	locs map[chunk.ID]chunk.Loc
-	// writes: packs being written while the next batch is hashed, while
-	// the segment is its worker's only one (an incremental's run of
-	// changes often starts beside a few small segments: decided per pack,
-	// not per segment). Waited for before the segment's result is
-	// published.
-	writes *errgroup.Group
+	// place: where the segment's chunks are stored. Packs are written
+	// while the next batch is hashed, while the segment is its worker's
+	// only one (an incremental's run of changes often starts beside a few
+	// small segments: decided per pack, not per segment), and waited for
+	// before the segment's result is published.
+	place *repo.Placement
 }
 
 // locate fills a result's pack locations from where its chunks are.
-func locate(done *contracts.SegmentDone, locs map[chunk.ID]chunk.Loc) {
-	if len(locs) == 0 {
-		return
-	}
+func locate(done *contracts.SegmentDone, place interface {
+	Where(chunk.ID) (chunk.Loc, bool)
+}) {
 	packNo := map[chunk.PackID]int{}
 	for at, s := range done.IDs {
 		if s == "" || s == contracts.InheritID {
 			continue
 		}
 		id, _ := chunk.ParseID(s) // this worker's own hex
-		l, ok := locs[id]
+		l, ok := place.Where(id)
 		if !ok {
 			continue
 		}
@@ -302,10 +296,8 @@ func (w *worker) collectionRunning(ctx context.Context) bool {
 }
 
 func (w *worker) readSegment(ctx context.Context, disk source.Disk, seg *contracts.Segment, toRead []int, done *contracts.SegmentDone, stats *segmentStats) error {
-	stats.writes = new(errgroup.Group)
-	stats.writes.SetLimit(2)
 	err := w.readBatches(ctx, disk, seg, toRead, done, stats)
-	if werr := stats.writes.Wait(); err == nil {
+	if werr := stats.place.Wait(); err == nil {
 		err = werr
 	}
 	return err
@@ -454,13 +446,13 @@ func (w *worker) batch(ctx context.Context, seg *contracts.Segment, rel []int, b
 		id := *ids[i]
 		done.IDs[r] = id.String()
 		if r < len(stats.parent) && stats.parent[r] == id {
-			if stats.locs != nil && r < len(stats.parentLocs) && stats.parentLocs[r].InPack() {
-				stats.locs[id] = stats.parentLocs[r]
+			if r < len(stats.parentLocs) {
+				stats.place.Locate(id, stats.parentLocs[r])
 			}
 			stats.sameAsParent++
 			continue // stored: the verified parent holds it at this place
 		}
-		if l, ok := stats.locs[id]; ok && l.InPack() {
+		if stats.place.Placed(id) {
 			continue // stored or located by an earlier batch of this segment
 		}
 		if _, dup := asked[id]; !dup {
@@ -474,7 +466,7 @@ func (w *worker) batch(ctx context.Context, seg *contracts.Segment, rel []int, b
 	}
 	if stats.putFirst && w.puts.worthIt(seg.BackupID) {
 		t := time.Now()
-		present, err := w.upload(ctx, seg, rel, ask, asked, bufs, done, stats, true)
+		present, err := w.upload(ctx, seg, rel, ask, asked, bufs, done, stats)
 		stats.upload += time.Since(t)
 		if err != nil {
 			return err
@@ -492,12 +484,7 @@ func (w *worker) batch(ctx context.Context, seg *contracts.Segment, rel []int, b
 	}
 	stats.ask += time.Since(t)
 	t = time.Now()
-	if stats.locs != nil {
-		err := w.uploadPack(ctx, seg, rel, &reply, asked, bufs, done, stats)
-		stats.upload += time.Since(t)
-		return err
-	}
-	_, err := w.upload(ctx, seg, rel, reply.Missing, asked, bufs, done, stats, false)
+	err := w.store(ctx, seg, rel, &reply, asked, bufs, done, stats)
 	stats.upload += time.Since(t)
 	return err
 }
@@ -528,59 +515,32 @@ func (w *worker) hash(bufs [][]byte, parallel bool) []*chunk.ID {
 	return ids
 }
 
-// upload stores the chunks named by hexIDs (each must be one of asked),
-// Uploads at a time. ifAbsent: conditional PUTs, and the ids the store
-// already held are returned instead of counted.
-func (w *worker) upload(ctx context.Context, seg *contracts.Segment, rel []int, hexIDs []string, asked map[chunk.ID]int, bufs [][]byte, done *contracts.SegmentDone, stats *segmentStats, ifAbsent bool) (present []string, err error) {
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(max(1, w.cfg.Uploads))
-	codec := w.cfg.codecFor(seg)
-	var mu sync.Mutex
-	for _, hexID := range hexIDs {
-		id, err := chunk.ParseID(hexID)
-		if err != nil {
-			return nil, fmt.Errorf("dedup reply: %w", err)
-		}
-		i, ok := asked[id]
-		if !ok {
-			return nil, fmt.Errorf("dedup reply names chunk %s that was not asked about", hexID)
-		}
-		buf, at := bufs[i], rel[i]
-		g.Go(func() error {
-			enc := encodedPool.Get().(*[]byte)
-			defer encodedPool.Put(enc)
-			stored := w.rt.Repo.AppendChunk((*enc)[:0], id, buf, codec)
-			*enc = stored[:0] // keep the grown buffer (a sealed chunk is its own)
-			created := true
-			var err error
-			if ifAbsent {
-				created, err = w.rt.Repo.Chunks.PutChunkIfAbsent(gctx, id, stored)
-			} else {
-				err = w.rt.Repo.Chunks.PutChunk(gctx, id, stored)
-			}
-			if err != nil {
-				return fmt.Errorf("upload chunk %s: %w", id, err)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if !created {
-				present = append(present, hexID)
-				return nil
-			}
-			done.UploadedChunks++
-			done.UploadedBytes += int64(len(stored))
-			stats.stored = append(stats.stored, at)
-			return nil
-		})
+// upload stores the chunks named by hexIDs (each must be one of asked)
+// each with a conditional write: the ids the store already held are
+// returned instead of counted.
+func (w *worker) upload(ctx context.Context, seg *contracts.Segment, rel []int, hexIDs []string, asked map[chunk.ID]int, bufs [][]byte, done *contracts.SegmentDone, stats *segmentStats) (present []string, err error) {
+	ids, data, at, err := pick(hexIDs, asked, bufs)
+	if err != nil {
+		return nil, err
 	}
-	return present, g.Wait()
+	sizes, err := stats.place.PutIfAbsent(ctx, ids, data, w.cfg.codecFor(seg))
+	if err != nil {
+		return nil, err
+	}
+	for k, n := range sizes {
+		if n == 0 {
+			present = append(present, hexIDs[k])
+			continue
+		}
+		stored(done, stats, rel[at[k]], n)
+	}
+	return present, nil
 }
 
-// uploadPack stores the chunks dedup answered missing as one pack (encoded
-// Uploads at a time, then written with a single request), announces it to
-// the dedup instances, and records where every asked chunk is: in the new
-// pack, or where dedup located it.
-func (w *worker) uploadPack(ctx context.Context, seg *contracts.Segment, rel []int, reply *contracts.MissingReply, asked map[chunk.ID]int, bufs [][]byte, done *contracts.SegmentDone, stats *segmentStats) error {
+// store stores the chunks dedup answered missing (Store decides how: see
+// repo.Writer) and records where every asked chunk is: where it was
+// stored now, or where dedup located it.
+func (w *worker) store(ctx context.Context, seg *contracts.Segment, rel []int, reply *contracts.MissingReply, asked map[chunk.ID]int, bufs [][]byte, done *contracts.SegmentDone, stats *segmentStats) error {
 	for _, l := range reply.Located {
 		id, err := chunk.ParseID(l.ID)
 		if err != nil {
@@ -590,91 +550,59 @@ func (w *worker) uploadPack(ctx context.Context, seg *contracts.Segment, rel []i
 		if err != nil {
 			return fmt.Errorf("dedup reply: %w", err)
 		}
-		stats.locs[id] = chunk.Loc{Pack: p, Off: l.Off, Len: l.Len}
-	}
-	if len(reply.Loose) > 0 { // repairs: on their own (see MissingReply.Loose)
-		loose := map[string]bool{}
-		for _, s := range reply.Loose {
-			loose[s] = true
-		}
-		var packed []string
-		for _, s := range reply.Missing {
-			if !loose[s] {
-				packed = append(packed, s)
-			}
-		}
-		if _, err := w.upload(ctx, seg, rel, reply.Loose, asked, bufs, done, stats, false); err != nil {
-			return err
-		}
-		reply.Missing = packed
+		stats.place.Locate(id, chunk.Loc{Pack: p, Off: l.Off, Len: l.Len})
 	}
 	if len(reply.Missing) == 0 {
 		return nil
 	}
-	ids := make([]chunk.ID, len(reply.Missing))
-	data := make([][]byte, len(reply.Missing))
-	for i, hexID := range reply.Missing {
-		id, err := chunk.ParseID(hexID)
-		if err != nil {
-			return fmt.Errorf("dedup reply: %w", err)
-		}
-		at, ok := asked[id]
-		if !ok {
-			return fmt.Errorf("dedup reply names chunk %s that was not asked about", hexID)
-		}
-		ids[i], data[i] = id, bufs[at]
-	}
-	pack := w.getPack()
-	if err := w.rt.Repo.PackChunks(pack, ids, data, w.cfg.codecFor(seg), w.cfg.Uploads); err != nil {
-		w.putPack(pack)
+	ids, data, at, err := pick(reply.Missing, asked, bufs)
+	if err != nil {
 		return err
 	}
-	// The chunks are in the pack's buffer now: the read buffer may be
-	// reused, and where they will be is known before the pack is written.
-	ann := pack.Announcement()
-	for _, e := range pack.Entries() {
-		stats.locs[e.ID] = e.Loc
-		done.UploadedChunks++
-		done.UploadedBytes += int64(e.Loc.Len)
-		stats.stored = append(stats.stored, rel[asked[e.ID]])
-	}
-	write := func() error {
-		defer w.putPack(pack)
-		if err := w.rt.Repo.PutPack(ctx, pack); err != nil {
-			return err
+	var loose []bool // repairs: on their own (see MissingReply.Loose)
+	if len(reply.Loose) > 0 {
+		repair := map[string]bool{}
+		for _, s := range reply.Loose {
+			repair[s] = true
 		}
-		// Announced before the segment's result: a dedup instance that
-		// misses it answers those chunks missing (a duplicate later, never
-		// a loss).
-		return w.rt.Bus.Publish(ctx, contracts.PackStoredSubject(ann.Pack), ann, ann.Pack)
+		loose = make([]bool, len(ids))
+		for k, s := range reply.Missing {
+			loose[k] = repair[s]
+		}
 	}
-	if w.active.Load() > 1 {
-		return write()
+	sizes, err := stats.place.Store(ctx, ids, data, loose, w.cfg.codecFor(seg), w.active.Load() <= 1)
+	if err != nil {
+		return err
 	}
-	// Writing a pack (10–60 ms per 16 MiB: a directory store's O_DIRECT
-	// write and fsync, an S3 PUT) overlaps hashing the next batch; at most
-	// two at once.
-	stats.writes.Go(write)
+	for k, n := range sizes {
+		stored(done, stats, rel[at[k]], n)
+	}
 	return nil
 }
 
-// getPack returns an empty pack, reusing a buffer when one is free. A
-// worker keeps its own few (not a sync.Pool, which every garbage
-// collection empties: growing and clearing a fresh 16 MiB buffer per batch
-// cost more CPU than packing saved).
-func (w *worker) getPack() *repo.Pack {
-	select {
-	case p := <-w.packs:
-		p.Reset()
-		return p
-	default:
-		return repo.NewPack()
-	}
+// stored counts a chunk this segment stored at position at.
+func stored(done *contracts.SegmentDone, stats *segmentStats, at, size int) {
+	done.UploadedChunks++
+	done.UploadedBytes += int64(size)
+	stats.stored = append(stats.stored, at)
 }
 
-func (w *worker) putPack(p *repo.Pack) {
-	select {
-	case w.packs <- p:
-	default: // enough kept: let it go
+// pick returns the ids and bytes of the chunks named by hexIDs, each one
+// that was asked about, and their positions in the batch.
+func pick(hexIDs []string, asked map[chunk.ID]int, bufs [][]byte) ([]chunk.ID, [][]byte, []int, error) {
+	ids := make([]chunk.ID, len(hexIDs))
+	data := make([][]byte, len(hexIDs))
+	at := make([]int, len(hexIDs))
+	for k, hexID := range hexIDs {
+		id, err := chunk.ParseID(hexID)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("dedup reply: %w", err)
+		}
+		i, ok := asked[id]
+		if !ok {
+			return nil, nil, nil, fmt.Errorf("dedup reply names chunk %s that was not asked about", hexID)
+		}
+		ids[k], data[k], at[k] = id, bufs[i], i
 	}
+	return ids, data, at, nil
 }

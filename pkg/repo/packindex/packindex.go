@@ -1,4 +1,7 @@
-package dedup
+// Package packindex is the index of a packed repository's chunks: which
+// pack holds each, and where in it. Dedup asks it which chunks exist; only
+// pkg/repo and this package know that packs exist.
+package packindex
 
 import (
 	"context"
@@ -6,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -18,7 +22,7 @@ import (
 	"github.com/strata-backup/strata/pkg/repo"
 )
 
-// PackIndex is dedup's index of a packed repository: chunk id → where it
+// Index is the index of a packed repository: chunk id → where it
 // is stored. It lives in a bbolt file on local disk, so memory stays
 // bounded whatever the repository's size (the OS pages the file in), and
 // a restarted instance continues where it stopped. It only caches what
@@ -29,7 +33,7 @@ import (
 //
 // A chunk the index does not know is answered missing and stored again:
 // an index that lags costs a duplicate, never a loss.
-type PackIndex struct {
+type Index struct {
 	db  *bolt.DB
 	log *slog.Logger
 }
@@ -42,9 +46,27 @@ var (
 	streamKey  = []byte("stream") // stream creation time (a new stream: rebuild)
 )
 
-// OpenPackIndex opens (or creates) the index file of repository repoID.
+// Start opens the index of r in dir (a file per repository), brings it up
+// to date and keeps it current until ctx ends, when it is closed. A
+// repository without packs has no index: nil.
+func Start(ctx context.Context, r *repo.Repository, b *bus.Bus, dir string, log *slog.Logger) (*Index, error) {
+	if !r.Packed() {
+		return nil, nil
+	}
+	x, err := Open(filepath.Join(dir, "strata-packindex-"+r.Config.ID+".db"), r.Config.ID, log)
+	if err != nil {
+		return nil, err
+	}
+	context.AfterFunc(ctx, func() { x.Close() })
+	if err := x.Follow(ctx, b, r); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// Open opens (or creates) the index file of repository repoID.
 // A file that describes another repository is started afresh.
-func OpenPackIndex(path, repoID string, log *slog.Logger) (*PackIndex, error) {
+func Open(path, repoID string, log *slog.Logger) (*Index, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 10 * time.Second})
 	if err != nil {
 		return nil, fmt.Errorf("open pack index %s: %w", path, err)
@@ -75,11 +97,11 @@ func OpenPackIndex(path, repoID string, log *slog.Logger) (*PackIndex, error) {
 		db.Close()
 		return nil, fmt.Errorf("open pack index %s: %w", path, err)
 	}
-	return &PackIndex{db: db, log: log}, nil
+	return &Index{db: db, log: log}, nil
 }
 
 // Close closes the file.
-func (x *PackIndex) Close() error { return x.db.Close() }
+func (x *Index) Close() error { return x.db.Close() }
 
 func encodeLoc(l chunk.Loc) []byte {
 	b := make([]byte, 24)
@@ -102,7 +124,7 @@ func decodeLoc(b []byte) (chunk.Loc, bool) {
 
 // Lookup returns where each of ids is stored; found[i] is false for an id
 // the index does not know.
-func (x *PackIndex) Lookup(ids []chunk.ID) (locs []chunk.Loc, found []bool, err error) {
+func (x *Index) Lookup(ids []chunk.ID) (locs []chunk.Loc, found []bool, err error) {
 	locs, found = make([]chunk.Loc, len(ids)), make([]bool, len(ids))
 	err = x.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(locBucket)
@@ -116,7 +138,7 @@ func (x *PackIndex) Lookup(ids []chunk.ID) (locs []chunk.Loc, found []bool, err 
 
 // add records entries and, when seq > 0, that the stream was applied up
 // to seq, in one transaction.
-func (x *PackIndex) add(entries []repo.PackEntry, seq uint64) error {
+func (x *Index) add(entries []repo.PackEntry, seq uint64) error {
 	return x.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(locBucket)
 		for _, e := range entries {
@@ -131,7 +153,7 @@ func (x *PackIndex) add(entries []repo.PackEntry, seq uint64) error {
 	})
 }
 
-func (x *PackIndex) meta() (seq uint64, stream string) {
+func (x *Index) meta() (seq uint64, stream string) {
 	x.db.View(func(tx *bolt.Tx) error {
 		m := tx.Bucket(metaBucket)
 		if v := m.Get(seqKey); len(v) == 8 {
@@ -144,7 +166,7 @@ func (x *PackIndex) meta() (seq uint64, stream string) {
 }
 
 // Len is the number of chunks indexed.
-func (x *PackIndex) Len() int {
+func (x *Index) Len() int {
 	n := 0
 	x.db.View(func(tx *bolt.Tx) error { n = tx.Bucket(locBucket).Stats().KeyN; return nil })
 	return n
@@ -153,7 +175,7 @@ func (x *PackIndex) Len() int {
 // rebuild indexes every pack of the repository from its trailer, then
 // records that the stream is applied up to seq (taken before the listing:
 // announcements during the rebuild are applied again, harmlessly).
-func (x *PackIndex) rebuild(ctx context.Context, r *repo.Repository, seq uint64, stream string) error {
+func (x *Index) rebuild(ctx context.Context, r *repo.Repository, seq uint64, stream string) error {
 	start, packs, chunks := time.Now(), 0, 0
 	err := r.ListPacks(ctx, 0, 256, func(p chunk.PackID, info objstore.Info) error {
 		entries, err := r.PackIndex(ctx, p, info.Size)
@@ -184,7 +206,7 @@ func (x *PackIndex) rebuild(ctx context.Context, r *repo.Repository, seq uint64,
 // Follow brings the index up to date (replaying the stream, or rebuilding
 // from the repository when the stream cannot) and keeps applying
 // announcements until ctx ends.
-func (x *PackIndex) Follow(ctx context.Context, b *bus.Bus, r *repo.Repository) error {
+func (x *Index) Follow(ctx context.Context, b *bus.Bus, r *repo.Repository) error {
 	st, err := b.JS.Stream(ctx, contracts.StreamPacks)
 	if err != nil {
 		return fmt.Errorf("pack index: %w", err)
