@@ -655,7 +655,7 @@ type GCReply struct {
 func (m *GCReply) Validate() error { return checkSchema(m.Schema) }
 
 // GCProgress is where a running collection is: its phase ("marking",
-// "sweeping chunks", "sweeping packs", "rewriting packs"), how far
+// "sweeping", "old packs rewritten and deleted"), how far
 // (Done of Total; Total 0 when not known ahead) and the bytes the phase
 // read or freed so far.
 type GCProgress struct {

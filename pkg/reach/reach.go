@@ -8,15 +8,19 @@ import (
 	"fmt"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/manifest"
-	"github.com/strata-backup/strata/pkg/repo"
 )
 
 // Walker reads the manifests of the catalog's backups.
 type Walker struct {
-	Catalog *catalog.Catalog
-	Repo    *repo.Repository
+	// Catalog lists the backups (a *catalog.Catalog).
+	Catalog interface {
+		List(ctx context.Context, vm string) ([]*contracts.BackupRecord, error)
+	}
+	// Repo reads their manifests (a *repo.Repository).
+	Repo interface {
+		GetManifest(ctx context.Context, key string) (*manifest.Manifest, error)
+	}
 	// Records, when set, are walked instead of the catalog's list (a
 	// caller that has listed them already).
 	Records []*contracts.BackupRecord

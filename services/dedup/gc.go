@@ -1,13 +1,14 @@
 package dedup
 
 import (
-	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/time/rate"
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/chunk"
@@ -21,54 +22,91 @@ import (
 // handed to transfer workers.
 const drainTimeout = 30 * time.Minute
 
-// collect runs one mark-and-sweep while backups keep running. A chunk a
-// running backup may reference is one it uploaded (younger than the grace
-// period: never a candidate), one it inherits from its parent (in the
-// parent's manifest: marked), or one dedup answered "present" for:
+// collect runs one mark-and-sweep while backups keep running, over every
+// kind of storage unit the content layer has (chunk objects of their own,
+// packs: repo.Sweep) with the same steps. A unit a running backup may
+// reference is one it wrote (younger than the grace period: never a
+// candidate), one it inherits from its parent (in the parent's manifest:
+// marked), or one dedup answered "present" for or located a chunk in:
 //
-//  1. mark: every id in every manifest and in every segment result still in
-//     STRATA_RESULTS (running backups); candidates are the unmarked chunk
-//     objects older than the grace period;
-//  2. condemn: the candidates go to an object and gc.lock moves to phase
+//  1. mark: every chunk and pack location in every manifest and in every
+//     segment result still in STRATA_RESULTS (running backups), through
+//     the moved records of compacted packs; candidates are the units
+//     nothing marks (or, packs, whose live bytes fall under the repack
+//     threshold, or that hold S2 chunks when recompressing), older than
+//     the grace period;
+//  2. condemn: the candidates go to objects and gc.lock moves to phase
 //     "sweep"; from then on dedup reads the lock on every request and holds
-//     (BucketGCHolds) any condemned chunk it is about to answer "present";
+//     (BucketGCHolds) any condemned unit it is about to answer "present"
+//     or locate a chunk in;
 //  3. drain: wait until every segment published before the condemnation
-//     has been processed — its "present" answers came before dedup knew
-//     the candidates, but its result is now in STRATA_RESULTS or, once
+//     has been processed — its answers came before dedup knew the
+//     candidates, but its result is now in STRATA_RESULTS or, once
 //     committed, in a manifest;
 //  4. mark again (results, then manifests: a commit writes the manifest
-//     before purging the results) and drop every candidate marked now;
+//     before purging the results) and keep every dead candidate marked now;
 //  5. sweep: claim each remaining candidate in BucketGCHolds ("deleting",
-//     create-only: a hold taken first wins), delete it, mark it "deleted".
-//     Dedup answers a claimed chunk "missing" only once it is "deleted", so
-//     the re-upload always lands after the delete.
+//     create-only: a hold taken first wins), delete it — or rewrite it:
+//     its live chunks copied into new packs, moved records written, the
+//     old pack deleted — and mark it "deleted". Dedup answers a claimed
+//     unit's chunks "missing" only once it is "deleted", so a re-upload
+//     always lands after the delete. Rewrites finish before the phase
+//     ends.
 //
-// With shards > 1 the whole protocol runs once per range of chunk ids (by
-// their first byte), so the mark holds one shard's ids at a time: memory
-// divided by shards, every manifest read shards times.
+// With shards > 1 the whole protocol runs once per range of units (chunk
+// ids by their first byte, packs by their id's last), so the mark holds
+// one shard's references at a time: memory divided by shards, every
+// manifest read shards times.
 func collect(ctx context.Context, rt *runtime.Runtime, grace time.Duration, dryRun bool, shards int, staleLock time.Duration, opts gcOptions) (*contracts.GCReply, error) {
 	if err := validShards(shards); err != nil {
 		return nil, err
 	}
 	c := &collection{rt: rt, grace: grace, dryRun: dryRun, opts: opts,
 		lock:  contracts.GCLock{ID: uuid.NewString(), Since: time.Now().UTC(), Phase: "mark"},
-		reply: &contracts.GCReply{Schema: contracts.SchemaVersion, DryRun: dryRun, GraceSeconds: int64(grace / time.Second)}}
+		reply: &contracts.GCReply{Schema: contracts.SchemaVersion, DryRun: dryRun, GraceSeconds: int64(grace / time.Second), RepackBelow: opts.repackBelow}}
 	var err error
 	if c.rev, err = rt.GC.Take(ctx, c.lock, staleLock); err != nil {
 		return nil, err
 	}
 	defer rt.GC.Release(context.WithoutCancel(ctx))
+	so := repo.SweepOptions{ID: c.lock.ID, Cutoff: c.lock.Since.Add(-grace), RepackBelow: opts.repackBelow,
+		Recompress: opts.recompress, Codec: opts.recompressCodec,
+		Announce: func(ctx context.Context, ann *contracts.PackStored) error {
+			return rt.Bus.Publish(ctx, contracts.PackStoredSubject(ann.Pack), ann, ann.Pack)
+		},
+		Step: c.hook,
+		Done: func(ctx context.Context, hold string) error {
+			c.rewritten++
+			c.report("old packs rewritten and deleted", c.rewritten, c.rewrites, c.sweep.Rewrites().Read)
+			return rt.GC.Deleted(ctx, c.lock.ID, hold)
+		},
+	}
+	if opts.rateLimit > 0 {
+		so.Limit = rate.NewLimiter(rate.Limit(opts.rateLimit), int(min(opts.rateLimit, repo.MaxRunBytes)))
+	}
+	if c.sweep, err = rt.Repo.NewSweep(ctx, so); err != nil {
+		return nil, err
+	}
 	for s := 0; s < shards; s++ {
 		lo, hi := s*256/shards, (s+1)*256/shards
 		if err := c.shard(ctx, byte(lo), hi); err != nil {
 			return nil, err
 		}
 	}
-	// Packs too (a loose repository has none: one empty listing).
-	if err := c.packs(ctx); err != nil {
+	r := c.reply
+	r.DanglingPacks = c.sweep.Dangling()
+	st := c.sweep.Rewrites()
+	r.PacksRepacked += st.Packs
+	r.PacksWritten += st.NewPacks
+	r.ChunksMoved += st.Moved
+	r.BytesRead += st.Read
+	r.BytesWritten += st.Written
+	r.Recompressed += st.Recompressed
+	r.RecompSaved += st.RecompSaved
+	r.FreedBytes -= st.Written
+	if r.MovedRecords, r.MovedDeleted, err = c.sweep.DropMoved(ctx, dryRun); err != nil {
 		return nil, err
 	}
-	r := c.reply
 	r.Finished = time.Now().UTC()
 	if !dryRun {
 		if err := rt.GC.RecordLast(ctx, r); err != nil {
@@ -96,10 +134,13 @@ type collection struct {
 	dryRun bool
 	opts   gcOptions
 	lock   contracts.GCLock
+	sweep  *repo.Sweep
 	// the last progress report (report)
 	lastPhase  string
 	lastReport time.Time
 	manifests  int64  // read so far, over every mark of this collection
+	rewrites   int64  // packs to rewrite, over the shards so far
+	rewritten  int64  // and rewritten
 	rev        uint64 // gc.lock's revision, for compare-and-set moves
 	reply      *contracts.GCReply
 }
@@ -133,78 +174,59 @@ func (c *collection) setPhase(ctx context.Context, phase, condemned string) erro
 	return nil
 }
 
-// shard runs the five steps over chunk ids whose first byte is in [lo, hi).
+// shard runs the five steps over the units of one shard.
 func (c *collection) shard(ctx context.Context, lo byte, hi int) error {
 	rt, reply := c.rt, c.reply
-	inShard := func(id chunk.ID) bool { return int(id[0]) >= int(lo) && int(id[0]) < hi }
-	m := &mark{c: c, rt: rt, ids: map[chunk.ID]struct{}{}, manifests: map[string]bool{}, inShard: inShard}
-	if err := m.results(ctx); err != nil {
+	m := c.sweep.Mark(lo, hi)
+	if err := c.mark(ctx, m); err != nil {
 		return err
 	}
-	if err := m.allManifests(ctx); err != nil {
-		return err
-	}
-	reply.Backups = m.backups
-
-	type candidate struct {
-		id   chunk.ID
-		key  string
-		size int64
-	}
-	var candidates []candidate
-	cutoff := c.lock.Since.Add(-c.grace)
-	err := rt.Repo.Chunks.List(ctx, lo, hi, func(sc repo.StoredChunk) error {
-		reply.Chunks++
-		if m.has(sc.ID) {
-			return nil
-		}
-		if sc.Modified.After(cutoff) {
-			reply.Young++
-			return nil
-		}
-		candidates = append(candidates, candidate{sc.ID, sc.Name, sc.Size})
-		return nil
-	})
+	units, census, err := m.Candidates(ctx)
 	if err != nil {
 		return err
 	}
-	if c.dryRun || len(candidates) == 0 {
-		reply.Referenced += len(m.ids)
-		for _, cd := range candidates {
-			reply.Deleted++
-			reply.FreedBytes += cd.size
+	reply.Chunks += census.Chunks
+	reply.Young += census.Young
+	reply.Packs += census.Packs
+	reply.PackBytes += census.PackBytes
+	reply.LiveBytes += census.LiveBytes
+	if c.dryRun || len(units) == 0 {
+		reply.Referenced += m.Referenced()
+		for _, u := range units {
+			c.freed(u)
 		}
 		return nil
 	}
-
-	// 2. condemn
-	var list bytes.Buffer
-	for _, cd := range candidates {
-		list.Write(cd.id[:])
+	for _, u := range units {
+		if u.Rewrite {
+			c.rewrites++
+		}
 	}
-	done, err := c.condemn(ctx, fmt.Sprintf("gc/%s-%02x.condemned", c.lock.ID, lo), list.Bytes(), false)
+
+	// 2, 3. condemn, drain
+	done, err := c.condemn(ctx, lo, units)
 	if err != nil {
 		return err
 	}
 	defer done()
+	if err := c.hook("condemned", ""); err != nil {
+		return err
+	}
 
 	// 4. mark again
-	if err := m.results(ctx); err != nil {
+	if err := c.mark(ctx, m); err != nil {
 		return err
 	}
-	if err := m.allManifests(ctx); err != nil {
-		return err
-	}
-	reply.Referenced += len(m.ids)
+	reply.Referenced += m.Referenced()
 
 	// 5. sweep
-	for i, cd := range candidates {
-		c.report("sweeping chunks", int64(i+1), int64(len(candidates)), reply.FreedBytes)
-		if m.has(cd.id) {
+	for i, u := range units {
+		c.report("sweeping", int64(i+1), int64(len(units)), reply.FreedBytes)
+		if m.Needed(u) {
 			reply.Rescued++
 			continue
 		}
-		claimed, err := rt.GC.Claim(ctx, c.lock.ID, cd.id.String())
+		claimed, err := rt.GC.Claim(ctx, c.lock.ID, u.Hold)
 		if err != nil {
 			return err
 		}
@@ -212,34 +234,112 @@ func (c *collection) shard(ctx context.Context, lo byte, hi int) error {
 			reply.Rescued++ // a backup reuses it: held
 			continue
 		}
-		if err := rt.Repo.Chunks.Delete(ctx, cd.id); err != nil {
-			return fmt.Errorf("sweep %s: %w", cd.key, err)
+		if err := c.sweep.Free(ctx, u, m); err != nil {
+			if !errors.Is(err, repo.ErrNotRepacked) {
+				return err
+			}
+			rt.Log.WarnContext(ctx, "pack left whole", "pack", u.Name, "err", err)
+			reply.PacksNotMoved++
+			if err := rt.GC.Unclaim(ctx, c.lock.ID, u.Hold); err != nil {
+				return err
+			}
+			continue
 		}
-		if err := rt.GC.Deleted(ctx, c.lock.ID, cd.id.String()); err != nil {
-			return err
+		if !u.Rewrite { // a rewritten unit is done once its old pack is deleted (SweepOptions.Done)
+			if err := rt.GC.Deleted(ctx, c.lock.ID, u.Hold); err != nil {
+				return err
+			}
 		}
-		reply.Deleted++
-		reply.FreedBytes += cd.size
+		c.freed(u)
+	}
+	// Rewrites end inside the sweep phase: an old pack is deleted only
+	// while dedup still holds what it locates in condemned packs.
+	if err := c.sweep.Flush(ctx); err != nil {
+		return err
 	}
 	// Back to marking: dedup stops holding this shard's candidates (and,
 	// seeing the lock change, forgets its cache of present chunks).
+	c.lock.CondemnedPacks = ""
 	return c.setPhase(ctx, "mark", "")
 }
 
-// condemn stores the candidates' list under key, moves gc.lock to the
-// sweep phase naming it (a list of chunk ids, or with packs of pack ids),
-// and drains the segments handed out before (steps 2 and 3). done
-// removes the list.
-func (c *collection) condemn(ctx context.Context, key string, list []byte, packs bool) (done func(), err error) {
-	if err := c.rt.Repo.Store.Put(ctx, key, list); err != nil {
-		return nil, fmt.Errorf("write condemned list: %w", err)
+// freed counts a unit deleted or rewritten (or, dry run, that would be).
+func (c *collection) freed(u repo.Unit) {
+	r := c.reply
+	switch {
+	case u.Rewrite:
+		r.FreedBytes += u.Size
+		if c.dryRun {
+			r.PacksRepacked++
+			r.FreedBytes -= u.Live
+		}
+	case u.IsPack():
+		r.PacksDeleted++
+		r.FreedBytes += u.Size
+	default:
+		r.Deleted++
+		r.FreedBytes += u.Size
 	}
-	done = func() { c.rt.Repo.Store.Delete(context.WithoutCancel(ctx), key) }
-	chunks := key
-	if packs {
-		chunks, c.lock.CondemnedPacks = "", key
+}
+
+// mark marks the results of running backups, then every manifest not read
+// yet. A manifest that cannot be read aborts the collection: never sweep
+// on an incomplete mark.
+func (c *collection) mark(ctx context.Context, m *repo.Mark) error {
+	var merr error
+	err := eachResult(ctx, c.rt, func(d *contracts.SegmentDone) {
+		if merr == nil {
+			merr = m.Result(ctx, d)
+		}
+	})
+	if err == nil {
+		err = merr
 	}
-	if err := c.setPhase(ctx, "sweep", chunks); err != nil {
+	if err != nil {
+		return err
+	}
+	w := reach.Walker{Catalog: c.rt.Catalog, Repo: c.rt.Repo, Skip: m.Read}
+	n, err := w.Walk(ctx, func(_ *contracts.BackupRecord, d contracts.DiskRecord, man *manifest.Manifest) error {
+		c.manifests++
+		c.report("marking", c.manifests, 0, 0)
+		return m.Manifest(ctx, d.Manifest, man)
+	})
+	if err != nil {
+		return fmt.Errorf("mark: %w", err)
+	}
+	c.reply.Backups = n
+	return nil
+}
+
+// condemn stores the candidates' lists, moves gc.lock to the sweep phase
+// naming them, and drains the segments handed out before (steps 2 and 3).
+// done removes the lists.
+func (c *collection) condemn(ctx context.Context, lo byte, units []repo.Unit) (done func(), err error) {
+	chunks, packs := repo.Condemned(units)
+	var keys []string
+	done = func() {
+		for _, k := range keys {
+			c.rt.Repo.Store.Delete(context.WithoutCancel(ctx), k)
+		}
+	}
+	var chunkKey, packKey string
+	for _, l := range []struct {
+		key  *string
+		name string
+		list []byte
+	}{{&chunkKey, fmt.Sprintf("gc/%s-%02x.condemned", c.lock.ID, lo), chunks}, {&packKey, fmt.Sprintf("gc/%s-%02x-packs.condemned", c.lock.ID, lo), packs}} {
+		if len(l.list) == 0 {
+			continue
+		}
+		if err := c.rt.Repo.Store.Put(ctx, l.name, l.list); err != nil {
+			done()
+			return nil, fmt.Errorf("write condemned list: %w", err)
+		}
+		keys = append(keys, l.name)
+		*l.key = l.name
+	}
+	c.lock.CondemnedPacks = packKey
+	if err := c.setPhase(ctx, "sweep", chunkKey); err != nil {
 		done()
 		return nil, err
 	}
@@ -280,59 +380,6 @@ func drainSegments(ctx context.Context, rt *runtime.Runtime) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-}
-
-// mark is the set of referenced chunk ids of one shard: 32 B per distinct
-// id in it.
-type mark struct {
-	c         *collection // progress reports; nil: none
-	rt        *runtime.Runtime
-	inShard   func(chunk.ID) bool
-	ids       map[chunk.ID]struct{}
-	manifests map[string]bool // read already
-	backups   int
-}
-
-func (m *mark) has(id chunk.ID) bool {
-	_, ok := m.ids[id]
-	return ok
-}
-
-// allManifests marks the ids of every manifest not read yet. A manifest
-// that cannot be read aborts the collection: never sweep on an incomplete
-// mark.
-func (m *mark) allManifests(ctx context.Context) error {
-	w := reach.Walker{Catalog: m.rt.Catalog, Repo: m.rt.Repo, Skip: func(key string) bool { return m.manifests[key] }}
-	n, err := w.Walk(ctx, func(_ *contracts.BackupRecord, d contracts.DiskRecord, man *manifest.Manifest) error {
-		for _, id := range man.IDs {
-			if !id.IsZero() && m.inShard(id) {
-				m.ids[id] = struct{}{}
-			}
-		}
-		m.manifests[d.Manifest] = true
-		if m.c != nil {
-			m.c.manifests++
-			m.c.report("marking", m.c.manifests, 0, 0)
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("mark: %w", err)
-	}
-	m.backups = n
-	return nil
-}
-
-// results marks every chunk id named by the segment results of running
-// backups.
-func (m *mark) results(ctx context.Context) error {
-	return eachResult(ctx, m.rt, func(d *contracts.SegmentDone) {
-		for _, s := range d.IDs {
-			if id, err := chunk.ParseID(s); err == nil && m.inShard(id) {
-				m.ids[id] = struct{}{}
-			}
-		}
-	})
 }
 
 // eachResult calls f with every segment result now in STRATA_RESULTS (the
@@ -381,4 +428,30 @@ func eachResult(ctx context.Context, rt *runtime.Runtime, f func(*contracts.Segm
 			return nil // the rest was purged (committed) meanwhile: in manifests now
 		}
 	}
+}
+
+// hook calls the test hooks, if any.
+func (c *collection) hook(step, unit string) error {
+	if c.opts.hooks == nil {
+		return nil
+	}
+	return c.opts.hooks.BeforeGCStep(step, unit)
+}
+
+// gcOptions are a collection's settings beyond grace and dry run.
+type gcOptions struct {
+	repackBelow float64
+	recompress  bool
+	// recompressCodec: chunk.Zstd or chunk.ZstdBetter
+	recompressCodec chunk.Codec
+	rateLimit       int64
+	hooks           Hooks
+}
+
+// Hooks are called before each step of a collection that frees packs
+// (condemned, then per pack rewritten: packed, moved, deleted); nil in
+// production. The e2e suite builds a dedup that exits at a chosen step,
+// as a crash would.
+type Hooks interface {
+	BeforeGCStep(step, unit string) error
 }

@@ -7,16 +7,25 @@ import (
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/chunk"
-	"github.com/strata-backup/strata/pkg/gclock"
 	"github.com/strata-backup/strata/pkg/objstore"
+	"github.com/strata-backup/strata/pkg/repo"
 )
+
+// gcState is what the guard reads and takes of a collection's shared
+// state (gclock.GC).
+type gcState interface {
+	// Current is the lock now, with the sequence of its last change.
+	Current(ctx context.Context) (seq uint64, lock *contracts.GCLock, err error)
+	// Hold keeps a condemned unit; false: the collector deleted it.
+	Hold(ctx context.Context, gcID, unit string) (kept bool, err error)
+}
 
 // gcGuard is dedup's side of a collection's sweep phase (see collect):
 // before answering "present" for a chunk the collector condemned, dedup
 // holds it; a chunk the collector claimed first is answered "missing",
 // but only once its deletion is done.
 type gcGuard struct {
-	gc    *gclock.GC
+	gc    gcState
 	store objstore.Store
 	// forget drops what dedup remembers as present. Called whenever gc.lock
 	// changed since the last request: a collection may have deleted any of
@@ -62,7 +71,7 @@ func (g *gcGuard) condemnedPacks(ctx context.Context) (map[chunk.PackID]bool, er
 
 // holdPack keeps a condemned pack from deletion (see hold).
 func (g *gcGuard) holdPack(ctx context.Context, gcID string, p chunk.PackID) (kept bool, err error) {
-	return g.gc.Hold(ctx, gcID, PackHoldKey(p))
+	return g.gc.Hold(ctx, gcID, repo.PackHold(p))
 }
 
 // condemnedSet reads gc.lock now — not from a watch, so no answer given

@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/internal/svctest"
 	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/objstore"
 	"github.com/strata-backup/strata/pkg/repo"
 )
 
@@ -37,6 +37,15 @@ func storePack(t *testing.T, ctx context.Context, r *repo.Repository, announce f
 	return p
 }
 
+// packedRepo is a packed repository in memory.
+func packedRepo(t *testing.T) *repo.Repository {
+	r, err := repo.OpenWith(context.Background(), objstore.NewMem(), repo.Options{ChunkSize: 64 << 10, Packs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 // fakeLocator is an index in memory (packindex has its own tests).
 type fakeLocator map[chunk.ID]chunk.Loc
 
@@ -57,11 +66,11 @@ func (f fakeLocator) Lookup(ids []chunk.ID) ([]chunk.Loc, []bool, error) {
 // Dedup in a packed repository answers from the index: located chunks
 // with where they are, unknown ones missing, and no request to the store.
 func TestMissingLocatesPackedChunks(t *testing.T) {
-	ctx, rt := svctest.Runtime(t, "dedup", 64<<10)
+	ctx, r := context.Background(), packedRepo(t)
 	x := fakeLocator{}
-	p := storePack(t, ctx, rt.Repo, nil, 0, 3)
+	p := storePack(t, ctx, r, nil, 0, 3)
 	x.add(p.Entries())
-	d := &Index{cache: NewPresentCache(16), bad: map[chunk.ID]bool{}, packs: x, packExists: rt.Repo.PackExists}
+	d := &Index{cache: NewPresentCache(16), bad: map[chunk.ID]bool{}, packs: x, packExists: r.PackExists}
 	bad := p.Entries()[2].ID
 	d.setBad(bad, true)
 	unknown := chunk.Hash([]byte("unknown"))
@@ -96,25 +105,29 @@ func TestMissingLocatesPackedChunks(t *testing.T) {
 // pack that disappeared since it was indexed (deleted by a collection this
 // instance never saw) is answered missing too, never located.
 func TestLocateHoldsCondemnedPacksAndSkipsGoneOnes(t *testing.T) {
-	ctx, rt := svctest.Runtime(t, "dedup", 64<<10)
+	eachGC(t, testLocateHoldsCondemnedPacksAndSkipsGoneOnes)
+}
+
+func testLocateHoldsCondemnedPacksAndSkipsGoneOnes(t *testing.T, ctx context.Context, gc testGC) {
+	r := packedRepo(t)
 	x := fakeLocator{}
-	held, claimed, gone, spared := storePack(t, ctx, rt.Repo, nil, 0, 2), storePack(t, ctx, rt.Repo, nil, 1, 2), storePack(t, ctx, rt.Repo, nil, 2, 2), storePack(t, ctx, rt.Repo, nil, 3, 2)
+	held, claimed, gone, spared := storePack(t, ctx, r, nil, 0, 2), storePack(t, ctx, r, nil, 1, 2), storePack(t, ctx, r, nil, 2, 2), storePack(t, ctx, r, nil, 3, 2)
 	for _, p := range []*repo.Pack{held, claimed, gone, spared} {
 		x.add(p.Entries())
 	}
-	rt.Repo.DeletePack(ctx, gone.ID)
-	rt.Repo.Store.Put(ctx, "gc/g1-packs.condemned", append(append([]byte{}, held.ID[:]...), claimed.ID[:]...))
-	if _, err := rt.GC.Take(ctx, contracts.GCLock{ID: "g1", Phase: "sweep", CondemnedPacks: "gc/g1-packs.condemned", Since: time.Now()}, time.Hour); err != nil {
+	r.DeletePack(ctx, gone.ID)
+	r.Store.Put(ctx, "gc/g1-packs.condemned", append(append([]byte{}, held.ID[:]...), claimed.ID[:]...))
+	if _, err := gc.Take(ctx, contracts.GCLock{ID: "g1", Phase: "sweep", CondemnedPacks: "gc/g1-packs.condemned", Since: time.Now()}, time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := rt.GC.Claim(ctx, "g1", PackHoldKey(claimed.ID)); err != nil || !ok {
+	if ok, err := gc.Claim(ctx, "g1", repo.PackHold(claimed.ID)); err != nil || !ok {
 		t.Fatalf("claim: %v %v", ok, err)
 	}
-	rt.Repo.DeletePack(ctx, claimed.ID)
-	rt.GC.Deleted(ctx, "g1", PackHoldKey(claimed.ID))
+	r.DeletePack(ctx, claimed.ID)
+	gc.Deleted(ctx, "g1", repo.PackHold(claimed.ID))
 
-	d := &Index{cache: NewPresentCache(16), bad: map[chunk.ID]bool{}, packs: x, packExists: rt.Repo.PackExists}
-	d.gc = &gcGuard{gc: rt.GC, store: rt.Repo.Store, forget: d.forget}
+	d := &Index{cache: NewPresentCache(16), bad: map[chunk.ID]bool{}, packs: x, packExists: r.PackExists}
+	d.gc = &gcGuard{gc: gc, store: r.Store, forget: d.forget}
 	var ids []chunk.ID
 	for _, p := range []*repo.Pack{held, claimed, gone, spared} {
 		ids = append(ids, p.Entries()[0].ID)
@@ -123,7 +136,7 @@ func TestLocateHoldsCondemnedPacksAndSkipsGoneOnes(t *testing.T) {
 	if want := []string{ids[1].String(), ids[2].String()}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("missing %v, want the chunks of the deleted packs %v", got, want)
 	}
-	if ok, err := rt.GC.Claim(ctx, "g1", PackHoldKey(held.ID)); err != nil || ok {
+	if ok, err := gc.Claim(ctx, "g1", repo.PackHold(held.ID)); err != nil || ok {
 		t.Fatalf("the collector could claim a pack dedup had just located a chunk in: %v %v", ok, err)
 	}
 }

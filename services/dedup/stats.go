@@ -5,75 +5,57 @@ import (
 	"fmt"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/manifest"
+	"github.com/strata-backup/strata/pkg/reach"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/runtime"
 )
 
-// stats answers strata repo stats: the pack mark a collection makes (no
-// lock, nothing condemned), each pack's trailer for the codecs of its live
+// stats answers strata repo stats: the mark a collection makes (no lock,
+// nothing condemned), each pack's trailer for the codecs of its live
 // chunks, the loose chunks' listing, and the last collection's reply. It
 // reads every manifest and one range of every pack: an operator's
 // question, never asked on the backup path.
 func stats(ctx context.Context, rt *runtime.Runtime, repackBelow float64) (*contracts.RepoStatsReply, error) {
-	r := &contracts.RepoStatsReply{Schema: contracts.SchemaVersion, ChunkSize: rt.Repo.Config.ChunkSize, RepackBelow: repackBelow, LiveByCodec: map[string]int64{}}
-	stored, moved, err := listPacks(ctx, rt.Repo)
+	r := &contracts.RepoStatsReply{Schema: contracts.SchemaVersion, ChunkSize: rt.Repo.Config.ChunkSize, RepackBelow: repackBelow}
+	sweep, err := rt.Repo.NewSweep(ctx, repo.SweepOptions{RepackBelow: repackBelow})
 	if err != nil {
 		return nil, err
 	}
-	m := newPackMark(rt)
+	m := sweep.Mark(0, 256)
+	var merr error
+	if err := eachResult(ctx, rt, func(d *contracts.SegmentDone) {
+		if merr == nil {
+			merr = m.Result(ctx, d)
+		}
+	}); err != nil {
+		return nil, err
+	}
+	if merr != nil {
+		return nil, merr
+	}
 	// logical bytes and references come from the same walk as the mark
-	m.onManifest = func(rec *contracts.BackupRecord, d contracts.DiskRecord, ids []chunk.ID) {
+	w := reach.Walker{Catalog: rt.Catalog, Repo: rt.Repo}
+	r.Backups, err = w.Walk(ctx, func(_ *contracts.BackupRecord, d contracts.DiskRecord, man *manifest.Manifest) error {
 		r.LogicalBytes += d.Size
-		for _, id := range ids {
+		for _, id := range man.IDs {
 			if !id.IsZero() {
 				r.References++
 			}
 		}
+		return m.Manifest(ctx, d.Manifest, man)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mark: %w", err)
 	}
-	if err := m.mark(ctx, stored, moved); err != nil {
+	u, err := m.Usage(ctx)
+	if err != nil {
 		return nil, err
 	}
-	r.Backups = m.backups
-	for _, recs := range moved {
-		r.MovedRecords += len(recs)
-	}
-	for p, info := range stored {
-		r.Packs++
-		r.PackBytes += info.Size
-		live := m.live.bytes(p)
-		r.LiveBytes += live
-		r.LiveChunks += int64(len(m.live[p]))
-		if live > 0 && float64(live) < repackBelow*float64(info.Size) {
-			r.PacksBelow++
-			r.BelowDeadBytes += info.Size - live
-		}
-		if live == 0 {
-			continue
-		}
-		entries, err := rt.Repo.PackIndex(ctx, p, info.Size)
-		if err != nil {
-			r.LiveByCodec["unreadable"] += live
-			continue
-		}
-		for _, e := range entries {
-			if _, ok := m.live[p][e.Loc.Off]; ok {
-				name := e.Codec.String()
-				if e.Codec == repo.CodecUnknown {
-					name = "unknown"
-				}
-				r.LiveByCodec[name] += int64(e.Loc.Len)
-			}
-		}
-	}
+	r.Packs, r.PackBytes, r.LiveBytes, r.LiveChunks = u.Packs, u.PackBytes, u.LiveBytes, int64(u.LiveChunks)
+	r.PacksBelow, r.BelowDeadBytes, r.MovedRecords, r.LiveByCodec = u.PacksBelow, u.BelowDeadBytes, u.MovedRecords, u.LiveByCodec
+	r.LooseChunks, r.LooseBytes = u.LooseChunks, u.LooseBytes
 	r.DeadBytes = r.PackBytes - r.LiveBytes
-	if err := rt.Repo.Chunks.List(ctx, 0, 256, func(sc repo.StoredChunk) error {
-		r.LooseChunks++
-		r.LooseBytes += sc.Size
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("list loose chunks: %w", err)
-	}
 	if r.LiveChunks > 0 {
 		r.DedupRatio = float64(r.References) / float64(r.LiveChunks)
 	}

@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/internal/svctest"
 )
 
 func TestIsLoopback(t *testing.T) {
@@ -69,11 +68,11 @@ func TestAllowedBy(t *testing.T) {
 	}
 }
 
-// The HTTP trigger on a real in-process NATS: 401 without the token or
+// The HTTP trigger (on in-memory ports): 401 without the token or
 // with a wrong one, 403 for a source outside the allow list or a file
 // source on a non-loopback endpoint without one, 202 otherwise.
 func TestHTTPTriggerAccess(t *testing.T) {
-	_, rt := svctest.Runtime(t, "scheduler", 64<<10)
+	s, _, pub, _ := testScheduler()
 	const token = "s3cret-token-0123456789"
 	post := func(h http.Handler, auth, source string) (int, string) {
 		srv := httptest.NewServer(h)
@@ -97,7 +96,6 @@ func TestHTTPTriggerAccess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &scheduler{rt: rt}
 	for _, c := range []struct {
 		auth, source string
 		code         int
@@ -117,7 +115,7 @@ func TestHTTPTriggerAccess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s = &scheduler{rt: rt, allow: limited.allow}
+	s.allow = limited.allow
 	for src, want := range map[string]int{"file:///srv/images/a.img": 202, "file:///srv/images/../../etc/shadow": 400, "nbd://kvm1:10809/vm1": 403} {
 		if code, body := post(s.handler(limited), "Bearer "+token, src); code != want {
 			t.Errorf("%s: %d %s, want %d", src, code, body, want)
@@ -125,7 +123,12 @@ func TestHTTPTriggerAccess(t *testing.T) {
 	}
 	// Loopback without a token: no authentication, any source.
 	local, _ := newAccess("127.0.0.1:0", "", nil)
-	if code, body := post((&scheduler{rt: rt}).handler(local), "", "file:///srv/a.img"); code != 202 {
+	s.allow = nil
+	if code, body := post(s.handler(local), "", "file:///srv/a.img"); code != 202 {
 		t.Errorf("loopback trigger: %d %s", code, body)
+	}
+	// Every 202 requested a backup; nothing refused did.
+	if n := len(pub.requests()); n != 3 {
+		t.Errorf("%d backups requested, want 3 (one per accepted trigger)", n)
 	}
 }

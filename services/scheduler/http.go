@@ -34,10 +34,10 @@ func (s *scheduler) serveHTTP(ctx context.Context, addr string, acc *access) err
 	}()
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.rt.Log.Error("scheduler http stopped", "err", err)
+			s.log.Error("scheduler http stopped", "err", err)
 		}
 	}()
-	s.rt.Log.Info("http trigger listening", "addr", ln.Addr().String(), "token", acc.token != nil, "source_allow", acc.allow)
+	s.log.Info("http trigger listening", "addr", ln.Addr().String(), "token", acc.token != nil, "source_allow", acc.allow)
 	return nil
 }
 
@@ -45,7 +45,7 @@ func (s *scheduler) handler(acc *access) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/backups", func(w http.ResponseWriter, r *http.Request) {
 		if !acc.authorized(r) {
-			s.rt.Log.Warn("http trigger refused: no valid bearer token", "remote", r.RemoteAddr)
+			s.log.Warn("http trigger refused: no valid bearer token", "remote", r.RemoteAddr)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="strata"`)
 			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "a valid bearer token is required (STRATA_API_TOKEN_FILE)"})
 			return
@@ -57,12 +57,12 @@ func (s *scheduler) handler(acc *access) http.Handler {
 		}
 		var t contracts.BackupTrigger
 		if err := contracts.Decode(body, &t); err != nil {
-			s.rt.Log.Warn("http trigger refused", "remote", r.RemoteAddr, "reason", err)
+			s.log.Warn("http trigger refused", "remote", r.RemoteAddr, "reason", err)
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 			return
 		}
 		if err := acc.sourceAllowed(t.Source); err != nil {
-			s.rt.Log.Warn("http trigger refused", "remote", r.RemoteAddr, "reason", err)
+			s.log.Warn("http trigger refused", "remote", r.RemoteAddr, "reason", err)
 			writeJSON(w, http.StatusForbidden, map[string]string{"error": err.Error()})
 			return
 		}
@@ -79,7 +79,7 @@ func (s *scheduler) handler(acc *access) http.Handler {
 		writeJSON(w, http.StatusAccepted, accepted)
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		if !s.rt.Bus.NC.IsConnected() {
+		if !s.connected() {
 			http.Error(w, "nats disconnected", http.StatusServiceUnavailable)
 			return
 		}

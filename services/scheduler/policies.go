@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/robfig/cron/v3"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
@@ -43,8 +44,8 @@ func (st *policyState) handledUpTo(t time.Time) {
 // duplicates collapse, so no slot is lost while any replica runs and none
 // is doubled. A (re)started scheduler looks back `catchup` for slots that
 // fired while no replica was up.
-func (s *scheduler) runPolicies(ctx context.Context, tick, catchup time.Duration) error {
-	policies, err := policy.Open(ctx, s.rt.Bus.JS)
+func (s *scheduler) runPolicies(ctx context.Context, js jetstream.JetStream, tick, catchup time.Duration) error {
+	policies, err := policy.Open(ctx, js)
 	if err != nil {
 		return err
 	}
@@ -58,26 +59,8 @@ func (s *scheduler) runPolicies(ctx context.Context, tick, catchup time.Duration
 	go func() {
 		for c := range changes {
 			mu.Lock()
-			if c.Err != nil {
-				s.rt.Log.Error("policy refused", "key", c.Key, "err", c.Err)
-			}
-			if c.Policy == nil {
-				delete(states, c.Key)
-				mu.Unlock()
-				continue
-			}
-			p := *c.Policy
-			sched, _ := schedule.Parse(p.Schedule) // parsed by the watch
-			last := started.Add(-catchup)
-			if old, ok := states[c.Key]; ok {
-				last = old.handled()
-			}
-			if p.UpdatedAt.After(last) {
-				last = p.UpdatedAt // a new policy does not fire slots from before it existed
-			}
-			states[c.Key] = &policyState{policy: p, sched: sched, last: last}
+			s.apply(states, c, started.Add(-catchup))
 			mu.Unlock()
-			s.rt.Log.Info("policy loaded", "vm", p.VM, "schedule", p.Schedule)
 		}
 	}()
 	go func() {
@@ -103,6 +86,36 @@ func (s *scheduler) runPolicies(ctx context.Context, tick, catchup time.Duration
 	return nil
 }
 
+// apply updates the running policies with a change. A policy starts from
+// the later of since (the catch-up horizon) and its last update — a new
+// policy does not fire slots from before it existed — and a changed one
+// from the slots already handled.
+func (s *scheduler) apply(states map[string]*policyState, c policy.Change, since time.Time) {
+	if c.Err != nil {
+		s.log.Error("policy refused", "key", c.Key, "err", c.Err)
+	}
+	if c.Policy == nil {
+		delete(states, c.Key)
+		return
+	}
+	p := *c.Policy
+	sched, err := schedule.Parse(p.Schedule) // checked by the watch; a bad one is kept out all the same
+	if err != nil {
+		s.log.Error("policy refused", "key", c.Key, "err", err)
+		delete(states, c.Key)
+		return
+	}
+	last := since
+	if old, ok := states[c.Key]; ok {
+		last = old.handled()
+	}
+	if p.UpdatedAt.After(last) {
+		last = p.UpdatedAt
+	}
+	states[c.Key] = &policyState{policy: p, sched: sched, last: last}
+	s.log.Info("policy loaded", "vm", p.VM, "schedule", p.Schedule)
+}
+
 // fireDue fires every slot of one policy that is due by now. A slot that
 // cannot be fired (NATS down) is retried on the next tick.
 func (s *scheduler) fireDue(ctx context.Context, st *policyState, now time.Time) {
@@ -111,7 +124,7 @@ func (s *scheduler) fireDue(ctx context.Context, st *policyState, now time.Time)
 			return
 		}
 		if err := s.fireSlot(ctx, st.policy, slot); err != nil {
-			s.rt.Log.Warn("slot not fired; retrying", "vm", st.policy.VM, "slot", slot, "err", err)
+			s.log.Warn("slot not fired; retrying", "vm", st.policy.VM, "slot", slot, "err", err)
 			return
 		}
 		st.handledUpTo(slot)
@@ -120,10 +133,10 @@ func (s *scheduler) fireDue(ctx context.Context, st *policyState, now time.Time)
 
 func (s *scheduler) fireSlot(ctx context.Context, p contracts.Policy, slot time.Time) error {
 	id := schedule.SlotBackupID(p.VM, slot)
-	ctx, span := s.rt.Bus.Tracer.Start(ctx, "backup "+p.VM, trace.WithNewRoot(), trace.WithAttributes(
+	ctx, span := s.tracer.Start(ctx, "backup "+p.VM, trace.WithNewRoot(), trace.WithAttributes(
 		attribute.String("strata.vm", p.VM), attribute.String("strata.backup_id", id), attribute.String("strata.slot", slot.Format(time.RFC3339))))
 	defer span.End()
-	recs, err := s.rt.Catalog.List(ctx, p.VM)
+	recs, err := s.cat.List(ctx, p.VM)
 	if err != nil {
 		return err
 	}
@@ -138,20 +151,20 @@ func (s *scheduler) fireSlot(ctx context.Context, p contracts.Policy, slot time.
 			now := time.Now().UTC()
 			skipped := &contracts.BackupRecord{Schema: contracts.SchemaVersion, ID: id, VM: p.VM, Source: p.Source,
 				State: contracts.StateSkipped, Error: fmt.Sprintf("backup %s still %s", r.ID, r.State),
-				ChunkSize: s.rt.Repo.Config.ChunkSize, CreatedAt: now, UpdatedAt: now, FinishedAt: &now, Slot: &slot,
+				ChunkSize: s.chunkSize, CreatedAt: now, UpdatedAt: now, FinishedAt: &now, Slot: &slot,
 				TraceID: span.SpanContext().TraceID().String()}
-			if _, _, err := s.rt.Catalog.Create(ctx, skipped); err != nil {
+			if _, _, err := s.cat.Create(ctx, skipped); err != nil {
 				return err
 			}
-			s.rt.Log.InfoContext(ctx, "slot skipped: previous backup still running", "vm", p.VM, "slot", slot, "running", r.ID)
+			s.log.InfoContext(ctx, "slot skipped: previous backup still running", "vm", p.VM, "slot", slot, "running", r.ID)
 			return nil
 		}
 	}
 	req := &contracts.BackupRequested{Schema: contracts.SchemaVersion, BackupID: id, VM: p.VM, Source: p.Source,
 		RequestedAt: time.Now().UTC(), Slot: &slot, KeyInterval: p.KeyInterval, Verify: p.Verify, SkipFree: p.SkipFree}
-	if err := s.rt.Bus.Publish(ctx, contracts.SubjectBackupRequested, req, "req-"+id); err != nil {
+	if err := s.pub.Publish(ctx, contracts.SubjectBackupRequested, req, "req-"+id); err != nil {
 		return err
 	}
-	s.rt.Log.InfoContext(ctx, "scheduled backup requested", "vm", p.VM, "backup", id, "slot", slot)
+	s.log.InfoContext(ctx, "scheduled backup requested", "vm", p.VM, "backup", id, "slot", slot)
 	return nil
 }

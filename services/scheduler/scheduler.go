@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -57,7 +58,11 @@ type Config struct {
 
 // Start registers the scheduler's endpoint and consumers.
 func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
-	s := &scheduler{rt: rt, allow: cfg.SourceAllow}
+	s := &scheduler{cat: rt.Catalog, pub: rt.Bus, fail: rt, tracer: rt.Bus.Tracer, log: rt.Log, chunkSize: rt.Repo.Config.ChunkSize,
+		allow: cfg.SourceAllow, connected: rt.Bus.NC.IsConnected,
+		request: func(ctx context.Context, subject string, req, reply contracts.Message) error {
+			return bus.Request(ctx, rt.Bus.NC, subject, req, reply)
+		}}
 	var acc *access
 	if cfg.HTTPAddr != "" {
 		var err error
@@ -111,7 +116,7 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 			return err
 		}
 	}
-	if err := s.runPolicies(ctx, max(cfg.Tick, 100*time.Millisecond), cfg.Catchup); err != nil {
+	if err := s.runPolicies(ctx, rt.Bus.JS, max(cfg.Tick, 100*time.Millisecond), cfg.Catchup); err != nil {
 		return err
 	}
 	if cfg.HTTPAddr == "" {
@@ -120,9 +125,35 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	return s.serveHTTP(ctx, cfg.HTTPAddr, acc)
 }
 
+// The scheduler's ports: the few methods it uses of the catalog, the bus
+// and the runtime, so that its slot logic is tested without NATS.
+type (
+	records interface {
+		Get(ctx context.Context, vm, id string) (*contracts.BackupRecord, uint64, error)
+		List(ctx context.Context, vm string) ([]*contracts.BackupRecord, error)
+		Create(ctx context.Context, r *contracts.BackupRecord) (existing *contracts.BackupRecord, created bool, err error)
+	}
+	publisher interface {
+		Publish(ctx context.Context, subject string, m contracts.Message, msgID string) error
+	}
+	// failures records outcomes (runtime.Runtime).
+	failures interface {
+		FailBackup(ctx context.Context, vm, id, reason string) error
+		FailRequest(ctx context.Context, req *contracts.BackupRequested, reason string) error
+	}
+)
+
 type scheduler struct {
-	rt    *runtime.Runtime
-	allow []string // STRATA_SOURCE_ALLOW
+	cat       records
+	pub       publisher
+	fail      failures
+	tracer    trace.Tracer
+	log       *slog.Logger
+	chunkSize int
+	allow     []string // STRATA_SOURCE_ALLOW
+	// request asks a service (micro endpoint) and decodes its reply.
+	request   func(ctx context.Context, subject string, req, reply contracts.Message) error
+	connected func() bool // NATS is reachable (the HTTP trigger's readiness)
 }
 
 // runVerifyJobs publishes a VerifyJob at every slot of the schedule. Every
@@ -134,8 +165,8 @@ func (s *scheduler) runVerifyJobs(ctx context.Context, expr string) error {
 	}
 	atSlots(ctx, sched, func(next time.Time) {
 		job := &contracts.VerifyJob{Schema: contracts.SchemaVersion, Slot: next.UTC()}
-		if err := s.rt.Bus.Publish(ctx, contracts.SubjectVerifyJob, job, "verify-job-"+next.UTC().Format(time.RFC3339Nano)); err != nil {
-			s.rt.Log.WarnContext(ctx, "verify job not started", "slot", next, "err", err)
+		if err := s.pub.Publish(ctx, contracts.SubjectVerifyJob, job, "verify-job-"+next.UTC().Format(time.RFC3339Nano)); err != nil {
+			s.log.WarnContext(ctx, "verify job not started", "slot", next, "err", err)
 		}
 	})
 	return nil
@@ -171,15 +202,15 @@ func (s *scheduler) runMaintenance(ctx context.Context, cfg Config) error {
 		req := &contracts.GCRequest{Schema: contracts.SchemaVersion, Recompress: cfg.GCRecompress, RateLimit: cfg.GCRateLimit}
 		var reply contracts.GCReply
 		rctx, cancel := context.WithTimeout(ctx, 24*time.Hour)
-		err := bus.Request(rctx, s.rt.Bus.NC, contracts.SubjectDedupGC, req, &reply)
+		err := s.request(rctx, contracts.SubjectDedupGC, req, &reply)
 		cancel()
 		switch {
 		case err != nil && strings.Contains(err.Error(), "already running"):
-			s.rt.Log.InfoContext(ctx, "scheduled gc: another collection runs", "slot", next)
+			s.log.InfoContext(ctx, "scheduled gc: another collection runs", "slot", next)
 		case err != nil:
-			s.rt.Log.WarnContext(ctx, "scheduled gc failed", "slot", next, "err", err)
+			s.log.WarnContext(ctx, "scheduled gc failed", "slot", next, "err", err)
 		default:
-			s.rt.Log.InfoContext(ctx, "scheduled gc", "slot", next, "freed_bytes", reply.FreedBytes, "packs_repacked", reply.PacksRepacked, "recompressed", reply.Recompressed)
+			s.log.InfoContext(ctx, "scheduled gc", "slot", next, "freed_bytes", reply.FreedBytes, "packs_repacked", reply.PacksRepacked, "recompressed", reply.Recompressed)
 		}
 	})
 	return nil
@@ -193,9 +224,9 @@ func (s *scheduler) enforceDeadline(ctx context.Context, req *contracts.BackupRe
 		return bus.Later(wait)
 	}
 	reason := fmt.Sprintf("not finished within the backup deadline (STRATA_BACKUP_DEADLINE=%s)", deadline)
-	rec, _, err := s.rt.Catalog.Get(ctx, req.VM, req.BackupID)
+	rec, _, err := s.cat.Get(ctx, req.VM, req.BackupID)
 	if errors.Is(err, catalog.ErrNotFound) {
-		return s.rt.FailRequest(ctx, req, reason+"; never planned")
+		return s.fail.FailRequest(ctx, req, reason+"; never planned")
 	}
 	if err != nil {
 		return err
@@ -203,7 +234,7 @@ func (s *scheduler) enforceDeadline(ctx context.Context, req *contracts.BackupRe
 	if rec.State.Final() {
 		return nil
 	}
-	return s.rt.FailBackup(ctx, req.VM, req.BackupID, reason)
+	return s.fail.FailBackup(ctx, req.VM, req.BackupID, reason)
 }
 
 // start names a new backup and requests it. The root span of the backup's
@@ -216,14 +247,14 @@ func (s *scheduler) start(ctx context.Context, t *contracts.BackupTrigger) (*con
 	if err != nil {
 		return nil, err
 	}
-	ctx, span := s.rt.Bus.Tracer.Start(ctx, "backup "+t.VM, trace.WithAttributes(
+	ctx, span := s.tracer.Start(ctx, "backup "+t.VM, trace.WithAttributes(
 		attribute.String("strata.vm", t.VM), attribute.String("strata.backup_id", id.String()), attribute.String("strata.source", t.Source)))
 	defer span.End()
 	req := &contracts.BackupRequested{Schema: contracts.SchemaVersion, BackupID: id.String(), VM: t.VM, Source: t.Source, RequestedAt: time.Now().UTC(), Verify: t.Verify, SkipFree: t.SkipFree}
-	if err := s.rt.Bus.Publish(ctx, contracts.SubjectBackupRequested, req, "req-"+req.BackupID); err != nil {
+	if err := s.pub.Publish(ctx, contracts.SubjectBackupRequested, req, "req-"+req.BackupID); err != nil {
 		return nil, err
 	}
-	s.rt.Log.InfoContext(ctx, "backup requested", "vm", t.VM, "backup", req.BackupID, "source", t.Source)
+	s.log.InfoContext(ctx, "backup requested", "vm", t.VM, "backup", req.BackupID, "source", t.Source)
 	return &contracts.BackupAccepted{Schema: contracts.SchemaVersion, BackupID: req.BackupID, TraceID: span.SpanContext().TraceID().String()}, nil
 }
 
@@ -231,7 +262,7 @@ func (s *scheduler) start(ctx context.Context, t *contracts.BackupTrigger) (*con
 // published, so segments not yet read are skipped, its snapshot released
 // and waiting clients return.
 func (s *scheduler) cancel(ctx context.Context, req *contracts.CancelRequest) (*contracts.CancelReply, error) {
-	rec, _, err := s.rt.Catalog.Get(ctx, req.VM, req.BackupID)
+	rec, _, err := s.cat.Get(ctx, req.VM, req.BackupID)
 	if err != nil {
 		return nil, err
 	}
@@ -239,10 +270,10 @@ func (s *scheduler) cancel(ctx context.Context, req *contracts.CancelRequest) (*
 	if rec.State.Final() {
 		return reply, nil
 	}
-	if err := s.rt.FailBackup(ctx, req.VM, req.BackupID, "cancelled by the user"); err != nil {
+	if err := s.fail.FailBackup(ctx, req.VM, req.BackupID, "cancelled by the user"); err != nil {
 		return nil, err
 	}
-	if rec, _, err = s.rt.Catalog.Get(ctx, req.VM, req.BackupID); err != nil {
+	if rec, _, err = s.cat.Get(ctx, req.VM, req.BackupID); err != nil {
 		return nil, err
 	}
 	reply.State, reply.Reason, reply.Cancelled = rec.State, rec.Error, rec.Error == "cancelled by the user"
@@ -250,6 +281,6 @@ func (s *scheduler) cancel(ctx context.Context, req *contracts.CancelRequest) (*
 }
 
 func (s *scheduler) record(ctx context.Context, o *contracts.BackupOutcome) error {
-	s.rt.Log.InfoContext(ctx, "backup finished", "vm", o.VM, "backup", o.BackupID, "state", o.State, "reason", o.Reason)
+	s.log.InfoContext(ctx, "backup finished", "vm", o.VM, "backup", o.BackupID, "state", o.State, "reason", o.Reason)
 	return nil
 }

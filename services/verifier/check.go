@@ -78,7 +78,7 @@ func (v *verifier) health(ctx context.Context, req *contracts.CheckRequest) (*co
 	reply.BadManifests = append(reply.BadManifests, scan.badManifests...)
 	reply.Backups = scan.backups
 	// The bad chunks as recorded now (new findings included).
-	if reply.BadChunks, err = v.rt.Bad.List(ctx); err != nil {
+	if reply.BadChunks, err = v.bad.List(ctx); err != nil {
 		return nil, err
 	}
 	if reply.BadChunks == nil {
@@ -86,7 +86,7 @@ func (v *verifier) health(ctx context.Context, req *contracts.CheckRequest) (*co
 	}
 	reply.Healthy = len(reply.BadChunks) == 0 && len(reply.Damaged) == 0 && len(reply.Failed) == 0 && len(reply.BadManifests) == 0
 	reply.Seconds = time.Since(start).Seconds()
-	v.rt.Log.InfoContext(ctx, "check", "healthy", reply.Healthy, "referenced", reply.Referenced, "listed", reply.Listed,
+	v.log.InfoContext(ctx, "check", "healthy", reply.Healthy, "referenced", reply.Referenced, "listed", reply.Listed,
 		"missing", reply.Missing, "read", reply.ChunksRead, "bad", len(reply.BadChunks), "damaged", len(reply.Damaged), "seconds", reply.Seconds)
 	return reply, nil
 }
@@ -94,7 +94,7 @@ func (v *verifier) health(ctx context.Context, req *contracts.CheckRequest) (*co
 // recheckKnownBad reads every marked chunk again, clears the repaired ones
 // and returns the ones still bad.
 func (v *verifier) recheckKnownBad(ctx context.Context, reply *contracts.CheckReply) (map[chunk.ID]string, error) {
-	known, err := v.rt.Bad.List(ctx)
+	known, err := v.bad.List(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -104,7 +104,7 @@ func (v *verifier) recheckKnownBad(ctx context.Context, reply *contracts.CheckRe
 	}
 	// A repair is stored on its own (see repo.ReadChunk), so that is where
 	// a chunk marked bad is looked for.
-	found, err := repo.CheckChunks(ctx, v.rt.Repo, repo.Refs(ids, nil), 8)
+	found, err := repo.CheckChunks(ctx, v.repo, repo.Refs(ids, nil), 8)
 	if err != nil {
 		return nil, err
 	}
@@ -114,11 +114,11 @@ func (v *verifier) recheckKnownBad(ctx context.Context, reply *contracts.CheckRe
 			still[ids[i]] = reason
 			continue
 		}
-		if err := v.rt.Bad.Clear(ctx, ids[i]); err != nil {
+		if err := v.bad.Clear(ctx, ids[i]); err != nil {
 			return nil, err
 		}
 		reply.Repaired = append(reply.Repaired, b.ID)
-		v.rt.Log.InfoContext(ctx, "bad chunk repaired", "chunk", b.ID)
+		v.log.InfoContext(ctx, "bad chunk repaired", "chunk", b.ID)
 	}
 	return still, nil
 }
@@ -127,7 +127,7 @@ func (v *verifier) recheckKnownBad(ctx context.Context, reply *contracts.CheckRe
 // listing and marks the missing ones bad.
 func (v *verifier) checkShard(ctx context.Context, lo byte, hi int, bad map[chunk.ID]string, reply *contracts.CheckReply) error {
 	referenced := map[chunk.ID]bool{} // id → seen in the listing
-	w := reach.Walker{Catalog: v.rt.Catalog, Repo: v.rt.Repo, Keep: reach.Committed,
+	w := reach.Walker{Catalog: v.cat, Repo: v.repo, Keep: reach.Committed,
 		// Unreadable manifests are findings of the damage scan, which reads
 		// every manifest once more; here they only contribute no ids.
 		BadManifest: func(_ *contracts.BackupRecord, _ contracts.DiskRecord, err error) error {
@@ -151,7 +151,7 @@ func (v *verifier) checkShard(ctx context.Context, lo byte, hi int, bad map[chun
 	if err != nil {
 		return err
 	}
-	err = v.rt.Repo.Chunks.List(ctx, lo, hi, func(sc repo.StoredChunk) error {
+	err = v.repo.Chunks.List(ctx, lo, hi, func(sc repo.StoredChunk) error {
 		reply.Listed++
 		if _, ok := referenced[sc.ID]; ok {
 			referenced[sc.ID] = true
@@ -165,7 +165,7 @@ func (v *verifier) checkShard(ctx context.Context, lo byte, hi int, bad map[chun
 		// Packs are named by their own ids, not their chunks': one listing
 		// of all of them answers for every packed chunk of the shard.
 		packs := map[chunk.PackID]bool{}
-		if err := v.rt.Repo.ListPacks(ctx, 0, 256, func(p chunk.PackID, _ objstore.Info) error {
+		if err := v.repo.ListPacks(ctx, 0, 256, func(p chunk.PackID, _ objstore.Info) error {
 			packs[p] = true
 			return nil
 		}); err != nil {
@@ -174,7 +174,7 @@ func (v *verifier) checkShard(ctx context.Context, lo byte, hi int, bad map[chun
 		// A pack compaction rewrote is read through its moved records;
 		// whether each chunk really is where they say is the chunk check's
 		// to find (it reads them).
-		if err := v.rt.Repo.ListMoved(ctx, func(p chunk.PackID, _ []objstore.Info) error {
+		if err := v.repo.ListMoved(ctx, func(p chunk.PackID, _ []objstore.Info) error {
 			packs[p] = true
 			return nil
 		}); err != nil {
@@ -203,11 +203,11 @@ func (v *verifier) checkShard(ctx context.Context, lo byte, hi int, bad map[chun
 	}
 	now := time.Now().UTC()
 	for id, reason := range missing {
-		if err := v.rt.Bad.Mark(ctx, contracts.BadChunk{ID: id.String(), Reason: reason, FoundAt: now}); err != nil {
+		if err := v.bad.Mark(ctx, contracts.BadChunk{ID: id.String(), Reason: reason, FoundAt: now}); err != nil {
 			return err
 		}
 		bad[id] = reason
-		v.rt.Log.ErrorContext(ctx, "bad chunk", "chunk", id.String(), "reason", reason)
+		v.log.ErrorContext(ctx, "bad chunk", "chunk", id.String(), "reason", reason)
 	}
 	return nil
 }

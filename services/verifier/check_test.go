@@ -7,18 +7,16 @@ import (
 	"time"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/internal/svctest"
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/manifest"
 	"github.com/strata-backup/strata/pkg/repo"
-	"github.com/strata-backup/strata/pkg/runtime"
 )
 
 const testChunk = 64 << 10
 
 // storeBackup writes a verified one-disk backup whose chunks are n
 // distinct blocks (plus a zero chunk) and returns its record and ids.
-func storeBackup(t *testing.T, ctx context.Context, rt *runtime.Runtime, vm string, seed, n int) (*contracts.BackupRecord, []chunk.ID) {
+func storeBackup(t *testing.T, ctx context.Context, rt *testVerifier, vm string, seed, n int) (*contracts.BackupRecord, []chunk.ID) {
 	t.Helper()
 	id := fmt.Sprintf("0190e1a0-0000-7000-8000-%012d", seed)
 	man := &manifest.Manifest{BackupID: id, ChunkSize: testChunk, DiskSize: int64(n+1) * testChunk}
@@ -26,35 +24,34 @@ func storeBackup(t *testing.T, ctx context.Context, rt *runtime.Runtime, vm stri
 	for i := 0; i < n; i++ {
 		data := make([]byte, testChunk)
 		copy(data, fmt.Sprintf("vm %s seed %d block %d", vm, seed, i))
-		cid := rt.Repo.ChunkID(data)
-		if err := rt.Repo.Chunks.PutChunk(ctx, cid, rt.Repo.EncodeChunk(cid, data)); err != nil {
+		cid := rt.repo.ChunkID(data)
+		if err := rt.repo.Chunks.PutChunk(ctx, cid, rt.repo.EncodeChunk(cid, data)); err != nil {
 			t.Fatal(err)
 		}
 		man.IDs = append(man.IDs, cid)
 		ids = append(ids, cid)
 	}
 	man.IDs = append(man.IDs, chunk.ID{})
-	key, err := rt.Repo.PutManifest(ctx, vm, man)
+	key, err := rt.repo.PutManifest(ctx, vm, man)
 	if err != nil {
 		t.Fatal(err)
 	}
 	rec := &contracts.BackupRecord{Schema: contracts.SchemaVersion, ID: id, VM: vm, Source: "file:///x.img", State: contracts.StateVerified,
 		ChunkSize: testChunk, CreatedAt: time.Now().UTC(), UpdatedAt: time.Now().UTC(),
 		Disks: []contracts.DiskRecord{{Index: 0, Name: "disk0", Size: man.DiskSize, Segments: 1, Manifest: key}}}
-	if _, _, err := rt.Catalog.Import(ctx, rec); err != nil {
-		t.Fatal(err)
-	}
+	rt.cat.put(rec)
 	return rec, ids
 }
 
-// strata check on a real in-process NATS and an in-memory store: it finds
+// strata check (on in-memory ports and store): it finds
 // a chunk deleted from the store and a manifest that no longer decodes on
 // its own (nothing known bad beforehand), records and attributes them as
 // the verifier does, in one pass or in shards, and is healthy again once
 // both are repaired.
 func TestCheckLooksForItself(t *testing.T) {
-	ctx, rt := svctest.Runtime(t, "verifier", testChunk)
-	v := &verifier{rt: rt, checkShards: 1}
+	ctx := context.Background()
+	rt := newTestVerifier(t)
+	v := rt
 	a, aIDs := storeBackup(t, ctx, rt, "a", 1, 20)
 	b, _ := storeBackup(t, ctx, rt, "b", 2, 10)
 	check := func(shards int) *contracts.CheckReply {
@@ -71,18 +68,18 @@ func TestCheckLooksForItself(t *testing.T) {
 
 	// A chunk vanishes from the store.
 	victim := aIDs[7]
-	data, err := rt.Repo.Chunks.GetChunk(ctx, victim)
+	data, err := rt.repo.Chunks.GetChunk(ctx, victim)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := rt.Repo.Chunks.Delete(ctx, victim); err != nil {
+	if err := rt.repo.Chunks.Delete(ctx, victim); err != nil {
 		t.Fatal(err)
 	}
 	// And b's manifest is corrupted.
-	obj, _ := rt.Repo.Store.Get(ctx, b.Disks[0].Manifest)
+	obj, _ := rt.repo.Store.Get(ctx, b.Disks[0].Manifest)
 	good := append([]byte(nil), obj...)
 	obj[len(obj)/2] ^= 0x01
-	rt.Repo.Store.Put(ctx, b.Disks[0].Manifest, obj)
+	rt.repo.Store.Put(ctx, b.Disks[0].Manifest, obj)
 
 	for _, shards := range []int{1, 4} {
 		r := check(shards)
@@ -97,26 +94,26 @@ func TestCheckLooksForItself(t *testing.T) {
 			t.Fatalf("shards=%d: damaged %+v, want both backups", shards, r.Damaged)
 		}
 	}
-	if rec, _, _ := rt.Catalog.Get(ctx, "a", a.ID); !rec.Damaged {
+	if rec, _, _ := rt.cat.Get(ctx, "a", a.ID); !rec.Damaged {
 		t.Fatal("backup a not marked damaged in the catalog")
 	}
-	marks, _ := rt.Bad.List(ctx)
+	marks, _ := rt.bad.List(ctx)
 	if len(marks) != 1 || marks[0].ID != victim.String() {
 		t.Fatalf("bad-chunk marks: %+v", marks)
 	}
 
 	// Repaired: the chunk stored again (as the next backup would), the
 	// manifest restored.
-	rt.Repo.Chunks.PutChunk(ctx, victim, rt.Repo.EncodeChunk(victim, data))
-	rt.Repo.Store.Put(ctx, b.Disks[0].Manifest, good)
+	rt.repo.Chunks.PutChunk(ctx, victim, rt.repo.EncodeChunk(victim, data))
+	rt.repo.Store.Put(ctx, b.Disks[0].Manifest, good)
 	r := check(0)
 	if !r.Healthy || len(r.Repaired) != 1 || len(r.Damaged) != 0 {
 		t.Fatalf("after repair: %+v", r)
 	}
-	if rec, _, _ := rt.Catalog.Get(ctx, "a", a.ID); rec.Damaged {
+	if rec, _, _ := rt.cat.Get(ctx, "a", a.ID); rec.Damaged {
 		t.Fatal("backup a still marked damaged")
 	}
-	if _, err := repo.CheckChunks(ctx, rt.Repo, repo.Refs(aIDs, nil), 4); err != nil {
+	if _, err := repo.CheckChunks(ctx, rt.repo, repo.Refs(aIDs, nil), 4); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -125,11 +122,12 @@ func TestCheckLooksForItself(t *testing.T) {
 // workers stored with an acknowledged PUT, and still finds every other
 // missing chunk.
 func TestCommitCheckTrustsAcknowledgedUploads(t *testing.T) {
-	ctx, rt := svctest.Runtime(t, "verifier", testChunk)
-	v := &verifier{rt: rt, checkShards: 1}
+	ctx := context.Background()
+	rt := newTestVerifier(t)
+	v := rt
 	rec, ids := storeBackup(t, ctx, rt, "a", 1, 20)
 	for _, i := range []int{3, 12} {
-		if err := rt.Repo.Chunks.Delete(ctx, ids[i]); err != nil {
+		if err := rt.repo.Chunks.Delete(ctx, ids[i]); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -12,7 +12,6 @@ import (
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/manifest"
-	"github.com/strata-backup/strata/pkg/policy"
 	"github.com/strata-backup/strata/pkg/reach"
 	"github.com/strata-backup/strata/pkg/repo"
 )
@@ -24,10 +23,10 @@ import (
 func (v *verifier) recordDamage(ctx context.Context, bad map[chunk.ID]string) ([]contracts.BackupRef, error) {
 	now := time.Now().UTC()
 	for id, reason := range bad {
-		if err := v.rt.Bad.Mark(ctx, contracts.BadChunk{ID: id.String(), Reason: reason, FoundAt: now}); err != nil {
+		if err := v.bad.Mark(ctx, contracts.BadChunk{ID: id.String(), Reason: reason, FoundAt: now}); err != nil {
 			return nil, err
 		}
-		v.rt.Log.ErrorContext(ctx, "bad chunk", "chunk", id.String(), "reason", reason)
+		v.log.ErrorContext(ctx, "bad chunk", "chunk", id.String(), "reason", reason)
 	}
 	damaged, _, _, err := v.refreshDamage(ctx, bad)
 	return damaged, err
@@ -96,7 +95,7 @@ type damageScan struct {
 // references a bad chunk or one of its manifests cannot be read (read only
 // when readManifests), off otherwise.
 func (v *verifier) scanDamage(ctx context.Context, bad map[chunk.ID]string, readManifests bool) (*damageScan, error) {
-	recs, err := v.rt.Catalog.List(ctx, "")
+	recs, err := v.cat.List(ctx, "")
 	if err != nil {
 		return nil, err
 	}
@@ -108,7 +107,7 @@ func (v *verifier) scanDamage(ctx context.Context, bad map[chunk.ID]string, read
 	scan.failed, scan.ignored = newestFailed(recs, func(vm string) bool { return policies[vm] })
 	hits := map[string]bool{} // catalog key
 	if readManifests {
-		w := reach.Walker{Catalog: v.rt.Catalog, Repo: v.rt.Repo, Records: recs, Keep: reach.Committed,
+		w := reach.Walker{Catalog: v.cat, Repo: v.repo, Records: recs, Keep: reach.Committed,
 			BadManifest: func(r *contracts.BackupRecord, d contracts.DiskRecord, err error) error {
 				if repo.IsBadManifest(err) {
 					hits[contracts.CatalogKey(r.VM, r.ID)] = true
@@ -145,21 +144,21 @@ func (v *verifier) scanDamage(ctx context.Context, bad map[chunk.ID]string, read
 		if hit == r.Damaged {
 			continue
 		}
-		_, err := v.rt.Catalog.SetDamaged(ctx, r.VM, r.ID, hit)
+		_, err := v.cat.SetDamaged(ctx, r.VM, r.ID, hit)
 		if errors.Is(err, catalog.ErrNotFound) {
 			continue // pruned meanwhile
 		}
 		if err != nil {
 			return nil, err
 		}
-		v.rt.Log.WarnContext(ctx, "backup damage changed", "vm", r.VM, "backup", r.ID, "damaged", hit)
+		v.log.WarnContext(ctx, "backup damage changed", "vm", r.VM, "backup", r.ID, "damaged", hit)
 	}
 	return scan, nil
 }
 
 // badChunks reads the bad-chunk entries of the catalog bucket.
 func (v *verifier) badChunks(ctx context.Context) ([]contracts.BadChunk, error) {
-	return v.rt.Bad.List(ctx)
+	return v.bad.List(ctx)
 }
 
 // verifyNow is `strata verify`: one backup in one mode, or a chunks job
@@ -170,7 +169,7 @@ func (v *verifier) verifyNow(ctx context.Context, req *contracts.VerifyRequest) 
 		return v.chunkJob(ctx, nil)
 	}
 	if req.All {
-		all, err := v.rt.Catalog.List(ctx, "")
+		all, err := v.cat.List(ctx, "")
 		if err != nil {
 			return nil, err
 		}
@@ -180,7 +179,7 @@ func (v *verifier) verifyNow(ctx context.Context, req *contracts.VerifyRequest) 
 			}
 		}
 	} else {
-		r, _, err := v.rt.Catalog.Get(ctx, req.VM, req.BackupID)
+		r, _, err := v.cat.Get(ctx, req.VM, req.BackupID)
 		if err != nil {
 			return nil, fmt.Errorf("backup %s of %s: %w", req.BackupID, req.VM, err)
 		}
@@ -203,7 +202,7 @@ func (v *verifier) verifyNow(ctx context.Context, req *contracts.VerifyRequest) 
 			problems = append(problems, fmt.Sprintf("%s/%s: %s", r.VM, r.ID, reply.Problem))
 		}
 		if reply.OK {
-			if err := v.rt.Catalog.RecordVerification(ctx, r.VM, r.ID, req.Mode, reply.Digests); err != nil && !errors.Is(err, catalog.ErrNotFound) {
+			if err := v.cat.RecordVerification(ctx, r.VM, r.ID, req.Mode, reply.Digests); err != nil && !errors.Is(err, catalog.ErrNotFound) {
 				return nil, err
 			}
 		}
@@ -220,11 +219,7 @@ func (v *verifier) verifyNow(ctx context.Context, req *contracts.VerifyRequest) 
 
 // policyNames is the set of VMs that have a backup policy (pkg/policy).
 func (v *verifier) policyNames(ctx context.Context) (map[string]bool, error) {
-	store, err := policy.Open(ctx, v.rt.Bus.JS)
-	if err != nil {
-		return nil, err
-	}
-	list, err := store.List(ctx)
+	list, err := v.policies.List(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -46,7 +46,7 @@ func (r *chunkRun) checkManifest(ctx context.Context, man *manifest.Manifest) er
 			fresh = append(fresh, chunk.Ref{ID: id, Loc: man.Loc(i)})
 		}
 	}
-	res, err := repo.CheckChunks(ctx, r.v.rt.Repo, fresh, 8)
+	res, err := repo.CheckChunks(ctx, r.v.repo, fresh, 8)
 	if err != nil {
 		for _, ref := range fresh { // not looked at: another run may
 			delete(r.seen, ref.ID)
@@ -145,7 +145,7 @@ func (v *verifier) sourceDigest(ctx context.Context, disk contracts.DiskRecord, 
 		if chunk.AllZero(buf[:n]) {
 			d.add(chunk.ID{})
 		} else {
-			d.add(v.rt.Repo.ChunkID(buf[:n]))
+			d.add(v.repo.ChunkID(buf[:n]))
 		}
 	}
 	return sum(), nil
@@ -181,7 +181,7 @@ func (v *verifier) trivial(ctx context.Context, disk contracts.DiskRecord, man *
 		var stored []byte
 		if man.IDs[i].IsZero() {
 			stored = make([]byte, size)
-		} else if stored, err = v.rt.Repo.ReadChunk(ctx, man.IDs[i], man.Loc(i)); err != nil {
+		} else if stored, err = v.repo.ReadChunk(ctx, man.IDs[i], man.Loc(i)); err != nil {
 			if repo.IsBad(err) {
 				return fmt.Sprintf("%s: %v", disk.Name, err), nil
 			}
@@ -231,7 +231,7 @@ func (v *verifier) deep(ctx context.Context, rec *contracts.BackupRecord, mode c
 func (v *verifier) perDisk(ctx context.Context, rec *contracts.BackupRecord, mode contracts.VerifyMode, run *chunkRun, reply *contracts.VerifyReply) ([]string, error) {
 	var problems []string
 	for _, disk := range rec.Disks {
-		man, err := v.rt.Repo.GetManifest(ctx, disk.Manifest)
+		man, err := v.repo.GetManifest(ctx, disk.Manifest)
 		if err != nil {
 			problems = append(problems, err.Error())
 			continue

@@ -28,7 +28,7 @@ const jobBatch = 64
 func (v *verifier) chunkJob(ctx context.Context, sample func(chunk.ID) bool) (*contracts.VerifyReply, error) {
 	start := time.Now()
 	ids := map[chunk.ID]chunk.Loc{}
-	backups, err := reach.Walker{Catalog: v.rt.Catalog, Repo: v.rt.Repo, Keep: reach.Committed}.Walk(ctx,
+	backups, err := reach.Walker{Catalog: v.cat, Repo: v.repo, Keep: reach.Committed}.Walk(ctx,
 		func(_ *contracts.BackupRecord, _ contracts.DiskRecord, man *manifest.Manifest) error {
 			for i, id := range man.IDs {
 				if !id.IsZero() && (sample == nil || sample(id)) {
@@ -48,7 +48,7 @@ func (v *verifier) chunkJob(ctx context.Context, sample func(chunk.ID) bool) (*c
 			return nil
 		}
 		batch.Index = batches
-		if err := v.rt.Bus.Publish(ctx, batch.Subject(), batch, fmt.Sprintf("chk-%s-%d", job, batches)); err != nil {
+		if err := v.pub.Publish(ctx, batch.Subject(), batch, fmt.Sprintf("chk-%s-%d", job, batches)); err != nil {
 			return err
 		}
 		batches++
@@ -74,9 +74,9 @@ func (v *verifier) chunkJob(ctx context.Context, sample func(chunk.ID) bool) (*c
 	if err := flush(); err != nil {
 		return nil, err
 	}
-	v.rt.Log.InfoContext(ctx, "chunks job started", "job", job, "backups", backups, "chunks", len(ids), "batches", batches)
+	v.log.InfoContext(ctx, "chunks job started", "job", job, "backups", backups, "chunks", len(ids), "batches", batches)
 
-	results, err := v.rt.Bus.JS.Stream(ctx, contracts.StreamResults)
+	results, err := v.js.Stream(ctx, contracts.StreamResults)
 	if err != nil {
 		return nil, err
 	}
@@ -129,7 +129,7 @@ func (v *verifier) chunkJob(ctx context.Context, sample func(chunk.ID) bool) (*c
 		reply.Problem = fmt.Sprintf("chunks job: %d bad chunks damage %d backups", len(run.bad), len(reply.Damaged))
 	}
 	reply.Seconds = time.Since(start).Seconds()
-	v.rt.Log.InfoContext(ctx, "chunks job done", "job", job, "checked", reply.ChunksChecked, "bad", len(run.bad),
+	v.log.InfoContext(ctx, "chunks job done", "job", job, "checked", reply.ChunksChecked, "bad", len(run.bad),
 		"damaged", len(reply.Damaged), "seconds", reply.Seconds, "workers", len(workers))
 	return reply, nil
 }
@@ -138,7 +138,7 @@ func (v *verifier) chunkJob(ctx context.Context, sample func(chunk.ID) bool) (*c
 // per verifier (a slot that finds one running is skipped).
 func (v *verifier) scheduledJob(ctx context.Context, j *contracts.VerifyJob) error {
 	if !v.jobRunning.CompareAndSwap(false, true) {
-		v.rt.Log.InfoContext(ctx, "chunks job still running; slot skipped", "slot", j.Slot)
+		v.log.InfoContext(ctx, "chunks job still running; slot skipped", "slot", j.Slot)
 		return nil
 	}
 	defer v.jobRunning.Store(false)

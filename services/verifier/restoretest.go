@@ -26,13 +26,13 @@ func (v *verifier) restoreTest(ctx context.Context, rec *contracts.BackupRecord,
 	var problems []string
 	var images []source.Image
 	for _, disk := range rec.Disks {
-		man, err := v.rt.Repo.GetManifest(ctx, disk.Manifest)
+		man, err := v.repo.GetManifest(ctx, disk.Manifest)
 		if err != nil {
 			problems = append(problems, err.Error())
 			continue
 		}
 		path := filepath.Join(dir, fmt.Sprintf("disk%d.img", disk.Index))
-		if _, err := restore.ToFile(ctx, v.rt.Repo, man, path, restore.Options{Workers: 4}); err != nil {
+		if _, err := restore.ToFile(ctx, v.repo, man, path, restore.Options{Workers: 4}); err != nil {
 			if repo.IsBad(err) {
 				// Name every bad chunk, not just the first the restore hit.
 				if cerr := run.checkManifest(ctx, man); cerr != nil {
@@ -56,7 +56,7 @@ func (v *verifier) restoreTest(ctx context.Context, rec *contracts.BackupRecord,
 		if checked, err := v.sources.BootCheck(ctx, rec, images); err != nil {
 			problems = append(problems, "boot check: "+err.Error())
 		} else if checked {
-			v.rt.Log.InfoContext(ctx, "restore test: boot check passed", "vm", rec.VM, "backup", rec.ID)
+			v.log.InfoContext(ctx, "restore test: boot check passed", "vm", rec.VM, "backup", rec.ID)
 		}
 	}
 	return problems, nil
@@ -78,7 +78,7 @@ func (v *verifier) inspect(ctx context.Context, rec *contracts.BackupRecord, dis
 	}
 	src, err := v.sources.Open(ctx, disk.Source)
 	if err != nil {
-		v.rt.Log.InfoContext(ctx, "restore test: source no longer readable; checked the restore on its own", "backup", rec.ID, "disk", disk.Name, "err", err)
+		v.log.InfoContext(ctx, "restore test: source no longer readable; checked the restore on its own", "backup", rec.ID, "disk", disk.Name, "err", err)
 		return "", nil
 	}
 	defer src.Close()

@@ -12,17 +12,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/policy"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/runtime"
 	"github.com/strata-backup/strata/pkg/source"
@@ -56,7 +59,11 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	if err := contracts.ValidShards(cfg.CheckShards); err != nil {
 		return fmt.Errorf("STRATA_CHECK_SHARDS: %w", err)
 	}
-	v := &verifier{rt: rt, sources: source.NewOpener(cfg.Config), mode: cfg.Mode, trivialBytes: max(1, cfg.TrivialMiB) << 20, scratch: cfg.ScratchDir, checkShards: cfg.CheckShards}
+	policies, err := policy.Open(ctx, rt.Bus.JS)
+	if err != nil {
+		return err
+	}
+	v := &verifier{policies: policies, cat: rt.Catalog, bad: rt.Bad, pub: rt.Bus, fail: rt, repo: rt.Repo, js: rt.Bus.JS, log: rt.Log, sources: source.NewOpener(cfg.Config), mode: cfg.Mode, trivialBytes: max(1, cfg.TrivialMiB) << 20, scratch: cfg.ScratchDir, checkShards: cfg.CheckShards}
 	svc, err := rt.Bus.AddService("backup verification, chunk verify jobs, damage report")
 	if err != nil {
 		return err
@@ -83,8 +90,44 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		}}, v.verify)
 }
 
+// The verifier's ports: the few methods it uses of the catalog, the
+// bad-chunk marks, the bus and the runtime, so that its levels and its
+// damage attribution are tested without NATS. The repository is the real
+// one (on an in-memory store in unit tests): it is the content layer, not
+// a service.
+type (
+	records interface {
+		Get(ctx context.Context, vm, id string) (*contracts.BackupRecord, uint64, error)
+		List(ctx context.Context, vm string) ([]*contracts.BackupRecord, error)
+		MarkVerified(ctx context.Context, vm, id string, mode contracts.VerifyMode, digests []contracts.DiskDigest) (*contracts.BackupRecord, bool, error)
+		RecordVerification(ctx context.Context, vm, id string, mode contracts.VerifyMode, digests []contracts.DiskDigest) error
+		SetDamaged(ctx context.Context, vm, id string, damaged bool) (bool, error)
+	}
+	badMarks interface {
+		Mark(ctx context.Context, b contracts.BadChunk) error
+		Clear(ctx context.Context, id chunk.ID) error
+		List(ctx context.Context) ([]contracts.BadChunk, error)
+	}
+	publisher interface {
+		Publish(ctx context.Context, subject string, m contracts.Message, msgID string) error
+	}
+	failures interface {
+		FailBackup(ctx context.Context, vm, id, reason string) error
+	}
+	policyList interface {
+		List(ctx context.Context) ([]contracts.Policy, error)
+	}
+)
+
 type verifier struct {
-	rt           *runtime.Runtime
+	cat          records
+	bad          badMarks
+	pub          publisher
+	fail         failures
+	repo         *repo.Repository
+	policies     policyList
+	js           jetstream.JetStream // verify jobs' results: integration only
+	log          *slog.Logger
 	sources      *source.Opener
 	mode         contracts.VerifyMode
 	trivialBytes int64
@@ -94,7 +137,7 @@ type verifier struct {
 }
 
 func (v *verifier) verify(ctx context.Context, c *contracts.BackupCommitted) error {
-	rec, _, err := v.rt.Catalog.Get(ctx, c.VM, c.BackupID)
+	rec, _, err := v.cat.Get(ctx, c.VM, c.BackupID)
 	if errors.Is(err, catalog.ErrNotFound) {
 		return bus.Permanent(err)
 	}
@@ -107,7 +150,7 @@ func (v *verifier) verify(ctx context.Context, c *contracts.BackupCommitted) err
 	if problem, err := v.check(ctx, rec, c.Stored); err != nil {
 		return err
 	} else if problem != "" {
-		return v.rt.FailBackup(ctx, rec.VM, rec.ID, "verification: "+problem)
+		return v.fail.FailBackup(ctx, rec.VM, rec.ID, "verification: "+problem)
 	}
 	mode := cmp.Or(rec.Verify, v.mode)
 	var digests []contracts.DiskDigest
@@ -123,11 +166,11 @@ func (v *verifier) verify(ctx context.Context, c *contracts.BackupCommitted) err
 			return err
 		}
 		if !reply.OK {
-			return v.rt.FailBackup(ctx, rec.VM, rec.ID, reply.Problem)
+			return v.fail.FailBackup(ctx, rec.VM, rec.ID, reply.Problem)
 		}
 		digests = reply.Digests
 	}
-	_, verified, err := v.rt.Catalog.MarkVerified(ctx, rec.VM, rec.ID, mode, digests)
+	_, verified, err := v.cat.MarkVerified(ctx, rec.VM, rec.ID, mode, digests)
 	if err != nil {
 		return err
 	}
@@ -135,10 +178,10 @@ func (v *verifier) verify(ctx context.Context, c *contracts.BackupCommitted) err
 		return nil
 	}
 	out := &contracts.BackupOutcome{Schema: contracts.SchemaVersion, BackupID: rec.ID, VM: rec.VM, State: contracts.StateVerified}
-	if err := v.rt.Bus.Publish(ctx, contracts.SubjectBackupVerified, out, "outcome-"+rec.ID); err != nil {
+	if err := v.pub.Publish(ctx, contracts.SubjectBackupVerified, out, "outcome-"+rec.ID); err != nil {
 		return err
 	}
-	v.rt.Log.InfoContext(ctx, "backup verified", "vm", rec.VM, "backup", rec.ID)
+	v.log.InfoContext(ctx, "backup verified", "vm", rec.VM, "backup", rec.ID)
 	return nil
 }
 
@@ -160,7 +203,7 @@ func (v *verifier) check(ctx context.Context, rec *contracts.BackupRecord, store
 			defer close(loaded)
 			parent = v.verifiedParentManifest(ctx, rec, disk.Index)
 		}()
-		man, err := v.rt.Repo.GetManifest(ctx, disk.Manifest)
+		man, err := v.repo.GetManifest(ctx, disk.Manifest)
 		<-loaded
 		if err != nil {
 			return err.Error(), nil
@@ -211,7 +254,7 @@ func (v *verifier) check(ctx context.Context, rec *contracts.BackupRecord, store
 					packs[l.Pack] = struct{}{}
 					g.Go(func() error {
 						// A pack compaction moved is read through its records.
-						present, err := v.rt.Repo.PackPresent(gctx, l.Pack)
+						present, err := v.repo.PackPresent(gctx, l.Pack)
 						if err == nil && !present {
 							mu.Lock()
 							problem = cmp.Or(problem, fmt.Sprintf("pack %s missing (holds chunk %s)", repo.Where(id, l), id))
@@ -245,7 +288,7 @@ func (v *verifier) missing(ctx context.Context, ids []chunk.ID) (string, error) 
 	if len(ids) == 0 {
 		return "", nil
 	}
-	missing, err := v.rt.Repo.Chunks.Missing(ctx, ids)
+	missing, err := v.repo.Chunks.Missing(ctx, ids)
 	if err != nil || len(missing) == 0 {
 		return "", err
 	}
@@ -264,11 +307,11 @@ func (v *verifier) verifiedParentManifest(ctx context.Context, rec *contracts.Ba
 	if from == "" {
 		return nil
 	}
-	parent, _, err := v.rt.Catalog.Get(ctx, rec.VM, from)
+	parent, _, err := v.cat.Get(ctx, rec.VM, from)
 	if err != nil || parent.State != contracts.StateVerified || disk >= len(parent.Disks) {
 		return nil
 	}
-	pm, err := v.rt.Repo.GetManifest(ctx, parent.Disks[disk].Manifest)
+	pm, err := v.repo.GetManifest(ctx, parent.Disks[disk].Manifest)
 	if err != nil {
 		return nil
 	}
