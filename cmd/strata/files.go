@@ -229,10 +229,14 @@ func newFilesGetCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "get /VOLUME/PATH... --to DIR", Short: "restore files or whole directories of a backed-up disk into a directory", Args: usage(cobra.MinimumNArgs(1))}
 	f := addFilesFlags(cmd)
 	to := cmd.Flags().String("to", "", "directory to write into (it must exist)")
-	force := cmd.Flags().Bool("force", false, "replace files and symlinks already in --to (directories are merged)")
+	force := cmd.Flags().Bool("force", false, "replace files, symlinks and nodes already in --to (directories are merged)")
+	devices := cmd.Flags().Bool("devices", false, "recreate device nodes and FIFOs (as root; without it they are skipped and listed)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if *to == "" {
 			return exitError{2, errors.New("get needs --to DIR")}
+		}
+		if *devices && os.Geteuid() != 0 {
+			return exitError{2, errors.New("--devices needs root (creating a device node does)")}
 		}
 		g, done, err := openGuest(cmd.Context(), f)
 		if err != nil {
@@ -248,8 +252,9 @@ func newFilesGetCmd() *cobra.Command {
 			if fsys == nil {
 				return exitError{2, fmt.Errorf("%s: name a volume (/p1) or a path in one", a)}
 			}
-			st, err := guestfs.Get(fsys, inside, *to, guestfs.GetOptions{Owners: os.Geteuid() == 0, Overwrite: *force})
+			st, err := guestfs.Get(fsys, inside, *to, guestfs.GetOptions{Owners: os.Geteuid() == 0, Overwrite: *force, Devices: *devices})
 			total.Files, total.Dirs, total.Links, total.Bytes = total.Files+st.Files, total.Dirs+st.Dirs, total.Links+st.Links, total.Bytes+st.Bytes
+			total.Nodes += st.Nodes
 			for _, r := range st.Refused {
 				total.Refused = append(total.Refused, "/"+vol+"/"+r)
 			}
@@ -261,11 +266,14 @@ func newFilesGetCmd() *cobra.Command {
 			}
 		}
 		if *f.json {
-			printJSON(map[string]any{"files": total.Files, "dirs": total.Dirs, "symlinks": total.Links, "bytes": total.Bytes, "refused": total.Refused, "skipped": total.Skipped})
+			printJSON(map[string]any{"files": total.Files, "dirs": total.Dirs, "symlinks": total.Links, "nodes": total.Nodes, "bytes": total.Bytes, "refused": total.Refused, "skipped": total.Skipped})
 		} else {
 			fmt.Printf("restored %d files (%s), %d directories, %d symlinks into %s", total.Files, human(total.Bytes), total.Dirs, total.Links, *to)
+			if total.Nodes > 0 {
+				fmt.Printf("; recreated %d device nodes and FIFOs", total.Nodes)
+			}
 			if len(total.Skipped) > 0 {
-				fmt.Printf("; skipped %d special files (devices, FIFOs, sockets: nothing in them to restore)", len(total.Skipped))
+				fmt.Printf("; skipped %d special files (devices, FIFOs, sockets: --devices recreates devices and FIFOs)", len(total.Skipped))
 			}
 			fmt.Println()
 			for _, r := range total.Refused {

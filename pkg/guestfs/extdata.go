@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"sort"
 	"time"
 )
@@ -356,6 +357,16 @@ func (x *extData) stat(ino uint32, e *Entry) error {
 	e.UID, e.GID, e.HasOwner = le16(2)|le16(0x78)<<16, le16(0x18)|le16(0x7a)<<16, true
 	if m.IsRegular() {
 		e.Size = int64(le32(4)) | int64(le32(108))<<32
+	}
+	if m&fs.ModeDevice != 0 {
+		// i_block[0] holds an old-style 16-bit number, else i_block[1] the
+		// new encoding (Linux's old_/new_decode_dev).
+		if old := le32(0x28); old != 0 {
+			e.Major, e.Minor = old>>8&0xff, old&0xff
+		} else {
+			dev := le32(0x2c)
+			e.Major, e.Minor = dev&0xfff00>>8, dev&0xff|dev>>12&0xfff00
+		}
 	}
 	sec, nsec := int64(int32(le32(0x10))), int64(0)
 	// Large inodes carry nanoseconds and two more bits of seconds.

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/strata-backup/strata/pkg/chunk"
 )
 
@@ -22,6 +24,9 @@ type GetOptions struct {
 	// Overwrite replaces files and symlinks already at a target (never a
 	// directory: its contents are merged, as always).
 	Overwrite bool
+	// Devices recreates device nodes and FIFOs (needs root) instead of
+	// skipping them; sockets are always skipped.
+	Devices bool
 	// Progress, if set, is called after each file with the bytes so far.
 	Progress func(files int, bytes int64)
 }
@@ -29,7 +34,9 @@ type GetOptions struct {
 // GetStats is what Get wrote.
 type GetStats struct {
 	Files, Dirs, Links int
-	Bytes              int64
+	// Nodes: device nodes and FIFOs recreated (Devices).
+	Nodes int
+	Bytes int64
 	// Refused lists what was not written, and why (hostile names,
 	// symlinks leading out of the tree, a name taken).
 	Refused []string
@@ -141,10 +148,39 @@ func (g *getter) one(src string, e Entry, dst, elem string) error {
 		if g.opt.Progress != nil {
 			g.opt.Progress(g.st.Files, g.st.Bytes)
 		}
+	case g.opt.Devices && e.Mode&(fs.ModeDevice|fs.ModeNamedPipe) != 0:
+		if err := g.node(e, target); err != nil {
+			return fmt.Errorf("%s: %w", src, err)
+		}
+		g.finish(target, e)
+		os.Chtimes(target, e.ModTime, e.ModTime)
+		g.st.Nodes++
 	default:
 		g.st.Skipped = append(g.st.Skipped, fmt.Sprintf("%s: %s", src, kind(e.Mode)))
 	}
 	return nil
+}
+
+// node makes a device node or FIFO like e at target.
+func (g *getter) node(e Entry, target string) error {
+	mode := uint32(e.Mode.Perm())
+	switch {
+	case e.Mode&fs.ModeNamedPipe != 0:
+		mode |= syscall.S_IFIFO
+	case e.Mode&fs.ModeCharDevice != 0:
+		mode |= syscall.S_IFCHR
+	default:
+		mode |= syscall.S_IFBLK
+	}
+	dev := unix.Mkdev(e.Major, e.Minor)
+	err := syscall.Mknod(target, mode, int(dev))
+	if errors.Is(err, fs.ErrExist) && g.replace(target) {
+		err = syscall.Mknod(target, mode, int(dev))
+	}
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%s exists (--force replaces it)", target)
+	}
+	return err
 }
 
 // kind names a special file's type.

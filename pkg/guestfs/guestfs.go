@@ -64,6 +64,9 @@ type Entry struct {
 	UID      uint32 `json:"uid"`
 	GID      uint32 `json:"gid"`
 	Link     string `json:"link,omitempty"` // a symlink's target
+	// Major and Minor number a device node (ext, XFS).
+	Major uint32 `json:"major,omitempty"`
+	Minor uint32 `json:"minor,omitempty"`
 
 	ino uint64 // ext, XFS: the inode, for reading the content
 }

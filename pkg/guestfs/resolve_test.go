@@ -9,7 +9,10 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // linkFS is a tree of directories, files and symlinks for Resolve's unit
@@ -27,7 +30,9 @@ func (m linkFS) Lstat(name string) (Entry, error) {
 	case v == "fifo":
 		return Entry{Name: path.Base(name), Mode: fs.ModeNamedPipe | 0o644}, nil
 	case v == "chardev":
-		return Entry{Name: path.Base(name), Mode: fs.ModeDevice | fs.ModeCharDevice | 0o600}, nil
+		return Entry{Name: path.Base(name), Mode: fs.ModeDevice | fs.ModeCharDevice | 0o600, Major: 1, Minor: 3}, nil
+	case v == "blockdev":
+		return Entry{Name: path.Base(name), Mode: fs.ModeDevice | 0o660, Major: 259, Minor: 300}, nil
 	case strings.HasPrefix(v, "->"):
 		return Entry{Name: path.Base(name), Mode: fs.ModeSymlink | 0o777, Link: v[2:]}, nil
 	}
@@ -75,6 +80,39 @@ func TestGetSkipsSpecialFilesAndOverwrites(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(dir, "l")); string(b) != "new bytes" {
 		t.Fatalf("after Overwrite: %q", b)
+	}
+}
+
+// With Devices (as root), device nodes and FIFOs are recreated with their
+// type, numbers and mode; an existing one is replaced only with Overwrite.
+func TestGetRecreatesDeviceNodes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mknod needs root")
+	}
+	fsys := linkFS{".": "dir", "p": "fifo", "null": "chardev", "nvme": "blockdev"}
+	dir := t.TempDir()
+	st, err := Get(fsys, ".", dir, GetOptions{Devices: true})
+	if err != nil || st.Nodes != 3 || len(st.Skipped) != 0 {
+		t.Fatalf("get --devices: %+v %v", st, err)
+	}
+	for name, want := range map[string]struct {
+		typ          uint32
+		major, minor uint32
+		perm         uint32
+	}{"p": {syscall.S_IFIFO, 0, 0, 0o644}, "null": {syscall.S_IFCHR, 1, 3, 0o600}, "nvme": {syscall.S_IFBLK, 259, 300, 0o660}} {
+		var s syscall.Stat_t
+		if err := syscall.Lstat(filepath.Join(dir, name), &s); err != nil {
+			t.Fatal(err)
+		}
+		if s.Mode&syscall.S_IFMT != want.typ || s.Mode&0o7777 != want.perm || unix.Major(s.Rdev) != want.major || unix.Minor(s.Rdev) != want.minor {
+			t.Errorf("%s: mode %o rdev %d:%d, want type %o perm %o %d:%d", name, s.Mode, unix.Major(s.Rdev), unix.Minor(s.Rdev), want.typ, want.perm, want.major, want.minor)
+		}
+	}
+	if _, err := Get(fsys, "null", dir, GetOptions{Devices: true}); err == nil || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("a node over an existing one: %v", err)
+	}
+	if st, err := Get(fsys, "null", dir, GetOptions{Devices: true, Overwrite: true}); err != nil || st.Nodes != 1 {
+		t.Fatalf("with Overwrite: %+v %v", st, err)
 	}
 }
 

@@ -397,6 +397,11 @@ func (x *xfsFS) lookup(name string) (*xfsInode, error) {
 func (x *xfsFS) entry(name string, in *xfsInode) (Entry, error) {
 	e := Entry{Name: name, Size: in.size, ModTime: in.mtime, HasOwner: true, UID: in.uid, GID: in.gid, ino: in.ino}
 	e.Mode = unixMode(uint32(in.mode))
+	if e.Mode&fs.ModeDevice != 0 && in.format == 0 && len(in.fork) >= 4 {
+		// XFS_DINODE_FMT_DEV: the fork holds major<<18 | minor.
+		dev := binary.BigEndian.Uint32(in.fork)
+		e.Major, e.Minor = dev>>18, dev&0x3ffff
+	}
 	if e.Mode&fs.ModeSymlink != 0 {
 		f, err := x.content(in)
 		if err != nil {
