@@ -12,27 +12,36 @@ import (
 	"github.com/strata-backup/strata/pkg/repo"
 )
 
-// storePack stores a pack of n new chunks and, with announce, announces
-// it as a transfer worker does.
-func storePack(t *testing.T, ctx context.Context, r *repo.Repository, announce func(*contracts.PackStored), seed, n int) *repo.Pack {
+// packOf is a pack as the content layer's writer stored it.
+type packOf struct {
+	ID      chunk.PackID
+	entries []repo.PackEntry
+}
+
+func (p packOf) Entries() []repo.PackEntry { return p.entries }
+
+// storePack stores n new chunks as a transfer worker does: through the
+// content layer's writer, as one pack.
+func storePack(t *testing.T, ctx context.Context, r *repo.Repository, seed, n int) packOf {
 	t.Helper()
-	p := repo.NewPack()
+	var ids []chunk.ID
+	var data [][]byte
 	for i := range n {
-		data := []byte(fmt.Sprintf("pack %d chunk %d", seed, i))
-		id := r.ChunkID(data)
-		if _, err := r.AddChunk(p, id, data, chunk.Zstd); err != nil {
-			t.Fatal(err)
-		}
+		d := []byte(fmt.Sprintf("pack %d chunk %d", seed, i))
+		ids, data = append(ids, r.ChunkID(d)), append(data, d)
 	}
-	if err := r.PutPack(ctx, p); err != nil {
+	pl := r.NewWriter(1, 1, nil).Placement()
+	if _, err := pl.Store(ctx, ids, data, nil, chunk.Zstd, false); err != nil {
 		t.Fatal(err)
 	}
-	if announce != nil {
-		ann := &contracts.PackStored{Schema: contracts.SchemaVersion, Pack: p.ID.String()}
-		for _, e := range p.Entries() {
-			ann.Chunks = append(ann.Chunks, contracts.ChunkLoc{ID: e.ID.String(), Off: e.Loc.Off, Len: e.Loc.Len})
+	var p packOf
+	for _, id := range ids {
+		loc, ok := pl.Where(id)
+		if !ok {
+			t.Fatalf("chunk %s not placed in a pack", id)
 		}
-		announce(ann)
+		p.ID = loc.Pack
+		p.entries = append(p.entries, repo.PackEntry{ID: id, Loc: loc})
 	}
 	return p
 }
@@ -68,7 +77,7 @@ func (f fakeLocator) Lookup(ids []chunk.ID) ([]chunk.Loc, []bool, error) {
 func TestMissingLocatesPackedChunks(t *testing.T) {
 	ctx, r := context.Background(), packedRepo(t)
 	x := fakeLocator{}
-	p := storePack(t, ctx, r, nil, 0, 3)
+	p := storePack(t, ctx, r, 0, 3)
 	x.add(p.Entries())
 	d := &Index{cache: NewPresentCache(16), bad: map[chunk.ID]bool{}, packs: x, packExists: r.PackExists}
 	bad := p.Entries()[2].ID
@@ -111,8 +120,8 @@ func TestLocateHoldsCondemnedPacksAndSkipsGoneOnes(t *testing.T) {
 func testLocateHoldsCondemnedPacksAndSkipsGoneOnes(t *testing.T, ctx context.Context, gc testGC) {
 	r := packedRepo(t)
 	x := fakeLocator{}
-	held, claimed, gone, spared := storePack(t, ctx, r, nil, 0, 2), storePack(t, ctx, r, nil, 1, 2), storePack(t, ctx, r, nil, 2, 2), storePack(t, ctx, r, nil, 3, 2)
-	for _, p := range []*repo.Pack{held, claimed, gone, spared} {
+	held, claimed, gone, spared := storePack(t, ctx, r, 0, 2), storePack(t, ctx, r, 1, 2), storePack(t, ctx, r, 2, 2), storePack(t, ctx, r, 3, 2)
+	for _, p := range []packOf{held, claimed, gone, spared} {
 		x.add(p.Entries())
 	}
 	r.DeletePack(ctx, gone.ID)
@@ -129,7 +138,7 @@ func testLocateHoldsCondemnedPacksAndSkipsGoneOnes(t *testing.T, ctx context.Con
 	d := &Index{cache: NewPresentCache(16), bad: map[chunk.ID]bool{}, packs: x, packExists: r.PackExists}
 	d.gc = &gcGuard{gc: gc, store: r.Store, forget: d.forget}
 	var ids []chunk.ID
-	for _, p := range []*repo.Pack{held, claimed, gone, spared} {
+	for _, p := range []packOf{held, claimed, gone, spared} {
 		ids = append(ids, p.Entries()[0].ID)
 	}
 	got := askMissing(t, ctx, d, ids...)
