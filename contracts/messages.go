@@ -493,9 +493,11 @@ type Policy struct {
 	Jitter      time.Duration `json:"jitter,omitempty"`
 	KeyInterval int           `json:"key_interval,omitempty"`
 	KeepLast    int           `json:"keep_last,omitempty"`
+	KeepHourly  int           `json:"keep_hourly,omitempty"`
 	KeepDaily   int           `json:"keep_daily,omitempty"`
 	KeepWeekly  int           `json:"keep_weekly,omitempty"`
 	KeepMonthly int           `json:"keep_monthly,omitempty"`
+	KeepYearly  int           `json:"keep_yearly,omitempty"`
 	Verify      VerifyMode    `json:"verify,omitempty"`
 	SkipFree    bool          `json:"skip_free,omitempty"`
 	UpdatedAt   time.Time     `json:"updated_at"`
@@ -514,7 +516,7 @@ func (p *Policy) Validate() error {
 	if err := need("schedule", p.Schedule); err != nil {
 		return err
 	}
-	if p.Jitter < 0 || p.KeyInterval < 0 || p.KeepLast < 0 || p.KeepDaily < 0 || p.KeepWeekly < 0 || p.KeepMonthly < 0 {
+	if p.Jitter < 0 || p.KeyInterval < 0 || p.KeepLast < 0 || p.KeepHourly < 0 || p.KeepDaily < 0 || p.KeepWeekly < 0 || p.KeepMonthly < 0 || p.KeepYearly < 0 {
 		return fmt.Errorf("negative jitter, key interval or retention count")
 	}
 	if p.UpdatedAt.IsZero() {
@@ -529,9 +531,11 @@ type PruneRequest struct {
 	VM          string `json:"vm"`
 	UsePolicy   bool   `json:"use_policy,omitempty"` // take the counts from the VM's policy
 	KeepLast    int    `json:"keep_last,omitempty"`
+	KeepHourly  int    `json:"keep_hourly,omitempty"`
 	KeepDaily   int    `json:"keep_daily,omitempty"`
 	KeepWeekly  int    `json:"keep_weekly,omitempty"`
 	KeepMonthly int    `json:"keep_monthly,omitempty"`
+	KeepYearly  int    `json:"keep_yearly,omitempty"`
 	DryRun      bool   `json:"dry_run,omitempty"`
 }
 
@@ -542,13 +546,18 @@ func (m *PruneRequest) Validate() error {
 	if err := need("vm", m.VM); err != nil {
 		return err
 	}
-	if m.KeepLast < 0 || m.KeepDaily < 0 || m.KeepWeekly < 0 || m.KeepMonthly < 0 {
+	if m.KeepLast < 0 || m.KeepHourly < 0 || m.KeepDaily < 0 || m.KeepWeekly < 0 || m.KeepMonthly < 0 || m.KeepYearly < 0 {
 		return fmt.Errorf("negative retention count")
 	}
-	if !m.UsePolicy && m.KeepLast+m.KeepDaily+m.KeepWeekly+m.KeepMonthly == 0 {
-		return fmt.Errorf("no retention rule given (keep_last, keep_daily, keep_weekly, keep_monthly or use_policy)")
+	if !m.UsePolicy && !m.HasRules() {
+		return fmt.Errorf("no retention rule given (keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly or use_policy)")
 	}
 	return nil
+}
+
+// HasRules reports whether the request names any retention count.
+func (m *PruneRequest) HasRules() bool {
+	return m.KeepLast+m.KeepHourly+m.KeepDaily+m.KeepWeekly+m.KeepMonthly+m.KeepYearly > 0
 }
 
 // PruneReply lists what was (or, in a dry run, would be) pruned.

@@ -24,9 +24,11 @@ func newPolicySetCmd() *cobra.Command {
 	fs.IntVar(&p.KeyInterval, "key-interval", 0, "every Nth backup is a full re-read (0: the snapshotter's default)")
 	fs.BoolVar(&p.SkipFree, "skip-free", false, "full reads skip the blocks the guest's filesystems mark free")
 	fs.IntVar(&p.KeepLast, "keep-last", 0, "retention: keep the last N backups")
+	fs.IntVar(&p.KeepHourly, "keep-hourly", 0, "retention: keep one per hour for H hours")
 	fs.IntVar(&p.KeepDaily, "keep-daily", 0, "retention: keep one per day for D days")
 	fs.IntVar(&p.KeepWeekly, "keep-weekly", 0, "retention: keep one per week for W weeks")
 	fs.IntVar(&p.KeepMonthly, "keep-monthly", 0, "retention: keep one per month for M months")
+	fs.IntVar(&p.KeepYearly, "keep-yearly", 0, "retention: keep one per year for Y years")
 	verify := fs.String("verify", "", "verification on commit: stored, trivial, certify, chunks or restore-test (default: the verifier's)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
@@ -83,13 +85,13 @@ func newPolicyLsCmd() *cobra.Command {
 			return printJSON(views)
 		}
 		tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "VM\tSCHEDULE\tJITTER\tNEXT RUN\tKEY INTERVAL\tKEEP (last/daily/weekly/monthly)\tSOURCE")
+		fmt.Fprintln(tw, "VM\tSCHEDULE\tJITTER\tNEXT RUN\tKEY INTERVAL\tKEEP (last/hourly/daily/weekly/monthly/yearly)\tSOURCE")
 		for _, v := range views {
 			p, next := v.Policy, "-"
 			if v.NextRun != nil {
 				next = fmt.Sprintf("%s (in %s)", v.NextRun.Local().Format(time.DateTime), v.NextRun.Sub(now).Round(time.Second))
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d/%d/%d/%d\t%s\n", p.VM, p.Schedule, p.Jitter, next, p.KeyInterval, p.KeepLast, p.KeepDaily, p.KeepWeekly, p.KeepMonthly, p.Source)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d/%d/%d/%d/%d/%d\t%s\n", p.VM, p.Schedule, p.Jitter, next, p.KeyInterval, p.KeepLast, p.KeepHourly, p.KeepDaily, p.KeepWeekly, p.KeepMonthly, p.KeepYearly, p.Source)
 		}
 		return tw.Flush()
 	}

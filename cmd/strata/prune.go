@@ -17,15 +17,17 @@ func newPruneCmd() *cobra.Command {
 	req := contracts.PruneRequest{Schema: contracts.SchemaVersion}
 	fs.StringVar(&req.VM, "vm", "", "VM name")
 	fs.IntVar(&req.KeepLast, "keep-last", 0, "keep the last N backups")
+	fs.IntVar(&req.KeepHourly, "keep-hourly", 0, "keep one per hour for H hours")
 	fs.IntVar(&req.KeepDaily, "keep-daily", 0, "keep one per day for D days")
 	fs.IntVar(&req.KeepWeekly, "keep-weekly", 0, "keep one per week for W weeks")
 	fs.IntVar(&req.KeepMonthly, "keep-monthly", 0, "keep one per month for M months")
+	fs.IntVar(&req.KeepYearly, "keep-yearly", 0, "keep one per year for Y years")
 	yes := fs.Bool("yes", false, "really prune (default: dry run)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	timeout := fs.Duration("timeout", 5*time.Minute, "give up waiting for the merge service after this long")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
-		req.UsePolicy = req.KeepLast+req.KeepDaily+req.KeepWeekly+req.KeepMonthly == 0
+		req.UsePolicy = !req.HasRules()
 		req.DryRun = !*yes
 		var reply contracts.PruneReply
 		if err := call(ctx, "prune", contracts.SubjectMergePrune, &req, &reply, *timeout); err != nil {

@@ -50,7 +50,7 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		return err
 	}
 	if err := bus.Endpoint(ctx, rt.Bus, svc, "prune", contracts.SubjectMergePrune, func(ctx context.Context, req *contracts.PruneRequest) (contracts.Message, error) {
-		rules := retention.Rules{Last: req.KeepLast, Daily: req.KeepDaily, Weekly: req.KeepWeekly, Monthly: req.KeepMonthly}
+		rules := retention.Rules{Last: req.KeepLast, Hourly: req.KeepHourly, Daily: req.KeepDaily, Weekly: req.KeepWeekly, Monthly: req.KeepMonthly, Yearly: req.KeepYearly}
 		if req.UsePolicy {
 			var ok bool
 			if rules, ok, err = policyRules(ctx, rt, req.VM); err != nil {
