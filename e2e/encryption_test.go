@@ -3,11 +3,13 @@ package e2e
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/demodisk"
 )
@@ -77,6 +79,24 @@ func TestEncryption(t *testing.T) {
 	saved := st.env
 	st.env = append(append([]string{}, st.env...), "STRATA_NATS_URL=")
 	st.checkRestore("secret", id, []string{img})
+	st.env = saved
+	// --repo names the repository itself: NATS and the configured bucket
+	// are both wrong, and ls and restore still work from the copies.
+	saved = st.env
+	st.env = append(append([]string{}, st.env...), "STRATA_NATS_URL=nats://127.0.0.1:1", "STRATA_S3_BUCKET=no-such-bucket")
+	repoURL := "s3://" + st.bucket + "?endpoint=" + st.s3.Endpoint
+	var listed []contracts.BackupRecord
+	if err := json.Unmarshal([]byte(st.mustCLI("ls", "--repo", repoURL, "--vm", "secret", "--json")), &listed); err != nil || len(listed) != 1 || listed[0].ID != id || listed[0].VM != "secret" {
+		t.Fatalf("ls --repo of the encrypted repository: %+v %v", listed, err)
+	}
+	restored := filepath.Join(dir, "repo.img")
+	st.mustCLI("restore", "--repo", repoURL, "--vm", "secret", "--backup", "latest", "--to", restored)
+	if got, _ := os.ReadFile(restored); !bytes.Equal(got, source) {
+		t.Fatal("restore --repo differs from the backed-up disk")
+	}
+	if _, errOut, code := st.cli("ls", "--repo", "ftp://elsewhere/x"); code != 2 || !strings.Contains(errOut, "dir:///path or s3://") {
+		t.Fatalf("ls --repo with an unknown scheme: exit %d %s", code, errOut)
+	}
 	st.env = saved
 
 	// Wrong key and no key: refused before anything is written.

@@ -308,21 +308,47 @@ func human(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
+// listFromRepo lists backup records from their copies in the repository
+// --repo names (no NATS); copies that do not open are reported on stderr.
+func listFromRepo(ctx context.Context, vm string) ([]*contracts.BackupRecord, error) {
+	var cfg runtime.Common
+	if err := loadConfig(&cfg, &cfg); err != nil {
+		return nil, err
+	}
+	store, r, err := cfg.OpenExisting(ctx)
+	if err != nil {
+		return nil, err
+	}
+	recs, bad, err := catalog.ListCopies(ctx, store, r, vm)
+	for _, b := range bad {
+		fmt.Fprintln(os.Stderr, "strata: skipped:", b)
+	}
+	return recs, err
+}
+
 func newLsCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "ls", Short: "list backups", Args: usage(cobra.NoArgs)}
 	fs := cmd.Flags()
 	vm := fs.String("vm", "", "only this VM")
 	asJSON := fs.Bool("json", false, "print JSON")
+	addRepoFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
-		c, err := connect(ctx)
-		if err != nil {
-			return err
-		}
-		defer c.close()
-		recs, err := c.cat.List(ctx, *vm)
-		if err != nil {
-			return err
+		var recs []*contracts.BackupRecord
+		if repoFlag != "" {
+			var err error
+			if recs, err = listFromRepo(ctx, *vm); err != nil {
+				return err
+			}
+		} else {
+			c, err := connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer c.close()
+			if recs, err = c.cat.List(ctx, *vm); err != nil {
+				return err
+			}
 		}
 		if *asJSON {
 			if recs == nil {
@@ -403,6 +429,7 @@ func defaultFetches() int { return min(32, max(8, 4*goruntime.NumCPU())) }
 func newRestoreCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "restore", Short: "restore a backup to image files or to a new VM", Args: usage(cobra.NoArgs)}
 	fs := cmd.Flags()
+	addRepoFlag(cmd)
 	vm := fs.String("vm", "", "VM name")
 	id := fs.String("backup", "latest", "backup id, or latest (newest verified)")
 	to := fs.String("to", "", "path of the raw image to write (disk N>0 of a multi-disk VM goes to PATH.N), an existing directory (each disk goes to DIR/<vm>-<disk>.img), or vsphere://HOST/NEW-VM[?datastore=DS&pool=POOL&folder=FOLDER] for a new VM beside the backed-up one (or, when it is gone, in its datacenter; the options override either)")

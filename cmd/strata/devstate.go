@@ -69,10 +69,13 @@ func readDevState(p string) (devState, error) {
 // loadConfig is runtime.Load for the CLI: with no repository configured
 // (neither STRATA_STORE_DIR nor STRATA_S3_ENDPOINT set) and a `strata dev`
 // running, its NATS and repository are used (unless STRATA_NATS_URL names
-// another server), and stderr says so.
+// another server), and stderr says so. --repo overrides all of it.
 func loadConfig(spec any, common *runtime.Common) error {
 	if err := runtime.Load(spec); err != nil {
 		return err
+	}
+	if repoFlag != "" {
+		return applyRepo(repoFlag, common)
 	}
 	_, storeSet := os.LookupEnv("STRATA_STORE_DIR")
 	_, s3Set := os.LookupEnv("STRATA_S3_ENDPOINT")

@@ -26,6 +26,7 @@ type filesFlags struct {
 
 func addFilesFlags(cmd *cobra.Command) filesFlags {
 	fs := cmd.Flags()
+	addRepoFlag(cmd)
 	return filesFlags{
 		vm:     fs.String("vm", "", "VM name"),
 		backup: fs.String("backup", "latest", "backup id, or latest (newest verified)"),

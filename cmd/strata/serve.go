@@ -50,6 +50,7 @@ func loadServeConfig() (serveConfig, error) {
 func newServeCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "serve", Short: "serve a backup point's disks over NBD: qemu-img, nbdcopy, QEMU and libvirt read them in place, or run a VM from them (--writable)", Args: usage(cobra.NoArgs)}
 	fs := cmd.Flags()
+	addRepoFlag(cmd)
 	vm := fs.String("vm", "", "VM name")
 	id := fs.String("backup", "latest", "backup id, or latest (newest verified)")
 	listen := fs.String("listen", "127.0.0.1:10809", "address to listen on: a loopback HOST:PORT, or the path of a unix socket (NBD has no authentication here)")

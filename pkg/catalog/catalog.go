@@ -443,6 +443,45 @@ func (c *Catalog) Rebuild(ctx context.Context) (*RebuildReport, error) {
 	return rep, nil
 }
 
+// ListCopies lists the backup records of vm ("" for every VM) from their
+// copies in the repository, with no NATS (strata ls --repo), by VM and
+// then creation order. A copy that does not open or decode is reported in
+// bad and left out. It costs O(the VM's backups), or O(all backups) for
+// every VM: an operator's question, never asked on the backup path.
+func ListCopies(ctx context.Context, store objstore.Store, seal Sealer, vm string) (recs []*contracts.BackupRecord, bad []string, err error) {
+	seal = orPlain(seal)
+	prefix := "backups/"
+	if vm != "" {
+		prefix = strings.TrimSuffix(recordKey(seal, vm, ""), ".json")
+	}
+	err = store.List(ctx, prefix, func(in objstore.Info) error {
+		if !strings.HasSuffix(in.Key, ".json") {
+			return nil
+		}
+		b, err := store.Get(ctx, in.Key)
+		if err != nil {
+			return fmt.Errorf("read %s: %w", in.Key, err)
+		}
+		r, err := decodeCopy(seal, in.Key, b)
+		if err != nil {
+			bad = append(bad, err.Error())
+			return nil
+		}
+		recs = append(recs, r)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("list record copies: %w", err)
+	}
+	sort.Slice(recs, func(i, j int) bool {
+		if recs[i].VM != recs[j].VM {
+			return recs[i].VM < recs[j].VM
+		}
+		return recs[i].ID < recs[j].ID // UUIDv7: creation order
+	})
+	return recs, bad, nil
+}
+
 // FromCopies reads backup records from their copies in the repository,
 // with no NATS: restore and serve at a site that lost its NATS cluster.
 // id "latest" is the newest verified backup of vm. Listing one VM's
