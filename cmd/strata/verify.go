@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -9,6 +11,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/repo"
+	"github.com/strata-backup/strata/pkg/runtime"
 )
 
 // cmdVerify runs a verification now, through the verifier service.
@@ -22,9 +27,17 @@ func newVerifyCmd() *cobra.Command {
 	mode := fs.String("mode", string(contracts.VerifyChunks), "stored, trivial, certify, chunks or restore-test")
 	asJSON := fs.Bool("json", false, "print JSON")
 	timeout := fs.Duration("timeout", time.Hour, "give up waiting for the verifier after this long")
+	addRepoFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
 		req.Mode = contracts.VerifyMode(*mode)
+		if repoFlag != "" {
+			reply, err := verifyFromRepo(ctx, &req)
+			if err != nil {
+				return err
+			}
+			return printVerify(reply, *asJSON)
+		}
 		c, err := connect(ctx)
 		if err != nil {
 			return err
@@ -44,29 +57,136 @@ func newVerifyCmd() *cobra.Command {
 		if err := c.request(ctx, contracts.SubjectVerify, &req, &reply, *timeout); err != nil {
 			return fmt.Errorf("verify: %w", err)
 		}
-		if *asJSON {
-			printJSON(reply)
-		} else {
-			fmt.Printf("%s verification: %d chunks (%s) read back in %.1fs\n", reply.Mode, reply.ChunksChecked, human(reply.BytesChecked), reply.Seconds)
-			for _, d := range reply.Digests {
-				fmt.Printf("  disk %d digest: source %s, stored %s\n", d.Disk, d.Source, d.Stored)
-			}
-			for _, b := range reply.BadChunks {
-				fmt.Printf("  bad chunk %s: %s\n", b.ID, b.Reason)
-			}
-			for _, b := range reply.Damaged {
-				fmt.Printf("  damaged backup %s of %s\n", b.BackupID, b.VM)
-			}
-		}
-		if !reply.OK {
-			return exitError{1, fmt.Errorf("%s", reply.Problem)}
-		}
-		if !*asJSON {
-			fmt.Println("ok")
-		}
-		return nil
+		return printVerify(&reply, *asJSON)
 	}
 	return cmd
+}
+
+// printVerify prints a verification's reply; exit 1 when it failed.
+func printVerify(reply *contracts.VerifyReply, asJSON bool) error {
+	if asJSON {
+		printJSON(reply)
+	} else {
+		fmt.Printf("%s verification: %d chunks (%s) read back in %.1fs\n", reply.Mode, reply.ChunksChecked, human(reply.BytesChecked), reply.Seconds)
+		for _, d := range reply.Digests {
+			fmt.Printf("  disk %d digest: source %s, stored %s\n", d.Disk, d.Source, d.Stored)
+		}
+		for _, b := range reply.BadChunks {
+			fmt.Printf("  bad chunk %s: %s\n", b.ID, b.Reason)
+		}
+		for _, b := range reply.Damaged {
+			fmt.Printf("  damaged backup %s of %s\n", b.BackupID, b.VM)
+		}
+	}
+	if !reply.OK {
+		return exitError{1, fmt.Errorf("%s", reply.Problem)}
+	}
+	if !asJSON {
+		fmt.Println("ok")
+	}
+	return nil
+}
+
+// verifyFromRepo runs the chunks verification in this process against the
+// repository --repo names, with no services: every chunk of the backup
+// (or of every backup) read back and re-hashed once, and each disk's chunk
+// map checked against its certify digest where one was recorded. Nothing
+// is written: bad chunks and damaged backups are reported, not marked.
+func verifyFromRepo(ctx context.Context, req *contracts.VerifyRequest) (*contracts.VerifyReply, error) {
+	if req.Mode != contracts.VerifyChunks {
+		return nil, exitError{2, fmt.Errorf("--repo verifies with --mode chunks (%s needs the services or the source)", req.Mode)}
+	}
+	start := time.Now()
+	var recs []*contracts.BackupRecord
+	var r *repo.Repository
+	if req.All {
+		all, err := listFromRepo(ctx, "")
+		if err != nil {
+			return nil, err
+		}
+		for _, rec := range all {
+			if rec.State == contracts.StateVerified || rec.State == contracts.StateCommitted {
+				recs = append(recs, rec)
+			}
+		}
+		var cfg runtime.Common
+		if err := loadConfig(&cfg, &cfg); err != nil {
+			return nil, err
+		}
+		if _, r, err = cfg.OpenExisting(ctx); err != nil {
+			return nil, err
+		}
+	} else {
+		if req.VM == "" || req.BackupID == "" {
+			return nil, exitError{2, errors.New("verify needs --vm and --backup, or --all")}
+		}
+		rec, rr, done, err := openBackup(ctx, req.VM, req.BackupID)
+		if err != nil {
+			return nil, err
+		}
+		defer done()
+		recs, r = []*contracts.BackupRecord{rec}, rr
+	}
+	reply := &contracts.VerifyReply{Schema: contracts.SchemaVersion, Mode: req.Mode}
+	bad := map[chunk.ID]string{}
+	seen := map[chunk.ID]bool{}
+	var problems []string
+	for _, rec := range recs {
+		damaged := false
+		for _, d := range rec.Disks {
+			man, err := r.GetManifest(ctx, d.Manifest)
+			if err != nil {
+				problems = append(problems, fmt.Sprintf("backup %s of %s, %s: %v", rec.ID, rec.VM, d.Name, err))
+				damaged = true
+				continue
+			}
+			var fresh []chunk.Ref
+			for i, id := range man.IDs {
+				if !id.IsZero() && !seen[id] {
+					seen[id] = true
+					fresh = append(fresh, chunk.Ref{ID: id, Loc: man.Loc(i)})
+				}
+			}
+			res, err := repo.CheckChunks(ctx, r, fresh, 8)
+			if err != nil {
+				return nil, err
+			}
+			reply.ChunksChecked += res.Checked
+			reply.BytesChecked += res.Bytes
+			for id, why := range res.Bad {
+				bad[id] = why
+			}
+			nbad := 0
+			for _, id := range man.IDs {
+				if _, ok := bad[id]; ok {
+					nbad++
+				}
+			}
+			switch {
+			case nbad > 0:
+				problems = append(problems, fmt.Sprintf("backup %s of %s, %s: %d bad chunks", rec.ID, rec.VM, d.Name, nbad))
+				damaged = true
+			case d.Digest != "" && man.Digest() != d.Digest:
+				problems = append(problems, fmt.Sprintf("backup %s of %s, %s: chunk map digest %s… differs from the certified %s…", rec.ID, rec.VM, d.Name, man.Digest()[:12], d.Digest[:min(12, len(d.Digest))]))
+				damaged = true
+			}
+		}
+		if damaged {
+			reply.Damaged = append(reply.Damaged, contracts.BackupRef{VM: rec.VM, BackupID: rec.ID})
+		}
+	}
+	for id, why := range bad {
+		reply.BadChunks = append(reply.BadChunks, contracts.BadChunk{ID: id.String(), Reason: why})
+	}
+	reply.OK = len(problems) == 0
+	if !reply.OK {
+		reply.Problem = "chunks verification: " + strings.Join(problems[:min(3, len(problems))], "; ")
+		if len(problems) > 3 {
+			reply.Problem += fmt.Sprintf("; and %d more", len(problems)-3)
+		}
+	}
+	reply.Seconds = time.Since(start).Seconds()
+	return reply, nil
 }
 
 // cmdCheck reports the repository's health: bad chunks (each read again;

@@ -3,8 +3,6 @@ package verifier
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -76,19 +74,6 @@ func (r *chunkRun) badIn(ids []chunk.ID) int {
 	return n
 }
 
-// digest is the certify digest of a disk: SHA-256 over its chunk ids in
-// disk order, all-zero chunks as the zero id — the root of a one-level hash
-// tree over the chunk map. Computed the same way from the source and from
-// the store, it proves both hold the same bytes at every offset.
-type digest struct{ h io.Writer }
-
-func newDigest() (*digest, func() string) {
-	h := sha256.New()
-	return &digest{h}, func() string { return hex.EncodeToString(h.Sum(nil)) }
-}
-
-func (d *digest) add(id chunk.ID) { d.h.Write(id[:]) }
-
 // openSource opens the source a disk was read from. A source that is gone
 // or unreadable (a file removed, a mount missing, no permission) does not
 // come back by asking again in a few seconds: the backup fails at once with
@@ -123,7 +108,7 @@ func (v *verifier) sourceDigest(ctx context.Context, disk contracts.DiskRecord, 
 			return "", fmt.Errorf("free-block map of the source of %s: %w", disk.Name, err)
 		}
 	}
-	d, sum := newDigest()
+	d := manifest.NewDigester()
 	buf := make([]byte, chunkSize)
 	for off := int64(0); off < disk.Size; off += int64(chunkSize) {
 		if err := ctx.Err(); err != nil {
@@ -134,7 +119,7 @@ func (v *verifier) sourceDigest(ctx context.Context, disk contracts.DiskRecord, 
 				free = free[1:]
 			}
 			if len(free) > 0 && i >= free[0][0] {
-				d.add(chunk.ID{})
+				d.Add(chunk.ID{})
 				continue
 			}
 		}
@@ -143,22 +128,12 @@ func (v *verifier) sourceDigest(ctx context.Context, disk contracts.DiskRecord, 
 			return "", fmt.Errorf("read source of %s at %d: %w", disk.Name, off, err)
 		}
 		if chunk.AllZero(buf[:n]) {
-			d.add(chunk.ID{})
+			d.Add(chunk.ID{})
 		} else {
-			d.add(v.repo.ChunkID(buf[:n]))
+			d.Add(v.repo.ChunkID(buf[:n]))
 		}
 	}
-	return sum(), nil
-}
-
-// storedDigest is the digest of the manifest's chunk map; valid only when
-// every chunk of it was read back good (checkManifest first).
-func storedDigest(man *manifest.Manifest) string {
-	d, sum := newDigest()
-	for _, id := range man.IDs {
-		d.add(id)
-	}
-	return sum()
+	return d.Sum(), nil
 }
 
 // trivial compares the disk size and the first n bytes of the source with
@@ -258,7 +233,7 @@ func (v *verifier) perDisk(ctx context.Context, rec *contracts.BackupRecord, mod
 				if err != nil {
 					return nil, err
 				}
-				stored := storedDigest(man)
+				stored := man.Digest() // valid: every chunk was read back good above
 				reply.Digests = append(reply.Digests, contracts.DiskDigest{Disk: disk.Index, Source: src, Stored: stored})
 				if src != stored {
 					problems = append(problems, fmt.Sprintf("%s: digest of the source %s… differs from the backup's %s…", disk.Name, src[:12], stored[:12]))
