@@ -273,6 +273,15 @@ type Spec struct {
 	GiveUp func(ctx context.Context, m contracts.Message, err error) error
 }
 
+// pullExpiry bounds how long a pull request waits for messages before the
+// client issues the next. A pull request the cluster drops — a consumer
+// whose leader moved right after it was created, as happens when a 3-node
+// deployment starts — is only replaced when it expires: with the client's
+// 30 s default, a backup committed during that window waited 30 s for its
+// verifier (seen in about one deployed full in five right after
+// `docker compose up`). 5 s costs one idle request per consumer every 5 s.
+const pullExpiry = 5 * time.Second
+
 // Consume runs h for every message of a durable pull consumer until ctx
 // ends. See the package comment for the delivery contract.
 func Consume[T any, PT interface {
@@ -311,7 +320,7 @@ func Consume[T any, PT interface {
 			defer func() { <-sem }()
 			handle(ctx, b, spec, msg, h)
 		}()
-	}, jetstream.PullMaxMessages(spec.Concurrency), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+	}, jetstream.PullMaxMessages(spec.Concurrency), jetstream.PullExpiry(pullExpiry), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		b.Log.Debug("consume", "consumer", spec.Durable, "err", err)
 	}))
 	if err != nil {
