@@ -26,7 +26,9 @@ import (
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
+	"github.com/strata-backup/strata/pkg/objstore"
 	"github.com/strata-backup/strata/pkg/policy"
+	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/restore"
 	"github.com/strata-backup/strata/pkg/runtime"
 	"github.com/strata-backup/strata/pkg/source"
@@ -308,17 +310,18 @@ func human(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-// listFromRepo lists backup records from their copies in the repository
-// --repo names (no NATS); copies that do not open are reported on stderr.
-func listFromRepo(ctx context.Context, vm string) ([]*contracts.BackupRecord, error) {
+// openRepoFlag opens the repository --repo names, for reading only.
+func openRepoFlag(ctx context.Context) (objstore.Store, *repo.Repository, error) {
 	var cfg runtime.Common
 	if err := loadConfig(&cfg, &cfg); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	store, r, err := cfg.OpenExisting(ctx)
-	if err != nil {
-		return nil, err
-	}
+	return cfg.OpenExisting(ctx)
+}
+
+// listFromRepo lists backup records from their copies in the repository
+// (no NATS); copies that do not open are reported on stderr.
+func listFromRepo(ctx context.Context, store objstore.Store, r *repo.Repository, vm string) ([]*contracts.BackupRecord, error) {
 	recs, bad, err := catalog.ListCopies(ctx, store, r, vm)
 	for _, b := range bad {
 		fmt.Fprintln(os.Stderr, "strata: skipped:", b)
@@ -336,8 +339,11 @@ func newLsCmd() *cobra.Command {
 		ctx := cmd.Context()
 		var recs []*contracts.BackupRecord
 		if repoFlag != "" {
-			var err error
-			if recs, err = listFromRepo(ctx, *vm); err != nil {
+			store, r, err := openRepoFlag(ctx)
+			if err != nil {
+				return err
+			}
+			if recs, err = listFromRepo(ctx, store, r, *vm); err != nil {
 				return err
 			}
 		} else {

@@ -13,7 +13,6 @@ import (
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/repo"
-	"github.com/strata-backup/strata/pkg/runtime"
 )
 
 // cmdVerify runs a verification now, through the verifier service.
@@ -100,7 +99,11 @@ func verifyFromRepo(ctx context.Context, req *contracts.VerifyRequest) (*contrac
 	var recs []*contracts.BackupRecord
 	var r *repo.Repository
 	if req.All {
-		all, err := listFromRepo(ctx, "")
+		store, rr, err := openRepoFlag(ctx)
+		if err != nil {
+			return nil, err
+		}
+		all, err := listFromRepo(ctx, store, rr, "")
 		if err != nil {
 			return nil, err
 		}
@@ -109,13 +112,7 @@ func verifyFromRepo(ctx context.Context, req *contracts.VerifyRequest) (*contrac
 				recs = append(recs, rec)
 			}
 		}
-		var cfg runtime.Common
-		if err := loadConfig(&cfg, &cfg); err != nil {
-			return nil, err
-		}
-		if _, r, err = cfg.OpenExisting(ctx); err != nil {
-			return nil, err
-		}
+		r = rr
 	} else {
 		if req.VM == "" || req.BackupID == "" {
 			return nil, exitError{2, errors.New("verify needs --vm and --backup, or --all")}
