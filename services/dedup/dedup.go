@@ -66,11 +66,7 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	cache := NewPresentCache(cfg.CacheEntries)
 	d := &Index{chunks: rt.Repo.Chunks, cache: cache, bad: map[chunk.ID]bool{}, packExists: rt.Repo.PackExists}
 	d.gc = &gcGuard{gc: rt.GC, store: rt.Repo.Store, forget: d.forget}
-	dir, err := indexDir(cfg.IndexDir)
-	if err != nil {
-		return err
-	}
-	packs, err := packindex.Start(ctx, rt.Repo, rt.Bus, dir, rt.Log)
+	packs, err := packindex.Start(ctx, rt.Repo, rt.Bus, func() (string, error) { return indexDir(cfg.IndexDir) }, rt.Log)
 	if err != nil {
 		return err
 	}

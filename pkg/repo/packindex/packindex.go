@@ -46,14 +46,19 @@ var (
 	streamKey  = []byte("stream") // stream creation time (a new stream: rebuild)
 )
 
-// Start opens the index of r in dir (a file per repository), brings it up
-// to date and keeps it current until ctx ends, when it is closed. A
-// repository without packs has no index: nil.
-func Start(ctx context.Context, r *repo.Repository, b *bus.Bus, dir string, log *slog.Logger) (*Index, error) {
+// Start opens the index of r in the directory dir returns (a file per
+// repository), brings it up to date and keeps it current until ctx ends,
+// when it is closed. A repository without packs has no index: nil, and
+// dir is not asked for (a loose repository needs no index directory).
+func Start(ctx context.Context, r *repo.Repository, b *bus.Bus, dir func() (string, error), log *slog.Logger) (*Index, error) {
 	if !r.Packed() {
 		return nil, nil
 	}
-	x, err := Open(filepath.Join(dir, "strata-packindex-"+r.Config.ID+".db"), r.Config.ID, log)
+	d, err := dir()
+	if err != nil {
+		return nil, err
+	}
+	x, err := Open(filepath.Join(d, "strata-packindex-"+r.Config.ID+".db"), r.Config.ID, log)
 	if err != nil {
 		return nil, err
 	}
