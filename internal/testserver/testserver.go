@@ -198,12 +198,24 @@ type S3 struct {
 }
 
 // Versity starts versitygw with the posix backend.
-func Versity(t testing.TB) S3 {
+func Versity(t testing.TB) S3 { return versity(t, false) }
+
+// VersityVersioned starts versitygw with bucket versioning available
+// (--versioning-dir), which S3 Object Lock needs: a bucket created with
+// Object Lock enabled keeps every version, as on AWS.
+func VersityVersioned(t testing.TB) S3 { return versity(t, true) }
+
+func versity(t testing.TB, versioned bool) S3 {
 	bin := Binary(t, "versitygw", VersityVersion)
 	port := FreePort(t)
 	dir := t.TempDir()
 	s := S3{Endpoint: fmt.Sprintf("http://127.0.0.1:%d", port), AccessKey: "strata-test", SecretKey: "strata-test-secret", Dir: dir}
-	cmd := exec.Command(bin, "--access", s.AccessKey, "--secret", s.SecretKey, "--keep-alive", "--port", fmt.Sprintf("127.0.0.1:%d", port), "posix", dir)
+	posix := []string{"posix"}
+	if versioned {
+		posix = append(posix, "--versioning-dir", t.TempDir())
+	}
+	args := append([]string{"--access", s.AccessKey, "--secret", s.SecretKey, "--keep-alive", "--port", fmt.Sprintf("127.0.0.1:%d", port)}, posix...)
+	cmd := exec.Command(bin, append(args, dir)...)
 	s.Proc = Start(t, "versitygw", cmd)
 	WaitTCP(t, fmt.Sprintf("127.0.0.1:%d", port), 30*time.Second)
 	return s

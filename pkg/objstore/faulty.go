@@ -131,3 +131,6 @@ func (f *Faulty) List(ctx context.Context, prefix string, fn func(Info) error) e
 	}
 	return f.Store.List(ctx, prefix, fn)
 }
+
+// Unwrap is the store faults are injected into (see As).
+func (f *Faulty) Unwrap() Store { return f.Store }

@@ -101,3 +101,6 @@ func (r *Retry) List(ctx context.Context, prefix string, fn func(Info) error) er
 	}
 	return err
 }
+
+// Unwrap is the store retried: what it can do besides Store (see As).
+func (r *Retry) Unwrap() Store { return r.Store }

@@ -19,6 +19,7 @@ import (
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 )
@@ -46,12 +47,17 @@ type S3Config struct {
 	// with a key, their authenticated encryption) expose at verification
 	// and restore.
 	SignPayload bool
+	// Lock: every object is written under S3 Object Lock (see Lock). The
+	// bucket must have Object Lock enabled (it is created with it);
+	// Delete then removes versions, never just hides the current one.
+	Lock *Lock
 }
 
 // S3 is a Store over aws-sdk-go-v2.
 type S3 struct {
-	client *s3.Client
-	cfg    S3Config
+	client   *s3.Client
+	cfg      S3Config
+	lockMode types.ObjectLockMode // set with cfg.Lock
 }
 
 // NewS3 connects to the endpoint and makes sure the bucket exists.
@@ -95,8 +101,21 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 		}
 	})
 	s := &S3{client: client, cfg: cfg}
+	if cfg.Lock != nil {
+		switch m := strings.ToUpper(cfg.Lock.Mode); m {
+		case "GOVERNANCE", "COMPLIANCE":
+			s.lockMode = types.ObjectLockMode(m)
+		default:
+			return nil, fmt.Errorf("s3: object lock mode %q: want governance or compliance", cfg.Lock.Mode)
+		}
+	}
 	if err := s.ensureBucket(ctx); err != nil {
 		return nil, err
+	}
+	if cfg.Lock != nil {
+		if err := s.checkLockable(ctx); err != nil {
+			return nil, err
+		}
 	}
 	return s, nil
 }
@@ -117,7 +136,11 @@ func (s *S3) ensureBucket(ctx context.Context) error {
 		if _, err := s.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: &s.cfg.Bucket}); err == nil {
 			return nil
 		}
-		_, err := s.client.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: &s.cfg.Bucket})
+		in := &s3.CreateBucketInput{Bucket: &s.cfg.Bucket}
+		if s.cfg.Lock != nil {
+			in.ObjectLockEnabledForBucket = aws.Bool(true) // and with it, versioning
+		}
+		_, err := s.client.CreateBucket(ctx, in)
 		if err == nil {
 			return nil
 		}
@@ -146,7 +169,9 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // signed (x-amz-checksum-crc32c): a damaged transfer is refused at the PUT
 // instead of found at the next verification. CRC-32C runs at ~10 GB/s.
 func (s *S3) crc32c(data []byte) *string {
-	if s.cfg.SignPayload {
+	// A PUT with Object Lock parameters must carry a checksum (S3 refuses
+	// it otherwise), signed payload or not.
+	if s.cfg.SignPayload && s.cfg.Lock == nil {
 		return nil
 	}
 	var sum [4]byte
@@ -167,13 +192,15 @@ func isNotFound(err error) bool {
 }
 
 func (s *S3) Put(ctx context.Context, key string, data []byte) error {
-	_, err := s.client.PutObject(ctx, &s3.PutObjectInput{
+	in := &s3.PutObjectInput{
 		Bucket:         &s.cfg.Bucket,
 		Key:            aws.String(s.key(key)),
 		Body:           bytes.NewReader(data),
 		ContentLength:  aws.Int64(int64(len(data))),
 		ChecksumCRC32C: s.crc32c(data),
-	})
+	}
+	s.lockPut(key, in)
+	_, err := s.client.PutObject(ctx, in)
 	if err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
@@ -184,14 +211,16 @@ func (s *S3) Put(ctx context.Context, key string, data []byte) error {
 // holds an object already. A server that ignores the header overwrites,
 // which for content-addressed keys stores the same bytes.
 func (s *S3) PutIfAbsent(ctx context.Context, key string, data []byte) (bool, error) {
-	_, err := s.client.PutObject(ctx, &s3.PutObjectInput{
+	in := &s3.PutObjectInput{
 		Bucket:         &s.cfg.Bucket,
 		Key:            aws.String(s.key(key)),
 		Body:           bytes.NewReader(data),
 		ContentLength:  aws.Int64(int64(len(data))),
 		IfNoneMatch:    aws.String("*"),
 		ChecksumCRC32C: s.crc32c(data),
-	})
+	}
+	s.lockPut(key, in)
+	_, err := s.client.PutObject(ctx, in)
 	var re *smithyhttp.ResponseError
 	switch {
 	case err == nil:
@@ -268,6 +297,9 @@ func (s *S3) Stat(ctx context.Context, key string) (Info, error) {
 }
 
 func (s *S3) Delete(ctx context.Context, key string) error {
+	if s.cfg.Lock != nil {
+		return s.deleteVersions(ctx, key)
+	}
 	_, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &s.cfg.Bucket, Key: aws.String(s.key(key))})
 	if err != nil && !isNotFound(err) {
 		return fmt.Errorf("delete %s: %w", key, err)
