@@ -566,6 +566,15 @@ type PruneReply struct {
 	DryRun bool     `json:"dry_run"`
 	Kept   []string `json:"kept"`
 	Pruned []string `json:"pruned"`
+	// Locked: backups the rules drop that are still under Object Lock;
+	// kept, and pruned by a later run once their lock has passed.
+	Locked []LockedBackup `json:"locked,omitempty"`
+}
+
+// LockedBackup is a backup that cannot be deleted before Until.
+type LockedBackup struct {
+	ID    string    `json:"id"`
+	Until time.Time `json:"until"`
 }
 
 func (m *PruneReply) Validate() error { return checkSchema(m.Schema) }
@@ -659,6 +668,11 @@ type GCReply struct {
 	MovedRecords  int     `json:"moved_records,omitempty"`    // records of compacted packs still needed
 	MovedDeleted  int     `json:"moved_deleted,omitempty"`    // records no backup needs any more, deleted
 	DanglingPacks int     `json:"dangling_packs,omitempty"`   // referenced packs neither stored nor moved (the verifier reports them)
+	// Object Lock: units nothing references (or worth rewriting) left
+	// alone because their retention has not passed; a run after it frees
+	// them.
+	Locked      int   `json:"locked,omitempty"`
+	LockedBytes int64 `json:"locked_bytes,omitempty"`
 }
 
 func (m *GCReply) Validate() error { return checkSchema(m.Schema) }

@@ -72,13 +72,18 @@ type stackOptions struct {
 	schedulers int
 	extraEnv   map[string][]string // per service, extra env (transfer: per instance in order)
 	env        []string            // extra env for every service and the CLI
+	versioned  bool                // the S3 server keeps versions (Object Lock needs it)
 }
 
 func startStack(t testing.TB, o stackOptions) *stack {
 	t.Helper()
 	natsSrv := testserver.StartNATS(t)
 	natsURL := natsSrv.URL
-	s3 := testserver.Versity(t)
+	start := testserver.Versity
+	if o.versioned {
+		start = testserver.VersityVersioned
+	}
+	s3 := start(t)
 	st := &stack{t: t, s3: s3, procs: map[string][]*testserver.Process{}, bucket: "strata-e2e", nats: natsURL, natsSrv: natsSrv}
 	st.env = append(os.Environ(),
 		"STRATA_NATS_URL="+natsURL,
@@ -177,6 +182,15 @@ func (st *stack) cli(args ...string) (string, string, int) {
 		st.t.Fatalf("run strata %v: %v", args, err)
 	}
 	return out.String(), errb.String(), code
+}
+
+// cliEnv is mustCLI with another environment.
+func (st *stack) cliEnv(env []string, args ...string) string {
+	st.t.Helper()
+	saved := st.env
+	defer func() { st.env = saved }()
+	st.env = env
+	return st.mustCLI(args...)
 }
 
 // mustCLI runs the strata command and fails the test on a non-zero exit.

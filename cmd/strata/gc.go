@@ -83,6 +83,9 @@ func newGCCmd() *cobra.Command {
 				fmt.Printf("warning: %d referenced packs are neither stored nor moved: run strata check\n", reply.DanglingPacks)
 			}
 		}
+		if reply.Locked > 0 {
+			fmt.Printf("%d units (%s) left alone under Object Lock: a run after their retention frees them\n", reply.Locked, human(reply.LockedBytes))
+		}
 		fmt.Printf("freed %s\n", human(reply.FreedBytes))
 		return nil
 	}

@@ -44,6 +44,12 @@ func newPruneCmd() *cobra.Command {
 		for _, id := range reply.Pruned {
 			fmt.Println("  -", id)
 		}
+		if len(reply.Locked) > 0 {
+			fmt.Printf("kept %d more under Object Lock (pruned by a run after their date):\n", len(reply.Locked))
+			for _, l := range reply.Locked {
+				fmt.Printf("  = %s  locked until %s\n", l.ID, l.Until.UTC().Format(time.RFC3339))
+			}
+		}
 		return nil
 	}
 	return cmd

@@ -102,6 +102,38 @@ func decodeCopy(seal Sealer, key string, b []byte) (*contracts.BackupRecord, err
 	return &r, nil
 }
 
+// readCopy reads the record copy at key: the newest version that opens
+// and validates, so a copy overwritten or hidden by someone with the
+// bucket's keys is read from the version Strata wrote (objstore.GetChecked).
+// A copy that is not there at all, or whose every version is bad, is an
+// error that says so.
+func readCopy(ctx context.Context, store objstore.Store, seal Sealer, key string) (*contracts.BackupRecord, error) {
+	var r *contracts.BackupRecord
+	_, err := objstore.GetChecked(ctx, store, key, func(b []byte) (err error) {
+		if r, err = decodeCopy(seal, key, b); err != nil {
+			return &badCopy{err}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// badCopy: a record copy that was read and does not open, decode or
+// validate (reported, never guessed at), as opposed to one that could
+// not be read (an error of the store: the caller stops).
+type badCopy struct{ err error }
+
+func (e *badCopy) Error() string { return e.err.Error() }
+func (e *badCopy) Unwrap() error { return e.err }
+
+func isBadCopy(err error) bool {
+	var b *badCopy
+	return errors.As(err, &b)
+}
+
 // errMisplaced: a record copy that is not where its backup's belongs.
 var errMisplaced = errors.New("misplaced record copy")
 
@@ -403,16 +435,15 @@ func (c *Catalog) Rebuild(ctx context.Context) (*RebuildReport, error) {
 		return nil, errors.New("catalog opened read-only")
 	}
 	rep := &RebuildReport{Refused: []string{}}
-	err := c.store.List(ctx, "backups/", func(in objstore.Info) error {
+	err := objstore.ListAll(ctx, c.store, "backups/", func(in objstore.Info) error {
 		if !strings.HasSuffix(in.Key, ".json") {
 			return nil
 		}
 		rep.Records++
-		b, err := c.store.Get(ctx, in.Key)
-		if err != nil {
+		rp, err := readCopy(ctx, c.store, c.seal, in.Key)
+		if err != nil && !isBadCopy(err) {
 			return fmt.Errorf("read %s: %w", in.Key, err)
 		}
-		rp, err := decodeCopy(c.seal, in.Key, b)
 		if err != nil {
 			rep.Refused = append(rep.Refused, fmt.Sprintf("%s: %v", in.Key, err))
 			return nil
@@ -454,15 +485,14 @@ func ListCopies(ctx context.Context, store objstore.Store, seal Sealer, vm strin
 	if vm != "" {
 		prefix = strings.TrimSuffix(recordKey(seal, vm, ""), ".json")
 	}
-	err = store.List(ctx, prefix, func(in objstore.Info) error {
+	err = objstore.ListAll(ctx, store, prefix, func(in objstore.Info) error {
 		if !strings.HasSuffix(in.Key, ".json") {
 			return nil
 		}
-		b, err := store.Get(ctx, in.Key)
-		if err != nil {
+		r, err := readCopy(ctx, store, seal, in.Key)
+		if err != nil && !isBadCopy(err) {
 			return fmt.Errorf("read %s: %w", in.Key, err)
 		}
-		r, err := decodeCopy(seal, in.Key, b)
 		if err != nil {
 			bad = append(bad, err.Error())
 			return nil
@@ -488,22 +518,22 @@ func ListCopies(ctx context.Context, store objstore.Store, seal Sealer, vm strin
 // copies costs O(its backups), never O(all backups).
 func FromCopies(ctx context.Context, store objstore.Store, seal Sealer, vm, id string) (*contracts.BackupRecord, error) {
 	seal = orPlain(seal)
-	readCopy := func(key string) (*contracts.BackupRecord, error) {
-		b, err := store.Get(ctx, key)
-		if err != nil {
-			if errors.Is(err, objstore.ErrNotFound) {
-				return nil, fmt.Errorf("backup %s of vm %q: no record copy in the repository: %w", id, vm, ErrNotFound)
-			}
-			return nil, fmt.Errorf("read %s: %w", key, err)
+	read := func(key string) (*contracts.BackupRecord, error) {
+		r, err := readCopy(ctx, store, seal, key)
+		switch {
+		case err == nil || isBadCopy(err):
+			return r, err
+		case errors.Is(err, objstore.ErrNotFound):
+			return nil, fmt.Errorf("backup %s of vm %q: no record copy in the repository: %w", id, vm, ErrNotFound)
 		}
-		return decodeCopy(seal, key, b)
+		return nil, fmt.Errorf("read %s: %w", key, err)
 	}
 	if id != "latest" {
-		return readCopy(recordKey(seal, vm, id))
+		return read(recordKey(seal, vm, id))
 	}
 	var keys []string
 	prefix := strings.TrimSuffix(recordKey(seal, vm, ""), ".json")
-	if err := store.List(ctx, prefix, func(in objstore.Info) error {
+	if err := objstore.ListAll(ctx, store, prefix, func(in objstore.Info) error {
 		if strings.HasSuffix(in.Key, ".json") {
 			keys = append(keys, in.Key)
 		}
@@ -514,7 +544,7 @@ func FromCopies(ctx context.Context, store objstore.Store, seal Sealer, vm, id s
 	// Backup ids are UUIDv7: their order is their creation order.
 	sort.Sort(sort.Reverse(sort.StringSlice(keys)))
 	for _, k := range keys {
-		r, err := readCopy(k)
+		r, err := read(k)
 		if err != nil {
 			return nil, err
 		}

@@ -203,7 +203,7 @@ func (d *Dir) GetRange(ctx context.Context, key string, off, n int64) ([]byte, e
 		return nil, fmt.Errorf("get %s: %w", key, err)
 	}
 	if off < 0 || n <= 0 || off >= fi.Size() {
-		return nil, fmt.Errorf("get %s: range %d+%d outside its %d bytes", key, off, n, fi.Size())
+		return nil, fmt.Errorf("get %s: %w: %d+%d of %d bytes", key, ErrBadRange, off, n, fi.Size())
 	}
 	b := make([]byte, min(n, fi.Size()-off))
 	if _, err := f.ReadAt(b, off); err != nil {

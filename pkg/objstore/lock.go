@@ -67,6 +67,9 @@ type Version struct {
 // versions newest first, delete markers left out; GetVersion and
 // GetVersionRange read one like Get and GetRange.
 type Versioned interface {
+	// ListAll is List over every key that has a version, the ones a
+	// delete marker hides included (Info describes the newest version).
+	ListAll(ctx context.Context, prefix string, fn func(Info) error) error
 	Versions(ctx context.Context, key string) ([]Version, error)
 	GetVersion(ctx context.Context, key, id string) ([]byte, error)
 	GetVersionRange(ctx context.Context, key, id string, off, n int64) ([]byte, error)
@@ -147,4 +150,14 @@ func olderVersion(ctx context.Context, s Store, key string, cur error, read bool
 		}
 	}
 	return nil, cur
+}
+
+// ListAll lists the keys under prefix, those hidden by a delete marker
+// included when the store keeps versions: the record copies of a locked
+// repository are found after someone deleted every object "in" it.
+func ListAll(ctx context.Context, s Store, prefix string, fn func(Info) error) error {
+	if v, ok := As[Versioned](s); ok {
+		return v.ListAll(ctx, prefix, fn)
+	}
+	return s.List(ctx, prefix, fn)
 }

@@ -66,7 +66,7 @@ func (m *Mem) GetRange(ctx context.Context, key string, off, n int64) ([]byte, e
 		return nil, fmt.Errorf("get %s: %w", key, ErrNotFound)
 	}
 	if off < 0 || n <= 0 || off >= int64(len(o.data)) {
-		return nil, fmt.Errorf("get %s: range %d+%d outside its %d bytes", key, off, n, len(o.data))
+		return nil, fmt.Errorf("get %s: %w: %d+%d of %d bytes", key, ErrBadRange, off, n, len(o.data))
 	}
 	return append([]byte(nil), o.data[off:min(off+n, int64(len(o.data)))]...), nil
 }

@@ -14,7 +14,8 @@
 //   - Delete of an absent key succeeds.
 //   - List visits keys under a prefix in lexical order.
 //   - Backends do not retry; wrap them with Retry. Errors that retrying cannot
-//     fix (ErrNotFound, context cancellation) are not retried by Retry.
+//     fix (ErrNotFound, ErrBadRange, context cancellation) are not retried
+//     by Retry.
 package objstore
 
 import (
@@ -25,6 +26,10 @@ import (
 
 // ErrNotFound is wrapped by errors for absent objects.
 var ErrNotFound = errors.New("object not found")
+
+// ErrBadRange is wrapped by errors for a range read that starts at or
+// past the object's end (or asks for nothing): retrying cannot help.
+var ErrBadRange = errors.New("range outside the object")
 
 // Info describes one stored object.
 type Info struct {
@@ -41,7 +46,8 @@ type Store interface {
 	PutIfAbsent(ctx context.Context, key string, data []byte) (created bool, err error)
 	Get(ctx context.Context, key string) ([]byte, error)
 	// GetRange returns n bytes of the object from off, fewer when the
-	// object ends sooner; off at or past the end, or n < 1, is an error.
+	// object ends sooner; off at or past the end, or n < 1, is an error
+	// wrapping ErrBadRange.
 	GetRange(ctx context.Context, key string, off, n int64) ([]byte, error)
 	Stat(ctx context.Context, key string) (Info, error)
 	Delete(ctx context.Context, key string) error

@@ -191,6 +191,12 @@ func isNotFound(err error) bool {
 	return errors.As(err, &re) && re.HTTPStatusCode() == http.StatusNotFound
 }
 
+// isBadRange: 416 Range Not Satisfiable.
+func isBadRange(err error) bool {
+	var re *smithyhttp.ResponseError
+	return errors.As(err, &re) && re.HTTPStatusCode() == http.StatusRequestedRangeNotSatisfiable
+}
+
 func (s *S3) Put(ctx context.Context, key string, data []byte) error {
 	in := &s3.PutObjectInput{
 		Bucket:         &s.cfg.Bucket,
@@ -235,13 +241,16 @@ func (s *S3) PutIfAbsent(ctx context.Context, key string, data []byte) (bool, er
 
 func (s *S3) GetRange(ctx context.Context, key string, off, n int64) ([]byte, error) {
 	if off < 0 || n <= 0 {
-		return nil, fmt.Errorf("get %s: range %d+%d", key, off, n)
+		return nil, fmt.Errorf("get %s: %w: %d+%d", key, ErrBadRange, off, n)
 	}
 	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.cfg.Bucket, Key: aws.String(s.key(key)),
 		Range: aws.String(fmt.Sprintf("bytes=%d-%d", off, off+n-1))})
 	if err != nil {
 		if isNotFound(err) {
 			return nil, fmt.Errorf("get %s: %w", key, ErrNotFound)
+		}
+		if isBadRange(err) {
+			return nil, fmt.Errorf("get %s: %w: %v", key, ErrBadRange, err)
 		}
 		return nil, fmt.Errorf("get %s: %w", key, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -120,13 +121,16 @@ func (s *S3) GetVersion(ctx context.Context, key, id string) ([]byte, error) {
 
 func (s *S3) GetVersionRange(ctx context.Context, key, id string, off, n int64) ([]byte, error) {
 	if off < 0 || n <= 0 {
-		return nil, fmt.Errorf("get %s: range %d+%d", key, off, n)
+		return nil, fmt.Errorf("get %s: %w: %d+%d", key, ErrBadRange, off, n)
 	}
 	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.cfg.Bucket, Key: aws.String(s.key(key)), VersionId: aws.String(id),
 		Range: aws.String(fmt.Sprintf("bytes=%d-%d", off, off+n-1))})
 	if err != nil {
 		if isNotFound(err) {
 			return nil, fmt.Errorf("get %s version %s: %w", key, id, ErrNotFound)
+		}
+		if isBadRange(err) {
+			return nil, fmt.Errorf("get %s version %s: %w: %v", key, id, ErrBadRange, err)
 		}
 		return nil, fmt.Errorf("get %s version %s: %w", key, id, err)
 	}
@@ -241,6 +245,30 @@ func (s *S3) deleteVersions(ctx context.Context, key string) error {
 	for _, m := range markers {
 		if err := del(m); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// ListAll lists every key with a version under prefix, once each, in
+// lexical order (S3 lists versions by key, newest first).
+func (s *S3) ListAll(ctx context.Context, prefix string, fn func(Info) error) error {
+	p := s3.NewListObjectVersionsPaginator(s.client, &s3.ListObjectVersionsInput{Bucket: &s.cfg.Bucket, Prefix: aws.String(s.key(prefix))})
+	last := ""
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return fmt.Errorf("list versions under %s: %w", prefix, err)
+		}
+		for _, v := range page.Versions {
+			k := strings.TrimPrefix(aws.ToString(v.Key), s.cfg.Prefix)
+			if k == last {
+				continue
+			}
+			last = k
+			if err := fn(Info{Key: k, Size: aws.ToInt64(v.Size), Modified: aws.ToTime(v.LastModified)}); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

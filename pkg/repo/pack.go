@@ -390,9 +390,10 @@ func (r *Repository) ReadRun(ctx context.Context, refs []chunk.Ref) ([][]byte, e
 			if good {
 				return out, nil
 			}
-		} else if err != nil && !IsBad(err) {
-			return nil, fmt.Errorf("pack %s: %w", PackKey(first.Pack), err)
 		}
+		// A failed read goes chunk by chunk too: each finds its pack's
+		// moved records, a repaired copy, or (a locked repository) the
+		// version Strata wrote under what someone put over it.
 	}
 	for i, ref := range refs {
 		data, err := r.ReadChunk(ctx, ref.ID, ref.Loc)
@@ -425,14 +426,14 @@ func (r *Repository) readPacked(ctx context.Context, id chunk.ID, loc chunk.Loc)
 
 func (r *Repository) readPackRange(ctx context.Context, id chunk.ID, loc chunk.Loc) ([]byte, error) {
 	key := PackKey(loc.Pack)
-	stored, err := r.Store.GetRange(ctx, key, int64(loc.Off), int64(loc.Len))
-	if err != nil {
-		return nil, fmt.Errorf("chunk %s in pack %s: %w", id, key, err)
-	}
-	if len(stored) != int(loc.Len) {
-		return nil, fmt.Errorf("chunk %s in pack %s: %w: %d of %d bytes at %d", id, key, chunk.ErrCorrupt, len(stored), loc.Len, loc.Off)
-	}
-	data, err := openStored(r.seal, id, stored)
+	var data []byte
+	_, err := objstore.GetRangeChecked(ctx, r.Store, key, int64(loc.Off), int64(loc.Len), func(stored []byte) (err error) {
+		if len(stored) != int(loc.Len) {
+			return fmt.Errorf("%w: %d of %d bytes at %d", chunk.ErrCorrupt, len(stored), loc.Len, loc.Off)
+		}
+		data, err = openStored(r.seal, id, stored)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("chunk %s in pack %s: %w", id, key, err)
 	}

@@ -46,6 +46,9 @@ type Config struct {
 	// Packs: new chunks are stored many to an object (see pack.go), not
 	// one object each. Chosen at creation.
 	Packs bool `json:"packs,omitempty"`
+	// Lock: every object a backup needs is written under S3 Object Lock
+	// (lock.go). Chosen at creation: a repository is never locked later.
+	Lock *LockPolicy `json:"lock,omitempty"`
 }
 
 // Options are the parameters of a repository Open creates; an existing
@@ -57,6 +60,11 @@ type Options struct {
 	// Existing: a store with no repository is an error (ErrNoRepository),
 	// never a new repository (commands that only read).
 	Existing bool
+	// Lock: create the repository under Object Lock with this policy (the
+	// store must write with Lock.StoreLock()). Opening an existing locked
+	// repository to write requires it (its period may grow: the one given
+	// here is used for new objects).
+	Lock *LockPolicy
 }
 
 // ErrNoRepository: the store holds no repository (no config object).
@@ -93,11 +101,12 @@ type StoredChunk struct {
 
 // Repository is an opened repository.
 type Repository struct {
-	Store  objstore.Store
-	Config Config
-	Chunks ChunkStore
-	seal   sealer
-	moved  moveCache // records of packs found gone (moved.go)
+	Store    objstore.Store
+	Config   Config
+	Chunks   ChunkStore
+	seal     sealer
+	moved    moveCache // records of packs found gone (moved.go)
+	retained retained  // retain-until dates known (lock.go)
 }
 
 // sealer turns a plaintext object into its stored form and back, bound to
@@ -166,7 +175,7 @@ func OpenWith(ctx context.Context, store objstore.Store, o Options) (*Repository
 		if err := contracts.ValidChunkSize(chunkSize); err != nil {
 			return nil, fmt.Errorf("create repository in %s: %w", store, err)
 		}
-		cfg = Config{Version: FormatVersion, ID: uuid.NewString(), ChunkSize: chunkSize, CreatedAt: time.Now().UTC(), Packs: o.Packs}
+		cfg = Config{Version: FormatVersion, ID: uuid.NewString(), ChunkSize: chunkSize, CreatedAt: time.Now().UTC(), Packs: o.Packs, Lock: o.Lock}
 		if keys != nil {
 			cfg.Encrypted, cfg.KeyCheck = true, keys.check
 		}
@@ -190,6 +199,15 @@ func OpenWith(ctx context.Context, store objstore.Store, o Options) (*Repository
 		return nil, fmt.Errorf("repository in %s is not encrypted, and a repository never mixes encrypted and plaintext objects: unset STRATA_ENCRYPTION_KEY_FILE or use another bucket or prefix", store)
 	case keys != nil && !hmac.Equal([]byte(cfg.KeyCheck), []byte(keys.check)):
 		return nil, fmt.Errorf("repository in %s: %w (the key check in its config differs)", store, ErrWrongKey)
+	case cfg.Lock == nil && o.Lock != nil && !o.Existing:
+		return nil, fmt.Errorf("repository in %s was created without Object Lock, and a repository cannot be locked afterwards (old objects would stay deletable): unset STRATA_S3_OBJECT_LOCK, or use a new bucket or prefix", store)
+	case cfg.Lock != nil && o.Lock == nil && !o.Existing:
+		return nil, fmt.Errorf("repository in %s is under Object Lock (%s, %v): set STRATA_S3_OBJECT_LOCK=%s and STRATA_LOCK_DAYS, or new objects would be written unlocked", store, cfg.Lock.Mode, cfg.Lock.Period, cfg.Lock.Mode)
+	case cfg.Lock != nil && o.Lock != nil && !o.Existing:
+		if _, ok := objstore.As[objstore.Locker](store); !ok {
+			return nil, fmt.Errorf("repository in %s is under Object Lock, but its store cannot lock", store)
+		}
+		cfg.Lock = o.Lock // the period configured now rules new objects
 	}
 	var s sealer = plain{}
 	if keys != nil {
@@ -231,9 +249,19 @@ func (r *Repository) appendChunk(dst []byte, id chunk.ID, data []byte, c chunk.C
 	return r.seal.seal(enc, id[:]), got
 }
 
+var errCorruptConfig = errors.New("not a repository config")
+
 func readConfig(ctx context.Context, store objstore.Store) (Config, error) {
 	var cfg Config
-	b, err := store.Get(ctx, configKey)
+	b, err := objstore.GetChecked(ctx, store, configKey, func(b []byte) error {
+		if err := json.Unmarshal(b, &Config{}); err != nil {
+			return fmt.Errorf("%w: %v", errCorruptConfig, err)
+		}
+		return nil
+	})
+	if errors.Is(err, errCorruptConfig) {
+		return cfg, fmt.Errorf("repository config in %s is corrupt: %w", store, err)
+	}
 	if err != nil {
 		return cfg, fmt.Errorf("read repository config from %s: %w", store, err)
 	}
@@ -271,11 +299,11 @@ func (c *looseChunks) PutChunkIfAbsent(ctx context.Context, id chunk.ID, stored 
 
 func (c *looseChunks) GetChunk(ctx context.Context, id chunk.ID) ([]byte, error) {
 	key := ChunkKey(id)
-	obj, err := c.store.Get(ctx, key)
-	if err != nil {
-		return nil, fmt.Errorf("chunk object %s: %w", key, err)
-	}
-	data, err := openStored(c.seal, id, obj)
+	var data []byte
+	_, err := objstore.GetChecked(ctx, c.store, key, func(obj []byte) (err error) {
+		data, err = openStored(c.seal, id, obj)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("chunk object %s: %w", key, err)
 	}
@@ -358,14 +386,15 @@ func (r *Repository) PutManifest(ctx context.Context, vm string, m *manifest.Man
 
 // GetManifest reads and decodes a manifest; errors name the object.
 func (r *Repository) GetManifest(ctx context.Context, key string) (*manifest.Manifest, error) {
-	b, err := r.Store.Get(ctx, key)
-	if err != nil {
-		return nil, fmt.Errorf("manifest object %s: %w", key, err)
-	}
-	if b, err = r.seal.open(b, []byte(key)); err != nil {
-		return nil, fmt.Errorf("manifest object %s: %w: %v", key, manifest.ErrCorrupt, err)
-	}
-	m, err := manifest.Decode(b)
+	var m *manifest.Manifest
+	_, err := objstore.GetChecked(ctx, r.Store, key, func(b []byte) error {
+		b, err := r.seal.open(b, []byte(key))
+		if err != nil {
+			return fmt.Errorf("%w: %v", manifest.ErrCorrupt, err)
+		}
+		m, err = manifest.Decode(b)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("manifest object %s: %w", key, err)
 	}

@@ -275,6 +275,10 @@ type Census struct {
 	PackBytes int64 // their stored size
 	LiveBytes int64 // what references need of them
 	Young     int   // unreferenced units younger than the cutoff
+	// Locked: units that would be freed or rewritten but are under
+	// Object Lock (left alone, not listed as candidates).
+	Locked      int
+	LockedBytes int64
 }
 
 // Candidates lists the shard's units that nothing references (or, packs,
@@ -290,6 +294,11 @@ func (m *Mark) Candidates(ctx context.Context) ([]Unit, Census, error) {
 		}
 		if sc.Modified.After(s.opts.Cutoff) {
 			c.Young++
+			return nil
+		}
+		if time.Now().Before(r.LockedUntil(sc.Modified)) {
+			c.Locked++
+			c.LockedBytes += sc.Size
 			return nil
 		}
 		units = append(units, Unit{Hold: sc.ID.String(), Name: sc.Name, Size: sc.Size, id: sc.ID})
@@ -321,6 +330,29 @@ func (m *Mark) Candidates(ctx context.Context) ([]Unit, Census, error) {
 			u.Rewrite = true
 		default:
 			continue
+		}
+		// Under Object Lock: a pack whose lock from its creation still
+		// holds is left without asking; one about to be rewritten is
+		// asked (a rewrite must be able to delete the old pack); a dead
+		// one extended later is refused by the store when deleted, and
+		// counted then.
+		if until := r.packLockedAtLeast(p); time.Now().Before(until) {
+			c.Locked++
+			c.LockedBytes += info.Size
+			continue
+		}
+		if u.Rewrite && r.Locked() {
+			if l, ok := objstore.As[objstore.Locker](r.Store); ok {
+				until, err := l.RetainedUntil(ctx, PackKey(p))
+				if err != nil {
+					return nil, c, fmt.Errorf("retention of %s: %w", PackKey(p), err)
+				}
+				if time.Now().Before(until) {
+					c.Locked++
+					c.LockedBytes += info.Size
+					continue
+				}
+			}
 		}
 		units = append(units, u)
 	}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -47,8 +48,16 @@ type Common struct {
 	EncryptionKeyFile string `envconfig:"ENCRYPTION_KEY_FILE"`
 	// Packs: a repository created by this process stores new chunks many
 	// to an object (an existing repository keeps what it was created with).
-	Packs    bool   `envconfig:"PACKS" default:"true"`
-	LogLevel string `envconfig:"LOG_LEVEL" default:"info"`
+	Packs bool `envconfig:"PACKS" default:"true"`
+	// S3ObjectLock (governance or compliance) creates the repository under
+	// S3 Object Lock, in a bucket created with it; every backup then stays
+	// immutable for LockDays (repo.LockPolicy), its objects' retention
+	// set in generations of LockStep (default: 10 days, a third of
+	// LockDays when that is shorter).
+	S3ObjectLock string       `envconfig:"S3_OBJECT_LOCK"`
+	LockDays     LockDuration `envconfig:"LOCK_DAYS" default:"30"`
+	LockStep     LockDuration `envconfig:"LOCK_STEP"`
+	LogLevel     string       `envconfig:"LOG_LEVEL" default:"info"`
 	// CPUProfile: a service writes a CPU profile of its whole run to this
 	// file when it shuts down (go tool pprof); how the deployed backup's
 	// CPU is attributed inside a container.
@@ -78,7 +87,46 @@ func (c Common) openRepo(ctx context.Context, store objstore.Store, existing boo
 			return nil, err
 		}
 	}
-	return repo.OpenWith(ctx, store, repo.Options{ChunkSize: c.ChunkSize, Keys: keys, Packs: c.Packs, Existing: existing})
+	lock, err := c.lockPolicy()
+	if err != nil {
+		return nil, err
+	}
+	return repo.OpenWith(ctx, store, repo.Options{ChunkSize: c.ChunkSize, Keys: keys, Packs: c.Packs, Existing: existing, Lock: lock})
+}
+
+// lockPolicy is the Object Lock policy configured (nil: none).
+func (c Common) lockPolicy() (*repo.LockPolicy, error) {
+	if c.S3ObjectLock == "" {
+		return nil, nil
+	}
+	if c.StoreDir != "" {
+		return nil, errors.New("STRATA_S3_OBJECT_LOCK needs an S3 store: a directory (STRATA_STORE_DIR) cannot lock objects")
+	}
+	p, err := repo.NewLockPolicy(c.S3ObjectLock, time.Duration(c.LockDays), time.Duration(c.LockStep))
+	if err != nil {
+		return nil, fmt.Errorf("STRATA_S3_OBJECT_LOCK: %w", err)
+	}
+	return p, nil
+}
+
+// LockDuration is a number of days ("30"), or a Go duration ("90s") where
+// tests need a lock that ends while they run.
+type LockDuration time.Duration
+
+func (d *LockDuration) Decode(v string) error {
+	if days, err := strconv.ParseFloat(v, 64); err == nil {
+		if days <= 0 {
+			return fmt.Errorf("%q: must be positive", v)
+		}
+		*d = LockDuration(time.Duration(days * 24 * float64(time.Hour)))
+		return nil
+	}
+	t, err := time.ParseDuration(v)
+	if err != nil || t <= 0 {
+		return fmt.Errorf("%q: want days (30) or a positive duration (90s)", v)
+	}
+	*d = LockDuration(t)
+	return nil
 }
 
 // OpenExisting opens the configured store and the repository in it for a
@@ -111,11 +159,19 @@ func (c Common) openStore(ctx context.Context, existing bool) (objstore.Store, e
 		}
 		return objstore.NewDir(c.StoreDir)
 	}
-	s3, err := objstore.NewS3(ctx, objstore.S3Config{
+	cfg := objstore.S3Config{
 		Endpoint: c.S3Endpoint, Region: c.S3Region, Bucket: c.S3Bucket, Prefix: c.S3Prefix,
 		AccessKey: c.S3AccessKey, SecretKey: c.S3SecretKey, PathStyle: c.S3PathStyle,
 		SignPayload: c.S3SignPayload, NoCreate: existing,
-	})
+	}
+	lock, err := c.lockPolicy()
+	if err != nil {
+		return nil, err
+	}
+	if lock != nil && !existing {
+		cfg.Lock = lock.StoreLock()
+	}
+	s3, err := objstore.NewS3(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}

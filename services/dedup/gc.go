@@ -13,6 +13,7 @@ import (
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/manifest"
+	"github.com/strata-backup/strata/pkg/objstore"
 	"github.com/strata-backup/strata/pkg/reach"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/runtime"
@@ -187,6 +188,8 @@ func (c *collection) shard(ctx context.Context, lo byte, hi int) error {
 	}
 	reply.Chunks += census.Chunks
 	reply.Young += census.Young
+	reply.Locked += census.Locked
+	reply.LockedBytes += census.LockedBytes
 	reply.Packs += census.Packs
 	reply.PackBytes += census.PackBytes
 	reply.LiveBytes += census.LiveBytes
@@ -235,11 +238,19 @@ func (c *collection) shard(ctx context.Context, lo byte, hi int) error {
 			continue
 		}
 		if err := c.sweep.Free(ctx, u, m); err != nil {
-			if !errors.Is(err, repo.ErrNotRepacked) {
+			switch {
+			case errors.Is(err, objstore.ErrLocked):
+				// Its retention was extended after it was made: the store
+				// refused, nothing was destroyed; a later run frees it.
+				rt.Log.InfoContext(ctx, "unreferenced but under Object Lock", "unit", u.Name, "err", err)
+				reply.Locked++
+				reply.LockedBytes += u.Size
+			case errors.Is(err, repo.ErrNotRepacked):
+				rt.Log.WarnContext(ctx, "pack left whole", "pack", u.Name, "err", err)
+				reply.PacksNotMoved++
+			default:
 				return err
 			}
-			rt.Log.WarnContext(ctx, "pack left whole", "pack", u.Name, "err", err)
-			reply.PacksNotMoved++
 			if err := rt.GC.Unclaim(ctx, c.lock.ID, u.Hold); err != nil {
 				return err
 			}

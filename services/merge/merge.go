@@ -13,12 +13,15 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/manifest"
+	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/retention"
 	"github.com/strata-backup/strata/pkg/runtime"
 )
@@ -45,6 +48,9 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	}
 	m := &merger{cat: rt.Catalog, repo: rt.Repo, results: results, pub: rt.Bus, log: rt.Log}
 	pr := &pruner{cat: rt.Catalog, store: rt.Repo.Store, hooks: cfg.Hooks, log: rt.Log}
+	if rt.Repo.Locked() {
+		pr.lockedUntil = rt.Repo.LockedUntil
+	}
 	svc, err := rt.Bus.AddService("backup assembly, retention and pruning")
 	if err != nil {
 		return err
@@ -103,6 +109,9 @@ type (
 	manifests interface {
 		GetManifest(ctx context.Context, key string) (*manifest.Manifest, error)
 		PutManifest(ctx context.Context, vm string, m *manifest.Manifest) (string, error)
+		// Cover keeps what a backup needs locked as long as the backup
+		// (a no-op in a repository without Object Lock).
+		Cover(ctx context.Context, made time.Time, mans ...*manifest.Manifest) (repo.LockStats, error)
 	}
 	// resultStream: the segment results (STRATA_RESULTS).
 	resultStream interface {
@@ -144,16 +153,28 @@ func (m *merger) segmentDone(ctx context.Context, d *contracts.SegmentDone) erro
 func (m *merger) commit(ctx context.Context, rec *contracts.BackupRecord) error {
 	disks := make([]catalog.CommittedDisk, len(rec.Disks))
 	stored := make([][]contracts.ChunkRun, len(rec.Disks))
+	mans := make([]*manifest.Manifest, len(rec.Disks))
 	for i, disk := range rec.Disks {
 		man, zero, err := m.assemble(ctx, rec, disk, &stored[i])
 		if err != nil {
 			return err
 		}
+		mans[i] = man
 		key, err := m.repo.PutManifest(ctx, rec.VM, man)
 		if err != nil {
 			return err
 		}
 		disks[i] = catalog.CommittedDisk{Manifest: key, Chunks: int64(len(man.IDs)), ZeroChunks: zero}
+	}
+	// Before the commit: a committed backup never needs an object whose
+	// lock ends before its own.
+	locks, err := m.repo.Cover(ctx, time.Now(), mans...)
+	if err != nil {
+		return fmt.Errorf("lock what backup %s needs: %w", rec.ID, err)
+	}
+	if locks.Objects > 0 {
+		trace.SpanFromContext(ctx).SetAttributes(attribute.Int("strata.lock.objects", locks.Objects), attribute.Int("strata.lock.extended", locks.Extended))
+		m.log.InfoContext(ctx, "locks cover the backup", "vm", rec.VM, "backup", rec.ID, "objects", locks.Objects, "extended", locks.Extended)
 	}
 	committed, ok, err := m.cat.Commit(ctx, rec.VM, rec.ID, disks)
 	if err != nil {

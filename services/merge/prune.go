@@ -2,10 +2,13 @@ package merge
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/objstore"
 	"github.com/strata-backup/strata/pkg/policy"
 	"github.com/strata-backup/strata/pkg/retention"
 	"github.com/strata-backup/strata/pkg/runtime"
@@ -29,8 +32,32 @@ type pruner struct {
 	store interface {
 		Delete(ctx context.Context, key string) error
 	}
-	hooks Hooks
-	log   *slog.Logger
+	// lockedUntil: before this date a backup whose record was last
+	// written at written is under Object Lock (zero: no lock).
+	lockedUntil func(written time.Time) time.Time
+	hooks       Hooks
+	log         *slog.Logger
+}
+
+// errLocked: a backup still under Object Lock; its deletion is refused.
+type errLocked struct {
+	id    string
+	until time.Time
+}
+
+func (e *errLocked) Error() string {
+	return fmt.Sprintf("backup %s is under Object Lock until %s", e.id, e.until.UTC().Format(time.RFC3339))
+}
+
+// locked says whether r may not be deleted yet, and until when.
+func (p *pruner) locked(r *contracts.BackupRecord) *errLocked {
+	if p.lockedUntil == nil {
+		return nil
+	}
+	if until := p.lockedUntil(r.UpdatedAt); time.Now().Before(until) {
+		return &errLocked{id: r.ID, until: until}
+	}
+	return nil
 }
 
 func (p *pruner) prune(ctx context.Context, vm string, rules retention.Rules, dryRun bool) (*contracts.PruneReply, error) {
@@ -44,20 +71,43 @@ func (p *pruner) prune(ctx context.Context, vm string, rules retention.Rules, dr
 		reply.Kept = append(reply.Kept, r.ID)
 	}
 	for _, r := range drop {
+		if l := p.locked(r); l != nil {
+			reply.Locked = append(reply.Locked, contracts.LockedBackup{ID: r.ID, Until: l.until})
+			continue
+		}
 		if !dryRun {
 			if err := p.pruneOne(ctx, r); err != nil {
+				var le *errLocked
+				if errors.As(err, &le) {
+					reply.Locked = append(reply.Locked, contracts.LockedBackup{ID: r.ID, Until: le.until})
+					continue
+				}
 				return nil, fmt.Errorf("prune %s: %w", r.ID, err)
 			}
 		}
 		reply.Pruned = append(reply.Pruned, r.ID)
 	}
 	if !dryRun && len(drop) > 0 {
-		p.log.InfoContext(ctx, "pruned", "vm", vm, "pruned", len(drop), "kept", len(keep))
+		p.log.InfoContext(ctx, "pruned", "vm", vm, "pruned", len(reply.Pruned), "kept", len(keep), "locked", len(reply.Locked))
 	}
 	return reply, nil
 }
 
+// pruneOne deletes one backup. Under Object Lock a backup whose lock has
+// not passed is refused first, with its date (nothing deleted); a store
+// that still refuses (an object written later than the record says) stops
+// before the catalog entry goes, so the backup stays listed and whole.
 func (p *pruner) pruneOne(ctx context.Context, r *contracts.BackupRecord) error {
+	if l := p.locked(r); l != nil {
+		return l
+	}
+	lockedErr := func(err error) error {
+		var le *objstore.LockedError
+		if errors.As(err, &le) {
+			return &errLocked{id: r.ID, until: le.Until}
+		}
+		return err
+	}
 	step := func(name string) error {
 		if p.hooks != nil {
 			return p.hooks.BeforePruneStep(name, r.ID)
@@ -70,7 +120,7 @@ func (p *pruner) pruneOne(ctx context.Context, r *contracts.BackupRecord) error 
 	for _, d := range r.Disks {
 		if d.Manifest != "" {
 			if err := p.store.Delete(ctx, d.Manifest); err != nil {
-				return err
+				return lockedErr(err)
 			}
 		}
 	}
@@ -78,7 +128,7 @@ func (p *pruner) pruneOne(ctx context.Context, r *contracts.BackupRecord) error 
 		return err
 	}
 	if err := p.cat.DeleteCopy(ctx, r.VM, r.ID); err != nil {
-		return err
+		return lockedErr(err)
 	}
 	if err := step("catalog"); err != nil {
 		return err
