@@ -200,3 +200,45 @@ func (s *stepHook) BeforePruneStep(step, _ string) error {
 	}
 	return nil
 }
+
+// Under Object Lock, prune leaves a backup whose lock has not passed
+// (listed with its date, nothing of it deleted) and prunes the rest; a
+// store that still refuses (objstore.ErrLocked) stops that backup before
+// its catalog entry goes.
+func TestPruneRespectsLocks(t *testing.T) {
+	ctx := context.Background()
+	store := objstore.NewFaulty(objstore.NewMem(), &objstore.Fault{Method: "Delete", KeyPrefix: "manifests/vm/0/b1",
+		Err: &objstore.LockedError{Key: "manifests/vm/0/b1", Until: time.Now().Add(time.Hour)}, Times: 100})
+	cat := newFakeRecords()
+	now := time.Now()
+	for i := range 4 {
+		r := diskOf(fmt.Sprint("b", i), 64<<20)
+		r.State, r.CreatedAt, r.UpdatedAt = contracts.StateVerified, now.Add(time.Duration(i-4)*time.Hour), now.Add(time.Duration(i-4)*time.Hour)
+		r.Disks[0].Manifest = fmt.Sprint("manifests/vm/0/b", i)
+		store.Put(ctx, r.Disks[0].Manifest, []byte("m"))
+		cat.recs["vm/"+r.ID] = r
+	}
+	// Locked for 150 minutes after the last write: b2 (2 h ago) still is.
+	p := &pruner{cat: cat, store: store, log: slog.New(slog.DiscardHandler),
+		lockedUntil: func(w time.Time) time.Time { return w.Add(150 * time.Minute) }}
+	reply, err := p.prune(ctx, "vm", retention.Rules{Last: 1}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(reply.Pruned) != "[b0]" || len(reply.Locked) != 2 {
+		t.Fatalf("prune under lock: %+v", reply)
+	}
+	for _, l := range reply.Locked {
+		if !l.Until.After(now) || (l.ID != "b1" && l.ID != "b2") {
+			t.Fatalf("locked entry %+v", l)
+		}
+	}
+	for _, id := range []string{"b1", "b2", "b3"} {
+		if _, _, err := cat.Get(ctx, "vm", id); err != nil {
+			t.Fatalf("backup %s is gone: %v", id, err)
+		}
+		if _, err := store.Get(ctx, "manifests/vm/0/"+id); err != nil {
+			t.Fatalf("backup %s lost its manifest: %v", id, err)
+		}
+	}
+}
