@@ -82,6 +82,16 @@ func recordKey(seal Sealer, vm, backupID string) string {
 	return fmt.Sprintf("backups/%s/%s.json", seal.NameInKey(vm), backupID)
 }
 
+// CopyKey is the key of the record copy of backup id of vm in a
+// repository sealed by seal (strata copy copies it last).
+func CopyKey(seal Sealer, vm, id string) string { return recordKey(orPlain(seal), vm, id) }
+
+// CheckCopy reports whether b is a good record copy to find at key.
+func CheckCopy(seal Sealer, key string, b []byte) error {
+	_, err := decodeCopy(orPlain(seal), key, b)
+	return err
+}
+
 // decodeCopy opens and checks the record copy b read from key: it must
 // open, decode, validate and belong there.
 func decodeCopy(seal Sealer, key string, b []byte) (*contracts.BackupRecord, error) {

@@ -185,32 +185,95 @@ func (r *Repository) Cover(ctx context.Context, made time.Time, mans ...*manifes
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(16)
-	for key := range keys {
+	var cover func(ctx context.Context, key string, hop int) error
+	cover = func(ctx context.Context, key string, hop int) error {
 		if r.retained.covers(key, needed) {
-			continue
+			return nil
 		}
-		g.Go(func() error {
-			have, err := locker.RetainedUntil(gctx, key)
-			if err != nil {
-				if errors.Is(err, objstore.ErrNotFound) {
-					return fmt.Errorf("cover backup: %s is gone: %w", key, err)
-				}
-				return fmt.Errorf("cover backup: %w", err)
-			}
-			if have.Before(needed) {
-				if err := locker.Retain(gctx, key, target); err != nil {
+		have, err := locker.RetainedUntil(ctx, key)
+		if errors.Is(err, objstore.ErrNotFound) && hop < maxMoveHops {
+			if p, ok := packOfKey(key); ok {
+				// Compacted (it was unlocked then): the backup reads its
+				// chunks through the moved records, so they and the
+				// packs they name are what must stay.
+				moved, err := r.movedTargets(ctx, p)
+				if err != nil {
 					return fmt.Errorf("cover backup: %w", err)
 				}
-				have = target
-				mu.Lock()
-				st.Extended++
-				mu.Unlock()
+				if len(moved) == 0 {
+					return fmt.Errorf("cover backup: %s is gone and was not moved: %w", key, objstore.ErrNotFound)
+				}
+				for _, k := range moved {
+					if err := cover(ctx, k, hop+1); err != nil {
+						return err
+					}
+				}
+				return nil
 			}
-			r.retained.set(key, have)
-			return nil
-		})
+		}
+		if err != nil {
+			return fmt.Errorf("cover backup: %w", err)
+		}
+		if have.Before(needed) {
+			if err := locker.Retain(ctx, key, target); err != nil {
+				return fmt.Errorf("cover backup: %w", err)
+			}
+			have = target
+			mu.Lock()
+			st.Extended++
+			mu.Unlock()
+		}
+		r.retained.set(key, have)
+		return nil
+	}
+	for key := range keys {
+		g.Go(func() error { return cover(gctx, key, 0) })
 	}
 	return st, g.Wait()
+}
+
+// packOfKey parses a pack's key.
+func packOfKey(key string) (chunk.PackID, bool) {
+	name, ok := strings.CutPrefix(key, "packs/")
+	if !ok || len(name) < 3 {
+		return chunk.PackID{}, false
+	}
+	p, err := chunk.ParsePackID(name[3:])
+	return p, err == nil && PackKey(p) == key
+}
+
+// movedTargets lists the moved records of pack p and the packs they move
+// its chunks to: the keys a backup still naming p reads through.
+func (r *Repository) movedTargets(ctx context.Context, p chunk.PackID) ([]string, error) {
+	prefix := movedPrefix(p)
+	var keys []string
+	packs := map[string]bool{}
+	err := objstore.ListAll(ctx, r.Store, prefix, func(in objstore.Info) error {
+		if strings.Contains(in.Key[len(prefix):], "/") {
+			return nil
+		}
+		b, err := objstore.GetChecked(ctx, r.Store, in.Key, func(b []byte) error {
+			plain, err := r.seal.open(b, []byte(in.Key))
+			if err == nil {
+				_, err = decodeMoves(plain)
+			}
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("moved record %s: %w", in.Key, err)
+		}
+		plain, _ := r.seal.open(b, []byte(in.Key))
+		moves, _ := decodeMoves(plain)
+		keys = append(keys, in.Key)
+		for _, m := range moves {
+			packs[PackKey(m.To.Pack)] = true
+		}
+		return nil
+	})
+	for k := range packs {
+		keys = append(keys, k)
+	}
+	return keys, err
 }
 
 // PackLockedUntil is a lower bound of a pack's retain-until known without

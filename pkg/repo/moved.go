@@ -242,7 +242,9 @@ func (r *Repository) ListMoved(ctx context.Context, f func(p chunk.PackID, recs 
 // DeleteMoved removes records (by key) of a pack no backup names any more.
 func (r *Repository) DeleteMoved(ctx context.Context, keys []string) error {
 	for _, k := range keys {
-		if err := r.Store.Delete(ctx, k); err != nil {
+		// A record a locked backup reads through was locked with it
+		// (Cover): it stays until a later run.
+		if err := r.Store.Delete(ctx, k); err != nil && !errors.Is(err, objstore.ErrLocked) {
 			return fmt.Errorf("delete moved record %s: %w", k, err)
 		}
 	}

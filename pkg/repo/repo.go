@@ -387,19 +387,28 @@ func (r *Repository) PutManifest(ctx context.Context, vm string, m *manifest.Man
 // GetManifest reads and decodes a manifest; errors name the object.
 func (r *Repository) GetManifest(ctx context.Context, key string) (*manifest.Manifest, error) {
 	var m *manifest.Manifest
-	_, err := objstore.GetChecked(ctx, r.Store, key, func(b []byte) error {
-		b, err := r.seal.open(b, []byte(key))
-		if err != nil {
-			return fmt.Errorf("%w: %v", manifest.ErrCorrupt, err)
-		}
-		m, err = manifest.Decode(b)
+	_, err := objstore.GetChecked(ctx, r.Store, key, func(b []byte) (err error) {
+		m, err = r.decodeManifest(key, b)
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("manifest object %s: %w", key, err)
 	}
+	return m, nil
+}
+
+// decodeManifest opens and decodes the manifest object b stored at key.
+func (r *Repository) decodeManifest(key string, b []byte) (*manifest.Manifest, error) {
+	b, err := r.seal.open(b, []byte(key))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", manifest.ErrCorrupt, err)
+	}
+	m, err := manifest.Decode(b)
+	if err != nil {
+		return nil, err
+	}
 	if m.ChunkSize != r.Config.ChunkSize {
-		return nil, fmt.Errorf("manifest object %s: %w: chunk size %d, repository's is %d", key, manifest.ErrCorrupt, m.ChunkSize, r.Config.ChunkSize)
+		return nil, fmt.Errorf("%w: chunk size %d, repository's is %d", manifest.ErrCorrupt, m.ChunkSize, r.Config.ChunkSize)
 	}
 	return m, nil
 }

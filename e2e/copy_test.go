@@ -1,0 +1,134 @@
+package e2e
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/strata-backup/strata/internal/testserver"
+	"github.com/strata-backup/strata/pkg/demodisk"
+)
+
+// copyReply mirrors strata copy --json.
+type copyReply struct {
+	Backups        int      `json:"backups"`
+	Copied         []string `json:"copied"`
+	AlreadyThere   int      `json:"already_there"`
+	Objects        int64    `json:"objects"`
+	Bytes          int64    `json:"bytes"`
+	ObjectsPresent int64    `json:"objects_present"`
+	ChunksChecked  int64    `json:"chunks_checked"`
+	MBPerSec       float64  `json:"mb_per_sec"`
+}
+
+// strata copy to a second S3 server process: three backups of two VMs,
+// the copy killed once mid-way and resumed (it copies only what the
+// target lacks), a second copy moves nothing, and with NATS stopped the
+// copy alone restores every point bit-exact and lists a file.
+func TestCopyToSecondSite(t *testing.T) {
+	const cs = 64 << 10
+	st := startStack(t, stackOptions{chunkSize: cs, env: []string{"STRATA_PACKS=true"}})
+	site2 := testserver.Versity(t)
+	dir := t.TempDir()
+	web := filepath.Join(dir, "web.img")
+	testserver.PartitionedImage(t, web)
+	db := filepath.Join(dir, "db.img")
+	if err := demodisk.Write(db, 24<<20, 91); err != nil {
+		t.Fatal(err)
+	}
+	points := map[string]string{} // backup id → the disk as it was
+	backup := func(vm, img string) string {
+		t.Helper()
+		id := strings.TrimSpace(strings.Split(st.mustCLI("backup", "--vm", vm, "--source", "file://"+img, "--wait"), "\n")[0])
+		keep := filepath.Join(dir, id)
+		b, err := os.ReadFile(img)
+		if err == nil {
+			err = os.WriteFile(keep, b, 0o644)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		points[id] = keep
+		return id
+	}
+	backup("web", web)
+	backup("db", db)
+	f, _ := os.OpenFile(db, os.O_WRONLY, 0)
+	junk := make([]byte, 3<<20)
+	rand.Read(junk)
+	f.WriteAt(junk, 5<<20)
+	f.Close()
+	backup("db", db)
+
+	to := "s3://site2/copy?endpoint=" + site2.Endpoint
+	env := append(append([]string{}, st.env...), "STRATA_COPY_S3_ACCESS_KEY="+site2.AccessKey, "STRATA_COPY_S3_SECRET_KEY="+site2.SecretKey)
+
+	// Killed mid-copy: one object at a time, slowly, and a kill once the
+	// first pack is at the second site.
+	cmd := exec.Command(filepath.Join(binDir, "strata"), "copy", "--all", "--to", to, "--parallel", "1", "--rate-limit", "4M")
+	cmd.Env = env
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	packs := func() int {
+		n := 0
+		filepath.Walk(filepath.Join(site2.Dir, "site2", "copy", "packs"), func(p string, fi os.FileInfo, err error) error {
+			if err == nil && !fi.IsDir() {
+				n++
+			}
+			return nil
+		})
+		return n
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for packs() == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	if packs() == 0 {
+		t.Fatal("the copy stored no pack in a minute")
+	}
+
+	var first, second copyReply
+	if err := json.Unmarshal([]byte(st.cliEnv(env, "copy", "--all", "--to", to, "--json")), &first); err != nil {
+		t.Fatal(err)
+	}
+	if first.Backups != 3 || len(first.Copied)+first.AlreadyThere != 3 || len(first.Copied) == 0 || first.ObjectsPresent == 0 || first.ChunksChecked == 0 {
+		t.Fatalf("resumed copy: %+v (it must copy what the killed one left, and find what it stored)", first)
+	}
+	if err := json.Unmarshal([]byte(st.cliEnv(env, "copy", "--all", "--to", to, "--json")), &second); err != nil {
+		t.Fatal(err)
+	}
+	if second.Objects != 0 || second.Bytes != 0 || len(second.Copied) != 0 || second.AlreadyThere != 3 {
+		t.Fatalf("a second copy moved something: %+v", second)
+	}
+	t.Logf("resumed copy: %d objects, %d bytes (%.1f MB/s), %d already at the target; second copy: nothing", first.Objects, first.Bytes, first.MBPerSec, first.ObjectsPresent)
+
+	// The second site alone: no NATS, the first site's S3 unreachable.
+	st.natsSrv.Stop()
+	alone := append(append([]string{}, st.env...), "STRATA_NATS_URL=nats://127.0.0.1:1", "STRATA_S3_ENDPOINT=http://127.0.0.1:1",
+		"STRATA_S3_ACCESS_KEY="+site2.AccessKey, "STRATA_S3_SECRET_KEY="+site2.SecretKey)
+	var listed []struct {
+		ID string `json:"id"`
+		VM string `json:"vm"`
+	}
+	if err := json.Unmarshal([]byte(st.cliEnv(alone, "ls", "--repo", to, "--json")), &listed); err != nil || len(listed) != 3 {
+		t.Fatalf("ls --repo of the copy: %+v %v", listed, err)
+	}
+	for _, r := range listed {
+		out := filepath.Join(t.TempDir(), "r.img")
+		st.cliEnv(alone, "restore", "--repo", to, "--vm", r.VM, "--backup", r.ID, "--to", out)
+		if sha256File(t, out) != sha256File(t, points[r.ID]) {
+			t.Fatalf("restore of %s/%s from the copy differs", r.VM, r.ID)
+		}
+	}
+	if out := st.cliEnv(alone, "files", "ls", "--repo", to, "--vm", "web", "/p1"); !strings.Contains(out, "file07.txt") {
+		t.Fatalf("files ls --repo of the copy: %q", out)
+	}
+}
