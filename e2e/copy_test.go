@@ -131,4 +131,23 @@ func TestCopyToSecondSite(t *testing.T) {
 	if out := st.cliEnv(alone, "files", "ls", "--repo", to, "--vm", "web", "/p1"); !strings.Contains(out, "file07.txt") {
 		t.Fatalf("files ls --repo of the copy: %q", out)
 	}
+
+	// The disaster-recovery drill: a new deployment (its own NATS and
+	// services) on the copy, the catalog rebuilt from it, restores through
+	// the services, and backups go on deduplicated against what was copied.
+	dr := startStack(t, stackOptions{chunkSize: cs, s3: &site2, bucket: "site2", env: []string{"STRATA_S3_PREFIX=copy/", "STRATA_PACKS=true"}})
+	var rep struct {
+		Records, Restored, Present, Failed int
+		Refused                            []string
+	}
+	if err := json.Unmarshal([]byte(dr.mustCLI("catalog", "rebuild", "--json")), &rep); err != nil || rep.Restored != 3 || len(rep.Refused) != 0 {
+		t.Fatalf("catalog rebuild from the copy: %+v %v", rep, err)
+	}
+	for _, r := range listed {
+		dr.checkRestore(r.VM, r.ID, []string{points[r.ID]})
+	}
+	next := strings.TrimSpace(strings.Split(dr.mustCLI("backup", "--vm", "db", "--source", "file://"+db, "--wait"), "\n")[0])
+	if rec := dr.record("db", next); rec.State != "verified" || rec.StoredBytes() != 0 {
+		t.Fatalf("first backup at the recovered site: %s %s, %d bytes newly stored (want 0: the disk is as last copied)", rec.State, rec.Error, rec.StoredBytes())
+	}
 }

@@ -73,6 +73,8 @@ type stackOptions struct {
 	extraEnv   map[string][]string // per service, extra env (transfer: per instance in order)
 	env        []string            // extra env for every service and the CLI
 	versioned  bool                // the S3 server keeps versions (Object Lock needs it)
+	s3         *testserver.S3      // an S3 server already running (another site's), instead of a new one
+	bucket     string              // default strata-e2e
 }
 
 func startStack(t testing.TB, o stackOptions) *stack {
@@ -83,8 +85,13 @@ func startStack(t testing.TB, o stackOptions) *stack {
 	if o.versioned {
 		start = testserver.VersityVersioned
 	}
-	s3 := start(t)
-	st := &stack{t: t, s3: s3, procs: map[string][]*testserver.Process{}, bucket: "strata-e2e", nats: natsURL, natsSrv: natsSrv}
+	var s3 testserver.S3
+	if o.s3 != nil {
+		s3 = *o.s3
+	} else {
+		s3 = start(t)
+	}
+	st := &stack{t: t, s3: s3, procs: map[string][]*testserver.Process{}, bucket: cmp.Or(o.bucket, "strata-e2e"), nats: natsURL, natsSrv: natsSrv}
 	st.env = append(os.Environ(),
 		"STRATA_NATS_URL="+natsURL,
 		"STRATA_S3_ENDPOINT="+s3.Endpoint,
@@ -94,6 +101,9 @@ func startStack(t testing.TB, o stackOptions) *stack {
 		fmt.Sprintf("STRATA_CHUNK_SIZE=%d", cmp.Or(o.chunkSize, chunkSize)),
 		"STRATA_LOG_LEVEL=debug",
 		"STRATA_STORE_DIR=",
+		// Each stack its own index: two stacks on one repository (a copy
+		// and its source) must not share a file.
+		"STRATA_DEDUP_INDEX_DIR="+t.TempDir(),
 	)
 	st.env = append(st.env, o.env...)
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", testserver.FreePort(t))
