@@ -88,6 +88,7 @@ const (
 	ConsumerMerge               = "merge"
 	ConsumerVerifier            = "verifier"
 	ConsumerMergeRetention      = "merge-retention"
+	ConsumerMergeCopy           = "merge-copy"
 	ConsumerSchedulerOutcomes   = "scheduler-outcomes"
 	ConsumerSchedulerTriggers   = "scheduler-triggers"
 	ConsumerSchedulerDeadlines  = "scheduler-deadlines"

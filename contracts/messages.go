@@ -500,7 +500,24 @@ type Policy struct {
 	KeepYearly  int           `json:"keep_yearly,omitempty"`
 	Verify      VerifyMode    `json:"verify,omitempty"`
 	SkipFree    bool          `json:"skip_free,omitempty"`
-	UpdatedAt   time.Time     `json:"updated_at"`
+	// CopyTo: after each verified backup, the merge service copies the
+	// VM's backups the target lacks to this repository (dir:///path or
+	// s3://bucket/prefix?endpoint=…; credentials from the service's
+	// STRATA_COPY_S3_*), then applies CopyKeep there: copies usually keep
+	// more points than the primary.
+	CopyTo    string    `json:"copy_to,omitempty"`
+	CopyKeep  *Keep     `json:"copy_keep,omitempty"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Keep is a set of retention rules (PBS semantics, see pkg/retention).
+type Keep struct {
+	Last    int `json:"last,omitempty"`
+	Hourly  int `json:"hourly,omitempty"`
+	Daily   int `json:"daily,omitempty"`
+	Weekly  int `json:"weekly,omitempty"`
+	Monthly int `json:"monthly,omitempty"`
+	Yearly  int `json:"yearly,omitempty"`
 }
 
 func (p *Policy) Validate() error {
@@ -521,6 +538,15 @@ func (p *Policy) Validate() error {
 	}
 	if p.UpdatedAt.IsZero() {
 		return fmt.Errorf("updated_at: %w", errEmpty)
+	}
+	if k := p.CopyKeep; k != nil && (k.Last < 0 || k.Hourly < 0 || k.Daily < 0 || k.Weekly < 0 || k.Monthly < 0 || k.Yearly < 0) {
+		return fmt.Errorf("negative copy retention count")
+	}
+	if p.CopyKeep != nil && p.CopyTo == "" {
+		return fmt.Errorf("copy_keep without copy_to")
+	}
+	if p.CopyTo != "" && !strings.HasPrefix(p.CopyTo, "dir:///") && !strings.HasPrefix(p.CopyTo, "s3://") {
+		return fmt.Errorf("copy_to %q: want dir:///path or s3://bucket/prefix", p.CopyTo)
 	}
 	return ValidateSource(p.Source)
 }
@@ -569,6 +595,26 @@ type PruneReply struct {
 	// Locked: backups the rules drop that are still under Object Lock;
 	// kept, and pruned by a later run once their lock has passed.
 	Locked []LockedBackup `json:"locked,omitempty"`
+}
+
+// CopyReply is what a copy to another repository did (strata copy
+// --json, and the merge service's log after a policy's copy).
+type CopyReply struct {
+	From           string   `json:"from"`
+	To             string   `json:"to"`
+	Backups        int      `json:"backups"`         // backups selected
+	Copied         []string `json:"copied"`          // backups copied by this run
+	AlreadyThere   int      `json:"already_there"`   // backups the target had
+	Objects        int64    `json:"objects"`         // objects written
+	Bytes          int64    `json:"bytes"`           // their bytes
+	ObjectsPresent int64    `json:"objects_present"` // objects the target had (not read)
+	ChunksChecked  int64    `json:"chunks_checked"`  // chunks checked against their ids on the way
+	LockExtended   int      `json:"lock_extended,omitempty"`
+	// The copy's own retention, when it has rules.
+	Pruned   []string       `json:"pruned,omitempty"`
+	Locked   []LockedBackup `json:"locked,omitempty"`
+	Seconds  float64        `json:"seconds"`
+	MBPerSec float64        `json:"mb_per_sec"`
 }
 
 // LockedBackup is a backup that cannot be deleted before Until.

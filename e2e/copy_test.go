@@ -151,3 +151,63 @@ func TestCopyToSecondSite(t *testing.T) {
 		t.Fatalf("first backup at the recovered site: %s %s, %d bytes newly stored (want 0: the disk is as last copied)", rec.State, rec.Error, rec.StoredBytes())
 	}
 }
+
+// A policy's copy target: after every verified backup the merge service
+// copies the VM's backups there and applies the copy's own retention —
+// the primary keeps 1, the copy 3 — and every point the copy keeps
+// restores bit-exact from it alone.
+func TestPolicyCopyKeepsMorePoints(t *testing.T) {
+	const cs = 64 << 10
+	st := startStack(t, stackOptions{chunkSize: cs, env: []string{"STRATA_PACKS=true"}})
+	dir := t.TempDir()
+	img := filepath.Join(dir, "app.img")
+	if err := demodisk.Write(img, 8<<20, 5); err != nil {
+		t.Fatal(err)
+	}
+	copyDir := filepath.Join(dir, "offsite")
+	st.mustCLI("policy", "set", "--vm", "app", "--source", "file://"+img, "--schedule", "@every 1000h", "--keep-last", "1",
+		"--copy-to", "dir://"+copyDir, "--copy-keep-last", "3")
+	var ids []string
+	points := map[string]string{}
+	for i := 0; i < 4; i++ {
+		f, _ := os.OpenFile(img, os.O_WRONLY, 0)
+		junk := make([]byte, 256<<10)
+		rand.Read(junk)
+		f.WriteAt(junk, int64(i)<<20)
+		f.Close()
+		id := strings.TrimSpace(strings.Split(st.mustCLI("backup", "--vm", "app", "--source", "file://"+img, "--wait"), "\n")[0])
+		keep := filepath.Join(dir, id)
+		b, _ := os.ReadFile(img)
+		os.WriteFile(keep, b, 0o644)
+		ids, points[id] = append(ids, id), keep
+	}
+	noNATS := append(append([]string{}, st.env...), "STRATA_NATS_URL=nats://127.0.0.1:1")
+	var inCopy []struct {
+		ID string `json:"id"`
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		out, _, code := st.cli("ls", "--repo", "dir://"+copyDir, "--vm", "app", "--json")
+		inCopy = nil
+		if code == 0 {
+			json.Unmarshal([]byte(out), &inCopy)
+		}
+		if len(inCopy) == 3 && inCopy[2].ID == ids[3] && len(st.records("app")) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("copy holds %+v, the primary %d backups; want the last 3 of %v and 1", inCopy, len(st.records("app")), ids)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for i, r := range inCopy {
+		if r.ID != ids[i+1] {
+			t.Fatalf("copy holds %+v, want %v", inCopy, ids[1:])
+		}
+		out := filepath.Join(t.TempDir(), "r.img")
+		st.cliEnv(noNATS, "restore", "--repo", "dir://"+copyDir, "--vm", "app", "--backup", r.ID, "--to", out)
+		if sha256File(t, out) != sha256File(t, points[r.ID]) {
+			t.Fatalf("restore of %s from the policy's copy differs", r.ID)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/runtime"
 	"github.com/strata-backup/strata/pkg/schedule"
 )
 
@@ -30,9 +31,26 @@ func newPolicySetCmd() *cobra.Command {
 	fs.IntVar(&p.KeepMonthly, "keep-monthly", 0, "retention: keep one per month for M months")
 	fs.IntVar(&p.KeepYearly, "keep-yearly", 0, "retention: keep one per year for Y years")
 	verify := fs.String("verify", "", "verification on commit: stored, trivial, certify, chunks or restore-test (default: the verifier's)")
+	fs.StringVar(&p.CopyTo, "copy-to", "", "after each verified backup, copy the VM's backups to this repository (dir:///path or s3://bucket/prefix?endpoint=…; the merge service's STRATA_COPY_S3_* credentials)")
+	var keep contracts.Keep
+	fs.IntVar(&keep.Last, "copy-keep-last", 0, "the copy's retention: keep the last N backups (copies usually keep more than the primary)")
+	fs.IntVar(&keep.Hourly, "copy-keep-hourly", 0, "the copy's retention: hours")
+	fs.IntVar(&keep.Daily, "copy-keep-daily", 0, "the copy's retention: days")
+	fs.IntVar(&keep.Weekly, "copy-keep-weekly", 0, "the copy's retention: weeks")
+	fs.IntVar(&keep.Monthly, "copy-keep-monthly", 0, "the copy's retention: months")
+	fs.IntVar(&keep.Yearly, "copy-keep-yearly", 0, "the copy's retention: years")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
 		p.Verify = contracts.VerifyMode(*verify)
+		if keep != (contracts.Keep{}) {
+			p.CopyKeep = &keep
+		}
+		if p.CopyTo != "" {
+			var c runtime.Common
+			if err := c.UseRepo(p.CopyTo); err != nil {
+				return exitError{2, fmt.Errorf("--copy-to %w", err)}
+			}
+		}
 		p.UpdatedAt = time.Now().UTC()
 		if err := p.Validate(); err != nil {
 			return exitError{2, err}

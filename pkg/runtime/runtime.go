@@ -9,10 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -335,4 +338,49 @@ func healthcheck(service string, common *Common) int {
 		return 1
 	}
 	return 0
+}
+
+// UseRepo points c at the repository a URL names: dir:///path, or
+// s3://bucket[/prefix]?endpoint=URL&region=R (credentials stay c's). The
+// URL is user input: nothing in it reaches a path or a host unchecked.
+func (c *Common) UseRepo(spec string) error {
+	u, err := url.Parse(spec)
+	if err != nil {
+		return fmt.Errorf("%q: %w", spec, err)
+	}
+	switch u.Scheme {
+	case "dir":
+		if u.Host != "" || !filepath.IsAbs(u.Path) {
+			return fmt.Errorf("%q: a directory is dir:///absolute/path", spec)
+		}
+		c.StoreDir = filepath.Clean(u.Path)
+	case "s3":
+		if u.Host == "" {
+			return fmt.Errorf("%q: no bucket (s3://bucket/prefix?endpoint=…)", spec)
+		}
+		q := u.Query()
+		for k := range q {
+			if k != "endpoint" && k != "region" {
+				return fmt.Errorf("%q: unknown parameter %q (endpoint, region)", spec, k)
+			}
+		}
+		if ep := q.Get("endpoint"); ep != "" {
+			e, err := url.Parse(ep)
+			if err != nil || (e.Scheme != "http" && e.Scheme != "https") || e.Host == "" {
+				return fmt.Errorf("%q: endpoint %q is not an http(s) URL", spec, ep)
+			}
+			c.S3Endpoint = ep
+		}
+		if r := q.Get("region"); r != "" {
+			c.S3Region = r
+		}
+		prefix := strings.TrimPrefix(u.Path, "/")
+		if prefix != "" && !strings.HasSuffix(prefix, "/") {
+			prefix += "/" // s3://b/site1 is the keys under site1/
+		}
+		c.StoreDir, c.S3Bucket, c.S3Prefix = "", u.Host, prefix
+	default:
+		return fmt.Errorf("%q: want dir:///path or s3://bucket/prefix", spec)
+	}
+	return nil
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/copies"
 	"github.com/strata-backup/strata/pkg/manifest"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/retention"
@@ -29,6 +30,10 @@ import (
 // Config of the merge service (prefix STRATA_).
 type Config struct {
 	runtime.Common
+	// Copy targets' credentials and lock (STRATA_COPY_*), for policies
+	// with a copy target (embedded: envconfig then reads them with the
+	// STRATA_ prefix alone).
+	copies.Target
 	// Hooks observe pruning step by step; nil in production. The e2e suite
 	// builds a merge binary whose hook exits where a crash would.
 	Hooks Hooks `ignored:"true"`
@@ -84,6 +89,14 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		_, err = pr.prune(ctx, o.VM, rules, false)
 		return err
 	}); err != nil {
+		return err
+	}
+	// A policy's copy target gets the VM's backups after every verified
+	// one (all it lacks: a copy missed while the target was down catches
+	// up), then the copy's own retention.
+	cp := &copier{rt: rt, cfg: cfg, targets: map[string]*repo.Repository{}}
+	if err := bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerMergeCopy,
+		Filters: []string{contracts.SubjectBackupVerified}, AckWait: 30 * time.Minute, MaxDeliver: 5}, cp.afterVerified); err != nil {
 		return err
 	}
 	return bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamResults, Durable: contracts.ConsumerMerge,

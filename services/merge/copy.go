@@ -1,0 +1,68 @@
+package merge
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/copies"
+	"github.com/strata-backup/strata/pkg/policy"
+	"github.com/strata-backup/strata/pkg/repo"
+	"github.com/strata-backup/strata/pkg/runtime"
+)
+
+// copier runs policies' copies: after a verified backup of a VM whose
+// policy names a copy target, every backup of the VM the target lacks is
+// copied there, then the copy's retention applied.
+type copier struct {
+	rt      *runtime.Runtime
+	cfg     Config
+	mu      sync.Mutex
+	targets map[string]*repo.Repository // opened targets, by URL
+}
+
+func (c *copier) target(ctx context.Context, spec string) (*repo.Repository, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t, ok := c.targets[spec]; ok {
+		return t, nil
+	}
+	t, err := copies.Open(ctx, c.rt.Repo, c.cfg.Common, c.cfg.Target, spec)
+	if err != nil {
+		return nil, err
+	}
+	c.targets[spec] = t
+	return t, nil
+}
+
+func (c *copier) afterVerified(ctx context.Context, o *contracts.BackupOutcome) error {
+	policies, err := policy.Open(ctx, c.rt.Bus.JS)
+	if err != nil {
+		return err
+	}
+	p, ok, err := policies.Get(ctx, o.VM)
+	if err != nil || !ok || p.CopyTo == "" {
+		return err
+	}
+	to, err := c.target(ctx, p.CopyTo)
+	if err != nil {
+		return fmt.Errorf("copy %s: %w", o.VM, err)
+	}
+	recs, err := c.rt.Catalog.List(ctx, o.VM)
+	if err != nil {
+		return err
+	}
+	reply, err := copies.Run(ctx, c.rt.Repo, to, recs, copies.Options{VerifiedOnly: true})
+	if err != nil {
+		c.rt.Log.ErrorContext(ctx, "copy to the policy's target failed", "vm", o.VM, "to", p.CopyTo, "err", err)
+		return err
+	}
+	pruned, locked, err := copies.Prune(ctx, to, o.VM, copies.RulesOf(p.CopyKeep))
+	if err != nil {
+		return err
+	}
+	c.rt.Log.InfoContext(ctx, "copied", "vm", o.VM, "to", p.CopyTo, "backups", len(reply.Copied), "already_there", reply.AlreadyThere,
+		"objects", reply.Objects, "bytes", reply.Bytes, "mb_per_s", reply.MBPerSec, "copy_pruned", len(pruned), "copy_locked", len(locked))
+	return nil
+}
