@@ -88,7 +88,7 @@ func TestLockTargetGenerations(t *testing.T) {
 			t.Errorf("Target(%v) = %v: want within (needed+step, needed+2 steps]", needed, got)
 		}
 		// Every need within the next step is covered by the same date.
-		if p.Target(needed.Add(p.Step-time.Second)).Before(got) {
+		if p.Target(needed.Add(p.Step - time.Second)).Before(got) {
 			t.Errorf("Target is not monotonic at %v", needed)
 		}
 		if got.Sub(time.Unix(0, 0))%p.Step != 0 {
