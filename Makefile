@@ -76,7 +76,7 @@ bench: servers
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkDial -benchtime 50x ./pkg/nbd/
 	STRATA_REQUIRE_SERVERS=1 $(GO) test -count=1 -run '^$$' -bench BenchmarkS3Requests -benchtime 5000x ./pkg/objstore/
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkEncodeParallel ./pkg/chunk/
-	STRATA_REQUIRE_SERVERS=1 $(GO) test -count=1 -run '^$$' -bench 'BenchmarkBackupRestore|BenchmarkRestoreVsRestic|BenchmarkFiles|BenchmarkAmplification|BenchmarkVerify' -benchtime 1x -timeout 40m ./e2e/
+	STRATA_REQUIRE_SERVERS=1 $(GO) test -count=1 -run '^$$' -bench 'BenchmarkBackupRestore|BenchmarkRestoreVsRestic|BenchmarkFiles|BenchmarkAmplification|BenchmarkVerify|BenchmarkCopy|BenchmarkLockExtension' -benchtime 1x -timeout 40m ./e2e/
 
 # Zero set-up demo: strata dev + a generated disk, backed up and restored.
 demo: build

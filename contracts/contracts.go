@@ -89,6 +89,7 @@ const (
 	ConsumerVerifier            = "verifier"
 	ConsumerMergeRetention      = "merge-retention"
 	ConsumerMergeCopy           = "merge-copy"
+	ConsumerMergeMirror         = "merge-mirror"
 	ConsumerSchedulerOutcomes   = "scheduler-outcomes"
 	ConsumerSchedulerTriggers   = "scheduler-triggers"
 	ConsumerSchedulerDeadlines  = "scheduler-deadlines"
@@ -101,6 +102,9 @@ const (
 	BucketCatalog = "strata_catalog"
 	// BucketPolicies: key PolicyKey(vm) → Policy (JSON).
 	BucketPolicies = "strata_policies"
+	// BucketMirrors: key MirrorKey(vm) → Mirror (JSON): standby mirrors
+	// and the point each holds (pkg/mirror).
+	BucketMirrors = "strata_mirrors"
 	// BucketGCHolds: key GCHoldKey(gc, chunk) → "held" (dedup: a running
 	// backup reuses this condemned chunk, do not delete it), "deleting" or
 	// "deleted" (the collector claimed it). Entries expire after a day.

@@ -510,6 +510,63 @@ type Policy struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
+// MirrorKey is the KV key of a VM's standby mirror.
+func MirrorKey(vm string) string {
+	return "m." + base64.RawURLEncoding.EncodeToString([]byte(vm))
+}
+
+// Mirror is a VM's standby mirror (XSIBackup's OneDiff): one of its disks
+// kept, as a raw disk, at the point of its latest verified backup, ready
+// to start (KV bucket BucketMirrors, owned by pkg/mirror).
+type Mirror struct {
+	Schema int    `json:"schema"`
+	VM     string `json:"vm"`
+	// Target: file:///abs/path.raw or nbd://host:port/export (writable).
+	Target string `json:"target"`
+	Disk   int    `json:"disk,omitempty"`
+	// Certify: after each update hash the whole target against the
+	// backup; otherwise the trivial check (size and the first MiB).
+	Certify bool `json:"certify,omitempty"`
+	// Point is the backup the target holds ("" before the first sync).
+	Point string `json:"point,omitempty"`
+	// Guard: chunks the target must hold as last written (the first MiB
+	// and a sample of what the last update wrote): one that differs means
+	// the target changed behind Strata's back, and it is refused until a
+	// reseed.
+	Guard []MirrorChunk `json:"guard,omitempty"`
+	// The last update: bytes and chunks written, the check it passed.
+	BytesWritten  int64      `json:"bytes_written"`
+	ChunksWritten int64      `json:"chunks_written"`
+	Check         string     `json:"check,omitempty"` // trivial, certified, reseeded
+	SyncedAt      *time.Time `json:"synced_at,omitempty"`
+	// Error: why the last update failed (the target stays at Point).
+	Error       string    `json:"error,omitempty"`
+	NeedsReseed bool      `json:"needs_reseed,omitempty"`
+	UpdatedAt   time.Time `json:"updated_at"`
+}
+
+// MirrorChunk is one chunk a mirror target holds.
+type MirrorChunk struct {
+	Index int64  `json:"i"`
+	ID    string `json:"id"`
+}
+
+func (m *Mirror) Validate() error {
+	if err := checkSchema(m.Schema); err != nil {
+		return err
+	}
+	if err := need("vm", m.VM); err != nil {
+		return err
+	}
+	if m.Disk < 0 {
+		return fmt.Errorf("disk %d", m.Disk)
+	}
+	if !strings.HasPrefix(m.Target, "file:///") && !strings.HasPrefix(m.Target, "nbd://") {
+		return fmt.Errorf("mirror target %q: want file:///path or nbd://host:port/export", m.Target)
+	}
+	return nil
+}
+
 // Keep is a set of retention rules (PBS semantics, see pkg/retention).
 type Keep struct {
 	Last    int `json:"last,omitempty"`

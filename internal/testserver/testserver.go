@@ -324,6 +324,17 @@ func (s *syncBuffer) String() string {
 // Returns "127.0.0.1:port" and the process. Export name: "disk".
 func QemuNBD(t testing.TB, image, format, bitmap string) (string, *Process) {
 	t.Helper()
+	return qemuNBD(t, image, format, bitmap, true)
+}
+
+// QemuNBDWritable exports image writable (a mirror's target).
+func QemuNBDWritable(t testing.TB, image, format string) (string, *Process) {
+	t.Helper()
+	return qemuNBD(t, image, format, "", false)
+}
+
+func qemuNBD(t testing.TB, image, format, bitmap string, readOnly bool) (string, *Process) {
+	t.Helper()
 	bin, err := exec.LookPath("qemu-nbd")
 	if err != nil {
 		msg := "qemu-nbd not found (apt-get install qemu-utils)"
@@ -333,7 +344,10 @@ func QemuNBD(t testing.TB, image, format, bitmap string) (string, *Process) {
 		t.Skip(msg)
 	}
 	port := FreePort(t)
-	args := []string{"-r", "-t", "-e", "8", "-x", "disk", "-b", "127.0.0.1", "-p", fmt.Sprint(port), "-f", format}
+	args := []string{"-t", "-e", "8", "-x", "disk", "-b", "127.0.0.1", "-p", fmt.Sprint(port), "-f", format}
+	if readOnly {
+		args = append(args, "-r")
+	}
 	if bitmap != "" {
 		args = append(args, "-B", bitmap)
 	}

@@ -108,6 +108,7 @@ func (b *Bus) EnsureStreams(ctx context.Context, replicas int) error {
 	for _, cfg := range []jetstream.StreamConfig{
 		kvStream(contracts.BucketCatalog, 5, 0, replicas),
 		kvStream(contracts.BucketPolicies, 5, 0, replicas),
+		kvStream(contracts.BucketMirrors, 5, 0, replicas),
 		kvStream(contracts.BucketGCHolds, 1, 24*time.Hour, replicas),
 		kvStream(contracts.BucketBadChunks, 1, 0, replicas),
 		kvStream(contracts.BucketGC, 1, 0, replicas),

@@ -69,9 +69,11 @@ type Conn struct {
 	c        net.Conn
 	r        *bufio.Reader
 	size     int64
+	tflags   uint16            // transmission flags of the export
 	contexts map[string]uint32 // meta context name → id
 	cookie   uint64
 }
+
 
 // Dial connects to addr ("host:port" or a unix socket path starting with
 // "/"), and negotiates the export with structured replies and the given
@@ -97,6 +99,74 @@ func Dial(addr, export string, contexts ...string) (*Conn, error) {
 
 // Size is the export's size in bytes.
 func (c *Conn) Size() int64 { return c.size }
+
+// ReadOnly reports whether the server exports read-only.
+func (c *Conn) ReadOnly() bool { return c.tflags&transReadOnly != 0 }
+
+// WriteAt writes p at off, in pieces of at most pipelinePiece bytes, each
+// acknowledged before the next is sent (a standby mirror writes what
+// changed; latency is not its concern, knowing what landed is).
+func (c *Conn) WriteAt(p []byte, off int64) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.tflags&transReadOnly != 0 {
+		return 0, errors.New("nbd export is read-only")
+	}
+	if off < 0 || off+int64(len(p)) > c.size {
+		return 0, fmt.Errorf("nbd write [%d, %d) beyond export size %d", off, off+int64(len(p)), c.size)
+	}
+	done := 0
+	for done < len(p) {
+		n := min(len(p)-done, pipelinePiece)
+		if err := c.command(cmdWrite, off+int64(done), p[done:done+n]); err != nil {
+			return done, fmt.Errorf("nbd write at %d (%d bytes): %w", off+int64(done), n, err)
+		}
+		done += n
+	}
+	return done, nil
+}
+
+// Flush asks the server to make every acknowledged write durable (a no-op
+// when the export does not offer flush).
+func (c *Conn) Flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.tflags&transSendFlush == 0 {
+		return nil
+	}
+	if err := c.command(cmdFlush, 0, nil); err != nil {
+		return fmt.Errorf("nbd flush: %w", err)
+	}
+	return nil
+}
+
+// command sends one request with its payload and waits for its reply.
+func (c *Conn) command(cmd uint16, off int64, payload []byte) error {
+	c.cookie++
+	b := make([]byte, 0, 28+len(payload))
+	b = binary.BigEndian.AppendUint32(b, requestMagic)
+	b = binary.BigEndian.AppendUint16(b, 0)
+	b = binary.BigEndian.AppendUint16(b, cmd)
+	b = binary.BigEndian.AppendUint64(b, c.cookie)
+	b = binary.BigEndian.AppendUint64(b, uint64(off))
+	b = binary.BigEndian.AppendUint32(b, uint32(len(payload)))
+	b = append(b, payload...)
+	if _, err := c.c.Write(b); err != nil {
+		return err
+	}
+	for {
+		r, err := c.reply(nil)
+		if err != nil {
+			return err
+		}
+		if r.cookie != c.cookie {
+			return fmt.Errorf("reply for request %d while waiting for %d", r.cookie, c.cookie)
+		}
+		if r.done {
+			return nil
+		}
+	}
+}
 
 // HasContext reports whether the server agreed to a meta context.
 func (c *Conn) HasContext(name string) bool { _, ok := c.contexts[name]; return ok }
@@ -160,6 +230,7 @@ func (c *Conn) handshake(export string, contexts []string) error {
 				return errors.New("short export info")
 			}
 			c.size = int64(binary.BigEndian.Uint64(payload[2:]))
+			c.tflags = binary.BigEndian.Uint16(payload[10:])
 			gotSize = true
 		}
 		return nil

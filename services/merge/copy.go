@@ -2,11 +2,13 @@ package merge
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/copies"
+	"github.com/strata-backup/strata/pkg/mirror"
 	"github.com/strata-backup/strata/pkg/policy"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/runtime"
@@ -64,5 +66,29 @@ func (c *copier) afterVerified(ctx context.Context, o *contracts.BackupOutcome) 
 	}
 	c.rt.Log.InfoContext(ctx, "copied", "vm", o.VM, "to", p.CopyTo, "backups", len(reply.Copied), "already_there", reply.AlreadyThere,
 		"objects", reply.Objects, "bytes", reply.Bytes, "mb_per_s", reply.MBPerSec, "copy_pruned", len(pruned), "copy_locked", len(locked))
+	return nil
+}
+
+// followMirror brings the VM's standby mirror, if it has one, to the
+// backup just verified. A target changed behind Strata's back is recorded
+// (the mirror waits for strata mirror reseed), not retried.
+func followMirror(ctx context.Context, rt *runtime.Runtime, o *contracts.BackupOutcome) error {
+	s, err := mirror.Open(ctx, rt.Bus.JS)
+	if err != nil {
+		return err
+	}
+	m, res, err := mirror.Sync(ctx, rt.Repo, s, rt.Catalog, o.VM, o.BackupID, false)
+	switch {
+	case errors.Is(err, mirror.ErrNoMirror):
+		return nil
+	case errors.Is(err, mirror.ErrChanged):
+		rt.Log.ErrorContext(ctx, "mirror refused", "vm", o.VM, "target", m.Target, "err", err)
+		return nil
+	case err != nil:
+		rt.Log.ErrorContext(ctx, "mirror update failed", "vm", o.VM, "err", err)
+		return err
+	}
+	rt.Log.InfoContext(ctx, "mirror updated", "vm", o.VM, "target", m.Target, "point", m.Point,
+		"bytes_written", res.BytesWritten, "chunks_written", res.ChunksWritten, "check", res.Check)
 	return nil
 }

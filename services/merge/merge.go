@@ -99,6 +99,13 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		Filters: []string{contracts.SubjectBackupVerified}, AckWait: 30 * time.Minute, MaxDeliver: 5}, cp.afterVerified); err != nil {
 		return err
 	}
+	// A VM's standby mirror follows its verified backups.
+	if err := bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerMergeMirror,
+		Filters: []string{contracts.SubjectBackupVerified}, AckWait: 30 * time.Minute, MaxDeliver: 3}, func(ctx context.Context, o *contracts.BackupOutcome) error {
+		return followMirror(ctx, rt, o)
+	}); err != nil {
+		return err
+	}
 	return bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamResults, Durable: contracts.ConsumerMerge,
 		Filters: []string{contracts.SubjectSegmentDonePrefix + ">"}, Concurrency: 4, AckWait: time.Minute,
 		GiveUp: func(ctx context.Context, msg contracts.Message, err error) error {
