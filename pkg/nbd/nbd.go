@@ -74,7 +74,6 @@ type Conn struct {
 	cookie   uint64
 }
 
-
 // Dial connects to addr ("host:port" or a unix socket path starting with
 // "/"), and negotiates the export with structured replies and the given
 // meta contexts (e.g. "base:allocation", "qemu:dirty-bitmap:b1").
