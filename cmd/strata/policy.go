@@ -10,6 +10,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/mirror"
+	"github.com/strata-backup/strata/pkg/policy"
 	"github.com/strata-backup/strata/pkg/runtime"
 	"github.com/strata-backup/strata/pkg/schedule"
 )
@@ -32,6 +34,7 @@ func newPolicySetCmd() *cobra.Command {
 	fs.IntVar(&p.KeepYearly, "keep-yearly", 0, "retention: keep one per year for Y years")
 	verify := fs.String("verify", "", "verification on commit: stored, trivial, certify, chunks or restore-test (default: the verifier's)")
 	fs.StringVar(&p.CopyTo, "copy-to", "", "after each verified backup, copy the VM's backups to this repository (dir:///path or s3://bucket/prefix?endpoint=…; the merge service's STRATA_COPY_S3_* credentials)")
+	mirrorTo := fs.String("mirror-to", "", "also keep a standby mirror of the VM's first disk there (file:///path.raw or nbd://host:port/export; see strata mirror)")
 	var keep contracts.Keep
 	fs.IntVar(&keep.Last, "copy-keep-last", 0, "the copy's retention: keep the last N backups (copies usually keep more than the primary)")
 	fs.IntVar(&keep.Hourly, "copy-keep-hourly", 0, "the copy's retention: hours")
@@ -55,13 +58,31 @@ func newPolicySetCmd() *cobra.Command {
 		if err := p.Validate(); err != nil {
 			return exitError{2, err}
 		}
-		store, done, err := policies(ctx)
+		if *mirrorTo != "" {
+			if _, err := mirror.ParseTarget(*mirrorTo); err != nil {
+				return exitError{2, err}
+			}
+		}
+		c, err := connect(ctx)
 		if err != nil {
 			return err
 		}
-		defer done()
+		defer c.close()
+		store, err := policy.Open(ctx, c.bus.JS)
+		if err != nil {
+			return err
+		}
 		if err := store.Put(ctx, &p); err != nil {
 			return err
+		}
+		if *mirrorTo != "" {
+			ms, err := mirror.Open(ctx, c.bus.JS)
+			if err != nil {
+				return err
+			}
+			if _, err := ms.Set(ctx, p.VM, *mirrorTo, 0, false); err != nil {
+				return err
+			}
 		}
 		fmt.Printf("policy of %s set: %s\n", p.VM, p.Schedule)
 		return nil
