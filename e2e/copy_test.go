@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"os"
@@ -9,6 +10,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/strata-backup/strata/internal/testserver"
 	"github.com/strata-backup/strata/pkg/demodisk"
@@ -209,5 +214,47 @@ func TestPolicyCopyKeepsMorePoints(t *testing.T) {
 		if sha256File(t, out) != sha256File(t, points[r.ID]) {
 			t.Fatalf("restore of %s from the policy's copy differs", r.ID)
 		}
+	}
+}
+
+// A copy into an Object-Locked bucket (STRATA_COPY_S3_OBJECT_LOCK): every
+// object of the copy is retained, permanently deleting one with the
+// target's own keys fails, and the copy restores bit-exact.
+func TestCopyToLockedTarget(t *testing.T) {
+	st := startStack(t, stackOptions{chunkSize: 64 << 10, env: []string{"STRATA_PACKS=true"}})
+	site2 := testserver.VersityVersioned(t)
+	img := filepath.Join(t.TempDir(), "disk.img")
+	if err := demodisk.Write(img, 8<<20, 12); err != nil {
+		t.Fatal(err)
+	}
+	id := strings.TrimSpace(strings.Split(st.mustCLI("backup", "--vm", "vault", "--source", "file://"+img, "--wait"), "\n")[0])
+	to := "s3://vault?endpoint=" + site2.Endpoint
+	env := append(append([]string{}, st.env...), "STRATA_COPY_S3_ACCESS_KEY="+site2.AccessKey, "STRATA_COPY_S3_SECRET_KEY="+site2.SecretKey,
+		"STRATA_COPY_S3_OBJECT_LOCK=compliance", "STRATA_COPY_LOCK_DAYS=1h")
+	var reply copyReply
+	if err := json.Unmarshal([]byte(st.cliEnv(env, "copy", "--vm", "vault", "--to", to, "--json")), &reply); err != nil || len(reply.Copied) != 1 {
+		t.Fatalf("copy to a locked bucket: %+v %v", reply, err)
+	}
+	ctx := context.Background()
+	raw := s3.New(s3.Options{Region: "us-east-1", BaseEndpoint: aws.String(site2.Endpoint), UsePathStyle: true,
+		Credentials: credentials.NewStaticCredentialsProvider(site2.AccessKey, site2.SecretKey, "")})
+	out, err := raw.ListObjectVersions(ctx, &s3.ListObjectVersionsInput{Bucket: aws.String("vault")})
+	if err != nil || len(out.Versions) < 4 {
+		t.Fatalf("versions in the locked copy: %+v %v", out, err)
+	}
+	for _, v := range out.Versions {
+		ret, err := raw.GetObjectRetention(ctx, &s3.GetObjectRetentionInput{Bucket: aws.String("vault"), Key: v.Key, VersionId: v.VersionId})
+		if err != nil || ret.Retention == nil || ret.Retention.RetainUntilDate == nil || ret.Retention.RetainUntilDate.Before(time.Now().Add(50*time.Minute)) {
+			t.Fatalf("%s in the locked copy: retention %+v %v", aws.ToString(v.Key), ret, err)
+		}
+		if _, err := raw.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String("vault"), Key: v.Key, VersionId: v.VersionId}); err == nil {
+			t.Fatalf("permanently deleting %s from the locked copy succeeded", aws.ToString(v.Key))
+		}
+	}
+	alone := append(append([]string{}, st.env...), "STRATA_NATS_URL=nats://127.0.0.1:1", "STRATA_S3_ACCESS_KEY="+site2.AccessKey, "STRATA_S3_SECRET_KEY="+site2.SecretKey)
+	restored := filepath.Join(t.TempDir(), "r.img")
+	st.cliEnv(alone, "restore", "--repo", to, "--vm", "vault", "--backup", id, "--to", restored)
+	if sha256File(t, restored) != sha256File(t, img) {
+		t.Fatal("restore from the locked copy differs")
 	}
 }
