@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/strata-backup/strata/internal/testserver"
@@ -236,8 +235,7 @@ func TestCopyToLockedTarget(t *testing.T) {
 		t.Fatalf("copy to a locked bucket: %+v %v", reply, err)
 	}
 	ctx := context.Background()
-	raw := s3.New(s3.Options{Region: "us-east-1", BaseEndpoint: aws.String(site2.Endpoint), UsePathStyle: true,
-		Credentials: credentials.NewStaticCredentialsProvider(site2.AccessKey, site2.SecretKey, "")})
+	raw := rawS3(site2)
 	out, err := raw.ListObjectVersions(ctx, &s3.ListObjectVersionsInput{Bucket: aws.String("vault")})
 	if err != nil || len(out.Versions) < 4 {
 		t.Fatalf("versions in the locked copy: %+v %v", out, err)

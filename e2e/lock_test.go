@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/google/uuid"
@@ -43,8 +42,7 @@ func TestObjectLock(t *testing.T) {
 	st := startStack(t, stackOptions{chunkSize: cs, versioned: true, env: []string{
 		"STRATA_PACKS=true", "STRATA_S3_OBJECT_LOCK=compliance", "STRATA_LOCK_DAYS=12s", "STRATA_LOCK_STEP=3s"}})
 	ctx := context.Background()
-	raw := s3.New(s3.Options{Region: "us-east-1", BaseEndpoint: aws.String(st.s3.Endpoint), UsePathStyle: true,
-		Credentials: credentials.NewStaticCredentialsProvider(st.s3.AccessKey, st.s3.SecretKey, "")})
+	raw := rawS3(st.s3)
 	bucket := aws.String(st.bucket)
 	type version struct{ key, id string }
 	versions := func(prefix string) (vs []version) {

@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/strata-backup/strata/contracts"
@@ -48,8 +47,7 @@ func TestInitialSeed(t *testing.T) {
 		}
 	}
 	ctx := context.Background()
-	raw := s3.New(s3.Options{Region: "us-east-1", BaseEndpoint: aws.String(st.s3.Endpoint), UsePathStyle: true,
-		Credentials: credentials.NewStaticCredentialsProvider(st.s3.AccessKey, st.s3.SecretKey, "")})
+	raw := rawS3(st.s3)
 	if _, err := raw.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(st.bucket)}); err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -37,15 +38,11 @@ func newMirrorSetCmd() *cobra.Command {
 		if _, err := mirror.ParseTarget(*to); err != nil {
 			return exitError{2, err}
 		}
-		c, err := connect(ctx)
+		c, s, err := mirrors(ctx)
 		if err != nil {
 			return err
 		}
 		defer c.close()
-		s, err := mirror.Open(ctx, c.bus.JS)
-		if err != nil {
-			return err
-		}
 		m, err := s.Set(ctx, *vm, *to, *disk, *certify)
 		if err != nil {
 			return err
@@ -61,15 +58,11 @@ func newMirrorLsCmd() *cobra.Command {
 	asJSON := cmd.Flags().Bool("json", false, "print JSON")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
-		c, err := connect(ctx)
+		c, s, err := mirrors(ctx)
 		if err != nil {
 			return err
 		}
 		defer c.close()
-		s, err := mirror.Open(ctx, c.bus.JS)
-		if err != nil {
-			return err
-		}
 		ms, err := s.List(ctx)
 		if err != nil {
 			return err
@@ -119,16 +112,12 @@ func newMirrorSyncCmd(name string) *cobra.Command {
 		if *vm == "" {
 			return exitError{2, fmt.Errorf("mirror %s needs --vm", name)}
 		}
-		c, err := connect(ctx)
+		c, s, err := mirrors(ctx)
 		if err != nil {
 			return err
 		}
 		defer c.close()
 		_, r, err := c.cfg.OpenExisting(ctx)
-		if err != nil {
-			return err
-		}
-		s, err := mirror.Open(ctx, c.bus.JS)
 		if err != nil {
 			return err
 		}
@@ -153,16 +142,26 @@ func newMirrorRmCmd() *cobra.Command {
 		if *vm == "" {
 			return exitError{2, errors.New("mirror rm needs --vm")}
 		}
-		c, err := connect(ctx)
+		c, s, err := mirrors(ctx)
 		if err != nil {
 			return err
 		}
 		defer c.close()
-		s, err := mirror.Open(ctx, c.bus.JS)
-		if err != nil {
-			return err
-		}
 		return s.Delete(ctx, *vm)
 	}
 	return cmd
+}
+
+// mirrors connects and opens the mirror store.
+func mirrors(ctx context.Context) (*client, *mirror.Store, error) {
+	c, err := connect(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := mirror.Open(ctx, c.bus.JS)
+	if err != nil {
+		c.close()
+		return nil, nil, err
+	}
+	return c, s, nil
 }
