@@ -41,6 +41,10 @@ const (
 	// SubjectPackStoredPrefix + "<pack id>": transfer → every dedup
 	// instance. PackStored: a pack and the chunks it holds.
 	SubjectPackStoredPrefix = "strata.pack.stored."
+	// SubjectPackRetained: merge → every dedup instance. PackRetained:
+	// retain-until dates merge set on packs (Object Lock), kept in the
+	// pack index so garbage collection never asks S3 for them.
+	SubjectPackRetained = "strata.pack.retained"
 
 	// SubjectDLQPrefix + original subject: messages that could not be decoded,
 	// validated or handled. Headers carry the reason.

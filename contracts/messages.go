@@ -396,6 +396,39 @@ func (m *PackStored) Validate() error {
 	return validLocs([]string{m.Pack}, m.Chunks, 0)
 }
 
+// PackRetained announces retain-until dates of packs (Object Lock): set
+// by merge when a backup's commit extended them, or read by it from S3.
+// Published on SubjectPackRetained, at most MaxPackDates a message.
+type PackRetained struct {
+	Schema int        `json:"schema"`
+	Packs  []PackDate `json:"packs"`
+}
+
+// PackDate is one pack's retain-until date.
+type PackDate struct {
+	Pack  string    `json:"pack"`
+	Until time.Time `json:"until"`
+}
+
+// MaxPackDates bounds a PackRetained message (~80 bytes a pack, well
+// under NATS's 1 MB payload).
+const MaxPackDates = 8192
+
+func (m *PackRetained) Validate() error {
+	if err := checkSchema(m.Schema); err != nil {
+		return err
+	}
+	if len(m.Packs) == 0 || len(m.Packs) > MaxPackDates {
+		return fmt.Errorf("%d pack dates: want 1 to %d", len(m.Packs), MaxPackDates)
+	}
+	for i, d := range m.Packs {
+		if len(d.Pack) != 32 || d.Until.IsZero() {
+			return fmt.Errorf("packs[%d]: %q until %v", i, d.Pack, d.Until)
+		}
+	}
+	return nil
+}
+
 // PackStoredSubject is where a stored pack is announced.
 func PackStoredSubject(pack string) string { return SubjectPackStoredPrefix + pack }
 

@@ -88,7 +88,7 @@ func StreamConfigs(replicas int) []jetstream.StreamConfig {
 		// Stored packs, replayed by each dedup instance into its index
 		// from where it left off; one that fell further behind than MaxAge
 		// rebuilds its index from the packs themselves.
-		{Name: contracts.StreamPacks, Subjects: []string{contracts.SubjectPackStoredPrefix + ">"}, MaxAge: week, Replicas: replicas},
+		{Name: contracts.StreamPacks, Subjects: []string{contracts.SubjectPackStoredPrefix + ">", contracts.SubjectPackRetained}, MaxAge: week, Replicas: replicas},
 	}
 }
 

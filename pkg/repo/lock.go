@@ -142,6 +142,20 @@ func (c *retained) set(key string, until time.Time) {
 type LockStats struct {
 	Objects  int // objects the backup needs
 	Extended int // retention extension requests made
+	// Packs: the retain-until dates Cover set or read from the store (not
+	// those it already knew), for the pack index (contracts.PackRetained).
+	Packs map[chunk.PackID]time.Time
+}
+
+// Forget drops what Cover learned of these packs, so that the next Cover
+// reads their dates again (and reports them): a caller that could not
+// pass the dates on calls it.
+func (r *Repository) Forget(packs map[chunk.PackID]time.Time) {
+	r.retained.mu.Lock()
+	defer r.retained.mu.Unlock()
+	for p := range packs {
+		delete(r.retained.m, PackKey(p))
+	}
 }
 
 // Cover makes every object the backup of these manifests needs — each pack
@@ -224,6 +238,14 @@ func (r *Repository) Cover(ctx context.Context, made time.Time, mans ...*manifes
 			mu.Unlock()
 		}
 		r.retained.set(key, have)
+		if p, ok := packOfKey(key); ok {
+			mu.Lock()
+			if st.Packs == nil {
+				st.Packs = map[chunk.PackID]time.Time{}
+			}
+			st.Packs[p] = have
+			mu.Unlock()
+		}
 		return nil
 	}
 	for key := range keys {

@@ -44,6 +44,10 @@ type SweepOptions struct {
 	// Step, when set, is called before each step of a rewrite ("packed",
 	// "moved", "deleted"); an error stops there (crash tests).
 	Step func(step string, unit string) error
+	// LockDates, in a locked repository, is the pack index's retain-until
+	// date of a pack (zero: not known): a pack under it is left alone
+	// without asking S3.
+	LockDates func(chunk.PackID) time.Time
 	// Done is called with a rewritten unit's Hold once its old object is
 	// deleted (Free returns before that: the new pack is written when full).
 	Done func(ctx context.Context, hold string) error
@@ -331,12 +335,20 @@ func (m *Mark) Candidates(ctx context.Context) ([]Unit, Census, error) {
 		default:
 			continue
 		}
-		// Under Object Lock: a pack whose lock from its creation still
-		// holds is left without asking; one about to be rewritten is
-		// asked (a rewrite must be able to delete the old pack); a dead
-		// one extended later is refused by the store when deleted, and
-		// counted then.
-		if until := r.packLockedAtLeast(p); time.Now().Before(until) {
+		// Under Object Lock: a pack whose lock from its creation, or the
+		// date the pack index was told (merge announces what it extends),
+		// still holds is left without asking S3; one about to be
+		// rewritten whose date is not known that way is asked (a rewrite
+		// must be able to delete the old pack); a dead one whose date the
+		// index missed (rebuilt from the packs) is refused by the store
+		// when deleted, and counted then.
+		until := r.packLockedAtLeast(p)
+		if s.opts.LockDates != nil && r.Locked() {
+			if d := s.opts.LockDates(p); d.After(until) {
+				until = d
+			}
+		}
+		if time.Now().Before(until) {
 			c.Locked++
 			c.LockedBytes += info.Size
 			continue

@@ -99,6 +99,9 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 			grace, _ = time.ParseDuration(req.Grace) // validated
 		}
 		opts := gcOptions{repackBelow: cfg.GCRepackBelow, recompress: req.Recompress, recompressCodec: recompress, rateLimit: req.RateLimit, hooks: cfg.Hooks}
+		if packs != nil {
+			opts.lockDates = packs.RetainedUntil
+		}
 		if req.RepackBelow != nil {
 			opts.repackBelow = *req.RepackBelow
 		}

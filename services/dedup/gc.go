@@ -75,7 +75,8 @@ func collect(ctx context.Context, rt *runtime.Runtime, grace time.Duration, dryR
 		Announce: func(ctx context.Context, ann *contracts.PackStored) error {
 			return rt.Bus.Publish(ctx, contracts.PackStoredSubject(ann.Pack), ann, ann.Pack)
 		},
-		Step: c.hook,
+		Step:      c.hook,
+		LockDates: opts.lockDates,
 		Done: func(ctx context.Context, hold string) error {
 			c.rewritten++
 			c.report("old packs rewritten and deleted", c.rewritten, c.rewrites, c.sweep.Rewrites().Read)
@@ -457,6 +458,8 @@ type gcOptions struct {
 	recompressCodec chunk.Codec
 	rateLimit       int64
 	hooks           Hooks
+	// lockDates: the pack index's retain-until dates (Object Lock).
+	lockDates func(chunk.PackID) time.Time
 }
 
 // Hooks are called before each step of a collection that frees packs

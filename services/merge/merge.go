@@ -132,6 +132,7 @@ type (
 		// Cover keeps what a backup needs locked as long as the backup
 		// (a no-op in a repository without Object Lock).
 		Cover(ctx context.Context, made time.Time, mans ...*manifest.Manifest) (repo.LockStats, error)
+		Forget(packs map[chunk.PackID]time.Time)
 	}
 	// resultStream: the segment results (STRATA_RESULTS).
 	resultStream interface {
@@ -192,6 +193,10 @@ func (m *merger) commit(ctx context.Context, rec *contracts.BackupRecord) error 
 	if err != nil {
 		return fmt.Errorf("lock what backup %s needs: %w", rec.ID, err)
 	}
+	if err := m.announceDates(ctx, locks.Packs); err != nil {
+		m.repo.Forget(locks.Packs) // read and announced again at the redelivery
+		return err
+	}
 	if locks.Objects > 0 {
 		trace.SpanFromContext(ctx).SetAttributes(attribute.Int("strata.lock.objects", locks.Objects), attribute.Int("strata.lock.extended", locks.Extended))
 		m.log.InfoContext(ctx, "locks cover the backup", "vm", rec.VM, "backup", rec.ID, "objects", locks.Objects, "extended", locks.Extended)
@@ -220,6 +225,31 @@ func (m *merger) commit(ctx context.Context, rec *contracts.BackupRecord) error 
 		m.log.WarnContext(ctx, "purge segment results", "backup", rec.ID, "err", err)
 	}
 	return nil
+}
+
+// announceDates tells every dedup instance's pack index the retain-until
+// dates Cover set or read, so garbage collection knows them without
+// asking S3. Announced before the commit: a committed backup's pack
+// dates are in the stream.
+func (m *merger) announceDates(ctx context.Context, packs map[chunk.PackID]time.Time) error {
+	var batch []contracts.PackDate
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		msg := &contracts.PackRetained{Schema: contracts.SchemaVersion, Packs: batch}
+		batch = nil
+		return m.pub.Publish(ctx, contracts.SubjectPackRetained, msg, "")
+	}
+	for p, until := range packs {
+		batch = append(batch, contracts.PackDate{Pack: p.String(), Until: until.UTC()})
+		if len(batch) == contracts.MaxPackDates {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
 }
 
 // maxStoredRuns bounds the runs of acknowledged uploads a BackupCommitted

@@ -40,6 +40,7 @@ type Index struct {
 
 var (
 	locBucket  = []byte("loc")
+	retBucket  = []byte("ret") // pack id → retain-until (Unix seconds), Object Lock
 	metaBucket = []byte("meta")
 	seqKey     = []byte("seq")    // last stream sequence applied
 	repoKey    = []byte("repo")   // repository id the index describes
@@ -141,6 +142,50 @@ func (x *Index) Lookup(ids []chunk.ID) (locs []chunk.Loc, found []bool, err erro
 	return locs, found, err
 }
 
+// retain records packs' retain-until dates (never an earlier one than it
+// has) and that the stream was applied up to seq.
+func (x *Index) retain(dates []contracts.PackDate, seq uint64) error {
+	return x.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(retBucket)
+		if err != nil {
+			return err
+		}
+		for _, d := range dates {
+			p, err := chunk.ParsePackID(d.Pack)
+			if err != nil {
+				continue
+			}
+			until := uint64(d.Until.Unix())
+			if old := b.Get(p[:]); len(old) == 8 && binary.BigEndian.Uint64(old) >= until {
+				continue
+			}
+			if err := b.Put(p[:], binary.BigEndian.AppendUint64(nil, until)); err != nil {
+				return err
+			}
+		}
+		if seq > 0 {
+			return tx.Bucket(metaBucket).Put(seqKey, binary.BigEndian.AppendUint64(nil, seq))
+		}
+		return nil
+	})
+}
+
+// RetainedUntil is the latest retain-until date announced for pack p
+// (zero: none known — a pack never extended, or an index rebuilt from the
+// packs, which carry no dates).
+func (x *Index) RetainedUntil(p chunk.PackID) time.Time {
+	var until time.Time
+	x.db.View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(retBucket); b != nil {
+			if v := b.Get(p[:]); len(v) == 8 {
+				until = time.Unix(int64(binary.BigEndian.Uint64(v)), 0)
+			}
+		}
+		return nil
+	})
+	return until
+}
+
 // add records entries and, when seq > 0, that the stream was applied up
 // to seq, in one transaction.
 func (x *Index) add(entries []repo.PackEntry, seq uint64) error {
@@ -228,7 +273,7 @@ func (x *Index) Follow(ctx context.Context, b *bus.Bus, r *repo.Repository) erro
 		}
 	}
 	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{contracts.SubjectPackStoredPrefix + ">"},
+		FilterSubjects: []string{contracts.SubjectPackStoredPrefix + ">", contracts.SubjectPackRetained},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy, OptStartSeq: seq + 1,
 	})
 	if err != nil {
@@ -237,6 +282,16 @@ func (x *Index) Follow(ctx context.Context, b *bus.Bus, r *repo.Repository) erro
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
 		md, err := msg.Metadata()
 		if err != nil {
+			return
+		}
+		if msg.Subject() == contracts.SubjectPackRetained {
+			var pr contracts.PackRetained
+			if err := contracts.Decode(msg.Data(), &pr); err != nil {
+				x.log.WarnContext(ctx, "pack dates ignored", "err", err)
+			}
+			if err := x.retain(pr.Packs, md.Sequence.Stream); err != nil {
+				x.log.ErrorContext(ctx, "pack index write failed", "err", err)
+			}
 			return
 		}
 		var ps contracts.PackStored

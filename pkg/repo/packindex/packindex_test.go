@@ -129,3 +129,48 @@ func TestPackIndexFollowsAndRebuilds(t *testing.T) {
 		t.Fatalf("index holds %d chunks, want %d", n, 5+7+3+4)
 	}
 }
+
+// Pack dates announced by merge (Object Lock) are kept, a later date over
+// an earlier one and never the reverse, and survive a restart.
+func TestPackIndexKeepsRetainDates(t *testing.T) {
+	ctx, rt := svctest.Runtime(t, "dedup", 64<<10)
+	path := filepath.Join(t.TempDir(), "index.db")
+	x, err := Open(path, rt.Repo.Config.ID, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fctx, cancel := context.WithCancel(ctx)
+	if err := x.Follow(fctx, rt.Bus, rt.Repo); err != nil {
+		t.Fatal(err)
+	}
+	p := repo.NewPack().ID
+	later := time.Now().Add(48 * time.Hour).Truncate(time.Second)
+	for _, until := range []time.Time{later, later.Add(-24 * time.Hour)} {
+		msg := &contracts.PackRetained{Schema: contracts.SchemaVersion, Packs: []contracts.PackDate{{Pack: p.String(), Until: until}}}
+		if err := rt.Bus.Publish(ctx, contracts.SubjectPackRetained, msg, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !x.RetainedUntil(p).Equal(later) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // the earlier date, applied after, must not win
+	if got := x.RetainedUntil(p); !got.Equal(later) {
+		t.Fatalf("retained until %v, want %v", got, later)
+	}
+	if !x.RetainedUntil(repo.NewPack().ID).IsZero() {
+		t.Fatal("a pack never announced has a date")
+	}
+	cancel()
+	time.Sleep(50 * time.Millisecond)
+	x.Close()
+	x, err = Open(path, rt.Repo.Config.ID, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	if got := x.RetainedUntil(p); !got.Equal(later) {
+		t.Fatalf("after a restart: %v", got)
+	}
+}
