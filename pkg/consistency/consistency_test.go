@@ -1,0 +1,176 @@
+package consistency
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeAgent records calls; each behaviour is scripted.
+type fakeAgent struct {
+	mu         sync.Mutex
+	pingErr    error
+	freezeErr  error
+	freezeHang bool
+	frozen     bool
+	calls      []string
+}
+
+func (a *fakeAgent) log(s string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.calls = append(a.calls, s)
+}
+
+func (a *fakeAgent) Ping(ctx context.Context) error { a.log("ping"); return a.pingErr }
+
+func (a *fakeAgent) Freeze(ctx context.Context, _ []string) (int, error) {
+	a.log("freeze")
+	if a.freezeHang {
+		<-ctx.Done()
+		return 0, ctx.Err()
+	}
+	if a.freezeErr != nil {
+		return 0, a.freezeErr
+	}
+	a.mu.Lock()
+	a.frozen = true
+	a.mu.Unlock()
+	return 2, nil
+}
+
+func (a *fakeAgent) Thaw(ctx context.Context) (int, error) {
+	a.log("thaw")
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.frozen = false
+	return 2, nil
+}
+
+func (a *fakeAgent) isFrozen() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.frozen
+}
+
+func (a *fakeAgent) trace() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return strings.Join(a.calls, " ")
+}
+
+func TestFreezeSnapshotThaw(t *testing.T) {
+	a := &fakeAgent{}
+	var frozenDuringSnap bool
+	o, err := Around(context.Background(), a, Want{Mode: Filesystem}, time.Second, func(context.Context) error {
+		frozenDuringSnap = a.isFrozen()
+		return nil
+	})
+	if err != nil || o.Mode != Filesystem || o.Watchdog || !frozenDuringSnap || a.isFrozen() || a.trace() != "ping freeze thaw" {
+		t.Fatalf("outcome %+v %v, frozen during snapshot %v, calls %q", o, err, frozenDuringSnap, a.trace())
+	}
+	if o.Frozen <= 0 || o.Frozen > time.Second {
+		t.Fatalf("frozen window %v", o.Frozen)
+	}
+}
+
+// No agent, an agent that does not answer, a freeze that fails or
+// hangs: preferred falls back to crash with the reason and still takes
+// the snapshot; required fails with the reason and takes none. The guest
+// is never left frozen.
+func TestFallbackAndRequired(t *testing.T) {
+	cases := map[string]struct {
+		agent *fakeAgent
+		why   string
+	}{
+		"no agent":     {nil, "no agent channel"},
+		"silent agent": {&fakeAgent{pingErr: errors.New("timeout")}, "did not answer"},
+		"freeze fails": {&fakeAgent{freezeErr: errors.New("fs busy")}, "freeze failed"},
+		"freeze hangs": {&fakeAgent{freezeHang: true}, "freeze failed"},
+	}
+	for name, c := range cases {
+		for _, required := range []bool{false, true} {
+			var agent Agent
+			if c.agent != nil {
+				agent = c.agent
+			}
+			snapped := false
+			o, err := Around(context.Background(), agent, Want{Mode: Filesystem, Required: required}, 200*time.Millisecond, func(context.Context) error {
+				snapped = true
+				return nil
+			})
+			if o.Mode != Crash || !strings.Contains(o.Why, c.why) {
+				t.Errorf("%s required=%v: outcome %+v", name, required, o)
+			}
+			if required && (!errors.Is(err, ErrRequired) || snapped || !strings.Contains(err.Error(), c.why)) {
+				t.Errorf("%s required: err %v, snapshot taken %v", name, err, snapped)
+			}
+			if !required && (err != nil || !snapped) {
+				t.Errorf("%s preferred: err %v, snapshot taken %v", name, err, snapped)
+			}
+			if c.agent != nil && c.agent.isFrozen() {
+				t.Errorf("%s: left frozen", name)
+			}
+		}
+	}
+}
+
+// A snapshot call that blocks past the maximum: the watchdog thaws while
+// it is still blocked; the outcome is crash, and required fails.
+func TestWatchdogThawsABlockedSnapshot(t *testing.T) {
+	for _, required := range []bool{false, true} {
+		a := &fakeAgent{}
+		thawedWhileBlocked := false
+		o, err := Around(context.Background(), a, Want{Mode: Filesystem, Required: required}, 100*time.Millisecond, func(context.Context) error {
+			deadline := time.Now().Add(2 * time.Second)
+			for a.isFrozen() && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			thawedWhileBlocked = !a.isFrozen()
+			return nil
+		})
+		if !thawedWhileBlocked || !o.Watchdog || o.Mode != Crash || o.Frozen > time.Second {
+			t.Fatalf("required=%v: outcome %+v, thawed while blocked %v", required, o, thawedWhileBlocked)
+		}
+		if required != errors.Is(err, ErrRequired) {
+			t.Fatalf("required=%v: err %v", required, err)
+		}
+		if n := strings.Count(a.trace(), "thaw"); n != 1 {
+			t.Fatalf("thawed %d times: %q", n, a.trace())
+		}
+	}
+}
+
+// A snapshot that fails still thaws; hooks run around the freeze and a
+// failing pre-freeze hook counts as a failed freeze.
+func TestErrorsAndHooks(t *testing.T) {
+	a := &fakeAgent{}
+	_, err := Around(context.Background(), a, Want{Mode: Filesystem}, time.Second, func(context.Context) error { return errors.New("begin failed") })
+	if err == nil || a.isFrozen() || a.trace() != "ping freeze thaw" {
+		t.Fatalf("a failed snapshot: %v, calls %q", err, a.trace())
+	}
+	var order []string
+	a = &fakeAgent{}
+	o, err := Around(context.Background(), a, Want{Mode: Application,
+		PreFreeze: func(context.Context) error { order = append(order, "pre:"+a.trace()); return nil },
+		PostThaw:  func(context.Context) error { order = append(order, "post:"+a.trace()); return nil },
+	}, time.Second, func(context.Context) error { return nil })
+	if err != nil || o.Mode != Application || strings.Join(order, ",") != "pre:ping,post:ping freeze thaw" {
+		t.Fatalf("hooks: %+v %v %v", o, err, order)
+	}
+	a = &fakeAgent{}
+	o, err = Around(context.Background(), a, Want{Mode: Application, Required: true,
+		PreFreeze: func(context.Context) error { return errors.New("database would not flush") }}, time.Second, func(context.Context) error { return nil })
+	if !errors.Is(err, ErrRequired) || !strings.Contains(o.Why, "database would not flush") || strings.Contains(a.trace(), "freeze") {
+		t.Fatalf("failing pre-freeze hook: %+v %v %q", o, err, a.trace())
+	}
+	if m, err := Parse(""); m != Filesystem || err != nil {
+		t.Fatal("the default mode is filesystem")
+	}
+	if _, err := Parse("quiesced"); err == nil {
+		t.Fatal("an unknown mode was accepted")
+	}
+}
