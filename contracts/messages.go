@@ -10,8 +10,30 @@ import (
 	"time"
 )
 
+// Consistency is what a backup asks of the guest at the instant of its
+// snapshot (pkg/consistency): "application" (a pre-freeze hook flushes the
+// application, then as filesystem), "filesystem" (the guest's filesystems
+// frozen through its agent; the default), or "crash". Required: a freeze
+// that fails fails the backup; otherwise it falls back to crash and the
+// record says why.
+type Consistency struct {
+	Consistency         string   `json:"consistency,omitempty"`
+	ConsistencyRequired bool     `json:"consistency_required,omitempty"`
+	FreezeMountpoints   []string `json:"freeze_mountpoints,omitempty"`
+}
+
+// ValidateConsistency checks the mode.
+func (c Consistency) ValidateConsistency() error {
+	switch c.Consistency {
+	case "", "application", "filesystem", "crash":
+		return nil
+	}
+	return fmt.Errorf("consistency %q: want application, filesystem or crash", c.Consistency)
+}
+
 // BackupTrigger asks for a backup of one VM now (CLI, HTTP, event).
 type BackupTrigger struct {
+	Consistency
 	Schema int    `json:"schema"`
 	VM     string `json:"vm"`
 	Source string `json:"source"` // URL: file:///abs/path.img
@@ -25,6 +47,9 @@ type BackupTrigger struct {
 
 func (m *BackupTrigger) Validate() error {
 	if err := checkSchema(m.Schema); err != nil {
+		return err
+	}
+	if err := m.ValidateConsistency(); err != nil {
 		return err
 	}
 	if err := need("vm", m.VM); err != nil {
@@ -55,6 +80,7 @@ func (m *BackupAccepted) Validate() error {
 
 // BackupRequested starts one VM backup at the snapshotter.
 type BackupRequested struct {
+	Consistency
 	Schema      int        `json:"schema"`
 	BackupID    string     `json:"backup_id"`
 	VM          string     `json:"vm"`
@@ -68,6 +94,9 @@ type BackupRequested struct {
 
 func (m *BackupRequested) Validate() error {
 	if err := checkSchema(m.Schema); err != nil {
+		return err
+	}
+	if err := m.ValidateConsistency(); err != nil {
 		return err
 	}
 	if !ValidToken(m.BackupID) {
@@ -519,6 +548,7 @@ func PolicyKey(vm string) string {
 
 // Policy is a VM's backup policy (KV bucket BucketPolicies).
 type Policy struct {
+	Consistency
 	Schema      int           `json:"schema"`
 	VM          string        `json:"vm"`
 	Source      string        `json:"source"`
@@ -628,6 +658,9 @@ func (p *Policy) Validate() error {
 	}
 	if p.UpdatedAt.IsZero() {
 		return fmt.Errorf("updated_at: %w", errEmpty)
+	}
+	if err := p.ValidateConsistency(); err != nil {
+		return err
 	}
 	if k := p.CopyKeep; k != nil && (k.Last < 0 || k.Hourly < 0 || k.Daily < 0 || k.Weekly < 0 || k.Monthly < 0 || k.Yearly < 0) {
 		return fmt.Errorf("negative copy retention count")

@@ -78,9 +78,15 @@ type BackupRecord struct {
 	// Base: the verified backup a full read compared its chunks against
 	// (Segment.Parent); not a chain link — a full stands alone — but what
 	// lets verification skip the chunks it shares with that backup.
-	Base   string     `json:"base,omitempty"`
-	Note   string     `json:"note,omitempty"`   // what the source wants the user to know
-	Verify VerifyMode `json:"verify,omitempty"` // mode run on commit
+	Base string `json:"base,omitempty"`
+	Note string `json:"note,omitempty"` // what the source wants the user to know
+	// Consistency the snapshot got (application, filesystem, crash), why
+	// when it is not what was asked for, and how long the guest's
+	// filesystems were frozen.
+	Consistency    string     `json:"consistency,omitempty"`
+	ConsistencyWhy string     `json:"consistency_why,omitempty"`
+	FrozenMillis   int64      `json:"frozen_ms,omitempty"`
+	Verify         VerifyMode `json:"verify,omitempty"` // mode run on commit
 	// Damaged: the backup references a chunk found bad (see strata check);
 	// cleared when the chunk is repaired.
 	Damaged    bool         `json:"damaged,omitempty"`

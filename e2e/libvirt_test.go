@@ -113,6 +113,16 @@ func TestLibvirtDriver(t *testing.T) {
 		t.Fatalf("first backup's VM config: %+v", full.VMConfig)
 	}
 	restoreEquals(full, disks)
+	// The domain has no guest-agent channel: the default (filesystem,
+	// preferred) falls back to crash consistency and says why; required,
+	// the backup fails with the reason and takes no job or checkpoint.
+	if full.Consistency != "crash" || !strings.Contains(full.ConsistencyWhy, "no agent channel") || full.FrozenMillis != 0 {
+		t.Fatalf("consistency without an agent: %q (%s), frozen %d ms", full.Consistency, full.ConsistencyWhy, full.FrozenMillis)
+	}
+	if out, errOut, code := st.cli("backup", "--vm", dom, "--source", src, "--consistency", "filesystem", "--require-consistency", "--wait"); code != 1 || !strings.Contains(out+errOut, "no agent channel") {
+		t.Fatalf("a required filesystem-consistent backup without an agent: exit %d\n%s%s", code, out, errOut)
+	}
+	settled("strata-"+full.ID, "a refused required-consistency backup")
 
 	// 2 % of each disk: scattered 64 KiB writes, each its own pattern.
 	var changed [2]int64

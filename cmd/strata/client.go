@@ -158,12 +158,14 @@ func newBackupCmd() *cobra.Command {
 	src := fs.String("source", "", "source URL, e.g. file:///abs/path.img")
 	wait := fs.Bool("wait", false, "wait until the backup is verified (exit 0) or failed (exit 1)")
 	verify := fs.String("verify", "", "verification on commit: stored, trivial, certify, chunks or restore-test (default: the verifier's)")
+	cons := addConsistencyFlags(cmd)
 	skipFree := fs.Bool("skip-free", false, "a full read skips the blocks the guest's ext2/3/4, XFS and NTFS filesystems mark free (stored as zeros; the record says how much)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	plannedWait := fs.Duration("planned-timeout", 30*time.Second, "without --wait: how long to wait for the backup to be planned (a source that cannot be opened fails it then, exit 1)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
-		trigger := &contracts.BackupTrigger{Schema: contracts.SchemaVersion, VM: *vm, Source: *src, Verify: contracts.VerifyMode(*verify), SkipFree: *skipFree}
+		trigger := &contracts.BackupTrigger{Schema: contracts.SchemaVersion, VM: *vm, Source: *src, Verify: contracts.VerifyMode(*verify), SkipFree: *skipFree,
+			Consistency: cons.get()}
 		if err := trigger.Validate(); err != nil {
 			return exitError{2, err}
 		}
@@ -363,7 +365,7 @@ func newLsCmd() *cobra.Command {
 			return printJSON(recs)
 		}
 		tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "VM\tBACKUP\tTIME\tKIND\tPARENT\tSIZE\tREAD\tSTORED\tVERIFY\tSTATE")
+		fmt.Fprintln(tw, "VM\tBACKUP\tTIME\tKIND\tPARENT\tSIZE\tREAD\tSTORED\tCONSISTENCY\tVERIFY\tSTATE")
 		for _, r := range recs {
 			state := string(r.State)
 			if r.Damaged {
@@ -384,8 +386,12 @@ func newLsCmd() *cobra.Command {
 			if parent == "" {
 				parent = "-"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.ID, r.CreatedAt.Local().Format(time.DateTime), cmp.Or(string(r.Kind), "-"),
-				parent, human(r.Size()), human(read), human(r.StoredBytes()), verify, state)
+			cons := cmp.Or(r.Consistency, "-")
+			if r.FrozenMillis > 0 {
+				cons += fmt.Sprintf(" (%d ms)", r.FrozenMillis)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.ID, r.CreatedAt.Local().Format(time.DateTime), cmp.Or(string(r.Kind), "-"),
+				parent, human(r.Size()), human(read), human(r.StoredBytes()), cons, verify, state)
 		}
 		return tw.Flush()
 	}

@@ -42,9 +42,11 @@ func newPolicySetCmd() *cobra.Command {
 	fs.IntVar(&keep.Weekly, "copy-keep-weekly", 0, "the copy's retention: weeks")
 	fs.IntVar(&keep.Monthly, "copy-keep-monthly", 0, "the copy's retention: months")
 	fs.IntVar(&keep.Yearly, "copy-keep-yearly", 0, "the copy's retention: years")
+	cons := addConsistencyFlags(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
 		p.Verify = contracts.VerifyMode(*verify)
+		p.Consistency = cons.get()
 		if keep != (contracts.Keep{}) {
 			p.CopyKeep = &keep
 		}

@@ -31,6 +31,10 @@ type Settings struct {
 	// QEMU must be able to write it, and Strata's snapshotter and transfer
 	// workers to connect to sockets in it.
 	ScratchDir string `envconfig:"LIBVIRT_SCRATCH_DIR" default:"/var/lib/strata/libvirt"`
+	// FreezeMax bounds how long a guest's filesystems stay frozen for a
+	// snapshot: at it they are thawed, whatever the snapshot call is
+	// doing (pkg/consistency).
+	FreezeMax time.Duration `envconfig:"FREEZE_MAX" default:"10s"`
 }
 
 // CheckpointPrefix starts the name of every checkpoint Strata makes:

@@ -15,6 +15,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/consistency"
 	"github.com/strata-backup/strata/pkg/libvirt"
 	"github.com/strata-backup/strata/pkg/nbd"
 )
@@ -38,6 +39,14 @@ func (d libvirtDriver) target(rawURL string) (libvirt.Target, error) {
 }
 
 func (d libvirtDriver) Snapshot(ctx context.Context, rawURL, backupID string) (*Point, error) {
+	return d.SnapshotConsistent(ctx, rawURL, backupID, consistency.Want{Mode: consistency.Crash})
+}
+
+// SnapshotConsistent begins the backup job with the guest's filesystems
+// frozen through its QEMU guest agent when want asks for it and the
+// domain has the agent's channel: freeze, begin the job (and its
+// checkpoint), thaw — once each (pkg/consistency).
+func (d libvirtDriver) SnapshotConsistent(ctx context.Context, rawURL, backupID string, want consistency.Want) (*Point, error) {
 	t, err := d.target(rawURL)
 	if err != nil {
 		return nil, err
@@ -62,7 +71,12 @@ func (d libvirtDriver) Snapshot(ctx context.Context, rawURL, backupID string) (*
 	if running, err := c.Running(); err != nil {
 		return nil, err
 	} else if !running {
+		p.Consistency = consistency.Outcome{Mode: consistency.Filesystem, Why: "the domain is shut off: nothing writes to its disks"}
 		return d.offline(ctx, c, rawURL, backupID, dom, p)
+	}
+	var agent consistency.Agent
+	if libvirt.HasAgentChannel(dom) {
+		agent = c.Agent(int32(max(1, min(d.cfg.FreezeMax, 60*time.Second)/time.Second)))
 	}
 	socket, name := d.cfg.Socket(backupID), libvirt.CheckpointName(backupID)
 	since := ""
@@ -73,6 +87,14 @@ func (d libvirtDriver) Snapshot(ctx context.Context, rawURL, backupID string) (*
 	switch {
 	case job != nil && job.Socket == socket:
 		since = job.Incremental // redelivered: the job this backup began
+		// An earlier attempt froze and may have died before thawing: thaw
+		// (nothing frozen is no error). What it got is not known.
+		if agent != nil {
+			tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			agent.Thaw(tctx)
+			cancel()
+		}
+		p.Consistency = consistency.Outcome{Mode: consistency.Crash, Why: "the job was begun by an earlier attempt, whose freeze was not recorded"}
 	case job != nil:
 		return nil, fmt.Errorf("domain %s runs another backup job (NBD socket %q): retried when it ends", t.Domain, job.Socket)
 	default:
@@ -94,13 +116,19 @@ func (d libvirtDriver) Snapshot(ctx context.Context, rawURL, backupID string) (*
 		if err := os.MkdirAll(d.cfg.ScratchDir, 0o755); err != nil {
 			return nil, fmt.Errorf("scratch directory: %w", err)
 		}
-		err = c.BeginBackup(socket, since, name, disks)
-		if err != nil && since != "" {
-			// A disk added since the checkpoint has no bitmap for it: a
-			// full read, and the record says why.
-			p.Note = fmt.Sprintf("libvirt refused a job incremental from %s (%v): full read", since, err)
-			since = ""
-			err = c.BeginBackup(socket, "", name, disks)
+		p.Consistency, err = consistency.Around(ctx, agent, want, d.cfg.FreezeMax, func(ctx context.Context) error {
+			err := c.BeginBackup(socket, since, name, disks)
+			if err != nil && since != "" {
+				// A disk added since the checkpoint has no bitmap for it: a
+				// full read, and the record says why.
+				p.Note = fmt.Sprintf("libvirt refused a job incremental from %s (%v): full read", since, err)
+				since = ""
+				err = c.BeginBackup(socket, "", name, disks)
+			}
+			return err
+		})
+		if errors.Is(err, consistency.ErrRequired) {
+			return nil, err
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%w (QEMU must be able to create its NBD socket and scratch files in STRATA_LIBVIRT_SCRATCH_DIR=%s)", err, d.cfg.ScratchDir)

@@ -10,6 +10,7 @@ import (
 	"net/url"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/consistency"
 	"github.com/strata-backup/strata/pkg/libvirt"
 	"github.com/strata-backup/strata/pkg/vsphere"
 )
@@ -107,6 +108,8 @@ type Point struct {
 	Note string
 	// VM is the virtual hardware of a hypervisor's VM (nil for images).
 	VM *contracts.VMConfig
+	// Consistency is what the snapshot got.
+	Consistency consistency.Outcome
 }
 
 // PointDisk is one disk of a Point: its name (stable across backups of the
@@ -118,12 +121,38 @@ type PointDisk struct {
 
 // Snapshot takes (or, redelivered, finds again) the point in time a backup
 // reads.
-func (o *Opener) Snapshot(ctx context.Context, rawURL, backupID string) (*Point, error) {
+//
+// want is the consistency the backup asks for: a driver that can freeze
+// its guest (Consistent) does; any other takes a crash-consistent point,
+// or, when want is required, none (the error says why).
+func (o *Opener) Snapshot(ctx context.Context, rawURL, backupID string, want consistency.Want) (*Point, error) {
 	d, err := o.driver(rawURL)
 	if err != nil {
 		return nil, err
 	}
-	return d.Snapshot(ctx, rawURL, backupID)
+	if c, ok := d.(Consistent); ok {
+		return c.SnapshotConsistent(ctx, rawURL, backupID, want)
+	}
+	var p *Point
+	out, err := consistency.Around(ctx, nil, want, 0, func(ctx context.Context) error {
+		var err error
+		p, err = d.Snapshot(ctx, rawURL, backupID)
+		return err
+	})
+	if p != nil {
+		p.Consistency = out
+		if want.Mode != consistency.Crash {
+			p.Consistency.Why = "the source has no guest to freeze (a disk image, an export, or a hypervisor without agent support here)"
+		}
+	}
+	return p, err
+}
+
+// Consistent is a driver that can freeze its guest's filesystems around
+// the snapshot (libvirt, through the QEMU guest agent); it records what
+// it got in Point.Consistency.
+type Consistent interface {
+	SnapshotConsistent(ctx context.Context, rawURL, backupID string, want consistency.Want) (*Point, error)
 }
 
 // Release lets go of what Snapshot took for the backup, verified (kept)

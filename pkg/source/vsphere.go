@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/consistency"
 	"github.com/strata-backup/strata/pkg/vsphere"
 )
 
@@ -39,6 +41,19 @@ func (o *vsphereDriver) vsphereVM(ctx context.Context, rawURL string) (vsphere.T
 }
 
 func (o *vsphereDriver) Snapshot(ctx context.Context, rawURL, backupID string) (*Point, error) {
+	mode := consistency.Crash
+	if o.sessions.Config().Quiesce {
+		mode = consistency.Filesystem
+	}
+	return o.SnapshotConsistent(ctx, rawURL, backupID, consistency.Want{Mode: mode})
+}
+
+// SnapshotConsistent takes the snapshot quiesced by VMware Tools unless
+// crash consistency is asked for. A quiesce that fails falls back to a
+// plain snapshot (preferred, the record says why) or fails the backup
+// (required). vcsim accepts the quiesce flag without a guest to quiesce:
+// the tests show the API path, not a real VSS or fsfreeze inside a guest.
+func (o *vsphereDriver) SnapshotConsistent(ctx context.Context, rawURL, backupID string, want consistency.Want) (*Point, error) {
 	_, c, vm, err := o.vsphereVM(ctx, rawURL)
 	if err != nil {
 		return nil, err
@@ -54,7 +69,21 @@ func (o *vsphereDriver) Snapshot(ctx context.Context, rawURL, backupID string) (
 	if enabled {
 		p.Note = "changed block tracking was off; Strata enabled it: the next backup can be incremental"
 	}
-	snap, err := vm.Snapshot(ctx, SnapshotName(backupID), o.sessions.Config().Quiesce)
+	quiesce := want.Mode != consistency.Crash
+	start := time.Now()
+	snap, err := vm.Snapshot(ctx, SnapshotName(backupID), quiesce)
+	p.Consistency = consistency.Outcome{Mode: want.Mode, Frozen: time.Since(start)}
+	if !quiesce {
+		p.Consistency = consistency.Outcome{Mode: consistency.Crash, Why: "crash consistency asked for"}
+	}
+	if err != nil && quiesce {
+		why := fmt.Sprintf("VMware Tools could not quiesce the guest: %v", err)
+		if want.Required {
+			return nil, fmt.Errorf("%w (%s): %s", consistency.ErrRequired, want.Mode, why)
+		}
+		p.Consistency = consistency.Outcome{Mode: consistency.Crash, Why: why}
+		snap, err = vm.Snapshot(ctx, SnapshotName(backupID), false)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -161,7 +161,7 @@ func (s *scheduler) fireSlot(ctx context.Context, p contracts.Policy, slot time.
 		}
 	}
 	req := &contracts.BackupRequested{Schema: contracts.SchemaVersion, BackupID: id, VM: p.VM, Source: p.Source,
-		RequestedAt: time.Now().UTC(), Slot: &slot, KeyInterval: p.KeyInterval, Verify: p.Verify, SkipFree: p.SkipFree}
+		RequestedAt: time.Now().UTC(), Slot: &slot, KeyInterval: p.KeyInterval, Verify: p.Verify, SkipFree: p.SkipFree, Consistency: p.Consistency}
 	if err := s.pub.Publish(ctx, contracts.SubjectBackupRequested, req, "req-"+id); err != nil {
 		return err
 	}

@@ -250,7 +250,8 @@ func (s *scheduler) start(ctx context.Context, t *contracts.BackupTrigger) (*con
 	ctx, span := s.tracer.Start(ctx, "backup "+t.VM, trace.WithAttributes(
 		attribute.String("strata.vm", t.VM), attribute.String("strata.backup_id", id.String()), attribute.String("strata.source", t.Source)))
 	defer span.End()
-	req := &contracts.BackupRequested{Schema: contracts.SchemaVersion, BackupID: id.String(), VM: t.VM, Source: t.Source, RequestedAt: time.Now().UTC(), Verify: t.Verify, SkipFree: t.SkipFree}
+	req := &contracts.BackupRequested{Schema: contracts.SchemaVersion, BackupID: id.String(), VM: t.VM, Source: t.Source, RequestedAt: time.Now().UTC(), Verify: t.Verify, SkipFree: t.SkipFree,
+		Consistency: t.Consistency}
 	if err := s.pub.Publish(ctx, contracts.SubjectBackupRequested, req, "req-"+req.BackupID); err != nil {
 		return nil, err
 	}

@@ -13,9 +13,11 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/consistency"
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/guestfs"
@@ -103,6 +105,8 @@ func (s *snapshotter) plan(ctx context.Context, req *contracts.BackupRequested) 
 	if point.Note != "" {
 		rec.Note = point.Note
 	}
+	rec.Consistency, rec.ConsistencyWhy, rec.FrozenMillis = string(point.Consistency.Mode), point.Consistency.Why, point.Consistency.Frozen.Milliseconds()
+	trace.SpanFromContext(ctx).SetAttributes(attribute.String("strata.consistency", rec.Consistency), attribute.Int64("strata.frozen_ms", rec.FrozenMillis))
 	for i, d := range disks {
 		size := d.disk.Size()
 		plans[i].cut(size, rec.ChunkSize)
@@ -134,7 +138,12 @@ func (s *snapshotter) plan(ctx context.Context, req *contracts.BackupRequested) 
 
 // open takes the point in time and opens each of its disks.
 func (s *snapshotter) open(ctx context.Context, req *contracts.BackupRequested) (*source.Point, []openDisk, error) {
-	point, err := s.sources.Snapshot(ctx, req.Source, req.BackupID)
+	mode, err := consistency.Parse(req.Consistency.Consistency)
+	if err != nil {
+		return nil, nil, err
+	}
+	want := consistency.Want{Mode: mode, Required: req.ConsistencyRequired, Mountpoints: req.FreezeMountpoints}
+	point, err := s.sources.Snapshot(ctx, req.Source, req.BackupID, want)
 	if err != nil {
 		return nil, nil, err
 	}
