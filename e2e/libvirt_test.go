@@ -123,6 +123,7 @@ func TestLibvirtDriver(t *testing.T) {
 		t.Fatalf("a required filesystem-consistent backup without an agent: exit %d\n%s%s", code, out, errOut)
 	}
 	settled("strata-"+full.ID, "a refused required-consistency backup")
+	st.mustCLI("rm", "--vm", dom, "--failed") // the count of backups below is the chain's
 
 	// 2 % of each disk: scattered 64 KiB writes, each its own pattern.
 	var changed [2]int64
