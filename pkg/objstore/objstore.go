@@ -14,7 +14,7 @@
 //   - Delete of an absent key succeeds.
 //   - List visits keys under a prefix in lexical order.
 //   - Backends do not retry; wrap them with Retry. Errors that retrying cannot
-//     fix (ErrNotFound, ErrBadRange, context cancellation) are not retried
+//     fix (ErrNotFound, ErrBadRange, ErrLocked, context cancellation) are not retried
 //     by Retry.
 package objstore
 

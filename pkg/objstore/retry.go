@@ -10,7 +10,8 @@ import (
 
 // Retry wraps a store and retries failed operations with exponential backoff
 // and jitter. Safe because every operation is idempotent (see Store).
-// ErrNotFound, ErrBadRange and context errors are returned at once.
+// ErrNotFound, ErrBadRange, ErrLocked and context errors are returned at
+// once.
 type Retry struct {
 	Store
 	Attempts int           // total attempts, ≥1
@@ -30,7 +31,7 @@ func (r *Retry) do(ctx context.Context, op string, f func() error) error {
 	backoff := r.Base
 	for attempt := 1; ; attempt++ {
 		err = f()
-		if err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, ErrBadRange) || errors.Is(err, errCallerStopped) || ctx.Err() != nil || attempt >= r.Attempts {
+		if err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, ErrBadRange) || errors.Is(err, ErrLocked) || errors.Is(err, errCallerStopped) || ctx.Err() != nil || attempt >= r.Attempts {
 			break
 		}
 		sleep := backoff/2 + time.Duration(rand.Int64N(int64(backoff/2)+1))

@@ -40,6 +40,13 @@ func TestS3ObjectLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	objstoretest.Run(t, WithRetry(s))
+	// The whole suite again with every object it writes locked (for 2 s).
+	all, err := NewS3(ctx, S3Config{Endpoint: srv.Endpoint, Bucket: "all-locked", AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true,
+		Lock: &Lock{Mode: "compliance", Until: func(_ string, w time.Time) time.Time { return w.Add(2 * time.Second) }}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	objstoretest.Run(t, WithRetry(all))
 
 	// A bucket made without Object Lock is refused, clearly.
 	if _, err := NewS3(ctx, S3Config{Endpoint: srv.Endpoint, Bucket: "plain", AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, PathStyle: true}); err != nil {
