@@ -109,6 +109,9 @@ const (
 	// BucketMirrors: key MirrorKey(vm) → Mirror (JSON): standby mirrors
 	// and the point each holds (pkg/mirror).
 	BucketMirrors = "strata_mirrors"
+	// BucketFreezes: key FreezeKey(vm) → Freeze (JSON): guests frozen for
+	// a snapshot right now (pkg/freezes).
+	BucketFreezes = "strata_freezes"
 	// BucketGCHolds: key GCHoldKey(gc, chunk) → "held" (dedup: a running
 	// backup reuses this condemned chunk, do not delete it), "deleting" or
 	// "deleted" (the collector claimed it). Entries expire after a day.

@@ -573,6 +573,32 @@ type Policy struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
+// FreezeKey is the KV key of a VM's freeze in progress.
+func FreezeKey(vm string) string {
+	return "f." + base64.RawURLEncoding.EncodeToString([]byte(vm))
+}
+
+// Freeze is a guest frozen for a snapshot (KV bucket BucketFreezes): any
+// snapshotter thaws it once ThawBy has passed and the record is still
+// there (the one that froze it died).
+type Freeze struct {
+	Schema   int       `json:"schema"`
+	VM       string    `json:"vm"`
+	BackupID string    `json:"backup_id"`
+	Source   string    `json:"source"`
+	ThawBy   time.Time `json:"thaw_by"`
+}
+
+func (f *Freeze) Validate() error {
+	if err := checkSchema(f.Schema); err != nil {
+		return err
+	}
+	if err := need("vm", f.VM); err != nil {
+		return err
+	}
+	return ValidateSource(f.Source)
+}
+
 // MirrorKey is the KV key of a VM's standby mirror.
 func MirrorKey(vm string) string {
 	return "m." + base64.RawURLEncoding.EncodeToString([]byte(vm))

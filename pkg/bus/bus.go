@@ -109,6 +109,7 @@ func (b *Bus) EnsureStreams(ctx context.Context, replicas int) error {
 		kvStream(contracts.BucketCatalog, 5, 0, replicas),
 		kvStream(contracts.BucketPolicies, 5, 0, replicas),
 		kvStream(contracts.BucketMirrors, 5, 0, replicas),
+		kvStream(contracts.BucketFreezes, 1, 24*time.Hour, replicas),
 		kvStream(contracts.BucketGCHolds, 1, 24*time.Hour, replicas),
 		kvStream(contracts.BucketBadChunks, 1, 0, replicas),
 		kvStream(contracts.BucketGC, 1, 0, replicas),

@@ -62,6 +62,20 @@ type Want struct {
 	// freeze); PostThaw right after the thaw. Either may be nil.
 	PreFreeze func(ctx context.Context) error
 	PostThaw  func(ctx context.Context) error
+	// Journal, when set, records the freeze where another process sees
+	// it: a snapshotter that dies between freeze and thaw leaves the
+	// record, and whoever watches the journal thaws the guest once
+	// ThawBy passes (the in-process watchdog died with it).
+	Journal Journal
+}
+
+// Journal records freezes in progress (see Want.Journal).
+type Journal interface {
+	// Frozen is called right before the freeze; an error keeps the guest
+	// from being frozen (the backup falls back, or fails if required).
+	Frozen(ctx context.Context, thawBy time.Time) error
+	// Thawed is called once the guest is thawed.
+	Thawed(ctx context.Context)
 }
 
 // Outcome is what a snapshot got.
@@ -135,6 +149,12 @@ func Around(ctx context.Context, agent Agent, w Want, max time.Duration, snap fu
 			}
 			thawErr, watchdog = err, byWatchdog
 		})
+	}
+	if w.Journal != nil {
+		if err := w.Journal.Frozen(ctx, time.Now().Add(max)); err != nil {
+			return fallback(fmt.Sprintf("the freeze could not be recorded, so it was not made: %v", err))
+		}
+		defer w.Journal.Thawed(context.WithoutCancel(ctx))
 	}
 	// The freeze itself is bounded by max too: a hung agent (stopped,
 	// or a filesystem that cannot sync) must not hold the backup.

@@ -174,3 +174,43 @@ func TestErrorsAndHooks(t *testing.T) {
 		t.Fatal("an unknown mode was accepted")
 	}
 }
+
+type fakeJournal struct {
+	mu     sync.Mutex
+	events []string
+	fail   error
+}
+
+func (j *fakeJournal) Frozen(_ context.Context, thawBy time.Time) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.events = append(j.events, "frozen")
+	return j.fail
+}
+
+func (j *fakeJournal) Thawed(context.Context) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.events = append(j.events, "thawed")
+}
+
+// The journal holds a record for exactly the frozen window; a journal
+// that cannot record keeps the guest from being frozen at all.
+func TestJournalBracketsTheFreeze(t *testing.T) {
+	a, j := &fakeAgent{}, &fakeJournal{}
+	var during []string
+	_, err := Around(context.Background(), a, Want{Mode: Filesystem, Journal: j}, time.Second, func(context.Context) error {
+		j.mu.Lock()
+		during = append([]string(nil), j.events...)
+		j.mu.Unlock()
+		return nil
+	})
+	if err != nil || strings.Join(during, ",") != "frozen" || strings.Join(j.events, ",") != "frozen,thawed" {
+		t.Fatalf("journal during %v, after %v, err %v", during, j.events, err)
+	}
+	a, j = &fakeAgent{}, &fakeJournal{fail: errors.New("kv down")}
+	o, err := Around(context.Background(), a, Want{Mode: Filesystem, Journal: j}, time.Second, func(context.Context) error { return nil })
+	if err != nil || o.Mode != Crash || !strings.Contains(o.Why, "could not be recorded") || strings.Contains(a.trace(), "freeze") {
+		t.Fatalf("unrecordable freeze: %+v %v %q", o, err, a.trace())
+	}
+}

@@ -140,6 +140,29 @@ func (d libvirtDriver) SnapshotConsistent(ctx context.Context, rawURL, backupID 
 	return p, nil
 }
 
+// Thaw thaws the domain's filesystems through its guest agent (nothing
+// frozen, or no agent channel: nothing to do).
+func (d libvirtDriver) Thaw(ctx context.Context, rawURL string) error {
+	t, err := d.target(rawURL)
+	if err != nil {
+		return err
+	}
+	c, err := libvirt.Open(t)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, dom, err := c.Domain()
+	if err != nil {
+		return err
+	}
+	if !libvirt.HasAgentChannel(dom) {
+		return nil
+	}
+	_, err = c.Agent(10).Thaw(ctx)
+	return err
+}
+
 // offline plans the backup of a shut-off domain: each disk image exported
 // read-only by qemu-nbd, incremental from the newest checkpoint's bitmap
 // when every image holds it intact. No checkpoint is made (libvirt makes

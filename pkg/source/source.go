@@ -148,6 +148,24 @@ func (o *Opener) Snapshot(ctx context.Context, rawURL, backupID string, want con
 	return p, err
 }
 
+// Thaw thaws the guest behind a source URL (a freeze its snapshotter left:
+// pkg/freezes). A source with no guest to thaw is not an error.
+func (o *Opener) Thaw(ctx context.Context, rawURL string) error {
+	d, err := o.driver(rawURL)
+	if err != nil {
+		return err
+	}
+	if t, ok := d.(Thawer); ok {
+		return t.Thaw(ctx, rawURL)
+	}
+	return nil
+}
+
+// Thawer is a driver that can thaw its guest's filesystems.
+type Thawer interface {
+	Thaw(ctx context.Context, rawURL string) error
+}
+
 // Consistent is a driver that can freeze its guest's filesystems around
 // the snapshot (libvirt, through the QEMU guest agent); it records what
 // it got in Point.Consistency.

@@ -20,6 +20,7 @@ import (
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/consistency"
+	"github.com/strata-backup/strata/pkg/freezes"
 	"github.com/strata-backup/strata/pkg/guestfs"
 	"github.com/strata-backup/strata/pkg/manifest"
 	"github.com/strata-backup/strata/pkg/runtime"
@@ -43,6 +44,14 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	if _, err := rt.Bus.AddService("snapshots and segment planning"); err != nil {
 		return err
 	}
+	// Every snapshotter thaws the guests another left frozen (it died
+	// between freeze and thaw), and this one's own on a restart.
+	fz, err := freezes.Open(ctx, rt.Bus.JS)
+	if err != nil {
+		return err
+	}
+	s.freezes = fz
+	go fz.Watch(ctx, time.Second, s.sources.Thaw, rt.Log)
 	if err := bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerSnapshotterRequests,
 		Filters: []string{contracts.SubjectBackupRequested}, Concurrency: 4, MaxDeliver: 30,
 		GiveUp: func(ctx context.Context, m contracts.Message, err error) error {
@@ -58,6 +67,7 @@ type snapshotter struct {
 	rt          *runtime.Runtime
 	keyInterval int
 	sources     *source.Opener
+	freezes     *freezes.Store // nil in unit tests: freezes not journaled
 }
 
 // Plan cuts a disk into segments of whole chunks, at most MaxSegmentBytes.
@@ -143,6 +153,9 @@ func (s *snapshotter) open(ctx context.Context, req *contracts.BackupRequested) 
 		return nil, nil, err
 	}
 	want := consistency.Want{Mode: mode, Required: req.ConsistencyRequired, Mountpoints: req.FreezeMountpoints}
+	if s.freezes != nil {
+		want.Journal = s.freezes.Journal(req.VM, req.BackupID, req.Source)
+	}
 	point, err := s.sources.Snapshot(ctx, req.Source, req.BackupID, want)
 	if err != nil {
 		return nil, nil, err
