@@ -27,6 +27,21 @@ type Partition struct {
 	Index       int    // 1-based
 	Start, Size int64  // bytes
 	Content     string // "ext4", "xfs", "ntfs", "fat", "swap", "lvm", "" (nothing known)
+	// NeedsRecovery: the filesystem's journal must be replayed before it
+	// is mounted (ext3/4 with needs_recovery set): the visible mark of a
+	// crash-consistent point, which a filesystem-consistent one lacks.
+	NeedsRecovery bool
+}
+
+// Recovery lists the partitions whose journal needs replaying, or nil.
+func (l *Layout) Recovery() []string {
+	var out []string
+	for _, p := range l.Partitions {
+		if p.NeedsRecovery {
+			out = append(out, fmt.Sprintf("%s: %s journal needs recovery", p, p.Content))
+		}
+	}
+	return out
 }
 
 func (p Partition) String() string {
@@ -62,6 +77,11 @@ func Inspect(r io.ReaderAt, size int64) (*Layout, error) {
 			return nil, err
 		}
 		l.Partitions[i].Content = content
+		if content == "ext4" {
+			if l.Partitions[i].NeedsRecovery, err = ext4NeedsRecovery(r, l.Partitions[i]); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return l, nil
 }
@@ -145,6 +165,17 @@ func (l *Layout) add(index int, start, n, size int64) error {
 	}
 	l.Partitions = append(l.Partitions, p)
 	return nil
+}
+
+// ext4NeedsRecovery reads the superblock's feature flags: a journal
+// (compat has_journal, 0x4) left needing a replay (incompat RECOVER, 0x4).
+func ext4NeedsRecovery(r io.ReaderAt, p Partition) (bool, error) {
+	sb := make([]byte, 1024)
+	if _, err := r.ReadAt(sb, p.Start+1024); err != nil {
+		return false, fmt.Errorf("read %s superblock: %w", p, err)
+	}
+	compat, incompat := binary.LittleEndian.Uint32(sb[0x5C:]), binary.LittleEndian.Uint32(sb[0x60:])
+	return compat&0x4 != 0 && incompat&0x4 != 0, nil
 }
 
 // signature names what the partition's first sectors hold.

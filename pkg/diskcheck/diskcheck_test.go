@@ -1,6 +1,7 @@
 package diskcheck
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -33,6 +34,17 @@ func TestInspectRealImage(t *testing.T) {
 	}
 	if p := l.Plausible(); p != "" {
 		t.Fatal(p)
+	}
+	if r := l.Recovery(); r != nil || l.Partitions[0].NeedsRecovery {
+		t.Fatalf("a freshly made ext4 needs recovery: %v", r)
+	}
+	// The flag a crash leaves (set with the real debugfs): reported.
+	part := filepath.Join(t.TempDir(), "part.img")
+	testserver.Tool(t, "", "dd", "if="+img, "of="+part, "bs=1M", fmt.Sprint("skip=", testserver.Ext4Offset>>20), fmt.Sprint("count=", testserver.Ext4Size>>20), "status=none")
+	testserver.Tool(t, "", "debugfs", "-w", "-R", "feature needs_recovery", part)
+	testserver.Tool(t, "", "dd", "if="+part, "of="+img, "bs=1M", fmt.Sprint("seek=", testserver.Ext4Offset>>20), "conv=notrunc", "status=none")
+	if r := inspect(t, img).Recovery(); len(r) != 1 || !strings.Contains(r[0], "partition 1") {
+		t.Fatalf("needs_recovery set: %v", r)
 	}
 
 	// A zeroed ext4 superblock is a clear failure naming the partition.

@@ -6,6 +6,9 @@ import (
 	"os"
 	"path/filepath"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/diskcheck"
 	"github.com/strata-backup/strata/pkg/repo"
@@ -75,6 +78,15 @@ func (v *verifier) inspect(ctx context.Context, rec *contracts.BackupRecord, dis
 	}
 	if p := restored.Plausible(); p != "" {
 		return fmt.Sprintf("%s: restored disk: %s", disk.Name, p), nil
+	}
+	// Not a problem, but what tells a crash-consistent point from a
+	// filesystem-consistent one: a journal to replay at the first mount.
+	if journals := restored.Recovery(); len(journals) > 0 {
+		v.log.InfoContext(ctx, "restore test: journal recovery needed at the first mount (a crash-consistent point)", "vm", rec.VM, "backup", rec.ID,
+			"disk", disk.Name, "consistency", rec.Consistency, "filesystems", journals)
+		trace.SpanFromContext(ctx).SetAttributes(attribute.StringSlice("strata.restore_test.needs_recovery", journals))
+	} else {
+		trace.SpanFromContext(ctx).SetAttributes(attribute.Bool("strata.restore_test.journals_clean", true))
 	}
 	src, err := v.sources.Open(ctx, disk.Source)
 	if err != nil {
