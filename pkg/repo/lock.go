@@ -298,7 +298,7 @@ func (r *Repository) movedTargets(ctx context.Context, p chunk.PackID) ([]string
 	return keys, err
 }
 
-// PackLockedUntil is a lower bound of a pack's retain-until known without
+// packLockedAtLeast is a lower bound of a pack's retain-until known without
 // asking the store (from its creation time); zero in an unlocked
 // repository.
 func (r *Repository) packLockedAtLeast(p chunk.PackID) time.Time {

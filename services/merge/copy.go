@@ -18,10 +18,11 @@ import (
 // policy names a copy target, every backup of the VM the target lacks is
 // copied there, then the copy's retention applied.
 type copier struct {
-	rt      *runtime.Runtime
-	cfg     Config
-	mu      sync.Mutex
-	targets map[string]*repo.Repository // opened targets, by URL
+	rt       *runtime.Runtime
+	cfg      Config
+	policies *policy.Store
+	mu       sync.Mutex
+	targets  map[string]*repo.Repository // opened targets, by URL
 }
 
 func (c *copier) target(ctx context.Context, spec string) (*repo.Repository, error) {
@@ -39,11 +40,7 @@ func (c *copier) target(ctx context.Context, spec string) (*repo.Repository, err
 }
 
 func (c *copier) afterVerified(ctx context.Context, o *contracts.BackupOutcome) error {
-	policies, err := policy.Open(ctx, c.rt.Bus.JS)
-	if err != nil {
-		return err
-	}
-	p, ok, err := policies.Get(ctx, o.VM)
+	p, ok, err := c.policies.Get(ctx, o.VM)
 	if err != nil || !ok || p.CopyTo == "" {
 		return err
 	}
@@ -72,11 +69,7 @@ func (c *copier) afterVerified(ctx context.Context, o *contracts.BackupOutcome) 
 // followMirror brings the VM's standby mirror, if it has one, to the
 // backup just verified. A target changed behind Strata's back is recorded
 // (the mirror waits for strata mirror reseed), not retried.
-func followMirror(ctx context.Context, rt *runtime.Runtime, o *contracts.BackupOutcome) error {
-	s, err := mirror.Open(ctx, rt.Bus.JS)
-	if err != nil {
-		return err
-	}
+func followMirror(ctx context.Context, rt *runtime.Runtime, s *mirror.Store, o *contracts.BackupOutcome) error {
 	m, res, err := mirror.Sync(ctx, rt.Repo, s, rt.Catalog, o.VM, o.BackupID, false)
 	switch {
 	case errors.Is(err, mirror.ErrNoMirror):

@@ -22,6 +22,8 @@ import (
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/copies"
 	"github.com/strata-backup/strata/pkg/manifest"
+	"github.com/strata-backup/strata/pkg/mirror"
+	"github.com/strata-backup/strata/pkg/policy"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/retention"
 	"github.com/strata-backup/strata/pkg/runtime"
@@ -94,7 +96,15 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	// A policy's copy target gets the VM's backups after every verified
 	// one (all it lacks: a copy missed while the target was down catches
 	// up), then the copy's own retention.
-	cp := &copier{rt: rt, cfg: cfg, targets: map[string]*repo.Repository{}}
+	policies, err := policy.Open(ctx, rt.Bus.JS)
+	if err != nil {
+		return err
+	}
+	mirrors, err := mirror.Open(ctx, rt.Bus.JS)
+	if err != nil {
+		return err
+	}
+	cp := &copier{rt: rt, cfg: cfg, policies: policies, targets: map[string]*repo.Repository{}}
 	if err := bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerMergeCopy,
 		Filters: []string{contracts.SubjectBackupVerified}, AckWait: 30 * time.Minute, MaxDeliver: 5}, cp.afterVerified); err != nil {
 		return err
@@ -102,7 +112,7 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	// A VM's standby mirror follows its verified backups.
 	if err := bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerMergeMirror,
 		Filters: []string{contracts.SubjectBackupVerified}, AckWait: 30 * time.Minute, MaxDeliver: 3}, func(ctx context.Context, o *contracts.BackupOutcome) error {
-		return followMirror(ctx, rt, o)
+		return followMirror(ctx, rt, mirrors, o)
 	}); err != nil {
 		return err
 	}
