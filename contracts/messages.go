@@ -16,19 +16,86 @@ import (
 // frozen through its agent; the default), or "crash". Required: a freeze
 // that fails fails the backup; otherwise it falls back to crash and the
 // record says why.
+//
+// PreFreeze hooks run right before the freeze (a failing one counts as a
+// failed freeze), PostThaw hooks after the snapshot and the thaw.
 type Consistency struct {
 	Consistency         string   `json:"consistency,omitempty"`
 	ConsistencyRequired bool     `json:"consistency_required,omitempty"`
 	FreezeMountpoints   []string `json:"freeze_mountpoints,omitempty"`
+	PreFreeze           []Hook   `json:"pre_freeze,omitempty"`
+	PostThaw            []Hook   `json:"post_thaw,omitempty"`
 }
 
-// ValidateConsistency checks the mode.
+// Hook is a command run around a backup's freeze: in the guest through
+// its agent (guest-exec: Command is a program and its arguments, split
+// like a shell would), or, Host, on the snapshotter's host: the first
+// word then names a program in the snapshotter's STRATA_HOOKS_DIR (only
+// what an administrator put there runs; no path is accepted).
+type Hook struct {
+	Command string `json:"command"`
+	Host    bool   `json:"host,omitempty"`
+	// TimeoutSec bounds the run (0: DefaultHookTimeoutSec); one that runs
+	// longer fails.
+	TimeoutSec int `json:"timeout_s,omitempty"`
+}
+
+// DefaultHookTimeoutSec is a hook's time limit when it names none.
+const DefaultHookTimeoutSec = 60
+
+// HookRun is what one hook did, kept in the backup record.
+type HookRun struct {
+	Phase   string `json:"phase"` // "pre-freeze" or "post-thaw"
+	Command string `json:"command"`
+	Host    bool   `json:"host,omitempty"`
+	Exit    int    `json:"exit"` // -1: it did not run to its end
+	// Output is the end of what it printed (stdout then stderr), at most
+	// HookOutputMax bytes.
+	Output string `json:"output,omitempty"`
+	Millis int64  `json:"ms"`
+	Error  string `json:"error,omitempty"` // why it failed, when it did
+}
+
+// HookOutputMax bounds HookRun.Output.
+const HookOutputMax = 4096
+
+// ValidateConsistency checks the mode and the hooks.
 func (c Consistency) ValidateConsistency() error {
 	switch c.Consistency {
 	case "", "application", "filesystem", "crash":
-		return nil
+	default:
+		return fmt.Errorf("consistency %q: want application, filesystem or crash", c.Consistency)
 	}
-	return fmt.Errorf("consistency %q: want application, filesystem or crash", c.Consistency)
+	for _, hs := range [][]Hook{c.PreFreeze, c.PostThaw} {
+		for _, h := range hs {
+			if err := h.Validate(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Validate checks a hook's shape (the snapshotter checks a host hook's
+// program against its hooks directory).
+func (h Hook) Validate() error {
+	switch {
+	case strings.TrimSpace(h.Command) == "":
+		return fmt.Errorf("hook: %w", errEmpty)
+	case len(h.Command) > 4096:
+		return fmt.Errorf("hook %.40q…: longer than 4096 bytes", h.Command)
+	case h.TimeoutSec < 0 || h.TimeoutSec > 3600:
+		return fmt.Errorf("hook %q: timeout %d s outside 0..3600", h.Command, h.TimeoutSec)
+	case strings.ContainsRune(h.Command, 0):
+		return fmt.Errorf("hook %q: a NUL byte", h.Command)
+	}
+	if h.Host {
+		prog := strings.Fields(h.Command)[0]
+		if prog != path.Base(prog) || prog == "." || prog == ".." || strings.Contains(prog, "\\") {
+			return fmt.Errorf("host hook %q: %q must name a program in the hooks directory, not a path", h.Command, prog)
+		}
+	}
+	return nil
 }
 
 // BackupTrigger asks for a backup of one VM now (CLI, HTTP, event).

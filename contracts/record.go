@@ -83,10 +83,12 @@ type BackupRecord struct {
 	// Consistency the snapshot got (application, filesystem, crash), why
 	// when it is not what was asked for, and how long the guest's
 	// filesystems were frozen.
-	Consistency    string     `json:"consistency,omitempty"`
-	ConsistencyWhy string     `json:"consistency_why,omitempty"`
-	FrozenMillis   int64      `json:"frozen_ms,omitempty"`
-	Verify         VerifyMode `json:"verify,omitempty"` // mode run on commit
+	Consistency    string `json:"consistency,omitempty"`
+	ConsistencyWhy string `json:"consistency_why,omitempty"`
+	FrozenMillis   int64  `json:"frozen_ms,omitempty"`
+	// Hooks are the pre-freeze and post-thaw hooks that ran, in order.
+	Hooks  []HookRun  `json:"hooks,omitempty"`
+	Verify VerifyMode `json:"verify,omitempty"` // mode run on commit
 	// Damaged: the backup references a chunk found bad (see strata check);
 	// cleared when the chunk is repaired.
 	Damaged    bool         `json:"damaged,omitempty"`

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	goruntime "runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -389,6 +390,11 @@ func newLsCmd() *cobra.Command {
 			cons := cmp.Or(r.Consistency, "-")
 			if r.FrozenMillis > 0 {
 				cons += fmt.Sprintf(" (%d ms)", r.FrozenMillis)
+			}
+			if failed := slices.IndexFunc(r.Hooks, func(h contracts.HookRun) bool { return h.Error != "" }); failed >= 0 {
+				cons += " " + r.Hooks[failed].Phase + " hook failed"
+			} else if len(r.Hooks) > 0 {
+				cons += fmt.Sprintf(" %d hooks ok", len(r.Hooks))
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.ID, r.CreatedAt.Local().Format(time.DateTime), cmp.Or(string(r.Kind), "-"),
 				parent, human(r.Size()), human(read), human(r.StoredBytes()), cons, verify, state)

@@ -91,6 +91,24 @@ func DebianKernel(t testing.TB) Kernel {
 // /modules/order.
 func (k Kernel) Initramfs(t testing.TB, path, init string, modules ...string) {
 	t.Helper()
+	initBytes, err := os.ReadFile(init)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.InitramfsWith(t, path, initBytes, nil, modules...)
+}
+
+// InitramfsFile is a file of an initramfs beyond its init and modules
+// (Name relative to its root, directories above it made).
+type InitramfsFile struct {
+	Name string
+	Mode uint32 // permission bits
+	Data []byte
+}
+
+// InitramfsWith is Initramfs with init given as bytes and more files.
+func (k Kernel) InitramfsWith(t testing.TB, path string, init []byte, files []InitramfsFile, modules ...string) {
+	t.Helper()
 	byName := map[string]string{}
 	filepath.WalkDir(filepath.Join(k.Modules, "kernel"), func(p string, d fs.DirEntry, err error) error {
 		if err == nil && strings.HasSuffix(p, ".ko") {
@@ -120,12 +138,8 @@ func (k Kernel) Initramfs(t testing.TB, path, init string, modules ...string) {
 		visit(m)
 	}
 	var archive bytes.Buffer
-	w := newcWriter{w: &archive}
-	initBytes, err := os.ReadFile(init)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.file("init", 0o100755, initBytes)
+	w := newcWriter{w: &archive, dirs: map[string]bool{}}
+	w.file("init", 0o100755, init)
 	w.file("modules", 0o40755, nil)
 	var list []string
 	for _, m := range order {
@@ -137,6 +151,11 @@ func (k Kernel) Initramfs(t testing.TB, path, init string, modules ...string) {
 		list = append(list, m+".ko")
 	}
 	w.file("modules/order", 0o100644, []byte(strings.Join(list, "\n")+"\n"))
+	for _, f := range files {
+		name := strings.TrimPrefix(f.Name, "/")
+		w.parents(name)
+		w.file(name, 0o100000|f.Mode, f.Data)
+	}
 	w.file("TRAILER!!!", 0, nil)
 	f, err := os.Create(path)
 	if err != nil {
@@ -178,8 +197,21 @@ func moduleDepends(t testing.TB, path string) []string {
 // unpacks as an initramfs. Written here: a few lines, where a library
 // would bring a general archiver for one test.
 type newcWriter struct {
-	w   *bytes.Buffer
-	ino int
+	w    *bytes.Buffer
+	ino  int
+	dirs map[string]bool
+}
+
+// parents writes the directories above name not written yet (the kernel
+// does not make them).
+func (c *newcWriter) parents(name string) {
+	dir := filepath.Dir(name)
+	if dir == "." || c.dirs[dir] {
+		return
+	}
+	c.parents(dir)
+	c.dirs[dir] = true
+	c.file(dir, 0o40755, nil)
 }
 
 func (c *newcWriter) file(name string, mode uint32, data []byte) {

@@ -59,9 +59,14 @@ type Want struct {
 	Required    bool
 	Mountpoints []string
 	// PreFreeze runs right before the freeze (an error counts as a failed
-	// freeze); PostThaw right after the thaw. Either may be nil.
-	PreFreeze func(ctx context.Context) error
-	PostThaw  func(ctx context.Context) error
+	// freeze); PostThaw after the snapshot and the thaw, whenever PreFreeze
+	// ran (even when it failed: it undoes what the first began). Both run
+	// around a snapshot with nothing frozen too (crash asked for, no
+	// agent): what they do on the host is still wanted. agent is the
+	// guest's (nil when it has none or it did not answer). Either may be
+	// nil.
+	PreFreeze func(ctx context.Context, agent Agent) error
+	PostThaw  func(ctx context.Context, agent Agent) error
 	// Journal, when set, records the freeze where another process sees
 	// it: a snapshotter that dies between freeze and thaw leaves the
 	// record, and whoever watches the journal thaws the guest once
@@ -105,29 +110,58 @@ var ErrRequired = errors.New("the consistency asked for is required")
 // max the watchdog thaws, whatever snap is doing. The outcome is valid
 // whenever snap ran, even with an error.
 func Around(ctx context.Context, agent Agent, w Want, max time.Duration, snap func(ctx context.Context) error) (Outcome, error) {
-	if w.Mode == Crash {
-		return Outcome{Mode: Crash, Why: "crash consistency asked for"}, snap(ctx)
+	preRan := false
+	pre := func(agent Agent) error {
+		preRan = true
+		if w.PreFreeze == nil {
+			return nil
+		}
+		if err := w.PreFreeze(ctx, agent); err != nil {
+			return fmt.Errorf("pre-freeze hook: %w", err)
+		}
+		return nil
 	}
-	fallback := func(why string) (Outcome, error) {
+	post := func(o *Outcome, agent Agent) {
+		if !preRan || w.PostThaw == nil {
+			return
+		}
+		if err := w.PostThaw(ctx, agent); err != nil {
+			o.Why = joinWhy(o.Why, fmt.Sprintf("post-thaw hook: %v", err))
+		}
+	}
+	// unfrozen takes the snapshot with nothing frozen, hooks around it.
+	unfrozen := func(o Outcome, agent Agent) (Outcome, error) {
+		if !preRan {
+			if err := pre(agent); err != nil {
+				o.Why = joinWhy(o.Why, err.Error())
+			}
+		}
+		err := snap(ctx)
+		post(&o, agent)
+		return o, err
+	}
+	if w.Mode == Crash {
+		return unfrozen(Outcome{Mode: Crash, Why: "crash consistency asked for"}, agent)
+	}
+	fallback := func(why string, agent Agent) (Outcome, error) {
 		o := Outcome{Mode: Crash, Why: why}
 		if w.Required {
-			return o, fmt.Errorf("%w (%s): %s", ErrRequired, w.Mode, why)
+			post(&o, agent)
+			return o, fmt.Errorf("%w (%s): %s", ErrRequired, w.Mode, o.Why)
 		}
-		return o, snap(ctx)
+		return unfrozen(o, agent)
 	}
 	if agent == nil {
-		return fallback("the guest has no agent channel")
+		return fallback("the guest has no agent channel", nil)
 	}
 	pctx, cancel := context.WithTimeout(ctx, PingTimeout)
 	err := agent.Ping(pctx)
 	cancel()
 	if err != nil {
-		return fallback(fmt.Sprintf("the guest agent did not answer: %v", err))
+		return fallback(fmt.Sprintf("the guest agent did not answer: %v", err), nil)
 	}
-	if w.PreFreeze != nil {
-		if err := w.PreFreeze(ctx); err != nil {
-			return fallback(fmt.Sprintf("pre-freeze hook: %v", err))
-		}
+	if err := pre(agent); err != nil {
+		return fallback(err.Error(), agent)
 	}
 	var (
 		once     sync.Once
@@ -152,9 +186,19 @@ func Around(ctx context.Context, agent Agent, w Want, max time.Duration, snap fu
 	}
 	if w.Journal != nil {
 		if err := w.Journal.Frozen(ctx, time.Now().Add(max)); err != nil {
-			return fallback(fmt.Sprintf("the freeze could not be recorded, so it was not made: %v", err))
+			return fallback(fmt.Sprintf("the freeze could not be recorded, so it was not made: %v", err), agent)
 		}
-		defer w.Journal.Thawed(context.WithoutCancel(ctx))
+		// The record goes only once a thaw answered: a thaw that failed
+		// (a hung agent that may still carry out the freeze later) leaves
+		// it for the watchers, who try again until one succeeds.
+		defer func() {
+			mu.Lock()
+			terr := thawErr
+			mu.Unlock()
+			if terr == nil {
+				w.Journal.Thawed(context.WithoutCancel(ctx))
+			}
+		}()
 	}
 	// The freeze itself is bounded by max too: a hung agent (stopped,
 	// or a filesystem that cannot sync) must not hold the backup.
@@ -166,7 +210,7 @@ func Around(ctx context.Context, agent Agent, w Want, max time.Duration, snap fu
 	cancel()
 	if err != nil {
 		thaw(false) // a freeze that failed half-way leaves some frozen
-		return fallback(fmt.Sprintf("freeze failed: %v", err))
+		return fallback(fmt.Sprintf("freeze failed: %v", err), agent)
 	}
 	timer := time.AfterFunc(max-min(max, time.Since(frozenAt)), func() { thaw(true) })
 	snapErr := snap(ctx)
@@ -176,21 +220,27 @@ func Around(ctx context.Context, agent Agent, w Want, max time.Duration, snap fu
 	o := Outcome{Mode: w.Mode, Frozen: window, Watchdog: watchdog}
 	terr := thawErr
 	mu.Unlock()
-	if w.PostThaw != nil {
-		if err := w.PostThaw(ctx); err != nil && o.Why == "" {
-			o.Why = fmt.Sprintf("post-thaw hook: %v", err)
-		}
+	if o.Mode == Application && w.PreFreeze == nil {
+		o.Mode, o.Why = Filesystem, "no pre-freeze hook ran: the application was not asked to flush (beyond the guest's own fsfreeze hooks)"
 	}
 	if terr != nil {
-		o.Why = fmt.Sprintf("thaw failed: %v", terr)
+		o.Why = joinWhy(o.Why, fmt.Sprintf("thaw failed: %v", terr))
 	}
+	post(&o, agent)
 	if o.Watchdog {
 		// The snapshot call outlived the window: the point may postdate
 		// the thaw.
-		o.Mode, o.Why = Crash, fmt.Sprintf("the snapshot took longer than the %v freeze maximum: thawed first", max)
+		o.Mode, o.Why = Crash, joinWhy(fmt.Sprintf("the snapshot took longer than the %v freeze maximum: thawed first", max), o.Why)
 		if w.Required && snapErr == nil {
 			return o, fmt.Errorf("%w (%s): %s", ErrRequired, w.Mode, o.Why)
 		}
 	}
 	return o, snapErr
+}
+
+func joinWhy(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
 }

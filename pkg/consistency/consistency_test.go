@@ -15,6 +15,7 @@ type fakeAgent struct {
 	pingErr    error
 	freezeErr  error
 	freezeHang bool
+	thawErr    error
 	frozen     bool
 	calls      []string
 }
@@ -46,6 +47,9 @@ func (a *fakeAgent) Thaw(ctx context.Context) (int, error) {
 	a.log("thaw")
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.thawErr != nil {
+		return 0, a.thawErr
+	}
 	a.frozen = false
 	return 2, nil
 }
@@ -155,17 +159,49 @@ func TestErrorsAndHooks(t *testing.T) {
 	var order []string
 	a = &fakeAgent{}
 	o, err := Around(context.Background(), a, Want{Mode: Application,
-		PreFreeze: func(context.Context) error { order = append(order, "pre:"+a.trace()); return nil },
-		PostThaw:  func(context.Context) error { order = append(order, "post:"+a.trace()); return nil },
+		PreFreeze: func(_ context.Context, ag Agent) error { order = append(order, "pre:"+a.trace()); return nil },
+		PostThaw:  func(_ context.Context, ag Agent) error { order = append(order, "post:"+a.trace()); return nil },
 	}, time.Second, func(context.Context) error { return nil })
 	if err != nil || o.Mode != Application || strings.Join(order, ",") != "pre:ping,post:ping freeze thaw" {
 		t.Fatalf("hooks: %+v %v %v", o, err, order)
 	}
-	a = &fakeAgent{}
-	o, err = Around(context.Background(), a, Want{Mode: Application, Required: true,
-		PreFreeze: func(context.Context) error { return errors.New("database would not flush") }}, time.Second, func(context.Context) error { return nil })
-	if !errors.Is(err, ErrRequired) || !strings.Contains(o.Why, "database would not flush") || strings.Contains(a.trace(), "freeze") {
-		t.Fatalf("failing pre-freeze hook: %+v %v %q", o, err, a.trace())
+	// A failing pre-freeze hook: required fails without a freeze or a
+	// snapshot; the post-thaw hook still runs (it undoes what pre began).
+	a, order = &fakeAgent{}, nil
+	snapped := false
+	hooks := Want{Mode: Application, Required: true,
+		PreFreeze: func(context.Context, Agent) error { return errors.New("database would not flush") },
+		PostThaw:  func(context.Context, Agent) error { order = append(order, "post"); return nil }}
+	o, err = Around(context.Background(), a, hooks, time.Second, func(context.Context) error { snapped = true; return nil })
+	if !errors.Is(err, ErrRequired) || !strings.Contains(o.Why, "database would not flush") || strings.Contains(a.trace(), "freeze") || snapped || len(order) != 1 {
+		t.Fatalf("failing pre-freeze hook: %+v %v %q, snapshot %v, post %v", o, err, a.trace(), snapped, order)
+	}
+	// Preferred: a crash-consistent snapshot, post-thaw after it.
+	a, order, hooks.Required = &fakeAgent{}, nil, false
+	o, err = Around(context.Background(), a, hooks, time.Second, func(context.Context) error { order = append(order, "snap"); return nil })
+	if err != nil || o.Mode != Crash || !strings.Contains(o.Why, "pre-freeze hook: database would not flush") || strings.Join(order, ",") != "snap,post" || strings.Contains(a.trace(), "freeze") {
+		t.Fatalf("failing pre-freeze hook, preferred: %+v %v %v %q", o, err, order, a.trace())
+	}
+	// Nothing to freeze (crash asked for, no agent): the hooks still run
+	// around the snapshot, without an agent.
+	for _, w := range []Want{{Mode: Crash}, {Mode: Filesystem}} {
+		var agents []Agent
+		order = nil
+		w.PreFreeze = func(_ context.Context, ag Agent) error {
+			order = append(order, "pre")
+			agents = append(agents, ag)
+			return nil
+		}
+		w.PostThaw = func(_ context.Context, ag Agent) error { order = append(order, "post"); return errors.New("exit 3") }
+		o, err = Around(context.Background(), nil, w, time.Second, func(context.Context) error { order = append(order, "snap"); return nil })
+		if err != nil || o.Mode != Crash || strings.Join(order, ",") != "pre,snap,post" || agents[0] != nil || !strings.Contains(o.Why, "post-thaw hook: exit 3") {
+			t.Fatalf("hooks with nothing to freeze (%s): %+v %v %v", w.Mode, o, err, order)
+		}
+	}
+	// Application without a pre-freeze hook is only filesystem.
+	o, err = Around(context.Background(), &fakeAgent{}, Want{Mode: Application}, time.Second, func(context.Context) error { return nil })
+	if err != nil || o.Mode != Filesystem || !strings.Contains(o.Why, "no pre-freeze hook") {
+		t.Fatalf("application without a hook: %+v %v", o, err)
 	}
 	if m, err := Parse(""); m != Filesystem || err != nil {
 		t.Fatal("the default mode is filesystem")
@@ -208,8 +244,14 @@ func TestJournalBracketsTheFreeze(t *testing.T) {
 	if err != nil || strings.Join(during, ",") != "frozen" || strings.Join(j.events, ",") != "frozen,thawed" {
 		t.Fatalf("journal during %v, after %v, err %v", during, j.events, err)
 	}
-	a, j = &fakeAgent{}, &fakeJournal{fail: errors.New("kv down")}
+	// A thaw that fails keeps the record: the watchers try again.
+	a, j = &fakeAgent{thawErr: errors.New("agent not responding")}, &fakeJournal{}
 	o, err := Around(context.Background(), a, Want{Mode: Filesystem, Journal: j}, time.Second, func(context.Context) error { return nil })
+	if err != nil || strings.Join(j.events, ",") != "frozen" || !strings.Contains(o.Why, "thaw failed") {
+		t.Fatalf("failed thaw: journal %v, %+v %v", j.events, o, err)
+	}
+	a, j = &fakeAgent{}, &fakeJournal{fail: errors.New("kv down")}
+	o, err = Around(context.Background(), a, Want{Mode: Filesystem, Journal: j}, time.Second, func(context.Context) error { return nil })
 	if err != nil || o.Mode != Crash || !strings.Contains(o.Why, "could not be recorded") || strings.Contains(a.trace(), "freeze") {
 		t.Fatalf("unrecordable freeze: %+v %v %q", o, err, a.trace())
 	}

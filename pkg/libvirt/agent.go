@@ -2,7 +2,9 @@ package libvirt
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
 	"libvirt.org/go/libvirtxml"
@@ -83,4 +85,56 @@ func (a *Agent) Thaw(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("thaw the filesystems of %s: %w", a.c.t.Domain, err)
 	}
 	return int(n), nil
+}
+
+// Exec runs a program in the guest through the agent's guest-exec and
+// polls guest-exec-status until it exits or ctx ends (the program then
+// goes on in the guest: the agent cannot kill it). Its output is stdout
+// then stderr, as the agent captured them.
+func (a *Agent) Exec(ctx context.Context, argv []string) (int, []byte, error) {
+	req, _ := json.Marshal(map[string]any{"execute": "guest-exec", "arguments": map[string]any{
+		"path": argv[0], "arg": argv[1:], "capture-output": true}})
+	out, err := call(ctx, func() (golibvirt.OptString, error) { return a.c.l.QEMUDomainAgentCommand(a.c.dom, string(req), 5, 0) })
+	if err != nil {
+		return -1, nil, fmt.Errorf("guest-exec in %s: %w", a.c.t.Domain, err)
+	}
+	var started struct {
+		Return struct {
+			PID int `json:"pid"`
+		} `json:"return"`
+	}
+	if len(out) == 0 || json.Unmarshal([]byte(out[0]), &started) != nil {
+		return -1, nil, fmt.Errorf("guest-exec in %s: unexpected answer %q", a.c.t.Domain, out)
+	}
+	status := fmt.Sprintf(`{"execute":"guest-exec-status","arguments":{"pid":%d}}`, started.Return.PID)
+	for wait := 20 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {
+		out, err := call(ctx, func() (golibvirt.OptString, error) { return a.c.l.QEMUDomainAgentCommand(a.c.dom, status, 5, 0) })
+		if err != nil {
+			return -1, nil, fmt.Errorf("guest-exec-status in %s: %w", a.c.t.Domain, err)
+		}
+		var st struct {
+			Return struct {
+				Exited   bool   `json:"exited"`
+				ExitCode int    `json:"exitcode"`
+				Signal   int    `json:"signal"`
+				Out      []byte `json:"out-data"` // base64, as encoding/json decodes []byte
+				Err      []byte `json:"err-data"`
+			} `json:"return"`
+		}
+		if len(out) == 0 || json.Unmarshal([]byte(out[0]), &st) != nil {
+			return -1, nil, fmt.Errorf("guest-exec-status in %s: unexpected answer %q", a.c.t.Domain, out)
+		}
+		if r := st.Return; r.Exited {
+			output := append(r.Out, r.Err...)
+			if r.Signal != 0 {
+				return -1, output, fmt.Errorf("killed by signal %d", r.Signal)
+			}
+			return r.ExitCode, output, nil
+		}
+		select {
+		case <-ctx.Done():
+			return -1, nil, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
 }

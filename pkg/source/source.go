@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/consistency"
@@ -142,7 +143,8 @@ func (o *Opener) Snapshot(ctx context.Context, rawURL, backupID string, want con
 	if p != nil {
 		p.Consistency = out
 		if want.Mode != consistency.Crash {
-			p.Consistency.Why = "the source has no guest to freeze (a disk image, an export, or a hypervisor without agent support here)"
+			p.Consistency.Why = strings.Replace(p.Consistency.Why, "the guest has no agent channel",
+				"the source has no guest to freeze (a disk image, an export, or a hypervisor without agent support here)", 1)
 		}
 	}
 	return p, err

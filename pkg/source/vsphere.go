@@ -70,20 +70,54 @@ func (o *vsphereDriver) SnapshotConsistent(ctx context.Context, rawURL, backupID
 		p.Note = "changed block tracking was off; Strata enabled it: the next backup can be incremental"
 	}
 	quiesce := want.Mode != consistency.Crash
+	// Hooks run on the host only: VMware Tools runs the guest's own
+	// scripts at a quiesce (and a guest hook would need Tools' guest
+	// operations, with guest credentials).
+	var hookWhy string
+	if want.PreFreeze != nil {
+		if err := want.PreFreeze(ctx, nil); err != nil {
+			hookWhy = fmt.Sprintf("pre-freeze hook: %v", err)
+		}
+	}
+	postThaw := func() {
+		if want.PostThaw != nil {
+			if err := want.PostThaw(ctx, nil); err != nil {
+				p.Consistency.Why = strings.TrimPrefix(p.Consistency.Why+"; post-thaw hook: "+err.Error(), "; ")
+			}
+		}
+	}
+	if hookWhy != "" && quiesce {
+		if want.Required {
+			postThaw()
+			return nil, fmt.Errorf("%w (%s): %s", consistency.ErrRequired, want.Mode, hookWhy)
+		}
+		quiesce = false
+	}
 	start := time.Now()
 	snap, err := vm.Snapshot(ctx, SnapshotName(backupID), quiesce)
 	p.Consistency = consistency.Outcome{Mode: want.Mode, Frozen: time.Since(start)}
-	if !quiesce {
+	if want.Mode == consistency.Application && want.PreFreeze == nil {
+		p.Consistency.Mode = consistency.Filesystem
+	}
+	switch {
+	case want.Mode == consistency.Crash:
 		p.Consistency = consistency.Outcome{Mode: consistency.Crash, Why: "crash consistency asked for"}
+	case hookWhy != "":
+		p.Consistency = consistency.Outcome{Mode: consistency.Crash, Why: hookWhy}
+	}
+	if hookWhy != "" && want.Mode == consistency.Crash {
+		p.Consistency.Why += "; " + hookWhy
 	}
 	if err != nil && quiesce {
 		why := fmt.Sprintf("VMware Tools could not quiesce the guest: %v", err)
 		if want.Required {
+			postThaw()
 			return nil, fmt.Errorf("%w (%s): %s", consistency.ErrRequired, want.Mode, why)
 		}
 		p.Consistency = consistency.Outcome{Mode: consistency.Crash, Why: why}
 		snap, err = vm.Snapshot(ctx, SnapshotName(backupID), false)
 	}
+	postThaw()
 	if err != nil {
 		return nil, err
 	}

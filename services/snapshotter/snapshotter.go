@@ -9,11 +9,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/strata-backup/strata/contracts"
@@ -22,6 +24,7 @@ import (
 	"github.com/strata-backup/strata/pkg/consistency"
 	"github.com/strata-backup/strata/pkg/freezes"
 	"github.com/strata-backup/strata/pkg/guestfs"
+	"github.com/strata-backup/strata/pkg/hooks"
 	"github.com/strata-backup/strata/pkg/manifest"
 	"github.com/strata-backup/strata/pkg/runtime"
 	"github.com/strata-backup/strata/pkg/source"
@@ -36,11 +39,14 @@ type Config struct {
 	// silently broken change-tracking chain (Xen Orchestra's "key backup
 	// interval").
 	KeyInterval int `envconfig:"KEY_INTERVAL" default:"20"`
+	// HooksDir holds the programs host-side hooks may run (a hook names one
+	// by its file name, never a path); empty: host hooks are refused.
+	HooksDir string `envconfig:"HOOKS_DIR"`
 }
 
 // Start registers the snapshotter's consumers.
 func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
-	s := &snapshotter{rt: rt, keyInterval: max(1, cfg.KeyInterval), sources: source.NewOpener(cfg.Config)}
+	s := &snapshotter{rt: rt, keyInterval: max(1, cfg.KeyInterval), sources: source.NewOpener(cfg.Config), hooksDir: cfg.HooksDir}
 	if _, err := rt.Bus.AddService("snapshots and segment planning"); err != nil {
 		return err
 	}
@@ -68,6 +74,7 @@ type snapshotter struct {
 	keyInterval int
 	sources     *source.Opener
 	freezes     *freezes.Store // nil in unit tests: freezes not journaled
+	hooksDir    string
 }
 
 // Plan cuts a disk into segments of whole chunks, at most MaxSegmentBytes.
@@ -91,7 +98,7 @@ func (s *snapshotter) plan(ctx context.Context, req *contracts.BackupRequested) 
 	if existing, _, err := s.rt.Catalog.Get(ctx, req.VM, req.BackupID); err == nil && existing.State != contracts.StateTransferring {
 		return nil // a redelivered request for a backup that moved on: take no new snapshot
 	}
-	point, disks, err := s.open(ctx, req)
+	point, disks, err := s.open(ctx, req, rec)
 	defer func() {
 		for _, d := range disks {
 			d.disk.Close()
@@ -146,8 +153,9 @@ func (s *snapshotter) plan(ctx context.Context, req *contracts.BackupRequested) 
 	return nil
 }
 
-// open takes the point in time and opens each of its disks.
-func (s *snapshotter) open(ctx context.Context, req *contracts.BackupRequested) (*source.Point, []openDisk, error) {
+// open takes the point in time and opens each of its disks. The hooks
+// that ran go to rec, whatever happens after.
+func (s *snapshotter) open(ctx context.Context, req *contracts.BackupRequested, rec *contracts.BackupRecord) (*source.Point, []openDisk, error) {
 	mode, err := consistency.Parse(req.Consistency.Consistency)
 	if err != nil {
 		return nil, nil, err
@@ -156,6 +164,20 @@ func (s *snapshotter) open(ctx context.Context, req *contracts.BackupRequested) 
 	if s.freezes != nil {
 		want.Journal = s.freezes.Journal(req.VM, req.BackupID, req.Source)
 	}
+	runner := hooks.Runner{Dir: s.hooksDir, Env: []string{"STRATA_VM=" + req.VM, "STRATA_BACKUP_ID=" + req.BackupID, "STRATA_SOURCE=" + req.Source}}
+	phase := func(name string, hs []contracts.Hook) func(ctx context.Context, agent consistency.Agent) error {
+		if len(hs) == 0 {
+			return nil
+		}
+		return func(ctx context.Context, agent consistency.Agent) error {
+			guest, _ := agent.(hooks.Guest)
+			runs, err := runner.Run(ctx, name, hs, guest)
+			rec.Hooks = append(rec.Hooks, runs...)
+			s.traceHooks(ctx, runs)
+			return err
+		}
+	}
+	want.PreFreeze, want.PostThaw = phase(hooks.PreFreeze, req.PreFreeze), phase(hooks.PostThaw, req.PostThaw)
 	point, err := s.sources.Snapshot(ctx, req.Source, req.BackupID, want)
 	if err != nil {
 		return nil, nil, err
@@ -169,6 +191,24 @@ func (s *snapshotter) open(ctx context.Context, req *contracts.BackupRequested) 
 		disks = append(disks, openDisk{pd, d})
 	}
 	return point, disks, nil
+}
+
+// traceHooks records each hook run as a span under the backup's, and in
+// the log.
+func (s *snapshotter) traceHooks(ctx context.Context, runs []contracts.HookRun) {
+	for _, r := range runs {
+		end := time.Now()
+		_, span := s.rt.Bus.Tracer.Start(ctx, "hook "+r.Phase, trace.WithTimestamp(end.Add(-time.Duration(r.Millis)*time.Millisecond)),
+			trace.WithAttributes(attribute.String("strata.hook.command", r.Command), attribute.Bool("strata.hook.host", r.Host),
+				attribute.Int("strata.hook.exit", r.Exit), attribute.String("strata.hook.output", r.Output)))
+		level := slog.LevelInfo
+		if r.Error != "" {
+			span.SetStatus(codes.Error, r.Error)
+			level = slog.LevelWarn
+		}
+		span.End(trace.WithTimestamp(end))
+		s.rt.Log.Log(ctx, level, "hook ran", "phase", r.Phase, "command", r.Command, "host", r.Host, "exit", r.Exit, "ms", r.Millis, "error", r.Error)
+	}
 }
 
 func (s *snapshotter) publishSegments(ctx context.Context, rec *contracts.BackupRecord, d contracts.DiskRecord, plan readPlan) error {
