@@ -203,16 +203,20 @@ func Around(ctx context.Context, agent Agent, w Want, max time.Duration, snap fu
 	// The freeze itself is bounded by max too: a hung agent (stopped,
 	// or a filesystem that cannot sync) must not hold the backup.
 	fctx, cancel := context.WithTimeout(ctx, max)
-	mu.Lock()
-	frozenAt = time.Now()
-	mu.Unlock()
+	freezeStart := time.Now()
 	_, err = agent.Freeze(fctx, w.Mountpoints)
 	cancel()
 	if err != nil {
 		thaw(false) // a freeze that failed half-way leaves some frozen
 		return fallback(fmt.Sprintf("freeze failed: %v", err), agent)
 	}
-	timer := time.AfterFunc(max-min(max, time.Since(frozenAt)), func() { thaw(true) })
+	// The window is counted from the agent's answer to the freeze (the
+	// guest's fsfreeze hooks and its sync come before the filesystems
+	// stop) to its answer to the thaw; the maximum from the freeze's start.
+	mu.Lock()
+	frozenAt = time.Now()
+	mu.Unlock()
+	timer := time.AfterFunc(max-min(max, time.Since(freezeStart)), func() { thaw(true) })
 	snapErr := snap(ctx)
 	timer.Stop()
 	thaw(false)

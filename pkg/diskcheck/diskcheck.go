@@ -28,7 +28,8 @@ type Partition struct {
 	Start, Size int64  // bytes
 	Content     string // "ext4", "xfs", "ntfs", "fat", "swap", "lvm", "" (nothing known)
 	// NeedsRecovery: the filesystem's journal must be replayed before it
-	// is mounted (ext3/4 with needs_recovery set): the visible mark of a
+	// is mounted (ext3/4 with needs_recovery set, an XFS log that does not
+	// end with an unmount record): the visible mark of a
 	// crash-consistent point, which a filesystem-consistent one lacks.
 	NeedsRecovery bool
 }
@@ -38,7 +39,11 @@ func (l *Layout) Recovery() []string {
 	var out []string
 	for _, p := range l.Partitions {
 		if p.NeedsRecovery {
-			out = append(out, fmt.Sprintf("%s: %s journal needs recovery", p, p.Content))
+			what := "journal needs recovery"
+			if p.Content == "xfs" {
+				what = "log holds metadata to replay"
+			}
+			out = append(out, fmt.Sprintf("%s: %s %s", p, p.Content, what))
 		}
 	}
 	return out
@@ -77,8 +82,13 @@ func Inspect(r io.ReaderAt, size int64) (*Layout, error) {
 			return nil, err
 		}
 		l.Partitions[i].Content = content
-		if content == "ext4" {
+		switch content {
+		case "ext4":
 			if l.Partitions[i].NeedsRecovery, err = ext4NeedsRecovery(r, l.Partitions[i]); err != nil {
+				return nil, err
+			}
+		case "xfs":
+			if l.Partitions[i].NeedsRecovery, err = xfsLogDirty(r, l.Partitions[i]); err != nil {
 				return nil, err
 			}
 		}
