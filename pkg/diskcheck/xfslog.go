@@ -27,7 +27,7 @@ const (
 	xlogUnmountTrans = 0x20
 	transMagic       = 0x5452414e // XFS_TRANS_HEADER_MAGIC "TRAN"
 	liBuf            = 0x123c     // XFS_LI_BUF
-	xlogCycleSize    = 32 << 10 // XLOG_HEADER_CYCLE_SIZE
+	xlogCycleSize    = 32 << 10   // XLOG_HEADER_CYCLE_SIZE
 	bb               = 512
 	maxRecordBBs     = (256<<10)/bb + 8*2 // the largest in-core log plus its headers
 )

@@ -90,7 +90,12 @@ func TestXFSLogState(t *testing.T) {
 	cases := map[string]func(string){
 		"fresh": nil,
 		"clean": func(mnt string) { files(mnt, 500) },
-		"crash": func(mnt string) { files(mnt, 500); exec.Command("sync").Run(); files(mnt, 50); run("xfs_io", "-x", "-c", "shutdown", mnt) },
+		"crash": func(mnt string) {
+			files(mnt, 500)
+			exec.Command("sync").Run()
+			files(mnt, 50)
+			run("xfs_io", "-x", "-c", "shutdown", mnt)
+		},
 		"frozen": func(mnt string) {
 			files(mnt, 500)
 			run("xfs_freeze", "-f", mnt)
@@ -101,7 +106,12 @@ func TestXFSLogState(t *testing.T) {
 			os.WriteFile(frozenCopy, src, 0o644)
 			files(mnt, 0)
 		},
-		"wrapped-crash": func(mnt string) { files(mnt, 20000); exec.Command("sync").Run(); files(mnt, 10); run("xfs_io", "-x", "-c", "shutdown", mnt) },
+		"wrapped-crash": func(mnt string) {
+			files(mnt, 20000)
+			exec.Command("sync").Run()
+			files(mnt, 10)
+			run("xfs_io", "-x", "-c", "shutdown", mnt)
+		},
 		"wrapped-clean": func(mnt string) { files(mnt, 20000) },
 	}
 	for _, name := range []string{"fresh", "clean", "crash", "frozen", "wrapped-crash", "wrapped-clean"} {
