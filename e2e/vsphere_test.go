@@ -267,3 +267,41 @@ func TestVSphereRestoreTestAndRestoreToHypervisor(t *testing.T) {
 	}
 	sameHardware("app-01-dr")
 }
+
+// Consistency on vSphere: the snapshot is quiesced through VMware Tools
+// (vcsim accepts the flag: the API path), host hooks run around it; a VM
+// whose Tools cannot quiesce (the simulator answers ToolsUnavailable, as
+// vSphere does without Tools running) falls back to a crash-consistent
+// snapshot with the reason, or fails a required backup with it, and
+// leaves no snapshot either way.
+func TestVSphereQuiesce(t *testing.T) {
+	sim := vcsimcbt.Start(t, "127.0.0.1:0")
+	hooksDir := t.TempDir()
+	stamps := filepath.Join(t.TempDir(), "stamps")
+	os.WriteFile(filepath.Join(hooksDir, "stamp"), []byte("#!/bin/sh\necho \"$1 $STRATA_VM\" >> "+stamps+"\n"), 0o755)
+	st := startStack(t, stackOptions{chunkSize: 64 << 10, extraEnv: map[string][]string{
+		"snapshotter": append(sim.Env(), "STRATA_HOOKS_DIR="+hooksDir), "transfer": sim.Env()}})
+	vm := sim.CreateVM("db-01", 8<<20)
+	src := "vsphere://" + sim.Host + "/db-01"
+	id := strings.TrimSpace(strings.Split(st.mustCLI("backup", "--vm", "db-01", "--source", src, "--wait", "--consistency", "application",
+		"--pre-freeze-host", "stamp pre", "--post-thaw-host", "stamp post"), "\n")[0])
+	rec := st.record("db-01", id)
+	if rec.State != contracts.StateVerified || rec.Consistency != "application" || len(rec.Hooks) != 2 || rec.Hooks[0].Exit != 0 || rec.Hooks[1].Phase != "post-thaw" {
+		t.Fatalf("quiesced backup: %s %q (%s), hooks %+v", rec.State, rec.Consistency, rec.ConsistencyWhy, rec.Hooks)
+	}
+	if b, _ := os.ReadFile(stamps); string(b) != "pre db-01\npost db-01\n" {
+		t.Fatalf("host hooks: %q", b)
+	}
+	sim.NoTools("db-01", true)
+	fell := st.vsphereBackup(sim, vm, "db-01", src)
+	if fell.Consistency != "crash" || !strings.Contains(fell.ConsistencyWhy, "VMware Tools could not quiesce") {
+		t.Fatalf("no Tools, preferred: %q (%s)", fell.Consistency, fell.ConsistencyWhy)
+	}
+	out, errOut, code := st.cli("backup", "--vm", "db-01", "--source", src, "--wait", "--require-consistency")
+	if code != 1 || !strings.Contains(out+errOut, "VMware Tools could not quiesce") {
+		t.Fatalf("no Tools, required: exit %d\n%s%s", code, out, errOut)
+	}
+	if snaps := sim.Snapshots(vm); len(snaps) != 0 {
+		t.Fatalf("snapshots left on the VM: %v", snaps)
+	}
+}

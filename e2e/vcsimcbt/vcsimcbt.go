@@ -78,6 +78,7 @@ type Sim struct {
 	mu        sync.Mutex
 	disks     map[diskRef]*trackedDisk
 	poweredOn []string // names of the VMs powered on, in order
+	noTools   map[string]bool
 }
 
 type diskRef struct {
@@ -110,7 +111,7 @@ func Start(t TB, listen string) *Sim {
 	}
 	m.Service.TLS = new(tls.Config)
 	m.Service.Listen = &url.URL{Host: listen}
-	sim := &Sim{t: t, disks: map[diskRef]*trackedDisk{}}
+	sim := &Sim{t: t, disks: map[diskRef]*trackedDisk{}, noTools: map[string]bool{}}
 	m.Service.Context.Map.Handler = sim.dispatch
 	srv := m.Service.NewServer()
 	sim.ctx = m.Service.Context
@@ -366,6 +367,15 @@ func (s *Sim) Snapshots(vm *object.VirtualMachine) []string {
 	return names
 }
 
+// NoTools makes a quiesced snapshot of the VM fail as vSphere fails it
+// when VMware Tools is not running in the guest (ToolsUnavailable);
+// vcsim itself accepts the quiesce flag of any VM.
+func (s *Sim) NoTools(name string, none bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.noTools[name] = none
+}
+
 // dispatch is the simulator's method hook: stamp change ids before a
 // snapshot copies the VM's config, and answer QueryChangedDiskAreas.
 func (s *Sim) dispatch(ctx *simulator.Context, m *simulator.Method) (mo.Reference, types.BaseMethodFault) {
@@ -380,6 +390,14 @@ func (s *Sim) dispatch(ctx *simulator.Context, m *simulator.Method) (mo.Referenc
 		vm, ok := ctx.Map.Get(m.This).(*simulator.VirtualMachine)
 		if !ok {
 			return nil, nil
+		}
+		if req, ok := m.Body.(*types.CreateSnapshot_Task); ok && req.Quiesce {
+			s.mu.Lock()
+			noTools := s.noTools[vm.Name]
+			s.mu.Unlock()
+			if noTools {
+				return nil, &types.ToolsUnavailable{}
+			}
 		}
 		ctx.WithLock(vm, func() {
 			cbt := vm.Config.ChangeTrackingEnabled != nil && *vm.Config.ChangeTrackingEnabled
