@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -42,5 +43,48 @@ func BenchmarkScale(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// Three transfer workers share one backup's segments: each takes a
+// segment only into a free slot, so every worker gets some and none most;
+// each segment's log line names the worker instance that did it.
+func TestSegmentsSpreadOverWorkers(t *testing.T) {
+	env := []string{"STRATA_TRANSFER_RATE_LIMIT=40000000", "STRATA_TRANSFER_CONCURRENCY=1"}
+	st := startStack(t, stackOptions{transfers: 3, extraEnv: map[string][]string{"transfer": env}})
+	img := filepath.Join(t.TempDir(), "disk.img")
+	if err := demodisk.Write(img, 384<<20, 11); err != nil {
+		t.Fatal(err)
+	}
+	id := strings.TrimSpace(strings.Split(st.mustCLI("backup", "--vm", "spread", "--source", "file://"+img, "--wait"), "\n")[0])
+	rec := st.record("spread", id)
+	segments := rec.Disks[0].Segments
+	instances := map[string]bool{}
+	var shares []int
+	for _, p := range st.procs["transfer"] {
+		n := 0
+		for _, line := range strings.Split(p.Output(), "\n") {
+			if !strings.Contains(line, `"msg":"segment done"`) || !strings.Contains(line, `"backup":"`+id+`"`) {
+				continue
+			}
+			n++
+			var l struct{ Instance, Host string }
+			if err := json.Unmarshal([]byte(line), &l); err != nil || l.Instance == "" || l.Host == "" {
+				t.Fatalf("a segment's log line without its instance: %s", line)
+			}
+			instances[l.Instance] = true
+		}
+		shares = append(shares, n)
+	}
+	t.Logf("%d segments over 3 workers: %v", segments, shares)
+	total := 0
+	for _, n := range shares {
+		total += n
+		if n == 0 || n > segments*2/3 {
+			t.Fatalf("segments per worker %v of %d", shares, segments)
+		}
+	}
+	if total < segments || len(instances) != 3 {
+		t.Fatalf("%d segment lines for %d segments, from %d instances", total, segments, len(instances))
 	}
 }

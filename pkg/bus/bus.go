@@ -315,23 +315,36 @@ func Consume[T any, PT interface {
 	if err != nil {
 		return fmt.Errorf("create consumer %s on %s: %w", spec.Durable, spec.Stream, err)
 	}
-	sem := make(chan struct{}, spec.Concurrency)
-	cc, err := cons.Consume(func(msg jetstream.Msg) {
-		sem <- struct{}{}
+	// Each of Concurrency pullers asks for one message only when it is
+	// free, and handles it before asking again: an instance never holds
+	// work it is not doing, so N instances share a burst (a backup's
+	// segments) about evenly — JetStream hands each message to the oldest
+	// waiting request. A client-side prefetch buffer (Consume) let the
+	// first instance to pull take twice its concurrency while the others
+	// idled.
+	for i := 0; i < spec.Concurrency; i++ {
 		go func() {
-			defer func() { <-sem }()
-			handle(ctx, b, spec, msg, h)
+			for ctx.Err() == nil {
+				fctx, cancel := context.WithTimeout(ctx, pullExpiry)
+				msg, err := cons.Next(jetstream.FetchContext(fctx))
+				cancel()
+				if err != nil {
+					if ctx.Err() != nil {
+						return
+					}
+					if !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+						b.Log.Debug("pull", "consumer", spec.Durable, "err", err)
+						select { // a closed connection must not spin
+						case <-ctx.Done():
+						case <-time.After(time.Second):
+						}
+					}
+					continue
+				}
+				handle(ctx, b, spec, msg, h)
+			}
 		}()
-	}, jetstream.PullMaxMessages(spec.Concurrency), jetstream.PullExpiry(pullExpiry), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		b.Log.Debug("consume", "consumer", spec.Durable, "err", err)
-	}))
-	if err != nil {
-		return fmt.Errorf("consume %s: %w", spec.Durable, err)
 	}
-	go func() {
-		<-ctx.Done()
-		cc.Stop()
-	}()
 	return nil
 }
 

@@ -148,3 +148,69 @@ func TestIsTransient(t *testing.T) {
 		}
 	}
 }
+
+// Instances share a burst by what each can do: an instance takes a
+// message only into a free slot, so JetStream never has more messages out
+// than the instances' slots together (no client-side hoard), and a slow
+// instance ends up with few of a burst while fast ones take the rest.
+// With a prefetch buffer the slow one hoarded its share and the burst
+// waited on it.
+func TestInstancesShareABurst(t *testing.T) {
+	ctx, b := testBus(t)
+	const instances, concurrency, msgs = 3, 2, 40
+	var handled [instances]atomic.Int32
+	all := make(chan struct{}, msgs)
+	for i := 0; i < instances; i++ {
+		work := 20 * time.Millisecond
+		if i == 0 {
+			work = 400 * time.Millisecond // the slow one, and the first to pull
+		}
+		err := Consume(ctx, b, Spec{Stream: contracts.StreamBackups, Durable: "share", Filters: []string{contracts.SubjectBackupCommitted}, Concurrency: concurrency},
+			func(ctx context.Context, m *contracts.BackupCommitted) error {
+				time.Sleep(work)
+				handled[i].Add(1)
+				all <- struct{}{}
+				return nil
+			})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			time.Sleep(300 * time.Millisecond)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	cons, err := b.JS.Consumer(ctx, contracts.StreamBackups, "share")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := 0; k < msgs; k++ {
+		if err := b.Publish(ctx, contracts.SubjectBackupCommitted, &contracts.BackupCommitted{Schema: contracts.SchemaVersion, BackupID: fmt.Sprint("b", k), VM: "vm"}, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	maxOut := 0
+	for k := 0; k < msgs; {
+		select {
+		case <-all:
+			k++
+		case <-ctx.Done():
+			t.Fatal("not every message was handled")
+		case <-time.After(10 * time.Millisecond):
+			if info, err := cons.Info(ctx); err == nil {
+				maxOut = max(maxOut, info.NumAckPending)
+			}
+		}
+	}
+	var shares []int32
+	for i := range handled {
+		shares = append(shares, handled[i].Load())
+	}
+	t.Logf("messages per instance (the first slow): %v; at most %d out at once", shares, maxOut)
+	if maxOut > instances*concurrency {
+		t.Fatalf("%d messages out at once: more than the %d slots", maxOut, instances*concurrency)
+	}
+	if shares[0] > msgs/4 {
+		t.Fatalf("the slow instance took %d of %d messages", shares[0], msgs)
+	}
+}

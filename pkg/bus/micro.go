@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/telemetry"
 )
 
 // Version is reported by every micro service.
@@ -25,6 +26,9 @@ func (b *Bus) AddService(description string) (micro.Service, error) {
 		Name:        "strata-" + b.Service,
 		Version:     Version,
 		Description: description,
+		// nats micro info shows which host and instance (the id in its
+		// spans and logs) each registration is.
+		Metadata: map[string]string{"instance": telemetry.Instance(b.Service).ID, "host": telemetry.Instance(b.Service).Host},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("register micro service strata-%s: %w", b.Service, err)

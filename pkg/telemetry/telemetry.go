@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/google/uuid"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/propagation"
@@ -40,7 +41,9 @@ func Tracing(ctx context.Context, service string) (*sdktrace.TracerProvider, err
 	propagatorOnce.Do(func() {
 		otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
 	})
-	res, err := resource.New(ctx, resource.WithFromEnv(), resource.WithAttributes(semconv.ServiceName(ServiceName(service))))
+	in := Instance(service)
+	res, err := resource.New(ctx, resource.WithAttributes(semconv.ServiceInstanceID(in.ID), semconv.HostName(in.Host)),
+		resource.WithFromEnv(), resource.WithAttributes(semconv.ServiceName(ServiceName(service))))
 	if err != nil {
 		return nil, err
 	}
@@ -66,7 +69,36 @@ func Logger(w io.Writer, service, level string) *slog.Logger {
 		lv = slog.LevelInfo
 	}
 	h := slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lv})
-	return slog.New(traceHandler{h}).With("service", ServiceName(service))
+	in := Instance(service)
+	return slog.New(traceHandler{h}).With("service", ServiceName(service), "instance", in.ID, "host", in.Host)
+}
+
+// InstanceInfo names one running instance of a service.
+type InstanceInfo struct {
+	ID   string // service.instance.id: host, then a random suffix
+	Host string // host.name
+}
+
+var instances sync.Map // service → InstanceInfo
+
+// Instance is this process's identity as an instance of service, the same
+// in its spans (service.instance.id, host.name) and its log lines
+// (instance, host): which worker did what is visible in Jaeger and in the
+// logs. STRATA_INSTANCE_ID replaces the generated id.
+func Instance(service string) InstanceInfo {
+	if v, ok := instances.Load(service); ok {
+		return v.(InstanceInfo)
+	}
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown"
+	}
+	id := os.Getenv("STRATA_INSTANCE_ID")
+	if id == "" {
+		id = host + "-" + uuid.NewString()[:8]
+	}
+	v, _ := instances.LoadOrStore(service, InstanceInfo{ID: id, Host: host})
+	return v.(InstanceInfo)
 }
 
 type traceHandler struct{ slog.Handler }

@@ -13,6 +13,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"io"
 	goruntime "runtime"
 	"slices"
@@ -194,7 +196,12 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 	if err := w.rt.Bus.Publish(ctx, contracts.SegmentDoneSubject(seg.BackupID, seg.Disk, seg.Index), done, ""); err != nil {
 		return err
 	}
-	w.rt.Log.DebugContext(ctx, "segment done", "backup", seg.BackupID, "segment", seg.Index, "read_bytes", done.ReadBytes,
+	trace.SpanFromContext(ctx).SetAttributes(attribute.String("strata.vm", seg.VM), attribute.String("strata.backup", seg.BackupID),
+		attribute.Int("strata.disk", seg.Disk), attribute.Int("strata.segment", seg.Index),
+		attribute.Int64("strata.read_bytes", done.ReadBytes), attribute.Int("strata.uploaded_chunks", done.UploadedChunks))
+	// One line per segment, with the instance (telemetry.Logger): which
+	// worker did which part of a backup.
+	w.rt.Log.InfoContext(ctx, "segment done", "vm", seg.VM, "backup", seg.BackupID, "disk", seg.Disk, "segment", seg.Index, "read_bytes", done.ReadBytes,
 		"uploaded", done.UploadedChunks, "took", time.Since(start), "reading", stats.read, "asking", stats.ask, "uploading", stats.upload, "put_first", stats.putFirst, "same_as_parent", stats.sameAsParent)
 	return nil
 }
