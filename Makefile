@@ -111,8 +111,11 @@ bench-peers: build
 	deploy/bench/peers.sh $(BIN)
 
 # Throughput with 1, 2 and 4 rate-limited transfer workers.
-bench-scale: servers
-	STRATA_REQUIRE_SERVERS=1 $(GO) test -count=1 -run '^$$' -bench BenchmarkScale -benchtime 1x -timeout 20m ./e2e/
+# Transfer workers sharing backups: in-process (rate-limited workers), then
+# on the compose deployment with each worker held to a share of a core.
+bench-scale: servers images
+	STRATA_REQUIRE_SERVERS=1 $(GO) test -count=1 -run '^$$' -bench 'BenchmarkScale' -benchtime 1x -timeout 20m ./e2e/
+	STRATA_COMPOSE="$(COMPOSE)" STRATA_REQUIRE_SERVERS=1 $(GO) test -count=1 -run '^$$' -bench BenchmarkComposeScale -benchtime 1x -timeout 40m -v ./e2e/
 
 tidy:
 	for m in $(MODULES); do (cd $$m && $(GO) mod tidy); done

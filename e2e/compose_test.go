@@ -19,7 +19,7 @@ import (
 // root under its own project name.
 type composeStack struct {
 	*stack
-	t       *testing.T
+	t       testing.TB
 	command []string // "docker-compose" or "docker compose"
 	env     []string
 	sources string
@@ -57,7 +57,7 @@ func (c *composeStack) run(args ...string) string {
 // was paused or stopped is unhealthy until its next health check passes,
 // and compose refuses to start what depends on it until then: retry for a
 // while rather than fail on that window.
-func (c *composeStack) restoreScale(t *testing.T) {
+func (c *composeStack) restoreScale(t testing.TB) {
 	t.Helper()
 	var out []byte
 	var err error
@@ -75,7 +75,7 @@ func (c *composeStack) containers(service string) []string {
 	return strings.Fields(c.run("ps", "-q", service))
 }
 
-func docker(t *testing.T, args ...string) string {
+func docker(t testing.TB, args ...string) string {
 	t.Helper()
 	out, err := exec.Command("docker", args...).CombinedOutput()
 	if err != nil {
@@ -84,7 +84,9 @@ func docker(t *testing.T, args ...string) string {
 	return string(out)
 }
 
-func startCompose(t *testing.T) *composeStack {
+// startCompose brings the deployment up with 3 transfer workers; extra
+// environment (KEY=VALUE) overrides the defaults below.
+func startCompose(t testing.TB, extra ...string) *composeStack {
 	command := os.Getenv("STRATA_COMPOSE")
 	if command == "" {
 		if os.Getenv("STRATA_REQUIRE_SERVERS") == "1" && os.Getenv("STRATA_COMPOSE_REQUIRED") == "1" {
@@ -104,6 +106,7 @@ func startCompose(t *testing.T) *composeStack {
 	}
 	env := append(os.Environ(), "STRATA_SOURCES="+sources, "STRATA_API_TOKEN_PATH="+token,
 		"STRATA_TRANSFER_RATE_LIMIT=20000000", "STRATA_TRANSFER_CONCURRENCY=1", "STRATA_TRANSFER_ACK_WAIT=10s")
+	env = append(env, extra...)
 	for k, v := range ports {
 		env = append(env, fmt.Sprintf("%s=%d", k, v))
 	}

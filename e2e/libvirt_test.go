@@ -381,3 +381,53 @@ func TestLibvirtDriver(t *testing.T) {
 		t.Fatalf("backup after the added disk's full: %s parent %s, vdc changed %d: %s", next.Kind, next.Parent, next.Disks[2].ChangedBytes, next.FullReason)
 	}
 }
+
+// A transfer worker on another host: the job exports its disks over TCP
+// (STRATA_LIBVIRT_NBD_HOST, a port of STRATA_LIBVIRT_NBD_PORTS) and the
+// worker — here with a scratch directory of its own, where no job socket
+// ever appears — reads them through the address in each disk's URL. A
+// full and an incremental restore bit-exact; the job ends with each.
+func TestLibvirtJobOverTCP(t *testing.T) {
+	const cs = 64 << 10
+	lv := testserver.StartLibvirtd(t)
+	work := t.TempDir()
+	raw := filepath.Join(work, "d.raw")
+	disk := testserver.RandomBytes(91, 32<<20)
+	os.WriteFile(raw, disk, 0o644)
+	const dom = "strata-tcp"
+	lv.Domain(dom, raw)
+	port := testserver.FreePort(t)
+	st := startStack(t, stackOptions{chunkSize: cs,
+		env:      []string{"STRATA_LIBVIRT_SCRATCH_DIR=" + lv.Scratch, "STRATA_LIBVIRT_NBD_HOST=127.0.0.1", fmt.Sprintf("STRATA_LIBVIRT_NBD_PORTS=%d-%d", port, port)},
+		extraEnv: map[string][]string{"transfer": {"STRATA_LIBVIRT_SCRATCH_DIR=" + t.TempDir()}}})
+	src := lv.Source(dom)
+	backup := func() contracts.BackupRecord {
+		t.Helper()
+		id := strings.TrimSpace(strings.Split(st.mustCLI("backup", "--vm", dom, "--source", src, "--wait"), "\n")[0])
+		rec := st.record(dom, id)
+		if rec.State != contracts.StateVerified {
+			t.Fatalf("backup %s: %s %s", id, rec.State, rec.Error)
+		}
+		if want := fmt.Sprintf("nbd=127.0.0.1%%3A%d", port); !strings.Contains(rec.Disks[0].Source, want) {
+			t.Fatalf("disk URL %s does not name the TCP export (%s)", rec.Disks[0].Source, want)
+		}
+		for deadline := time.Now().Add(30 * time.Second); lv.JobRunning(dom); time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the job still runs after the backup")
+			}
+		}
+		out := filepath.Join(work, "restore-"+id+".img")
+		st.mustCLI("restore", "--vm", dom, "--backup", id, "--to", out)
+		if got, _ := os.ReadFile(out); !bytes.Equal(got, disk) {
+			t.Fatalf("restore of %s (%s) differs", id, rec.Kind)
+		}
+		return rec
+	}
+	full := backup()
+	lv.Write(dom, 0, 0x5a, 4<<20, cs)
+	copy(disk[4<<20:4<<20+cs], bytes.Repeat([]byte{0x5a}, cs))
+	inc := backup()
+	if full.Kind != contracts.KindFull || inc.Kind != contracts.KindIncremental || inc.Disks[0].ChangedBytes != cs {
+		t.Fatalf("over TCP: %s then %s changing %d bytes", full.Kind, inc.Kind, inc.Disks[0].ChangedBytes)
+	}
+}

@@ -10,11 +10,13 @@ package libvirt
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"path"
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -35,6 +37,55 @@ type Settings struct {
 	// snapshot: at it they are thawed, whatever the snapshot call is
 	// doing (pkg/consistency).
 	FreezeMax time.Duration `envconfig:"FREEZE_MAX" default:"10s"`
+	// NBDHost, when set, makes backup jobs export their disks over TCP on
+	// this address of the libvirt host (QEMU listens on it, transfer
+	// workers on other hosts connect to it) instead of a unix socket in
+	// ScratchDir, on a port of NBDPorts. A worker connects only to this
+	// host or to the host of an ssh source's URL.
+	NBDHost  string `envconfig:"LIBVIRT_NBD_HOST"`
+	NBDPorts string `envconfig:"LIBVIRT_NBD_PORTS" default:"10809-10872"`
+}
+
+// PortRange parses NBDPorts ("FIRST-LAST").
+func (c Settings) PortRange() (first, last int, err error) {
+	a, b, ok := strings.Cut(c.NBDPorts, "-")
+	first, err1 := strconv.Atoi(a)
+	last, err2 := strconv.Atoi(b)
+	if !ok || err1 != nil || err2 != nil || first < 1 || last > 65535 || first > last {
+		return 0, 0, fmt.Errorf("STRATA_LIBVIRT_NBD_PORTS=%q: want FIRST-LAST, e.g. 10809-10872", c.NBDPorts)
+	}
+	return first, last, nil
+}
+
+// Export is where a backup job's NBD server listens: a unix socket, or
+// (Host) TCP.
+type Export struct {
+	Socket string
+	Host   string
+	Port   int
+}
+
+// Addr is the address nbd.Dial takes.
+func (e Export) Addr() string {
+	if e.Host != "" {
+		return net.JoinHostPort(e.Host, strconv.Itoa(e.Port))
+	}
+	return e.Socket
+}
+
+// ScratchBase is the prefix of a backup's scratch files (and of its
+// socket): what tells its job from any other on the domain.
+func (c Settings) ScratchBase(backupID string) string {
+	return filepath.Join(c.ScratchDir, backupID)
+}
+
+// Owns reports whether the job is the one backupID began.
+func (c Settings) Owns(j *Job, backupID string) bool {
+	if j == nil {
+		return false
+	}
+	return j.Export.Socket != "" && j.Export.Socket == c.Socket(backupID) ||
+		j.Scratch != "" && strings.HasPrefix(j.Scratch, c.ScratchBase(backupID)+"-")
 }
 
 // CheckpointPrefix starts the name of every checkpoint Strata makes:
@@ -58,7 +109,9 @@ type Target struct {
 	// One disk of a backup: of its job, or (Image) of a shut-off domain's
 	// image exported by qemu-nbd.
 	Backup, Disk, Since string
-	Image               bool
+	// NBD is the job's TCP export (host:port) when it has one.
+	NBD   string
+	Image bool
 }
 
 var (
@@ -110,6 +163,12 @@ func ParseTarget(raw string) (Target, error) {
 			}
 			cq.Set(k, v[0])
 		case "backup", "disk", "since":
+		case "nbd":
+			host, port, err := net.SplitHostPort(v[0])
+			if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 1 || n > 65535 || host == "" {
+				return Target{}, fmt.Errorf("libvirt source %q: nbd=HOST:PORT", raw)
+			}
+			t.NBD = v[0]
 		case "image":
 			if v[0] != "1" {
 				return Target{}, fmt.Errorf("libvirt source %q: image=1 or nothing", raw)
@@ -150,11 +209,14 @@ func ParseTarget(raw string) (Target, error) {
 // DiskURL is the URL of one disk of a backup, for the transfer workers:
 // of its job, or with image of a shut-off domain's image; since is the
 // checkpoint it is incremental from ("" for a full).
-func DiskURL(source, backupID, disk, since string, image bool) string {
+func DiskURL(source, backupID, disk, since string, image bool, exp Export) string {
 	u, _ := url.Parse(source)
 	q := u.Query()
 	q.Set("backup", backupID)
 	q.Set("disk", disk)
+	if exp.Host != "" {
+		q.Set("nbd", exp.Addr())
+	}
 	if since != "" {
 		q.Set("since", since)
 	}
@@ -299,7 +361,8 @@ func (c *Conn) DeleteCheckpoint(name string) error {
 
 // Job is the domain's running backup job, as libvirt describes it.
 type Job struct {
-	Socket      string   // its NBD server's unix socket ("" for TCP)
+	Export      Export   // its NBD server
+	Scratch     string   // the scratch file of its first disk
 	Incremental string   // the checkpoint it is incremental from
 	Disks       []string // the disks it exports
 }
@@ -319,13 +382,18 @@ func (c *Conn) BackupJob() (*Job, error) {
 	}
 	j := &Job{Incremental: b.Incremental}
 	if b.Pull != nil {
-		if b.Pull.Server != nil && b.Pull.Server.UNIX != nil {
-			j.Socket = b.Pull.Server.UNIX.Socket
+		if srv := b.Pull.Server; srv != nil && srv.UNIX != nil {
+			j.Export.Socket = srv.UNIX.Socket
+		} else if srv != nil && srv.TCP != nil {
+			j.Export.Host, j.Export.Port = srv.TCP.Name, int(srv.TCP.Port)
 		}
 		if b.Pull.Disks != nil {
 			for _, d := range b.Pull.Disks.Disks {
 				if d.Backup != "no" {
 					j.Disks = append(j.Disks, d.Name)
+				}
+				if d.Scratch != nil && d.Scratch.File != nil && j.Scratch == "" {
+					j.Scratch = d.Scratch.File.File
 				}
 			}
 		}
@@ -336,13 +404,13 @@ func (c *Conn) BackupJob() (*Job, error) {
 // BeginBackup starts a pull-mode backup job exporting disks over NBD on
 // socket (scratch files beside it), incremental from the checkpoint
 // since ("" for a full), and creates the checkpoint name in the same call.
-func (c *Conn) BeginBackup(socket, since, name string, disks []string) error {
-	pull := &libvirtxml.DomainBackupPull{
-		Server: &libvirtxml.DomainBackupPullServer{UNIX: &libvirtxml.DomainBackupPullServerUNIX{Socket: socket}},
-		Disks:  &libvirtxml.DomainBackupPullDisks{},
+func (c *Conn) BeginBackup(exp Export, base, since, name string, disks []string) error {
+	srv := &libvirtxml.DomainBackupPullServer{UNIX: &libvirtxml.DomainBackupPullServerUNIX{Socket: exp.Socket}}
+	if exp.Host != "" {
+		srv = &libvirtxml.DomainBackupPullServer{TCP: &libvirtxml.DomainBackupPullServerTCP{Name: exp.Host, Port: uint(exp.Port)}}
 	}
+	pull := &libvirtxml.DomainBackupPull{Server: srv, Disks: &libvirtxml.DomainBackupPullDisks{}}
 	cp := libvirtxml.DomainCheckpoint{Name: name, Disks: &libvirtxml.DomainCheckpointDisks{}}
-	base := strings.TrimSuffix(socket, ".sock")
 	for _, d := range disks {
 		pull.Disks.Disks = append(pull.Disks.Disks, libvirtxml.DomainBackupPullDisk{Name: d, Backup: "yes",
 			Scratch: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: base + "-" + d + ".scratch"}}})

@@ -18,9 +18,29 @@ func TestParseTarget(t *testing.T) {
 			t.Errorf("%s: %v %q %q", c.in, err, tg.Conn, tg.Domain)
 		}
 	}
-	disk := DiskURL("libvirt+unix:///system/web-01", "01a23771-2f1e-7578-b6aa-8835acc74e2f", "vdb", "strata-01a23771-2f1e-7578-b6aa-8835acc74e2e", false)
-	if tg, err := ParseTarget(disk); err != nil || tg.Disk != "vdb" || tg.Backup != "01a23771-2f1e-7578-b6aa-8835acc74e2f" || tg.Since != "strata-01a23771-2f1e-7578-b6aa-8835acc74e2e" {
+	disk := DiskURL("libvirt+unix:///system/web-01", "01a23771-2f1e-7578-b6aa-8835acc74e2f", "vdb", "strata-01a23771-2f1e-7578-b6aa-8835acc74e2e", false, Export{})
+	if tg, err := ParseTarget(disk); err != nil || tg.Disk != "vdb" || tg.Backup != "01a23771-2f1e-7578-b6aa-8835acc74e2f" || tg.Since != "strata-01a23771-2f1e-7578-b6aa-8835acc74e2e" || tg.NBD != "" {
 		t.Errorf("disk URL %s: %+v %v", disk, tg, err)
+	}
+	// A job exporting over TCP: the address travels in the disk's URL.
+	disk = DiskURL("libvirt+ssh://root@kvm1/system/web-01", "01a23771-2f1e-7578-b6aa-8835acc74e2f", "vda", "", false, Export{Host: "kvm1", Port: 10811})
+	if tg, err := ParseTarget(disk); err != nil || tg.NBD != "kvm1:10811" || tg.Conn.Hostname() != "kvm1" {
+		t.Errorf("disk URL %s: %+v %v", disk, tg, err)
+	}
+	// Which job is whose: by socket, or by the scratch files' prefix.
+	cfg := Settings{ScratchDir: "/var/lib/strata/libvirt", NBDPorts: "10809-10872"}
+	const id = "01a23771-2f1e-7578-b6aa-8835acc74e2f"
+	if !cfg.Owns(&Job{Export: Export{Socket: cfg.Socket(id)}}, id) || !cfg.Owns(&Job{Export: Export{Host: "kvm1", Port: 10811}, Scratch: cfg.ScratchBase(id) + "-vda.scratch"}, id) ||
+		cfg.Owns(&Job{Export: Export{Host: "kvm1", Port: 10811}, Scratch: cfg.ScratchBase("01a23771-2f1e-7578-b6aa-8835acc74e2e") + "-vda.scratch"}, id) || cfg.Owns(nil, id) {
+		t.Error("job ownership")
+	}
+	if first, last, err := cfg.PortRange(); first != 10809 || last != 10872 || err != nil {
+		t.Errorf("port range: %d-%d %v", first, last, err)
+	}
+	for _, bad := range []string{"10809", "0-10", "20-10", "a-b", "1-70000"} {
+		if _, _, err := (Settings{NBDPorts: bad}).PortRange(); err == nil {
+			t.Errorf("port range %q accepted", bad)
+		}
 	}
 	for _, bad := range []string{
 		"libvirt+tcp://host/system/web",                  // no authentication
@@ -41,6 +61,9 @@ func TestParseTarget(t *testing.T) {
 		"libvirt+unix:///system/web?backup=01a23771-2f1e-7578-b6aa-8835acc74e2f&disk=vda&since=other",
 		"libvirt+unix:///system/web?backup=01a23771-2f1e-7578-b6aa-8835acc74e2f&disk=vda&image=yes",
 		"libvirt+unix:///system/web?image=1",
+		"libvirt+unix:///system/web?backup=01a23771-2f1e-7578-b6aa-8835acc74e2f&disk=vda&nbd=host",
+		"libvirt+unix:///system/web?backup=01a23771-2f1e-7578-b6aa-8835acc74e2f&disk=vda&nbd=host:0",
+		"libvirt+unix:///system/web?backup=01a23771-2f1e-7578-b6aa-8835acc74e2f&disk=vda&nbd=:10809",
 	} {
 		if _, err := ParseTarget(bad); err == nil {
 			t.Errorf("%s accepted", bad)

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"slices"
+	"strings"
 	"time"
 
 	"libvirt.org/go/libvirtxml"
@@ -78,15 +80,16 @@ func (d libvirtDriver) SnapshotConsistent(ctx context.Context, rawURL, backupID 
 	if libvirt.HasAgentChannel(dom) {
 		agent = c.Agent(int32(max(1, min(d.cfg.FreezeMax, 60*time.Second)/time.Second)))
 	}
-	socket, name := d.cfg.Socket(backupID), libvirt.CheckpointName(backupID)
+	name := libvirt.CheckpointName(backupID)
 	since := ""
+	var exp libvirt.Export
 	job, err := c.BackupJob()
 	if err != nil {
 		return nil, err
 	}
 	switch {
-	case job != nil && job.Socket == socket:
-		since = job.Incremental // redelivered: the job this backup began
+	case d.cfg.Owns(job, backupID):
+		since, exp = job.Incremental, job.Export // redelivered: the job this backup began
 		// An earlier attempt froze and may have died before thawing: thaw
 		// (nothing frozen is no error). What it got is not known.
 		if agent != nil {
@@ -96,7 +99,7 @@ func (d libvirtDriver) SnapshotConsistent(ctx context.Context, rawURL, backupID 
 		}
 		p.Consistency = consistency.Outcome{Mode: consistency.Crash, Why: "the job was begun by an earlier attempt, whose freeze was not recorded"}
 	case job != nil:
-		return nil, fmt.Errorf("domain %s runs another backup job (NBD socket %q): retried when it ends", t.Domain, job.Socket)
+		return nil, fmt.Errorf("domain %s runs another backup job (NBD %s): retried when it ends", t.Domain, job.Export.Addr())
 	default:
 		cps, err := c.Checkpoints()
 		if err != nil {
@@ -117,13 +120,14 @@ func (d libvirtDriver) SnapshotConsistent(ctx context.Context, rawURL, backupID 
 			return nil, fmt.Errorf("scratch directory: %w", err)
 		}
 		p.Consistency, err = consistency.Around(ctx, agent, want, d.cfg.FreezeMax, func(ctx context.Context) error {
-			err := c.BeginBackup(socket, since, name, disks)
+			var err error
+			exp, err = d.begin(c, backupID, since, name, disks)
 			if err != nil && since != "" {
 				// A disk added since the checkpoint has no bitmap for it: a
 				// full read, and the record says why.
 				p.Note = fmt.Sprintf("libvirt refused a job incremental from %s (%v): full read", since, err)
 				since = ""
-				err = c.BeginBackup(socket, "", name, disks)
+				exp, err = d.begin(c, backupID, "", name, disks)
 			}
 			return err
 		})
@@ -135,9 +139,37 @@ func (d libvirtDriver) SnapshotConsistent(ctx context.Context, rawURL, backupID 
 		}
 	}
 	for _, disk := range disks {
-		p.Disks = append(p.Disks, PointDisk{Name: disk, URL: libvirt.DiskURL(rawURL, backupID, disk, since, false)})
+		p.Disks = append(p.Disks, PointDisk{Name: disk, URL: libvirt.DiskURL(rawURL, backupID, disk, since, false, exp)})
 	}
 	return p, nil
+}
+
+// begin starts the job: on the unix socket in the scratch directory, or,
+// with STRATA_LIBVIRT_NBD_HOST, over TCP on the first free port of the
+// range from one the backup id picks (jobs of other domains may hold
+// some: QEMU then cannot bind, and the next is tried).
+func (d libvirtDriver) begin(c *libvirt.Conn, backupID, since, name string, disks []string) (libvirt.Export, error) {
+	base := d.cfg.ScratchBase(backupID)
+	if d.cfg.NBDHost == "" {
+		exp := libvirt.Export{Socket: d.cfg.Socket(backupID)}
+		return exp, c.BeginBackup(exp, base, since, name, disks)
+	}
+	first, last, err := d.cfg.PortRange()
+	if err != nil {
+		return libvirt.Export{}, err
+	}
+	n := last - first + 1
+	h := fnv.New32a()
+	h.Write([]byte(backupID))
+	start := int(h.Sum32() % uint32(n))
+	for i := 0; i < n; i++ {
+		exp := libvirt.Export{Host: d.cfg.NBDHost, Port: first + (start+i)%n}
+		err = c.BeginBackup(exp, base, since, name, disks)
+		if err == nil || !strings.Contains(err.Error(), "in use") {
+			return exp, err
+		}
+	}
+	return libvirt.Export{}, fmt.Errorf("no free port in STRATA_LIBVIRT_NBD_PORTS=%s on %s: %w", d.cfg.NBDPorts, d.cfg.NBDHost, err)
 }
 
 // Thaw thaws the domain's filesystems through its guest agent (nothing
@@ -200,7 +232,7 @@ func (d libvirtDriver) offline(ctx context.Context, c *libvirt.Conn, rawURL, bac
 			d.cfg.StopImageExports(backupID)
 			return nil, err
 		}
-		p.Disks = append(p.Disks, PointDisk{Name: img.Dev, URL: libvirt.DiskURL(rawURL, backupID, img.Dev, since, true)})
+		p.Disks = append(p.Disks, PointDisk{Name: img.Dev, URL: libvirt.DiskURL(rawURL, backupID, img.Dev, since, true, libvirt.Export{})})
 	}
 	return p, nil
 }
@@ -246,7 +278,7 @@ func (d libvirtDriver) Release(ctx context.Context, rawURL, backupID string, kep
 	if err != nil {
 		return false, err
 	}
-	if job != nil && job.Socket == d.cfg.Socket(backupID) {
+	if d.cfg.Owns(job, backupID) {
 		if err := c.AbortJob(); err != nil {
 			return false, err
 		}
@@ -293,6 +325,15 @@ func (d libvirtDriver) Open(_ context.Context, rawURL string) (Disk, error) {
 	}
 	if bitmap != "" {
 		contexts = append(contexts, "qemu:dirty-bitmap:"+bitmap)
+	}
+	if t.NBD != "" && !t.Image {
+		// The job's TCP export: only on the host Strata exports on, or the
+		// libvirt host itself (a message must not send a worker anywhere).
+		host, _, _ := net.SplitHostPort(t.NBD)
+		if host != d.cfg.NBDHost && host != t.Conn.Hostname() {
+			return nil, fmt.Errorf("disk %s of backup %s: NBD export %s is neither STRATA_LIBVIRT_NBD_HOST (%q) nor the libvirt host", t.Disk, t.Backup, t.NBD, d.cfg.NBDHost)
+		}
+		socket = t.NBD
 	}
 	c, err := nbd.Dial(socket, t.Disk, contexts...)
 	if err != nil {
