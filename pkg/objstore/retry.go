@@ -26,11 +26,21 @@ func WithRetry(s Store) *Retry {
 
 func (r *Retry) String() string { return r.Store.String() }
 
+// throttledAttempts bounds the retries of a request the store throttled:
+// more than other failures get (a throttling store is working, only
+// busy, and the Throttle underneath slows the client down), ~2.5 min.
+const throttledAttempts = 30
+
 func (r *Retry) do(ctx context.Context, op string, f func() error) error {
 	var err error
 	backoff := r.Base
+	throttled := 0
 	for attempt := 1; ; attempt++ {
 		err = f()
+		if IsThrottled(err) && throttled < throttledAttempts {
+			throttled++
+			attempt-- // does not use up the attempts other failures get
+		}
 		if err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, ErrBadRange) || errors.Is(err, ErrLocked) || errors.Is(err, errCallerStopped) || ctx.Err() != nil || attempt >= r.Attempts {
 			break
 		}

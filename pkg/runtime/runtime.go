@@ -46,7 +46,15 @@ type Common struct {
 	// S3SignPayload: see objstore.S3Config.SignPayload.
 	S3SignPayload bool   `envconfig:"S3_SIGN_PAYLOAD" default:"false"`
 	StoreDir      string `envconfig:"STORE_DIR"` // local directory instead of S3
-	ChunkSize     int    `envconfig:"CHUNK_SIZE" default:"262144"`
+	// S3 request shaping (objstore.Throttle): the most requests at once,
+	// where the adaptive limit starts and returns to; optional caps on
+	// requests and bytes per second (0: none).
+	S3MaxConcurrency int     `envconfig:"S3_MAX_CONCURRENCY" default:"64"`
+	S3MaxRPS         float64 `envconfig:"S3_MAX_RPS" default:"0"`
+	S3MaxBytesPerSec int64   `envconfig:"S3_MAX_BYTES_PER_SEC" default:"0"`
+	// Log receives the store's throttling notices (set by Start).
+	Log       *slog.Logger `ignored:"true"`
+	ChunkSize int          `envconfig:"CHUNK_SIZE" default:"262144"`
 	// EncryptionKeyFile turns on client-side encryption (see repo.Keys).
 	EncryptionKeyFile string `envconfig:"ENCRYPTION_KEY_FILE"`
 	// Packs: a repository created by this process stores new chunks many
@@ -178,7 +186,10 @@ func (c Common) openStore(ctx context.Context, existing bool) (objstore.Store, e
 	if err != nil {
 		return nil, err
 	}
-	return objstore.WithRetry(s3), nil
+	// Retries outside, the throttle inside: every attempt is admitted by
+	// the adaptive limit a throttled attempt just cut.
+	return objstore.WithRetry(objstore.NewThrottle(s3, objstore.ThrottleConfig{MaxConcurrency: c.S3MaxConcurrency,
+		MaxRPS: c.S3MaxRPS, MaxBytesPerSec: c.S3MaxBytesPerSec, Log: c.Log})), nil
 }
 
 // Runtime is one started service's shared machinery.
@@ -207,6 +218,7 @@ func Start(ctx context.Context, service string, c Common) (*Runtime, error) {
 	if err := b.EnsureStreams(ctx, c.JSReplicas); err != nil {
 		return nil, err
 	}
+	c.Log = log
 	store, err := c.OpenStore(ctx)
 	if err != nil {
 		return nil, err
