@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -28,6 +29,8 @@ func BenchmarkComposeScale(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				vm := fmt.Sprintf("scale-%d-%d", n, i)
 				path, src := c.image(vm+".img", 1<<30, uint64(1000+10*n+i))
+				workers := c.containers("transfer")
+				cpu0 := containerCPU(workers)
 				start := time.Now()
 				out := c.mustCLI("backup", "--vm", vm, "--source", src, "--wait")
 				secs := time.Since(start).Seconds()
@@ -35,12 +38,21 @@ func BenchmarkComposeScale(b *testing.B) {
 				id := strings.TrimSpace(strings.Split(out, "\n")[0])
 				rec := c.record(vm, id)
 				mbps := float64(1<<30) / 1e6 / secs
-				var shares []string
-				for _, ctr := range c.containers("transfer") {
+				cpu1 := containerCPU(workers)
+				var shares, cpuShares []string
+				var total time.Duration
+				for i := range workers {
+					total += cpu1[i] - cpu0[i]
+				}
+				for i, ctr := range workers {
 					logs := docker(b, "logs", ctr)
 					shares = append(shares, fmt.Sprint(strings.Count(logs, `"backup":"`+id+`","disk"`)))
+					if total > 0 {
+						cpuShares = append(cpuShares, fmt.Sprintf("%.0f%%", 100*float64(cpu1[i]-cpu0[i])/float64(total)))
+					}
 				}
-				b.Logf("%d workers at %s CPU each: %.0f MB/s, segments per worker %s of %d", n, cpus, mbps, strings.Join(shares, "/"), rec.Segments())
+				b.Logf("%d workers at %s CPU each: %.0f MB/s, segments per worker %s of %d, share of the transfer CPU %s (%v in all)",
+					n, cpus, mbps, strings.Join(shares, "/"), rec.Segments(), strings.Join(cpuShares, "/"), total.Round(time.Millisecond))
 				b.ReportMetric(mbps, "MB/s")
 				if n == 1 {
 					one = mbps
@@ -51,4 +63,31 @@ func BenchmarkComposeScale(b *testing.B) {
 			}
 		})
 	}
+}
+
+// containerCPU is each container's CPU time so far, from its cgroup (v1
+// cgroupfs or v2 systemd layout; 0 where neither is readable).
+func containerCPU(ids []string) []time.Duration {
+	out := make([]time.Duration, len(ids))
+	for i, id := range ids {
+		if b, err := os.ReadFile("/sys/fs/cgroup/cpuacct/docker/" + id + "/cpuacct.usage"); err == nil {
+			ns, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+			out[i] = time.Duration(ns)
+			continue
+		}
+		for _, p := range []string{"/sys/fs/cgroup/system.slice/docker-" + id + ".scope/cpu.stat", "/sys/fs/cgroup/docker/" + id + "/cpu.stat"} {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				continue
+			}
+			for _, line := range strings.Split(string(b), "\n") {
+				if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
+					us, _ := strconv.ParseInt(v, 10, 64)
+					out[i] = time.Duration(us) * time.Microsecond
+				}
+			}
+			break
+		}
+	}
+	return out
 }
