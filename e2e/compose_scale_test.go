@@ -10,7 +10,7 @@ import (
 )
 
 // BenchmarkComposeScale (`make bench-scale`): the compose deployment with
-// 1, 2, 4 and 8 transfer workers, each limited to STRATA_BENCH_WORKER_CPUS
+// 1, 2, 3, 4 and 8 transfer workers, each limited to STRATA_BENCH_WORKER_CPUS
 // of a core (compose `cpus:`, default 0.25) as a stand-in for workers on
 // separate hosts: a 1 GiB full of new data per step, its MB/s, the
 // speed-up over one worker, and each worker's share of the backup's
@@ -22,7 +22,7 @@ func BenchmarkComposeScale(b *testing.B) {
 	}
 	c := startCompose(b, "STRATA_TRANSFER_CPUS="+cpus, "STRATA_TRANSFER_RATE_LIMIT=0", "STRATA_TRANSFER_CONCURRENCY=2", "STRATA_TRANSFER_ACK_WAIT=60s")
 	var one float64
-	for _, n := range []int{1, 2, 4, 8} {
+	for _, n := range []int{1, 2, 3, 4, 8} {
 		b.Run(fmt.Sprintf("workers=%d", n), func(b *testing.B) {
 			c.run("up", "-d", "--scale", fmt.Sprintf("transfer=%d", n), "--no-recreate")
 			time.Sleep(5 * time.Second) // new workers register their pull requests

@@ -170,3 +170,7 @@ func lookTool(name string) (string, error) {
 	}
 	return "", fmt.Errorf("%s not found", name)
 }
+
+// LookTool finds a system tool on PATH or in /usr/sbin and /sbin (root's
+// tools, off an ordinary user's PATH).
+func LookTool(name string) (string, error) { return lookTool(name) }

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/strata-backup/strata/internal/testserver"
 )
 
 // The XFS log check agrees with xfs_logprint (xfsprogs' own reader) on
@@ -150,14 +152,4 @@ func TestXFSLogState(t *testing.T) {
 	}
 }
 
-func lookPath(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, d := range []string{"/usr/sbin", "/sbin"} {
-		if _, err := os.Stat(filepath.Join(d, name)); err == nil {
-			return filepath.Join(d, name), nil
-		}
-	}
-	return "", fmt.Errorf("%s not found", name)
-}
+var lookPath = testserver.LookTool
