@@ -74,6 +74,7 @@ fuzz:
 bench: servers
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkMergeChain30On1TiB -benchtime 3x ./services/merge/
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkDial -benchtime 50x ./pkg/nbd/
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkTick -benchtime 20x ./services/scheduler/
 	STRATA_REQUIRE_SERVERS=1 $(GO) test -count=1 -run '^$$' -bench BenchmarkS3Requests -benchtime 5000x ./pkg/objstore/
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkEncodeParallel ./pkg/chunk/
 	STRATA_REQUIRE_SERVERS=1 $(GO) test -count=1 -run '^$$' -bench 'BenchmarkBackupRestore|BenchmarkRestoreVsRestic|BenchmarkFiles|BenchmarkAmplification|BenchmarkVerify|BenchmarkCopy|BenchmarkLockExtension' -benchtime 1x -timeout 40m ./e2e/

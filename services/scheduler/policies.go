@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"container/heap"
 	"context"
 	"fmt"
 	"sync"
@@ -18,6 +19,7 @@ import (
 
 // policyState is one policy as the scheduler runs it.
 type policyState struct {
+	key    string // in the policy bucket
 	policy contracts.Policy
 	sched  cron.Schedule
 	// last: slots up to here are handled. Written by the ticker, read by
@@ -54,12 +56,12 @@ func (s *scheduler) runPolicies(ctx context.Context, js jetstream.JetStream, tic
 		return err
 	}
 	var mu sync.Mutex
-	states := map[string]*policyState{}
+	set := newPolicySet()
 	started := time.Now()
 	go func() {
 		for c := range changes {
 			mu.Lock()
-			s.apply(states, c, started.Add(-catchup))
+			s.apply(set, c, started.Add(-catchup))
 			mu.Unlock()
 		}
 	}()
@@ -71,14 +73,19 @@ func (s *scheduler) runPolicies(ctx context.Context, js jetstream.JetStream, tic
 			case <-ctx.Done():
 				return
 			case now := <-t.C:
+				// Only the policies whose next slot is due: a tick costs
+				// O(due · log policies), not a pass over every policy.
 				mu.Lock()
-				due := make([]*policyState, 0, len(states))
-				for _, st := range states {
-					due = append(due, st)
-				}
+				ready := set.ready(now)
 				mu.Unlock()
-				for _, st := range due {
-					s.fireDue(ctx, st, now)
+				for _, st := range ready {
+					next := now.Add(tick) // a slot that could not be fired: the next tick
+					if s.fireDue(ctx, st, now) {
+						next = st.nextDue()
+					}
+					mu.Lock()
+					set.schedule(st, next)
+					mu.Unlock()
 				}
 			}
 		}
@@ -86,11 +93,68 @@ func (s *scheduler) runPolicies(ctx context.Context, js jetstream.JetStream, tic
 	return nil
 }
 
+// policySet is the running policies and when each is next due (a min-heap
+// of due times; an entry of a policy replaced or removed since is dropped
+// when it comes up).
+type policySet struct {
+	states map[string]*policyState
+	due    dueHeap
+}
+
+func newPolicySet() *policySet { return &policySet{states: map[string]*policyState{}} }
+
+type dueEntry struct {
+	at time.Time
+	st *policyState
+}
+
+type dueHeap []dueEntry
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *dueHeap) Push(x any)        { *h = append(*h, x.(dueEntry)) }
+func (h *dueHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return e
+}
+
+// ready takes the policies due by now off the heap (schedule puts them
+// back).
+func (ps *policySet) ready(now time.Time) []*policyState {
+	var out []*policyState
+	for ps.due.Len() > 0 && !ps.due[0].at.After(now) {
+		e := heap.Pop(&ps.due).(dueEntry)
+		if ps.states[e.st.key] == e.st {
+			out = append(out, e.st)
+		}
+	}
+	return out
+}
+
+// schedule puts a policy back on the heap at at, unless it was replaced or
+// removed meanwhile.
+func (ps *policySet) schedule(st *policyState, at time.Time) {
+	if ps.states[st.key] == st {
+		heap.Push(&ps.due, dueEntry{at: at, st: st})
+	}
+}
+
+// nextDue is when the policy's next slot after the handled ones fires
+// (its jitter included).
+func (st *policyState) nextDue() time.Time {
+	slot := st.sched.Next(st.handled())
+	return slot.Add(schedule.Jitter(st.policy.VM, slot, st.policy.Jitter))
+}
+
 // apply updates the running policies with a change. A policy starts from
 // the later of since (the catch-up horizon) and its last update — a new
 // policy does not fire slots from before it existed — and a changed one
 // from the slots already handled.
-func (s *scheduler) apply(states map[string]*policyState, c policy.Change, since time.Time) {
+func (s *scheduler) apply(set *policySet, c policy.Change, since time.Time) {
+	states := set.states
 	if c.Err != nil {
 		s.log.Error("policy refused", "key", c.Key, "err", c.Err)
 	}
@@ -112,23 +176,26 @@ func (s *scheduler) apply(states map[string]*policyState, c policy.Change, since
 	if p.UpdatedAt.After(last) {
 		last = p.UpdatedAt
 	}
-	states[c.Key] = &policyState{policy: p, sched: sched, last: last}
+	st := &policyState{key: c.Key, policy: p, sched: sched, last: last}
+	states[c.Key] = st
+	set.schedule(st, st.nextDue())
 	s.log.Info("policy loaded", "vm", p.VM, "schedule", p.Schedule)
 }
 
 // fireDue fires every slot of one policy that is due by now. A slot that
-// cannot be fired (NATS down) is retried on the next tick.
-func (s *scheduler) fireDue(ctx context.Context, st *policyState, now time.Time) {
+// cannot be fired (NATS down) is retried on the next tick: false.
+func (s *scheduler) fireDue(ctx context.Context, st *policyState, now time.Time) bool {
 	for slot := st.sched.Next(st.handled()); !slot.After(now); slot = st.sched.Next(slot) {
 		if slot.Add(schedule.Jitter(st.policy.VM, slot, st.policy.Jitter)).After(now) {
-			return
+			return true
 		}
 		if err := s.fireSlot(ctx, st.policy, slot); err != nil {
 			s.log.Warn("slot not fired; retrying", "vm", st.policy.VM, "slot", slot, "err", err)
-			return
+			return false
 		}
 		st.handledUpTo(slot)
 	}
+	return true
 }
 
 func (s *scheduler) fireSlot(ctx context.Context, p contracts.Policy, slot time.Time) error {

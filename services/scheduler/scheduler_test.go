@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -16,9 +17,9 @@ import (
 
 func mustState(t *testing.T, s *scheduler, p contracts.Policy, since time.Time) *policyState {
 	t.Helper()
-	states := map[string]*policyState{}
-	s.apply(states, policy.Change{Key: p.VM, Policy: &p}, since)
-	st, ok := states[p.VM]
+	set := newPolicySet()
+	s.apply(set, policy.Change{Key: p.VM, Policy: &p}, since)
+	st, ok := set.states[p.VM]
 	if !ok {
 		t.Fatalf("policy %+v not loaded", p)
 	}
@@ -121,30 +122,99 @@ func TestFireDueWaitsForTheJitter(t *testing.T) {
 // does not parse is kept out.
 func TestApplyPolicyChanges(t *testing.T) {
 	s, _, _, _ := testScheduler()
-	states := map[string]*policyState{}
+	set := newPolicySet()
+	states := set.states
 	created := base.Add(-time.Minute)
 	p := contracts.Policy{VM: "vm1", Schedule: "*/10 * * * *", UpdatedAt: created}
-	s.apply(states, policy.Change{Key: "vm1", Policy: &p}, base.Add(-time.Hour))
+	s.apply(set, policy.Change{Key: "vm1", Policy: &p}, base.Add(-time.Hour))
 	if got := states["vm1"].handled(); !got.Equal(created) {
 		t.Fatalf("new policy starts at %s, want its creation %s", got, created)
 	}
 	states["vm1"].handledUpTo(base.Add(20 * time.Minute))
 	p.Schedule, p.UpdatedAt = "*/5 * * * *", base.Add(-30*time.Minute) // an edit older than what was handled
-	s.apply(states, policy.Change{Key: "vm1", Policy: &p}, base.Add(-time.Hour))
+	s.apply(set, policy.Change{Key: "vm1", Policy: &p}, base.Add(-time.Hour))
 	if got := states["vm1"].handled(); !got.Equal(base.Add(20 * time.Minute)) {
 		t.Fatalf("changed policy restarts at %s", got)
 	}
 	bad := p
 	bad.Schedule = "every other tuesday"
-	s.apply(states, policy.Change{Key: "vm1", Policy: &bad}, base)
+	s.apply(set, policy.Change{Key: "vm1", Policy: &bad}, base)
 	if _, ok := states["vm1"]; ok {
 		t.Fatal("a policy whose schedule does not parse is running")
 	}
-	s.apply(states, policy.Change{Key: "vm1", Policy: &p}, base)
-	s.apply(states, policy.Change{Key: "vm1"}, base)
+	s.apply(set, policy.Change{Key: "vm1", Policy: &p}, base)
+	s.apply(set, policy.Change{Key: "vm1"}, base)
 	if len(states) != 0 {
 		t.Fatal("a removed policy is still running")
 	}
+	// Entries of replaced and removed policies leave the heap unfired.
+	if ready := set.ready(base.Add(24 * time.Hour)); len(ready) != 0 {
+		t.Fatalf("%d stale heap entries came up", len(ready))
+	}
+}
+
+// The due heap hands out exactly the policies whose next slot (jitter
+// included) has come, each once, and a policy rescheduled at its next
+// slot comes up again then.
+func TestDueHeap(t *testing.T) {
+	s, _, _, _ := testScheduler()
+	set := newPolicySet()
+	for i := 0; i < 100; i++ {
+		p := contracts.Policy{VM: fmt.Sprintf("vm%03d", i), Schedule: fmt.Sprintf("%d * * * *", i%60), UpdatedAt: base}
+		s.apply(set, policy.Change{Key: p.VM, Policy: &p}, base)
+	}
+	// By 10:29:30 the policies at minutes 0..29 of the hour (from 10:00
+	// on: minute 0 is next due at 11:00) — 29 minutes × 2 policies.
+	now := base.Add(29*time.Minute + 30*time.Second)
+	ready := set.ready(now)
+	if len(ready) != 58 {
+		t.Fatalf("%d policies due by 10:29:30, want 58", len(ready))
+	}
+	for _, st := range ready {
+		if !s.fireDue(context.Background(), st, now) {
+			t.Fatal("fireDue failed")
+		}
+		set.schedule(st, st.nextDue())
+	}
+	if again := set.ready(now); len(again) != 0 {
+		t.Fatalf("%d policies due again at the same time", len(again))
+	}
+	if next := set.ready(base.Add(time.Hour + 29*time.Minute + 30*time.Second)); len(next) != 100 {
+		t.Fatalf("%d due an hour later, want all 100", len(next))
+	}
+}
+
+// BenchmarkTick: a scheduler tick with 10,000 policies, none due (the
+// common case) and all due at once.
+func BenchmarkTick(b *testing.B) {
+	s, _, _, _ := testScheduler()
+	set := newPolicySet()
+	for i := 0; i < 10000; i++ {
+		p := contracts.Policy{VM: fmt.Sprintf("vm%05d", i), Schedule: "0 1 * * *", Jitter: time.Hour, UpdatedAt: base}
+		s.apply(set, policy.Change{Key: p.VM, Policy: &p}, base)
+	}
+	b.Run("none-due", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if len(set.ready(base.Add(time.Minute))) != 0 {
+				b.Fatal("due")
+			}
+		}
+	})
+	day := 0
+	b.Run("all-due-rescheduled", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			day++
+			now := base.Add(time.Duration(day) * 24 * time.Hour)
+			ready := set.ready(now)
+			for _, st := range ready {
+				st.handledUpTo(now)
+				set.schedule(st, st.nextDue())
+			}
+			if len(ready) != 10000 {
+				b.Fatalf("%d due", len(ready))
+			}
+		}
+	})
 }
 
 // The deadline fails a backup still running, records a request nobody
