@@ -123,10 +123,11 @@ type DiskRecord struct {
 	Segments     int    `json:"segments"`
 	SegmentsDone int    `json:"segments_done"`
 	DoneBitmap   []byte `json:"done_bitmap,omitempty"` // bit i: segment i's result is in
-	// Untouched (incrementals): bit i says segment i had nothing to read —
-	// no change there since the parent. It is never published, counts as
-	// done from the start, and merge takes its chunk ids from the parent:
-	// an incremental's messages follow the change, not the disk size.
+	// Untouched: bit i says segment i had nothing to read — of an
+	// incremental, no change there since the parent (merge takes its chunk
+	// ids from the parent); of a full, nothing allocated (zeros). It is
+	// never published and counts as done from the start: a backup's
+	// messages follow the change or the data, not the disk size.
 	Untouched      []byte `json:"untouched,omitempty"`
 	Manifest       string `json:"manifest,omitempty"` // object key, set at commit
 	Chunks         int64  `json:"chunks,omitempty"`

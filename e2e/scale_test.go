@@ -58,7 +58,7 @@ func TestSegmentsSpreadOverWorkers(t *testing.T) {
 	}
 	id := strings.TrimSpace(strings.Split(st.mustCLI("backup", "--vm", "spread", "--source", "file://"+img, "--wait"), "\n")[0])
 	rec := st.record("spread", id)
-	segments := rec.Disks[0].Segments
+	segments := publishedSegments(rec)
 	instances := map[string]bool{}
 	var shares []int
 	for _, p := range st.procs["transfer"] {

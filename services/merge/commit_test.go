@@ -154,6 +154,38 @@ func TestIncrementalInheritsFromItsParent(t *testing.T) {
 	}
 }
 
+// A full whose first segment had nothing allocated (never published):
+// merge writes zeros there, without looking for a parent.
+func TestFullWithEmptySegments(t *testing.T) {
+	const size = 2 * 64 << 20
+	ctx := context.Background()
+	m, cat, res, _, r := testMerger(t)
+	full := diskOf("f", size)
+	full.Disks[0].MarkUntouched(0)
+	cat.recs["vm/f"] = clone(full)
+	d, ids := result("f", 1, size)
+	res.put(d)
+	if err := m.segmentDone(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	rec, _, _ := cat.Get(ctx, "vm", "f")
+	man, err := r.GetManifest(ctx, rec.Disks[0].Manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	per, _ := contracts.SegmentLayout(size, testChunk)
+	want := append(make([]chunk.ID, per), ids...)
+	zeros := int64(per)
+	for _, id := range ids {
+		if id.IsZero() {
+			zeros++
+		}
+	}
+	if rec.State != contracts.StateCommitted || fmt.Sprint(man.IDs) != fmt.Sprint(want) || rec.Disks[0].ZeroChunks != zeros {
+		t.Fatalf("full with an empty segment: %s, %d zero chunks (want %d), manifest right %v", rec.State, rec.Disks[0].ZeroChunks, zeros, fmt.Sprint(man.IDs) == fmt.Sprint(want))
+	}
+}
+
 // Pruning removes manifests, then the record copy, then the entry; a prune
 // stopped after any step leaves the kept backups alone, and the next one
 // finishes the job.

@@ -285,9 +285,14 @@ func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk
 	}
 	perSeg, _ := contracts.SegmentLayout(disk.Size, rec.ChunkSize)
 	for seg := 0; seg < disk.Segments; seg++ {
-		if disk.IsUntouched(seg) { // never published: unchanged since the parent
+		if disk.IsUntouched(seg) { // never published: unchanged since the parent, or (a full) nothing allocated
 			first := int64(seg) * int64(perSeg)
 			end := min(first+int64(perSeg), int64(len(man.IDs)))
+			if rec.Parent == "" { // a full: the window is zeros (the ids' zero value)
+				zero += end - first
+				covered += end - first
+				continue
+			}
 			z, err := inheritRange(man, first, end, loadParent)
 			if err != nil {
 				return nil, 0, fmt.Errorf("untouched segment %d of disk %d: %w", seg, disk.Index, err)

@@ -234,16 +234,18 @@ func (s *snapshotter) publishSegments(ctx context.Context, rec *contracts.Backup
 	return nil
 }
 
-// markUntouched records the segments of an incremental that have nothing
-// to read. They are never published: an unchanged window costs no message,
-// no worker and no catalog update. One segment is always published, so
-// that a backup of an unchanged disk still reaches merge.
+// markUntouched records the segments that have nothing to read: of an
+// incremental, unchanged since the parent; of a full, nothing allocated
+// (all zeros). They are never published: an unchanged or empty window
+// costs no message, no worker and no catalog update, so a big sparse disk
+// costs what it holds. One segment is always published, so that a backup
+// of an unchanged (or empty) disk still reaches merge.
 func markUntouched(rec *contracts.BackupRecord, plans []readPlan) {
 	published := false
 	for i := range rec.Disks {
 		d, p := &rec.Disks[i], plans[i]
 		for seg, runs := range p.segRuns {
-			if p.sparse && p.inherit && len(runs) == 0 && (published || !lastSegment(rec, plans, i, seg)) {
+			if p.sparse && len(runs) == 0 && (published || !lastSegment(rec, plans, i, seg)) {
 				d.MarkUntouched(seg)
 			} else {
 				published = true

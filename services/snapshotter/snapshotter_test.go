@@ -46,9 +46,11 @@ func TestSegmentRuns(t *testing.T) {
 	}
 }
 
-// An incremental publishes only the segments with something to read; an
-// unchanged disk still publishes one (its last) so the backup reaches merge.
-// Full backups publish every segment: their unread chunks are zeros.
+// A backup publishes only the segments with something to read (an
+// incremental's changes, a full's allocated extents); an unchanged or
+// empty disk still publishes one (its last) so the backup reaches merge.
+// A full read without extents (the source cannot list them) publishes
+// every segment.
 func TestMarkUntouched(t *testing.T) {
 	const cs = 1 << 20 // 64 chunks a segment
 	tests := []struct {
@@ -63,7 +65,9 @@ func TestMarkUntouched(t *testing.T) {
 		{"unchanged disk", []int64{256 << 20}, [][][2]int64{nil}, true, []string{"UUUP"}},
 		{"unchanged disks", []int64{128 << 20, 100 << 20}, [][][2]int64{nil, nil}, true, []string{"UU", "UP"}},
 		{"second disk changed", []int64{128 << 20, 100 << 20}, [][][2]int64{nil, {{0, 1}}}, true, []string{"UU", "PU"}},
-		{"full backup", []int64{256 << 20}, [][][2]int64{{{3, 5}}}, false, []string{"PPPP"}},
+		{"sparse full", []int64{256 << 20}, [][][2]int64{{{3, 5}}}, false, []string{"PUUU"}},
+		{"empty full", []int64{256 << 20}, [][][2]int64{nil}, false, []string{"UUUP"}},
+		{"whole full", []int64{256 << 20}, [][][2]int64{nil}, false, []string{"PPPP"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -71,6 +75,9 @@ func TestMarkUntouched(t *testing.T) {
 			var plans []readPlan
 			for i, size := range tc.sizes {
 				p := readPlan{sparse: true, inherit: tc.inherit, runs: tc.runs[i]}
+				if tc.name == "whole full" {
+					p = readPlan{}
+				}
 				p.cut(size, cs)
 				plans = append(plans, p)
 				rec.Disks = append(rec.Disks, contracts.DiskRecord{Index: i, Size: size, Segments: len(p.segRuns)})
