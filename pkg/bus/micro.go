@@ -22,13 +22,14 @@ const Version = "0.1.0"
 // AddService registers the service with nats micro, so `nats micro ls`
 // lists it and `nats micro info|stats` describe it.
 func (b *Bus) AddService(description string) (micro.Service, error) {
+	in := telemetry.Instance(b.Service)
 	svc, err := micro.AddService(b.NC, micro.Config{
 		Name:        "strata-" + b.Service,
 		Version:     Version,
 		Description: description,
 		// nats micro info shows which host and instance (the id in its
 		// spans and logs) each registration is.
-		Metadata: map[string]string{"instance": telemetry.Instance(b.Service).ID, "host": telemetry.Instance(b.Service).Host},
+		Metadata: map[string]string{"instance": in.ID, "host": in.Host},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("register micro service strata-%s: %w", b.Service, err)

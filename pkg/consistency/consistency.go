@@ -126,14 +126,14 @@ func Around(ctx context.Context, agent Agent, w Want, max time.Duration, snap fu
 			return
 		}
 		if err := w.PostThaw(ctx, agent); err != nil {
-			o.Why = joinWhy(o.Why, fmt.Sprintf("post-thaw hook: %v", err))
+			o.Why = JoinWhy(o.Why, fmt.Sprintf("post-thaw hook: %v", err))
 		}
 	}
 	// unfrozen takes the snapshot with nothing frozen, hooks around it.
 	unfrozen := func(o Outcome, agent Agent) (Outcome, error) {
 		if !preRan {
 			if err := pre(agent); err != nil {
-				o.Why = joinWhy(o.Why, err.Error())
+				o.Why = JoinWhy(o.Why, err.Error())
 			}
 		}
 		err := snap(ctx)
@@ -228,13 +228,13 @@ func Around(ctx context.Context, agent Agent, w Want, max time.Duration, snap fu
 		o.Mode, o.Why = Filesystem, "no pre-freeze hook ran: the application was not asked to flush (beyond the guest's own fsfreeze hooks)"
 	}
 	if terr != nil {
-		o.Why = joinWhy(o.Why, fmt.Sprintf("thaw failed: %v", terr))
+		o.Why = JoinWhy(o.Why, fmt.Sprintf("thaw failed: %v", terr))
 	}
 	post(&o, agent)
 	if o.Watchdog {
 		// The snapshot call outlived the window: the point may postdate
 		// the thaw.
-		o.Mode, o.Why = Crash, joinWhy(fmt.Sprintf("the snapshot took longer than the %v freeze maximum: thawed first", max), o.Why)
+		o.Mode, o.Why = Crash, JoinWhy(fmt.Sprintf("the snapshot took longer than the %v freeze maximum: thawed first", max), o.Why)
 		if w.Required && snapErr == nil {
 			return o, fmt.Errorf("%w (%s): %s", ErrRequired, w.Mode, o.Why)
 		}
@@ -242,7 +242,9 @@ func Around(ctx context.Context, agent Agent, w Want, max time.Duration, snap fu
 	return o, snapErr
 }
 
-func joinWhy(a, b string) string {
+// JoinWhy appends a reason to the reasons a consistency outcome already
+// gives ("; " between them).
+func JoinWhy(a, b string) string {
 	if a == "" {
 		return b
 	}

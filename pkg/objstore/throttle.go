@@ -131,6 +131,16 @@ func (t *Throttle) Kinds() []string {
 	return out
 }
 
+// stat is op's counters (t.mu held).
+func (t *Throttle) stat(op string) *OpStats {
+	st := t.stats[op]
+	if st == nil {
+		st = &OpStats{}
+		t.stats[op] = st
+	}
+	return st
+}
+
 func (t *Throttle) acquire(ctx context.Context) (epoch int, err error) {
 	if t.rps != nil {
 		if err := t.rps.Wait(ctx); err != nil {
@@ -169,11 +179,7 @@ func (t *Throttle) release(op string, err error, epoch int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.inflight--
-	st := t.stats[op]
-	if st == nil {
-		st = &OpStats{}
-		t.stats[op] = st
-	}
+	st := t.stat(op)
 	st.Requests++
 	switch {
 	case IsThrottled(err):
@@ -276,11 +282,7 @@ func (t *Throttle) Delete(ctx context.Context, key string) error {
 func (t *Throttle) List(ctx context.Context, prefix string, fn func(Info) error) error {
 	err := t.Store.List(ctx, prefix, fn)
 	t.mu.Lock()
-	st := t.stats["list"]
-	if st == nil {
-		st = &OpStats{}
-		t.stats["list"] = st
-	}
+	st := t.stat("list")
 	st.Requests++
 	if err != nil && !errors.Is(err, errCallerStopped) {
 		st.Failed++

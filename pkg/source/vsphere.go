@@ -82,7 +82,7 @@ func (o *vsphereDriver) SnapshotConsistent(ctx context.Context, rawURL, backupID
 	postThaw := func() {
 		if want.PostThaw != nil {
 			if err := want.PostThaw(ctx, nil); err != nil {
-				p.Consistency.Why = strings.TrimPrefix(p.Consistency.Why+"; post-thaw hook: "+err.Error(), "; ")
+				p.Consistency.Why = consistency.JoinWhy(p.Consistency.Why, "post-thaw hook: "+err.Error())
 			}
 		}
 	}
@@ -106,7 +106,7 @@ func (o *vsphereDriver) SnapshotConsistent(ctx context.Context, rawURL, backupID
 		p.Consistency = consistency.Outcome{Mode: consistency.Crash, Why: hookWhy}
 	}
 	if hookWhy != "" && want.Mode == consistency.Crash {
-		p.Consistency.Why += "; " + hookWhy
+		p.Consistency.Why = consistency.JoinWhy(p.Consistency.Why, hookWhy)
 	}
 	if err != nil && quiesce {
 		why := fmt.Sprintf("VMware Tools could not quiesce the guest: %v", err)
