@@ -7,7 +7,7 @@ MODULES := contracts internal pkg services/scheduler services/snapshotter servic
 SERVICES := scheduler snapshotter transfer dedup merge verifier
 PKGS := github.com/strata-backup/strata/...
 
-.PHONY: all build servers test unit e2e vet fuzz bench demo clean tidy images up down e2e-compose bench-scale bench-peers
+.PHONY: all build servers test unit e2e vet fuzz bench demo clean tidy images up down e2e-compose bench-scale bench-peers bench-bigdisk
 
 # docker compose v2 plugin where present, Debian's docker-compose otherwise.
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
@@ -110,6 +110,10 @@ e2e-compose: images
 # the peers when missing. See deploy/bench/peers.sh for its settings.
 bench-peers: build
 	deploy/bench/peers.sh $(BIN)
+
+# A 16 TiB sparse disk (SIZE=…) backed up in full through strata dev.
+bench-bigdisk: build
+	deploy/bench/bigdisk.sh $(BIN)
 
 # Throughput with 1, 2 and 4 rate-limited transfer workers.
 # Transfer workers sharing backups: in-process (rate-limited workers), then
