@@ -182,8 +182,8 @@ func TestObjectLock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range m.IDs {
-		if l := m.Loc(i); l.InPack() {
+	for _, r := range m.Data() {
+		if l := r.Loc; l.InPack() {
 			named[l.Pack.String()] = true
 		}
 	}

@@ -138,10 +138,10 @@ func verifyFromRepo(ctx context.Context, req *contracts.VerifyRequest) (*contrac
 				continue
 			}
 			var fresh []chunk.Ref
-			for i, id := range man.IDs {
-				if !id.IsZero() && !seen[id] {
-					seen[id] = true
-					fresh = append(fresh, chunk.Ref{ID: id, Loc: man.Loc(i)})
+			for _, ref := range man.Data() {
+				if !seen[ref.ID] {
+					seen[ref.ID] = true
+					fresh = append(fresh, ref)
 				}
 			}
 			res, err := repo.CheckChunks(ctx, r, fresh, 8)
@@ -154,8 +154,8 @@ func verifyFromRepo(ctx context.Context, req *contracts.VerifyRequest) (*contrac
 				bad[id] = why
 			}
 			nbad := 0
-			for _, id := range man.IDs {
-				if _, ok := bad[id]; ok {
+			for _, ref := range man.Data() {
+				if _, ok := bad[ref.ID]; ok {
 					nbad++
 				}
 			}

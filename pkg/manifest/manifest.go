@@ -1,44 +1,36 @@
-// Package manifest encodes the chunk map of one disk of one backup: chunk
-// index → chunk id, with chunk.Zero for all-zero chunks.
+// Package manifest holds the chunk map of one disk of one backup: chunk
+// index → chunk id and where the chunk is stored; every chunk not named is
+// all zero.
 //
-// Encoding (big-endian):
+// A manifest in memory keeps only the chunks that hold data, as runs of
+// consecutive indices, so its size follows what the disk holds, not how
+// big it is: a 16 TiB disk with a few MiB written is a few entries. Every
+// reader walks the data with Data or DataIn (zero runs cost nothing) or
+// asks for one chunk with ID/Loc/Ref (a binary search over the runs).
+// Manifests are built in disk order with Append (merge, decode).
 //
-//	"STRATAMF" | u16 version | u32 chunk size | u64 disk size |
-//	u16 len + backup id | u32 disk index | u64 count | count × entry |
-//	sha256 of everything before
-//
-// An entry is, in version 1, the 32-byte chunk id; in version 2 the id and
-// where the chunk is stored (16-byte pack id, u32 offset, u32 length; all
-// zero for a chunk stored on its own). Encode writes version 1 when no
-// entry has a location, so manifests of loose chunks are as they were.
-// Decode rejects anything that is not exactly that, with an error.
+// The encodings are in codec.go: version 3 is written, versions 1 and 2
+// (56 bytes per chunk, zeros included) are still read.
 package manifest
 
 import (
-	"bytes"
-	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
+	"iter"
+	"sort"
 
 	"github.com/strata-backup/strata/pkg/chunk"
 )
 
-const (
-	magic   = "STRATAMF"
-	Version = 2
-)
-
-// entryLen is the size of one entry in an encoding of version v.
-func entryLen(v uint16) int {
-	if v == 1 {
-		return 32
-	}
-	return 32 + 16 + 4 + 4
-}
-
 // ErrCorrupt is wrapped by every decode error.
 var ErrCorrupt = errors.New("corrupt manifest")
+
+// run is a stretch of consecutive chunks that hold data.
+type run struct {
+	first int64 // the run's first chunk index
+	at    int   // where its first chunk is in ids and locs
+	n     int   // how many chunks
+}
 
 // Manifest is the chunk map of one disk.
 type Manifest struct {
@@ -46,18 +38,37 @@ type Manifest struct {
 	Disk      int
 	ChunkSize int
 	DiskSize  int64
-	IDs       []chunk.ID
-	// Locs, when not nil, says where each chunk is stored (Locs[i] for
-	// IDs[i]; the zero Loc: on its own, and for every all-zero chunk).
-	Locs []chunk.Loc
+
+	runs []run
+	ids  []chunk.ID
+	// locs is nil until a chunk stored in a pack is appended; then
+	// locs[k] is where ids[k] is stored (the zero Loc: on its own).
+	locs []chunk.Loc
 }
 
-// Loc is where chunk i is stored (the zero Loc: on its own).
-func (m *Manifest) Loc(i int) chunk.Loc {
-	if m.Locs == nil {
-		return chunk.Loc{}
+// New starts an empty (all-zero) manifest for a disk.
+func New(backupID string, disk, chunkSize int, diskSize int64) *Manifest {
+	return &Manifest{BackupID: backupID, Disk: disk, ChunkSize: chunkSize, DiskSize: diskSize}
+}
+
+// FromIDs builds a manifest from a dense map of every chunk (zero ids for
+// all-zero chunks; locs nil or one per id). For small disks and tests: the
+// slices cost what the disk's size does.
+func FromIDs(backupID string, disk, chunkSize int, diskSize int64, ids []chunk.ID, locs []chunk.Loc) (*Manifest, error) {
+	m := New(backupID, disk, chunkSize, diskSize)
+	if int64(len(ids)) != m.Count() || locs != nil && len(locs) != len(ids) {
+		return nil, fmt.Errorf("%d ids and %d locations for a disk of %d chunks", len(ids), len(locs), m.Count())
 	}
-	return m.Locs[i]
+	for i, id := range ids {
+		r := chunk.Ref{ID: id}
+		if locs != nil {
+			r.Loc = locs[i]
+		}
+		if err := m.Append(int64(i), r); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
 }
 
 // ChunkCount is the number of chunks a disk of size bytes has.
@@ -65,19 +76,132 @@ func ChunkCount(size int64, chunkSize int) int64 {
 	return (size + int64(chunkSize) - 1) / int64(chunkSize)
 }
 
+// Count is the number of chunks of the disk, zero ones included.
+func (m *Manifest) Count() int64 { return ChunkCount(m.DiskSize, m.ChunkSize) }
+
+// DataChunks is the number of chunks that are not all zero.
+func (m *Manifest) DataChunks() int64 { return int64(len(m.ids)) }
+
+// ZeroChunks is the number of all-zero chunks.
+func (m *Manifest) ZeroChunks() int64 { return m.Count() - m.DataChunks() }
+
+// HasLocs reports whether any chunk is stored in a pack.
+func (m *Manifest) HasLocs() bool { return m.locs != nil }
+
+// next is the lowest index Append accepts.
+func (m *Manifest) next() int64 {
+	if len(m.runs) == 0 {
+		return 0
+	}
+	r := m.runs[len(m.runs)-1]
+	return r.first + int64(r.n)
+}
+
+// Append records chunk i, which must come after every chunk recorded so
+// far; a zero id (with the zero Loc) records nothing, as every chunk not
+// appended is all zero.
+func (m *Manifest) Append(i int64, r chunk.Ref) error {
+	if r.ID.IsZero() {
+		if r.Loc != (chunk.Loc{}) {
+			return fmt.Errorf("chunk %d: location %s for an all-zero chunk", i, r.Loc)
+		}
+		if i < 0 || i >= m.Count() {
+			return fmt.Errorf("chunk %d is not on a disk of %d chunks", i, m.Count())
+		}
+		return nil
+	}
+	if i < m.next() || i >= m.Count() {
+		return fmt.Errorf("chunk %d appended after chunk %d on a disk of %d chunks", i, m.next()-1, m.Count())
+	}
+	if r.Loc.InPack() && r.Loc.Len == 0 || !r.Loc.InPack() && r.Loc != (chunk.Loc{}) {
+		return fmt.Errorf("chunk %d: location %s for chunk %s", i, r.Loc, r.ID)
+	}
+	if n := len(m.runs); n > 0 && m.runs[n-1].first+int64(m.runs[n-1].n) == i {
+		m.runs[n-1].n++
+	} else {
+		m.runs = append(m.runs, run{first: i, at: len(m.ids), n: 1})
+	}
+	m.ids = append(m.ids, r.ID)
+	if r.Loc.InPack() && m.locs == nil {
+		m.locs = make([]chunk.Loc, len(m.ids)-1, cap(m.ids))
+	}
+	if m.locs != nil {
+		m.locs = append(m.locs, r.Loc)
+	}
+	return nil
+}
+
+// find is where chunk i is in ids, or -1 for an all-zero chunk.
+func (m *Manifest) find(i int64) int {
+	k := sort.Search(len(m.runs), func(k int) bool { return m.runs[k].first > i }) - 1
+	if k < 0 || i >= m.runs[k].first+int64(m.runs[k].n) {
+		return -1
+	}
+	return m.runs[k].at + int(i-m.runs[k].first)
+}
+
+// ID is chunk i's id (chunk.Zero for an all-zero chunk or one off the disk).
+func (m *Manifest) ID(i int64) chunk.ID {
+	if k := m.find(i); k >= 0 {
+		return m.ids[k]
+	}
+	return chunk.Zero
+}
+
+// Loc is where chunk i is stored (the zero Loc: on its own, or all zero).
+func (m *Manifest) Loc(i int64) chunk.Loc {
+	if k := m.find(i); k >= 0 && m.locs != nil {
+		return m.locs[k]
+	}
+	return chunk.Loc{}
+}
+
+// Ref is chunk i's id and location.
+func (m *Manifest) Ref(i int64) chunk.Ref {
+	k := m.find(i)
+	if k < 0 {
+		return chunk.Ref{}
+	}
+	return m.ref(k)
+}
+
+func (m *Manifest) ref(k int) chunk.Ref {
+	r := chunk.Ref{ID: m.ids[k]}
+	if m.locs != nil {
+		r.Loc = m.locs[k]
+	}
+	return r
+}
+
+// Data yields every chunk that holds data, with its index, in disk order.
+func (m *Manifest) Data() iter.Seq2[int64, chunk.Ref] { return m.DataIn(0, m.Count()) }
+
+// DataIn yields the chunks in [from, to) that hold data, in disk order.
+func (m *Manifest) DataIn(from, to int64) iter.Seq2[int64, chunk.Ref] {
+	return func(yield func(int64, chunk.Ref) bool) {
+		k := sort.Search(len(m.runs), func(k int) bool { return m.runs[k].first+int64(m.runs[k].n) > from })
+		for ; k < len(m.runs) && m.runs[k].first < to; k++ {
+			r := m.runs[k]
+			for i := max(from, r.first); i < min(to, r.first+int64(r.n)); i++ {
+				if !yield(i, m.ref(r.at+int(i-r.first))) {
+					return
+				}
+			}
+		}
+	}
+}
+
 // ChunkLen is the length of chunk i (the last one may be short).
-func (m *Manifest) ChunkLen(i int) int {
-	off := int64(i) * int64(m.ChunkSize)
+func (m *Manifest) ChunkLen(i int64) int {
+	off := i * int64(m.ChunkSize)
 	return int(min(int64(m.ChunkSize), m.DiskSize-off))
 }
 
 // DataBytes is what the disk holds in chunks that are not all zero.
 func (m *Manifest) DataBytes() int64 {
-	var n int64
-	for i, id := range m.IDs {
-		if !id.IsZero() {
-			n += int64(m.ChunkLen(i))
-		}
+	n := m.DataChunks() * int64(m.ChunkSize)
+	if last := m.Count() - 1; m.find(last) >= 0 {
+		n -= int64(m.ChunkSize - m.ChunkLen(last))
 	}
 	return n
 }
@@ -90,204 +214,65 @@ func (m *Manifest) Check() error {
 	if m.DiskSize <= 0 {
 		return fmt.Errorf("disk size %d", m.DiskSize)
 	}
-	if want := ChunkCount(m.DiskSize, m.ChunkSize); int64(len(m.IDs)) != want {
-		return fmt.Errorf("%d entries for a %d-byte disk of %d-byte chunks, want %d", len(m.IDs), m.DiskSize, m.ChunkSize, want)
-	}
 	if len(m.BackupID) == 0 || len(m.BackupID) > 1024 || m.Disk < 0 {
 		return fmt.Errorf("bad backup id or disk index")
 	}
-	if m.Locs != nil {
-		if len(m.Locs) != len(m.IDs) {
-			return fmt.Errorf("%d locations for %d entries", len(m.Locs), len(m.IDs))
+	if m.locs != nil && len(m.locs) != len(m.ids) {
+		return fmt.Errorf("%d locations for %d entries", len(m.locs), len(m.ids))
+	}
+	at, end := 0, int64(0)
+	for _, r := range m.runs {
+		if r.n <= 0 || r.at != at || r.first < end {
+			return fmt.Errorf("chunk runs out of order at chunk %d", r.first)
 		}
-		for i, l := range m.Locs {
-			if l.InPack() && (m.IDs[i].IsZero() || l.Len == 0) || !l.InPack() && l != (chunk.Loc{}) {
-				return fmt.Errorf("entry %d: location %s for chunk %s", i, l, m.IDs[i])
+		at, end = at+r.n, r.first+int64(r.n)
+	}
+	if at != len(m.ids) || end > m.Count() {
+		return fmt.Errorf("%d entries up to chunk %d for a %d-byte disk of %d-byte chunks", len(m.ids), end, m.DiskSize, m.ChunkSize)
+	}
+	for k, id := range m.ids {
+		if id.IsZero() {
+			return fmt.Errorf("entry %d: the zero id recorded", k)
+		}
+		if m.locs != nil {
+			if l := m.locs[k]; l.InPack() && l.Len == 0 || !l.InPack() && l != (chunk.Loc{}) {
+				return fmt.Errorf("entry %d: location %s for chunk %s", k, l, id)
 			}
 		}
 	}
 	return nil
 }
 
-// Encode serialises m.
-func (m *Manifest) Encode() ([]byte, error) {
-	if err := m.Check(); err != nil {
-		return nil, fmt.Errorf("encode manifest: %w", err)
-	}
-	v := uint16(1)
-	if m.Locs != nil {
-		v = 2
-	}
-	var b bytes.Buffer
-	b.Grow(64 + len(m.BackupID) + entryLen(v)*len(m.IDs) + sha256.Size)
-	b.WriteString(magic)
-	binary.Write(&b, binary.BigEndian, v)
-	binary.Write(&b, binary.BigEndian, uint32(m.ChunkSize))
-	binary.Write(&b, binary.BigEndian, uint64(m.DiskSize))
-	binary.Write(&b, binary.BigEndian, uint16(len(m.BackupID)))
-	b.WriteString(m.BackupID)
-	binary.Write(&b, binary.BigEndian, uint32(m.Disk))
-	binary.Write(&b, binary.BigEndian, uint64(len(m.IDs)))
-	for i, id := range m.IDs {
-		b.Write(id[:])
-		if v == 2 {
-			l := m.Locs[i]
-			b.Write(l.Pack[:])
-			binary.Write(&b, binary.BigEndian, l.Off)
-			binary.Write(&b, binary.BigEndian, l.Len)
+// Changed yields, in disk order, every chunk whose id differs between m
+// and prev (two maps of disks of the same size): the chunks to rewrite to
+// turn a copy of prev into m. The cost follows the data of both.
+func (m *Manifest) Changed(prev *Manifest) iter.Seq[int64] {
+	return func(yield func(int64) bool) {
+		next, stop := iter.Pull2(prev.Data())
+		defer stop()
+		pi, pr, pok := next()
+		for i, r := range m.Data() {
+			for pok && pi < i { // data in prev, zero in m
+				if !yield(pi) {
+					return
+				}
+				pi, pr, pok = next()
+			}
+			if pok && pi == i {
+				same := pr.ID == r.ID
+				pi, pr, pok = next()
+				if same {
+					continue
+				}
+			}
+			if !yield(i) {
+				return
+			}
+		}
+		for ; pok; pi, _, pok = next() {
+			if !yield(pi) {
+				return
+			}
 		}
 	}
-	sum := sha256.Sum256(b.Bytes())
-	b.Write(sum[:])
-	return b.Bytes(), nil
-}
-
-type reader struct {
-	b   []byte
-	err error
-}
-
-func (r *reader) take(n int) []byte {
-	if r.err != nil {
-		return nil
-	}
-	if n < 0 || n > len(r.b) {
-		r.err = errors.New("truncated")
-		return nil
-	}
-	out := r.b[:n]
-	r.b = r.b[n:]
-	return out
-}
-
-func (r *reader) u16() uint16 {
-	if p := r.take(2); p != nil {
-		return binary.BigEndian.Uint16(p)
-	}
-	return 0
-}
-func (r *reader) u32() uint32 {
-	if p := r.take(4); p != nil {
-		return binary.BigEndian.Uint32(p)
-	}
-	return 0
-}
-func (r *reader) u64() uint64 {
-	if p := r.take(8); p != nil {
-		return binary.BigEndian.Uint64(p)
-	}
-	return 0
-}
-
-// Decode parses and checks an encoded manifest.
-func Decode(data []byte) (*Manifest, error) {
-	if len(data) < len(magic)+sha256.Size || string(data[:len(magic)]) != magic {
-		return nil, fmt.Errorf("%w: not a manifest", ErrCorrupt)
-	}
-	body, sum := data[:len(data)-sha256.Size], data[len(data)-sha256.Size:]
-	if got := sha256.Sum256(body); !bytes.Equal(got[:], sum) {
-		return nil, fmt.Errorf("%w: checksum mismatch", ErrCorrupt)
-	}
-	r := &reader{b: body[len(magic):]}
-	v := r.u16()
-	if r.err == nil && (v < 1 || v > Version) {
-		return nil, fmt.Errorf("%w: version %d, this build reads 1..%d", ErrCorrupt, v, Version)
-	}
-	m := &Manifest{}
-	m.ChunkSize = int(r.u32())
-	m.DiskSize = int64(r.u64())
-	m.BackupID = string(r.take(int(r.u16())))
-	m.Disk = int(r.u32())
-	count := r.u64()
-	if r.err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCorrupt, r.err)
-	}
-	el := entryLen(v)
-	if count != uint64(len(r.b)/el) || len(r.b)%el != 0 {
-		return nil, fmt.Errorf("%w: %d entries announced, %d bytes of entries", ErrCorrupt, count, len(r.b))
-	}
-	m.IDs = make([]chunk.ID, count)
-	if v == 2 {
-		m.Locs = make([]chunk.Loc, count)
-	}
-	for i := range m.IDs {
-		e := r.b[el*i:]
-		copy(m.IDs[i][:], e)
-		if v == 2 {
-			l := &m.Locs[i]
-			copy(l.Pack[:], e[32:])
-			l.Off = binary.BigEndian.Uint32(e[48:])
-			l.Len = binary.BigEndian.Uint32(e[52:])
-		}
-	}
-	if err := m.Check(); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
-	}
-	return m, nil
-}
-
-// MaxHeaderLen bounds the encoded header (everything before the ids).
-const MaxHeaderLen = len(magic) + 2 + 4 + 8 + 2 + 1024 + 4 + 8
-
-// Header is what precedes the entries of an encoded manifest, enough to
-// read a slice of them without the rest (a byte range: entry i is at
-// IDsAt + EntryLen·i). Such a slice cannot be checked against the
-// manifest's checksum: use it only where a wrong entry costs a lookup,
-// never a loss.
-type Header struct {
-	ChunkSize int
-	DiskSize  int64
-	BackupID  string
-	Disk      int
-	Count     int64
-	IDsAt     int64
-	EntryLen  int
-}
-
-// DecodeEntries parses n consecutive entries of an encoding described by
-// h; locs is nil for a manifest without locations.
-func (h *Header) DecodeEntries(b []byte, n int) (ids []chunk.ID, locs []chunk.Loc, err error) {
-	if len(b) != n*h.EntryLen {
-		return nil, nil, fmt.Errorf("%w: %d bytes for %d entries of %d", ErrCorrupt, len(b), n, h.EntryLen)
-	}
-	ids = make([]chunk.ID, n)
-	if h.EntryLen > 32 {
-		locs = make([]chunk.Loc, n)
-	}
-	for i := range ids {
-		e := b[h.EntryLen*i:]
-		copy(ids[i][:], e)
-		if locs != nil {
-			copy(locs[i].Pack[:], e[32:])
-			locs[i].Off = binary.BigEndian.Uint32(e[48:])
-			locs[i].Len = binary.BigEndian.Uint32(e[52:])
-		}
-	}
-	return ids, locs, nil
-}
-
-// DecodeHeader parses the header at the start of an encoded manifest
-// (prefix: its first MaxHeaderLen bytes, or all of it when shorter).
-func DecodeHeader(prefix []byte) (*Header, error) {
-	if len(prefix) < len(magic) || string(prefix[:len(magic)]) != magic {
-		return nil, fmt.Errorf("%w: not a manifest", ErrCorrupt)
-	}
-	r := &reader{b: prefix[len(magic):]}
-	v := r.u16()
-	if r.err == nil && (v < 1 || v > Version) {
-		return nil, fmt.Errorf("%w: version %d, this build reads 1..%d", ErrCorrupt, v, Version)
-	}
-	h := &Header{ChunkSize: int(r.u32()), DiskSize: int64(r.u64()), EntryLen: entryLen(v)}
-	h.BackupID = string(r.take(int(r.u16())))
-	h.Disk = int(r.u32())
-	h.Count = int64(r.u64())
-	if r.err != nil {
-		return nil, fmt.Errorf("%w: header: %v", ErrCorrupt, r.err)
-	}
-	h.IDsAt = int64(len(prefix) - len(r.b))
-	m := &Manifest{BackupID: h.BackupID, Disk: h.Disk, ChunkSize: h.ChunkSize, DiskSize: h.DiskSize}
-	if m.ChunkSize < 64<<10 || m.ChunkSize&(m.ChunkSize-1) != 0 || m.DiskSize <= 0 || h.Count != ChunkCount(h.DiskSize, h.ChunkSize) {
-		return nil, fmt.Errorf("%w: header of %d entries for %d bytes of %d-byte chunks", ErrCorrupt, h.Count, h.DiskSize, h.ChunkSize)
-	}
-	return h, nil
 }

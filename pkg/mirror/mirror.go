@@ -280,27 +280,31 @@ func update(ctx context.Context, r *repo.Repository, m *contracts.Mirror, rec *c
 			return res, fmt.Errorf("mirror target %s: %w", m.Target, err)
 		}
 	}
-	var todo []int
-	for i, id := range man.IDs {
-		if compare || id != prev.IDs[i] {
+	var todo []int64
+	if compare {
+		for i := range man.Count() {
+			todo = append(todo, i)
+		}
+	} else {
+		for i := range man.Changed(prev) {
 			todo = append(todo, i)
 		}
 	}
 	var written, chunks atomic.Int64
 	var mu sync.Mutex
-	var wrote []int
+	var wrote []int64
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
 	cs := int64(man.ChunkSize)
 	for _, i := range todo {
 		g.Go(func() error {
-			off := int64(i) * cs
+			off := i * cs
 			n := min(cs, man.DiskSize-off)
 			var data []byte
-			if man.IDs[i].IsZero() {
+			if ref := man.Ref(i); ref.ID.IsZero() {
 				data = make([]byte, n)
 			} else {
-				d, err := r.ReadChunk(gctx, man.IDs[i], man.Loc(i))
+				d, err := r.ReadChunk(gctx, ref.ID, ref.Loc)
 				if err != nil {
 					return err
 				}
@@ -332,15 +336,15 @@ func update(ctx context.Context, r *repo.Repository, m *contracts.Mirror, rec *c
 	res.BytesWritten, res.ChunksWritten = written.Load(), chunks.Load()
 	// The check: trivial (size and first MiB), or every chunk.
 	check := "trivial"
-	upto := min(len(man.IDs), int((1<<20+cs-1)/cs))
+	upto := min(man.Count(), (1<<20+cs-1)/cs)
 	if m.Certify {
-		check, upto = "certified", len(man.IDs)
+		check, upto = "certified", man.Count()
 	}
 	if t.Size() != man.DiskSize {
 		return res, fmt.Errorf("mirror target %s is %d bytes after the update, the disk %d", m.Target, t.Size(), man.DiskSize)
 	}
-	for i := 0; i < upto; i++ {
-		if err := holds(r, t, int64(i), man.IDs[i], cs, man.DiskSize); err != nil {
+	for i := range upto {
+		if err := holds(r, t, i, man.ID(i), cs, man.DiskSize); err != nil {
 			return res, fmt.Errorf("mirror target %s failed the %s check after the update: %w", m.Target, check, err)
 		}
 	}
@@ -362,10 +366,10 @@ func prevSize(prev *manifest.Manifest) int64 {
 
 // guard picks the chunks checked before the next update: those of the
 // first MiB and a sample of what was just written.
-func guard(man *manifest.Manifest, wrote []int) []contracts.MirrorChunk {
+func guard(man *manifest.Manifest, wrote []int64) []contracts.MirrorChunk {
 	cs := int64(man.ChunkSize)
-	pick := map[int]bool{}
-	for i := 0; i < len(man.IDs) && int64(i)*cs < 1<<20; i++ {
+	pick := map[int64]bool{}
+	for i := int64(0); i < man.Count() && i*cs < 1<<20; i++ {
 		pick[i] = true
 	}
 	rand.Shuffle(len(wrote), func(a, b int) { wrote[a], wrote[b] = wrote[b], wrote[a] })
@@ -374,7 +378,7 @@ func guard(man *manifest.Manifest, wrote []int) []contracts.MirrorChunk {
 	}
 	var g []contracts.MirrorChunk
 	for i := range pick {
-		g = append(g, contracts.MirrorChunk{Index: int64(i), ID: man.IDs[i].String()})
+		g = append(g, contracts.MirrorChunk{Index: i, ID: man.ID(i).String()})
 	}
 	sort.Slice(g, func(a, b int) bool { return g[a].Index < g[b].Index })
 	return g

@@ -21,14 +21,17 @@ const cs = 64 << 10
 func point(t *testing.T, r *repo.Repository, id string, disk []byte) (*contracts.BackupRecord, *manifest.Manifest) {
 	t.Helper()
 	ctx := context.Background()
-	m := &manifest.Manifest{BackupID: id, ChunkSize: cs, DiskSize: int64(len(disk)), IDs: make([]chunk.ID, manifest.ChunkCount(int64(len(disk)), cs))}
-	for i := range m.IDs {
-		d := disk[i*cs : min(len(disk), (i+1)*cs)]
+	m := manifest.New(id, 0, cs, int64(len(disk)))
+	for i := range m.Count() {
+		d := disk[i*cs : min(int64(len(disk)), (i+1)*cs)]
 		if chunk.AllZero(d) {
 			continue
 		}
-		m.IDs[i] = r.ChunkID(d)
-		if err := r.Chunks.PutChunk(ctx, m.IDs[i], r.EncodeChunk(m.IDs[i], d)); err != nil {
+		cid := r.ChunkID(d)
+		if err := r.Chunks.PutChunk(ctx, cid, r.EncodeChunk(cid, d)); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Append(i, chunk.Ref{ID: cid}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -110,11 +110,9 @@ func (c *Copier) CopyBackup(ctx context.Context, manifestKeys []string) error {
 			return fmt.Errorf("copy: %w", err)
 		}
 		mans = append(mans, m)
-		for i, id := range m.IDs {
-			if id.IsZero() {
-				continue
-			}
-			if loc := m.Loc(i); loc.InPack() {
+		for _, r := range m.Data() {
+			id := r.ID
+			if loc := r.Loc; loc.InPack() {
 				if k := PackKey(loc.Pack); units[k] == nil {
 					p := loc.Pack
 					units[k] = func(ctx context.Context) error { return c.copyPack(ctx, p, 0) }

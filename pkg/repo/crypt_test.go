@@ -47,12 +47,12 @@ func TestEncryptedRoundTripAndTamper(t *testing.T) {
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("round trip: %v", err)
 	}
-	man := &manifest.Manifest{BackupID: "b1", ChunkSize: 64 << 10, DiskSize: 64 << 10, IDs: []chunk.ID{id}}
+	man, _ := manifest.FromIDs("b1", 0, 64<<10, 64<<10, []chunk.ID{id}, nil)
 	key, err := r.PutManifest(ctx, "vm", man)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if back, err := r.GetManifest(ctx, key); err != nil || back.IDs[0] != id {
+	if back, err := r.GetManifest(ctx, key); err != nil || back.ID(0) != id {
 		t.Fatalf("manifest round trip: %v", err)
 	}
 	// One flipped bit anywhere, or an object moved under another name:

@@ -179,11 +179,9 @@ func (r *Repository) Cover(ctx context.Context, made time.Time, mans ...*manifes
 	target := p.Target(needed)
 	keys := map[string]bool{configKey: true}
 	for _, m := range mans {
-		for i, id := range m.IDs {
-			if id.IsZero() {
-				continue
-			}
-			if loc := m.Loc(i); loc.InPack() {
+		for _, r := range m.Data() {
+			id := r.ID
+			if loc := r.Loc; loc.InPack() {
 				// A pack made recently enough carries a date that covers
 				// this backup from its creation: no request at all.
 				if made := packMade(loc.Pack); !made.IsZero() && !p.LockedUntil(made).Before(needed) {

@@ -128,8 +128,10 @@ func TestCoverExtendsOncePerGeneration(t *testing.T) {
 	}
 	fresh, old := pack(time.Now()), pack(time.Now().Add(-24*time.Hour))
 	ids := []chunk.ID{chunk.Hash([]byte("a")), chunk.Hash([]byte("b")), chunk.Zero}
-	m := &manifest.Manifest{BackupID: "b", ChunkSize: 64 << 10, DiskSize: 3 * 64 << 10, IDs: ids}
-	m.Locs = []chunk.Loc{{Pack: fresh, Off: 0, Len: 10}, {Pack: old, Off: 0, Len: 10}, {}}
+	m, err := manifest.FromIDs("b", 0, 64<<10, 3*64<<10, ids, []chunk.Loc{{Pack: fresh, Off: 0, Len: 10}, {Pack: old, Off: 0, Len: 10}, {}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	now := time.Now()
 	st, err := r.Cover(ctx, now, m)
 	if err != nil {

@@ -417,8 +417,8 @@ func (r *Repository) decodeManifest(key string, b []byte) (*manifest.Manifest, e
 // opened whole); the caller goes without.
 var ErrNoSlice = errors.New("manifest cannot be read in part")
 
-// ManifestSlice reads entries [first, first+count) of a manifest with two
-// range reads, never the whole object: a transfer worker compares a
+// ManifestSlice reads entries [first, first+count) of a manifest with a
+// few range reads (manifest.ReadSlice), never the whole object: a transfer worker compares a
 // segment against its parent's ids at a cost that follows the segment, not
 // the disk. The slice is not checked against the manifest's checksum (that
 // needs all of it), so it is a hint: a chunk whose computed id equals the
@@ -428,23 +428,11 @@ func (r *Repository) ManifestSlice(ctx context.Context, key string, first, count
 	if r.Encrypted() {
 		return nil, nil, ErrNoSlice
 	}
-	prefix, err := r.Store.GetRange(ctx, key, 0, int64(manifest.MaxHeaderLen))
+	h, ids, locs, err := manifest.ReadSlice(func(off, n int64) ([]byte, error) { return r.Store.GetRange(ctx, key, off, n) }, first, count)
+	if err == nil && h.ChunkSize != r.Config.ChunkSize {
+		err = fmt.Errorf("%w: chunk size %d, repository's is %d", manifest.ErrCorrupt, h.ChunkSize, r.Config.ChunkSize)
+	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("manifest object %s: %w", key, err)
-	}
-	h, err := manifest.DecodeHeader(prefix)
-	if err != nil {
-		return nil, nil, fmt.Errorf("manifest object %s: %w", key, err)
-	}
-	if h.ChunkSize != r.Config.ChunkSize || first < 0 || count <= 0 || first+count > h.Count {
-		return nil, nil, fmt.Errorf("manifest object %s: entries %d+%d of %d (%d-byte chunks) asked for", key, first, count, h.Count, h.ChunkSize)
-	}
-	el := int64(h.EntryLen)
-	b, err := r.Store.GetRange(ctx, key, h.IDsAt+el*first, el*count)
-	if err != nil {
-		return nil, nil, fmt.Errorf("manifest object %s: %w", key, err)
-	}
-	if ids, locs, err = h.DecodeEntries(b, int(count)); err != nil {
 		return nil, nil, fmt.Errorf("manifest object %s: %w", key, err)
 	}
 	return ids, locs, nil

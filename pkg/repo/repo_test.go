@@ -57,7 +57,7 @@ func TestChunksAndManifests(t *testing.T) {
 		t.Fatalf("corrupt chunk: %v", err)
 	}
 
-	m := &manifest.Manifest{BackupID: "b1", ChunkSize: 64 << 10, DiskSize: 100, IDs: []chunk.ID{ida}}
+	m, _ := manifest.FromIDs("b1", 0, 64<<10, 100, []chunk.ID{ida}, nil)
 	key, err := r.PutManifest(ctx, "vm/with slash", m)
 	if err != nil {
 		t.Fatal(err)
@@ -119,9 +119,9 @@ func TestManifestSlice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &manifest.Manifest{BackupID: "0190e1a0-0000-7000-8000-000000000001", ChunkSize: 64 << 10, DiskSize: 300 * 64 << 10}
-	for i := 0; i < 300; i++ {
-		m.IDs = append(m.IDs, chunk.Hash([]byte{byte(i), byte(i >> 8)}))
+	m := manifest.New("0190e1a0-0000-7000-8000-000000000001", 0, 64<<10, 300*64<<10)
+	for i := range int64(300) {
+		m.Append(i, chunk.Ref{ID: chunk.Hash([]byte{byte(i), byte(i >> 8)})})
 	}
 	key, err := r.PutManifest(ctx, "vm", m)
 	if err != nil {
@@ -132,7 +132,7 @@ func TestManifestSlice(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, id := range got {
-		if id != m.IDs[256+i] {
+		if id != m.ID(int64(256+i)) {
 			t.Fatalf("entry %d differs", 256+i)
 		}
 	}

@@ -154,17 +154,15 @@ func (m *Mark) Read(key string) bool { return m.read[key] }
 
 // Manifest marks what the manifest stored at key references.
 func (m *Mark) Manifest(ctx context.Context, key string, man *manifest.Manifest) error {
-	for i, id := range man.IDs {
-		if id.IsZero() {
-			continue
-		}
+	for _, r := range man.Data() {
+		id := r.ID
 		// Every id, packed or not: a chunk found bad in its pack is read
 		// from its own object (a repair) by the same reference.
 		if m.in(id[0]) {
 			m.ids[id] = struct{}{}
 		}
-		if i < len(man.Locs) && man.Locs[i].InPack() {
-			if err := m.loc(ctx, man.Locs[i]); err != nil {
+		if r.Loc.InPack() {
+			if err := m.loc(ctx, r.Loc); err != nil {
 				return err
 			}
 		}

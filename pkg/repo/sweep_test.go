@@ -72,14 +72,18 @@ func TestSweepFreesEveryKindOfUnit(t *testing.T) {
 			if err := r.Chunks.PutChunk(ctx, deadID, r.EncodeChunk(deadID, loose)); err != nil {
 				t.Fatal(err)
 			}
-			man := &manifest.Manifest{BackupID: "b1", ChunkSize: 64 << 10}
 			var want [][]byte
+			var ids []chunk.ID
+			var locs []chunk.Loc
 			for i, e := range full.Entries() {
-				man.IDs, man.Locs, want = append(man.IDs, e.ID), append(man.Locs, e.Loc), append(want, fullData[i])
+				ids, locs, want = append(ids, e.ID), append(locs, e.Loc), append(want, fullData[i])
 			}
 			e := sparse.Entries()[5]
-			man.IDs, man.Locs, want = append(man.IDs, e.ID), append(man.Locs, e.Loc), append(want, sparseData[5])
-			man.DiskSize = int64(len(man.IDs)) * 64 << 10
+			ids, locs, want = append(ids, e.ID), append(locs, e.Loc), append(want, sparseData[5])
+			man, err := manifest.FromIDs("b1", 0, 64<<10, int64(len(ids))*64<<10, ids, locs)
+			if err != nil {
+				t.Fatal(err)
+			}
 			mans := map[string]*manifest.Manifest{"m1": man}
 
 			opts := SweepOptions{ID: "gc1", Cutoff: time.Now().Add(time.Hour), RepackBelow: 0.5}
@@ -111,8 +115,8 @@ func TestSweepFreesEveryKindOfUnit(t *testing.T) {
 			if _, err := r.Chunks.GetChunk(ctx, repair); err != nil {
 				t.Errorf("the repair was deleted: %v", err)
 			}
-			for i, id := range man.IDs {
-				if b, err := r.ReadChunk(ctx, id, man.Locs[i]); err != nil || string(b) != string(want[i]) {
+			for i, id := range ids {
+				if b, err := r.ReadChunk(ctx, id, locs[i]); err != nil || string(b) != string(want[i]) {
 					t.Fatalf("reference %d: %v", i, err)
 				}
 			}

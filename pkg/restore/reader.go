@@ -23,7 +23,7 @@ type Reader struct {
 	r     *repo.Repository
 	man   *manifest.Manifest
 	ctx   context.Context // fetches outlive the read that started them
-	ahead int             // the most chunks fetched past a miss
+	ahead int64           // the most chunks fetched past a miss
 	fetch chan struct{}   // a slot per fetch running
 
 	mu      sync.Mutex
@@ -36,7 +36,7 @@ type Reader struct {
 	// Read-ahead grows while misses follow each other (a copy, a boot,
 	// a big file) and starts small at a random miss (a directory, an
 	// inode): window chunks past the miss, doubling up to ahead.
-	window, seqEnd int
+	window, seqEnd int64
 }
 
 // Fetched says how many chunks, and how many bytes of disk they hold,
@@ -50,7 +50,7 @@ func (rd *Reader) Fetched() (chunks int, bytes int64) {
 // ReaderOptions size a Reader.
 type ReaderOptions struct {
 	CacheBytes int64 // decoded chunks kept (default 256 MiB)
-	Ahead      int   // the most chunks fetched past a miss, reached while reads are sequential (default 32)
+	Ahead      int64 // the most chunks fetched past a miss, reached while reads are sequential (default 32)
 	Parallel   int   // fetches at once (default 8)
 }
 
@@ -85,13 +85,13 @@ func (rd *Reader) ReadAt(ctx context.Context, p []byte, off int64) error {
 	}
 	cs := int64(rd.man.ChunkSize)
 	for len(p) > 0 {
-		i := int(off / cs)
-		within := off - int64(i)*cs
+		i := off / cs
+		within := off - i*cs
 		n := min(int64(len(p)), int64(rd.man.ChunkLen(i))-within)
-		if rd.man.IDs[i].IsZero() {
+		if ref := rd.man.Ref(i); ref.ID.IsZero() {
 			clear(p[:n])
 		} else {
-			data, err := rd.chunk(ctx, i)
+			data, err := rd.chunk(ctx, i, ref.ID)
 			if err != nil {
 				return err
 			}
@@ -103,32 +103,49 @@ func (rd *Reader) ReadAt(ctx context.Context, p []byte, off int64) error {
 }
 
 // Extents describes the disk from off as runs of data and of zero chunks
-// (reported as holes: NBD clients skip them), at most 4096 runs.
+// (reported as holes: NBD clients skip them), at most 4096 runs of at most
+// 1 GiB. It walks the manifest's data, not its chunks: a 16 TiB disk that
+// holds little answers in a few steps.
 func (rd *Reader) Extents(off, length int64) []nbd.Extent {
 	cs := int64(rd.man.ChunkSize)
 	end := min(off+length, rd.man.DiskSize)
 	var out []nbd.Extent
-	for off < end && len(out) <= 4096 {
-		i := int(off / cs)
-		n := min(int64(i+1)*cs, end) - off
-		flags := uint32(0)
-		if rd.man.IDs[i].IsZero() {
-			flags = nbd.StateHole | nbd.StateZero
+	add := func(n int64, flags uint32) bool {
+		for n > 0 {
+			k := len(out)
+			if k > 0 && out[k-1].Flags == flags && out[k-1].Length < 1<<30 {
+				take := min(n, 1<<30-int64(out[k-1].Length))
+				out[k-1].Length += uint32(take)
+				n -= take
+				continue
+			}
+			if k > 4096 {
+				return false
+			}
+			take := min(n, 1<<30)
+			out = append(out, nbd.Extent{Length: uint32(take), Flags: flags})
+			n -= take
 		}
-		if k := len(out); k > 0 && out[k-1].Flags == flags && int64(out[k-1].Length)+n <= 1<<30 {
-			out[k-1].Length += uint32(n)
-		} else {
-			out = append(out, nbd.Extent{Length: uint32(n), Flags: flags})
+		return true
+	}
+	const hole = nbd.StateHole | nbd.StateZero
+	pos := off
+	for i := range rd.man.DataIn(off/cs, (end+cs-1)/cs) {
+		start, stop := max(i*cs, off), min((i+1)*cs, end)
+		if start > pos && !add(start-pos, hole) || !add(stop-start, 0) {
+			return out
 		}
-		off += n
+		pos = stop
+	}
+	if end > pos {
+		add(end-pos, hole)
 	}
 	return out
 }
 
 // chunk returns chunk i's bytes (not to be modified), fetching it and the
 // chunks after it when it is neither cached nor on its way.
-func (rd *Reader) chunk(ctx context.Context, i int) ([]byte, error) {
-	id := rd.man.IDs[i]
+func (rd *Reader) chunk(ctx context.Context, i int64, id chunk.ID) ([]byte, error) {
 	rd.mu.Lock()
 	if data, ok := rd.cache.get(id); ok {
 		rd.mu.Unlock()
@@ -154,7 +171,7 @@ func (rd *Reader) chunk(ctx context.Context, i int) ([]byte, error) {
 // chunks after it that are neither cached nor on their way, grouped into
 // runs that lie back to back in a pack (one request each). It returns
 // chunk i's flight.
-func (rd *Reader) startLocked(i int) *flight {
+func (rd *Reader) startLocked(i int64) *flight {
 	if i >= rd.seqEnd-rd.window && i <= rd.seqEnd+1 && rd.window > 0 {
 		rd.window = min(2*rd.window, rd.ahead)
 	} else {
@@ -163,9 +180,9 @@ func (rd *Reader) startLocked(i int) *flight {
 	rd.seqEnd = i + rd.window
 	var refs []chunk.Ref
 	var mine *flight
-	for k := i; k < len(rd.man.IDs) && k <= i+rd.window; k++ {
-		id := rd.man.IDs[k]
-		if id.IsZero() || rd.cache.has(id) || rd.flights[id] != nil {
+	for k, ref := range rd.man.DataIn(i, i+rd.window+1) {
+		id := ref.ID
+		if rd.cache.has(id) || rd.flights[id] != nil {
 			continue
 		}
 		f := &flight{done: make(chan struct{})}
@@ -173,7 +190,7 @@ func (rd *Reader) startLocked(i int) *flight {
 		if k == i {
 			mine = f
 		}
-		refs = append(refs, chunk.Ref{ID: id, Loc: rd.man.Loc(k)})
+		refs = append(refs, ref)
 	}
 	bounds := cutRuns(len(refs), func(k int) chunk.Loc { return refs[k].Loc })
 	for k, start := range bounds[:len(bounds)-1] {

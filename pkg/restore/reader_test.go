@@ -53,7 +53,7 @@ func TestReaderRandomAccessWithinBudget(t *testing.T) {
 // not cached), and only those.
 func TestReaderDamagedChunk(t *testing.T) {
 	r, man, img := setup(t)
-	damage(r, man.IDs[3])
+	damage(r, man.ID(3))
 	rd := NewReader(context.Background(), r, man, ReaderOptions{})
 	for range 2 {
 		if err := rd.ReadAt(context.Background(), make([]byte, 100), 3*64<<10+10); !errors.Is(err, chunk.ErrCorrupt) {

@@ -30,16 +30,15 @@ func setup(t *testing.T) (*repo.Repository, *manifest.Manifest, []byte) {
 	copy(img[0:], bytes.Repeat([]byte("hello "), 10000))
 	copy(img[3*64<<10:], bytes.Repeat([]byte{7}, 64<<10))
 	copy(img[6*64<<10:], bytes.Repeat([]byte{9}, 100))
-	man := &manifest.Manifest{BackupID: "b", ChunkSize: 64 << 10, DiskSize: size}
+	man := manifest.New("b", 0, 64<<10, size)
 	for i := 0; i < 7; i++ {
 		c := img[i*64<<10 : min(size, (i+1)*64<<10)]
 		if chunk.AllZero(c) {
-			man.IDs = append(man.IDs, chunk.Zero)
 			continue
 		}
 		id := chunk.Hash(c)
 		r.Chunks.PutChunk(ctx, id, chunk.Encode(c))
-		man.IDs = append(man.IDs, id)
+		man.Append(int64(i), chunk.Ref{ID: id})
 	}
 	return r, man, img
 }
@@ -96,7 +95,7 @@ func TestRestoreBitExactAndSparse(t *testing.T) {
 
 func TestRestoreRefusesCorruptChunkAndLeavesNoFile(t *testing.T) {
 	r, man, _ := setup(t)
-	key := damage(r, man.IDs[3])
+	key := damage(r, man.ID(3))
 	out := filepath.Join(t.TempDir(), "out.img")
 	_, err := ToFile(context.Background(), r, man, out, Options{Workers: 2})
 	if !errors.Is(err, chunk.ErrCorrupt) || !strings.Contains(err.Error(), key) {
@@ -161,10 +160,13 @@ func TestRestoreRefusesExistingTarget(t *testing.T) {
 func TestPlanJoinsAdjacentRanges(t *testing.T) {
 	p, q := chunk.PackID{1}, chunk.PackID{2}
 	h := func(s string) chunk.ID { return chunk.Hash([]byte(s)) }
-	m := &manifest.Manifest{BackupID: "b", ChunkSize: 64 << 10, DiskSize: 7 * 64 << 10,
-		IDs: []chunk.ID{h("b"), h("a"), chunk.Zero, h("c"), h("a"), h("loose"), h("q")},
-		Locs: []chunk.Loc{{Pack: p, Off: 10, Len: 5}, {Pack: p, Off: 0, Len: 10}, {}, {Pack: p, Off: 15, Len: 1},
-			{Pack: p, Off: 0, Len: 10}, {}, {Pack: q, Off: 0, Len: 3}}}
+	m, err := manifest.FromIDs("b", 0, 64<<10, 7*64<<10,
+		[]chunk.ID{h("b"), h("a"), chunk.Zero, h("c"), h("a"), h("loose"), h("q")},
+		[]chunk.Loc{{Pack: p, Off: 10, Len: 5}, {Pack: p, Off: 0, Len: 10}, {}, {Pack: p, Off: 15, Len: 1},
+			{Pack: p, Off: 0, Len: 10}, {}, {Pack: q, Off: 0, Len: 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	runs := plan(m)
 	if len(runs) != 3 {
 		t.Fatalf("%d runs, want 3: %+v", len(runs), runs)

@@ -38,11 +38,7 @@ func stats(ctx context.Context, rt *runtime.Runtime, repackBelow float64) (*cont
 	w := reach.Walker{Catalog: rt.Catalog, Repo: rt.Repo}
 	r.Backups, err = w.Walk(ctx, func(_ *contracts.BackupRecord, d contracts.DiskRecord, man *manifest.Manifest) error {
 		r.LogicalBytes += d.Size
-		for _, id := range man.IDs {
-			if !id.IsZero() {
-				r.References++
-			}
-		}
+		r.References += man.DataChunks()
 		return m.Manifest(ctx, d.Manifest, man)
 	})
 	if err != nil {

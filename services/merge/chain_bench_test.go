@@ -25,9 +25,11 @@ func BenchmarkMergeChain30On1TiB(b *testing.B) {
 		deltas    = 30
 	)
 	entries := int(manifest.ChunkCount(diskSize, chunkSize))
-	base := &manifest.Manifest{BackupID: "full", ChunkSize: chunkSize, DiskSize: diskSize, IDs: make([]chunk.ID, entries)}
-	for i := range base.IDs {
-		rand.Read(base.IDs[i][:])
+	base := manifest.New("full", 0, chunkSize, diskSize)
+	for i := range int64(entries) {
+		var id chunk.ID
+		rand.Read(id[:])
+		base.Append(i, chunk.Ref{ID: id})
 	}
 	rng := mrand.New(mrand.NewPCG(3, 4))
 	results := make([][]contracts.SegmentDone, deltas)
@@ -57,9 +59,9 @@ func BenchmarkMergeChain30On1TiB(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			man := &manifest.Manifest{BackupID: "inc", ChunkSize: chunkSize, DiskSize: diskSize, IDs: make([]chunk.ID, entries)}
+			man := manifest.New("inc", 0, chunkSize, diskSize)
 			for i := range results[d] {
-				if _, err := applyResult(man, &results[d][i], func() (*manifest.Manifest, error) { return parent, nil }); err != nil {
+				if err := applyResult(man, &results[d][i], func() (*manifest.Manifest, error) { return parent, nil }); err != nil {
 					b.Fatal(err)
 				}
 			}

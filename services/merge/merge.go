@@ -195,7 +195,7 @@ func (m *merger) commit(ctx context.Context, rec *contracts.BackupRecord) error 
 		if err != nil {
 			return err
 		}
-		disks[i] = catalog.CommittedDisk{Manifest: key, Chunks: int64(len(man.IDs)), ZeroChunks: zero}
+		disks[i] = catalog.CommittedDisk{Manifest: key, Chunks: man.Count(), ZeroChunks: zero}
 	}
 	// Before the commit: a committed backup never needs an object whose
 	// lock ends before its own.
@@ -268,12 +268,12 @@ func (m *merger) announceDates(ctx context.Context, packs map[chunk.PackID]time.
 const maxStoredRuns = 16384
 
 // assemble builds one disk's manifest from its segment results and appends
-// the runs of chunks its workers stored to *stored.
+// the runs of chunks its workers stored to *stored. Segments are taken in
+// disk order and appended to the manifest as they come, so the work and
+// the memory follow the chunks that hold data: an untouched segment of a
+// full costs nothing, one of an incremental the parent's data in it.
 func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk contracts.DiskRecord, stored *[]contracts.ChunkRun) (*manifest.Manifest, int64, error) {
-	man := &manifest.Manifest{BackupID: rec.ID, Disk: disk.Index, ChunkSize: rec.ChunkSize, DiskSize: disk.Size,
-		IDs: make([]chunk.ID, manifest.ChunkCount(disk.Size, rec.ChunkSize))}
-	covered := int64(0)
-	var zero int64
+	man := manifest.New(rec.ID, disk.Index, rec.ChunkSize, disk.Size)
 	var parent *manifest.Manifest // loaded on the first inherited chunk
 	loadParent := func() (*manifest.Manifest, error) {
 		if parent == nil {
@@ -283,22 +283,24 @@ func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk
 		}
 		return parent, nil
 	}
-	perSeg, _ := contracts.SegmentLayout(disk.Size, rec.ChunkSize)
+	perSeg, segs := contracts.SegmentLayout(disk.Size, rec.ChunkSize)
+	if segs != disk.Segments {
+		return nil, 0, bus.Permanent(fmt.Errorf("disk %d of %d bytes has %d segments, the record says %d", disk.Index, disk.Size, segs, disk.Segments))
+	}
 	for seg := 0; seg < disk.Segments; seg++ {
+		first := int64(seg) * int64(perSeg)
+		end := min(first+int64(perSeg), man.Count())
 		if disk.IsUntouched(seg) { // never published: unchanged since the parent, or (a full) nothing allocated
-			first := int64(seg) * int64(perSeg)
-			end := min(first+int64(perSeg), int64(len(man.IDs)))
-			if rec.Parent == "" { // a full: the window is zeros (the ids' zero value)
-				zero += end - first
-				covered += end - first
-				continue
+			if rec.Parent == "" {
+				continue // a full: the window is zeros
 			}
-			z, err := inheritRange(man, first, end, loadParent)
+			p, err := loadParent()
 			if err != nil {
 				return nil, 0, fmt.Errorf("untouched segment %d of disk %d: %w", seg, disk.Index, err)
 			}
-			zero += z
-			covered += end - first
+			if err := inheritRange(man, p, first, end); err != nil {
+				return nil, 0, fmt.Errorf("untouched segment %d of disk %d: %w", seg, disk.Index, err)
+			}
 			continue
 		}
 		subject := contracts.SegmentDoneSubject(rec.ID, disk.Index, seg)
@@ -310,8 +312,10 @@ func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk
 		if err := contracts.Decode(raw.Data, &d); err != nil {
 			return nil, 0, bus.Permanent(fmt.Errorf("result %s: %w", subject, err))
 		}
-		z, err := applyResult(man, &d, loadParent)
-		if err != nil {
+		if d.FirstChunk != first || int64(len(d.IDs)) != end-first {
+			return nil, 0, bus.Permanent(fmt.Errorf("result %s covers chunks [%d, %d), the segment is [%d, %d)", subject, d.FirstChunk, d.FirstChunk+int64(len(d.IDs)), first, end))
+		}
+		if err := applyResult(man, &d, loadParent); err != nil {
 			return nil, 0, fmt.Errorf("result %s: %w", subject, err)
 		}
 		for _, r := range d.Stored { // validated against the segment's ids
@@ -319,93 +323,64 @@ func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk
 				*stored = append(*stored, contracts.ChunkRun{Start: int(d.FirstChunk) + r.Start, Count: r.Count})
 			}
 		}
-		zero += z
-		covered += int64(len(d.IDs))
 	}
-	if covered != int64(len(man.IDs)) {
-		return nil, 0, bus.Permanent(fmt.Errorf("segment results cover %d of %d chunks", covered, len(man.IDs)))
-	}
-	return man, zero, nil
+	return man, man.ZeroChunks(), nil
 }
 
-// applyResult writes one segment's chunk ids into man, taking inherited
-// ones from the parent (loaded on first need), and counts zero chunks.
-func applyResult(man *manifest.Manifest, d *contracts.SegmentDone, parent func() (*manifest.Manifest, error)) (zero int64, err error) {
-	if d.FirstChunk < 0 || d.FirstChunk+int64(len(d.IDs)) > int64(len(man.IDs)) {
-		return 0, bus.Permanent(errors.New("result covers chunks beyond the disk"))
-	}
+// applyResult appends one segment's chunks to man, taking inherited ones
+// from the parent (loaded on first need).
+func applyResult(man *manifest.Manifest, d *contracts.SegmentDone, parent func() (*manifest.Manifest, error)) error {
+	refs := make([]chunk.Ref, len(d.IDs))
 	for i, s := range d.IDs {
 		at := d.FirstChunk + int64(i)
 		switch s {
 		case contracts.InheritID:
 			p, err := parent()
 			if err != nil {
-				return 0, err
+				return err
 			}
-			man.IDs[at] = p.IDs[at]
-			setLoc(man, at, p.Loc(int(at)))
-			if p.IDs[at].IsZero() {
-				zero++
+			if p.Count() != man.Count() {
+				return bus.Permanent(fmt.Errorf("chunk %d inherited from a parent of %d chunks, the disk has %d", at, p.Count(), man.Count()))
 			}
+			refs[i] = p.Ref(at)
 		case "":
-			zero++
 		default:
 			id, err := chunk.ParseID(s)
 			if err != nil {
-				return 0, bus.Permanent(err)
+				return bus.Permanent(err)
 			}
-			man.IDs[at] = id
+			refs[i].ID = id
 		}
 	}
 	for _, l := range d.Locs { // validated: At inside the result, Pack in Packs
-		at := d.FirstChunk + int64(l.At)
 		p, err := chunk.ParsePackID(d.Packs[l.Pack])
 		if err != nil {
-			return 0, bus.Permanent(err)
+			return bus.Permanent(err)
 		}
-		if man.IDs[at].IsZero() {
-			return 0, bus.Permanent(fmt.Errorf("result places zero chunk %d in pack %s", at, p))
+		if refs[l.At].ID.IsZero() {
+			return bus.Permanent(fmt.Errorf("result places zero chunk %d in pack %s", d.FirstChunk+int64(l.At), p))
 		}
-		setLoc(man, at, chunk.Loc{Pack: p, Off: l.Off, Len: l.Len})
+		refs[l.At].Loc = chunk.Loc{Pack: p, Off: l.Off, Len: l.Len}
 	}
-	return zero, nil
+	for i, r := range refs {
+		if err := man.Append(d.FirstChunk+int64(i), r); err != nil {
+			return bus.Permanent(err)
+		}
+	}
+	return nil
 }
 
-// setLoc records where chunk at is stored, giving the manifest locations
-// when it is the first chunk stored in a pack.
-func setLoc(man *manifest.Manifest, at int64, l chunk.Loc) {
-	if man.Locs == nil {
-		if !l.InPack() {
-			return
-		}
-		man.Locs = make([]chunk.Loc, len(man.IDs))
+// inheritRange appends the parent's chunks in [from, to) to man.
+func inheritRange(man, p *manifest.Manifest, from, to int64) error {
+	if p.Count() != man.Count() {
+		return bus.Permanent(fmt.Errorf("the parent has %d chunks, the disk %d", p.Count(), man.Count()))
 	}
-	man.Locs[at] = l
-}
-
-// inheritRange copies chunk ids [from, to) from the parent (loaded on first
-// need) and counts the zero ones.
-func inheritRange(man *manifest.Manifest, from, to int64, parent func() (*manifest.Manifest, error)) (zero int64, err error) {
-	if from < 0 || from >= to || to > int64(len(man.IDs)) {
-		return 0, bus.Permanent(fmt.Errorf("chunks [%d, %d) are not on the disk", from, to))
-	}
-	p, err := parent()
-	if err != nil {
-		return 0, err
-	}
-	copy(man.IDs[from:to], p.IDs[from:to])
-	if p.Locs != nil {
-		if man.Locs == nil {
-			man.Locs = make([]chunk.Loc, len(man.IDs))
-		}
-		copy(man.Locs[from:to], p.Locs[from:to])
-	}
-	for _, id := range p.IDs[from:to] {
-		if id.IsZero() {
-			zero++
+	for i, r := range p.DataIn(from, to) {
+		if err := man.Append(i, r); err != nil {
+			return bus.Permanent(err)
 		}
 	}
-	return zero, nil
+	return nil
 }
 
 // parentManifest loads the manifest an incremental inherits from. Every

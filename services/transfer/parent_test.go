@@ -38,8 +38,12 @@ func TestFullReadComparedWithParent(t *testing.T) {
 	for i := 1; i < 8; i++ {
 		ids[i] = rt.Repo.ChunkID(disk[i*cs : (i+1)*cs])
 	}
-	parent := &manifest.Manifest{BackupID: "0190e1a0-0000-7000-8000-000000000001", ChunkSize: cs, DiskSize: int64(len(disk)), IDs: slices.Clone(ids)}
-	parent.IDs[5] = chunk.Hash([]byte("what chunk 5 held the day before"))
+	pids := slices.Clone(ids)
+	pids[5] = chunk.Hash([]byte("what chunk 5 held the day before"))
+	parent, err := manifest.FromIDs("0190e1a0-0000-7000-8000-000000000001", 0, cs, int64(len(disk)), pids, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	key, err := rt.Repo.PutManifest(ctx, "vm", parent)
 	if err != nil {
 		t.Fatal(err)

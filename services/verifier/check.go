@@ -138,10 +138,10 @@ func (v *verifier) checkShard(ctx context.Context, lo byte, hi int, bad map[chun
 		}}
 	inPack := map[chunk.ID]chunk.PackID{} // referenced chunks stored in a pack
 	_, err := w.Walk(ctx, func(_ *contracts.BackupRecord, _ contracts.DiskRecord, man *manifest.Manifest) error {
-		for i, id := range man.IDs {
-			if !id.IsZero() && int(id[0]) >= int(lo) && int(id[0]) < hi {
+		for _, r := range man.Data() {
+			if id := r.ID; int(id[0]) >= int(lo) && int(id[0]) < hi {
 				referenced[id] = false
-				if l := man.Loc(i); l.InPack() {
+				if l := r.Loc; l.InPack() {
 					inPack[id] = l.Pack
 				}
 			}

@@ -19,7 +19,7 @@ const testChunk = 64 << 10
 func storeBackup(t *testing.T, ctx context.Context, rt *testVerifier, vm string, seed, n int) (*contracts.BackupRecord, []chunk.ID) {
 	t.Helper()
 	id := fmt.Sprintf("0190e1a0-0000-7000-8000-%012d", seed)
-	man := &manifest.Manifest{BackupID: id, ChunkSize: testChunk, DiskSize: int64(n+1) * testChunk}
+	man := manifest.New(id, 0, testChunk, int64(n+1)*testChunk)
 	var ids []chunk.ID
 	for i := 0; i < n; i++ {
 		data := make([]byte, testChunk)
@@ -28,10 +28,9 @@ func storeBackup(t *testing.T, ctx context.Context, rt *testVerifier, vm string,
 		if err := rt.repo.Chunks.PutChunk(ctx, cid, rt.repo.EncodeChunk(cid, data)); err != nil {
 			t.Fatal(err)
 		}
-		man.IDs = append(man.IDs, cid)
+		man.Append(int64(i), chunk.Ref{ID: cid})
 		ids = append(ids, cid)
 	}
-	man.IDs = append(man.IDs, chunk.ID{})
 	key, err := rt.repo.PutManifest(ctx, vm, man)
 	if err != nil {
 		t.Fatal(err)

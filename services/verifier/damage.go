@@ -121,8 +121,8 @@ func (v *verifier) scanDamage(ctx context.Context, bad map[chunk.ID]string, read
 			if hits[key] || len(bad) == 0 {
 				return nil
 			}
-			for _, id := range man.IDs {
-				if _, ok := bad[id]; ok {
+			for _, r := range man.Data() {
+				if _, ok := bad[r.ID]; ok {
 					hits[key] = true
 					break
 				}

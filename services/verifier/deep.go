@@ -38,10 +38,10 @@ func (v *verifier) newRun() *chunkRun {
 // this run.
 func (r *chunkRun) checkManifest(ctx context.Context, man *manifest.Manifest) error {
 	var fresh []chunk.Ref
-	for i, id := range man.IDs {
-		if _, ok := r.seen[id]; !ok && !id.IsZero() {
-			r.seen[id] = struct{}{}
-			fresh = append(fresh, chunk.Ref{ID: id, Loc: man.Loc(i)})
+	for _, ref := range man.Data() {
+		if _, ok := r.seen[ref.ID]; !ok {
+			r.seen[ref.ID] = struct{}{}
+			fresh = append(fresh, ref)
 		}
 	}
 	res, err := repo.CheckChunks(ctx, r.v.repo, fresh, 8)
@@ -64,10 +64,13 @@ func (r *chunkRun) add(res repo.CheckResult) {
 }
 
 // badIn counts the ids this run found bad.
-func (r *chunkRun) badIn(ids []chunk.ID) int {
+func (r *chunkRun) badIn(man *manifest.Manifest) int {
 	n := 0
-	for _, id := range ids {
-		if _, ok := r.bad[id]; ok {
+	if len(r.bad) == 0 {
+		return 0
+	}
+	for _, ref := range man.Data() {
+		if _, ok := r.bad[ref.ID]; ok {
 			n++
 		}
 	}
@@ -150,13 +153,13 @@ func (v *verifier) trivial(ctx context.Context, disk contracts.DiskRecord, man *
 	}
 	n = min(n, disk.Size)
 	want := make([]byte, man.ChunkSize)
-	for i := 0; int64(i)*int64(man.ChunkSize) < n; i++ {
-		off := int64(i) * int64(man.ChunkSize)
+	for i := int64(0); i*int64(man.ChunkSize) < n; i++ {
+		off := i * int64(man.ChunkSize)
 		size := int(min(int64(man.ChunkSize), n-off, disk.Size-off))
 		var stored []byte
-		if man.IDs[i].IsZero() {
+		if ref := man.Ref(i); ref.ID.IsZero() {
 			stored = make([]byte, size)
-		} else if stored, err = v.repo.ReadChunk(ctx, man.IDs[i], man.Loc(i)); err != nil {
+		} else if stored, err = v.repo.ReadChunk(ctx, ref.ID, ref.Loc); err != nil {
 			if repo.IsBad(err) {
 				return fmt.Sprintf("%s: %v", disk.Name, err), nil
 			}
@@ -224,7 +227,7 @@ func (v *verifier) perDisk(ctx context.Context, rec *contracts.BackupRecord, mod
 			if err := run.checkManifest(ctx, man); err != nil {
 				return nil, err
 			}
-			if n := run.badIn(man.IDs); n > 0 {
+			if n := run.badIn(man); n > 0 {
 				problems = append(problems, fmt.Sprintf("%s: %d bad chunks", disk.Name, n))
 				continue
 			}

@@ -30,9 +30,9 @@ func (v *verifier) chunkJob(ctx context.Context, sample func(chunk.ID) bool) (*c
 	ids := map[chunk.ID]chunk.Loc{}
 	backups, err := reach.Walker{Catalog: v.cat, Repo: v.repo, Keep: reach.Committed}.Walk(ctx,
 		func(_ *contracts.BackupRecord, _ contracts.DiskRecord, man *manifest.Manifest) error {
-			for i, id := range man.IDs {
-				if !id.IsZero() && (sample == nil || sample(id)) {
-					ids[id] = man.Loc(i) // a chunk stored twice: one copy is read
+			for _, r := range man.Data() {
+				if sample == nil || sample(r.ID) {
+					ids[r.ID] = r.Loc // a chunk stored twice: one copy is read
 				}
 			}
 			return nil

@@ -25,6 +25,7 @@ import (
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/manifest"
 	"github.com/strata-backup/strata/pkg/policy"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/runtime"
@@ -197,7 +198,7 @@ func (v *verifier) check(ctx context.Context, rec *contracts.BackupRecord, store
 	for d, disk := range rec.Disks {
 		// The parent's map loads while this one does: both are on the path
 		// of every incremental.
-		var parent []chunk.ID
+		var parent *manifest.Manifest
 		loaded := make(chan struct{})
 		go func() {
 			defer close(loaded)
@@ -211,7 +212,7 @@ func (v *verifier) check(ctx context.Context, rec *contracts.BackupRecord, store
 		if man.DiskSize != disk.Size || man.BackupID != rec.ID {
 			return fmt.Sprintf("manifest %s describes backup %s of %d bytes, want %s of %d", disk.Manifest, man.BackupID, man.DiskSize, rec.ID, disk.Size), nil
 		}
-		if len(parent) != len(man.IDs) {
+		if parent != nil && parent.Count() != man.Count() {
 			parent = nil // another shape: check every chunk
 		}
 		// Batches checked a few at a time: an incremental's changed chunks
@@ -234,22 +235,23 @@ func (v *verifier) check(ctx context.Context, rec *contracts.BackupRecord, store
 		seen := make(map[chunk.ID]struct{})
 		if d < len(stored) {
 			for _, r := range stored[d] {
-				for i := r.Start; i < r.Start+r.Count && i >= 0 && i < len(man.IDs); i++ {
-					seen[man.IDs[i]] = struct{}{}
+				for _, ref := range man.DataIn(int64(max(r.Start, 0)), int64(max(r.Start, 0))+int64(max(r.Count, 0))) {
+					seen[ref.ID] = struct{}{}
 				}
 			}
 		}
 		var batch []chunk.ID
 		packs := map[chunk.PackID]struct{}{} // packed chunks: one request per pack
-		for i, id := range man.IDs {
-			if id.IsZero() || parent != nil && parent[i] == id {
+		for i, ref := range man.Data() {
+			id := ref.ID
+			if parent != nil && parent.ID(i) == id {
 				continue
 			}
 			if _, ok := seen[id]; ok {
 				continue
 			}
 			seen[id] = struct{}{}
-			if l := man.Loc(i); l.InPack() {
+			if l := ref.Loc; l.InPack() {
 				if _, ok := packs[l.Pack]; !ok {
 					packs[l.Pack] = struct{}{}
 					g.Go(func() error {
@@ -302,7 +304,7 @@ func (v *verifier) missing(ctx context.Context, ids []chunk.ID) (string, error) 
 // verifiedParentManifest returns the chunk ids of the parent's disk when
 // the parent is verified and has the same shape; nil otherwise (then every
 // chunk is checked).
-func (v *verifier) verifiedParentManifest(ctx context.Context, rec *contracts.BackupRecord, disk int) []chunk.ID {
+func (v *verifier) verifiedParentManifest(ctx context.Context, rec *contracts.BackupRecord, disk int) *manifest.Manifest {
 	from := cmp.Or(rec.Parent, rec.Base) // an incremental's parent, or what a full read compared against
 	if from == "" {
 		return nil
@@ -315,5 +317,5 @@ func (v *verifier) verifiedParentManifest(ctx context.Context, rec *contracts.Ba
 	if err != nil {
 		return nil
 	}
-	return pm.IDs
+	return pm
 }

@@ -22,7 +22,7 @@ func imageBackup(t *testing.T, tv *testVerifier, vm, id string, blocks [][]byte)
 	ctx := context.Background()
 	img := filepath.Join(t.TempDir(), vm+".img")
 	var disk []byte
-	man := &manifest.Manifest{BackupID: id, ChunkSize: testChunk}
+	man := manifest.New(id, 0, testChunk, int64(len(blocks)+1)*testChunk)
 	var ids []chunk.ID
 	for _, b := range blocks {
 		data := make([]byte, testChunk)
@@ -32,12 +32,10 @@ func imageBackup(t *testing.T, tv *testVerifier, vm, id string, blocks [][]byte)
 		if err := tv.repo.Chunks.PutChunk(ctx, cid, tv.repo.EncodeChunk(cid, data)); err != nil {
 			t.Fatal(err)
 		}
-		man.IDs = append(man.IDs, cid)
+		man.Append(int64(len(ids)), chunk.Ref{ID: cid})
 		ids = append(ids, cid)
 	}
 	disk = append(disk, make([]byte, testChunk)...)
-	man.IDs = append(man.IDs, chunk.ID{})
-	man.DiskSize = int64(len(disk))
 	if err := os.WriteFile(img, disk, 0o600); err != nil {
 		t.Fatal(err)
 	}
