@@ -252,13 +252,23 @@ func TestReadSlice(t *testing.T) {
 func TestAppendRefuses(t *testing.T) {
 	p := chunk.PackID{1}
 	for name, f := range map[string]func(m *Manifest) error{
-		"out of order":      func(m *Manifest) error { m.Append(2, chunk.Ref{ID: chunk.Hash([]byte("x"))}); return m.Append(1, chunk.Ref{ID: chunk.Hash([]byte("y"))}) },
-		"twice":             func(m *Manifest) error { m.Append(2, chunk.Ref{ID: chunk.Hash([]byte("x"))}); return m.Append(2, chunk.Ref{ID: chunk.Hash([]byte("y"))}) },
+		"out of order": func(m *Manifest) error {
+			m.Append(2, chunk.Ref{ID: chunk.Hash([]byte("x"))})
+			return m.Append(1, chunk.Ref{ID: chunk.Hash([]byte("y"))})
+		},
+		"twice": func(m *Manifest) error {
+			m.Append(2, chunk.Ref{ID: chunk.Hash([]byte("x"))})
+			return m.Append(2, chunk.Ref{ID: chunk.Hash([]byte("y"))})
+		},
 		"past the end":      func(m *Manifest) error { return m.Append(4, chunk.Ref{ID: chunk.Hash([]byte("x"))}) },
 		"negative":          func(m *Manifest) error { return m.Append(-1, chunk.Ref{ID: chunk.Hash([]byte("x"))}) },
 		"zero chunk packed": func(m *Manifest) error { return m.Append(0, chunk.Ref{Loc: chunk.Loc{Pack: p, Len: 1}}) },
-		"empty range":       func(m *Manifest) error { return m.Append(0, chunk.Ref{ID: chunk.Hash([]byte("x")), Loc: chunk.Loc{Pack: p}}) },
-		"offset, no pack":   func(m *Manifest) error { return m.Append(0, chunk.Ref{ID: chunk.Hash([]byte("x")), Loc: chunk.Loc{Off: 9}}) },
+		"empty range": func(m *Manifest) error {
+			return m.Append(0, chunk.Ref{ID: chunk.Hash([]byte("x")), Loc: chunk.Loc{Pack: p}})
+		},
+		"offset, no pack": func(m *Manifest) error {
+			return m.Append(0, chunk.Ref{ID: chunk.Hash([]byte("x")), Loc: chunk.Loc{Off: 9}})
+		},
 	} {
 		if err := f(sample(t)); err == nil {
 			t.Errorf("%s: accepted", name)
