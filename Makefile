@@ -94,7 +94,14 @@ deploy/secrets/api-token:
 	@head -c 24 /dev/urandom | base64 > $@ && chmod 644 $@
 	@echo "wrote the HTTP trigger token to $@"
 
-up: images deploy/secrets/api-token
+# NATS TLS certificates, one nkey per service and the servers'
+# authorization: made once by strata nats-auth (delete the directory to
+# make new ones).
+deploy/secrets/nats/auth.conf: | build
+	@mkdir -p -m 700 deploy/secrets
+	$(BIN)/strata nats-auth --dir deploy/secrets/nats
+
+up: images deploy/secrets/api-token deploy/secrets/nats/auth.conf
 	$(COMPOSE) up -d --scale transfer=$${TRANSFERS:-3}
 	deploy/docker/wait-healthy.sh $(COMPOSE)
 

@@ -290,6 +290,11 @@ type SegmentDone struct {
 	// A chunk read and not listed is stored on its own.
 	Packs []string   `json:"packs,omitempty"`
 	Locs  []ChunkLoc `json:"locs,omitempty"`
+	// Failed: the segment could not be read or stored after every
+	// redelivery (no ids then); merge fails the backup with this reason.
+	// Workers report failures rather than write the catalog themselves:
+	// their credential has no right to it (natsauth).
+	Failed string `json:"failed,omitempty"`
 }
 
 // ChunkLoc places one chunk in a pack: bytes [Off, Off+Len) of pack
@@ -344,6 +349,12 @@ func (m *SegmentDone) Validate() error {
 	}
 	if m.Disk < 0 || m.Index < 0 || m.FirstChunk < 0 {
 		return fmt.Errorf("negative disk, index or first_chunk")
+	}
+	if m.Failed != "" {
+		if len(m.IDs) != 0 || len(m.Failed) > 4096 {
+			return fmt.Errorf("a failed segment with ids, or a reason of %d bytes", len(m.Failed))
+		}
+		return nil
 	}
 	if len(m.IDs) == 0 {
 		return fmt.Errorf("ids: %w", errEmpty)

@@ -13,6 +13,7 @@ import (
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/internal/testserver"
 	"github.com/strata-backup/strata/pkg/demodisk"
+	"github.com/strata-backup/strata/pkg/natsauth"
 )
 
 // composeStack drives the docker-compose.yml deployment from the repository
@@ -104,7 +105,13 @@ func startCompose(t testing.TB, extra ...string) *composeStack {
 	if err := os.WriteFile(token, []byte("compose-e2e-token-0123456789\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	env := append(os.Environ(), "STRATA_SOURCES="+sources, "STRATA_API_TOKEN_PATH="+token,
+	// NATS as `make up` runs it: TLS, an nkey per service.
+	auth := t.TempDir()
+	os.Chmod(auth, 0o755)
+	if err := natsauth.Generate(auth, []string{"nats1", "nats2", "nats3", "localhost", "127.0.0.1"}, "/etc/nats/auth"); err != nil {
+		t.Fatal(err)
+	}
+	env := append(os.Environ(), "STRATA_SOURCES="+sources, "STRATA_API_TOKEN_PATH="+token, "STRATA_NATS_AUTH="+auth,
 		"STRATA_TRANSFER_RATE_LIMIT=20000000", "STRATA_TRANSFER_CONCURRENCY=1", "STRATA_TRANSFER_ACK_WAIT=10s")
 	env = append(env, extra...)
 	for k, v := range ports {
@@ -134,9 +141,11 @@ func startCompose(t testing.TB, extra ...string) *composeStack {
 	if out, err := wait.CombinedOutput(); err != nil {
 		t.Fatalf("stack not healthy: %v\n%s", err, out)
 	}
-	natsURL := fmt.Sprintf("nats://127.0.0.1:%d,nats://127.0.0.1:%d,nats://127.0.0.1:%d", ports["STRATA_NATS1_PORT"], ports["STRATA_NATS2_PORT"], ports["STRATA_NATS3_PORT"])
+	natsURL := fmt.Sprintf("tls://127.0.0.1:%d,tls://127.0.0.1:%d,tls://127.0.0.1:%d", ports["STRATA_NATS1_PORT"], ports["STRATA_NATS2_PORT"], ports["STRATA_NATS3_PORT"])
 	c.stack = &stack{t: t, nats: natsURL, http: fmt.Sprintf("http://127.0.0.1:%d", ports["STRATA_HTTP_PORT"]),
+		authDir: auth,
 		env: append(os.Environ(), "STRATA_NATS_URL="+natsURL, "STRATA_STORE_DIR=",
+			"STRATA_NATS_CA_FILE="+filepath.Join(auth, natsauth.CAFile), "STRATA_NATS_NKEY_FILE="+filepath.Join(auth, natsauth.SeedFile("admin")),
 			fmt.Sprintf("STRATA_S3_ENDPOINT=http://127.0.0.1:%d", ports["STRATA_S3_PORT"]),
 			"STRATA_S3_ACCESS_KEY=strata", "STRATA_S3_SECRET_KEY=strata-secret-key", "STRATA_S3_BUCKET=strata",
 			"OTEL_EXPORTER_OTLP_ENDPOINT=")}

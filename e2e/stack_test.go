@@ -22,6 +22,7 @@ import (
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/internal/testserver"
 	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/natsauth"
 )
 
 var binDir string
@@ -63,6 +64,7 @@ type stack struct {
 	// natsSrv can be stopped and started again (an outage)
 	natsSrv *testserver.NATSServer
 	http    string // scheduler's HTTP trigger base URL
+	authDir string // secured: natsauth.Generate's directory
 }
 
 type stackOptions struct {
@@ -75,11 +77,25 @@ type stackOptions struct {
 	versioned  bool                // the S3 server keeps versions (Object Lock needs it)
 	s3         *testserver.S3      // an S3 server already running (another site's), instead of a new one
 	bucket     string              // default strata-e2e
+	// secured: NATS with TLS and one nkey per service (natsauth); the
+	// scheduler creates the streams, the CLI is admin.
+	secured bool
 }
 
 func startStack(t testing.TB, o stackOptions) *stack {
 	t.Helper()
-	natsSrv := testserver.StartNATS(t)
+	var natsSrv *testserver.NATSServer
+	var authDir string
+	if o.secured {
+		authDir = t.TempDir()
+		if err := natsauth.Generate(authDir, []string{"127.0.0.1", "localhost"}, authDir); err != nil {
+			t.Fatal(err)
+		}
+		natsSrv = testserver.StartNATSConf(t, filepath.Join(authDir, natsauth.ConfFile))
+		o.env = append(o.env, "STRATA_NATS_CA_FILE="+filepath.Join(authDir, natsauth.CAFile), "STRATA_NATS_NKEY_FILE="+filepath.Join(authDir, natsauth.SeedFile("admin")))
+	} else {
+		natsSrv = testserver.StartNATS(t)
+	}
 	natsURL := natsSrv.URL
 	start := testserver.Versity
 	if o.versioned {
@@ -91,7 +107,7 @@ func startStack(t testing.TB, o stackOptions) *stack {
 	} else {
 		s3 = start(t)
 	}
-	st := &stack{t: t, s3: s3, procs: map[string][]*testserver.Process{}, bucket: cmp.Or(o.bucket, "strata-e2e"), nats: natsURL, natsSrv: natsSrv}
+	st := &stack{t: t, s3: s3, authDir: authDir, procs: map[string][]*testserver.Process{}, bucket: cmp.Or(o.bucket, "strata-e2e"), nats: natsURL, natsSrv: natsSrv}
 	st.env = append(os.Environ(),
 		"STRATA_NATS_URL="+natsURL,
 		"STRATA_S3_ENDPOINT="+s3.Endpoint,
@@ -129,6 +145,9 @@ func startStack(t testing.TB, o stackOptions) *stack {
 		}
 		for i := 0; i < n; i++ {
 			env := o.extraEnv[s]
+			if o.secured {
+				env = append(env, "STRATA_NATS_NKEY_FILE="+filepath.Join(authDir, natsauth.SeedFile(s)), fmt.Sprintf("STRATA_NATS_SETUP=%v", s == "scheduler"))
+			}
 			if s == "scheduler" && i > 0 {
 				env = append(env, "STRATA_SCHEDULER_HTTP_ADDR=") // one HTTP port: the first replica's
 			}

@@ -29,7 +29,7 @@ func newCatalogCmd() *cobra.Command {
 		}
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		b, err := bus.Connect(cctx, cfg.NATSURL, "cli", nil, slog.New(&natsNotices{w: os.Stderr}))
+		b, err := bus.Connect(cctx, cfg.Dial("cli"), nil, slog.New(&natsNotices{w: os.Stderr}))
 		if err != nil {
 			return fmt.Errorf("%w (is NATS running? STRATA_NATS_URL=%s)", err, cfg.NATSURL)
 		}

@@ -56,7 +56,7 @@ func connect(ctx context.Context) (*client, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	log := slog.New(&natsNotices{w: os.Stderr})
-	b, err := bus.Connect(cctx, cfg.NATSURL, "cli", tp.Tracer("strata/cli"), log)
+	b, err := bus.Connect(cctx, cfg.Dial("cli"), tp.Tracer("strata/cli"), log)
 	if err != nil {
 		return nil, fmt.Errorf("%w (is Strata running? STRATA_NATS_URL=%s)", err, cfg.NATSURL)
 	}

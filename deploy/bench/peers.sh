@@ -198,6 +198,7 @@ run_strata() { # disk
   [ "$S" = deployed ] && { run_strata_deployed "$1"; return; }
   local w=$work/r/strata; rm -rf "$w"; mkdir -p "$w"
   local port=$((14300 + RANDOM % 500))
+  unset STRATA_NATS_CA_FILE STRATA_NATS_NKEY_FILE
   export STRATA_NATS_URL=nats://127.0.0.1:$port STRATA_STORE_DIR=$w/data/objects STRATA_LOG_LEVEL=warn OTEL_EXPORTER_OTLP_ENDPOINT=
   if [ "${STRATA_BENCH_ENCRYPT:-0}" = 1 ]; then
     head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$w/key"; export STRATA_ENCRYPTION_KEY_FILE=$w/key
@@ -325,7 +326,7 @@ compose_cmd=$(docker compose version >/dev/null 2>&1 && echo "docker compose" ||
 # the local images deploy/docker/images.sh builds (as the Makefile names them)
 export NATS_IMAGE=${NATS_IMAGE:-strata/nats-server:v2.15.2} VERSITYGW_IMAGE=${VERSITYGW_IMAGE:-strata/versitygw:v1.8.0} JAEGER_IMAGE=${JAEGER_IMAGE:-strata/jaeger:v1.76.0}
 compose() {
-  (cd "$root" && COMPOSE_PROJECT_NAME=stratabench STRATA_SOURCES=$work/vm STRATA_API_TOKEN_PATH=$work/api-token \
+  (cd "$root" && COMPOSE_PROJECT_NAME=stratabench STRATA_SOURCES=$work/vm STRATA_API_TOKEN_PATH=$work/api-token STRATA_NATS_AUTH=$work/nats \
     STRATA_NATS1_PORT=$DEP_NATS STRATA_NATS2_PORT=$((DEP_NATS + 1)) STRATA_NATS3_PORT=$((DEP_NATS + 2)) \
     STRATA_S3_PORT=$DEP_S3 STRATA_HTTP_PORT=$((DEP_S3 + 1)) JAEGER_UI_PORT=$((DEP_S3 + 2)) $compose_cmd "$@")
 }
@@ -333,6 +334,7 @@ deployed_images() {
   log "deployed: STRATA_JS_REPLICAS=${STRATA_JS_REPLICAS:-3}, tracing to '${STRATA_OTLP_ENDPOINT-http://jaeger:4318}'; building the images (make images)"
   "$root/deploy/docker/images.sh" >/dev/null
   head -c 24 /dev/urandom | base64 >"$work/api-token"; chmod 644 "$work/api-token"
+  "$bin/strata" nats-auth --dir "$work/nats" >/dev/null
 }
 deployed_up() {
   compose up -d --scale transfer="${TRANSFERS:-3}" >"$work/compose.log" 2>&1 || { cat "$work/compose.log" >&2; exit 1; }
@@ -394,7 +396,7 @@ dstep() {
 
 run_strata_deployed() { # disk
   local w=$work/r/strata; rm -rf "$w"; mkdir -p "$w"
-  export STRATA_NATS_URL=nats://127.0.0.1:$DEP_NATS STRATA_S3_ENDPOINT=http://127.0.0.1:$DEP_S3 STRATA_S3_ACCESS_KEY=$S3_KEY STRATA_S3_SECRET_KEY=$S3_SECRET STRATA_LOG_LEVEL=warn OTEL_EXPORTER_OTLP_ENDPOINT=
+  export STRATA_NATS_URL=tls://127.0.0.1:$DEP_NATS STRATA_NATS_CA_FILE=$work/nats/ca.pem STRATA_NATS_NKEY_FILE=$work/nats/admin.nk STRATA_S3_ENDPOINT=http://127.0.0.1:$DEP_S3 STRATA_S3_ACCESS_KEY=$S3_KEY STRATA_S3_SECRET_KEY=$S3_SECRET STRATA_LOG_LEVEL=warn OTEL_EXPORTER_OTLP_ENDPOINT=
   unset STRATA_STORE_DIR
   local ids; ids=$(stack_ids | tr '\n' ' ')
   stage "$work/disks/$1/day0.img"

@@ -168,11 +168,21 @@ type NATSServer struct {
 }
 
 // StartNATS starts nats-server with JetStream.
-func StartNATS(t testing.TB) *NATSServer {
+func StartNATS(t testing.TB) *NATSServer { return StartNATSConf(t, "") }
+
+// StartNATSConf starts nats-server with JetStream and a configuration file
+// (none: ""); a file that turns TLS on makes the URL tls://.
+func StartNATSConf(t testing.TB, conf string) *NATSServer {
 	bin := Binary(t, "nats-server", NATSVersion)
 	port := FreePort(t)
 	n := &NATSServer{URL: fmt.Sprintf("nats://127.0.0.1:%d", port), t: t,
 		args: []string{bin, "-js", "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-sd", t.TempDir()}}
+	if conf != "" {
+		n.args = append(n.args, "-c", conf)
+		if b, err := os.ReadFile(conf); err == nil && strings.Contains(string(b), "tls {") {
+			n.URL = fmt.Sprintf("tls://127.0.0.1:%d", port)
+		}
+	}
 	n.Start()
 	return n
 }
@@ -187,7 +197,7 @@ func (n *NATSServer) Start() {
 		name = fmt.Sprintf("nats-server#%d", n.count)
 	}
 	n.proc = Start(n.t, name, exec.Command(n.args[0], n.args[1:]...))
-	WaitTCP(n.t, strings.TrimPrefix(n.URL, "nats://"), 15*time.Second)
+	WaitTCP(n.t, n.URL[strings.Index(n.URL, "://")+3:], 15*time.Second)
 }
 
 // S3 describes a started S3 server.

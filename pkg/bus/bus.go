@@ -34,9 +34,22 @@ type Bus struct {
 	Log     *slog.Logger
 }
 
+// Dial says where NATS is and how to prove who we are.
+type Dial struct {
+	URL     string // comma-separated server URLs (tls://… for TLS)
+	Service string // the client's name, e.g. "transfer"
+	// NkeyFile: a file holding this service's nkey seed (natsauth); none:
+	// no credential (NATS on loopback, strata dev).
+	NkeyFile string
+	// CAFile: the CA that signed the servers' certificates; set, the
+	// connection requires TLS.
+	CAFile string
+}
+
 // Connect dials NATS, retrying until ctx ends, and reconnecting forever
 // afterwards: a service outlives NATS restarts.
-func Connect(ctx context.Context, url, service string, tracer trace.Tracer, log *slog.Logger) (*Bus, error) {
+func Connect(ctx context.Context, d Dial, tracer trace.Tracer, log *slog.Logger) (*Bus, error) {
+	url, service := d.URL, d.Service
 	opts := []nats.Option{
 		nats.Name("strata-" + service),
 		nats.MaxReconnects(-1),
@@ -47,6 +60,23 @@ func Connect(ctx context.Context, url, service string, tracer trace.Tracer, log 
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrl()) }),
+		// A permission refused is a bug in a role or an attempt beyond it:
+		// said loudly, whatever call it came from.
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if err != nil {
+				log.Error("nats error", "err", err)
+			}
+		}),
+	}
+	if d.NkeyFile != "" {
+		opt, err := nats.NkeyOptionFromSeed(d.NkeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("nats credential %s: %w", d.NkeyFile, err)
+		}
+		opts = append(opts, opt)
+	}
+	if d.CAFile != "" {
+		opts = append(opts, nats.RootCAs(d.CAFile))
 	}
 	var nc *nats.Conn
 	var err error
@@ -119,6 +149,37 @@ func (b *Bus) EnsureStreams(ctx context.Context, replicas int) error {
 			return err
 		}); err != nil {
 			return fmt.Errorf("create kv stream %s: %w", cfg.Name, err)
+		}
+	}
+	return nil
+}
+
+// WaitStreams waits until every stream and KV bucket exists: a service
+// whose credential may not create them starts once the one that may has.
+func (b *Bus) WaitStreams(ctx context.Context) error {
+	names := []string{}
+	for _, cfg := range StreamConfigs(1) {
+		names = append(names, cfg.Name)
+	}
+	for _, bucket := range []string{contracts.BucketCatalog, contracts.BucketPolicies, contracts.BucketMirrors, contracts.BucketFreezes,
+		contracts.BucketGCHolds, contracts.BucketBadChunks, contracts.BucketGC} {
+		names = append(names, "KV_"+bucket)
+	}
+	for _, name := range names {
+		for {
+			_, err := b.JS.Stream(ctx, name)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, jetstream.ErrStreamNotFound) && ctx.Err() == nil {
+				b.Log.Warn("stream info", "stream", name, "err", err)
+			}
+			b.Log.Info("waiting for a stream another service creates (STRATA_NATS_SETUP=false)", "stream", name)
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("stream %s does not exist and this service may not create it: %w", name, ctx.Err())
+			case <-time.After(time.Second):
+			}
 		}
 	}
 	return nil

@@ -34,7 +34,15 @@ import (
 
 // Common holds the settings every service reads (prefix STRATA_).
 type Common struct {
-	NATSURL     string `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222"`
+	NATSURL string `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222"`
+	// NATSNkeyFile and NATSCAFile: this service's nkey seed and the CA
+	// of the servers' TLS certificates (strata nats-auth writes both);
+	// unset, no credential and no TLS.
+	NATSNkeyFile string `envconfig:"NATS_NKEY_FILE"`
+	NATSCAFile   string `envconfig:"NATS_CA_FILE"`
+	// NATSSetup: this service creates and updates the streams and buckets
+	// at start; false, it waits for them (a role without that right).
+	NATSSetup   bool   `envconfig:"NATS_SETUP" default:"true"`
 	JSReplicas  int    `envconfig:"JS_REPLICAS" default:"1"`
 	S3Endpoint  string `envconfig:"S3_ENDPOINT"`
 	S3Region    string `envconfig:"S3_REGION" default:"us-east-1"`
@@ -73,6 +81,11 @@ type Common struct {
 	// file when it shuts down (go tool pprof); how the deployed backup's
 	// CPU is attributed inside a container.
 	CPUProfile string `envconfig:"CPU_PROFILE"`
+}
+
+// Dial is how service reaches NATS.
+func (c *Common) Dial(service string) bus.Dial {
+	return bus.Dial{URL: c.NATSURL, Service: service, NkeyFile: c.NATSNkeyFile, CAFile: c.NATSCAFile}
 }
 
 // Load fills spec (which embeds Common) from STRATA_* variables.
@@ -211,11 +224,15 @@ func Start(ctx context.Context, service string, c Common) (*Runtime, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tracing: %w", err)
 	}
-	b, err := bus.Connect(ctx, c.NATSURL, service, tp.Tracer("strata/"+service), log)
+	b, err := bus.Connect(ctx, c.Dial(service), tp.Tracer("strata/"+service), log)
 	if err != nil {
 		return nil, err
 	}
-	if err := b.EnsureStreams(ctx, c.JSReplicas); err != nil {
+	ensure := b.WaitStreams
+	if c.NATSSetup {
+		ensure = func(ctx context.Context) error { return b.EnsureStreams(ctx, c.JSReplicas) }
+	}
+	if err := ensure(ctx); err != nil {
 		return nil, err
 	}
 	c.Log = log
@@ -339,7 +356,7 @@ func healthcheck(service string, common *Common) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	b, err := bus.Connect(ctx, common.NATSURL, "healthcheck", nil, slog.New(slog.DiscardHandler))
+	b, err := bus.Connect(ctx, common.Dial("healthcheck"), nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return 1
 	}

@@ -284,3 +284,35 @@ func denseIDs(m *manifest.Manifest) []chunk.ID {
 	}
 	return ids
 }
+
+// A worker that gave a segment up reports it (its credential may not write
+// the catalog): merge fails a transferring backup with the worker's
+// reason, and ignores a late report once the backup is past the transfer.
+func TestFailedSegmentFailsTheBackup(t *testing.T) {
+	ctx := context.Background()
+	m, cat, _, _, _ := testMerger(t, diskOf("b1", 64<<20))
+	var failed []string
+	m.fail = func(_ context.Context, vm, id, reason string) error {
+		failed = append(failed, id+": "+reason)
+		return nil
+	}
+	d := &contracts.SegmentDone{Schema: contracts.SchemaVersion, BackupID: "b1", VM: "vm", Failed: "segment 0 of disk 0: source gone"}
+	if err := d.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.segmentDone(ctx, d); err != nil || len(failed) != 1 || failed[0] != "b1: segment 0 of disk 0: source gone" {
+		t.Fatalf("failed %q, err %v", failed, err)
+	}
+	if cat.commits != 0 {
+		t.Fatal("a failed segment was committed")
+	}
+	cat.mu.Lock()
+	cat.recs["vm/b1"].State = contracts.StateCommitted
+	cat.mu.Unlock()
+	if err := m.segmentDone(ctx, d); err != nil || len(failed) != 1 {
+		t.Fatalf("a late report failed a committed backup: %q, %v", failed, err)
+	}
+	if err := (&contracts.SegmentDone{Schema: 1, BackupID: "b1", VM: "vm", Failed: "x", IDs: []string{""}}).Validate(); err == nil {
+		t.Fatal("a failed result with ids accepted")
+	}
+}

@@ -53,7 +53,7 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("open results stream: %w", err)
 	}
-	m := &merger{cat: rt.Catalog, repo: rt.Repo, results: results, pub: rt.Bus, log: rt.Log}
+	m := &merger{cat: rt.Catalog, repo: rt.Repo, results: results, pub: rt.Bus, log: rt.Log, fail: rt.FailBackup}
 	pr := &pruner{cat: rt.Catalog, store: rt.Repo.Store, hooks: cfg.Hooks, log: rt.Log}
 	if rt.Repo.Locked() {
 		pr.lockedUntil = rt.Repo.LockedUntil
@@ -161,9 +161,27 @@ type merger struct {
 	results resultStream
 	pub     publisher
 	log     *slog.Logger
+	// fail fails a backup and announces it (runtime.FailBackup).
+	fail func(ctx context.Context, vm, id, reason string) error
 }
 
 func (m *merger) segmentDone(ctx context.Context, d *contracts.SegmentDone) error {
+	if d.Failed != "" {
+		// Only a backup still transferring fails: a late report (a segment
+		// done, then given up on when its ack was lost) changes nothing.
+		rec, _, err := m.cat.Get(ctx, d.VM, d.BackupID)
+		if errors.Is(err, catalog.ErrNotFound) {
+			return bus.Permanent(err)
+		}
+		if err != nil {
+			return err
+		}
+		if rec.State != contracts.StateTransferring {
+			m.log.WarnContext(ctx, "segment failure after the transfer", "vm", d.VM, "backup", d.BackupID, "state", rec.State, "reason", d.Failed)
+			return nil
+		}
+		return m.fail(ctx, d.VM, d.BackupID, d.Failed)
+	}
 	rec, _, err := m.cat.RecordSegment(ctx, d.VM, d.BackupID, catalog.SegmentResult{Disk: d.Disk, Index: d.Index,
 		UploadedChunks: int64(d.UploadedChunks), UploadedBytes: d.UploadedBytes, ReadBytes: d.ReadBytes})
 	if errors.Is(err, catalog.ErrNotFound) || errors.Is(err, catalog.ErrInvalid) {

@@ -95,7 +95,7 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		AckWait: cfg.AckWait, MaxDeliver: 8, Concurrency: max(1, cfg.Concurrency),
 		GiveUp: func(ctx context.Context, m contracts.Message, err error) error {
 			seg := m.(*contracts.Segment)
-			return rt.FailBackup(ctx, seg.VM, seg.BackupID, fmt.Sprintf("segment %d of disk %d: %v", seg.Index, seg.Disk, err))
+			return w.failed(ctx, seg, fmt.Sprintf("segment %d of disk %d: %v", seg.Index, seg.Disk, err))
 		},
 	}, w.handle)
 }
@@ -112,6 +112,19 @@ type worker struct {
 	// garbage collection, each batch read into fresh memory (a page fault
 	// per 4 KiB read)
 	batches chan []byte
+}
+
+// failed reports a segment given up on to merge, which fails the backup
+// (a worker's credential may not write the catalog). Its result replaces
+// any earlier one of the segment.
+func (w *worker) failed(ctx context.Context, seg *contracts.Segment, reason string) error {
+	w.rt.Log.ErrorContext(ctx, "segment failed", "vm", seg.VM, "backup", seg.BackupID, "disk", seg.Disk, "segment", seg.Index, "reason", reason)
+	if len(reason) > 4000 {
+		reason = reason[:4000] + "…"
+	}
+	done := &contracts.SegmentDone{Schema: contracts.SchemaVersion, BackupID: seg.BackupID, VM: seg.VM, Disk: seg.Disk, Index: seg.Index,
+		FirstChunk: seg.FirstChunk, Failed: reason}
+	return w.rt.Bus.Publish(ctx, contracts.SegmentDoneSubject(seg.BackupID, seg.Disk, seg.Index), done, "")
 }
 
 // batchBytes bounds the memory one segment holds at once, whatever the
