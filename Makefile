@@ -7,7 +7,7 @@ MODULES := contracts internal pkg services/scheduler services/snapshotter servic
 SERVICES := scheduler snapshotter transfer dedup merge verifier
 PKGS := github.com/strata-backup/strata/...
 
-.PHONY: all build servers test unit e2e vet fuzz bench demo clean tidy images up down e2e-compose bench-scale bench-peers bench-bigdisk
+.PHONY: all build servers test unit e2e vet fuzz bench demo clean tidy images up down e2e-compose bench-scale bench-peers bench-bigdisk bench-index
 
 # docker compose v2 plugin where present, Debian's docker-compose otherwise.
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
@@ -121,6 +121,12 @@ bench-peers: build
 # A 16 TiB sparse disk (SIZE=…) backed up in full through strata dev.
 bench-bigdisk: build
 	deploy/bench/bigdisk.sh $(BIN)
+
+# The dedup pack index and one shard of garbage collection's mark at
+# 100 M synthetic chunks (SCALE_CHUNKS=…; the index file needs ~190 bytes a
+# chunk under SCALE_DIR, default a temporary directory).
+bench-index:
+	STRATA_SCALE_CHUNKS=$${SCALE_CHUNKS:-100000000} STRATA_SCALE_DIR=$${SCALE_DIR:-} $(GO) test -count=1 -run '^$$' -bench 'IndexAtScale|MarkShardAtScale' -benchtime 1x -timeout 4h github.com/strata-backup/strata/pkg/repo/...
 
 # Throughput with 1, 2 and 4 rate-limited transfer workers.
 # Transfer workers sharing backups: in-process (rate-limited workers), then
