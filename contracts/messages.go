@@ -560,7 +560,7 @@ func ValidChunkSize(n int) error {
 
 // SourceSchemes are the URL schemes of the sources Strata reads (each has a
 // driver in pkg/source).
-var SourceSchemes = []string{"file", "nbd", "vsphere", "libvirt+unix", "libvirt+ssh", "qemu+unix", "qemu+ssh"}
+var SourceSchemes = []string{"file", "nbd", "nbds", "vsphere", "libvirt+unix", "libvirt+ssh", "qemu+unix", "qemu+ssh"}
 
 // ValidateSource accepts the source URLs Strata can read.
 func ValidateSource(s string) error {
@@ -580,9 +580,9 @@ func ValidateSource(s string) error {
 			return fmt.Errorf("source %q: file source path must be clean (no .., //, trailing / or query): file://%s", s, path.Clean(u.Path))
 		}
 		return nil
-	case "nbd":
+	case "nbd", "nbds":
 		if u.Host == "" || u.Port() == "" || len(u.Path) < 2 {
-			return fmt.Errorf("source %q: nbd source needs host, port and export (nbd://host:port/export[?bitmap=NAME])", s)
+			return fmt.Errorf("source %q: nbd source needs host, port and export (%s://host:port/export[?bitmap=NAME])", s, u.Scheme)
 		}
 		return nil
 	case "vsphere":

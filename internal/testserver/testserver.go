@@ -343,7 +343,15 @@ func QemuNBDWritable(t testing.TB, image, format string) (string, *Process) {
 	return qemuNBD(t, image, format, "", false)
 }
 
-func qemuNBD(t testing.TB, image, format, bitmap string, readOnly bool) (string, *Process) {
+// QemuNBDTLS exports image read-only over NBD with TLS required and a
+// client certificate checked (tls-creds-x509, verify-peer=on), the
+// credentials from dir (X509Dir).
+func QemuNBDTLS(t testing.TB, image, format, dir string) (string, *Process) {
+	t.Helper()
+	return qemuNBD(t, image, format, "", true, "--object", "tls-creds-x509,id=tls0,endpoint=server,verify-peer=on,dir="+dir, "--tls-creds", "tls0")
+}
+
+func qemuNBD(t testing.TB, image, format, bitmap string, readOnly bool, extra ...string) (string, *Process) {
 	t.Helper()
 	bin, err := exec.LookPath("qemu-nbd")
 	if err != nil {
@@ -361,6 +369,7 @@ func qemuNBD(t testing.TB, image, format, bitmap string, readOnly bool) (string,
 	if bitmap != "" {
 		args = append(args, "-B", bitmap)
 	}
+	args = append(args, extra...)
 	p := Start(t, "qemu-nbd", exec.Command(bin, append(args, image)...))
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	WaitTCP(t, addr, 10*time.Second)

@@ -7,6 +7,7 @@ package nbd
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -78,6 +79,14 @@ type Conn struct {
 // "/"), and negotiates the export with structured replies and the given
 // meta contexts (e.g. "base:allocation", "qemu:dirty-bitmap:b1").
 func Dial(addr, export string, contexts ...string) (*Conn, error) {
+	return DialTLS(addr, export, nil, contexts...)
+}
+
+// DialTLS is Dial with TLS when cfg is not nil: NBD_OPT_STARTTLS first,
+// then every other option and all data inside TLS (qemu-nbd --tls-creds,
+// libvirt's backup TLS). A server that does not agree is refused: never
+// a silent fallback to plaintext.
+func DialTLS(addr, export string, cfg *tls.Config, contexts ...string) (*Conn, error) {
 	network := "tcp"
 	if len(addr) > 0 && addr[0] == '/' {
 		network = "unix"
@@ -88,11 +97,11 @@ func Dial(addr, export string, contexts ...string) (*Conn, error) {
 	}
 	conn := &Conn{c: c, r: bufio.NewReaderSize(quickAck(c), 1<<20), contexts: map[string]uint32{}}
 	c.SetDeadline(time.Now().Add(30 * time.Second))
-	if err := conn.handshake(export, contexts); err != nil {
-		c.Close()
+	if err := conn.handshake(export, cfg, contexts); err != nil {
+		conn.c.Close()
 		return nil, fmt.Errorf("nbd %s export %q: %w", addr, export, err)
 	}
-	c.SetDeadline(time.Time{})
+	conn.c.SetDeadline(time.Time{})
 	return conn, nil
 }
 
@@ -170,7 +179,7 @@ func (c *Conn) command(cmd uint16, off int64, payload []byte) error {
 // HasContext reports whether the server agreed to a meta context.
 func (c *Conn) HasContext(name string) bool { _, ok := c.contexts[name]; return ok }
 
-func (c *Conn) handshake(export string, contexts []string) error {
+func (c *Conn) handshake(export string, cfg *tls.Config, contexts []string) error {
 	var hdr struct {
 		Magic, Opt uint64
 		Flags      uint16
@@ -190,6 +199,22 @@ func (c *Conn) handshake(export string, contexts []string) error {
 	}
 	if err := binary.Write(c.c, binary.BigEndian, clientFlags); err != nil {
 		return err
+	}
+	if cfg != nil {
+		if err := c.sendOpt(optStartTLS, nil); err != nil {
+			return err
+		}
+		if err := c.expectAck(optStartTLS, nil); err != nil {
+			return fmt.Errorf("starttls: %w", err)
+		}
+		if c.r.Buffered() > 0 {
+			return errors.New("starttls: data before the TLS handshake")
+		}
+		tc := tls.Client(c.c, cfg)
+		if err := tc.Handshake(); err != nil {
+			return fmt.Errorf("tls handshake: %w", err)
+		}
+		c.c, c.r = tc, bufio.NewReaderSize(tc, 1<<20)
 	}
 	if err := c.sendOpt(optStructured, nil); err != nil {
 		return err
@@ -277,6 +302,9 @@ func (c *Conn) expectAck(opt uint32, f func(typ uint32, payload []byte) error) e
 			return err
 		}
 		if h.Typ&repErrBit != 0 {
+			if h.Typ == repErrBit|5 { // NBD_REP_ERR_TLS_REQD
+				return fmt.Errorf("the server requires TLS (an nbds:// source): %s", payload)
+			}
 			return fmt.Errorf("server refused option %d: error %#x %s", opt, h.Typ, payload)
 		}
 		if h.Typ == repAck {

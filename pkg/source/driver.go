@@ -61,10 +61,18 @@ func (fileDriver) Snapshot(_ context.Context, rawURL, _ string) (*Point, error) 
 }
 func (fileDriver) Release(context.Context, string, string, bool) (bool, error) { return false, nil }
 
-type nbdDriver struct{}
+// nbdDriver opens nbd:// sources, and nbds:// ones with TLS.
+type nbdDriver struct{ tls *NBDTLS }
 
-func (nbdDriver) Open(_ context.Context, rawURL string) (Disk, error) {
+func (d nbdDriver) Open(_ context.Context, rawURL string) (Disk, error) {
 	u, _ := url.Parse(rawURL)
+	if u.Scheme == "nbds" {
+		cfg, err := d.tls.config(u.Hostname())
+		if err != nil {
+			return nil, err
+		}
+		return openNBD(u, cfg)
+	}
 	return OpenNBD(u)
 }
 func (nbdDriver) Snapshot(_ context.Context, rawURL, _ string) (*Point, error) {

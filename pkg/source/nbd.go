@@ -2,7 +2,11 @@ package source
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
+	"os"
 	"net/url"
 	"strings"
 
@@ -18,15 +22,55 @@ type NBD struct {
 	bitmap string
 }
 
+// NBDTLS is how an nbds:// source is reached: NBD_OPT_STARTTLS, the
+// server's certificate checked against CAFile (none: the system's roots)
+// and, with CertFile and KeyFile, a client certificate (qemu-nbd's
+// tls-creds-x509 asks for one unless verify-peer=off).
+type NBDTLS struct {
+	CAFile   string `envconfig:"NBD_CA_FILE"`
+	CertFile string `envconfig:"NBD_CERT_FILE"`
+	KeyFile  string `envconfig:"NBD_KEY_FILE"`
+}
+
+func (t *NBDTLS) config(host string) (*tls.Config, error) {
+	cfg := &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+	if t == nil {
+		return cfg, nil
+	}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("nbd TLS CA: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("nbd TLS CA %s: no certificate in it", t.CAFile)
+		}
+	}
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		return nil, errors.New("nbd TLS: STRATA_NBD_CERT_FILE and STRATA_NBD_KEY_FILE go together")
+	}
+	if t.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("nbd TLS client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
+
 // OpenNBD connects to an NBD export.
-func OpenNBD(u *url.URL) (*NBD, error) {
+func OpenNBD(u *url.URL) (*NBD, error) { return openNBD(u, nil) }
+
+func openNBD(u *url.URL, cfg *tls.Config) (*NBD, error) {
 	export := strings.TrimPrefix(u.Path, "/")
 	bitmap := u.Query().Get("bitmap")
 	contexts := []string{"base:allocation"}
 	if bitmap != "" {
 		contexts = append(contexts, "qemu:dirty-bitmap:"+bitmap)
 	}
-	c, err := nbd.Dial(u.Host, export, contexts...)
+	c, err := nbd.DialTLS(u.Host, export, cfg, contexts...)
 	if err != nil {
 		return nil, err
 	}

@@ -52,17 +52,19 @@ func Open(ctx context.Context, rawURL string) (Disk, error) {
 type Opener struct {
 	VSphere *vsphere.Sessions // nil: vsphere:// sources refused
 	Libvirt libvirt.Settings  // no scratch directory: libvirt sources refused
+	NBD     NBDTLS            // how nbds:// sources prove and check identities
 }
 
 // Config is the settings of the sources that need any (prefix STRATA_).
 type Config struct {
 	vsphere.Config
 	libvirt.Settings
+	NBDTLS
 }
 
 // NewOpener returns an opener for the configured sources.
 func NewOpener(cfg Config) *Opener {
-	return &Opener{VSphere: vsphere.NewSessions(cfg.Config), Libvirt: cfg.Settings}
+	return &Opener{VSphere: vsphere.NewSessions(cfg.Config), Libvirt: cfg.Settings, NBD: cfg.NBDTLS}
 }
 
 // drivers is the registry: the only place that knows which schemes exist.
@@ -70,6 +72,7 @@ func (o *Opener) drivers() map[string]Driver {
 	m := map[string]Driver{
 		"file":    fileDriver{},
 		"nbd":     nbdDriver{},
+		"nbds":    nbdDriver{tls: &o.NBD},
 		"vsphere": &vsphereDriver{sessions: o.VSphere},
 	}
 	for _, scheme := range libvirt.Schemes {
