@@ -7,7 +7,7 @@ MODULES := contracts internal pkg services/scheduler services/snapshotter servic
 SERVICES := scheduler snapshotter transfer dedup merge verifier
 PKGS := github.com/strata-backup/strata/...
 
-.PHONY: all build servers test unit e2e vet fuzz bench demo clean tidy images up down e2e-compose bench-scale bench-peers bench-bigdisk bench-index
+.PHONY: all build servers test unit e2e vet fuzz bench demo clean tidy images up down e2e-compose bench-scale bench-peers bench-bigdisk bench-index bench-fleet
 
 # docker compose v2 plugin where present, Debian's docker-compose otherwise.
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
@@ -127,6 +127,12 @@ bench-bigdisk: build
 # chunk under SCALE_DIR, default a temporary directory).
 bench-index:
 	STRATA_SCALE_CHUNKS=$${SCALE_CHUNKS:-100000000} STRATA_SCALE_DIR=$${SCALE_DIR:-} $(GO) test -count=1 -run '^$$' -bench 'IndexAtScale|MarkShardAtScale' -benchtime 1x -timeout 4h github.com/strata-backup/strata/pkg/repo/...
+
+# A backup window on the compose deployment: STRATA_FLEET_VMS (1000) VMs
+# from one template, one slot; backups/min, latency percentiles, messages,
+# S3 requests and CPU per backup (STRATA_FLEET_WORKERS, STRATA_FLEET_MIB).
+bench-fleet: servers images
+	STRATA_COMPOSE="$(COMPOSE)" STRATA_REQUIRE_SERVERS=1 $(GO) test -count=1 -run '^$$' -bench BenchmarkComposeFleet -benchtime 1x -timeout 3h -v ./e2e/
 
 # Throughput with 1, 2 and 4 rate-limited transfer workers.
 # Transfer workers sharing backups: in-process (rate-limited workers), then

@@ -166,15 +166,16 @@ func (b *Bus) WaitStreams(ctx context.Context) error {
 		names = append(names, "KV_"+bucket)
 	}
 	for _, name := range names {
-		for {
+		for try := 0; ; try++ {
 			_, err := b.JS.Stream(ctx, name)
 			if err == nil {
 				break
 			}
 			if !errors.Is(err, jetstream.ErrStreamNotFound) && ctx.Err() == nil {
 				b.Log.Warn("stream info", "stream", name, "err", err)
+			} else if try%10 == 0 {
+				b.Log.Info("waiting for a stream another service creates (STRATA_NATS_SETUP=false)", "stream", name)
 			}
-			b.Log.Info("waiting for a stream another service creates (STRATA_NATS_SETUP=false)", "stream", name)
 			select {
 			case <-ctx.Done():
 				return fmt.Errorf("stream %s does not exist and this service may not create it: %w", name, ctx.Err())
