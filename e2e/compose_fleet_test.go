@@ -121,7 +121,9 @@ func BenchmarkComposeFleet(b *testing.B) {
 			}
 		}
 		slices.Sort(lat)
-		q := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))].Round(10 * time.Millisecond) }
+		q := func(p float64) time.Duration {
+			return lat[min(len(lat)-1, int(p*float64(len(lat))))].Round(10 * time.Millisecond)
+		}
 		perMin := float64(vms) / last.Sub(slot).Minutes()
 		var msgs uint64
 		var streams []string

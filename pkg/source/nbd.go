@@ -6,8 +6,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
 	"net/url"
+	"os"
 	"strings"
 
 	"github.com/strata-backup/strata/pkg/nbd"
