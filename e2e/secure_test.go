@@ -61,7 +61,7 @@ func TestSecuredNATS(t *testing.T) {
 	ca := filepath.Join(st.authDir, natsauth.CAFile)
 	var mu sync.Mutex
 	var refused []string
-	nc, err := nats.Connect(st.nats, nats.RootCAs(ca), seed(t, st, "transfer"),
+	nc, err := nats.Connect(st.nats, nats.RootCAs(ca), seedOpt(t, st.authDir, "transfer"),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			mu.Lock()
 			refused = append(refused, err.Error())
@@ -131,21 +131,12 @@ func TestSecuredNATS(t *testing.T) {
 		t.Fatal("connected without a credential")
 	}
 	plain := "nats://" + strings.TrimPrefix(st.nats, "tls://")
-	if c, err := nats.Connect(plain, seed(t, st, "admin")); err == nil {
+	if c, err := nats.Connect(plain, seedOpt(t, st.authDir, "admin")); err == nil {
 		c.Close()
 		t.Fatal("connected without TLS")
 	} else if !errors.Is(err, nats.ErrSecureConnRequired) && !strings.Contains(err.Error(), "tls") {
 		t.Logf("without TLS: %v", err)
 	}
-}
-
-func seed(t *testing.T, st *stack, role string) nats.Option {
-	t.Helper()
-	opt, err := nats.NkeyOptionFromSeed(filepath.Join(st.authDir, natsauth.SeedFile(role)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return opt
 }
 
 // permissionViolations are the services' log lines about a refused
