@@ -56,10 +56,10 @@ func BenchmarkMarkShardAtScale(b *testing.B) {
 		return id
 	}
 	for b.Loop() {
-		s := &Sweep{stored: map[chunk.PackID]objstore.Info{}, moved: map[chunk.PackID][]objstore.Info{},
+		s := &Sweep{stored: map[chunk.PackID]storedPack{}, moved: map[chunk.PackID][]objstore.Info{},
 			moves: map[chunk.PackID]map[uint32]Move{}, named: map[chunk.PackID]bool{}, dangling: map[chunk.PackID]bool{}}
 		for p := range packs {
-			s.stored[pack(p)] = objstore.Info{Size: perPack * 100_000}
+			s.stored[pack(p)] = storedPack{size: perPack * 100_000}
 		}
 		runtime.GC()
 		var before runtime.MemStats
