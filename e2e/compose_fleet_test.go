@@ -139,6 +139,21 @@ func BenchmarkComposeFleet(b *testing.B) {
 			cpus = append(cpus, fmt.Sprintf("%s %.0f ms", svc, float64((t-cpu0[svc]).Milliseconds())/float64(vms)))
 		}
 		slices.Sort(cpus)
+		var peaks []string
+		for _, svc := range services {
+			var peak int64
+			for _, id := range c.containers(svc) {
+				if b, err := os.ReadFile("/sys/fs/cgroup/memory/docker/" + id + "/memory.max_usage_in_bytes"); err == nil {
+					v, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+					peak = max(peak, v)
+				} else if b, err := os.ReadFile("/sys/fs/cgroup/system.slice/docker-" + id + ".scope/memory.peak"); err == nil {
+					v, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+					peak = max(peak, v)
+				}
+			}
+			peaks = append(peaks, fmt.Sprintf("%s %d MiB", svc, peak>>20))
+		}
+		b.Logf("peak memory per container (cgroup, page cache included): %s", strings.Join(peaks, ", "))
 		b.Logf("%d VMs, %d workers, %d MiB disks from one template: all verified %v after the slot; %.0f backups/min; slot → verified p50 %v p95 %v p99 %v max %v",
 			vms, workers, size>>20, last.Sub(slot).Round(time.Second), perMin, q(0.50), q(0.95), q(0.99), lat[len(lat)-1].Round(10*time.Millisecond))
 		b.Logf("per backup: %.1f JetStream messages stored (%s); %.1f S3 requests; CPU %s", float64(msgs)/float64(vms), strings.Join(streams, ", "), float64(s3r)/float64(vms), strings.Join(cpus, ", "))
