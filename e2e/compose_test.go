@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -206,6 +207,22 @@ func TestCompose(t *testing.T) {
 			if !got["strata-"+s] {
 				t.Errorf("trace %s lacks spans from strata-%s (has %v)", rec.TraceID, s, got)
 			}
+		}
+	})
+
+	// NATS with TLS and an nkey per service: the transfer workers'
+	// credential reads the catalog, and is refused a backup request, a
+	// catalog write, the GC lock and a stream purge; the record stays.
+	t.Run("TransferCredentialRefused", func(t *testing.T) {
+		c.t = t
+		c.stack.t = t
+		var recs []contracts.BackupRecord
+		if err := json.Unmarshal([]byte(c.mustCLI("ls", "--vm", "base", "--json")), &recs); err != nil || len(recs) == 0 {
+			t.Fatalf("no backup of base to read: %v", err)
+		}
+		transferRefused(t, c.stack.nats, c.authDir, "base", recs[0].ID)
+		if rec := c.record("base", recs[0].ID); rec.State != recs[0].State {
+			t.Fatalf("the record changed: %s → %s", recs[0].State, rec.State)
 		}
 	})
 

@@ -56,68 +56,8 @@ func TestSecuredNATS(t *testing.T) {
 	}
 	t.Logf("full %s and incremental %s verified on per-service credentials over TLS", full.ID, inc.ID)
 
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	transferRefused(t, st.nats, st.authDir, "sec", inc.ID)
 	ca := filepath.Join(st.authDir, natsauth.CAFile)
-	var mu sync.Mutex
-	var refused []string
-	nc, err := nats.Connect(st.nats, nats.RootCAs(ca), seedOpt(t, st.authDir, "transfer"),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
-			mu.Lock()
-			refused = append(refused, err.Error())
-			mu.Unlock()
-		}))
-	if err != nil {
-		t.Fatalf("the transfer credential does not connect: %v", err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	// What a worker does is allowed: read the catalog.
-	cat, err := js.KeyValue(ctx, contracts.BucketCatalog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cat.Get(ctx, contracts.CatalogKey("sec", inc.ID)); err != nil {
-		t.Fatalf("the transfer credential cannot read a record: %v", err)
-	}
-	short := func() context.Context {
-		c, cancel := context.WithTimeout(ctx, 2*time.Second)
-		t.Cleanup(cancel)
-		return c
-	}
-	req := &contracts.BackupRequested{Schema: contracts.SchemaVersion, BackupID: "0190e1a0-0000-7000-8000-0000000000ee", VM: "sec", Source: "file:///etc/shadow", RequestedAt: time.Now().UTC()}
-	data, _ := contracts.Encode(req)
-	if _, err := js.Publish(short(), contracts.SubjectBackupRequested, data); err == nil {
-		t.Fatal("the transfer credential requested a backup")
-	}
-	if _, err := cat.Put(short(), contracts.CatalogKey("sec", inc.ID), []byte(`{"state":"failed"}`)); err == nil {
-		t.Fatal("the transfer credential wrote the catalog")
-	}
-	gc, err := js.KeyValue(ctx, contracts.BucketGC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := gc.Create(short(), contracts.GCLockKey, []byte(`{}`)); err == nil {
-		t.Fatal("the transfer credential took the GC lock")
-	}
-	if s, err := js.Stream(ctx, contracts.StreamBackups); err != nil {
-		t.Fatal(err)
-	} else if err := s.Purge(short()); err == nil {
-		t.Fatal("the transfer credential purged a stream")
-	}
-	nc.Flush()
-	time.Sleep(200 * time.Millisecond)
-	mu.Lock()
-	for _, want := range []string{contracts.SubjectBackupRequested, "$KV." + contracts.BucketCatalog, "$KV." + contracts.BucketGC, "$JS.API.STREAM.PURGE"} {
-		found := false
-		for _, r := range refused {
-			found = found || strings.Contains(r, "Permissions Violation") && strings.Contains(r, want)
-		}
-		if !found {
-			t.Errorf("no permissions violation for %s among %q", want, refused)
-		}
-	}
-	mu.Unlock()
 	if rec := st.record("sec", inc.ID); rec.State != contracts.StateVerified {
 		t.Fatalf("the record changed: %s", rec.State)
 	}
@@ -153,4 +93,74 @@ func permissionViolations(st *stack) []string {
 		}
 	}
 	return out
+}
+
+// transferRefused connects with the transfer role's credential: it reads
+// the record of vm's backup id, and is refused (a permissions violation
+// from the server, nothing written) when it requests a backup, writes that
+// record, creates the GC lock or purges a stream.
+func transferRefused(t testing.TB, natsURL, authDir, vm, id string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ca := filepath.Join(authDir, natsauth.CAFile)
+	var mu sync.Mutex
+	var refused []string
+	nc, err := nats.Connect(natsURL, nats.RootCAs(ca), seedOpt(t, authDir, "transfer"),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			mu.Lock()
+			refused = append(refused, err.Error())
+			mu.Unlock()
+		}))
+	if err != nil {
+		t.Fatalf("the transfer credential does not connect: %v", err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	// What a worker does is allowed: read the catalog.
+	cat, err := js.KeyValue(ctx, contracts.BucketCatalog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cat.Get(ctx, contracts.CatalogKey(vm, id)); err != nil {
+		t.Fatalf("the transfer credential cannot read a record: %v", err)
+	}
+	short := func() context.Context {
+		c, cancel := context.WithTimeout(ctx, 2*time.Second)
+		t.Cleanup(cancel)
+		return c
+	}
+	req := &contracts.BackupRequested{Schema: contracts.SchemaVersion, BackupID: "0190e1a0-0000-7000-8000-0000000000ee", VM: vm, Source: "file:///etc/shadow", RequestedAt: time.Now().UTC()}
+	data, _ := contracts.Encode(req)
+	if _, err := js.Publish(short(), contracts.SubjectBackupRequested, data); err == nil {
+		t.Fatal("the transfer credential requested a backup")
+	}
+	if _, err := cat.Put(short(), contracts.CatalogKey(vm, id), []byte(`{"state":"failed"}`)); err == nil {
+		t.Fatal("the transfer credential wrote the catalog")
+	}
+	gc, err := js.KeyValue(ctx, contracts.BucketGC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gc.Create(short(), contracts.GCLockKey, []byte(`{}`)); err == nil {
+		t.Fatal("the transfer credential took the GC lock")
+	}
+	if s, err := js.Stream(ctx, contracts.StreamBackups); err != nil {
+		t.Fatal(err)
+	} else if err := s.Purge(short()); err == nil {
+		t.Fatal("the transfer credential purged a stream")
+	}
+	nc.Flush()
+	time.Sleep(200 * time.Millisecond)
+	mu.Lock()
+	for _, want := range []string{contracts.SubjectBackupRequested, "$KV." + contracts.BucketCatalog, "$KV." + contracts.BucketGC, "$JS.API.STREAM.PURGE"} {
+		found := false
+		for _, r := range refused {
+			found = found || strings.Contains(r, "Permissions Violation") && strings.Contains(r, want)
+		}
+		if !found {
+			t.Errorf("no permissions violation for %s among %q", want, refused)
+		}
+	}
+	mu.Unlock()
 }
