@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -30,7 +31,9 @@ type composeStack struct {
 	vcsimDemo string
 }
 
-const composeProject = "strata-e2e"
+// composeProject names the deployment's containers, networks and volumes
+// (STRATA_COMPOSE_PROJECT: a second checkout's suite beside a running one).
+var composeProject = cmp.Or(os.Getenv("STRATA_COMPOSE_PROJECT"), "strata-e2e")
 
 // composeFiles: the deployment plus the vSphere demo (a CBT-capable
 // vCenter simulator), so the fault tests and the vSphere backup share one
