@@ -133,6 +133,9 @@ const (
 	GCDeleted  = "deleted"
 )
 
+// Buckets are every KV bucket Strata keeps.
+var Buckets = []string{BucketCatalog, BucketPolicies, BucketMirrors, BucketFreezes, BucketGCHolds, BucketBadChunks, BucketGC}
+
 // MaxSegmentBytes bounds one transfer work item.
 const MaxSegmentBytes = 64 << 20
 

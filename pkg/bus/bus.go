@@ -161,8 +161,7 @@ func (b *Bus) WaitStreams(ctx context.Context) error {
 	for _, cfg := range StreamConfigs(1) {
 		names = append(names, cfg.Name)
 	}
-	for _, bucket := range []string{contracts.BucketCatalog, contracts.BucketPolicies, contracts.BucketMirrors, contracts.BucketFreezes,
-		contracts.BucketGCHolds, contracts.BucketBadChunks, contracts.BucketGC} {
+	for _, bucket := range contracts.Buckets {
 		names = append(names, "KV_"+bucket)
 	}
 	for _, name := range names {

@@ -30,7 +30,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -56,10 +55,6 @@ type Role struct {
 	// All: no restriction (the operator's CLI).
 	All bool
 }
-
-// buckets are every KV bucket, readable by every role.
-var buckets = []string{contracts.BucketCatalog, contracts.BucketPolicies, contracts.BucketMirrors, contracts.BucketFreezes,
-	contracts.BucketGCHolds, contracts.BucketBadChunks, contracts.BucketGC}
 
 // Roles are the services' credentials and the operator's.
 func Roles() []Role {
@@ -104,7 +99,7 @@ func (r Role) Permissions() (pub, sub []string) {
 		"$JS.API.CONSUMER.CREATE.>", "$JS.API.CONSUMER.DURABLE.CREATE.>", "$JS.API.CONSUMER.INFO.>", "$JS.API.CONSUMER.DELETE.>",
 		"$JS.API.DIRECT.GET.>", "$JS.API.STREAM.MSG.GET.*", "$JS.FC.>",
 		"$SRV.>", contracts.SubjectDLQPrefix + ">"}
-	for _, b := range buckets {
+	for _, b := range contracts.Buckets { // every bucket is readable
 		pub = append(pub, "$JS.API.CONSUMER.MSG.NEXT.KV_"+b+".>")
 	}
 	for _, s := range r.Consumes {
@@ -252,7 +247,7 @@ cluster {
 
 func list(subjects []string) string {
 	q := make([]string, len(subjects))
-	for i, s := range slices.Clone(subjects) {
+	for i, s := range subjects {
 		q[i] = fmt.Sprintf("%q", s)
 	}
 	return "[" + strings.Join(q, ", ") + "]"
