@@ -323,15 +323,7 @@ func decodeDense(m *Manifest, h *Header, b []byte) error {
 		return fmt.Errorf("%w: %d entries announced, %d bytes of entries", ErrCorrupt, h.Count, len(b))
 	}
 	for i := int64(0); i < h.Count; i++ {
-		ids, locs, err := h.DecodeEntries(b[int64(el)*i:int64(el)*(i+1)], 1)
-		if err != nil {
-			return err
-		}
-		r := chunk.Ref{ID: ids[0]}
-		if locs != nil {
-			r.Loc = locs[0]
-		}
-		if err := m.Append(i, r); err != nil {
+		if err := m.Append(i, entryAt(b[int64(el)*i:], el)); err != nil {
 			return fmt.Errorf("%w: %v", ErrCorrupt, err)
 		}
 	}
@@ -349,15 +341,25 @@ func (h *Header) DecodeEntries(b []byte, n int) (ids []chunk.ID, locs []chunk.Lo
 		locs = make([]chunk.Loc, n)
 	}
 	for i := range ids {
-		e := b[h.EntryLen*i:]
-		copy(ids[i][:], e)
+		r := entryAt(b[h.EntryLen*i:], h.EntryLen)
+		ids[i] = r.ID
 		if locs != nil {
-			copy(locs[i].Pack[:], e[32:])
-			locs[i].Off = binary.BigEndian.Uint32(e[48:])
-			locs[i].Len = binary.BigEndian.Uint32(e[52:])
+			locs[i] = r.Loc
 		}
 	}
 	return ids, locs, nil
+}
+
+// entryAt parses the version 1 or 2 entry (of el bytes) at the start of e.
+func entryAt(e []byte, el int) chunk.Ref {
+	var r chunk.Ref
+	copy(r.ID[:], e)
+	if el > 32 {
+		copy(r.Loc.Pack[:], e[32:])
+		r.Loc.Off = binary.BigEndian.Uint32(e[48:])
+		r.Loc.Len = binary.BigEndian.Uint32(e[52:])
+	}
+	return r
 }
 
 // decodeIndex parses the block index of a version 3 encoding (b starts at

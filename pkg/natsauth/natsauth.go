@@ -116,16 +116,6 @@ func (r Role) Permissions() (pub, sub []string) {
 	return pub, sub
 }
 
-// RoleNamed returns the role named name.
-func RoleNamed(name string) (Role, bool) {
-	for _, r := range Roles() {
-		if r.Name == name {
-			return r, true
-		}
-	}
-	return Role{}, false
-}
-
 // SeedFile is the name of role's seed file in a Generate directory.
 func SeedFile(role string) string { return role + ".nk" }
 
