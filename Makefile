@@ -101,7 +101,13 @@ deploy/secrets/nats/auth.conf: | build
 	@mkdir -p -m 700 deploy/secrets
 	$(BIN)/strata nats-auth --dir deploy/secrets/nats
 
-up: images deploy/secrets/api-token deploy/secrets/nats/auth.conf
+# One S3 account per service (compose's s3-setup creates them in
+# versitygw and sets the bucket policy): made once by strata s3-roles.
+deploy/secrets/s3/transfer.env: | build
+	@mkdir -p -m 700 deploy/secrets
+	$(BIN)/strata s3-roles --dir deploy/secrets/s3
+
+up: images deploy/secrets/api-token deploy/secrets/nats/auth.conf deploy/secrets/s3/transfer.env
 	$(COMPOSE) up -d --scale transfer=$${TRANSFERS:-3}
 	deploy/docker/wait-healthy.sh $(COMPOSE)
 

@@ -16,6 +16,7 @@ import (
 	"github.com/strata-backup/strata/internal/testserver"
 	"github.com/strata-backup/strata/pkg/demodisk"
 	"github.com/strata-backup/strata/pkg/natsauth"
+	"github.com/strata-backup/strata/pkg/s3roles"
 )
 
 // composeStack drives the docker-compose.yml deployment from the repository
@@ -115,7 +116,13 @@ func startCompose(t testing.TB, extra ...string) *composeStack {
 	if err := natsauth.Generate(auth, []string{"nats1", "nats2", "nats3", "localhost", "127.0.0.1"}, "/etc/nats/auth"); err != nil {
 		t.Fatal(err)
 	}
-	env := append(os.Environ(), "STRATA_SOURCES="+sources, "STRATA_API_TOKEN_PATH="+token, "STRATA_NATS_AUTH="+auth,
+	// An S3 account per service, as `make up` makes them (s3-setup
+	// creates them in versitygw with the bucket policy).
+	s3Auth := filepath.Join(auth, "s3")
+	if _, err := s3roles.Generate(s3Auth); err != nil {
+		t.Fatal(err)
+	}
+	env := append(os.Environ(), "STRATA_SOURCES="+sources, "STRATA_API_TOKEN_PATH="+token, "STRATA_NATS_AUTH="+auth, "STRATA_S3_AUTH="+s3Auth,
 		"STRATA_TRANSFER_RATE_LIMIT=20000000", "STRATA_TRANSFER_CONCURRENCY=1", "STRATA_TRANSFER_ACK_WAIT=10s")
 	env = append(env, extra...)
 	for k, v := range ports {
@@ -147,7 +154,8 @@ func startCompose(t testing.TB, extra ...string) *composeStack {
 	}
 	natsURL := fmt.Sprintf("tls://127.0.0.1:%d,tls://127.0.0.1:%d,tls://127.0.0.1:%d", ports["STRATA_NATS1_PORT"], ports["STRATA_NATS2_PORT"], ports["STRATA_NATS3_PORT"])
 	c.stack = &stack{t: t, nats: natsURL, http: fmt.Sprintf("http://127.0.0.1:%d", ports["STRATA_HTTP_PORT"]),
-		authDir: auth,
+		authDir: auth, bucket: "strata",
+		s3: testserver.S3{Endpoint: fmt.Sprintf("http://127.0.0.1:%d", ports["STRATA_S3_PORT"])},
 		env: append(os.Environ(), "STRATA_NATS_URL="+natsURL, "STRATA_STORE_DIR=",
 			"STRATA_NATS_CA_FILE="+filepath.Join(auth, natsauth.CAFile), "STRATA_NATS_NKEY_FILE="+filepath.Join(auth, natsauth.SeedFile("admin")),
 			fmt.Sprintf("STRATA_S3_ENDPOINT=http://127.0.0.1:%d", ports["STRATA_S3_PORT"]),
@@ -224,6 +232,7 @@ func TestCompose(t *testing.T) {
 			t.Fatalf("no backup of base to read: %v", err)
 		}
 		transferRefused(t, c.stack.nats, c.authDir, "base", recs[0].ID)
+		s3TransferCannotDelete(t, c.stack)
 		if rec := c.record("base", recs[0].ID); rec.State != recs[0].State {
 			t.Fatalf("the record changed: %s → %s", recs[0].State, rec.State)
 		}

@@ -23,6 +23,7 @@ import (
 	"github.com/strata-backup/strata/internal/testserver"
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/natsauth"
+	"github.com/strata-backup/strata/pkg/s3roles"
 )
 
 var binDir string
@@ -104,6 +105,8 @@ func startStack(t testing.TB, o stackOptions) *stack {
 	var s3 testserver.S3
 	if o.s3 != nil {
 		s3 = *o.s3
+	} else if o.secured && !o.versioned {
+		s3 = testserver.VersityAccounts(t)
 	} else {
 		s3 = start(t)
 	}
@@ -135,6 +138,14 @@ func startStack(t testing.TB, o stackOptions) *stack {
 	if o.transfers == 0 {
 		o.transfers = 1
 	}
+	var s3Roles string
+	if o.secured && o.s3 == nil && !o.versioned {
+		// One S3 account per service under a bucket policy (the CLI keeps
+		// the root credential); the services get a wrong root key so that
+		// only their own file can work.
+		s3Roles = filepath.Join(authDir, "s3")
+		st.mustCLI("s3-roles", "--dir", s3Roles, "--apply", "--json")
+	}
 	for _, s := range services {
 		n := 1
 		if s == "transfer" {
@@ -147,6 +158,9 @@ func startStack(t testing.TB, o stackOptions) *stack {
 			env := o.extraEnv[s]
 			if o.secured {
 				env = append(env, "STRATA_NATS_NKEY_FILE="+filepath.Join(authDir, natsauth.SeedFile(s)), fmt.Sprintf("STRATA_NATS_SETUP=%v", s == "scheduler"))
+			}
+			if s3Roles != "" {
+				env = append(env, "STRATA_S3_ACCESS_KEY=not-root", "STRATA_S3_SECRET_KEY=not-root", "STRATA_S3_CREDENTIALS_FILE="+filepath.Join(s3Roles, s3roles.File(s)))
 			}
 			if s == "scheduler" && i > 0 {
 				env = append(env, "STRATA_SCHEDULER_HTTP_ADDR=") // one HTTP port: the first replica's

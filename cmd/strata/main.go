@@ -52,7 +52,7 @@ STRATA_NATS_URL, STRATA_S3_*, STRATA_STORE_DIR, STRATA_ENCRYPTION_KEY_FILE, …`
 		}}
 	policy.AddCommand(newPolicySetCmd(), newPolicyLsCmd(), newPolicyRmCmd())
 	root.AddCommand(newBackupCmd(), newCancelCmd(), newLsCmd(), newRestoreCmd(), newServeCmd(), newFilesCmd(), newRmCmd(), newVerifyCmd(), newCheckCmd(), newGCCmd(), newRepoCmd(), newPruneCmd(), newCopyCmd(), newMirrorCmd(),
-		policy, newCatalogCmd(), newDevCmd(), newMkdiskCmd(), newNATSAuthCmd(),
+		policy, newCatalogCmd(), newDevCmd(), newMkdiskCmd(), newNATSAuthCmd(), newS3RolesCmd(),
 		&cobra.Command{Use: "version", Short: "print the version", Args: usage(cobra.NoArgs), Run: func(cmd *cobra.Command, args []string) {
 			fmt.Println("strata", version)
 		}})

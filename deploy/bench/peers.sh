@@ -326,7 +326,7 @@ compose_cmd=$(docker compose version >/dev/null 2>&1 && echo "docker compose" ||
 # the local images deploy/docker/images.sh builds (as the Makefile names them)
 export NATS_IMAGE=${NATS_IMAGE:-strata/nats-server:v2.15.2} VERSITYGW_IMAGE=${VERSITYGW_IMAGE:-strata/versitygw:v1.8.0} JAEGER_IMAGE=${JAEGER_IMAGE:-strata/jaeger:v1.76.0}
 compose() {
-  (cd "$root" && COMPOSE_PROJECT_NAME=stratabench STRATA_SOURCES=$work/vm STRATA_API_TOKEN_PATH=$work/api-token STRATA_NATS_AUTH=$work/nats \
+  (cd "$root" && COMPOSE_PROJECT_NAME=stratabench STRATA_SOURCES=$work/vm STRATA_API_TOKEN_PATH=$work/api-token STRATA_NATS_AUTH=$work/nats STRATA_S3_AUTH=$work/s3 \
     STRATA_NATS1_PORT=$DEP_NATS STRATA_NATS2_PORT=$((DEP_NATS + 1)) STRATA_NATS3_PORT=$((DEP_NATS + 2)) \
     STRATA_S3_PORT=$DEP_S3 STRATA_HTTP_PORT=$((DEP_S3 + 1)) JAEGER_UI_PORT=$((DEP_S3 + 2)) $compose_cmd "$@")
 }
@@ -335,6 +335,7 @@ deployed_images() {
   "$root/deploy/docker/images.sh" >/dev/null
   head -c 24 /dev/urandom | base64 >"$work/api-token"; chmod 644 "$work/api-token"
   "$bin/strata" nats-auth --dir "$work/nats" >/dev/null
+  "$bin/strata" s3-roles --dir "$work/s3" >/dev/null
 }
 deployed_up() {
   compose up -d --scale transfer="${TRANSFERS:-3}" >"$work/compose.log" 2>&1 || { cat "$work/compose.log" >&2; exit 1; }
@@ -342,7 +343,10 @@ deployed_up() {
   for _ in $(seq 120); do # as deploy/docker/wait-healthy.sh
     st=running
     for id in $(compose ps -q); do
-      [ "$(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}healthy{{end}}' "$id")" = "running healthy" ] || st=starting
+      case "$(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}healthy{{end}} {{.State.ExitCode}}' "$id")" in
+        "running healthy "* | "exited healthy 0") ;; # s3-setup runs once
+        *) st=starting ;;
+      esac
     done
     [ $st = running ] && return
     sleep 1

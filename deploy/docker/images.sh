@@ -21,7 +21,9 @@ image() {
   local d=$ctx/$(echo "$name" | tr / _)
   mkdir -p "$d/empty"
   cp "$certs" "$d/ca-certificates.crt"
-  local copies=""
+  local copies="" dd
+  # DATADIR may name several directories (space-separated).
+  for dd in $data; do copies+="COPY --chown=65534:65534 empty $dd"$'\n'; done
   for f in "$@"; do
     cp "$f" "$d/"
     local base; base=$(basename "$f")
@@ -34,7 +36,6 @@ image() {
 FROM scratch
 COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --chown=65534:65534 empty /tmp
-${data:+COPY --chown=65534:65534 empty $data}
 $copies
 USER 65534:65534
 ENTRYPOINT ["/$entry"]
@@ -59,5 +60,6 @@ cp "$servers/nats-server-${NATS_VERSION:-v2.15.2}" "$ctx/nats-server"
 cp "$servers/versitygw-${VERSITYGW_VERSION:-v1.8.0}" "$ctx/versitygw"
 cp "$servers/jaeger-${JAEGER_VERSION:-v1.76.0}" "$ctx/jaeger"
 image strata/nats-server "${NATS_VERSION:-v2.15.2}" nats-server /data "$ctx/nats-server" "$bin/probe"
-image strata/versitygw "${VERSITYGW_VERSION:-v1.8.0}" versitygw /data "$ctx/versitygw" "$bin/probe"
+# /iam: its internal accounts (the services' own credentials, strata s3-roles).
+image strata/versitygw "${VERSITYGW_VERSION:-v1.8.0}" versitygw "/data /iam" "$ctx/versitygw" "$bin/probe"
 image strata/jaeger "${JAEGER_VERSION:-v1.76.0}" jaeger "" "$ctx/jaeger" "$bin/probe" "$root/deploy/docker/jaeger.yaml"

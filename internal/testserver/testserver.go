@@ -208,14 +208,19 @@ type S3 struct {
 }
 
 // Versity starts versitygw with the posix backend.
-func Versity(t testing.TB) S3 { return versity(t, false) }
+func Versity(t testing.TB) S3 { return versity(t, false, false) }
+
+// VersityAccounts starts versitygw with its internal IAM (--iam-dir):
+// accounts besides root can be created through its admin API, and bucket
+// policies name them.
+func VersityAccounts(t testing.TB) S3 { return versity(t, false, true) }
 
 // VersityVersioned starts versitygw with bucket versioning available
 // (--versioning-dir), which S3 Object Lock needs: a bucket created with
 // Object Lock enabled keeps every version, as on AWS.
-func VersityVersioned(t testing.TB) S3 { return versity(t, true) }
+func VersityVersioned(t testing.TB) S3 { return versity(t, true, false) }
 
-func versity(t testing.TB, versioned bool) S3 {
+func versity(t testing.TB, versioned, accounts bool) S3 {
 	bin := Binary(t, "versitygw", VersityVersion)
 	port := FreePort(t)
 	dir := t.TempDir()
@@ -224,7 +229,11 @@ func versity(t testing.TB, versioned bool) S3 {
 	if versioned {
 		posix = append(posix, "--versioning-dir", t.TempDir())
 	}
-	args := append([]string{"--access", s.AccessKey, "--secret", s.SecretKey, "--keep-alive", "--port", fmt.Sprintf("127.0.0.1:%d", port)}, posix...)
+	args := []string{"--access", s.AccessKey, "--secret", s.SecretKey, "--keep-alive", "--port", fmt.Sprintf("127.0.0.1:%d", port)}
+	if accounts {
+		args = append(args, "--iam-dir", t.TempDir())
+	}
+	args = append(args, posix...)
 	cmd := exec.Command(bin, append(args, dir)...)
 	s.Proc = Start(t, "versitygw", cmd)
 	WaitTCP(t, fmt.Sprintf("127.0.0.1:%d", port), 30*time.Second)

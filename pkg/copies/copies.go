@@ -36,7 +36,9 @@ type Target struct {
 // base's other settings and t's credentials and lock.
 func Open(ctx context.Context, from *repo.Repository, base runtime.Common, t Target, spec string) (*repo.Repository, error) {
 	dst := base
-	dst.S3AccessKey, dst.S3SecretKey = t.AccessKey, t.SecretKey
+	// The copy's own credential, never the service's file for this
+	// repository.
+	dst.S3AccessKey, dst.S3SecretKey, dst.S3CredentialsFile = t.AccessKey, t.SecretKey, ""
 	dst.S3ObjectLock, dst.LockDays, dst.LockStep = t.ObjectLock, t.LockDays, t.LockStep
 	dst.S3Prefix, dst.S3Endpoint = "", ""
 	if err := dst.UseRepo(spec); err != nil {

@@ -332,3 +332,14 @@ func (s *S3) List(ctx context.Context, prefix string, fn func(Info) error) error
 	}
 	return nil
 }
+
+// SetBucketPolicy replaces the bucket's policy (standard S3 policy JSON).
+// Only the store's owner (root) may; the services' own credentials never
+// call it.
+func (s *S3) SetBucketPolicy(ctx context.Context, policy []byte) error {
+	_, err := s.client.PutBucketPolicy(ctx, &s3.PutBucketPolicyInput{Bucket: &s.cfg.Bucket, Policy: aws.String(string(policy))})
+	if err != nil {
+		return fmt.Errorf("set the policy of bucket %s: %w", s.cfg.Bucket, err)
+	}
+	return nil
+}

@@ -29,6 +29,7 @@ import (
 	"github.com/strata-backup/strata/pkg/gclock"
 	"github.com/strata-backup/strata/pkg/objstore"
 	"github.com/strata-backup/strata/pkg/repo"
+	"github.com/strata-backup/strata/pkg/s3roles"
 	"github.com/strata-backup/strata/pkg/telemetry"
 )
 
@@ -50,7 +51,11 @@ type Common struct {
 	S3Prefix    string `envconfig:"S3_PREFIX"`
 	S3AccessKey string `envconfig:"S3_ACCESS_KEY"`
 	S3SecretKey string `envconfig:"S3_SECRET_KEY"`
-	S3PathStyle bool   `envconfig:"S3_PATH_STYLE" default:"true"`
+	// S3CredentialsFile: this service's own credential (a file of
+	// STRATA_S3_ACCESS_KEY=… and STRATA_S3_SECRET_KEY=… lines, as
+	// `strata s3-roles` writes), instead of the two variables.
+	S3CredentialsFile string `envconfig:"S3_CREDENTIALS_FILE"`
+	S3PathStyle       bool   `envconfig:"S3_PATH_STYLE" default:"true"`
 	// S3SignPayload: see objstore.S3Config.SignPayload.
 	S3SignPayload bool   `envconfig:"S3_SIGN_PAYLOAD" default:"false"`
 	StoreDir      string `envconfig:"STORE_DIR"` // local directory instead of S3
@@ -183,9 +188,31 @@ func (c Common) openStore(ctx context.Context, existing bool) (objstore.Store, e
 		}
 		return objstore.NewDir(c.StoreDir)
 	}
+	s3, err := c.OpenS3(ctx, existing)
+	if err != nil {
+		return nil, err
+	}
+	// Retries outside, the throttle inside: every attempt is admitted by
+	// the adaptive limit a throttled attempt just cut.
+	return objstore.WithRetry(objstore.NewThrottle(s3, objstore.ThrottleConfig{MaxConcurrency: c.S3MaxConcurrency,
+		MaxRPS: c.S3MaxRPS, MaxBytesPerSec: c.S3MaxBytesPerSec, Log: c.Log})), nil
+}
+
+// OpenS3 opens the configured S3 bucket itself, without retries or
+// throttling (creating it unless existing, with Object Lock when
+// configured).
+func (c Common) OpenS3(ctx context.Context, existing bool) (*objstore.S3, error) {
+	access, secret := c.S3AccessKey, c.S3SecretKey
+	if c.S3CredentialsFile != "" {
+		k, err := s3roles.ReadFile(c.S3CredentialsFile)
+		if err != nil {
+			return nil, fmt.Errorf("STRATA_S3_CREDENTIALS_FILE: %w", err)
+		}
+		access, secret = k.Access, k.Secret
+	}
 	cfg := objstore.S3Config{
 		Endpoint: c.S3Endpoint, Region: c.S3Region, Bucket: c.S3Bucket, Prefix: c.S3Prefix,
-		AccessKey: c.S3AccessKey, SecretKey: c.S3SecretKey, PathStyle: c.S3PathStyle,
+		AccessKey: access, SecretKey: secret, PathStyle: c.S3PathStyle,
 		SignPayload: c.S3SignPayload, NoCreate: existing,
 	}
 	lock, err := c.lockPolicy()
@@ -195,14 +222,7 @@ func (c Common) openStore(ctx context.Context, existing bool) (objstore.Store, e
 	if lock != nil && !existing {
 		cfg.Lock = lock.StoreLock()
 	}
-	s3, err := objstore.NewS3(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
-	// Retries outside, the throttle inside: every attempt is admitted by
-	// the adaptive limit a throttled attempt just cut.
-	return objstore.WithRetry(objstore.NewThrottle(s3, objstore.ThrottleConfig{MaxConcurrency: c.S3MaxConcurrency,
-		MaxRPS: c.S3MaxRPS, MaxBytesPerSec: c.S3MaxBytesPerSec, Log: c.Log})), nil
+	return objstore.NewS3(ctx, cfg)
 }
 
 // Runtime is one started service's shared machinery.
