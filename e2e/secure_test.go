@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -16,6 +17,8 @@ import (
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/demodisk"
 	"github.com/strata-backup/strata/pkg/natsauth"
+	"github.com/strata-backup/strata/pkg/objstore"
+	"github.com/strata-backup/strata/pkg/s3roles"
 )
 
 // NATS with TLS and one nkey per service: every service does its work on
@@ -23,7 +26,8 @@ import (
 // bit-exact), no permission is refused on the way, and the transfer
 // worker's credential is refused when it requests a backup, writes the
 // catalog or takes the GC lock. Without a credential, or without TLS,
-// nothing connects.
+// nothing connects. S3 the same way: each service on its own account
+// (strata s3-roles), the transfer worker's refused when it deletes.
 func TestSecuredNATS(t *testing.T) {
 	st := startStack(t, stackOptions{secured: true})
 	img := filepath.Join(t.TempDir(), "disk.img")
@@ -57,6 +61,7 @@ func TestSecuredNATS(t *testing.T) {
 	t.Logf("full %s and incremental %s verified on per-service credentials over TLS", full.ID, inc.ID)
 
 	transferRefused(t, st.nats, st.authDir, "sec", inc.ID)
+	s3TransferCannotDelete(t, st)
 	ca := filepath.Join(st.authDir, natsauth.CAFile)
 	if rec := st.record("sec", inc.ID); rec.State != contracts.StateVerified {
 		t.Fatalf("the record changed: %s", rec.State)
@@ -150,10 +155,29 @@ func transferRefused(t testing.TB, natsURL, authDir, vm, id string) {
 	} else if err := s.Purge(short()); err == nil {
 		t.Fatal("the transfer credential purged a stream")
 	}
+	// Consumers only on its own streams: none of its own on the backups
+	// stream (reading requests through it), and another service's durable
+	// consumer stays.
+	if _, err := js.CreateConsumer(short(), contracts.StreamBackups, jetstream.ConsumerConfig{}); err == nil {
+		t.Fatal("the transfer credential created a consumer on the backups stream")
+	}
+	if err := js.DeleteConsumer(short(), contracts.StreamBackups, contracts.ConsumerMergeRetention); err == nil {
+		t.Fatal("the transfer credential deleted merge's consumer")
+	}
+	admin, err := nats.Connect(natsURL, nats.RootCAs(ca), seedOpt(t, authDir, "admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	ajs, _ := jetstream.New(admin)
+	if _, err := ajs.Consumer(ctx, contracts.StreamBackups, contracts.ConsumerMergeRetention); err != nil {
+		t.Fatalf("merge's consumer after the transfer credential's delete: %v", err)
+	}
 	nc.Flush()
 	time.Sleep(200 * time.Millisecond)
 	mu.Lock()
-	for _, want := range []string{contracts.SubjectBackupRequested, "$KV." + contracts.BucketCatalog, "$KV." + contracts.BucketGC, "$JS.API.STREAM.PURGE"} {
+	for _, want := range []string{contracts.SubjectBackupRequested, "$KV." + contracts.BucketCatalog, "$KV." + contracts.BucketGC, "$JS.API.STREAM.PURGE",
+		"$JS.API.CONSUMER.CREATE." + contracts.StreamBackups, "$JS.API.CONSUMER.DELETE." + contracts.StreamBackups} {
 		found := false
 		for _, r := range refused {
 			found = found || strings.Contains(r, "Permissions Violation") && strings.Contains(r, want)
@@ -163,4 +187,60 @@ func transferRefused(t testing.TB, natsURL, authDir, vm, id string) {
 		}
 	}
 	mu.Unlock()
+}
+
+// s3TransferCannotDelete: the transfer worker's S3 credential writes a new
+// object and reads one, but deleting a pack or even its own object is
+// refused (403), and the pack is still there; the merge credential (a
+// collector) may delete.
+func s3TransferCannotDelete(t *testing.T, st *stack) {
+	t.Helper()
+	ctx := context.Background()
+	open := func(role string) *objstore.S3 {
+		k, err := s3roles.ReadFile(filepath.Join(st.authDir, "s3", s3roles.File(role)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := objstore.NewS3(ctx, objstore.S3Config{Endpoint: st.s3.Endpoint, Bucket: st.bucket, AccessKey: k.Access, SecretKey: k.Secret, PathStyle: true, NoCreate: true})
+		if err != nil {
+			t.Fatalf("open the bucket as %s: %v", role, err)
+		}
+		return s
+	}
+	transfer := open("transfer")
+	var pack string
+	if err := transfer.List(ctx, "packs/", func(i objstore.Info) error {
+		if pack == "" {
+			pack = i.Key
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("transfer lists packs: %v", err)
+	}
+	if pack == "" {
+		t.Fatal("no pack in the bucket")
+	}
+	before, err := transfer.Get(ctx, pack)
+	if err != nil {
+		t.Fatalf("transfer reads a pack: %v", err)
+	}
+	if err := transfer.Put(ctx, "e2e/transfer-probe", []byte("probe")); err != nil {
+		t.Fatalf("transfer writes an object: %v", err)
+	}
+	for _, key := range []string{pack, "e2e/transfer-probe"} {
+		err := transfer.Delete(ctx, key)
+		if err == nil || !strings.Contains(err.Error(), "AccessDenied") {
+			t.Fatalf("transfer's credential deleted %s (err %v)", key, err)
+		}
+	}
+	after, err := transfer.Get(ctx, pack)
+	if err != nil || !bytes.Equal(after, before) {
+		t.Fatalf("the pack changed after a refused delete: %v", err)
+	}
+	if err := open("merge").Delete(ctx, "e2e/transfer-probe"); err != nil {
+		t.Fatalf("merge (a collector) may delete: %v", err)
+	}
+	if _, err := transfer.Stat(ctx, "e2e/transfer-probe"); !errors.Is(err, objstore.ErrNotFound) {
+		t.Fatalf("merge's delete left the object: %v", err)
+	}
 }

@@ -4,12 +4,14 @@
 // the wire) whose subject permissions allow what that service does and
 // nothing else.
 //
-// The rule the roles follow: every service may read every stream and
-// bucket (JetStream's read API); it writes only the subjects it owns —
-// its events, the KV buckets whose state it owns, acknowledgements on the
-// streams it consumes, requests to the endpoints it calls. A transfer
-// worker consumes segments and publishes results and packs; it cannot
-// request a backup, write the catalog or touch the GC lock. Only the
+// The rule the roles follow: every service may read every stream's
+// messages and every bucket (JetStream's get API; consumers only on the
+// buckets and the streams it consumes or reads); it writes only the
+// subjects it owns — its events, the KV buckets whose state it owns,
+// acknowledgements on the streams it consumes, requests to the endpoints
+// it calls. A transfer worker consumes segments and publishes results and
+// packs; it cannot request a backup, write the catalog, touch the GC lock,
+// or create or delete a consumer on the backups stream. Only the
 // setup role (the scheduler in compose) creates and updates streams.
 //
 // Generate writes everything a deployment needs into one directory: a CA,
@@ -43,6 +45,9 @@ type Role struct {
 	Name string
 	// Consumes: streams this role takes messages from (pull and ack).
 	Consumes []string
+	// Reads: other streams it reads through a consumer of its own
+	// (ordered, no acks).
+	Reads []string
 	// Publishes: subjects (wildcards allowed) it publishes events or
 	// requests to.
 	Publishes []string
@@ -75,7 +80,7 @@ func Roles() []Role {
 			Publishes: append([]string{contracts.SubjectBackupCommitted, contracts.SubjectPackRetained, "$JS.API.STREAM.PURGE." + contracts.StreamResults}, outcome...),
 			Writes:    []string{contracts.BucketCatalog, contracts.BucketMirrors},
 			Serves:    []string{contracts.SubjectMergePrune, contracts.SubjectMergeRemove}},
-		{Name: "dedup", Consumes: []string{contracts.StreamPacks},
+		{Name: "dedup", Consumes: []string{contracts.StreamPacks}, Reads: []string{contracts.StreamResults}, // GC marks running backups' results
 			Publishes: []string{contracts.SubjectGCProgress},
 			Writes:    []string{contracts.BucketGC, contracts.BucketGCHolds, contracts.BucketBadChunks},
 			Serves:    []string{contracts.SubjectDedupMissing, contracts.SubjectDedupGC, contracts.SubjectDedupStats}},
@@ -92,18 +97,29 @@ func (r Role) Permissions() (pub, sub []string) {
 	if r.All {
 		return []string{">"}, []string{">"}
 	}
-	// Reading: JetStream's info and get APIs, consumers on any stream
-	// (creating one only reads), pulls from the KV streams (listing,
-	// watching).
+	// Reading: JetStream's info and get APIs (any stream's messages by
+	// subject or sequence), and consumers — created, pulled, deleted —
+	// only on the KV buckets' streams (listing, watching) and the streams
+	// the role consumes: a worker can neither read another service's
+	// work queue through a consumer of its own nor delete the durable
+	// consumer another service depends on.
 	pub = []string{"$JS.API.INFO", "$JS.API.STREAM.INFO.*", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST",
-		"$JS.API.CONSUMER.CREATE.>", "$JS.API.CONSUMER.DURABLE.CREATE.>", "$JS.API.CONSUMER.INFO.>", "$JS.API.CONSUMER.DELETE.>",
 		"$JS.API.DIRECT.GET.>", "$JS.API.STREAM.MSG.GET.*", "$JS.FC.>",
 		"$SRV.>", contracts.SubjectDLQPrefix + ">"}
+	consumers := func(stream string) {
+		pub = append(pub, "$JS.API.CONSUMER.CREATE."+stream, "$JS.API.CONSUMER.CREATE."+stream+".>",
+			"$JS.API.CONSUMER.DURABLE.CREATE."+stream+".>", "$JS.API.CONSUMER.INFO."+stream+".>",
+			"$JS.API.CONSUMER.DELETE."+stream+".>", "$JS.API.CONSUMER.MSG.NEXT."+stream+".>")
+	}
 	for _, b := range contracts.Buckets { // every bucket is readable
-		pub = append(pub, "$JS.API.CONSUMER.MSG.NEXT.KV_"+b+".>")
+		consumers("KV_" + b)
+	}
+	for _, s := range r.Reads {
+		consumers(s)
 	}
 	for _, s := range r.Consumes {
-		pub = append(pub, "$JS.API.CONSUMER.MSG.NEXT."+s+".>", "$JS.ACK."+s+".>")
+		consumers(s)
+		pub = append(pub, "$JS.ACK."+s+".>")
 	}
 	for _, b := range r.Writes {
 		pub = append(pub, "$KV."+b+".>")
