@@ -7,7 +7,7 @@ MODULES := contracts internal pkg services/scheduler services/snapshotter servic
 SERVICES := scheduler snapshotter transfer dedup merge verifier
 PKGS := github.com/strata-backup/strata/...
 
-.PHONY: all build servers test unit e2e vet fuzz bench demo clean tidy images up down e2e-compose bench-scale bench-peers bench-bigdisk bench-index bench-fleet
+.PHONY: all build servers test unit e2e vet fuzz bench demo clean tidy images up down e2e-compose bench-scale bench-peers bench-bigdisk bench-index bench-fleet bench-dense
 
 # docker compose v2 plugin where present, Debian's docker-compose otherwise.
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
@@ -131,6 +131,11 @@ bench-bigdisk: build
 # The dedup pack index and one shard of garbage collection's mark at
 # 100 M synthetic chunks (SCALE_CHUNKS=…; the index file needs ~190 bytes a
 # chunk under SCALE_DIR, default a temporary directory).
+# The chunk map of a disk full of data (DENSE_TIB, 16 TiB of 256 KiB
+# chunks) built, stored, read back and walked: peak heap, size, times.
+bench-dense:
+	STRATA_DENSE_TIB=$${DENSE_TIB:-16} STRATA_SCALE_DIR=$${SCALE_DIR:-} $(GO) test -count=1 -run '^$$' -bench 'DenseManifest' -benchtime 1x -timeout 2h github.com/strata-backup/strata/pkg/repo/
+
 bench-index:
 	STRATA_SCALE_CHUNKS=$${SCALE_CHUNKS:-100000000} STRATA_SCALE_DIR=$${SCALE_DIR:-} $(GO) test -count=1 -run '^$$' -bench 'IndexAtScale|MarkShardAtScale' -benchtime 1x -timeout 4h github.com/strata-backup/strata/pkg/repo/...
 

@@ -36,6 +36,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 
 	"github.com/klauspost/compress/zstd"
@@ -86,90 +87,156 @@ type block struct {
 	sum        [sha256.Size]byte
 }
 
+// blockWriter encodes data chunks, given in disk order, into version 3
+// blocks of at most blockEntries, handing each to emit with its index
+// entry (offsets counted from off).
+type blockWriter struct {
+	emit    func(b block, z []byte) error
+	raw     []byte // the open block
+	entries []byte // the open run's chunks
+	n       int    // data chunks in the open block
+	runN    int    // data chunks in the open run
+	gap     int64  // zero chunks before the open run
+	cursor  int64  // the chunk after the last one written (or the block's first)
+	first   int64  // the open block's first chunk
+	off     int64  // the open block's offset
+	prev    chunk.Loc
+}
+
+func newBlockWriter(first, off int64, emit func(block, []byte) error) *blockWriter {
+	return &blockWriter{emit: emit, first: first, cursor: first, off: off}
+}
+
+// A run's count is only known at its end, so its chunks wait in entries
+// until it closes.
+func (w *blockWriter) closeRun() {
+	if w.runN > 0 {
+		w.raw = binary.AppendUvarint(w.raw, uint64(w.gap))
+		w.raw = binary.AppendUvarint(w.raw, uint64(w.runN))
+		w.raw = append(w.raw, w.entries...)
+		w.entries, w.runN = w.entries[:0], 0
+	}
+}
+
+// seal closes the open block as covering chunks [first, end).
+func (w *blockWriter) seal(end int64) error {
+	w.closeRun()
+	z := zenc.EncodeAll(w.raw, nil)
+	b := block{first: w.first, end: end, off: w.off, len: uint32(len(z)), sum: sha256.Sum256(z)}
+	w.raw, w.n, w.first, w.cursor, w.prev, w.off = w.raw[:0], 0, end, end, chunk.Loc{}, w.off+int64(len(z))
+	return w.emit(b, z)
+}
+
+func (w *blockWriter) add(i int64, r chunk.Ref) error {
+	if w.n == blockEntries {
+		if err := w.seal(i); err != nil {
+			return err
+		}
+	}
+	if w.runN == 0 || i != w.cursor {
+		w.closeRun()
+		w.gap = i - w.cursor
+	}
+	w.entries = append(w.entries, r.ID[:]...)
+	l := r.Loc
+	switch {
+	case !l.InPack():
+		w.entries = append(w.entries, 0)
+	case l.Pack != w.prev.Pack:
+		w.entries = append(w.entries, 1)
+		w.entries = append(w.entries, l.Pack[:]...)
+		w.entries = binary.AppendUvarint(w.entries, uint64(l.Off))
+		w.entries = binary.AppendUvarint(w.entries, uint64(l.Len))
+	case uint64(l.Off) == uint64(w.prev.Off)+uint64(w.prev.Len):
+		w.entries = append(w.entries, 2)
+		w.entries = binary.AppendUvarint(w.entries, uint64(l.Len))
+	default:
+		w.entries = append(w.entries, 3)
+		w.entries = binary.AppendUvarint(w.entries, uint64(l.Off))
+		w.entries = binary.AppendUvarint(w.entries, uint64(l.Len))
+	}
+	if l.InPack() {
+		w.prev = l
+	}
+	w.runN++
+	w.n++
+	w.cursor = i + 1
+	return nil
+}
+
 // Encode serialises m in version 3.
 func (m *Manifest) Encode() ([]byte, error) {
+	var b bytes.Buffer
+	if _, err := m.EncodeTo(&b); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+// EncodeTo writes m in version 3 to w and returns the bytes written. A
+// spilled manifest streams its blocks from the spill file: the encoding
+// never exists in memory whole.
+func (m *Manifest) EncodeTo(w io.Writer) (int64, error) {
 	if err := m.Check(); err != nil {
-		return nil, fmt.Errorf("encode manifest: %w", err)
+		return 0, fmt.Errorf("encode manifest: %w", err)
 	}
 	var (
-		blocks  []block
-		stored  bytes.Buffer
-		raw     []byte // the open block
-		entries []byte // the open run's chunks
-		n       int    // data chunks in the open block
-		runN    int    // data chunks in the open run
-		gap     int64  // zero chunks before the open run
-		cursor  int64  // the chunk after the last one written (or the block's first)
-		first   int64  // the open block's first chunk
-		prev    chunk.Loc
+		blocks []block
+		tail   bytes.Buffer // the resident chunks' blocks
+		first  int64
+		off    int64
 	)
-	// A run's count is only known at its end, so its chunks wait in
-	// entries until it closes.
-	closeRun := func() {
-		if runN > 0 {
-			raw = binary.AppendUvarint(raw, uint64(gap))
-			raw = binary.AppendUvarint(raw, uint64(runN))
-			raw = append(raw, entries...)
-			entries, runN = entries[:0], 0
-		}
+	if m.spill != nil {
+		blocks = append(blocks, m.spill.blocks...)
+		first, off = m.spill.end, m.spill.size
 	}
-	seal := func(end int64) {
-		closeRun()
-		z := zenc.EncodeAll(raw, nil)
-		blocks = append(blocks, block{first: first, end: end, off: int64(stored.Len()), len: uint32(len(z)), sum: sha256.Sum256(z)})
-		stored.Write(z)
-		raw, n, first, cursor, prev = raw[:0], 0, end, end, chunk.Loc{}
+	bw := newBlockWriter(first, off, func(b block, z []byte) error {
+		blocks = append(blocks, b)
+		tail.Write(z)
+		return nil
+	})
+	for i, r := range m.residentData() {
+		bw.add(i, r)
 	}
-	for i, r := range m.Data() {
-		if n == blockEntries {
-			seal(i)
-		}
-		if runN == 0 || i != cursor {
-			closeRun()
-			gap = i - cursor
-		}
-		entries = append(entries, r.ID[:]...)
-		l := r.Loc
-		switch {
-		case !l.InPack():
-			entries = append(entries, 0)
-		case l.Pack != prev.Pack:
-			entries = append(entries, 1)
-			entries = append(entries, l.Pack[:]...)
-			entries = binary.AppendUvarint(entries, uint64(l.Off))
-			entries = binary.AppendUvarint(entries, uint64(l.Len))
-		case uint64(l.Off) == uint64(prev.Off)+uint64(prev.Len):
-			entries = append(entries, 2)
-			entries = binary.AppendUvarint(entries, uint64(l.Len))
-		default:
-			entries = append(entries, 3)
-			entries = binary.AppendUvarint(entries, uint64(l.Off))
-			entries = binary.AppendUvarint(entries, uint64(l.Len))
-		}
-		if l.InPack() {
-			prev = l
-		}
-		runN++
-		n++
-		cursor = i + 1
+	if bw.n > 0 {
+		bw.seal(m.Count())
 	}
-	if n > 0 {
-		seal(m.Count())
-	}
-	out := bytes.NewBuffer(m.header(Version))
-	binary.Write(out, binary.BigEndian, uint64(m.DataChunks()))
-	binary.Write(out, binary.BigEndian, uint32(len(blocks)))
+	h := sha256.New()
+	cw := &countWriter{w: io.MultiWriter(w, h)}
+	head := bytes.NewBuffer(m.header(Version))
+	binary.Write(head, binary.BigEndian, uint64(m.DataChunks()))
+	binary.Write(head, binary.BigEndian, uint32(len(blocks)))
 	for _, b := range blocks {
-		binary.Write(out, binary.BigEndian, uint64(b.first))
-		binary.Write(out, binary.BigEndian, uint64(b.end))
-		binary.Write(out, binary.BigEndian, uint64(b.off))
-		binary.Write(out, binary.BigEndian, b.len)
-		out.Write(b.sum[:])
+		binary.Write(head, binary.BigEndian, uint64(b.first))
+		binary.Write(head, binary.BigEndian, uint64(b.end))
+		binary.Write(head, binary.BigEndian, uint64(b.off))
+		binary.Write(head, binary.BigEndian, b.len)
+		head.Write(b.sum[:])
 	}
-	out.Write(stored.Bytes())
-	sum := sha256.Sum256(out.Bytes())
-	out.Write(sum[:])
-	return out.Bytes(), nil
+	if _, err := cw.Write(head.Bytes()); err != nil {
+		return cw.n, err
+	}
+	if m.spill != nil {
+		if _, err := io.Copy(cw, io.NewSectionReader(m.spill.f, 0, m.spill.size)); err != nil {
+			return cw.n, fmt.Errorf("encode manifest: %w", err)
+		}
+	}
+	if _, err := cw.Write(tail.Bytes()); err != nil {
+		return cw.n, err
+	}
+	_, err := w.Write(h.Sum(nil))
+	return cw.n + sha256.Size, err
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 type reader struct {
@@ -550,4 +617,100 @@ func ReadSlice(get func(off, n int64) ([]byte, error), first, count int64) (*Hea
 		}
 	}
 	return h, ids, locs, nil
+}
+
+// DecodeFrom parses and checks an encoded manifest of size bytes read
+// from r, a piece at a time: the memory it takes follows the manifest in
+// memory (which spills when big, see SpillAbove), never the encoding. It
+// reads r twice: once for the checksum of the whole, once to decode.
+func DecodeFrom(r io.ReaderAt, size int64) (*Manifest, error) {
+	if size < int64(len(magic)+sha256.Size) {
+		return nil, fmt.Errorf("%w: not a manifest", ErrCorrupt)
+	}
+	body := size - sha256.Size
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(r, 0, body)); err != nil {
+		return nil, err
+	}
+	var sum [sha256.Size]byte
+	if _, err := r.ReadAt(sum[:], body); err != nil && err != io.EOF {
+		return nil, err
+	}
+	if !bytes.Equal(h.Sum(nil), sum[:]) {
+		return nil, fmt.Errorf("%w: checksum mismatch", ErrCorrupt)
+	}
+	read := func(off, n int64) ([]byte, error) {
+		if off < 0 || n < 0 || off+n > body {
+			return nil, fmt.Errorf("%w: %d bytes at %d beyond the end (%d)", ErrCorrupt, n, off, body)
+		}
+		b := make([]byte, n)
+		if _, err := r.ReadAt(b, off); err != nil && err != io.EOF {
+			return nil, err
+		}
+		return b, nil
+	}
+	prefix, err := read(0, min(int64(MaxHeaderLen), body))
+	if err != nil {
+		return nil, err
+	}
+	hd, err := DecodeHeader(prefix)
+	if err != nil {
+		return nil, err
+	}
+	m := New(hd.BackupID, hd.Disk, hd.ChunkSize, hd.DiskSize)
+	if hd.Version < 3 {
+		// 56 bytes per chunk, zeros included: read in pieces of entries.
+		if (body-hd.IDsAt)%int64(hd.EntryLen) != 0 || (body-hd.IDsAt)/int64(hd.EntryLen) != hd.Count {
+			return nil, fmt.Errorf("%w: %d entries announced, %d bytes of entries", ErrCorrupt, hd.Count, body-hd.IDsAt)
+		}
+		const piece = 1 << 16
+		for i := int64(0); i < hd.Count; i += piece {
+			n := min(piece, hd.Count-i)
+			b, err := read(hd.IDsAt+i*int64(hd.EntryLen), n*int64(hd.EntryLen))
+			if err != nil {
+				return nil, err
+			}
+			for k := int64(0); k < n; k++ {
+				if err := m.Append(i+k, entryAt(b[k*int64(hd.EntryLen):], hd.EntryLen)); err != nil {
+					return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+				}
+			}
+		}
+	} else {
+		ix, err := read(hd.IndexAt, min(int64(hd.Blocks)*indexEntry, body-hd.IndexAt))
+		if err != nil {
+			return nil, err
+		}
+		blocks, err := decodeIndex(hd, ix)
+		if err != nil {
+			return nil, err
+		}
+		dataAt := hd.IndexAt + int64(hd.Blocks)*indexEntry
+		var n int64
+		for j, bl := range blocks {
+			z, err := read(dataAt+bl.off, int64(bl.len))
+			if err != nil {
+				return nil, fmt.Errorf("block %d: %w", j, err)
+			}
+			k, err := decodeBlock(m, j, bl, z)
+			if err != nil {
+				return nil, err
+			}
+			n += int64(k)
+		}
+		end := dataAt
+		if len(blocks) > 0 {
+			end += blocks[len(blocks)-1].off + int64(blocks[len(blocks)-1].len)
+		}
+		if end != body {
+			return nil, fmt.Errorf("%w: %d bytes after the last block", ErrCorrupt, body-end)
+		}
+		if n != hd.DataChunks {
+			return nil, fmt.Errorf("%w: %d data chunks, header says %d", ErrCorrupt, n, hd.DataChunks)
+		}
+	}
+	if err := m.Check(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	return m, nil
 }

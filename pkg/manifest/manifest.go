@@ -44,6 +44,9 @@ type Manifest struct {
 	// locs is nil until a chunk stored in a pack is appended; then
 	// locs[k] is where ids[k] is stored (the zero Loc: on its own).
 	locs []chunk.Loc
+	// spill: the chunks before the resident ones, in a file (spill.go);
+	// nil for all but the biggest manifests.
+	spill *spill
 }
 
 // New starts an empty (all-zero) manifest for a disk.
@@ -80,17 +83,25 @@ func ChunkCount(size int64, chunkSize int) int64 {
 func (m *Manifest) Count() int64 { return ChunkCount(m.DiskSize, m.ChunkSize) }
 
 // DataChunks is the number of chunks that are not all zero.
-func (m *Manifest) DataChunks() int64 { return int64(len(m.ids)) }
+func (m *Manifest) DataChunks() int64 {
+	if m.spill != nil {
+		return m.spill.n + int64(len(m.ids))
+	}
+	return int64(len(m.ids))
+}
 
 // ZeroChunks is the number of all-zero chunks.
 func (m *Manifest) ZeroChunks() int64 { return m.Count() - m.DataChunks() }
 
 // HasLocs reports whether any chunk is stored in a pack.
-func (m *Manifest) HasLocs() bool { return m.locs != nil }
+func (m *Manifest) HasLocs() bool { return m.locs != nil || m.spill != nil && m.spill.locs }
 
 // next is the lowest index Append accepts.
 func (m *Manifest) next() int64 {
 	if len(m.runs) == 0 {
+		if m.spill != nil {
+			return m.spill.end
+		}
 		return 0
 	}
 	r := m.runs[len(m.runs)-1]
@@ -115,6 +126,13 @@ func (m *Manifest) Append(i int64, r chunk.Ref) error {
 	}
 	if r.Loc.InPack() && r.Loc.Len == 0 || !r.Loc.InPack() && r.Loc != (chunk.Loc{}) {
 		return fmt.Errorf("chunk %d: location %s for chunk %s", i, r.Loc, r.ID)
+	}
+	// Past SpillAbove the resident chunks go to the spill file, then every
+	// full block.
+	if n := len(m.ids); n > 0 && n%blockEntries == 0 && (m.spill != nil || SpillAbove > 0 && n >= SpillAbove) {
+		if err := m.spillResident(i); err != nil {
+			return err
+		}
 	}
 	if n := len(m.runs); n > 0 && m.runs[n-1].first+int64(m.runs[n-1].n) == i {
 		m.runs[n-1].n++
@@ -141,23 +159,16 @@ func (m *Manifest) find(i int64) int {
 }
 
 // ID is chunk i's id (chunk.Zero for an all-zero chunk or one off the disk).
-func (m *Manifest) ID(i int64) chunk.ID {
-	if k := m.find(i); k >= 0 {
-		return m.ids[k]
-	}
-	return chunk.Zero
-}
+func (m *Manifest) ID(i int64) chunk.ID { return m.Ref(i).ID }
 
 // Loc is where chunk i is stored (the zero Loc: on its own, or all zero).
-func (m *Manifest) Loc(i int64) chunk.Loc {
-	if k := m.find(i); k >= 0 && m.locs != nil {
-		return m.locs[k]
-	}
-	return chunk.Loc{}
-}
+func (m *Manifest) Loc(i int64) chunk.Loc { return m.Ref(i).Loc }
 
 // Ref is chunk i's id and location.
 func (m *Manifest) Ref(i int64) chunk.Ref {
+	if m.spill != nil && i >= 0 && i < m.spill.end {
+		return m.spilledRef(i)
+	}
 	k := m.find(i)
 	if k < 0 {
 		return chunk.Ref{}
@@ -178,6 +189,27 @@ func (m *Manifest) Data() iter.Seq2[int64, chunk.Ref] { return m.DataIn(0, m.Cou
 
 // DataIn yields the chunks in [from, to) that hold data, in disk order.
 func (m *Manifest) DataIn(from, to int64) iter.Seq2[int64, chunk.Ref] {
+	if m.spill == nil || from >= m.spill.end {
+		return m.residentIn(from, to)
+	}
+	return func(yield func(int64, chunk.Ref) bool) {
+		for i, r := range m.spilledData(from, min(to, m.spill.end)) {
+			if !yield(i, r) {
+				return
+			}
+		}
+		for i, r := range m.residentIn(max(from, m.spill.end), to) {
+			if !yield(i, r) {
+				return
+			}
+		}
+	}
+}
+
+// residentData yields the chunks held in memory.
+func (m *Manifest) residentData() iter.Seq2[int64, chunk.Ref] { return m.residentIn(0, m.Count()) }
+
+func (m *Manifest) residentIn(from, to int64) iter.Seq2[int64, chunk.Ref] {
 	return func(yield func(int64, chunk.Ref) bool) {
 		k := sort.Search(len(m.runs), func(k int) bool { return m.runs[k].first+int64(m.runs[k].n) > from })
 		for ; k < len(m.runs) && m.runs[k].first < to; k++ {
@@ -200,7 +232,7 @@ func (m *Manifest) ChunkLen(i int64) int {
 // DataBytes is what the disk holds in chunks that are not all zero.
 func (m *Manifest) DataBytes() int64 {
 	n := m.DataChunks() * int64(m.ChunkSize)
-	if last := m.Count() - 1; m.find(last) >= 0 {
+	if last := m.Count() - 1; !m.ID(last).IsZero() {
 		n -= int64(m.ChunkSize - m.ChunkLen(last))
 	}
 	return n
@@ -221,6 +253,14 @@ func (m *Manifest) Check() error {
 		return fmt.Errorf("%d locations for %d entries", len(m.locs), len(m.ids))
 	}
 	at, end := 0, int64(0)
+	if m.spill != nil {
+		// The spilled blocks were checked as they were appended; they
+		// must tile the disk up to the resident chunks.
+		end = m.spill.end
+		if len(m.ids) == 0 && end != m.Count() {
+			return fmt.Errorf("spilled blocks end at chunk %d of %d", end, m.Count())
+		}
+	}
 	for _, r := range m.runs {
 		if r.n <= 0 || r.at != at || r.first < end {
 			return fmt.Errorf("chunk runs out of order at chunk %d", r.first)

@@ -108,6 +108,9 @@ func TestRoundTrip(t *testing.T) {
 		if !reflect.DeepEqual(got, m) {
 			t.Fatalf("round trip of %s differs", m.BackupID)
 		}
+		if got, err = DecodeFrom(bytes.NewReader(b), int64(len(b))); err != nil || !reflect.DeepEqual(got, m) {
+			t.Fatalf("DecodeFrom of %s differs: %v", m.BackupID, err)
+		}
 	}
 }
 
@@ -120,6 +123,9 @@ func TestOlderVersionsRead(t *testing.T) {
 		}
 		if !reflect.DeepEqual(got, m) {
 			t.Fatalf("version %d of %s read differently", b[9], m.BackupID)
+		}
+		if got, err = DecodeFrom(bytes.NewReader(b), int64(len(b))); err != nil || !reflect.DeepEqual(got, m) {
+			t.Fatalf("DecodeFrom of version %d of %s differs: %v", b[9], m.BackupID, err)
 		}
 	}
 }
@@ -299,10 +305,16 @@ func TestDecodeRejectsEveryFlippedBitAndTruncation(t *testing.T) {
 			if _, err := Decode(bad); !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("flip at %d accepted: %v", i, err)
 			}
+			if _, err := DecodeFrom(bytes.NewReader(bad), int64(len(bad))); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("DecodeFrom: flip at %d accepted: %v", i, err)
+			}
 		}
 		for n := 0; n < len(b); n += 13 * step {
 			if _, err := Decode(b[:n]); !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("truncated to %d accepted: %v", n, err)
+			}
+			if _, err := DecodeFrom(bytes.NewReader(b[:n]), int64(n)); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("DecodeFrom: truncated to %d accepted: %v", n, err)
 			}
 		}
 	}

@@ -372,11 +372,17 @@ func (r *Repository) ManifestKey(vm string, disk int, backupID string) string {
 
 // PutManifest stores a manifest and returns its key.
 func (r *Repository) PutManifest(ctx context.Context, vm string, m *manifest.Manifest) (string, error) {
+	key := r.ManifestKey(vm, m.Disk, m.BackupID)
+	if m.Spilled() && !r.Encrypted() {
+		if err := r.putBigManifest(ctx, key, m); err != nil {
+			return "", fmt.Errorf("write manifest %s: %w", key, err)
+		}
+		return key, nil
+	}
 	b, err := m.Encode()
 	if err != nil {
 		return "", err
 	}
-	key := r.ManifestKey(vm, m.Disk, m.BackupID)
 	b = r.seal.seal(b, []byte(key))
 	if err := r.Store.Put(ctx, key, b); err != nil {
 		return "", fmt.Errorf("write manifest %s: %w", key, err)
@@ -384,13 +390,28 @@ func (r *Repository) PutManifest(ctx context.Context, vm string, m *manifest.Man
 	return key, nil
 }
 
+// WholeManifest: a manifest object up to this size (a few hundred
+// thousand data chunks: a disk holding ~100 GiB of data) is read whole
+// into memory; a bigger one goes through a temporary file.
+var WholeManifest int64 = 16 << 20
+
 // GetManifest reads and decodes a manifest; errors name the object.
 func (r *Repository) GetManifest(ctx context.Context, key string) (*manifest.Manifest, error) {
 	var m *manifest.Manifest
-	_, err := objstore.GetChecked(ctx, r.Store, key, func(b []byte) (err error) {
+	var first []byte // a big manifest's first bytes
+	// One request either way: a range as long as the biggest manifest read
+	// whole returns a smaller object entire.
+	_, err := objstore.GetRangeChecked(ctx, r.Store, key, 0, WholeManifest, func(b []byte) (err error) {
+		if int64(len(b)) == WholeManifest {
+			first = b
+			return nil
+		}
 		m, err = r.decodeManifest(key, b)
 		return err
 	})
+	if err == nil && first != nil {
+		m, err = r.getBigManifest(ctx, key, first)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("manifest object %s: %w", key, err)
 	}

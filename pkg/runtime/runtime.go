@@ -27,6 +27,7 @@ import (
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/gclock"
+	"github.com/strata-backup/strata/pkg/manifest"
 	"github.com/strata-backup/strata/pkg/objstore"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/s3roles"
@@ -81,7 +82,12 @@ type Common struct {
 	S3ObjectLock string       `envconfig:"S3_OBJECT_LOCK"`
 	LockDays     LockDuration `envconfig:"LOCK_DAYS" default:"30"`
 	LockStep     LockDuration `envconfig:"LOCK_STEP"`
-	LogLevel     string       `envconfig:"LOG_LEVEL" default:"info"`
+	// Big manifests (manifest.SpillAbove, repo.WholeManifest): data
+	// chunks a manifest keeps in memory before it spills to TMPDIR, and
+	// the biggest manifest object read whole.
+	ManifestSpillAbove int    `envconfig:"MANIFEST_SPILL_ABOVE" default:"262144"`
+	ManifestWholeMax   int64  `envconfig:"MANIFEST_WHOLE_MAX" default:"16777216"`
+	LogLevel           string `envconfig:"LOG_LEVEL" default:"info"`
 	// CPUProfile: a service writes a CPU profile of its whole run to this
 	// file when it shuts down (go tool pprof); how the deployed backup's
 	// CPU is attributed inside a container.
@@ -109,6 +115,12 @@ func (c Common) OpenRepo(ctx context.Context, store objstore.Store) (*repo.Repos
 }
 
 func (c Common) openRepo(ctx context.Context, store objstore.Store, existing bool) (*repo.Repository, error) {
+	if c.ManifestSpillAbove > 0 { // whole blocks of 4,096
+		manifest.SpillAbove = (c.ManifestSpillAbove + 4095) / 4096 * 4096
+	}
+	if c.ManifestWholeMax > 0 {
+		repo.WholeManifest = c.ManifestWholeMax
+	}
 	var keys *repo.Keys
 	if c.EncryptionKeyFile != "" {
 		var err error

@@ -203,12 +203,22 @@ func (m *merger) commit(ctx context.Context, rec *contracts.BackupRecord) error 
 	disks := make([]catalog.CommittedDisk, len(rec.Disks))
 	stored := make([][]contracts.ChunkRun, len(rec.Disks))
 	mans := make([]*manifest.Manifest, len(rec.Disks))
+	defer func() { // a disk holding a lot of data has a spill file
+		for _, man := range mans {
+			if man != nil {
+				man.Close()
+			}
+		}
+	}()
 	for i, disk := range rec.Disks {
 		man, zero, err := m.assemble(ctx, rec, disk, &stored[i])
 		if err != nil {
 			return err
 		}
 		mans[i] = man
+		if man.Spilled() {
+			m.log.InfoContext(ctx, "manifest spilled to a temporary file", "vm", rec.VM, "backup", rec.ID, "disk", disk.Index, "data_chunks", man.DataChunks())
+		}
 		key, err := m.repo.PutManifest(ctx, rec.VM, man)
 		if err != nil {
 			return err
@@ -293,6 +303,11 @@ const maxStoredRuns = 16384
 func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk contracts.DiskRecord, stored *[]contracts.ChunkRun) (*manifest.Manifest, int64, error) {
 	man := manifest.New(rec.ID, disk.Index, rec.ChunkSize, disk.Size)
 	var parent *manifest.Manifest // loaded on the first inherited chunk
+	defer func() {
+		if parent != nil {
+			parent.Close()
+		}
+	}()
 	loadParent := func() (*manifest.Manifest, error) {
 		if parent == nil {
 			var err error

@@ -232,28 +232,35 @@ func (v *verifier) check(ctx context.Context, rec *contracts.BackupRecord, store
 				return err
 			})
 		}
-		seen := make(map[chunk.ID]struct{})
+		// What was asked already, and packs looked at, in bounded sets: a
+		// disk full of data has tens of millions of chunks, and a repeat
+		// the sets forgot costs one more question, not memory.
+		seen := newWindow[chunk.ID](1 << 16)
+		packs := newWindow[chunk.PackID](1 << 14) // packed chunks: one request per pack
+		var runs []contracts.ChunkRun             // stored by this backup's workers, in disk order
 		if d < len(stored) {
-			for _, r := range stored[d] {
-				for _, ref := range man.DataIn(int64(max(r.Start, 0)), int64(max(r.Start, 0))+int64(max(r.Count, 0))) {
-					seen[ref.ID] = struct{}{}
-				}
-			}
+			runs = stored[d]
 		}
 		var batch []chunk.ID
-		packs := map[chunk.PackID]struct{}{} // packed chunks: one request per pack
 		for i, ref := range man.Data() {
 			id := ref.ID
+			for len(runs) > 0 && int64(runs[0].Start)+int64(runs[0].Count) <= i {
+				runs = runs[1:]
+			}
+			if len(runs) > 0 && int64(runs[0].Start) <= i {
+				seen.add(id) // stored minutes ago: present, and so are its repeats
+				continue
+			}
 			if parent != nil && parent.ID(i) == id {
 				continue
 			}
-			if _, ok := seen[id]; ok {
+			if seen.has(id) {
 				continue
 			}
-			seen[id] = struct{}{}
+			seen.add(id)
 			if l := ref.Loc; l.InPack() {
-				if _, ok := packs[l.Pack]; !ok {
-					packs[l.Pack] = struct{}{}
+				if !packs.has(l.Pack) {
+					packs.add(l.Pack)
 					g.Go(func() error {
 						// A pack compaction moved is read through its records.
 						present, err := v.repo.PackPresent(gctx, l.Pack)
@@ -318,4 +325,30 @@ func (v *verifier) verifiedParentManifest(ctx context.Context, rec *contracts.Ba
 		return nil
 	}
 	return pm
+}
+
+// window is a set that keeps at least the last limit keys added: two
+// generations of maps, the older dropped when the newer fills.
+type window[K comparable] struct {
+	limit      int
+	young, old map[K]struct{}
+}
+
+func newWindow[K comparable](limit int) *window[K] {
+	return &window[K]{limit: limit, young: map[K]struct{}{}, old: map[K]struct{}{}}
+}
+
+func (w *window[K]) has(k K) bool {
+	if _, ok := w.young[k]; ok {
+		return true
+	}
+	_, ok := w.old[k]
+	return ok
+}
+
+func (w *window[K]) add(k K) {
+	if len(w.young) >= w.limit {
+		w.old, w.young = w.young, make(map[K]struct{}, w.limit)
+	}
+	w.young[k] = struct{}{}
 }
