@@ -96,6 +96,9 @@ func (c *Copier) add(f func(*CopyStats)) {
 	}
 }
 
+// copyWindow: distinct objects a copy gathers before copying them.
+const copyWindow = 1 << 16
+
 // CopyBackup copies what the backup of these manifests (keys in From)
 // needs, the manifests last, and in a locked copy keeps all of it locked
 // as long as a backup made now (Cover). The caller writes the backup's
@@ -103,13 +106,32 @@ func (c *Copier) add(f func(*CopyStats)) {
 // there.
 func (c *Copier) CopyBackup(ctx context.Context, manifestKeys []string) error {
 	var mans []*manifest.Manifest
-	units := map[string]func(context.Context) error{}
+	defer func() {
+		for _, m := range mans {
+			m.Close()
+		}
+	}()
 	for _, key := range manifestKeys {
 		m, err := c.From.GetManifest(ctx, key)
 		if err != nil {
 			return fmt.Errorf("copy: %w", err)
 		}
 		mans = append(mans, m)
+	}
+	// What to copy, a window of distinct objects at a time: a disk full of
+	// data names tens of millions of chunks, and a pack or chunk a later
+	// window names again is known present by then (c.present).
+	units := map[string]func(context.Context) error{}
+	run := func() error {
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(cmp.Or(max(c.Parallel, 0), 8))
+		for _, f := range units {
+			g.Go(func() error { return f(gctx) })
+		}
+		units = map[string]func(context.Context) error{}
+		return g.Wait()
+	}
+	for _, m := range mans {
 		for _, r := range m.Data() {
 			id := r.ID
 			if loc := r.Loc; loc.InPack() {
@@ -120,14 +142,14 @@ func (c *Copier) CopyBackup(ctx context.Context, manifestKeys []string) error {
 			} else if k := ChunkKey(id); units[k] == nil {
 				units[k] = func(ctx context.Context) error { return c.copyChunk(ctx, id) }
 			}
+			if len(units) >= copyWindow {
+				if err := run(); err != nil {
+					return err
+				}
+			}
 		}
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(cmp.Or(max(c.Parallel, 0), 8))
-	for _, f := range units {
-		g.Go(func() error { return f(gctx) })
-	}
-	if err := g.Wait(); err != nil {
+	if err := run(); err != nil {
 		return err
 	}
 	for _, key := range manifestKeys {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"iter"
 	"os"
 	"path/filepath"
 	"slices"
@@ -130,7 +131,7 @@ func ToFile(ctx context.Context, r *repo.Repository, man *manifest.Manifest, pat
 	// in a pack come with one request per run, whatever disk positions
 	// they fill (a chunk a disk holds several times is read once and
 	// written to each).
-	for _, run := range plan(man) {
+	for run := range plans(man) {
 		if err := gctx.Err(); err != nil {
 			break
 		}
@@ -217,17 +218,48 @@ type run struct {
 	at   [][]int64
 }
 
-// plan groups the non-zero chunks of man into reads: per pack, by offset,
-// adjacent ranges joined up to repo.MaxRunBytes; each chunk stored on its
-// own is a read of its own.
-func plan(man *manifest.Manifest) []run {
+// planWindow bounds the data chunks planned at once: a disk full of data
+// is restored a window at a time (16 GiB at 256 KiB chunks), so the plan
+// costs what a window does, not the disk; a chunk repeated in two windows
+// is read twice.
+var planWindow = 1 << 16
+
+// plans yields the reads of man window by window (plan over each).
+func plans(man *manifest.Manifest) iter.Seq[run] {
+	return func(yield func(run) bool) {
+		for from := int64(0); from < man.Count(); {
+			to, n := man.Count(), 0
+			for i := range man.DataIn(from, man.Count()) {
+				if n == planWindow {
+					to = i
+					break
+				}
+				n++
+			}
+			for _, r := range planIn(man, from, to) {
+				if !yield(r) {
+					return
+				}
+			}
+			from = to
+		}
+	}
+}
+
+// plan is planIn over the whole disk.
+func plan(man *manifest.Manifest) []run { return planIn(man, 0, man.Count()) }
+
+// planIn groups the non-zero chunks of man in [from, to) into reads: per
+// pack, by offset, adjacent ranges joined up to repo.MaxRunBytes; each
+// chunk stored on its own is a read of its own.
+func planIn(man *manifest.Manifest, from, to int64) []run {
 	type entry struct {
 		ref chunk.Ref
 		at  []int64
 	}
 	byLoc := map[chunk.Ref]*entry{}
 	var entries []*entry
-	for i, ref := range man.Data() {
+	for i, ref := range man.DataIn(from, to) {
 		if e, ok := byLoc[ref]; ok {
 			e.at = append(e.at, i)
 			continue
