@@ -343,7 +343,8 @@ type Spec struct {
 // 30 s default, a backup committed during that window waited 30 s for its
 // verifier (seen in about one deployed full in five right after
 // `docker compose up`). 5 s costs one idle request per consumer every 5 s.
-const pullExpiry = 5 * time.Second
+// (A variable for the tests.)
+var pullExpiry = 5 * time.Second
 
 // Consume runs h for every message of a durable pull consumer until ctx
 // ends. See the package comment for the delivery contract.
@@ -360,10 +361,8 @@ func Consume[T any, PT interface {
 	if spec.Concurrency < 1 {
 		spec.Concurrency = 1
 	}
-	var cons jetstream.Consumer
 	err := retryJS(ctx, func(actx context.Context) error {
-		var err error
-		cons, err = b.JS.CreateOrUpdateConsumer(actx, spec.Stream, jetstream.ConsumerConfig{
+		_, err := b.JS.CreateOrUpdateConsumer(actx, spec.Stream, jetstream.ConsumerConfig{
 			Durable:        spec.Durable,
 			FilterSubjects: spec.Filters,
 			AckPolicy:      jetstream.AckExplicitPolicy,
@@ -383,36 +382,106 @@ func Consume[T any, PT interface {
 	// waiting request. A client-side prefetch buffer (Consume) let the
 	// first instance to pull take twice its concurrency while the others
 	// idled.
+	subject := "$JS.API.CONSUMER.MSG.NEXT." + spec.Stream + "." + spec.Durable
 	for i := 0; i < spec.Concurrency; i++ {
-		go func() {
-			for ctx.Err() == nil {
-				fctx, cancel := context.WithTimeout(ctx, pullExpiry)
-				msg, err := cons.Next(jetstream.FetchContext(fctx))
-				cancel()
-				if err != nil {
-					if ctx.Err() != nil {
-						return
-					}
-					if !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
-						b.Log.Debug("pull", "consumer", spec.Durable, "err", err)
-						select { // a closed connection must not spin
-						case <-ctx.Done():
-						case <-time.After(time.Second):
-						}
-					}
-					continue
-				}
-				handle(ctx, b, spec, msg, h)
-			}
-		}()
+		go pull(ctx, b, spec, subject, pullExpiry, h)
 	}
 	return nil
+}
+
+// pull asks for one message at a time on an inbox of its own that it
+// keeps for as long as it runs. The client library's fetch made a new
+// inbox per request and dropped it when its own timer beat the server's
+// expiry: a message the server handed to the request in that instant was
+// delivered to nobody and waited out the ack wait before anyone got it
+// again — a 1 GiB full that takes 14 s took 59 s (ack wait 60 s) on a
+// CPU-throttled worker. Here a message that arrives late is still ours,
+// and is handled on the next turn.
+func pull[T any, PT interface {
+	*T
+	contracts.Message
+}](ctx context.Context, b *Bus, spec Spec, subject string, expiry time.Duration, h func(context.Context, PT) error) {
+	inbox := b.NC.NewInbox()
+	msgs := make(chan *nats.Msg, 16)
+	sub, err := b.NC.ChanSubscribe(inbox, msgs)
+	if err != nil {
+		b.Log.Error("pull: subscribe", "consumer", spec.Durable, "err", err)
+		return
+	}
+	defer sub.Unsubscribe()
+	req := []byte(fmt.Sprintf(`{"batch":1,"expires":%d}`, expiry.Nanoseconds()))
+	pause := func() bool { // a refusal must not spin
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(time.Second):
+			return true
+		}
+	}
+	for ctx.Err() == nil {
+		if err := b.NC.PublishRequest(subject, inbox, req); err != nil {
+			b.Log.Debug("pull", "consumer", spec.Durable, "err", err)
+			if !pause() {
+				return
+			}
+			continue
+		}
+		// Wait for this request's message or its end (408 at its expiry; a
+		// status of an older request ends this wait too, which only means
+		// one request more).
+		timer := time.NewTimer(expiry + time.Second)
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				return
+			case <-timer.C:
+				break wait
+			case m := <-msgs:
+				if status := m.Header.Get("Status"); status != "" {
+					timer.Stop()
+					if status != "404" && status != "408" { // 409 consumer gone or leader changed, 503 no responders
+						b.Log.Debug("pull", "consumer", spec.Durable, "status", status, "description", m.Header.Get("Description"))
+						if !pause() {
+							return
+						}
+					}
+					break wait
+				}
+				timer.Stop()
+				handle(ctx, b, spec, delivery{m}, h)
+				break wait
+			}
+		}
+	}
+}
+
+// delivery is a JetStream message received on a core subscription,
+// settled through its reply subject (nats.Msg's acknowledgement methods).
+type delivery struct{ m *nats.Msg }
+
+func (d delivery) Data() []byte                           { return d.m.Data }
+func (d delivery) Headers() nats.Header                   { return d.m.Header }
+func (d delivery) Subject() string                        { return d.m.Subject }
+func (d delivery) DoubleAck(ctx context.Context) error    { return d.m.AckSync(nats.Context(ctx)) }
+func (d delivery) Nak() error                             { return d.m.Nak() }
+func (d delivery) NakWithDelay(delay time.Duration) error { return d.m.NakWithDelay(delay) }
+func (d delivery) InProgress() error                      { return d.m.InProgress() }
+func (d delivery) Term() error                            { return d.m.Term() }
+
+// delivered is how many times the server has handed the message out.
+func (d delivery) delivered() uint64 {
+	if md, err := d.m.Metadata(); err == nil {
+		return md.NumDelivered
+	}
+	return 1
 }
 
 func handle[T any, PT interface {
 	*T
 	contracts.Message
-}](ctx context.Context, b *Bus, spec Spec, msg jetstream.Msg, h func(context.Context, PT) error) {
+}](ctx context.Context, b *Bus, spec Spec, msg delivery, h func(context.Context, PT) error) {
 	ctx, span := b.Tracer.Start(ContextFrom(ctx, msg.Headers()), spec.Durable,
 		trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attribute.String("messaging.destination.name", msg.Subject())))
 	defer span.End()
@@ -453,10 +522,7 @@ func handle[T any, PT interface {
 	}
 	span.RecordError(err)
 	span.SetStatus(codes.Error, err.Error())
-	delivered := uint64(1)
-	if md, mdErr := msg.Metadata(); mdErr == nil {
-		delivered = md.NumDelivered
-	}
+	delivered := msg.delivered()
 	if ctx.Err() != nil { // shutting down: let another instance have it
 		msg.Nak()
 		return

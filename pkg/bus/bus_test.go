@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -212,5 +213,62 @@ func TestInstancesShareABurst(t *testing.T) {
 	}
 	if shares[0] > msgs/4 {
 		t.Fatalf("the slow instance took %d of %d messages", shares[0], msgs)
+	}
+}
+
+// Pull requests that expire every 20 ms while messages arrive at random
+// moments: every message is handled at its first delivery and long before
+// the ack wait. A puller that drops its inbox when its own timer fires (as
+// the client library's fetch did) loses the messages the server hands to
+// a request in its last instant: they wait out the ack wait.
+func TestNoMessageLostAtAPullsExpiry(t *testing.T) {
+	saved := pullExpiry
+	pullExpiry = 20 * time.Millisecond
+	defer func() { pullExpiry = saved }()
+	ctx, b := testBus(t)
+	// Busy goroutines on every processor: the pullers run late, as a
+	// CPU-throttled container's do.
+	hogs, stopHogs := context.WithCancel(ctx)
+	defer stopHogs()
+	for range runtime.GOMAXPROCS(0) {
+		go func() {
+			for hogs.Err() == nil {
+			}
+		}()
+	}
+	const msgs = 300
+	got := make(chan time.Time, msgs)
+	err := Consume(ctx, b, Spec{Stream: contracts.StreamBackups, Durable: "expiry", Filters: []string{contracts.SubjectBackupCommitted}, Concurrency: 2, AckWait: 30 * time.Second},
+		func(ctx context.Context, m *contracts.BackupCommitted) error {
+			got <- time.Now()
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := 0; k < msgs; k++ {
+		time.Sleep(time.Duration(k%7) * 3 * time.Millisecond)
+		if err := b.Publish(ctx, contracts.SubjectBackupCommitted, &contracts.BackupCommitted{Schema: contracts.SchemaVersion, BackupID: fmt.Sprint("e", k), VM: "vm"}, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.After(10 * time.Second) // far below the ack wait
+	for k := 0; k < msgs; k++ {
+		select {
+		case <-got:
+		case <-deadline:
+			t.Fatalf("%d of %d messages handled within 10 s: the rest wait for the ack wait", k, msgs)
+		}
+	}
+	cons, err := b.JS.Consumer(ctx, contracts.StreamBackups, "expiry")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NumRedelivered > 0 {
+		t.Fatalf("%d messages redelivered", info.NumRedelivered)
 	}
 }
