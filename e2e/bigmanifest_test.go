@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,10 +17,23 @@ import (
 // Merge builds a spilled map and stores it from its file; the verifier,
 // an incremental's merge (inheriting from the spilled parent through the
 // qcow2's dirty bitmap), a certify verification and restore read them
-// back through a file; both restores are bit-exact.
+// back through a file; both restores are bit-exact. In an encrypted
+// repository the same, the manifests sealed and opened as streams.
 func TestSpilledManifestsEndToEnd(t *testing.T) {
-	st := startStack(t, stackOptions{chunkSize: 64 << 10, env: []string{"STRATA_MANIFEST_SPILL_ABOVE=4096", "STRATA_MANIFEST_WHOLE_MAX=65536"}})
+	for _, encrypted := range []bool{false, true} {
+		t.Run(fmt.Sprint("encrypted=", encrypted), func(t *testing.T) { spilledManifests(t, encrypted) })
+	}
+}
+
+func spilledManifests(t *testing.T, encrypted bool) {
 	dir := t.TempDir()
+	env := []string{"STRATA_MANIFEST_SPILL_ABOVE=4096", "STRATA_MANIFEST_WHOLE_MAX=65536"}
+	if encrypted {
+		key := filepath.Join(dir, "strata.key")
+		os.WriteFile(key, []byte(strings.Repeat("5a", 32)+"\n"), 0o600)
+		env = append(env, "STRATA_ENCRYPTION_KEY_FILE="+key)
+	}
+	st := startStack(t, stackOptions{chunkSize: 64 << 10, env: env})
 	raw0, qcow := qcowWithBitmap(t, dir, "point0", 768<<20, 11) // 12,288 chunks, ~7,400 of data
 	backup := func(addr string) contracts.BackupRecord {
 		out := st.mustCLI("backup", "--vm", "spill", "--source", "nbd://"+addr+"/disk?bitmap=b1", "--wait")

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"syscall"
 
@@ -12,16 +13,16 @@ import (
 	"github.com/strata-backup/strata/pkg/objstore"
 )
 
-// putBigManifest stores a spilled manifest (an unsealed repository's):
-// encoded into a temporary file and sent from a read-only mapping of it,
-// so the encoding — gigabytes for a disk holding tens of TiB of data —
-// is never in the heap; the pages are the file's, which the kernel reclaims.
+// putBigManifest stores a spilled manifest: encoded into a temporary
+// file (sealed as a stream into a second one in an encrypted repository)
+// and sent from a read-only mapping of it, so the encoding — gigabytes
+// for a disk holding tens of TiB of data — is never in the heap; the
+// pages are the file's, which the kernel reclaims.
 func (r *Repository) putBigManifest(ctx context.Context, key string, m *manifest.Manifest) error {
-	f, err := os.CreateTemp(manifest.SpillDir, "strata-manifest-put-*")
+	f, err := tempFile("put")
 	if err != nil {
 		return err
 	}
-	os.Remove(f.Name())
 	defer f.Close()
 	w := bufio.NewWriterSize(f, 1<<20)
 	n, err := m.EncodeTo(w)
@@ -31,6 +32,25 @@ func (r *Repository) putBigManifest(ctx context.Context, key string, m *manifest
 	if err != nil {
 		return err
 	}
+	if keys, ok := r.seal.(*Keys); ok {
+		sealed, err := tempFile("seal")
+		if err != nil {
+			return err
+		}
+		defer sealed.Close()
+		w := bufio.NewWriterSize(sealed, 1<<20)
+		if err := keys.sealStream(w, io.NewSectionReader(f, 0, n), n, []byte(key)); err != nil {
+			return fmt.Errorf("seal: %w", err)
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
+		f.Close()
+		f = sealed
+		if n, err = f.Seek(0, io.SeekEnd); err != nil {
+			return err
+		}
+	}
 	b, err := syscall.Mmap(int(f.Fd()), 0, int(n), syscall.PROT_READ, syscall.MAP_SHARED)
 	if err != nil {
 		return fmt.Errorf("map the encoded manifest: %w", err)
@@ -39,25 +59,26 @@ func (r *Repository) putBigManifest(ctx context.Context, key string, m *manifest
 	return r.Store.Put(ctx, key, b)
 }
 
-// getBigManifest reads a manifest bigger than WholeManifest, whose first
-// bytes were read already, into a temporary file in pieces and decodes it
-// from there (manifest.DecodeFrom: checked whole, decoded a block at a
-// time, spilled past SpillAbove). A sealed manifest is opened whole: its
-// seal covers all of it.
-func (r *Repository) getBigManifest(ctx context.Context, key string, first []byte) (*manifest.Manifest, error) {
-	if r.Encrypted() {
-		var m *manifest.Manifest
-		_, err := objstore.GetChecked(ctx, r.Store, key, func(b []byte) (err error) {
-			m, err = r.decodeManifest(key, b)
-			return err
-		})
-		return m, err
+// tempFile is an unlinked temporary file in manifest.SpillDir.
+func tempFile(what string) (*os.File, error) {
+	f, err := os.CreateTemp(manifest.SpillDir, "strata-manifest-"+what+"-*")
+	if err != nil {
+		return nil, fmt.Errorf("manifest %s file: %w", what, err)
 	}
-	f, err := os.CreateTemp(manifest.SpillDir, "strata-manifest-get-*")
+	os.Remove(f.Name())
+	return f, nil
+}
+
+// getBigManifest reads a manifest bigger than WholeManifest, whose first
+// bytes were read already, into a temporary file in pieces (opened from
+// its stream seal into another in an encrypted repository) and decodes it
+// from there (manifest.DecodeFrom: checked whole, decoded a block at a
+// time, spilled past SpillAbove).
+func (r *Repository) getBigManifest(ctx context.Context, key string, first []byte) (*manifest.Manifest, error) {
+	f, err := tempFile("get")
 	if err != nil {
 		return nil, err
 	}
-	os.Remove(f.Name())
 	defer f.Close()
 	if _, err := f.Write(first); err != nil {
 		return nil, err
@@ -81,7 +102,36 @@ func (r *Repository) getBigManifest(ctx context.Context, key string, first []byt
 			break
 		}
 	}
-	m, err := manifest.DecodeFrom(f, off)
+	src, size := f, off
+	if keys, ok := r.seal.(*Keys); ok {
+		head := make([]byte, len(streamMagic))
+		f.ReadAt(head, 0)
+		if string(head) != streamMagic { // sealed whole (small once, or written before streams)
+			b := make([]byte, off)
+			if _, err := f.ReadAt(b, 0); err != nil {
+				return nil, err
+			}
+			return r.decodeManifest(key, b)
+		}
+		plain, err := tempFile("open")
+		if err != nil {
+			return nil, err
+		}
+		defer plain.Close()
+		w := bufio.NewWriterSize(plain, 1<<20)
+		if err := keys.openStream(w, bufio.NewReaderSize(io.NewSectionReader(f, 0, off), 1<<20), off, []byte(key)); err != nil {
+			return nil, fmt.Errorf("%w: %v", manifest.ErrCorrupt, err)
+		}
+		if err := w.Flush(); err != nil {
+			return nil, err
+		}
+		f.Close()
+		if size, err = plain.Seek(0, io.SeekEnd); err != nil {
+			return nil, err
+		}
+		src = plain
+	}
+	m, err := manifest.DecodeFrom(src, size)
 	if err != nil {
 		return nil, err
 	}

@@ -25,8 +25,19 @@ func TestBigManifestStreamed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, store := range map[string]objstore.Store{"mem": objstore.NewMem(), "dir": dir} {
-		r, err := Open(ctx, store, 64<<10, nil)
+	keys, err := NewKeys(bytes.Repeat([]byte{7}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name  string
+		store objstore.Store
+		keys  *Keys
+		whole int64
+	}{{"mem", objstore.NewMem(), nil, 64 << 10}, {"dir", dir, nil, 64 << 10}, {"encrypted", objstore.NewMem(), keys, 64 << 10}, {"encrypted, read whole", objstore.NewMem(), keys, 16 << 20}} {
+		name, store := c.name, c.store
+		WholeManifest = c.whole
+		r, err := Open(ctx, store, 64<<10, c.keys)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -51,8 +62,11 @@ func TestBigManifestStreamed(t *testing.T) {
 			t.Fatalf("%s: %v", name, err)
 		}
 		stored, _ := store.Get(ctx, key)
-		if !bytes.Equal(stored, want) || int64(len(stored)) <= 2*WholeManifest {
+		if c.keys == nil && (!bytes.Equal(stored, want) || int64(len(stored)) <= 2*WholeManifest) {
 			t.Fatalf("%s: stored %d bytes, encoded %d", name, len(stored), len(want))
+		}
+		if c.keys != nil && (bytes.Contains(stored, want[40:200]) || !bytes.HasPrefix(stored, []byte(streamMagic))) {
+			t.Fatalf("%s: stored in the clear or not sealed as a stream", name)
 		}
 		back, err := r.GetManifest(ctx, key)
 		if err != nil {
@@ -61,10 +75,15 @@ func TestBigManifestStreamed(t *testing.T) {
 		if got, _ := back.Encode(); !back.Spilled() || !bytes.Equal(got, want) {
 			t.Fatalf("%s: read back differently (spilled %v)", name, back.Spilled())
 		}
-		stored[len(stored)/2] ^= 1
-		store.Put(ctx, key, stored)
-		if _, err := r.GetManifest(ctx, key); !errors.Is(err, manifest.ErrCorrupt) {
-			t.Fatalf("%s: a damaged big manifest read: %v", name, err)
+		bads := [][]byte{flip(stored, len(stored)/2), stored[:len(stored)-1], stored[:len(stored)/2]}
+		if seg := 12 + (1<<20 + 16); c.keys != nil && len(stored) > seg {
+			bads = append(bads, stored[:seg]) // cut at a segment's end: the last one is missing
+		}
+		for _, bad := range bads {
+			store.Put(ctx, key, bad)
+			if _, err := r.GetManifest(ctx, key); !errors.Is(err, manifest.ErrCorrupt) {
+				t.Fatalf("%s: a damaged or truncated big manifest (%d of %d bytes) read: %v", name, len(bad), len(stored), err)
+			}
 		}
 	}
 }

@@ -8,9 +8,11 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/strata-backup/strata/pkg/chunk"
@@ -113,4 +115,85 @@ func (k *Keys) open(obj, ad []byte) ([]byte, error) {
 		return nil, errors.New("decryption failed (tampered, or sealed under another name)")
 	}
 	return plain, nil
+}
+
+// A manifest too big to seal in memory (a disk holding tens of TiB of
+// data) is sealed as a stream instead: "STS1", an 8-byte random nonce
+// prefix, then the plaintext in segments of streamSegment bytes, each
+// sealed on its own (AES-256-GCM, the object's key as associated data)
+// under the prefix, its index and — for the last one only — a final flag,
+// so a reordered, dropped or truncated segment does not open.
+const (
+	streamMagic   = "STS1"
+	streamSegment = 1 << 20
+)
+
+func (k *Keys) streamNonce(prefix []byte, i uint32, last bool) []byte {
+	n := make([]byte, 12)
+	copy(n, prefix)
+	if last {
+		i |= 1 << 31
+	}
+	binary.BigEndian.PutUint32(n[8:], i)
+	return n
+}
+
+// sealStream seals the n bytes of r into w.
+func (k *Keys) sealStream(w io.Writer, r io.Reader, n int64, ad []byte) error {
+	prefix := make([]byte, 8)
+	if _, err := rand.Read(prefix); err != nil {
+		panic(err)
+	}
+	if _, err := w.Write(append([]byte(streamMagic), prefix...)); err != nil {
+		return err
+	}
+	count := max(1, (n+streamSegment-1)/streamSegment)
+	if count >= 1<<31 {
+		return fmt.Errorf("%d bytes: too big to seal", n)
+	}
+	buf := make([]byte, streamSegment)
+	out := make([]byte, 0, streamSegment+k.aead.Overhead())
+	for i := int64(0); i < count; i++ {
+		m := min(int64(streamSegment), n-i*streamSegment)
+		if _, err := io.ReadFull(r, buf[:m]); err != nil {
+			return err
+		}
+		out = k.aead.Seal(out[:0], k.streamNonce(prefix, uint32(i), i == count-1), buf[:m], ad)
+		if _, err := w.Write(out); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// openStream opens a stream-sealed object of size n read from r into w.
+func (k *Keys) openStream(w io.Writer, r io.Reader, n int64, ad []byte) error {
+	head := make([]byte, len(streamMagic)+8)
+	if _, err := io.ReadFull(r, head); err != nil || string(head[:len(streamMagic)]) != streamMagic {
+		return errors.New("not a stream-sealed object")
+	}
+	prefix := head[len(streamMagic):]
+	body := n - int64(len(head))
+	full := int64(streamSegment + k.aead.Overhead())
+	count := max(1, (body+full-1)/full)
+	buf := make([]byte, full)
+	plain := make([]byte, 0, streamSegment)
+	for i := int64(0); i < count; i++ {
+		m := min(full, body-i*full)
+		if m < int64(k.aead.Overhead()) {
+			return errors.New("stream-sealed object truncated")
+		}
+		if _, err := io.ReadFull(r, buf[:m]); err != nil {
+			return err
+		}
+		var err error
+		plain, err = k.aead.Open(plain[:0], k.streamNonce(prefix, uint32(i), i == count-1), buf[:m], ad)
+		if err != nil {
+			return errors.New("decryption failed (tampered, truncated, or sealed under another name)")
+		}
+		if _, err := w.Write(plain); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -12,6 +12,7 @@
 package repo
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"encoding/json"
@@ -373,7 +374,7 @@ func (r *Repository) ManifestKey(vm string, disk int, backupID string) string {
 // PutManifest stores a manifest and returns its key.
 func (r *Repository) PutManifest(ctx context.Context, vm string, m *manifest.Manifest) (string, error) {
 	key := r.ManifestKey(vm, m.Disk, m.BackupID)
-	if m.Spilled() && !r.Encrypted() {
+	if m.Spilled() {
 		if err := r.putBigManifest(ctx, key, m); err != nil {
 			return "", fmt.Errorf("write manifest %s: %w", key, err)
 		}
@@ -420,7 +421,15 @@ func (r *Repository) GetManifest(ctx context.Context, key string) (*manifest.Man
 
 // decodeManifest opens and decodes the manifest object b stored at key.
 func (r *Repository) decodeManifest(key string, b []byte) (*manifest.Manifest, error) {
-	b, err := r.seal.open(b, []byte(key))
+	var err error
+	if keys, ok := r.seal.(*Keys); ok && bytes.HasPrefix(b, []byte(streamMagic)) {
+		// a spilled manifest, sealed as a stream, that is small enough
+		var plain bytes.Buffer
+		err = keys.openStream(&plain, bytes.NewReader(b), int64(len(b)), []byte(key))
+		b = plain.Bytes()
+	} else {
+		b, err = r.seal.open(b, []byte(key))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", manifest.ErrCorrupt, err)
 	}
