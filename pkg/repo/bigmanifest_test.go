@@ -75,6 +75,22 @@ func TestBigManifestStreamed(t *testing.T) {
 		if got, _ := back.Encode(); !back.Spilled() || !bytes.Equal(got, want) {
 			t.Fatalf("%s: read back differently (spilled %v)", name, back.Spilled())
 		}
+		// Copied to another repository: written from the map, not held.
+		to, err := Open(ctx, objstore.NewMem(), 64<<10, c.keys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		to.Store.Put(ctx, PackKey(p), []byte("there")) // the (synthetic) pack: known present, not copied
+		if err := (&Copier{From: r, To: to}).CopyBackup(ctx, []string{key}); err != nil {
+			t.Fatalf("%s: copy: %v", name, err)
+		}
+		copied, err := to.GetManifest(ctx, key)
+		if err != nil {
+			t.Fatalf("%s: the copy's manifest: %v", name, err)
+		}
+		if got, _ := copied.Encode(); !bytes.Equal(got, want) {
+			t.Fatalf("%s: the copy's manifest differs", name)
+		}
 		bads := [][]byte{flip(stored, len(stored)/2), stored[:len(stored)-1], stored[:len(stored)/2]}
 		if seg := 12 + (1<<20 + 16); c.keys != nil && len(stored) > seg {
 			bads = append(bads, stored[:seg]) // cut at a segment's end: the last one is missing

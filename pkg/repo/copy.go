@@ -152,7 +152,21 @@ func (c *Copier) CopyBackup(ctx context.Context, manifestKeys []string) error {
 	if err := run(); err != nil {
 		return err
 	}
-	for _, key := range manifestKeys {
+	for k, key := range manifestKeys {
+		if mans[k].Spilled() {
+			// Too big to hold: written from the map read above (checked as
+			// it was read), encoded as the source stored it.
+			if ok, err := c.present(ctx, key); err != nil {
+				return err
+			} else if !ok {
+				if _, err := c.To.putManifestAt(ctx, key, mans[k]); err != nil {
+					return fmt.Errorf("copy %s: %w", key, err)
+				}
+				c.remember(key)
+				c.add(func(s *CopyStats) { s.Objects++ })
+			}
+			continue
+		}
 		if err := c.copyObject(ctx, key, func(b []byte) error {
 			_, err := c.From.decodeManifest(key, b)
 			return err

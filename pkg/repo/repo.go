@@ -373,7 +373,11 @@ func (r *Repository) ManifestKey(vm string, disk int, backupID string) string {
 
 // PutManifest stores a manifest and returns its key.
 func (r *Repository) PutManifest(ctx context.Context, vm string, m *manifest.Manifest) (string, error) {
-	key := r.ManifestKey(vm, m.Disk, m.BackupID)
+	return r.putManifestAt(ctx, r.ManifestKey(vm, m.Disk, m.BackupID), m)
+}
+
+// putManifestAt stores a manifest under key.
+func (r *Repository) putManifestAt(ctx context.Context, key string, m *manifest.Manifest) (string, error) {
 	if m.Spilled() {
 		if err := r.putBigManifest(ctx, key, m); err != nil {
 			return "", fmt.Errorf("write manifest %s: %w", key, err)
