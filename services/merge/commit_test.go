@@ -97,6 +97,27 @@ func TestCommitFromResultsInAnyOrderAndDuplicated(t *testing.T) {
 	}
 }
 
+// A replica behind: the results stream answers not found at first. The
+// result that completes the backup is taken as delivered (the stream is
+// not asked for it), the others are asked again until they show: the
+// backup commits on the first delivery — a retry through a redelivery is
+// what a server lost (nats-server#5727).
+func TestCommitWhileTheResultsLag(t *testing.T) {
+	const size = 2 * 64 << 20
+	ctx := context.Background()
+	m, cat, res, _, _ := testMerger(t, diskOf("lag", size))
+	d0, _ := result("lag", 0, size)
+	d1, _ := result("lag", 1, size)
+	res.put(d0)
+	if err := m.segmentDone(ctx, d0); err != nil || cat.commits != 0 {
+		t.Fatalf("first result: %v, %d commits", err, cat.commits)
+	}
+	res.lag = 3 // the first result now reads as missing three times, the last one is not in the stream at all
+	if err := m.segmentDone(ctx, d1); err != nil || cat.commits != 1 {
+		t.Fatalf("last result with the stream behind: %v, %d commits", err, cat.commits)
+	}
+}
+
 // An incremental takes untouched segments and inherited chunks from its
 // parent's manifest; a result for a segment the backup does not have is
 // refused for good (never retried), and so is one whose parent is gone.
@@ -150,7 +171,7 @@ func TestIncrementalInheritsFromItsParent(t *testing.T) {
 	cat.recs["vm/o"] = clone(orphan)
 	od, _ := result("o", 1, size)
 	res.put(od)
-	if err := m.commit(ctx, clone(orphan)); err == nil || !errors.Is(err, catalog.ErrNotFound) {
+	if err := m.commit(ctx, clone(orphan), nil); err == nil || !errors.Is(err, catalog.ErrNotFound) {
 		t.Fatalf("commit of an incremental whose parent is gone: %v", err)
 	}
 }

@@ -110,6 +110,10 @@ type fakeResults struct {
 	mu     sync.Mutex
 	msgs   map[string][]byte
 	purged []string
+	// lag: reads of a subject answer not found this many times first, as a
+	// replica behind the stream's leader does
+	lag    int
+	lagged map[string]int
 }
 
 func (f *fakeResults) put(d *contracts.SegmentDone) {
@@ -126,6 +130,13 @@ func (f *fakeResults) GetLastMsgForSubject(_ context.Context, subject string) (*
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	b, ok := f.msgs[subject]
+	if f.lagged == nil {
+		f.lagged = map[string]int{}
+	}
+	if f.lagged[subject] < f.lag {
+		f.lagged[subject]++
+		ok = false
+	}
 	if !ok {
 		return nil, jetstream.ErrMsgNotFound
 	}

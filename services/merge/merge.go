@@ -196,10 +196,13 @@ func (m *merger) segmentDone(ctx context.Context, d *contracts.SegmentDone) erro
 	if rec.State != contracts.StateTransferring || rec.SegmentsDone() < rec.Segments() {
 		return nil
 	}
-	return m.commit(ctx, rec)
+	return m.commit(ctx, rec, d)
 }
 
-func (m *merger) commit(ctx context.Context, rec *contracts.BackupRecord) error {
+// commit assembles and stores the backup's manifests and commits it; last
+// is the result that completed it (in hand: the stream may not show it
+// yet on the replica a read reaches).
+func (m *merger) commit(ctx context.Context, rec *contracts.BackupRecord, last *contracts.SegmentDone) error {
 	disks := make([]catalog.CommittedDisk, len(rec.Disks))
 	stored := make([][]contracts.ChunkRun, len(rec.Disks))
 	mans := make([]*manifest.Manifest, len(rec.Disks))
@@ -211,7 +214,7 @@ func (m *merger) commit(ctx context.Context, rec *contracts.BackupRecord) error 
 		}
 	}()
 	for i, disk := range rec.Disks {
-		man, zero, err := m.assemble(ctx, rec, disk, &stored[i])
+		man, zero, err := m.assemble(ctx, rec, disk, last, &stored[i])
 		if err != nil {
 			return err
 		}
@@ -300,7 +303,7 @@ const maxStoredRuns = 16384
 // disk order and appended to the manifest as they come, so the work and
 // the memory follow the chunks that hold data: an untouched segment of a
 // full costs nothing, one of an incremental the parent's data in it.
-func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk contracts.DiskRecord, stored *[]contracts.ChunkRun) (*manifest.Manifest, int64, error) {
+func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk contracts.DiskRecord, last *contracts.SegmentDone, stored *[]contracts.ChunkRun) (*manifest.Manifest, int64, error) {
 	man := manifest.New(rec.ID, disk.Index, rec.ChunkSize, disk.Size)
 	var parent *manifest.Manifest // loaded on the first inherited chunk
 	defer func() {
@@ -337,13 +340,11 @@ func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk
 			continue
 		}
 		subject := contracts.SegmentDoneSubject(rec.ID, disk.Index, seg)
-		raw, err := m.results.GetLastMsgForSubject(ctx, subject)
-		if err != nil {
-			return nil, 0, fmt.Errorf("read result %s: %w", subject, err)
-		}
 		var d contracts.SegmentDone
-		if err := contracts.Decode(raw.Data, &d); err != nil {
-			return nil, 0, bus.Permanent(fmt.Errorf("result %s: %w", subject, err))
+		if last != nil && last.BackupID == rec.ID && last.Disk == disk.Index && last.Index == seg {
+			d = *last
+		} else if err := m.readResult(ctx, subject, &d); err != nil {
+			return nil, 0, err
 		}
 		if d.FirstChunk != first || int64(len(d.IDs)) != end-first {
 			return nil, 0, bus.Permanent(fmt.Errorf("result %s covers chunks [%d, %d), the segment is [%d, %d)", subject, d.FirstChunk, d.FirstChunk+int64(len(d.IDs)), first, end))
@@ -358,6 +359,35 @@ func (m *merger) assemble(ctx context.Context, rec *contracts.BackupRecord, disk
 		}
 	}
 	return man, man.ZeroChunks(), nil
+}
+
+// readResult reads a segment's result from the results stream. A read
+// may reach a replica a moment behind the consumer that delivered the
+// last result (a 3-node cluster under load): not found is asked again a
+// few times before it fails the attempt — a failed attempt is retried
+// through a redelivery, which a server may lose (nats-server#5727: the
+// ack floor moved past a NAK'd result and left a backup transferring).
+func (m *merger) readResult(ctx context.Context, subject string, d *contracts.SegmentDone) error {
+	var raw *jetstream.RawStreamMsg
+	var err error
+	for attempt := 0; ; attempt++ {
+		raw, err = m.results.GetLastMsgForSubject(ctx, subject)
+		if !errors.Is(err, jetstream.ErrMsgNotFound) || attempt == 5 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(50<<attempt) * time.Millisecond):
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("read result %s: %w", subject, err)
+	}
+	if err := contracts.Decode(raw.Data, d); err != nil {
+		return bus.Permanent(fmt.Errorf("result %s: %w", subject, err))
+	}
+	return nil
 }
 
 // applyResult appends one segment's chunks to man, taking inherited ones
