@@ -418,6 +418,10 @@ func pull[T any, PT interface {
 			return true
 		}
 	}
+	// extra: requests still open beyond the current one (each timeout
+	// below leaves one behind); their ends are absorbed, so a busy server
+	// answering late does not make a puller hold ever more requests.
+	extra := 0
 	for ctx.Err() == nil {
 		if err := b.NC.PublishRequest(subject, inbox, req); err != nil {
 			b.Log.Debug("pull", "consumer", spec.Durable, "err", err)
@@ -426,9 +430,7 @@ func pull[T any, PT interface {
 			}
 			continue
 		}
-		// Wait for this request's message or its end (408 at its expiry; a
-		// status of an older request ends this wait too, which only means
-		// one request more).
+		// Wait for this request's message or its end (408 at its expiry).
 		timer := time.NewTimer(expiry + time.Second)
 	wait:
 		for {
@@ -437,9 +439,14 @@ func pull[T any, PT interface {
 				timer.Stop()
 				return
 			case <-timer.C:
+				extra = min(extra+1, 2) // a lost request never ends: count at most two
 				break wait
 			case m := <-msgs:
 				if status := m.Header.Get("Status"); status != "" {
+					if (status == "404" || status == "408") && extra > 0 {
+						extra-- // an older request's end: this one is still open
+						continue
+					}
 					timer.Stop()
 					if status != "404" && status != "408" { // 409 consumer gone or leader changed, 503 no responders
 						b.Log.Debug("pull", "consumer", spec.Durable, "status", status, "description", m.Header.Get("Description"))
