@@ -51,12 +51,22 @@ type decoded struct {
 }
 
 func newSpill() (*spill, error) {
-	f, err := os.CreateTemp(SpillDir, "strata-manifest-*")
+	f, err := TempFile("spill")
 	if err != nil {
-		return nil, fmt.Errorf("manifest spill file: %w", err)
+		return nil, err
 	}
-	os.Remove(f.Name()) // lives while open
 	return &spill{f: f}, nil
+}
+
+// TempFile is an unlinked temporary file in SpillDir (what names its use):
+// it lives while open, so a crash leaves nothing behind.
+func TempFile(what string) (*os.File, error) {
+	f, err := os.CreateTemp(SpillDir, "strata-manifest-"+what+"-*")
+	if err != nil {
+		return nil, fmt.Errorf("manifest %s file: %w", what, err)
+	}
+	os.Remove(f.Name())
+	return f, nil
 }
 
 // Spilled reports whether part of m lives in a spill file.

@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
@@ -16,6 +17,7 @@ import (
 	"os"
 
 	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/manifest"
 )
 
 // Keys encrypt a repository (STRATA_ENCRYPTION_KEY_FILE). From one 256-bit
@@ -104,8 +106,14 @@ func (k *Keys) overhead() int {
 	return len(sealedMagic) + k.aead.NonceSize() + k.aead.Overhead()
 }
 
-// open decrypts a sealed object; any tampering is an error.
+// open decrypts a sealed object, sealed whole or as a stream; any
+// tampering is an error.
 func (k *Keys) open(obj, ad []byte) ([]byte, error) {
+	if bytes.HasPrefix(obj, []byte(streamMagic)) {
+		var plain bytes.Buffer
+		err := k.openStream(&plain, bytes.NewReader(obj), int64(len(obj)), ad)
+		return plain.Bytes(), err
+	}
 	head := len(sealedMagic) + k.aead.NonceSize()
 	if len(obj) < head+k.aead.Overhead() || string(obj[:len(sealedMagic)]) != sealedMagic {
 		return nil, errors.New("not an encrypted object")
@@ -196,4 +204,60 @@ func (k *Keys) openStream(w io.Writer, r io.Reader, n int64, ad []byte) error {
 		}
 	}
 	return nil
+}
+
+// sealFile seals the n bytes of f as a stream into a new temporary file.
+func (k *Keys) sealFile(f *os.File, n int64, ad []byte) (*os.File, int64, error) {
+	out, err := manifest.TempFile("seal")
+	if err != nil {
+		return nil, 0, err
+	}
+	w := bufio.NewWriterSize(out, 1<<20)
+	if err = k.sealStream(w, io.NewSectionReader(f, 0, n), n, ad); err == nil {
+		err = w.Flush()
+	}
+	var size int64
+	if err == nil {
+		size, err = out.Seek(0, io.SeekEnd)
+	}
+	if err != nil {
+		out.Close()
+		return nil, 0, err
+	}
+	return out, size, nil
+}
+
+// openFile opens the n sealed bytes of f into a new temporary file: a
+// stream piece by piece, an object sealed whole (written before streams)
+// in memory.
+func (k *Keys) openFile(f *os.File, n int64, ad []byte) (*os.File, int64, error) {
+	out, err := manifest.TempFile("open")
+	if err != nil {
+		return nil, 0, err
+	}
+	head := make([]byte, len(streamMagic))
+	f.ReadAt(head, 0)
+	w := bufio.NewWriterSize(out, 1<<20)
+	if string(head) == streamMagic {
+		err = k.openStream(w, bufio.NewReaderSize(io.NewSectionReader(f, 0, n), 1<<20), n, ad)
+	} else {
+		b := make([]byte, n)
+		if _, err = f.ReadAt(b, 0); err == nil {
+			if b, err = k.open(b, ad); err == nil {
+				_, err = w.Write(b)
+			}
+		}
+	}
+	if err == nil {
+		err = w.Flush()
+	}
+	var size int64
+	if err == nil {
+		size, err = out.Seek(0, io.SeekEnd)
+	}
+	if err != nil {
+		out.Close()
+		return nil, 0, err
+	}
+	return out, size, nil
 }

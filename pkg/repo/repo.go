@@ -12,13 +12,13 @@
 package repo
 
 import (
-	"bytes"
 	"context"
 	"crypto/hmac"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"sync"
 	"time"
 
@@ -119,6 +119,11 @@ type sealer interface {
 	open(obj, ad []byte) ([]byte, error)
 	// overhead is how many bytes seal adds.
 	overhead() int
+	// sealFile and openFile do seal and open for an object too big to hold
+	// (n bytes of f), into a temporary file they return (f itself when
+	// there is nothing to do; the caller closes both).
+	sealFile(f *os.File, n int64, ad []byte) (*os.File, int64, error)
+	openFile(f *os.File, n int64, ad []byte) (*os.File, int64, error)
 	ChunkID(data []byte) chunk.ID
 	nameInKey(name string) string
 }
@@ -130,7 +135,13 @@ func (plain) seal(p, _ []byte) []byte            { return p }
 func (plain) open(obj, _ []byte) ([]byte, error) { return obj, nil }
 func (plain) ChunkID(data []byte) chunk.ID       { return chunk.Hash(data) }
 func (plain) overhead() int                      { return 0 }
-func (plain) nameInKey(name string) string       { return url.PathEscape(name) }
+func (plain) sealFile(f *os.File, n int64, _ []byte) (*os.File, int64, error) {
+	return f, n, nil
+}
+func (plain) openFile(f *os.File, n int64, _ []byte) (*os.File, int64, error) {
+	return f, n, nil
+}
+func (plain) nameInKey(name string) string { return url.PathEscape(name) }
 
 // SealObject is the stored form of a small object of another layer (a
 // backup record's copy) under key: as it is, or sealed and bound to key in
@@ -425,15 +436,7 @@ func (r *Repository) GetManifest(ctx context.Context, key string) (*manifest.Man
 
 // decodeManifest opens and decodes the manifest object b stored at key.
 func (r *Repository) decodeManifest(key string, b []byte) (*manifest.Manifest, error) {
-	var err error
-	if keys, ok := r.seal.(*Keys); ok && bytes.HasPrefix(b, []byte(streamMagic)) {
-		// a spilled manifest, sealed as a stream, that is small enough
-		var plain bytes.Buffer
-		err = keys.openStream(&plain, bytes.NewReader(b), int64(len(b)), []byte(key))
-		b = plain.Bytes()
-	} else {
-		b, err = r.seal.open(b, []byte(key))
-	}
+	b, err := r.seal.open(b, []byte(key))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", manifest.ErrCorrupt, err)
 	}
