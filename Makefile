@@ -15,6 +15,7 @@ COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 export NATS_IMAGE ?= strata/nats-server:v2.15.2
 export VERSITYGW_IMAGE ?= strata/versitygw:v1.8.0
 export JAEGER_IMAGE ?= strata/jaeger:v1.76.0
+export PROMETHEUS_IMAGE ?= strata/prometheus:v0.316.0
 
 all: build
 
@@ -94,6 +95,13 @@ deploy/secrets/api-token:
 	@head -c 24 /dev/urandom | base64 > $@ && chmod 644 $@
 	@echo "wrote the HTTP trigger token to $@"
 
+# The metrics scrape token (every service's /metrics and the prometheus
+# service share it): made once, like the trigger token.
+deploy/secrets/metrics-token:
+	@mkdir -p -m 700 deploy/secrets
+	@head -c 24 /dev/urandom | base64 > $@ && chmod 644 $@
+	@echo "wrote the metrics scrape token to $@"
+
 # NATS TLS certificates, one nkey per service and the servers'
 # authorization: made once by strata nats-auth (delete the directory to
 # make new ones).
@@ -107,7 +115,7 @@ deploy/secrets/s3/transfer.env: | build
 	@mkdir -p -m 700 deploy/secrets
 	$(BIN)/strata s3-roles --dir deploy/secrets/s3
 
-up: images deploy/secrets/api-token deploy/secrets/nats/auth.conf deploy/secrets/s3/transfer.env
+up: images deploy/secrets/api-token deploy/secrets/metrics-token deploy/secrets/nats/auth.conf deploy/secrets/s3/transfer.env
 	$(COMPOSE) up -d --scale transfer=$${TRANSFERS:-3}
 	deploy/docker/wait-healthy.sh $(COMPOSE)
 

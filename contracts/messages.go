@@ -614,6 +614,28 @@ func CatalogKey(vm, backupID string) string {
 	return CatalogVMPrefix(vm) + backupID
 }
 
+// StatusKey is the catalog bucket's key of a VM's outcome summary
+// (VMStatus).
+func StatusKey(vm string) string {
+	return StatusPrefix + base64.RawURLEncoding.EncodeToString([]byte(vm))
+}
+
+// StatusPrefix starts every VMStatus key.
+const StatusPrefix = "s."
+
+// VMStatus is one VM's latest outcomes, kept by the catalog beside its
+// records: what a fleet view and the per-VM metrics read without listing
+// every backup. Times only move forward.
+type VMStatus struct {
+	Schema         int        `json:"schema"`
+	VM             string     `json:"vm"`
+	LastVerified   string     `json:"last_verified,omitempty"` // backup id
+	LastVerifiedAt *time.Time `json:"last_verified_at,omitempty"`
+	LastFailed     string     `json:"last_failed,omitempty"`
+	LastFailedAt   *time.Time `json:"last_failed_at,omitempty"`
+	LastFailReason string     `json:"last_fail_reason,omitempty"`
+}
+
 // CatalogVMPrefix is the key prefix of every backup of vm.
 func CatalogVMPrefix(vm string) string {
 	return "b." + base64.RawURLEncoding.EncodeToString([]byte(vm)) + "."
@@ -646,9 +668,14 @@ type Policy struct {
 	// s3://bucket/prefix?endpoint=…; credentials from the service's
 	// STRATA_COPY_S3_*), then applies CopyKeep there: copies usually keep
 	// more points than the primary.
-	CopyTo    string    `json:"copy_to,omitempty"`
-	CopyKeep  *Keep     `json:"copy_keep,omitempty"`
-	UpdatedAt time.Time `json:"updated_at"`
+	CopyTo   string `json:"copy_to,omitempty"`
+	CopyKeep *Keep  `json:"copy_keep,omitempty"`
+	// RPO: the most a VM's newest verified backup may age before it counts
+	// as unprotected (the console's red, the StrataNoVerifiedBackupWithinRPO
+	// alert); 0: twice the schedule's interval, plus its jitter
+	// (schedule.RPO).
+	RPO       time.Duration `json:"rpo,omitempty"`
+	UpdatedAt time.Time     `json:"updated_at"`
 }
 
 // FreezeKey is the KV key of a VM's freeze in progress.
@@ -757,8 +784,8 @@ func (p *Policy) Validate() error {
 	if err := need("schedule", p.Schedule); err != nil {
 		return err
 	}
-	if p.Jitter < 0 || p.KeyInterval < 0 || p.KeepLast < 0 || p.KeepHourly < 0 || p.KeepDaily < 0 || p.KeepWeekly < 0 || p.KeepMonthly < 0 || p.KeepYearly < 0 {
-		return fmt.Errorf("negative jitter, key interval or retention count")
+	if p.Jitter < 0 || p.RPO < 0 || p.KeyInterval < 0 || p.KeepLast < 0 || p.KeepHourly < 0 || p.KeepDaily < 0 || p.KeepWeekly < 0 || p.KeepMonthly < 0 || p.KeepYearly < 0 {
+		return fmt.Errorf("negative jitter, rpo, key interval or retention count")
 	}
 	if p.UpdatedAt.IsZero() {
 		return fmt.Errorf("updated_at: %w", errEmpty)

@@ -29,7 +29,8 @@ type composeStack struct {
 	sources string
 	jaeger  string
 	// vcsimDemo: the demo simulator's change endpoint on the host.
-	vcsimDemo string
+	vcsimDemo  string
+	prometheus testserver.Prometheus
 }
 
 // composeProject names the deployment's containers, networks and volumes
@@ -103,11 +104,15 @@ func startCompose(t testing.TB, extra ...string) *composeStack {
 	sources := t.TempDir()
 	os.Chmod(sources, 0o755) // the services run as an unprivileged user
 	ports := map[string]int{}
-	for _, p := range []string{"STRATA_NATS1_PORT", "STRATA_NATS2_PORT", "STRATA_NATS3_PORT", "STRATA_S3_PORT", "JAEGER_UI_PORT", "STRATA_HTTP_PORT", "STRATA_VCSIM_DEMO_PORT"} {
+	for _, p := range []string{"STRATA_NATS1_PORT", "STRATA_NATS2_PORT", "STRATA_NATS3_PORT", "STRATA_S3_PORT", "JAEGER_UI_PORT", "STRATA_HTTP_PORT", "STRATA_VCSIM_DEMO_PORT", "STRATA_PROMETHEUS_PORT"} {
 		ports[p] = testserver.FreePort(t)
 	}
 	token := filepath.Join(t.TempDir(), "api-token")
 	if err := os.WriteFile(token, []byte("compose-e2e-token-0123456789\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	metricsToken := filepath.Join(t.TempDir(), "metrics-token")
+	if err := os.WriteFile(metricsToken, []byte("compose-e2e-metrics-0123456789\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	// NATS as `make up` runs it: TLS, an nkey per service.
@@ -122,15 +127,16 @@ func startCompose(t testing.TB, extra ...string) *composeStack {
 	if _, err := s3roles.Generate(s3Auth); err != nil {
 		t.Fatal(err)
 	}
-	env := append(os.Environ(), "STRATA_SOURCES="+sources, "STRATA_API_TOKEN_PATH="+token, "STRATA_NATS_AUTH="+auth, "STRATA_S3_AUTH="+s3Auth,
+	env := append(os.Environ(), "STRATA_SOURCES="+sources, "STRATA_API_TOKEN_PATH="+token, "STRATA_METRICS_TOKEN_PATH="+metricsToken, "STRATA_NATS_AUTH="+auth, "STRATA_S3_AUTH="+s3Auth,
 		"STRATA_TRANSFER_RATE_LIMIT=20000000", "STRATA_TRANSFER_CONCURRENCY=1", "STRATA_TRANSFER_ACK_WAIT=10s")
 	env = append(env, extra...)
 	for k, v := range ports {
 		env = append(env, fmt.Sprintf("%s=%d", k, v))
 	}
 	c := &composeStack{t: t, command: strings.Fields(command), env: env, sources: sources,
-		jaeger:    fmt.Sprintf("http://127.0.0.1:%d", ports["JAEGER_UI_PORT"]),
-		vcsimDemo: fmt.Sprintf("http://127.0.0.1:%d", ports["STRATA_VCSIM_DEMO_PORT"])}
+		jaeger:     fmt.Sprintf("http://127.0.0.1:%d", ports["JAEGER_UI_PORT"]),
+		vcsimDemo:  fmt.Sprintf("http://127.0.0.1:%d", ports["STRATA_VCSIM_DEMO_PORT"]),
+		prometheus: testserver.Prometheus{URL: fmt.Sprintf("http://127.0.0.1:%d", ports["STRATA_PROMETHEUS_PORT"])}}
 	c.run("down", "-v", "--remove-orphans")
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -219,6 +225,28 @@ func TestCompose(t *testing.T) {
 				t.Errorf("trace %s lacks spans from strata-%s (has %v)", rec.TraceID, s, got)
 			}
 		}
+	})
+
+	// The compose Prometheus finds every transfer replica through Docker's
+	// DNS and scrapes it with the token: each reports its stored bytes,
+	// and the scheduler the VM's last verified backup.
+	t.Run("PrometheusScrapesEveryReplica", func(t *testing.T) {
+		workers := len(c.containers("transfer"))
+		var stored map[string]float64
+		waitUntil(t, 60*time.Second, "every transfer replica scraped", func() bool {
+			stored = promVector(t, c.prometheus, `strata_transfer_stored_bytes_total{service="transfer"}`, "instance")
+			return len(stored) == workers
+		})
+		sum := 0.0
+		for _, v := range stored {
+			sum += v
+		}
+		if sum == 0 {
+			t.Fatalf("no bytes stored by any of the %d workers after a backup: %v", workers, stored)
+		}
+		waitUntil(t, 60*time.Second, "the last success of base", func() bool {
+			return promVector(t, c.prometheus, `strata_backup_last_success_timestamp_seconds`, "vm")["base"] > 0
+		})
 	})
 
 	// NATS with TLS and an nkey per service: the transfer workers'

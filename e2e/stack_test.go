@@ -35,6 +35,10 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binDir = dir
+	// Every process a test starts serves its metrics on a port of its own
+	// (several replicas of a service run on this host); a test that
+	// scrapes them sets its own.
+	os.Setenv("STRATA_METRICS_ADDR", "127.0.0.1:0")
 	pkgs := []string{"github.com/strata-backup/strata/cmd/strata", "github.com/strata-backup/strata/e2e/cmd/strata-merge-crashing", "github.com/strata-backup/strata/e2e/cmd/strata-dedup-crashing"}
 	for _, s := range services {
 		pkgs = append(pkgs, fmt.Sprintf("github.com/strata-backup/strata/services/%s/cmd/strata-%s", s, s))
@@ -66,6 +70,8 @@ type stack struct {
 	natsSrv *testserver.NATSServer
 	http    string // scheduler's HTTP trigger base URL
 	authDir string // secured: natsauth.Generate's directory
+	// metrics: service → its instances' metrics addresses (metrics option)
+	metrics map[string][]string
 }
 
 type stackOptions struct {
@@ -81,6 +87,9 @@ type stackOptions struct {
 	// secured: NATS with TLS and one nkey per service (natsauth); the
 	// scheduler creates the streams, the CLI is admin.
 	secured bool
+	// metrics: each service instance serves metrics on a port of its own,
+	// listed in stack.metrics.
+	metrics bool
 }
 
 func startStack(t testing.TB, o stackOptions) *stack {
@@ -164,6 +173,14 @@ func startStack(t testing.TB, o stackOptions) *stack {
 			}
 			if s == "scheduler" && i > 0 {
 				env = append(env, "STRATA_SCHEDULER_HTTP_ADDR=") // one HTTP port: the first replica's
+			}
+			if o.metrics {
+				addr := fmt.Sprintf("127.0.0.1:%d", testserver.FreePort(t))
+				env = append(env, "STRATA_METRICS_ADDR="+addr)
+				if st.metrics == nil {
+					st.metrics = map[string][]string{}
+				}
+				st.metrics[s] = append(st.metrics[s], addr)
 			}
 			st.startService(s, env...)
 		}

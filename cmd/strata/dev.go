@@ -118,6 +118,9 @@ func newDevCmd() *cobra.Command {
 				return fmt.Errorf("start %s: %w", s.name, err)
 			}
 		}
+		if err := common.ServeMetrics(ctx, "dev", started[0].Log); err != nil {
+			return err
+		}
 		remove, err := writeDevState(devState{NATSURL: common.NATSURL, StoreDir: common.StoreDir, PID: os.Getpid()})
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "strata dev: could not record where it runs (%v): commands in another shell need the exports below\n", err)

@@ -24,6 +24,7 @@ func newPolicySetCmd() *cobra.Command {
 	fs.StringVar(&p.Source, "source", "", "source URL")
 	fs.StringVar(&p.Schedule, "schedule", "", `cron schedule: "0 2 * * *", with optional seconds field, or "@every 6h"`)
 	fs.DurationVar(&p.Jitter, "jitter", 0, "spread start times over this much (deterministic per VM and slot)")
+	fs.DurationVar(&p.RPO, "rpo", 0, "recovery point objective: the newest verified backup may be this old before the VM counts as unprotected (default: twice the schedule's interval)")
 	fs.IntVar(&p.KeyInterval, "key-interval", 0, "every Nth backup is a full re-read (0: the snapshotter's default)")
 	fs.BoolVar(&p.SkipFree, "skip-free", false, "full reads skip the blocks the guest's filesystems mark free")
 	fs.IntVar(&p.KeepLast, "keep-last", 0, "retention: keep the last N backups")

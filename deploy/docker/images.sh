@@ -59,7 +59,10 @@ image strata/vcsim "$tag" strata-vcsim "" "$bin/strata-vcsim"
 cp "$servers/nats-server-${NATS_VERSION:-v2.15.2}" "$ctx/nats-server"
 cp "$servers/versitygw-${VERSITYGW_VERSION:-v1.8.0}" "$ctx/versitygw"
 cp "$servers/jaeger-${JAEGER_VERSION:-v1.76.0}" "$ctx/jaeger"
+cp "$servers/prometheus-${PROMETHEUS_VERSION:-v0.316.0}" "$ctx/prometheus"
 image strata/nats-server "${NATS_VERSION:-v2.15.2}" nats-server /data "$ctx/nats-server" "$bin/probe"
 # /iam: its internal accounts (the services' own credentials, strata s3-roles).
 image strata/versitygw "${VERSITYGW_VERSION:-v1.8.0}" versitygw "/data /iam" "$ctx/versitygw" "$bin/probe"
 image strata/jaeger "${JAEGER_VERSION:-v1.76.0}" jaeger "" "$ctx/jaeger" "$bin/probe" "$root/deploy/docker/jaeger.yaml"
+# Its configuration and rules are mounted from deploy/prometheus; /prometheus is its TSDB.
+image strata/prometheus "${PROMETHEUS_VERSION:-v0.316.0}" prometheus /prometheus "$ctx/prometheus" "$bin/probe"

@@ -28,6 +28,9 @@ const (
 	NATSVersion    = "v2.15.2"
 	VersityVersion = "v1.8.0"
 	JaegerVersion  = "v1.76.0"
+	// PrometheusVersion is the module version (v0.316.0 is Prometheus 3.x's
+	// tag in Go module form).
+	PrometheusVersion = "v0.316.0"
 )
 
 // Binary locates a server binary or skips/fails the test.
@@ -408,4 +411,36 @@ func Qemu(t testing.TB, name string, args ...string) string {
 		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
 	}
 	return string(out)
+}
+
+// Prometheus is a running Prometheus server.
+type Prometheus struct {
+	URL string // http://127.0.0.1:port
+}
+
+// StartPrometheus runs a real Prometheus with this configuration (YAML;
+// rule file paths absolute), its data in a temporary directory.
+func StartPrometheus(t testing.TB, config string) Prometheus {
+	bin := Binary(t, "prometheus", PrometheusVersion)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "prometheus.yml")
+	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	port := FreePort(t)
+	Start(t, "prometheus", exec.Command(bin, "--config.file", path, "--storage.tsdb.path", filepath.Join(dir, "data"),
+		"--web.listen-address", fmt.Sprintf("127.0.0.1:%d", port)))
+	p := Prometheus{URL: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(p.URL + "/-/ready"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return p
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatal("prometheus did not come up")
+	return p
 }

@@ -23,6 +23,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/metrics"
 )
 
 // Bus is one service's connection to NATS.
@@ -382,6 +383,17 @@ func Consume[T any, PT interface {
 	// waiting request. A client-side prefetch buffer (Consume) let the
 	// first instance to pull take twice its concurrency while the others
 	// idled.
+	metrics.QueueDepth.Watch(spec.Durable, func(ctx context.Context) (uint64, uint64, error) {
+		c, err := b.JS.Consumer(ctx, spec.Stream, spec.Durable)
+		if err != nil {
+			return 0, 0, err
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			return 0, 0, err
+		}
+		return info.NumPending, uint64(info.NumAckPending), nil
+	})
 	subject := "$JS.API.CONSUMER.MSG.NEXT." + spec.Stream + "." + spec.Durable
 	for i := 0; i < spec.Concurrency; i++ {
 		go pull(ctx, b, spec, subject, pullExpiry, h)
@@ -493,10 +505,14 @@ func handle[T any, PT interface {
 		trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attribute.String("messaging.destination.name", msg.Subject())))
 	defer span.End()
 
+	if msg.delivered() > 1 {
+		metrics.Redeliveries.WithLabelValues(spec.Durable).Inc()
+	}
 	var m PT = new(T)
 	if err := contracts.Decode(msg.Data(), m); err != nil {
 		span.SetStatus(codes.Error, err.Error())
 		b.DeadLetter(ctx, msg.Subject(), msg.Data(), msg.Headers(), err.Error())
+		metrics.DeadLetters.WithLabelValues(spec.Durable).Inc()
 		msg.Term()
 		return
 	}
@@ -519,9 +535,11 @@ func handle[T any, PT interface {
 	var later laterError
 	if errors.As(err, &later) {
 		msg.NakWithDelay(later.after)
+		metrics.Handled.WithLabelValues(spec.Durable, "later").Inc()
 		return
 	}
 	if err == nil {
+		metrics.Handled.WithLabelValues(spec.Durable, "ok").Inc()
 		if err := msg.DoubleAck(ctx); err != nil {
 			b.Log.WarnContext(ctx, "ack failed; message will be redelivered", "subject", msg.Subject(), "err", err)
 		}
@@ -540,9 +558,12 @@ func handle[T any, PT interface {
 			return // shutting down before the outcome stuck: see Spec.GiveUp
 		}
 		b.DeadLetter(ctx, msg.Subject(), msg.Data(), msg.Headers(), reason)
+		metrics.DeadLetters.WithLabelValues(spec.Durable).Inc()
+		metrics.Handled.WithLabelValues(spec.Durable, "dead").Inc()
 		msg.Term()
 		return
 	}
+	metrics.Handled.WithLabelValues(spec.Durable, "retry").Inc()
 	delay := min(time.Duration(1<<min(delivered, 5))*time.Second, 30*time.Second)
 	b.Log.WarnContext(ctx, "handler failed; will retry", "subject", msg.Subject(), "delivery", delivered, "retry_in", delay, "err", err)
 	msg.NakWithDelay(delay)

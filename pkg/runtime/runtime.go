@@ -28,6 +28,7 @@ import (
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/gclock"
 	"github.com/strata-backup/strata/pkg/manifest"
+	"github.com/strata-backup/strata/pkg/metrics"
 	"github.com/strata-backup/strata/pkg/objstore"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/s3roles"
@@ -88,10 +89,37 @@ type Common struct {
 	ManifestSpillAbove int    `envconfig:"MANIFEST_SPILL_ABOVE" default:"262144"`
 	ManifestWholeMax   int64  `envconfig:"MANIFEST_WHOLE_MAX" default:"16777216"`
 	LogLevel           string `envconfig:"LOG_LEVEL" default:"info"`
+	// MetricsAddr serves Prometheus metrics at /metrics; "auto": each
+	// service on its own loopback port (MetricsPorts), so the six on one
+	// host do not collide; empty: off. Beyond loopback it needs
+	// MetricsTokenFile (scrapes then carry it as a bearer token).
+	MetricsAddr      string `envconfig:"METRICS_ADDR" default:"auto"`
+	MetricsTokenFile string `envconfig:"METRICS_TOKEN_FILE"`
 	// CPUProfile: a service writes a CPU profile of its whole run to this
 	// file when it shuts down (go tool pprof); how the deployed backup's
 	// CPU is attributed inside a container.
 	CPUProfile string `envconfig:"CPU_PROFILE"`
+}
+
+// MetricsPorts are the loopback ports of STRATA_METRICS_ADDR=auto ("dev"
+// is `strata dev`, all six services in one process).
+var MetricsPorts = map[string]int{"dev": 9460, "scheduler": 9461, "snapshotter": 9462, "transfer": 9463,
+	"dedup": 9464, "merge": 9465, "verifier": 9466, "api": 9467}
+
+// ServeMetrics serves the process's metrics as service until ctx ends
+// (STRATA_METRICS_ADDR; off when empty).
+func (c Common) ServeMetrics(ctx context.Context, service string, log *slog.Logger) error {
+	addr := c.MetricsAddr
+	if addr == "auto" {
+		addr = fmt.Sprintf("127.0.0.1:%d", MetricsPorts[service])
+	}
+	if addr == "" {
+		return nil
+	}
+	if _, err := metrics.Serve(ctx, addr, c.MetricsTokenFile, log); err != nil {
+		return fmt.Errorf("STRATA_METRICS_ADDR: %w (another port, or empty to turn metrics off)", err)
+	}
+	return nil
 }
 
 // Dial is how service reaches NATS.
@@ -206,7 +234,8 @@ func (c Common) openStore(ctx context.Context, existing bool) (objstore.Store, e
 	}
 	// Retries outside, the throttle inside: every attempt is admitted by
 	// the adaptive limit a throttled attempt just cut.
-	return objstore.WithRetry(objstore.NewThrottle(s3, objstore.ThrottleConfig{MaxConcurrency: c.S3MaxConcurrency,
+	// Observed innermost: every attempt the store answers is a request.
+	return objstore.WithRetry(objstore.NewThrottle(objstore.WithObserver(s3, metrics.ObserveS3), objstore.ThrottleConfig{MaxConcurrency: c.S3MaxConcurrency,
 		MaxRPS: c.S3MaxRPS, MaxBytesPerSec: c.S3MaxBytesPerSec, Log: c.Log})), nil
 }
 
@@ -318,8 +347,12 @@ func (rt *Runtime) Close(ctx context.Context) {
 // Idempotent.
 func (rt *Runtime) FailBackup(ctx context.Context, vm, id, reason string) error {
 	rt.Log.ErrorContext(ctx, "backup failed", "vm", vm, "backup", id, "reason", reason)
-	if _, err := rt.Catalog.Fail(ctx, vm, id, reason); err != nil && !errors.Is(err, catalog.ErrNotFound) {
+	changed, err := rt.Catalog.Fail(ctx, vm, id, reason)
+	if err != nil && !errors.Is(err, catalog.ErrNotFound) {
 		return err
+	}
+	if changed {
+		metrics.BackupFailure.Inc()
 	}
 	out := &contracts.BackupOutcome{Schema: contracts.SchemaVersion, BackupID: id, VM: vm, State: contracts.StateFailed, Reason: reason}
 	return rt.Bus.Publish(ctx, contracts.SubjectBackupFailed, out, "outcome-"+id)
@@ -333,8 +366,12 @@ func (rt *Runtime) FailRequest(ctx context.Context, req *contracts.BackupRequest
 	failed := &contracts.BackupRecord{Schema: contracts.SchemaVersion, ID: req.BackupID, VM: req.VM, Source: req.Source,
 		State: contracts.StateFailed, Error: reason, ChunkSize: rt.Repo.Config.ChunkSize,
 		CreatedAt: req.RequestedAt, UpdatedAt: now, FinishedAt: &now, Slot: req.Slot}
-	if _, _, err := rt.Catalog.Create(ctx, failed); err != nil {
+	_, created, err := rt.Catalog.Create(ctx, failed)
+	if err != nil {
 		return err
+	}
+	if created {
+		metrics.BackupFailure.Inc()
 	}
 	return rt.FailBackup(ctx, req.VM, req.BackupID, reason)
 }
@@ -369,6 +406,10 @@ func Main(service string, spec any, common *Common, start func(context.Context, 
 		os.Exit(1)
 	}
 	if err := start(ctx, rt); err != nil {
+		rt.Log.Error("start failed", "err", err)
+		os.Exit(1)
+	}
+	if err := common.ServeMetrics(ctx, service, rt.Log); err != nil {
 		rt.Log.Error("start failed", "err", err)
 		os.Exit(1)
 	}

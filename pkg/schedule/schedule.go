@@ -9,6 +9,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/robfig/cron/v3"
+
+	"github.com/strata-backup/strata/contracts"
 )
 
 var parser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
@@ -63,4 +65,23 @@ func NextRun(vm, expr string, jitter time.Duration, now time.Time) (slot, run ti
 		slot = s.Next(slot)
 	}
 	return slot, run, fmt.Errorf("schedule %q: no run found after %s", expr, now)
+}
+
+// RPO is the policy's recovery point objective: its own, or twice its
+// schedule's interval (the gap between the slots after now) plus its
+// jitter — one missed slot is tolerated, two are not.
+func RPO(p contracts.Policy, now time.Time) time.Duration {
+	if p.RPO > 0 {
+		return p.RPO
+	}
+	s, err := Parse(p.Schedule)
+	if err != nil {
+		return 0
+	}
+	a := s.Next(now)
+	b := s.Next(a)
+	if a.IsZero() || b.IsZero() {
+		return 0
+	}
+	return 2*b.Sub(a) + max(p.Jitter, 0)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/manifest"
+	"github.com/strata-backup/strata/pkg/metrics"
 	"github.com/strata-backup/strata/pkg/objstore"
 	"github.com/strata-backup/strata/pkg/reach"
 	"github.com/strata-backup/strata/pkg/repo"
@@ -58,14 +59,16 @@ const drainTimeout = 30 * time.Minute
 // ids by their first byte, packs by their id's last), so the mark holds
 // one shard's references at a time: memory divided by shards, every
 // manifest read shards times.
-func collect(ctx context.Context, rt *runtime.Runtime, grace time.Duration, dryRun bool, shards int, staleLock time.Duration, opts gcOptions) (*contracts.GCReply, error) {
+func collect(ctx context.Context, rt *runtime.Runtime, grace time.Duration, dryRun bool, shards int, staleLock time.Duration, opts gcOptions) (reply *contracts.GCReply, err error) {
+	if !dryRun {
+		defer func() { metrics.GCRuns.WithLabelValues(map[bool]string{true: "ok", false: "error"}[err == nil]).Inc() }()
+	}
 	if err := validShards(shards); err != nil {
 		return nil, err
 	}
 	c := &collection{rt: rt, grace: grace, dryRun: dryRun, opts: opts,
 		lock:  contracts.GCLock{ID: uuid.NewString(), Since: time.Now().UTC(), Phase: "mark"},
 		reply: &contracts.GCReply{Schema: contracts.SchemaVersion, DryRun: dryRun, GraceSeconds: int64(grace / time.Second), RepackBelow: opts.repackBelow}}
-	var err error
 	if c.rev, err = rt.GC.Take(ctx, c.lock, staleLock); err != nil {
 		return nil, err
 	}
@@ -111,6 +114,7 @@ func collect(ctx context.Context, rt *runtime.Runtime, grace time.Duration, dryR
 	}
 	r.Finished = time.Now().UTC()
 	if !dryRun {
+		metrics.GCFreedBytes.Add(float64(max(0, r.FreedBytes)))
 		if err := rt.GC.RecordLast(ctx, r); err != nil {
 			rt.Log.WarnContext(ctx, "collection finished, its numbers not kept", "err", err)
 		}

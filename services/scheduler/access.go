@@ -3,7 +3,6 @@ package scheduler
 import (
 	"crypto/subtle"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -11,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/httpserve"
 )
 
 // access decides who may trigger a backup over HTTP, and of what.
@@ -25,7 +25,7 @@ type access struct {
 // no file sources (anyone who reaches the port could otherwise have the
 // workers read any file on their hosts into the repository).
 func newAccess(addr, tokenFile string, allow []string) (*access, error) {
-	a := &access{loopback: isLoopback(addr), allow: allow}
+	a := &access{loopback: httpserve.IsLoopback(addr), allow: allow}
 	for _, p := range allow {
 		u, err := url.Parse(p)
 		if err != nil || !slices.Contains(contracts.SourceSchemes, u.Scheme) || !strings.Contains(p, "://") {
@@ -46,21 +46,6 @@ func newAccess(addr, tokenFile string, allow []string) (*access, error) {
 		return nil, fmt.Errorf("STRATA_SCHEDULER_HTTP_ADDR=%s listens beyond loopback: set STRATA_API_TOKEN_FILE (bearer token) or bind 127.0.0.1", addr)
 	}
 	return a, nil
-}
-
-// isLoopback reports whether a listen address can only be reached from
-// this host: an empty or wildcard host, or a name other than localhost,
-// is not.
-func isLoopback(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // authorized checks the bearer token in constant time.

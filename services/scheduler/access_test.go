@@ -12,17 +12,6 @@ import (
 	"github.com/strata-backup/strata/contracts"
 )
 
-func TestIsLoopback(t *testing.T) {
-	for addr, want := range map[string]bool{
-		"127.0.0.1:8080": true, "[::1]:8080": true, "localhost:8080": true, "127.0.0.2:1": true,
-		":8080": false, "0.0.0.0:8080": false, "[::]:8080": false, "10.1.2.3:8080": false, "backup.example:8080": false, "garbage": false,
-	} {
-		if got := isLoopback(addr); got != want {
-			t.Errorf("isLoopback(%q) = %v", addr, got)
-		}
-	}
-}
-
 func tokenFile(t *testing.T, token string) string {
 	p := filepath.Join(t.TempDir(), "token")
 	os.WriteFile(p, []byte(token+"\n"), 0o600)

@@ -19,6 +19,9 @@ import (
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
+	"github.com/strata-backup/strata/pkg/fleet"
+	"github.com/strata-backup/strata/pkg/metrics"
+	"github.com/strata-backup/strata/pkg/policy"
 	"github.com/strata-backup/strata/pkg/runtime"
 	"github.com/strata-backup/strata/pkg/schedule"
 )
@@ -58,7 +61,7 @@ type Config struct {
 
 // Start registers the scheduler's endpoint and consumers.
 func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
-	s := &scheduler{cat: rt.Catalog, pub: rt.Bus, fail: rt, tracer: rt.Bus.Tracer, log: rt.Log, chunkSize: rt.Repo.Config.ChunkSize,
+	s := &scheduler{cat: rt.Catalog, statuses: rt.Catalog, pub: rt.Bus, fail: rt, tracer: rt.Bus.Tracer, log: rt.Log, chunkSize: rt.Repo.Config.ChunkSize,
 		allow: cfg.SourceAllow, connected: rt.Bus.NC.IsConnected,
 		request: func(ctx context.Context, subject string, req, reply contracts.Message) error {
 			return bus.Request(ctx, rt.Bus.NC, subject, req, reply)
@@ -119,6 +122,23 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	if err := s.runPolicies(ctx, rt.Bus.JS, max(cfg.Tick, 100*time.Millisecond), cfg.Catchup); err != nil {
 		return err
 	}
+	// The per-VM metrics (last verified backup, RPO) come from here: every
+	// replica exports the same values from the same watches.
+	policies, err := policy.Open(ctx, rt.Bus.JS)
+	if err != nil {
+		return err
+	}
+	f, err := fleet.Watch(ctx, rt.Catalog, policies)
+	if err != nil {
+		return err
+	}
+	metrics.Install("fleet", f)
+	metrics.Install("bad_chunks", fleet.BadChunks(func() (int, error) {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		list, err := rt.Bad.List(ctx)
+		return len(list), err
+	}))
 	if cfg.HTTPAddr == "" {
 		return nil
 	}
@@ -133,6 +153,9 @@ type (
 		List(ctx context.Context, vm string) ([]*contracts.BackupRecord, error)
 		Create(ctx context.Context, r *contracts.BackupRecord) (existing *contracts.BackupRecord, created bool, err error)
 	}
+	statuses interface {
+		NoteOutcome(ctx context.Context, vm, id string) (*contracts.VMStatus, error)
+	}
 	publisher interface {
 		Publish(ctx context.Context, subject string, m contracts.Message, msgID string) error
 	}
@@ -145,6 +168,7 @@ type (
 
 type scheduler struct {
 	cat       records
+	statuses  statuses
 	pub       publisher
 	fail      failures
 	tracer    trace.Tracer
@@ -281,7 +305,15 @@ func (s *scheduler) cancel(ctx context.Context, req *contracts.CancelRequest) (*
 	return reply, nil
 }
 
+// record notes a backup's outcome in its VM's status (the fleet view and
+// the per-VM metrics); redelivered until that held.
 func (s *scheduler) record(ctx context.Context, o *contracts.BackupOutcome) error {
 	s.log.InfoContext(ctx, "backup finished", "vm", o.VM, "backup", o.BackupID, "state", o.State, "reason", o.Reason)
+	if _, err := s.statuses.NoteOutcome(ctx, o.VM, o.BackupID); err != nil {
+		if errors.Is(err, catalog.ErrNotFound) || errors.Is(err, catalog.ErrInvalid) {
+			return bus.Permanent(err)
+		}
+		return err
+	}
 	return nil
 }

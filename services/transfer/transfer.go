@@ -29,6 +29,7 @@ import (
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/chunk"
+	"github.com/strata-backup/strata/pkg/metrics"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/runtime"
 	"github.com/strata-backup/strata/pkg/source"
@@ -118,6 +119,7 @@ type worker struct {
 // (a worker's credential may not write the catalog). Its result replaces
 // any earlier one of the segment.
 func (w *worker) failed(ctx context.Context, seg *contracts.Segment, reason string) error {
+	metrics.SegmentFailures.Inc()
 	w.rt.Log.ErrorContext(ctx, "segment failed", "vm", seg.VM, "backup", seg.BackupID, "disk", seg.Disk, "segment", seg.Index, "reason", reason)
 	if len(reason) > 4000 {
 		reason = reason[:4000] + "…"
@@ -209,6 +211,7 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 	if err := w.rt.Bus.Publish(ctx, contracts.SegmentDoneSubject(seg.BackupID, seg.Disk, seg.Index), done, ""); err != nil {
 		return err
 	}
+	count(seg, len(toRead), done, &stats, time.Since(start))
 	trace.SpanFromContext(ctx).SetAttributes(attribute.String("strata.vm", seg.VM), attribute.String("strata.backup", seg.BackupID),
 		attribute.Int("strata.disk", seg.Disk), attribute.Int("strata.segment", seg.Index),
 		attribute.Int64("strata.read_bytes", done.ReadBytes), attribute.Int("strata.uploaded_chunks", done.UploadedChunks))
@@ -224,6 +227,8 @@ func (w *worker) handle(ctx context.Context, seg *contracts.Segment) error {
 type segmentStats struct {
 	read, ask, upload time.Duration
 	putFirst          bool        // conditional PUTs first, dedup for what exists
+	zeroBytes         int64       // read and found all zero
+	storedRaw         int64       // read and stored (before compression)
 	stored            []int       // chunks (relative to the segment) written by an acknowledged PUT
 	parent            []chunk.ID  // the parent's ids of this segment (nil: none)
 	parentLocs        []chunk.Loc // where the parent's chunks are (nil: on their own)
@@ -460,6 +465,7 @@ func (w *worker) batch(ctx context.Context, seg *contracts.Segment, rel []int, b
 		done.ReadBytes += int64(len(buf))
 		bufs[i] = nil // kept below only for chunks dedup may want
 		if ids[i] == nil {
+			stats.zeroBytes += int64(len(buf))
 			done.IDs[r] = "" // a zero chunk: never stored
 			continue
 		}
@@ -552,8 +558,9 @@ func (w *worker) upload(ctx context.Context, seg *contracts.Segment, rel []int, 
 			present = append(present, hexIDs[k])
 			continue
 		}
-		stored(done, stats, rel[at[k]], n)
+		stored(done, stats, rel[at[k]], n, len(data[k]))
 	}
+	metrics.ChunksRefused.Add(float64(len(present)))
 	return present, nil
 }
 
@@ -595,16 +602,41 @@ func (w *worker) store(ctx context.Context, seg *contracts.Segment, rel []int, r
 		return err
 	}
 	for k, n := range sizes {
-		stored(done, stats, rel[at[k]], n)
+		stored(done, stats, rel[at[k]], n, len(data[k]))
 	}
 	return nil
 }
 
-// stored counts a chunk this segment stored at position at.
-func stored(done *contracts.SegmentDone, stats *segmentStats, at, size int) {
+// stored counts a chunk this segment stored at position at: size bytes
+// stored of raw read.
+func stored(done *contracts.SegmentDone, stats *segmentStats, at, size, raw int) {
 	done.UploadedChunks++
 	done.UploadedBytes += int64(size)
+	stats.storedRaw += int64(raw)
 	stats.stored = append(stats.stored, at)
+}
+
+// count adds a segment whose result was published to the metrics: what
+// was read and what became of it, and what was never read (read of the
+// segment's chunks: the rest are unallocated, or an incremental's
+// unchanged ones).
+func count(seg *contracts.Segment, read int, done *contracts.SegmentDone, stats *segmentStats, took time.Duration) {
+	metrics.SegmentDuration.Observe(took.Seconds())
+	metrics.BytesRead.Add(float64(done.ReadBytes))
+	metrics.BytesStored.Add(float64(done.UploadedBytes))
+	metrics.ChunksUploaded.Add(float64(done.UploadedChunks))
+	metrics.BytesDeduplicated.Add(float64(max(0, done.ReadBytes-stats.zeroBytes-stats.storedRaw)))
+	metrics.BytesSkipped.WithLabelValues("zero").Add(float64(stats.zeroBytes))
+	segBytes := min(int64(seg.Chunks)*int64(seg.ChunkSize), seg.DiskSize-seg.FirstChunk*int64(seg.ChunkSize))
+	unread := max(0, segBytes-done.ReadBytes)
+	if read == seg.Chunks {
+		unread = 0
+	}
+	reason := "unallocated"
+	if seg.Inherit {
+		reason = "unchanged"
+	}
+	metrics.BytesSkipped.WithLabelValues(reason).Add(float64(unread))
 }
 
 // pick returns the ids and bytes of the chunks named by hexIDs, each one

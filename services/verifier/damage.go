@@ -12,6 +12,7 @@ import (
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/manifest"
+	"github.com/strata-backup/strata/pkg/metrics"
 	"github.com/strata-backup/strata/pkg/reach"
 	"github.com/strata-backup/strata/pkg/repo"
 )
@@ -197,6 +198,7 @@ func (v *verifier) verifyNow(ctx context.Context, req *contracts.VerifyRequest) 
 			return nil, err
 		}
 		total.Digests = append(total.Digests, reply.Digests...)
+		metrics.Verifications.WithLabelValues(string(req.Mode), map[bool]string{true: "passed", false: "failed"}[reply.OK]).Inc()
 		if !reply.OK {
 			total.OK = false
 			problems = append(problems, fmt.Sprintf("%s/%s: %s", r.VM, r.ID, reply.Problem))

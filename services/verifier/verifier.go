@@ -26,6 +26,7 @@ import (
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/manifest"
+	"github.com/strata-backup/strata/pkg/metrics"
 	"github.com/strata-backup/strata/pkg/policy"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/runtime"
@@ -151,6 +152,7 @@ func (v *verifier) verify(ctx context.Context, c *contracts.BackupCommitted) err
 	if problem, err := v.check(ctx, rec, c.Stored); err != nil {
 		return err
 	} else if problem != "" {
+		metrics.Verifications.WithLabelValues(string(contracts.VerifyStored), "failed").Inc()
 		return v.fail.FailBackup(ctx, rec.VM, rec.ID, "verification: "+problem)
 	}
 	mode := cmp.Or(rec.Verify, v.mode)
@@ -167,16 +169,22 @@ func (v *verifier) verify(ctx context.Context, c *contracts.BackupCommitted) err
 			return err
 		}
 		if !reply.OK {
+			metrics.Verifications.WithLabelValues(string(mode), "failed").Inc()
 			return v.fail.FailBackup(ctx, rec.VM, rec.ID, reply.Problem)
 		}
 		digests = reply.Digests
 	}
-	_, verified, err := v.cat.MarkVerified(ctx, rec.VM, rec.ID, mode, digests)
+	now, verified, err := v.cat.MarkVerified(ctx, rec.VM, rec.ID, mode, digests)
 	if err != nil {
 		return err
 	}
 	if !verified {
 		return nil
+	}
+	metrics.Verifications.WithLabelValues(string(mode), "passed").Inc()
+	metrics.BackupSuccess.Inc()
+	if now.FinishedAt != nil {
+		metrics.BackupDuration.Observe(now.FinishedAt.Sub(now.CreatedAt).Seconds())
 	}
 	out := &contracts.BackupOutcome{Schema: contracts.SchemaVersion, BackupID: rec.ID, VM: rec.VM, State: contracts.StateVerified}
 	if err := v.pub.Publish(ctx, contracts.SubjectBackupVerified, out, "outcome-"+rec.ID); err != nil {
