@@ -3,8 +3,8 @@ SHELL := /bin/bash
 GO ?= go
 BIN := $(CURDIR)/bin
 SERVERS_BIN = $(shell deploy/tools/servers.sh 2>/dev/null | tail -1)
-MODULES := contracts internal pkg services/scheduler services/snapshotter services/transfer services/dedup services/merge services/verifier cmd/strata e2e
-SERVICES := scheduler snapshotter transfer dedup merge verifier
+MODULES := contracts internal pkg services/scheduler services/snapshotter services/transfer services/dedup services/merge services/verifier services/api cmd/strata e2e
+SERVICES := scheduler snapshotter transfer dedup merge verifier api
 PKGS := github.com/strata-backup/strata/...
 
 .PHONY: all build servers test unit e2e vet fuzz bench demo clean tidy images up down e2e-compose bench-scale bench-peers bench-bigdisk bench-index bench-fleet bench-dense

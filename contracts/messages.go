@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"path"
+	"slices"
 	"strings"
 	"time"
 )
@@ -1106,3 +1107,31 @@ type RemoveReply struct {
 }
 
 func (m *RemoveReply) Validate() error { return checkSchema(m.Schema) }
+
+// CheckSourceAllow checks STRATA_SOURCE_ALLOW's prefixes: each the start
+// of a source URL of a known scheme.
+func CheckSourceAllow(prefixes []string) error {
+	for _, p := range prefixes {
+		u, err := url.Parse(p)
+		if err != nil || !slices.Contains(SourceSchemes, u.Scheme) || !strings.Contains(p, "://") {
+			return fmt.Errorf("STRATA_SOURCE_ALLOW: prefix %q is not the start of a source URL (%s://…)", p, strings.Join(SourceSchemes, ":// "))
+		}
+	}
+	return nil
+}
+
+// SourceUnder reports whether src equals one of the prefixes or continues
+// it at a path boundary, and carries no credentials. Sources are clean
+// (ValidateSource refuses ".."), so a prefix cannot be escaped.
+func SourceUnder(prefixes []string, src string) bool {
+	u, err := url.Parse(src)
+	if err != nil {
+		return false
+	}
+	for _, p := range prefixes {
+		if src == p || (strings.HasPrefix(src, p) && (strings.HasSuffix(p, "/") || src[len(p)] == '/' || src[len(p)] == '?')) {
+			return u.User == nil // credentials never ride in a source URL
+		}
+	}
+	return false
+}

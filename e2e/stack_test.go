@@ -39,8 +39,9 @@ func TestMain(m *testing.M) {
 	// (several replicas of a service run on this host); a test that
 	// scrapes them sets its own.
 	os.Setenv("STRATA_METRICS_ADDR", "127.0.0.1:0")
+	os.Setenv("STRATA_API_ADDR", "127.0.0.1:0") // strata dev's; a stack gives its api its own
 	pkgs := []string{"github.com/strata-backup/strata/cmd/strata", "github.com/strata-backup/strata/e2e/cmd/strata-merge-crashing", "github.com/strata-backup/strata/e2e/cmd/strata-dedup-crashing"}
-	for _, s := range services {
+	for _, s := range append(services, "api") {
 		pkgs = append(pkgs, fmt.Sprintf("github.com/strata-backup/strata/services/%s/cmd/strata-%s", s, s))
 	}
 	build := exec.Command("go", append([]string{"build", "-o", dir + "/"}, pkgs...)...)
@@ -68,7 +69,7 @@ type stack struct {
 	nats   string
 	// natsSrv can be stopped and started again (an outage)
 	natsSrv *testserver.NATSServer
-	http    string // scheduler's HTTP trigger base URL
+	http    string // the api service's base URL
 	authDir string // secured: natsauth.Generate's directory
 	// metrics: service → its instances' metrics addresses (metrics option)
 	metrics map[string][]string
@@ -136,7 +137,7 @@ func startStack(t testing.TB, o stackOptions) *stack {
 	st.env = append(st.env, o.env...)
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", testserver.FreePort(t))
 	st.http = "http://" + httpAddr
-	st.env = append(st.env, "STRATA_SCHEDULER_HTTP_ADDR="+httpAddr, "STRATA_SCHEDULER_TICK=200ms")
+	st.env = append(st.env, "STRATA_SCHEDULER_TICK=200ms")
 	if o.jaeger {
 		j := testserver.StartJaeger(t)
 		st.jaeger = &j
@@ -171,9 +172,6 @@ func startStack(t testing.TB, o stackOptions) *stack {
 			if s3Roles != "" {
 				env = append(env, "STRATA_S3_ACCESS_KEY=not-root", "STRATA_S3_SECRET_KEY=not-root", "STRATA_S3_CREDENTIALS_FILE="+filepath.Join(s3Roles, s3roles.File(s)))
 			}
-			if s == "scheduler" && i > 0 {
-				env = append(env, "STRATA_SCHEDULER_HTTP_ADDR=") // one HTTP port: the first replica's
-			}
 			if o.metrics {
 				addr := fmt.Sprintf("127.0.0.1:%d", testserver.FreePort(t))
 				env = append(env, "STRATA_METRICS_ADDR="+addr)
@@ -185,8 +183,18 @@ func startStack(t testing.TB, o stackOptions) *stack {
 			st.startService(s, env...)
 		}
 	}
+	// The operator API (the HTTP trigger among its operations).
+	apiEnv := append([]string{"STRATA_API_ADDR=" + httpAddr}, o.extraEnv["api"]...)
+	if o.secured {
+		apiEnv = append(apiEnv, "STRATA_NATS_NKEY_FILE="+filepath.Join(authDir, natsauth.SeedFile("api")), "STRATA_NATS_SETUP=false")
+	}
+	if s3Roles != "" {
+		apiEnv = append(apiEnv, "STRATA_S3_ACCESS_KEY=not-root", "STRATA_S3_SECRET_KEY=not-root", "STRATA_S3_CREDENTIALS_FILE="+filepath.Join(s3Roles, s3roles.File("api")))
+	}
+	st.startService("api", apiEnv...)
 	// Ready when every service answers as a micro service.
 	st.waitMicro()
+	testserver.WaitTCP(t, httpAddr, 30*time.Second)
 	return st
 }
 

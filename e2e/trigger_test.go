@@ -67,7 +67,7 @@ func TestEventTriggers(t *testing.T) {
 			t.Fatalf("restore of %s differs", vm)
 		}
 	}
-	if !strings.Contains(st.procs["scheduler"][0].Output(), "http trigger refused") {
+	if !strings.Contains(st.procs["api"][0].Output(), "api request refused") {
 		t.Fatal("the refused trigger was not logged")
 	}
 }

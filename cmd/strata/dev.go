@@ -16,6 +16,7 @@ import (
 
 	"github.com/strata-backup/strata/pkg/demodisk"
 	"github.com/strata-backup/strata/pkg/runtime"
+	"github.com/strata-backup/strata/services/api"
 	"github.com/strata-backup/strata/services/dedup"
 	"github.com/strata-backup/strata/services/merge"
 	"github.com/strata-backup/strata/services/scheduler"
@@ -78,17 +79,18 @@ func newDevCmd() *cobra.Command {
 			dedupCfg = dedup.Config{Common: common}
 			mergeCfg = merge.Config{Common: common}
 			verCfg   = verifier.Config{Common: common}
+			apiCfg   = api.Config{Common: common}
 		)
-		for _, cfg := range []any{&schedCfg, &snapCfg, &xferCfg, &dedupCfg, &mergeCfg, &verCfg} { // their own STRATA_* defaults
+		for _, cfg := range []any{&schedCfg, &snapCfg, &xferCfg, &dedupCfg, &mergeCfg, &verCfg, &apiCfg} { // their own STRATA_* defaults
 			if err := runtime.Load(cfg); err != nil {
 				return err
 			}
 		}
-		schedCfg.Common, snapCfg.Common, xferCfg.Common, dedupCfg.Common, mergeCfg.Common, verCfg.Common = common, common, common, common, common, common
-		schedCfg.HTTPAddr = "" // one process, one port: NATS only
+		schedCfg.Common, snapCfg.Common, xferCfg.Common, dedupCfg.Common, mergeCfg.Common, verCfg.Common, apiCfg.Common = common, common, common, common, common, common, common
 		if dedupCfg.IndexDir == "" {
 			dedupCfg.IndexDir = filepath.Join(dir, "dedup") // beside everything else of this repository
 		}
+		var apiURL string
 		services := []struct {
 			name  string
 			start func(context.Context, *runtime.Runtime) error
@@ -99,6 +101,13 @@ func newDevCmd() *cobra.Command {
 			{"dedup", func(ctx context.Context, rt *runtime.Runtime) error { return dedup.Start(ctx, rt, dedupCfg) }},
 			{"merge", func(ctx context.Context, rt *runtime.Runtime) error { return merge.Start(ctx, rt, mergeCfg) }},
 			{"verifier", func(ctx context.Context, rt *runtime.Runtime) error { return verifier.Start(ctx, rt, verCfg) }},
+			{"api", func(ctx context.Context, rt *runtime.Runtime) error {
+				addr, err := api.Serve(ctx, rt, apiCfg)
+				if err == nil {
+					apiURL = "http://" + addr.String()
+				}
+				return err
+			}},
 		}
 		var started []*runtime.Runtime
 		defer func() {
@@ -126,7 +135,8 @@ func newDevCmd() *cobra.Command {
 			fmt.Fprintf(os.Stderr, "strata dev: could not record where it runs (%v): commands in another shell need the exports below\n", err)
 		}
 		defer remove()
-		fmt.Fprintf(os.Stderr, "strata dev: all six services up. In another shell (strata finds this dev by itself while nothing else is configured):\n  export STRATA_NATS_URL=%s STRATA_STORE_DIR=%s\n  strata backup --vm demo --source file:///abs/disk.img --wait\n", common.NATSURL, common.StoreDir)
+		fmt.Fprintf(os.Stderr, "strata dev: all six services up; the API at %s (/v1/openapi.json).", apiURL)
+		fmt.Fprintf(os.Stderr, " In another shell (strata finds this dev by itself while nothing else is configured):\n  export STRATA_NATS_URL=%s STRATA_STORE_DIR=%s\n  strata backup --vm demo --source file:///abs/disk.img --wait\n", common.NATSURL, common.StoreDir)
 		<-ctx.Done()
 		return nil
 	}

@@ -73,6 +73,7 @@ require (
 	github.com/rivo/uniseg v0.4.7 // indirect
 	github.com/robfig/cron/v3 v3.0.1 // indirect
 	github.com/spf13/pflag v1.0.10 // indirect
+	github.com/strata-backup/strata/services/api v0.0.0
 	github.com/vmware/govmomi v0.56.0 // indirect
 	go.etcd.io/bbolt v1.5.0 // indirect
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
@@ -108,3 +109,5 @@ replace (
 )
 
 replace github.com/strata-backup/strata/internal => ../../internal
+
+replace github.com/strata-backup/strata/services/api => ../../services/api

@@ -47,7 +47,7 @@ DOCKERFILE
 # Every service binary is /app in its image, so health checks read the same
 # everywhere: /app healthcheck.
 # dedup keeps its pack index in /data (a volume in the compose file).
-for s in scheduler snapshotter transfer dedup merge verifier; do
+for s in scheduler snapshotter transfer dedup merge verifier api; do
   mkdir -p "$ctx/src-$s" && cp "$bin/strata-$s" "$ctx/src-$s/app"
   data=""; [ "$s" = dedup ] && data=/data
   image "strata/$s" "$tag" app "$data" "$ctx/src-$s/app"
@@ -64,5 +64,5 @@ image strata/nats-server "${NATS_VERSION:-v2.15.2}" nats-server /data "$ctx/nats
 # /iam: its internal accounts (the services' own credentials, strata s3-roles).
 image strata/versitygw "${VERSITYGW_VERSION:-v1.8.0}" versitygw "/data /iam" "$ctx/versitygw" "$bin/probe"
 image strata/jaeger "${JAEGER_VERSION:-v1.76.0}" jaeger "" "$ctx/jaeger" "$bin/probe" "$root/deploy/docker/jaeger.yaml"
-# Its configuration and rules are mounted from deploy/prometheus; /prometheus is its TSDB.
-image strata/prometheus "${PROMETHEUS_VERSION:-v0.316.0}" prometheus /prometheus "$ctx/prometheus" "$bin/probe"
+# Its configuration and rules are mounted from deploy/prometheus; /data is its TSDB.
+image strata/prometheus "${PROMETHEUS_VERSION:-v0.316.0}" prometheus /data "$ctx/prometheus" "$bin/probe"

@@ -96,6 +96,17 @@ func ConcurrentEndpoint[T any, PT interface {
 	}), micro.WithEndpointSubject(subject))
 }
 
+// RemoteError is a service's error reply to a request: Code "400" when
+// the request was refused (it does not decode or validate), "500" when
+// handling it failed.
+type RemoteError struct {
+	Subject, Code, Message string
+}
+
+func (e *RemoteError) Error() string {
+	return fmt.Sprintf("request %s: %s %s", e.Subject, e.Code, e.Message)
+}
+
 // DefaultRequestTimeout bounds a request whose context has no deadline: a
 // reply lost with a responder that stopped mid-request (a restarted dedup)
 // must become an error to retry, not a caller waiting forever.
@@ -121,7 +132,7 @@ func Request(ctx context.Context, nc *nats.Conn, subject string, req, out contra
 		return fmt.Errorf("request %s: %w", subject, err)
 	}
 	if code := resp.Header.Get(micro.ErrorCodeHeader); code != "" {
-		return fmt.Errorf("request %s: %s %s", subject, code, resp.Header.Get(micro.ErrorHeader))
+		return &RemoteError{Subject: subject, Code: code, Message: resp.Header.Get(micro.ErrorHeader)}
 	}
 	if err := json.Unmarshal(resp.Data, out); err != nil {
 		return fmt.Errorf("reply from %s: %w", subject, err)

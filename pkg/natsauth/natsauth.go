@@ -88,6 +88,12 @@ func Roles() []Role {
 			Publishes: append([]string{contracts.SubjectChunkCheckPrefix + ">", contracts.SubjectBackupCommitted}, outcome...),
 			Writes:    []string{contracts.BucketCatalog, contracts.BucketBadChunks, contracts.BucketMirrors},
 			Serves:    []string{contracts.SubjectVerify, contracts.SubjectCheck}},
+		// The operator API: reads everything, asks the services' endpoints
+		// (a backup, a cancel, a verification, prune, gc, statistics) and
+		// edits policies; it consumes no stream and writes no record.
+		{Name: "api", Publishes: []string{contracts.SubjectSchedulerRun, contracts.SubjectSchedulerCancel, contracts.SubjectVerify,
+			contracts.SubjectMergePrune, contracts.SubjectDedupGC, contracts.SubjectDedupStats},
+			Writes: []string{contracts.BucketPolicies}},
 		{Name: "admin", All: true},
 	}
 }

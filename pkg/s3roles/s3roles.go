@@ -54,6 +54,7 @@ func Roles() []Role {
 		{Name: "merge", Delete: true},
 		{Name: "dedup", Delete: true},
 		{Name: "verifier"},
+		{Name: "api"},
 	}
 }
 

@@ -121,6 +121,6 @@ func (f *fakeFailures) FailRequest(ctx context.Context, req *contracts.BackupReq
 func testScheduler() (*scheduler, *fakeRecords, *fakePub, *fakeFailures) {
 	recs, pub, fail := &fakeRecords{}, &fakePub{}, &fakeFailures{}
 	s := &scheduler{cat: recs, pub: pub, fail: fail, tracer: noop.NewTracerProvider().Tracer("test"),
-		log: slog.New(slog.NewTextHandler(io.Discard, nil)), chunkSize: 64 << 10, connected: func() bool { return true }}
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)), chunkSize: 64 << 10}
 	return s, recs, pub, fail
 }

@@ -29,15 +29,9 @@ import (
 // Config of the scheduler (prefix STRATA_).
 type Config struct {
 	runtime.Common
-	// HTTPAddr serves POST /v1/backups (a BackupTrigger as JSON); empty:
-	// off. Beyond loopback it needs APITokenFile.
-	HTTPAddr string `envconfig:"SCHEDULER_HTTP_ADDR" default:"127.0.0.1:8080"`
-	// APITokenFile holds the bearer token HTTP requests must carry
-	// (Authorization: Bearer …); required when HTTPAddr is not loopback.
-	APITokenFile string `envconfig:"API_TOKEN_FILE"`
 	// SourceAllow: URL prefixes a triggered backup's source must start
 	// with (whole path components), e.g. file:///srv/images/,nbd://kvm1:10809;
-	// empty: any source, except file sources over a non-loopback endpoint.
+	// empty: any source. Every trigger (the API's, NATS's) is checked.
 	SourceAllow []string `envconfig:"SOURCE_ALLOW"`
 	// Tick is how often due slots are checked; Catchup how far back a
 	// (re)started scheduler fires slots missed while no replica ran.
@@ -62,16 +56,12 @@ type Config struct {
 // Start registers the scheduler's endpoint and consumers.
 func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 	s := &scheduler{cat: rt.Catalog, statuses: rt.Catalog, pub: rt.Bus, fail: rt, tracer: rt.Bus.Tracer, log: rt.Log, chunkSize: rt.Repo.Config.ChunkSize,
-		allow: cfg.SourceAllow, connected: rt.Bus.NC.IsConnected,
+		allow: cfg.SourceAllow,
 		request: func(ctx context.Context, subject string, req, reply contracts.Message) error {
 			return bus.Request(ctx, rt.Bus.NC, subject, req, reply)
 		}}
-	var acc *access
-	if cfg.HTTPAddr != "" {
-		var err error
-		if acc, err = newAccess(cfg.HTTPAddr, cfg.APITokenFile, cfg.SourceAllow); err != nil {
-			return err
-		}
+	if err := contracts.CheckSourceAllow(cfg.SourceAllow); err != nil {
+		return err
 	}
 	svc, err := rt.Bus.AddService("backup scheduling: on-demand and event-triggered backups")
 	if err != nil {
@@ -139,10 +129,7 @@ func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
 		list, err := rt.Bad.List(ctx)
 		return len(list), err
 	}))
-	if cfg.HTTPAddr == "" {
-		return nil
-	}
-	return s.serveHTTP(ctx, cfg.HTTPAddr, acc)
+	return nil
 }
 
 // The scheduler's ports: the few methods it uses of the catalog, the bus
@@ -176,8 +163,7 @@ type scheduler struct {
 	chunkSize int
 	allow     []string // STRATA_SOURCE_ALLOW
 	// request asks a service (micro endpoint) and decodes its reply.
-	request   func(ctx context.Context, subject string, req, reply contracts.Message) error
-	connected func() bool // NATS is reachable (the HTTP trigger's readiness)
+	request func(ctx context.Context, subject string, req, reply contracts.Message) error
 }
 
 // runVerifyJobs publishes a VerifyJob at every slot of the schedule. Every
@@ -264,7 +250,7 @@ func (s *scheduler) enforceDeadline(ctx context.Context, req *contracts.BackupRe
 // start names a new backup and requests it. The root span of the backup's
 // trace starts here (as a child of the caller's span, when it sent one).
 func (s *scheduler) start(ctx context.Context, t *contracts.BackupTrigger) (*contracts.BackupAccepted, error) {
-	if len(s.allow) > 0 && !allowedBy(s.allow, t.Source) {
+	if len(s.allow) > 0 && !contracts.SourceUnder(s.allow, t.Source) {
 		return nil, bus.Permanent(fmt.Errorf("source %q refused: not under STRATA_SOURCE_ALLOW (%s)", t.Source, strings.Join(s.allow, ", ")))
 	}
 	id, err := uuid.NewV7() // time-ordered: ids sort by start time

@@ -1,0 +1,103 @@
+package e2e
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/demodisk"
+)
+
+// The api service as its own process on real NATS and S3: an operator
+// starts a backup over HTTP and follows it to verified; the fleet shows
+// the VM green; an admin sets a policy; a viewer reads but its POST is
+// refused; the dead letters and the repository answer.
+func TestAPIService(t *testing.T) {
+	dir := t.TempDir()
+	tokens := filepath.Join(dir, "tokens")
+	const viewer, operator, admin = "viewer-e2e-0123456789", "operator-e2e-0123456789", "admin-e2e-0123456789"
+	os.WriteFile(tokens, []byte("# role token name\nviewer "+viewer+" dashboard\noperator "+operator+"\nadmin "+admin+"\n"), 0o600)
+	st := startStack(t, stackOptions{extraEnv: map[string][]string{"api": {"STRATA_API_TOKEN_FILE=" + tokens}}})
+	img := filepath.Join(dir, "disk.img")
+	if err := demodisk.Write(img, 32<<20, 11); err != nil {
+		t.Fatal(err)
+	}
+	call := func(method, path, token, body string, out any) int {
+		t.Helper()
+		req, _ := http.NewRequest(method, st.http+path, strings.NewReader(body))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if out != nil && resp.StatusCode < 300 {
+			if err := json.Unmarshal(b, out); err != nil {
+				t.Fatalf("%s %s: %v: %s", method, path, err, b)
+			}
+		}
+		return resp.StatusCode
+	}
+
+	trigger := `{"schema":1,"vm":"api-vm","source":"file://` + img + `"}`
+	if code := call("POST", "/v1/backups", viewer, trigger, nil); code != http.StatusForbidden {
+		t.Fatalf("viewer's POST: %d", code)
+	}
+	if code := call("POST", "/v1/backups", "", trigger, nil); code != http.StatusUnauthorized {
+		t.Fatalf("POST without a token: %d", code)
+	}
+	var acc contracts.BackupAccepted
+	if code := call("POST", "/v1/backups", operator, trigger, &acc); code != http.StatusAccepted || acc.BackupID == "" {
+		t.Fatalf("operator's POST: %d %+v", code, acc)
+	}
+	var rec contracts.BackupRecord
+	waitUntil(t, 2*time.Minute, "the backup verified", func() bool {
+		call("GET", "/v1/vms/api-vm/backups/"+acc.BackupID, viewer, "", &rec)
+		return rec.State.Final()
+	})
+	if rec.State != contracts.StateVerified {
+		t.Fatalf("backup %s: %s %s", rec.ID, rec.State, rec.Error)
+	}
+	var vm struct {
+		Name, Health string
+		Status       contracts.VMStatus
+	}
+	waitUntil(t, 30*time.Second, "the VM in the fleet", func() bool {
+		return call("GET", "/v1/vms/api-vm", viewer, "", &vm) == 200 && vm.Status.LastVerified == rec.ID
+	})
+	if vm.Health != "green" { // verified, nothing failed since (no policy: no RPO to age against)
+		t.Errorf("health of a VM verified without a policy: %s", vm.Health)
+	}
+	policy := `{"source":"file://` + img + `","schedule":"@every 24h","rpo":172800000000000}`
+	if code := call("PUT", "/v1/policies/api-vm", operator, policy, nil); code != http.StatusForbidden {
+		t.Fatalf("operator's policy edit: %d", code)
+	}
+	var p contracts.Policy
+	if code := call("PUT", "/v1/policies/api-vm", admin, policy, &p); code != 200 || p.RPO != 48*time.Hour {
+		t.Fatalf("admin's policy edit: %d %+v", code, p)
+	}
+	waitUntil(t, 30*time.Second, "the VM green under its policy", func() bool {
+		return call("GET", "/v1/vms/api-vm", viewer, "", &vm) == 200 && vm.Health == "green"
+	})
+	var dl struct{ Count uint64 }
+	if code := call("GET", "/v1/dead-letters", viewer, "", &dl); code != 200 {
+		t.Fatalf("dead letters: %d", code)
+	}
+	var stats contracts.RepoStatsReply
+	if code := call("GET", "/v1/repository", viewer, "", &stats); code != 200 || stats.Backups != 1 {
+		t.Fatalf("repository: %d %+v", code, stats)
+	}
+	var who map[string]string
+	if call("GET", "/v1/whoami", viewer, "", &who); who["role"] != "viewer" || who["token"] != "dashboard" {
+		t.Fatalf("whoami: %v", who)
+	}
+}

@@ -1,0 +1,176 @@
+// Package api is the operator's HTTP surface: REST under /v1 (described by
+// the OpenAPI document at /v1/openapi.json), bearer tokens with roles. It
+// is stateless — every answer comes from the catalog, the policies, the
+// fleet's watches and the other services' endpoints — so any number of
+// replicas serve the same.
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/bus"
+	"github.com/strata-backup/strata/pkg/fleet"
+	"github.com/strata-backup/strata/pkg/httpserve"
+	"github.com/strata-backup/strata/pkg/policy"
+	"github.com/strata-backup/strata/pkg/runtime"
+)
+
+// Config of the api service (prefix STRATA_).
+type Config struct {
+	runtime.Common
+	// Addr: where the API listens. Beyond loopback it needs TokenFile.
+	Addr string `envconfig:"API_ADDR" default:"127.0.0.1:8080"`
+	// TokenFile: bearer tokens with roles (ReadTokens); empty: none
+	// needed, and then only on loopback.
+	TokenFile string `envconfig:"API_TOKEN_FILE"`
+	// TLSCert and TLSKey (PEM files): serve HTTPS.
+	TLSCert string `envconfig:"API_TLS_CERT"`
+	TLSKey  string `envconfig:"API_TLS_KEY"`
+	// SourceAllow: URL prefixes a triggered backup's source must start
+	// with (whole path components); empty: any source, except file
+	// sources when the API listens beyond loopback.
+	SourceAllow []string `envconfig:"SOURCE_ALLOW"`
+}
+
+// Start serves the API until ctx ends.
+func Start(ctx context.Context, rt *runtime.Runtime, cfg Config) error {
+	_, err := Serve(ctx, rt, cfg)
+	return err
+}
+
+// Serve is Start, returning the bound address (Addr may end in :0).
+func Serve(ctx context.Context, rt *runtime.Runtime, cfg Config) (net.Addr, error) {
+	a, err := newAPI(cfg)
+	if err != nil {
+		return nil, err
+	}
+	pols, err := policy.Open(ctx, rt.Bus.JS)
+	if err != nil {
+		return nil, err
+	}
+	f, err := fleet.Watch(ctx, rt.Catalog, pols)
+	if err != nil {
+		return nil, err
+	}
+	a.records, a.policies, a.fleet, a.bad, a.log = rt.Catalog, pols, f, rt.Bad, rt.Log
+	a.request = func(ctx context.Context, subject string, req, reply contracts.Message) error {
+		return bus.Request(ctx, rt.Bus.NC, subject, req, reply)
+	}
+	a.dlq = &dlqReader{js: rt.Bus.JS}
+	a.connected = rt.Bus.NC.IsConnected
+	if _, err := rt.Bus.AddService("operator API: REST /v1, OpenAPI at /v1/openapi.json"); err != nil {
+		return nil, err
+	}
+	return httpserve.Serve(ctx, httpserve.Options{Name: "api", Addr: cfg.Addr, Guarded: a.tokens != nil,
+		CertFile: cfg.TLSCert, KeyFile: cfg.TLSKey}, a.handler(), rt.Log)
+}
+
+// newAPI checks the settings before anything listens.
+func newAPI(cfg Config) (*api, error) {
+	a := &api{loopback: httpserve.IsLoopback(cfg.Addr)}
+	if err := checkAllow(cfg.SourceAllow); err != nil {
+		return nil, err
+	}
+	a.allow = cfg.SourceAllow
+	if cfg.TokenFile != "" {
+		t, err := ReadTokens(cfg.TokenFile)
+		if err != nil {
+			return nil, err
+		}
+		a.tokens = t
+	}
+	if !a.loopback && a.tokens == nil {
+		return nil, fmt.Errorf("STRATA_API_ADDR=%s listens beyond loopback: set STRATA_API_TOKEN_FILE or bind 127.0.0.1", cfg.Addr)
+	}
+	return a, nil
+}
+
+// The API's ports: the few methods it uses, so that its handlers are
+// tested without NATS.
+type (
+	records interface {
+		Get(ctx context.Context, vm, id string) (*contracts.BackupRecord, uint64, error)
+		List(ctx context.Context, vm string) ([]*contracts.BackupRecord, error)
+	}
+	policies interface {
+		List(ctx context.Context) ([]contracts.Policy, error)
+		Get(ctx context.Context, vm string) (contracts.Policy, bool, error)
+		Put(ctx context.Context, p *contracts.Policy) error
+		Delete(ctx context.Context, vm string) error
+	}
+	fleetView interface{ VMs() []fleet.VM }
+	badList   interface {
+		List(ctx context.Context) ([]contracts.BadChunk, error)
+	}
+	deadLetters interface {
+		Last(ctx context.Context, n int) (*DeadLetters, error)
+	}
+)
+
+type api struct {
+	tokens    *Tokens // nil: no tokens (loopback only)
+	loopback  bool
+	allow     []string
+	records   records
+	policies  policies
+	fleet     fleetView
+	bad       badList
+	dlq       deadLetters
+	request   func(ctx context.Context, subject string, req, reply contracts.Message) error
+	connected func() bool
+	log       *slog.Logger
+}
+
+// DeadLetters is the dead-letter stream's summary.
+type DeadLetters struct {
+	Count    uint64       `json:"count"`
+	Messages []DeadLetter `json:"messages"`
+}
+
+// DeadLetter is one dead-lettered message.
+type DeadLetter struct {
+	Seq     uint64    `json:"seq"`
+	Subject string    `json:"subject"` // the original subject
+	Reason  string    `json:"reason"`
+	Time    time.Time `json:"time"`
+	Data    string    `json:"data"` // the message as it was (JSON, cut at 4 KiB)
+}
+
+type dlqReader struct{ js jetstream.JetStream }
+
+// Last reads the stream's newest n messages, one direct get each.
+func (d *dlqReader) Last(ctx context.Context, n int) (*DeadLetters, error) {
+	s, err := d.js.Stream(ctx, contracts.StreamDLQ)
+	if err != nil {
+		return nil, fmt.Errorf("dead letters: %w", err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("dead letters: %w", err)
+	}
+	out := &DeadLetters{Count: info.State.Msgs, Messages: []DeadLetter{}}
+	for seq := info.State.LastSeq; seq >= max(info.State.FirstSeq, 1) && len(out.Messages) < n && seq > 0; seq-- {
+		m, err := s.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue // deleted
+		}
+		if err != nil {
+			return nil, fmt.Errorf("dead letter %d: %w", seq, err)
+		}
+		data := string(m.Data)
+		if len(data) > 4096 {
+			data = data[:4096] + "…"
+		}
+		out.Messages = append(out.Messages, DeadLetter{Seq: seq, Subject: m.Header.Get(contracts.HeaderDLQSubject),
+			Reason: m.Header.Get(contracts.HeaderDLQReason), Time: m.Time, Data: data})
+	}
+	return out, nil
+}

@@ -1,0 +1,462 @@
+package api
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/bus"
+	"github.com/strata-backup/strata/pkg/catalog"
+	"github.com/strata-backup/strata/pkg/schedule"
+)
+
+//go:embed openapi.json
+var openapiDoc []byte
+
+// route is one operation: the OpenAPI document describes exactly these
+// (a test holds the two together).
+type route struct {
+	method, path string // path in OpenAPI form: /v1/vms/{vm}
+	role         Role   // the least role allowed; 0: no token needed
+	h            func(w http.ResponseWriter, r *http.Request) error
+}
+
+func (a *api) routes() []route {
+	return []route{
+		{"GET", "/healthz", 0, a.health},
+		{"GET", "/v1/openapi.json", 0, a.openapi},
+		{"GET", "/v1/whoami", Viewer, a.whoami},
+		{"GET", "/v1/vms", Viewer, a.listVMs},
+		{"GET", "/v1/vms/{vm}", Viewer, a.getVM},
+		{"GET", "/v1/vms/{vm}/backups", Viewer, a.listBackups},
+		{"GET", "/v1/vms/{vm}/backups/{id}", Viewer, a.getBackup},
+		{"POST", "/v1/vms/{vm}/backups/{id}/cancel", Operator, a.cancel},
+		{"POST", "/v1/backups", Operator, a.startBackup},
+		{"GET", "/v1/policies", Viewer, a.listPolicies},
+		{"GET", "/v1/policies/{vm}", Viewer, a.getPolicy},
+		{"PUT", "/v1/policies/{vm}", Admin, a.putPolicy},
+		{"DELETE", "/v1/policies/{vm}", Admin, a.deletePolicy},
+		{"GET", "/v1/repository", Viewer, a.repository},
+		{"POST", "/v1/verify", Operator, a.verify},
+		{"POST", "/v1/prune", Operator, a.prune},
+		{"POST", "/v1/gc", Operator, a.gc},
+		{"GET", "/v1/bad-chunks", Viewer, a.badChunks},
+		{"GET", "/v1/dead-letters", Viewer, a.deadLetters},
+	}
+}
+
+// httpError is an error with its status code.
+type httpError struct {
+	code int
+	msg  string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+func fail(code int, format string, args ...any) error {
+	return &httpError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+func (a *api) handler() http.Handler {
+	mux := http.NewServeMux()
+	for _, rt := range a.routes() {
+		mux.HandleFunc(rt.method+" "+rt.path, func(w http.ResponseWriter, r *http.Request) {
+			if rt.role > 0 {
+				role, who := a.tokens.Role(r)
+				if role == 0 {
+					w.Header().Set("WWW-Authenticate", `Bearer realm="strata"`)
+					writeJSON(w, http.StatusUnauthorized, errorBody{"a valid bearer token is required (Authorization: Bearer …)"})
+					return
+				}
+				if role < rt.role {
+					a.log.WarnContext(r.Context(), "api: refused for its role", "token", who, "role", role, "needs", rt.role, "op", rt.method+" "+rt.path)
+					writeJSON(w, http.StatusForbidden, errorBody{fmt.Sprintf("%s needs the %s role; this token is a %s", rt.method+" "+rt.path, rt.role, role)})
+					return
+				}
+				if rt.method != "GET" {
+					a.log.InfoContext(r.Context(), "api action", "token", who, "role", role, "op", rt.method+" "+r.URL.Path)
+				}
+			}
+			if err := rt.h(w, r); err != nil {
+				a.writeError(w, r, err)
+			}
+		})
+	}
+	// Anything else under /v1 is a JSON 404, not the mux's text.
+	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusNotFound, errorBody{fmt.Sprintf("no operation %s %s (GET /v1/openapi.json lists them)", r.Method, r.URL.Path)})
+	})
+	return mux
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+// writeError answers with the status an error stands for: refused input
+// 400, absent 404, a service's refusal 400, a service that failed 500, no
+// service answering 503.
+func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var he *httpError
+	var re *bus.RemoteError
+	code := http.StatusInternalServerError
+	switch {
+	case errors.As(err, &he):
+		code = he.code
+	case errors.Is(err, catalog.ErrNotFound):
+		code = http.StatusNotFound
+	case errors.As(err, &re) && re.Code == "400":
+		code = http.StatusBadRequest
+	case bus.IsPermanent(err):
+		code = http.StatusBadRequest
+	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		code = http.StatusServiceUnavailable
+	}
+	if code >= 500 {
+		a.log.ErrorContext(r.Context(), "api request failed", "op", r.Method+" "+r.URL.Path, "err", err)
+	} else {
+		a.log.WarnContext(r.Context(), "api request refused", "op", r.Method+" "+r.URL.Path, "remote", r.RemoteAddr, "code", code, "reason", err)
+	}
+	writeJSON(w, code, errorBody{err.Error()})
+}
+
+// decode reads a JSON body into m: unknown fields, trailing data and an
+// invalid message are refused with the reason.
+func decode(r *http.Request, m contracts.Message) error {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	if err != nil {
+		return fail(http.StatusBadRequest, "read body: %v", err)
+	}
+	if err := contracts.Decode(body, m); err != nil {
+		return fail(http.StatusBadRequest, "%v", err)
+	}
+	return nil
+}
+
+// ask sends a request to a service's endpoint on behalf of r, its trace
+// context carried on, bounded by timeout.
+func (a *api) ask(r *http.Request, timeout time.Duration, subject string, req, reply contracts.Message) error {
+	ctx := otel.GetTextMapPropagator().Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return a.request(ctx, subject, req, reply)
+}
+
+func (a *api) health(w http.ResponseWriter, r *http.Request) error {
+	if !a.connected() {
+		return fail(http.StatusServiceUnavailable, "nats disconnected")
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	return nil
+}
+
+func (a *api) openapi(w http.ResponseWriter, r *http.Request) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(openapiDoc)
+	return nil
+}
+
+func (a *api) whoami(w http.ResponseWriter, r *http.Request) error {
+	role, name := a.tokens.Role(r)
+	writeJSON(w, http.StatusOK, map[string]string{"role": role.String(), "token": name})
+	return nil
+}
+
+// VM is a VM's protection as the API shows it.
+type VM struct {
+	Name string `json:"name"`
+	// Health: green (verified within the RPO), amber (verified, but the
+	// newest outcome failed or half the RPO has passed), red (nothing
+	// verified within the RPO), none (no policy, no backup).
+	Health     string              `json:"health"`
+	RPOSeconds float64             `json:"rpo_seconds,omitempty"`
+	AgeSeconds float64             `json:"age_seconds,omitempty"` // of the newest verified backup
+	NextRun    *time.Time          `json:"next_run,omitempty"`
+	Policy     *contracts.Policy   `json:"policy,omitempty"`
+	Status     *contracts.VMStatus `json:"status,omitempty"`
+}
+
+func (a *api) vms() []VM {
+	now := time.Now()
+	var out []VM
+	for _, v := range a.fleet.VMs() {
+		vm := VM{Name: v.Name, Health: v.Health(now), RPOSeconds: v.RPO(now).Seconds(), Policy: v.Policy, Status: v.Status}
+		if v.Status != nil && v.Status.LastVerifiedAt != nil {
+			vm.AgeSeconds = now.Sub(*v.Status.LastVerifiedAt).Seconds()
+		}
+		if p := v.Policy; p != nil {
+			if _, run, err := schedule.NextRun(p.VM, p.Schedule, p.Jitter, now); err == nil {
+				vm.NextRun = &run
+			}
+		}
+		out = append(out, vm)
+	}
+	return out
+}
+
+func (a *api) listVMs(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, append([]VM{}, a.vms()...))
+	return nil
+}
+
+func (a *api) getVM(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("vm")
+	for _, v := range a.vms() {
+		if v.Name == name {
+			writeJSON(w, http.StatusOK, v)
+			return nil
+		}
+	}
+	return fail(http.StatusNotFound, "no VM %q: it has no policy and no finished backup", name)
+}
+
+func (a *api) listBackups(w http.ResponseWriter, r *http.Request) error {
+	recs, err := a.records.List(r.Context(), r.PathValue("vm"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, append([]*contracts.BackupRecord{}, recs...))
+	return nil
+}
+
+func (a *api) getBackup(w http.ResponseWriter, r *http.Request) error {
+	rec, _, err := a.records.Get(r.Context(), r.PathValue("vm"), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, rec)
+	return nil
+}
+
+func (a *api) cancel(w http.ResponseWriter, r *http.Request) error {
+	req := &contracts.CancelRequest{Schema: contracts.SchemaVersion, VM: r.PathValue("vm"), BackupID: r.PathValue("id")}
+	if err := req.Validate(); err != nil {
+		return fail(http.StatusBadRequest, "%v", err)
+	}
+	var reply contracts.CancelReply
+	if err := a.ask(r, 30*time.Second, contracts.SubjectSchedulerCancel, req, &reply); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, &reply)
+	return nil
+}
+
+// startBackup is the trigger that was the scheduler's: a BackupTrigger →
+// 202 with the backup's id.
+func (a *api) startBackup(w http.ResponseWriter, r *http.Request) error {
+	var t contracts.BackupTrigger
+	if err := decode(r, &t); err != nil {
+		return err
+	}
+	if err := a.sourceAllowed(t.Source); err != nil {
+		return err
+	}
+	var accepted contracts.BackupAccepted
+	if err := a.ask(r, 30*time.Second, contracts.SubjectSchedulerRun, &t, &accepted); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusAccepted, &accepted)
+	return nil
+}
+
+// sourceAllowed: over a listener beyond loopback, file sources need an
+// allow list (anyone holding a token could otherwise have the workers read
+// any file on their hosts); with one, every source must be under it.
+func (a *api) sourceAllowed(src string) error {
+	if len(a.allow) == 0 {
+		if !a.loopback && strings.HasPrefix(src, "file:") {
+			return fail(http.StatusForbidden, "source %q refused: file sources over a non-loopback API need STRATA_SOURCE_ALLOW", src)
+		}
+		return nil
+	}
+	if !contracts.SourceUnder(a.allow, src) {
+		return fail(http.StatusForbidden, "source %q refused: not under STRATA_SOURCE_ALLOW (%s)", src, strings.Join(a.allow, ", "))
+	}
+	return nil
+}
+
+func checkAllow(prefixes []string) error { return contracts.CheckSourceAllow(prefixes) }
+
+func (a *api) listPolicies(w http.ResponseWriter, r *http.Request) error {
+	list, err := a.policies.List(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, append([]contracts.Policy{}, list...))
+	return nil
+}
+
+func (a *api) getPolicy(w http.ResponseWriter, r *http.Request) error {
+	p, ok, err := a.policies.Get(r.Context(), r.PathValue("vm"))
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fail(http.StatusNotFound, "no policy for VM %q", r.PathValue("vm"))
+	}
+	writeJSON(w, http.StatusOK, &p)
+	return nil
+}
+
+// putPolicy sets a VM's policy: the body is a Policy whose vm is the
+// path's; updated_at is set here.
+func (a *api) putPolicy(w http.ResponseWriter, r *http.Request) error {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	if err != nil {
+		return fail(http.StatusBadRequest, "read body: %v", err)
+	}
+	var p contracts.Policy
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil {
+		return fail(http.StatusBadRequest, "decode policy: %v", err)
+	}
+	if dec.More() {
+		return fail(http.StatusBadRequest, "decode policy: trailing data")
+	}
+	if p.VM == "" {
+		p.VM = r.PathValue("vm")
+	}
+	if p.VM != r.PathValue("vm") {
+		return fail(http.StatusBadRequest, "policy names VM %q, the path %q", p.VM, r.PathValue("vm"))
+	}
+	if p.Schema == 0 {
+		p.Schema = contracts.SchemaVersion
+	}
+	p.UpdatedAt = time.Now().UTC()
+	if err := p.Validate(); err != nil {
+		return fail(http.StatusBadRequest, "invalid policy: %v", err)
+	}
+	if _, err := schedule.Parse(p.Schedule); err != nil {
+		return fail(http.StatusBadRequest, "%v", err)
+	}
+	if err := a.policies.Put(r.Context(), &p); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, &p)
+	return nil
+}
+
+func (a *api) deletePolicy(w http.ResponseWriter, r *http.Request) error {
+	if _, ok, err := a.policies.Get(r.Context(), r.PathValue("vm")); err != nil {
+		return err
+	} else if !ok {
+		return fail(http.StatusNotFound, "no policy for VM %q", r.PathValue("vm"))
+	}
+	if err := a.policies.Delete(r.Context(), r.PathValue("vm")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *api) repository(w http.ResponseWriter, r *http.Request) error {
+	var reply contracts.RepoStatsReply
+	if err := a.ask(r, 10*time.Minute, contracts.SubjectDedupStats, &contracts.RepoStatsRequest{Schema: contracts.SchemaVersion}, &reply); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, &reply)
+	return nil
+}
+
+func (a *api) verify(w http.ResponseWriter, r *http.Request) error {
+	var req contracts.VerifyRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	var reply contracts.VerifyReply
+	if err := a.ask(r, 6*time.Hour, contracts.SubjectVerify, &req, &reply); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, &reply)
+	return nil
+}
+
+// prune: a dry run is an operator's; deleting backups is an admin's.
+func (a *api) prune(w http.ResponseWriter, r *http.Request) error {
+	var req contracts.PruneRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	if !req.DryRun {
+		if err := a.need(r, Admin, "prune without dry_run deletes backups"); err != nil {
+			return err
+		}
+	}
+	var reply contracts.PruneReply
+	if err := a.ask(r, time.Hour, contracts.SubjectMergePrune, &req, &reply); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, &reply)
+	return nil
+}
+
+// gc: a dry run is an operator's; collecting is an admin's.
+func (a *api) gc(w http.ResponseWriter, r *http.Request) error {
+	var req contracts.GCRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	if !req.DryRun {
+		if err := a.need(r, Admin, "gc without dry_run deletes objects"); err != nil {
+			return err
+		}
+	}
+	var reply contracts.GCReply
+	if err := a.ask(r, 24*time.Hour, contracts.SubjectDedupGC, &req, &reply); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, &reply)
+	return nil
+}
+
+func (a *api) need(r *http.Request, role Role, why string) error {
+	if got, _ := a.tokens.Role(r); got < role {
+		return fail(http.StatusForbidden, "%s: needs the %s role; this token is a %s", why, role, got)
+	}
+	return nil
+}
+
+func (a *api) badChunks(w http.ResponseWriter, r *http.Request) error {
+	list, err := a.bad.List(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, append([]contracts.BadChunk{}, list...))
+	return nil
+}
+
+func (a *api) deadLetters(w http.ResponseWriter, r *http.Request) error {
+	n := 20
+	if s := r.URL.Query().Get("limit"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v < 1 || v > 1000 {
+			return fail(http.StatusBadRequest, "limit %q: want 1 to 1000", s)
+		}
+		n = v
+	}
+	d, err := a.dlq.Last(r.Context(), n)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, d)
+	return nil
+}
