@@ -184,6 +184,15 @@ func (r *BackupRecord) Size() int64 {
 	return n
 }
 
+// ReadBytes is what this backup read from its source.
+func (r *BackupRecord) ReadBytes() int64 {
+	var n int64
+	for _, d := range r.Disks {
+		n += d.ReadBytes
+	}
+	return n
+}
+
 // StoredBytes is what this backup added to the repository (compressed).
 func (r *BackupRecord) StoredBytes() int64 {
 	var n int64

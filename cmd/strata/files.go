@@ -69,7 +69,7 @@ func openGuest(ctx context.Context, f filesFlags) (*guestfs.Guest, func(), error
 		return nil, nil, fmt.Errorf("backup %s: %w", rec.ID, err)
 	}
 	rd := restore.NewReader(ctx, r, man, restore.ReaderOptions{CacheBytes: scfg.CacheMiB << 20})
-	g, err := guestfs.New(diskReader{ctx, rd})
+	g, err := guestfs.New(rd.At(ctx))
 	if err != nil {
 		done()
 		return nil, nil, fmt.Errorf("backup %s disk %d: %w", rec.ID, *f.disk, err)
@@ -83,27 +83,6 @@ func openGuest(ctx context.Context, f filesFlags) (*guestfs.Guest, func(), error
 		}
 	}
 	return g, done, nil
-}
-
-// diskReader reads a backed-up disk as an io.ReaderAt.
-type diskReader struct {
-	ctx context.Context
-	rd  *restore.Reader
-}
-
-func (d diskReader) Size() int64 { return d.rd.Size() }
-func (d diskReader) ReadAt(p []byte, off int64) (int, error) {
-	if off >= d.rd.Size() {
-		return 0, io.EOF
-	}
-	n := min(int64(len(p)), d.rd.Size()-off)
-	if err := d.rd.ReadAt(d.ctx, p[:n], off); err != nil {
-		return 0, err
-	}
-	if n < int64(len(p)) {
-		return int(n), io.EOF
-	}
-	return int(n), nil
 }
 
 // guestPath resolves /<volume>/<path> to the volume's filesystem.

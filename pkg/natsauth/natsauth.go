@@ -91,7 +91,8 @@ func Roles() []Role {
 		// The operator API: reads everything, asks the services' endpoints
 		// (a backup, a cancel, a verification, prune, gc, statistics) and
 		// edits policies; it consumes no stream and writes no record.
-		{Name: "api", Publishes: []string{contracts.SubjectSchedulerRun, contracts.SubjectSchedulerCancel, contracts.SubjectVerify,
+		{Name: "api", Reads: []string{contracts.StreamBackups}, // recent outcomes for the console
+			Publishes: []string{contracts.SubjectSchedulerRun, contracts.SubjectSchedulerCancel, contracts.SubjectVerify,
 			contracts.SubjectMergePrune, contracts.SubjectDedupGC, contracts.SubjectDedupStats},
 			Writes: []string{contracts.BucketPolicies}},
 		{Name: "admin", All: true},

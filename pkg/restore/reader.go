@@ -5,6 +5,7 @@ import (
 	"container/list"
 	"context"
 	"fmt"
+	"io"
 	"sync"
 
 	"github.com/strata-backup/strata/pkg/chunk"
@@ -274,4 +275,34 @@ func (c *chunkCache) put(id chunk.ID, data []byte) {
 		delete(c.byID, old.id)
 		c.used -= int64(len(old.data))
 	}
+}
+
+// At is the backed-up disk as an io.ReaderAt for readers that take one
+// (guestfs): reads past the end return io.EOF, reads use ctx.
+func (r *Reader) At(ctx context.Context) interface {
+	io.ReaderAt
+	Size() int64
+} {
+	return readerAt{ctx, r}
+}
+
+type readerAt struct {
+	ctx context.Context
+	rd  *Reader
+}
+
+func (d readerAt) Size() int64 { return d.rd.Size() }
+
+func (d readerAt) ReadAt(p []byte, off int64) (int, error) {
+	if off >= d.rd.Size() {
+		return 0, io.EOF
+	}
+	n := min(int64(len(p)), d.rd.Size()-off)
+	if err := d.rd.ReadAt(d.ctx, p[:n], off); err != nil {
+		return 0, err
+	}
+	if n < int64(len(p)) {
+		return int(n), io.EOF
+	}
+	return int(n), nil
 }

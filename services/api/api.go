@@ -6,11 +6,17 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -20,6 +26,7 @@ import (
 	"github.com/strata-backup/strata/pkg/fleet"
 	"github.com/strata-backup/strata/pkg/httpserve"
 	"github.com/strata-backup/strata/pkg/policy"
+	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/runtime"
 )
 
@@ -38,6 +45,16 @@ type Config struct {
 	// with (whole path components); empty: any source, except file
 	// sources when the API listens beyond loopback.
 	SourceAllow []string `envconfig:"SOURCE_ALLOW"`
+	// RestoreDir: restores to a path (the console's, POST
+	// /v1/vms/{vm}/backups/{id}/restore) write only inside this directory;
+	// empty: such restores are off.
+	RestoreDir string `envconfig:"API_RESTORE_DIR"`
+	// JaegerQueryURL: Jaeger's query API, where the console reads a
+	// backup's spans (e.g. http://jaeger:16686); JaegerUIURL: the Jaeger UI
+	// as the operator's browser reaches it, for links to a trace (default:
+	// JaegerQueryURL). Empty: no timeline.
+	JaegerQueryURL string `envconfig:"JAEGER_QUERY_URL"`
+	JaegerUIURL    string `envconfig:"JAEGER_UI_URL"`
 }
 
 // Start serves the API until ctx ends.
@@ -65,6 +82,8 @@ func Serve(ctx context.Context, rt *runtime.Runtime, cfg Config) (net.Addr, erro
 		return bus.Request(ctx, rt.Bus.NC, subject, req, reply)
 	}
 	a.dlq = &dlqReader{js: rt.Bus.JS}
+	a.runs = &runReader{js: rt.Bus.JS}
+	a.repo = rt.Repo
 	a.connected = rt.Bus.NC.IsConnected
 	if _, err := rt.Bus.AddService("operator API: REST /v1, OpenAPI at /v1/openapi.json"); err != nil {
 		return nil, err
@@ -80,6 +99,24 @@ func newAPI(cfg Config) (*api, error) {
 		return nil, err
 	}
 	a.allow = cfg.SourceAllow
+	if cfg.RestoreDir != "" {
+		d, err := filepath.Abs(cfg.RestoreDir)
+		if err != nil {
+			return nil, fmt.Errorf("STRATA_API_RESTORE_DIR: %w", err)
+		}
+		if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("STRATA_API_RESTORE_DIR %s: not a directory", d)
+		}
+		a.restoreDir = filepath.Clean(d)
+	}
+	if cfg.JaegerQueryURL != "" {
+		u, err := url.Parse(cfg.JaegerQueryURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("STRATA_JAEGER_QUERY_URL %q: not an http(s) URL", cfg.JaegerQueryURL)
+		}
+		a.jaeger = &jaegerClient{base: strings.TrimRight(cfg.JaegerQueryURL, "/"), http: &http.Client{Timeout: 10 * time.Second}}
+		a.jaegerUI = strings.TrimRight(cmp.Or(cfg.JaegerUIURL, cfg.JaegerQueryURL), "/")
+	}
 	if cfg.TokenFile != "" {
 		t, err := ReadTokens(cfg.TokenFile)
 		if err != nil {
@@ -113,20 +150,31 @@ type (
 	deadLetters interface {
 		Last(ctx context.Context, n int) (*DeadLetters, error)
 	}
+	recentRuns interface {
+		Recent(ctx context.Context, since time.Time, limit int) ([]Run, error)
+	}
+	traces interface {
+		Trace(ctx context.Context, traceID string) ([]Span, error)
+	}
 )
 
 type api struct {
-	tokens    *Tokens // nil: no tokens (loopback only)
-	loopback  bool
-	allow     []string
-	records   records
-	policies  policies
-	fleet     fleetView
-	bad       badList
-	dlq       deadLetters
-	request   func(ctx context.Context, subject string, req, reply contracts.Message) error
-	connected func() bool
-	log       *slog.Logger
+	tokens     *Tokens // nil: no tokens (loopback only)
+	loopback   bool
+	allow      []string
+	records    records
+	policies   policies
+	fleet      fleetView
+	bad        badList
+	dlq        deadLetters
+	runs       recentRuns
+	jaeger     traces // nil: no timeline
+	jaegerUI   string
+	repo       *repo.Repository // files and restores (integration only)
+	restoreDir string
+	request    func(ctx context.Context, subject string, req, reply contracts.Message) error
+	connected  func() bool
+	log        *slog.Logger
 }
 
 // DeadLetters is the dead-letter stream's summary.

@@ -42,6 +42,10 @@ func (a *api) routes() []route {
 		{"GET", "/v1/vms/{vm}", Viewer, a.getVM},
 		{"GET", "/v1/vms/{vm}/backups", Viewer, a.listBackups},
 		{"GET", "/v1/vms/{vm}/backups/{id}", Viewer, a.getBackup},
+		{"GET", "/v1/vms/{vm}/backups/{id}/files", Viewer, a.listFiles},
+		{"GET", "/v1/vms/{vm}/backups/{id}/download", Viewer, a.downloadFile},
+		{"POST", "/v1/vms/{vm}/backups/{id}/restore", Operator, a.restoreFile},
+		{"GET", "/v1/runs", Viewer, a.listRuns},
 		{"POST", "/v1/vms/{vm}/backups/{id}/cancel", Operator, a.cancel},
 		{"POST", "/v1/backups", Operator, a.startBackup},
 		{"GET", "/v1/policies", Viewer, a.listPolicies},
@@ -94,6 +98,7 @@ func (a *api) handler() http.Handler {
 			}
 		})
 	}
+	a.consoleRoutes(mux)
 	// Anything else under /v1 is a JSON 404, not the mux's text.
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, errorBody{fmt.Sprintf("no operation %s %s (GET /v1/openapi.json lists them)", r.Method, r.URL.Path)})
@@ -342,17 +347,22 @@ func (a *api) putPolicy(w http.ResponseWriter, r *http.Request) error {
 		p.Schema = contracts.SchemaVersion
 	}
 	p.UpdatedAt = time.Now().UTC()
+	if err := a.setPolicy(r.Context(), &p); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, &p)
+	return nil
+}
+
+// setPolicy stores a policy that validates and whose schedule parses.
+func (a *api) setPolicy(ctx context.Context, p *contracts.Policy) error {
 	if err := p.Validate(); err != nil {
 		return fail(http.StatusBadRequest, "invalid policy: %v", err)
 	}
 	if _, err := schedule.Parse(p.Schedule); err != nil {
 		return fail(http.StatusBadRequest, "%v", err)
 	}
-	if err := a.policies.Put(r.Context(), &p); err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, &p)
-	return nil
+	return a.policies.Put(ctx, p)
 }
 
 func (a *api) deletePolicy(w http.ResponseWriter, r *http.Request) error {
@@ -458,5 +468,69 @@ func (a *api) deadLetters(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	writeJSON(w, http.StatusOK, d)
+	return nil
+}
+
+func (a *api) listFiles(w http.ResponseWriter, r *http.Request) error {
+	rec, disk, err := a.backupDisk(r)
+	if err != nil {
+		return err
+	}
+	l, err := a.list(r.Context(), rec, disk, cmpOr(r.URL.Query().Get("path"), "/"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, l)
+	return nil
+}
+
+func (a *api) downloadFile(w http.ResponseWriter, r *http.Request) error {
+	rec, disk, err := a.backupDisk(r)
+	if err != nil {
+		return err
+	}
+	return a.download(w, r, rec, disk, r.URL.Query().Get("path"))
+}
+
+// RestoreRequest restores one disk of a backup to a file inside the API's
+// restore directory.
+type RestoreRequest struct {
+	Disk int    `json:"disk"`
+	Path string `json:"path"`
+}
+
+func (a *api) restoreFile(w http.ResponseWriter, r *http.Request) error {
+	var req RestoreRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return fail(http.StatusBadRequest, "decode restore request: %v", err)
+	}
+	rec, err := a.restorable(r.Context(), r.PathValue("vm"), r.PathValue("id"), req.Disk)
+	if err != nil {
+		return err
+	}
+	res, err := a.restoreTo(r.Context(), rec, req.Disk, req.Path)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, res)
+	return nil
+}
+
+func (a *api) listRuns(w http.ResponseWriter, r *http.Request) error {
+	hours := 24
+	if s := r.URL.Query().Get("hours"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v < 1 || v > 24*31 {
+			return fail(http.StatusBadRequest, "hours %q: want 1 to 744", s)
+		}
+		hours = v
+	}
+	runs, err := a.runs.Recent(r.Context(), time.Now().Add(-time.Duration(hours)*time.Hour), 1000)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, append([]Run{}, runs...))
 	return nil
 }
