@@ -93,7 +93,7 @@ func Roles() []Role {
 		// edits policies; it consumes no stream and writes no record.
 		{Name: "api", Reads: []string{contracts.StreamBackups}, // recent outcomes for the console
 			Publishes: []string{contracts.SubjectSchedulerRun, contracts.SubjectSchedulerCancel, contracts.SubjectVerify,
-			contracts.SubjectMergePrune, contracts.SubjectDedupGC, contracts.SubjectDedupStats},
+				contracts.SubjectMergePrune, contracts.SubjectDedupGC, contracts.SubjectDedupStats},
 			Writes: []string{contracts.BucketPolicies}},
 		{Name: "admin", All: true},
 	}

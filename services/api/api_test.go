@@ -3,10 +3,10 @@ package api
 import (
 	"cmp"
 	"context"
-	"maps"
 	"encoding/json"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
