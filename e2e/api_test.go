@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -11,7 +12,7 @@ import (
 	"time"
 
 	"github.com/strata-backup/strata/contracts"
-	"github.com/strata-backup/strata/pkg/demodisk"
+	"github.com/strata-backup/strata/internal/testserver"
 )
 
 // The api service as its own process on real NATS and S3: an operator
@@ -23,11 +24,16 @@ func TestAPIService(t *testing.T) {
 	tokens := filepath.Join(dir, "tokens")
 	const viewer, operator, admin = "viewer-e2e-0123456789", "operator-e2e-0123456789", "admin-e2e-0123456789"
 	os.WriteFile(tokens, []byte("# role token name\nviewer "+viewer+" dashboard\noperator "+operator+"\nadmin "+admin+"\n"), 0o600)
-	st := startStack(t, stackOptions{extraEnv: map[string][]string{"api": {"STRATA_API_TOKEN_FILE=" + tokens}}})
+	restores := filepath.Join(dir, "restores")
+	os.Mkdir(restores, 0o755)
+	st := startStack(t, stackOptions{extraEnv: map[string][]string{"api": {"STRATA_API_TOKEN_FILE=" + tokens, "STRATA_API_RESTORE_DIR=" + restores}}})
+	// A GPT disk with an ext4 filesystem holding a file to browse.
+	tree := filepath.Join(dir, "tree")
+	os.MkdirAll(filepath.Join(tree, "etc"), 0o755)
+	want := testserver.RandomBytes(5, 300<<10)
+	os.WriteFile(filepath.Join(tree, "etc", "app.conf"), want, 0o644)
 	img := filepath.Join(dir, "disk.img")
-	if err := demodisk.Write(img, 32<<20, 11); err != nil {
-		t.Fatal(err)
-	}
+	testserver.PartitionedImageFrom(t, img, tree)
 	call := func(method, path, token, body string, out any) int {
 		t.Helper()
 		req, _ := http.NewRequest(method, st.http+path, strings.NewReader(body))
@@ -95,6 +101,62 @@ func TestAPIService(t *testing.T) {
 	var stats contracts.RepoStatsReply
 	if code := call("GET", "/v1/repository", viewer, "", &stats); code != 200 || stats.Backups != 1 {
 		t.Fatalf("repository: %d %+v", code, stats)
+	}
+	// Its files, straight from the repository: the volumes, a directory,
+	// one file downloaded bit for bit.
+	var vols struct{ Volumes []struct{ Name, FS string } }
+	if code := call("GET", "/v1/vms/api-vm/backups/"+rec.ID+"/files?path=/", viewer, "", &vols); code != 200 {
+		t.Fatalf("volumes: %d", code)
+	}
+	ext := ""
+	for _, v := range vols.Volumes {
+		if v.FS == "ext4" {
+			ext = v.Name
+		}
+	}
+	var dirList struct{ Entries []struct{ Name string } }
+	if code := call("GET", "/v1/vms/api-vm/backups/"+rec.ID+"/files?path=/"+ext+"/etc", viewer, "", &dirList); code != 200 || len(dirList.Entries) != 1 || dirList.Entries[0].Name != "app.conf" {
+		t.Fatalf("/%s/etc of %v: %d %+v", ext, vols, code, dirList)
+	}
+	req, _ := http.NewRequest("GET", st.http+"/v1/vms/api-vm/backups/"+rec.ID+"/download?path=/"+ext+"/etc/app.conf", nil)
+	req.Header.Set("Authorization", "Bearer "+viewer)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !bytes.Equal(got, want) {
+		t.Fatalf("download: %d, %d bytes (want %d, equal %v)", resp.StatusCode, len(got), len(want), bytes.Equal(got, want))
+	}
+	if code := call("GET", "/v1/vms/api-vm/backups/"+rec.ID+"/download?path=/"+ext+"/../../etc/passwd", viewer, "", nil); code < 400 {
+		t.Fatalf("download of a path leaving the volume: %d", code)
+	}
+	// A restore to a path: inside the restore directory only, bit for bit.
+	for _, bad := range []string{"../escape.img", "/etc/strata.img", ""} {
+		if code := call("POST", "/v1/vms/api-vm/backups/"+rec.ID+"/restore", operator, `{"disk":0,"path":"`+bad+`"}`, nil); code != 400 {
+			t.Fatalf("restore to %q: %d", bad, code)
+		}
+	}
+	if code := call("POST", "/v1/vms/api-vm/backups/"+rec.ID+"/restore", viewer, `{"path":"r.img"}`, nil); code != 403 {
+		t.Fatalf("viewer's restore: %d", code)
+	}
+	var res struct{ Path string }
+	if code := call("POST", "/v1/vms/api-vm/backups/"+rec.ID+"/restore", operator, `{"disk":0,"path":"vm/r.img"}`, &res); code != 200 || res.Path != filepath.Join(restores, "vm", "r.img") {
+		t.Fatalf("restore: %d %+v", code, res)
+	}
+	if sha256File(t, res.Path) != sha256File(t, img) {
+		t.Fatal("restored disk differs")
+	}
+	if code := call("POST", "/v1/vms/api-vm/backups/"+rec.ID+"/restore", operator, `{"disk":0,"path":"vm/r.img"}`, nil); code != 409 {
+		t.Fatalf("restore over an existing file: %d", code)
+	}
+	var runs []struct {
+		VM       string
+		BackupID string `json:"backup_id"`
+	}
+	if code := call("GET", "/v1/runs", viewer, "", &runs); code != 200 || len(runs) == 0 || runs[0].BackupID != rec.ID {
+		t.Fatalf("runs: %d %+v", code, runs)
 	}
 	var who map[string]string
 	if call("GET", "/v1/whoami", viewer, "", &who); who["role"] != "viewer" || who["token"] != "dashboard" {
