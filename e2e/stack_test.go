@@ -185,6 +185,9 @@ func startStack(t testing.TB, o stackOptions) *stack {
 	}
 	// The operator API (the HTTP trigger among its operations).
 	apiEnv := append([]string{"STRATA_API_ADDR=" + httpAddr}, o.extraEnv["api"]...)
+	if st.jaeger != nil {
+		apiEnv = append(apiEnv, "STRATA_JAEGER_QUERY_URL="+st.jaeger.Query)
+	}
 	if o.secured {
 		apiEnv = append(apiEnv, "STRATA_NATS_NKEY_FILE="+filepath.Join(authDir, natsauth.SeedFile("api")), "STRATA_NATS_SETUP=false")
 	}

@@ -50,6 +50,7 @@ DOCKERFILE
 for s in scheduler snapshotter transfer dedup merge verifier api; do
   mkdir -p "$ctx/src-$s" && cp "$bin/strata-$s" "$ctx/src-$s/app"
   data=""; [ "$s" = dedup ] && data=/data
+  [ "$s" = api ] && data=/restores # the restores volume, owned by the image's user
   image "strata/$s" "$tag" app "$data" "$ctx/src-$s/app"
 done
 image strata/cli "$tag" strata "" "$bin/strata"

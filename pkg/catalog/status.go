@@ -27,7 +27,7 @@ func (c *Catalog) NoteOutcome(ctx context.Context, vm, id string) (*contracts.VM
 	if err != nil {
 		return nil, err
 	}
-	if !r.State.Final() || r.FinishedAt == nil {
+	if !r.State.Final() {
 		return nil, fmt.Errorf("%w: backup %s is %s, not finished", ErrInvalid, id, r.State)
 	}
 	key := contracts.StatusKey(vm)
@@ -45,7 +45,10 @@ func (c *Catalog) NoteOutcome(ctx context.Context, vm, id string) (*contracts.VM
 				st = &contracts.VMStatus{Schema: contracts.SchemaVersion, VM: vm} // rebuilt from what comes
 			}
 		}
-		at := *r.FinishedAt
+		at := r.UpdatedAt // a record made failed before FinishedAt was always set
+		if r.FinishedAt != nil {
+			at = *r.FinishedAt
+		}
 		switch {
 		case r.State == contracts.StateVerified && (st.LastVerifiedAt == nil || at.After(*st.LastVerifiedAt)):
 			st.LastVerified, st.LastVerifiedAt = r.ID, &at

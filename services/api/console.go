@@ -227,7 +227,7 @@ func (a *api) fleetPage(w http.ResponseWriter, r *http.Request, p *page) (string
 			if rec, _, err := a.records.Get(r.Context(), run.VM, run.BackupID); err == nil {
 				v.Kind, v.Read, v.Stored = string(rec.Kind), rec.ReadBytes(), rec.StoredBytes()
 				if rec.FinishedAt != nil {
-					v.Duration = rec.FinishedAt.Sub(rec.CreatedAt).Round(time.Second).String()
+					v.Duration = roundDuration(rec.FinishedAt.Sub(rec.CreatedAt))
 				}
 			}
 			runs = append(runs, v)
@@ -281,7 +281,7 @@ func (a *api) backupPage(w http.ResponseWriter, r *http.Request, p *page) (strin
 		}
 	}
 	if rec.FinishedAt != nil {
-		d["Took"] = rec.FinishedAt.Sub(rec.CreatedAt).Round(time.Millisecond).String()
+		d["Took"] = roundDuration(rec.FinishedAt.Sub(rec.CreatedAt))
 	}
 	switch {
 	case a.jaeger == nil:
@@ -481,4 +481,12 @@ func (a *api) policyAction(w http.ResponseWriter, r *http.Request, p *page) (str
 		return "", err
 	}
 	return message(p, "Policy saved", "The policy of "+pol.VM+" is saved.", "/ui/policies")
+}
+
+// roundDuration: milliseconds under a minute, seconds above.
+func roundDuration(d time.Duration) string {
+	if d < time.Minute {
+		return d.Round(time.Millisecond).String()
+	}
+	return d.Round(time.Second).String()
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/strata-backup/strata/pkg/guestfs"
 	"github.com/strata-backup/strata/pkg/hooks"
 	"github.com/strata-backup/strata/pkg/manifest"
+	"github.com/strata-backup/strata/pkg/metrics"
 	"github.com/strata-backup/strata/pkg/runtime"
 	"github.com/strata-backup/strata/pkg/source"
 )
@@ -111,9 +112,14 @@ func (s *snapshotter) plan(ctx context.Context, req *contracts.BackupRequested) 
 		// Unknown VM or unreadable source: record the backup as failed so
 		// the user sees why, rather than dropping the request. The failure
 		// event releases whatever snapshot was taken.
-		rec.State, rec.Error = contracts.StateFailed, err.Error()
-		if _, _, cerr := s.rt.Catalog.Create(ctx, rec); cerr != nil {
+		now := time.Now().UTC()
+		rec.State, rec.Error, rec.FinishedAt = contracts.StateFailed, err.Error(), &now
+		_, created, cerr := s.rt.Catalog.Create(ctx, rec)
+		if cerr != nil {
 			return cerr
+		}
+		if created { // born failed: FailBackup below finds it final and counts nothing
+			metrics.BackupFailure.Inc()
 		}
 		return s.rt.FailBackup(ctx, req.VM, req.BackupID, fmt.Sprintf("open source: %v", err))
 	}
