@@ -116,6 +116,7 @@ deploy/secrets/s3/transfer.env: | build
 	$(BIN)/strata s3-roles --dir deploy/secrets/s3
 
 up: images deploy/secrets/api-token deploy/secrets/metrics-token deploy/secrets/nats/auth.conf deploy/secrets/s3/transfer.env
+	@mkdir -p -m 755 deploy/secrets/notify
 	$(COMPOSE) up -d --scale transfer=$${TRANSFERS:-3}
 	deploy/docker/wait-healthy.sh $(COMPOSE)
 

@@ -97,6 +97,7 @@ const (
 	ConsumerSchedulerOutcomes   = "scheduler-outcomes"
 	ConsumerSchedulerTriggers   = "scheduler-triggers"
 	ConsumerSchedulerDeadlines  = "scheduler-deadlines"
+	ConsumerNotify              = "notify"
 )
 
 // KV buckets.
@@ -127,6 +128,14 @@ const (
 	// finished (not dry runs), for strata repo stats.
 	GCLastKey = "last"
 
+	// BucketNotify: key NotifyKey(name) → NotifyTarget (JSON): where job
+	// reports go (pkg/notify).
+	BucketNotify = "strata_notify"
+	// BucketNotifySent: key NotifySentKey(target, backup) → "sent": the
+	// reports delivered, so that a redelivered outcome sends none again.
+	// Entries expire after 30 days.
+	BucketNotifySent = "strata_notify_sent"
+
 	// Hold states in BucketGCHolds.
 	GCHeld     = "held"
 	GCDeleting = "deleting"
@@ -134,7 +143,7 @@ const (
 )
 
 // Buckets are every KV bucket Strata keeps.
-var Buckets = []string{BucketCatalog, BucketPolicies, BucketMirrors, BucketFreezes, BucketGCHolds, BucketBadChunks, BucketGC}
+var Buckets = []string{BucketCatalog, BucketPolicies, BucketMirrors, BucketFreezes, BucketGCHolds, BucketBadChunks, BucketGC, BucketNotify, BucketNotifySent}
 
 // MaxSegmentBytes bounds one transfer work item.
 const MaxSegmentBytes = 64 << 20

@@ -51,7 +51,7 @@ STRATA_NATS_URL, STRATA_S3_*, STRATA_STORE_DIR, STRATA_ENCRYPTION_KEY_FILE, …`
 			return exitError{2, errors.New("policy needs set, ls or rm")}
 		}}
 	policy.AddCommand(newPolicySetCmd(), newPolicyLsCmd(), newPolicyRmCmd())
-	root.AddCommand(newBackupCmd(), newCancelCmd(), newLsCmd(), newRestoreCmd(), newServeCmd(), newFilesCmd(), newRmCmd(), newVerifyCmd(), newCheckCmd(), newGCCmd(), newRepoCmd(), newPruneCmd(), newCopyCmd(), newMirrorCmd(),
+	root.AddCommand(newBackupCmd(), newNotifyCmd(), newCancelCmd(), newLsCmd(), newRestoreCmd(), newServeCmd(), newFilesCmd(), newRmCmd(), newVerifyCmd(), newCheckCmd(), newGCCmd(), newRepoCmd(), newPruneCmd(), newCopyCmd(), newMirrorCmd(),
 		policy, newCatalogCmd(), newDevCmd(), newMkdiskCmd(), newNATSAuthCmd(), newS3RolesCmd(),
 		&cobra.Command{Use: "version", Short: "print the version", Args: usage(cobra.NoArgs), Run: func(cmd *cobra.Command, args []string) {
 			fmt.Println("strata", version)

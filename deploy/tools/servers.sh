@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the real servers Strata's tests and images use — nats-server,
-# versitygw (S3), Prometheus, Jaeger — into ${XDG_CACHE_HOME:-~/.cache}/strata/bin,
+# versitygw (S3), Prometheus, mailpit (SMTP), Jaeger — into ${XDG_CACHE_HOME:-~/.cache}/strata/bin,
 # named <name>-<version>, so a fresh clone on the same machine (CI) reuses
 # them and a pinned version change rebuilds just that one. Static binaries
 # (CGO_ENABLED=0), usable FROM scratch.
@@ -9,6 +9,7 @@ NATS_VERSION=${NATS_VERSION:-v2.15.2}
 VERSITYGW_VERSION=${VERSITYGW_VERSION:-v1.8.0}
 JAEGER_VERSION=${JAEGER_VERSION:-v1.76.0}
 PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}
+MAILPIT_VERSION=${MAILPIT_VERSION:-v1.33.1}
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${XDG_CACHE_HOME:-$HOME/.cache}/strata/bin
 mkdir -p "$bin"
@@ -29,6 +30,9 @@ install versitygw github.com/versity/versitygw/cmd/versitygw "$VERSITYGW_VERSION
 # Prometheus's Go module tags (v0.3xx) are its 3.x releases; built without
 # the web UI's assets (the API, rules and alerts are all we use).
 install prometheus github.com/prometheus/prometheus/cmd/prometheus "$PROMETHEUS_VERSION"
+# A real SMTP server (with STARTTLS and AUTH) for the job reports' tests,
+# read back through its HTTP API.
+install mailpit github.com/axllent/mailpit "$MAILPIT_VERSION"
 
 # Jaeger has replace directives, so `go install` refuses it: build it from
 # our small tools module (kept out of go.work so its dependency graph never

@@ -444,3 +444,47 @@ func StartPrometheus(t testing.TB, config string) Prometheus {
 	t.Fatal("prometheus did not come up")
 	return p
 }
+
+// MailpitVersion is the SMTP server the job reports are tested against.
+const MailpitVersion = "v1.33.1"
+
+// Mailpit is a running mailpit: an SMTP server that requires STARTTLS and
+// AUTH, its messages read through its HTTP API.
+type Mailpit struct {
+	SMTP     string // 127.0.0.1:port
+	API      string // http://127.0.0.1:port
+	CAFile   string // the CA of its certificate
+	User     string
+	Password string
+}
+
+// StartMailpit runs mailpit with a certificate from X509Dir, STARTTLS
+// required, one user, and Message-ID de-duplication as mail systems do.
+func StartMailpit(t testing.TB) Mailpit {
+	bin := Binary(t, "mailpit", MailpitVersion)
+	certs := X509Dir(t)
+	dir := t.TempDir()
+	m := Mailpit{SMTP: fmt.Sprintf("127.0.0.1:%d", FreePort(t)), API: fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
+		CAFile: filepath.Join(certs, "ca-cert.pem"), User: "strata", Password: "mail-secret-0123"}
+	auth := filepath.Join(dir, "smtp-auth")
+	if err := os.WriteFile(auth, []byte(m.User+":"+m.Password+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	Start(t, "mailpit", exec.Command(bin, "--smtp", m.SMTP, "--listen", strings.TrimPrefix(m.API, "http://"),
+		"--database", filepath.Join(dir, "mail.db"), "--smtp-tls-cert", filepath.Join(certs, "server-cert.pem"),
+		"--smtp-tls-key", filepath.Join(certs, "server-key.pem"), "--smtp-require-starttls", "--smtp-auth-file", auth,
+		"--ignore-duplicate-ids", "--smtp-disable-rdns"))
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(m.API + "/api/v1/info"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				WaitTCP(t, m.SMTP, 10*time.Second)
+				return m
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatal("mailpit did not come up")
+	return m
+}

@@ -144,6 +144,8 @@ func (b *Bus) EnsureStreams(ctx context.Context, replicas int) error {
 		kvStream(contracts.BucketGCHolds, 1, 24*time.Hour, replicas),
 		kvStream(contracts.BucketBadChunks, 1, 0, replicas),
 		kvStream(contracts.BucketGC, 1, 0, replicas),
+		kvStream(contracts.BucketNotify, 5, 0, replicas),
+		kvStream(contracts.BucketNotifySent, 1, 30*24*time.Hour, replicas),
 	} {
 		if err := retryJS(ctx, func(ctx context.Context) error {
 			_, err := b.JS.CreateOrUpdateStream(ctx, cfg)

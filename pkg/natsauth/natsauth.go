@@ -91,10 +91,10 @@ func Roles() []Role {
 		// The operator API: reads everything, asks the services' endpoints
 		// (a backup, a cancel, a verification, prune, gc, statistics) and
 		// edits policies; it consumes no stream and writes no record.
-		{Name: "api", Reads: []string{contracts.StreamBackups}, // recent outcomes for the console
+		{Name: "api", Consumes: []string{contracts.StreamBackups}, // recent outcomes for the console, job reports
 			Publishes: []string{contracts.SubjectSchedulerRun, contracts.SubjectSchedulerCancel, contracts.SubjectVerify,
 				contracts.SubjectMergePrune, contracts.SubjectDedupGC, contracts.SubjectDedupStats},
-			Writes: []string{contracts.BucketPolicies}},
+			Writes: []string{contracts.BucketPolicies, contracts.BucketNotify, contracts.BucketNotifySent}},
 		{Name: "admin", All: true},
 	}
 }

@@ -8,6 +8,7 @@ package api
 import (
 	"cmp"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,6 +26,7 @@ import (
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/fleet"
 	"github.com/strata-backup/strata/pkg/httpserve"
+	"github.com/strata-backup/strata/pkg/notify"
 	"github.com/strata-backup/strata/pkg/policy"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/runtime"
@@ -55,6 +57,22 @@ type Config struct {
 	// JaegerQueryURL). Empty: no timeline.
 	JaegerQueryURL string `envconfig:"JAEGER_QUERY_URL"`
 	JaegerUIURL    string `envconfig:"JAEGER_UI_URL"`
+	// Job reports (pkg/notify): sent by the api replicas together, one
+	// outcome at a time each. Notify false: this replica sends none.
+	Notify bool `envconfig:"NOTIFY" default:"true"`
+	// NotifySecretsDir holds the targets' password and secret files;
+	// NotifyCAFile a CA for SMTP and webhook servers (default: the
+	// system's); NotifyAttempts how often an outcome is tried before its
+	// unsent reports are dead-lettered.
+	NotifySecretsDir string `envconfig:"NOTIFY_SECRETS_DIR"`
+	NotifyCAFile     string `envconfig:"NOTIFY_CA_FILE"`
+	NotifyAttempts   int    `envconfig:"NOTIFY_ATTEMPTS" default:"8"`
+	// NotifyAckWait: how long an outcome being reported by a replica that
+	// died stays its own before another replica takes it over.
+	NotifyAckWait time.Duration `envconfig:"NOTIFY_ACK_WAIT" default:"2m"`
+	// ConsoleURL: the console as the reports' readers reach it, for their
+	// links (empty: no link).
+	ConsoleURL string `envconfig:"CONSOLE_URL"`
 }
 
 // Start serves the API until ctx ends.
@@ -85,6 +103,16 @@ func Serve(ctx context.Context, rt *runtime.Runtime, cfg Config) (net.Addr, erro
 	a.runs = &runReader{js: rt.Bus.JS}
 	a.repo = rt.Repo
 	a.connected = rt.Bus.NC.IsConnected
+	targets, err := notify.Open(ctx, rt.Bus.JS)
+	if err != nil {
+		return nil, err
+	}
+	a.targets = targets
+	if cfg.Notify {
+		if err := startNotifier(ctx, rt, cfg, targets, a.jaegerUI); err != nil {
+			return nil, err
+		}
+	}
 	if _, err := rt.Bus.AddService("operator API: REST /v1, OpenAPI at /v1/openapi.json"); err != nil {
 		return nil, err
 	}
@@ -156,7 +184,41 @@ type (
 	traces interface {
 		Trace(ctx context.Context, traceID string) ([]Span, error)
 	}
+	notifyTargets interface {
+		List(ctx context.Context) ([]contracts.NotifyTarget, []string, error)
+		Put(ctx context.Context, t *contracts.NotifyTarget) error
+		Delete(ctx context.Context, name string) error
+	}
 )
+
+// startNotifier consumes the outcomes and sends the reports.
+func startNotifier(ctx context.Context, rt *runtime.Runtime, cfg Config, targets *notify.Store, jaegerUI string) error {
+	sent, err := rt.Bus.JS.KeyValue(ctx, contracts.BucketNotifySent)
+	if err != nil {
+		return fmt.Errorf("notify: %w", err)
+	}
+	senders := &notify.Senders{SecretsDir: cfg.NotifySecretsDir, Attempts: 3}
+	if cfg.NotifySecretsDir != "" {
+		if fi, err := os.Stat(cfg.NotifySecretsDir); err != nil || !fi.IsDir() {
+			return fmt.Errorf("STRATA_NOTIFY_SECRETS_DIR %s: not a directory", cfg.NotifySecretsDir)
+		}
+	}
+	if cfg.NotifyCAFile != "" {
+		pem, err := os.ReadFile(cfg.NotifyCAFile)
+		if err != nil {
+			return fmt.Errorf("STRATA_NOTIFY_CA_FILE: %w", err)
+		}
+		senders.RootCAs = x509.NewCertPool()
+		if !senders.RootCAs.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("STRATA_NOTIFY_CA_FILE %s: no certificate", cfg.NotifyCAFile)
+		}
+	}
+	n := &notify.Notifier{Records: rt.Catalog, Targets: targets, Sent: sent, Send: senders.Send,
+		Links: notify.Links{Console: cfg.ConsoleURL, Jaeger: jaegerUI}, Log: rt.Log}
+	return bus.Consume(ctx, rt.Bus, bus.Spec{Stream: contracts.StreamBackups, Durable: contracts.ConsumerNotify,
+		Filters: []string{contracts.SubjectBackupVerified, contracts.SubjectBackupFailed}, AckWait: max(cfg.NotifyAckWait, 3*time.Second),
+		MaxDeliver: max(1, cfg.NotifyAttempts), Concurrency: 4}, n.Handle)
+}
 
 type api struct {
 	tokens     *Tokens // nil: no tokens (loopback only)
@@ -170,6 +232,7 @@ type api struct {
 	runs       recentRuns
 	jaeger     traces // nil: no timeline
 	jaegerUI   string
+	targets    notifyTargets
 	repo       *repo.Repository // files and restores (integration only)
 	restoreDir string
 	request    func(ctx context.Context, subject string, req, reply contracts.Message) error

@@ -21,6 +21,7 @@ import (
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/fleet"
+	"github.com/strata-backup/strata/pkg/notify"
 )
 
 const (
@@ -106,6 +107,35 @@ func (fakeDLQ) Last(_ context.Context, n int) (*DeadLetters, error) {
 	return &DeadLetters{Count: 1, Messages: []DeadLetter{{Seq: 1, Subject: "strata.backup.requested", Reason: "decode: bad"}}}, nil
 }
 
+type fakeTargets struct {
+	by map[string]contracts.NotifyTarget
+}
+
+func (f *fakeTargets) List(context.Context) ([]contracts.NotifyTarget, []string, error) {
+	var out []contracts.NotifyTarget
+	for _, t := range f.by {
+		out = append(out, t)
+	}
+	return out, nil, nil
+}
+
+func (f *fakeTargets) Put(_ context.Context, t *contracts.NotifyTarget) error {
+	t.Normalize()
+	if err := t.Validate(); err != nil {
+		return err
+	}
+	f.by[t.Name] = *t
+	return nil
+}
+
+func (f *fakeTargets) Delete(_ context.Context, name string) error {
+	if _, ok := f.by[name]; !ok {
+		return notify.ErrNotFound
+	}
+	delete(f.by, name)
+	return nil
+}
+
 type fakeRuns struct{}
 
 func (fakeRuns) Recent(context.Context, time.Time, int) ([]Run, error) {
@@ -130,6 +160,7 @@ func testAPI(t *testing.T, addr, tokens string, allow []string) (*api, *[]string
 	a.policies = &fakePolicies{by: map[string]contracts.Policy{"web": {Schema: 1, VM: "web", Source: "file:///x.img", Schedule: "@every 1h", UpdatedAt: now}}}
 	a.fleet = fakeFleet{vms: []fleet.VM{{Name: "web", Status: &contracts.VMStatus{Schema: 1, VM: "web", LastVerified: "b1", LastVerifiedAt: &now}}}}
 	a.bad, a.dlq, a.runs = fakeBad{}, fakeDLQ{}, fakeRuns{}
+	a.targets = &fakeTargets{by: map[string]contracts.NotifyTarget{"ops": {Schema: 1, Name: "ops", Kind: "webhook", URL: "https://hooks.example/x", SecretFile: "k", On: []string{"failure"}, UpdatedAt: now}}}
 	a.connected = func() bool { return true }
 	a.log = slog.New(slog.DiscardHandler)
 	var mu sync.Mutex
@@ -233,6 +264,9 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 		"GET /v1/bad-chunks":                    {path: "/v1/bad-chunks"},
 		"GET /v1/dead-letters":                  {path: "/v1/dead-letters?limit=5"},
 		"GET /v1/runs":                          {path: "/v1/runs?hours=2"},
+		"GET /v1/notify":                        {path: "/v1/notify"},
+		"PUT /v1/notify/{name}":                 {path: "/v1/notify/chat", body: `{"kind":"webhook","url":"https://hooks.example/strata","secret_file":"hook.key","on":["always"]}`},
+		"DELETE /v1/notify/{name}":              {path: "/v1/notify/ops"},
 	}
 	// Reading a disk's files and restoring it need a repository:
 	// TestAPIService (e2e) calls these on a real backup.
@@ -314,6 +348,9 @@ func TestMalformedBodiesRefused(t *testing.T) {
 		{"/v1/policies/web", "PUT", `{"source":"file:///x.img","schedule":"@daily","keep_forever":true}`, "unknown field"},
 		{"/v1/policies/web", "PUT", `{"vm":"db","source":"file:///x.img","schedule":"@daily"}`, "path"},
 		{"/v1/dead-letters?limit=0", "GET", ``, "limit"},
+		{"/v1/notify/x", "PUT", `{"kind":"webhook","url":"ftp://x","secret_file":"k"}`, "url"},
+		{"/v1/notify/x", "PUT", `{"kind":"webhook","url":"https://x/","secret_file":"../k"}`, "no directory"},
+		{"/v1/notify/x", "PUT", `{"kind":"smtp","smtp":"mail:25","from":"a@b","to":["c@d"],"colour":1}`, "unknown field"},
 	} {
 		code, body := do(t, h, call{method: c.method, path: c.path, token: adminToken, body: c.body})
 		var e errorBody

@@ -61,7 +61,7 @@ var funcs = template.FuncMap{
 var pages = map[string]*template.Template{}
 
 func init() {
-	for _, p := range []string{"login", "fleet", "vm", "backup", "files", "policies", "repository", "deadletters", "message"} {
+	for _, p := range []string{"login", "fleet", "vm", "backup", "files", "policies", "repository", "deadletters", "message", "notify"} {
 		pages[p] = template.Must(template.New(p).Funcs(funcs).ParseFS(webFS, "web/layout.html", "web/"+p+".html"))
 	}
 }
@@ -110,6 +110,14 @@ func (a *api) consoleRoutes(mux *http.ServeMux) {
 	mux.Handle("POST /ui/vms/{vm}/backups/{id}/verify", a.view(Operator, a.verifyAction))
 	mux.Handle("POST /ui/vms/{vm}/backups/{id}/cancel", a.view(Operator, a.cancelAction))
 	mux.Handle("POST /ui/policies", a.view(Admin, a.policyAction))
+	mux.Handle("GET /ui/notify", a.view(Viewer, a.notifyPage))
+	mux.Handle("POST /ui/notify", a.view(Admin, a.notifyAction))
+	mux.Handle("POST /ui/notify/{name}/delete", a.view(Admin, func(w http.ResponseWriter, r *http.Request, p *page) (string, error) {
+		if err := a.targets.Delete(r.Context(), r.PathValue("name")); err != nil {
+			return "", fail(http.StatusNotFound, "%v", err)
+		}
+		return message(p, "Target removed", "Notification target "+r.PathValue("name")+" removed.", "/ui/notify")
+	}))
 }
 
 func (a *api) login(w http.ResponseWriter, r *http.Request) {
@@ -489,4 +497,29 @@ func roundDuration(d time.Duration) string {
 		return d.Round(time.Millisecond).String()
 	}
 	return d.Round(time.Second).String()
+}
+
+func (a *api) notifyPage(w http.ResponseWriter, r *http.Request, p *page) (string, error) {
+	list, _, err := a.targets.List(r.Context())
+	if err != nil {
+		return "", err
+	}
+	p.Title, p.Data = "Job reports", map[string]any{"Targets": list}
+	return "notify", nil
+}
+
+func (a *api) notifyAction(w http.ResponseWriter, r *http.Request, p *page) (string, error) {
+	f := func(k string) string { return strings.TrimSpace(r.PostFormValue(k)) }
+	t := &contracts.NotifyTarget{Schema: contracts.SchemaVersion, Name: f("name"), Kind: f("kind"), On: []string{f("on")}, VMs: f("vms"),
+		SMTP: f("smtp"), TLS: f("tls"), User: f("user"), PasswordFile: f("password_file"), From: f("from"),
+		URL: f("url"), SecretFile: f("secret_file"), UpdatedAt: time.Now().UTC()}
+	for _, to := range strings.Split(f("to"), ",") {
+		if to = strings.TrimSpace(to); to != "" {
+			t.To = append(t.To, to)
+		}
+	}
+	if err := a.targets.Put(r.Context(), t); err != nil {
+		return "", fail(http.StatusBadRequest, "%v", err)
+	}
+	return message(p, "Target saved", "Notification target "+t.Name+" saved.", "/ui/notify")
 }

@@ -26,7 +26,7 @@ func TestConsolePages(t *testing.T) {
 	if code, _ := get("/", ""); code != http.StatusSeeOther {
 		t.Fatalf("fleet without a login: %d", code)
 	}
-	for _, p := range []string{"/", "/ui/vms/web", "/ui/vms/web/backups/b1", "/ui/policies", "/ui/dead-letters", "/ui/repository", "/login"} {
+	for _, p := range []string{"/", "/ui/vms/web", "/ui/vms/web/backups/b1", "/ui/policies", "/ui/dead-letters", "/ui/repository", "/ui/notify", "/login"} {
 		for _, tok := range []string{viewerToken, operatorToken} {
 			code, body := get(p, tok)
 			if code != 200 || !strings.Contains(body, "</html>") {

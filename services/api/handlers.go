@@ -19,6 +19,7 @@ import (
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
+	"github.com/strata-backup/strata/pkg/notify"
 	"github.com/strata-backup/strata/pkg/schedule"
 )
 
@@ -57,6 +58,9 @@ func (a *api) routes() []route {
 		{"POST", "/v1/prune", Operator, a.prune},
 		{"POST", "/v1/gc", Operator, a.gc},
 		{"GET", "/v1/bad-chunks", Viewer, a.badChunks},
+		{"GET", "/v1/notify", Viewer, a.listTargets},
+		{"PUT", "/v1/notify/{name}", Admin, a.putTarget},
+		{"DELETE", "/v1/notify/{name}", Admin, a.deleteTarget},
 		{"GET", "/v1/dead-letters", Viewer, a.deadLetters},
 	}
 }
@@ -532,5 +536,54 @@ func (a *api) listRuns(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	writeJSON(w, http.StatusOK, append([]Run{}, runs...))
+	return nil
+}
+
+func (a *api) listTargets(w http.ResponseWriter, r *http.Request) error {
+	list, _, err := a.targets.List(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, append([]contracts.NotifyTarget{}, list...))
+	return nil
+}
+
+// putTarget sets a notification target: the body is a NotifyTarget whose
+// name is the path's (schema and name may be left out).
+func (a *api) putTarget(w http.ResponseWriter, r *http.Request) error {
+	var t contracts.NotifyTarget
+	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&t); err != nil {
+		return fail(http.StatusBadRequest, "decode target: %v", err)
+	}
+	if dec.More() {
+		return fail(http.StatusBadRequest, "decode target: trailing data")
+	}
+	if t.Name == "" {
+		t.Name = r.PathValue("name")
+	}
+	if t.Name != r.PathValue("name") {
+		return fail(http.StatusBadRequest, "target named %q, the path %q", t.Name, r.PathValue("name"))
+	}
+	if t.Schema == 0 {
+		t.Schema = contracts.SchemaVersion
+	}
+	t.UpdatedAt = time.Now().UTC()
+	if err := a.targets.Put(r.Context(), &t); err != nil {
+		return fail(http.StatusBadRequest, "%v", err)
+	}
+	writeJSON(w, http.StatusOK, &t)
+	return nil
+}
+
+func (a *api) deleteTarget(w http.ResponseWriter, r *http.Request) error {
+	if err := a.targets.Delete(r.Context(), r.PathValue("name")); err != nil {
+		if errors.Is(err, notify.ErrNotFound) {
+			return fail(http.StatusNotFound, "%v", err)
+		}
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
