@@ -26,7 +26,8 @@ func TestAPIService(t *testing.T) {
 	os.WriteFile(tokens, []byte("# role token name\nviewer "+viewer+" dashboard\noperator "+operator+"\nadmin "+admin+"\n"), 0o600)
 	restores := filepath.Join(dir, "restores")
 	os.Mkdir(restores, 0o755)
-	st := startStack(t, stackOptions{extraEnv: map[string][]string{"api": {"STRATA_API_TOKEN_FILE=" + tokens, "STRATA_API_RESTORE_DIR=" + restores}}})
+	st := startStack(t, stackOptions{chunkSize: 256 << 10, extraEnv: map[string][]string{"api": {"STRATA_API_TOKEN_FILE=" + tokens, "STRATA_API_RESTORE_DIR=" + restores},
+		"transfer": {"STRATA_TRANSFER_RATE_LIMIT=16000000"}}}) // a few seconds to watch it run
 	// A GPT disk with an ext4 filesystem holding a file to browse.
 	tree := filepath.Join(dir, "tree")
 	os.MkdirAll(filepath.Join(tree, "etc"), 0o755)
@@ -65,6 +66,15 @@ func TestAPIService(t *testing.T) {
 	if code := call("POST", "/v1/backups", operator, trigger, &acc); code != http.StatusAccepted || acc.BackupID == "" {
 		t.Fatalf("operator's POST: %d %+v", code, acc)
 	}
+	var running []struct {
+		BackupID     string `json:"backup_id"`
+		Segments     int    `json:"segments"`
+		SegmentsDone int    `json:"segments_done"`
+	}
+	waitUntil(t, 30*time.Second, "the backup listed as running", func() bool {
+		call("GET", "/v1/running", viewer, "", &running)
+		return len(running) == 1 && running[0].BackupID == acc.BackupID
+	})
 	var rec contracts.BackupRecord
 	waitUntil(t, 2*time.Minute, "the backup verified", func() bool {
 		call("GET", "/v1/vms/api-vm/backups/"+acc.BackupID, viewer, "", &rec)
@@ -72,6 +82,9 @@ func TestAPIService(t *testing.T) {
 	})
 	if rec.State != contracts.StateVerified {
 		t.Fatalf("backup %s: %s %s", rec.ID, rec.State, rec.Error)
+	}
+	if call("GET", "/v1/running", viewer, "", &running); len(running) != 0 {
+		t.Fatalf("still running after it ended: %+v", running)
 	}
 	var vm struct {
 		Name, Health string

@@ -180,6 +180,7 @@ type (
 	}
 	recentRuns interface {
 		Recent(ctx context.Context, since time.Time, limit int) ([]Run, error)
+		Started(ctx context.Context, since time.Time, limit int) ([]Run, error)
 	}
 	traces interface {
 		Trace(ctx context.Context, traceID string) ([]Span, error)

@@ -142,6 +142,10 @@ func (fakeRuns) Recent(context.Context, time.Time, int) ([]Run, error) {
 	return []Run{{VM: "web", BackupID: "b1", State: "verified", At: time.Now()}}, nil
 }
 
+func (fakeRuns) Started(context.Context, time.Time, int) ([]Run, error) {
+	return []Run{{VM: "web", BackupID: "b1", State: "requested"}, {VM: "web", BackupID: "b2", State: "requested"}}, nil
+}
+
 // testAPI is an API on fakes; requests records the subjects asked.
 func testAPI(t *testing.T, addr, tokens string, allow []string) (*api, *[]string) {
 	t.Helper()
@@ -265,6 +269,7 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 		"GET /v1/dead-letters":                  {path: "/v1/dead-letters?limit=5"},
 		"GET /v1/runs":                          {path: "/v1/runs?hours=2"},
 		"GET /v1/notify":                        {path: "/v1/notify"},
+		"GET /v1/running":                       {path: "/v1/running"},
 		"PUT /v1/notify/{name}":                 {path: "/v1/notify/chat", body: `{"kind":"webhook","url":"https://hooks.example/strata","secret_file":"hook.key","on":["always"]}`},
 		"DELETE /v1/notify/{name}":              {path: "/v1/notify/ops"},
 	}

@@ -241,8 +241,18 @@ func (a *api) fleetPage(w http.ResponseWriter, r *http.Request, p *page) (string
 			runs = append(runs, v)
 		}
 	}
+	var running []Running
+	if a.runs != nil {
+		var err error
+		if running, err = a.running(r.Context()); err != nil {
+			p.Flash, p.FlashKind = err.Error(), "error"
+		}
+	}
 	p.Title, p.Refresh = "Fleet", 30
-	p.Data = map[string]any{"VMs": vms, "Count": count, "Runs": runs}
+	if len(running) > 0 {
+		p.Refresh = 5
+	}
+	p.Data = map[string]any{"VMs": vms, "Count": count, "Runs": runs, "Running": running}
 	return "fleet", nil
 }
 

@@ -47,6 +47,7 @@ func (a *api) routes() []route {
 		{"GET", "/v1/vms/{vm}/backups/{id}/download", Viewer, a.downloadFile},
 		{"POST", "/v1/vms/{vm}/backups/{id}/restore", Operator, a.restoreFile},
 		{"GET", "/v1/runs", Viewer, a.listRuns},
+		{"GET", "/v1/running", Viewer, a.listRunning},
 		{"POST", "/v1/vms/{vm}/backups/{id}/cancel", Operator, a.cancel},
 		{"POST", "/v1/backups", Operator, a.startBackup},
 		{"GET", "/v1/policies", Viewer, a.listPolicies},
@@ -585,5 +586,63 @@ func (a *api) deleteTarget(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// Running is a backup under way, with its progress.
+type Running struct {
+	VM           string    `json:"vm"`
+	BackupID     string    `json:"backup_id"`
+	State        string    `json:"state"`
+	Kind         string    `json:"kind,omitempty"`
+	StartedAt    time.Time `json:"started_at"`
+	SegmentsDone int       `json:"segments_done"`
+	Segments     int       `json:"segments"`
+	ReadBytes    int64     `json:"read_bytes"`
+	StoredBytes  int64     `json:"stored_bytes"`
+	TraceID      string    `json:"trace_id,omitempty"`
+}
+
+// runningWindow: how far back the backups still running are looked for
+// (longer than any backup's deadline).
+const runningWindow = 48 * time.Hour
+
+// running lists the backups requested in the window that have no outcome
+// yet, each as its record now says (one read per running backup).
+func (a *api) running(ctx context.Context) ([]Running, error) {
+	since := time.Now().Add(-runningWindow)
+	started, err := a.runs.Started(ctx, since, 5000)
+	if err != nil {
+		return nil, err
+	}
+	ended, err := a.runs.Recent(ctx, since, maxRunsRead)
+	if err != nil {
+		return nil, err
+	}
+	done := map[string]bool{}
+	for _, e := range ended {
+		done[e.BackupID] = true
+	}
+	out := []Running{}
+	for _, s := range started {
+		if done[s.BackupID] {
+			continue
+		}
+		rec, _, err := a.records.Get(ctx, s.VM, s.BackupID)
+		if err != nil || rec.State.Final() {
+			continue // never planned, or ended after the outcomes were read
+		}
+		out = append(out, Running{VM: rec.VM, BackupID: rec.ID, State: string(rec.State), Kind: string(rec.Kind), StartedAt: rec.CreatedAt,
+			SegmentsDone: rec.SegmentsDone(), Segments: rec.Segments(), ReadBytes: rec.ReadBytes(), StoredBytes: rec.StoredBytes(), TraceID: rec.TraceID})
+	}
+	return out, nil
+}
+
+func (a *api) listRunning(w http.ResponseWriter, r *http.Request) error {
+	list, err := a.running(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, list)
 	return nil
 }

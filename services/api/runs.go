@@ -30,8 +30,19 @@ const maxRunsRead = 50000
 
 // Recent returns the newest limit outcomes since since, newest first.
 func (r *runReader) Recent(ctx context.Context, since time.Time, limit int) ([]Run, error) {
+	return r.read(ctx, since, limit, contracts.SubjectBackupVerified, contracts.SubjectBackupFailed)
+}
+
+// Started returns the backups requested since since (as runs without an
+// outcome), newest first: with Recent, what is running now, at the cost of
+// a window of the stream.
+func (r *runReader) Started(ctx context.Context, since time.Time, limit int) ([]Run, error) {
+	return r.read(ctx, since, limit, contracts.SubjectBackupRequested)
+}
+
+func (r *runReader) read(ctx context.Context, since time.Time, limit int, subjects ...string) ([]Run, error) {
 	c, err := r.js.OrderedConsumer(ctx, contracts.StreamBackups, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{contracts.SubjectBackupVerified, contracts.SubjectBackupFailed},
+		FilterSubjects: subjects,
 		DeliverPolicy:  jetstream.DeliverByStartTimePolicy, OptStartTime: &since,
 	})
 	if err != nil {
@@ -51,12 +62,21 @@ func (r *runReader) Recent(ctx context.Context, since time.Time, limit int) ([]R
 		n := 0
 		for m := range batch.Messages() {
 			n++
-			var o contracts.BackupOutcome
-			if contracts.Decode(m.Data(), &o) != nil {
-				continue
+			var run Run
+			if m.Subject() == contracts.SubjectBackupRequested {
+				var q contracts.BackupRequested
+				if contracts.Decode(m.Data(), &q) != nil {
+					continue
+				}
+				run = Run{VM: q.VM, BackupID: q.BackupID, State: "requested"}
+			} else {
+				var o contracts.BackupOutcome
+				if contracts.Decode(m.Data(), &o) != nil {
+					continue
+				}
+				run = Run{VM: o.VM, BackupID: o.BackupID, State: string(o.State), Reason: o.Reason}
 			}
 			md, _ := m.Metadata()
-			run := Run{VM: o.VM, BackupID: o.BackupID, State: string(o.State), Reason: o.Reason}
 			if md != nil {
 				run.At = md.Timestamp
 			}
