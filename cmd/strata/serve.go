@@ -18,8 +18,8 @@ import (
 
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/catalog"
+	"github.com/strata-backup/strata/pkg/export"
 	"github.com/strata-backup/strata/pkg/libvirt"
-	"github.com/strata-backup/strata/pkg/nbd"
 	"github.com/strata-backup/strata/pkg/overlay"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/restore"
@@ -110,7 +110,7 @@ func newServeCmd() *cobra.Command {
 				return base + ".raw", base + ".map"
 			}
 		}
-		disks, closeAll, err := openExports(ctx, r, rec, scfg, *parallel, overlayFiles)
+		disks, closeAll, err := export.Open(ctx, r, rec, scfg.CacheMiB<<20, *parallel, overlayFiles)
 		if err != nil {
 			return err
 		}
@@ -122,7 +122,7 @@ func newServeCmd() *cobra.Command {
 		var defineErr error
 		defined := false
 		var defining chan struct{} // closed once the define has succeeded or failed
-		err = serveNBD(ctx, network, addr, disks, func(exports []servedExport) {
+		err = serveNBD(ctx, network, addr, disks, func(exports []export.Served) {
 			if *asJSON {
 				printJSON(map[string]any{"backup_id": rec.ID, "vm": rec.VM, "writable": *writable, "exports": exports})
 			} else {
@@ -169,7 +169,7 @@ func newServeCmd() *cobra.Command {
 // defineOnExports defines and starts a libvirt domain from the backup's
 // recorded XML whose disks read the served exports. A name in use is
 // refused.
-func defineOnExports(t libvirt.Target, rec *contracts.BackupRecord, network, addr string, exports []servedExport) error {
+func defineOnExports(t libvirt.Target, rec *contracts.BackupRecord, network, addr string, exports []export.Served) error {
 	c, err := libvirt.Dial(t)
 	if err != nil {
 		return err
@@ -203,95 +203,14 @@ func defineOnExports(t libvirt.Target, rec *contracts.BackupRecord, network, add
 	return nil
 }
 
-// servedDisk is one disk of a backup point as served: from the
-// repository, or through an overlay (writable serve, live restore).
-type servedDisk struct {
-	disk    string
-	export  nbd.ServerExport
-	overlay *overlay.Overlay
-}
-
-// servedExport is what serve prints of each export.
-type servedExport struct {
-	Name string `json:"name"`
-	URL  string `json:"url"`
-	Disk string `json:"disk"`
-	Size int64  `json:"size"`
-}
-
-// openExports opens a backup point's disks for serving; with files set,
-// disk i is writable through the overlay whose data and map files it
-// names. closeAll flushes and closes the overlays.
-func openExports(ctx context.Context, r *repo.Repository, rec *contracts.BackupRecord, scfg serveConfig, parallel int, files func(i int) (data, mapPath string)) (disks []servedDisk, closeAll func() error, err error) {
-	closeAll = func() error {
-		var first error
-		for _, d := range disks {
-			if d.overlay == nil {
-				continue
-			}
-			if err := d.overlay.Flush(context.WithoutCancel(ctx)); err != nil && first == nil {
-				first = err
-			}
-			if err := d.overlay.Close(); err != nil && first == nil {
-				first = err
-			}
-		}
-		return first
-	}
-	// The cache is shared out between the disks.
-	perDisk := scfg.CacheMiB << 20 / int64(max(1, len(rec.Disks)))
-	for i, disk := range rec.Disks {
-		man, err := r.GetManifest(ctx, disk.Manifest)
-		if err != nil {
-			closeAll()
-			return nil, nil, fmt.Errorf("serve %s: %w", rec.ID, err)
-		}
-		d := servedDisk{disk: cmp.Or(disk.Name, fmt.Sprintf("disk%d", i)),
-			export: restore.NewReader(ctx, r, man, restore.ReaderOptions{CacheBytes: perDisk, Parallel: parallel})}
-		if files != nil {
-			data, mapPath := files(i)
-			o, err := overlay.Open(data, mapPath, d.export, overlay.Options{Identity: fmt.Sprintf("%s/%s/disk%d", rec.VM, rec.ID, i), Grain: man.ChunkSize})
-			if err != nil {
-				closeAll()
-				return nil, nil, fmt.Errorf("serve %s disk%d: %w", rec.ID, i, err)
-			}
-			d.export, d.overlay = o, o
-		}
-		disks = append(disks, d)
-	}
-	return disks, closeAll, nil
-}
-
-// serveNBD serves disks as disk0, disk1, … on the listener until ctx
-// ends (SIGINT/SIGTERM: a clean stop); announce runs once it listens.
-func serveNBD(ctx context.Context, network, addr string, disks []servedDisk, announce func([]servedExport)) error {
-	srv := &nbd.Server{Exports: map[string]nbd.ServerExport{}, InFlight: 16,
-		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
-	var exports []servedExport
-	for i, d := range disks {
-		name := fmt.Sprintf("disk%d", i)
-		srv.Exports[name] = d.export
-		exports = append(exports, servedExport{Name: name, URL: nbdURL(network, addr, name), Disk: d.disk, Size: d.export.Size()})
-	}
-	if network == "unix" {
-		// A socket left by a server that was killed would refuse the listen.
-		if fi, err := os.Lstat(addr); err == nil && fi.Mode()&os.ModeSocket != 0 {
-			os.Remove(addr)
-		}
-	}
-	l, err := net.Listen(network, addr)
+// serveNBD serves disks on network/addr until ctx ends (SIGINT/SIGTERM:
+// a clean stop); announce runs once it listens.
+func serveNBD(ctx context.Context, network, addr string, disks []export.Disk, announce func([]export.Served)) error {
+	l, err := export.Listen(network, addr)
 	if err != nil {
-		return fmt.Errorf("serve: %w", err)
+		return err
 	}
-	if network == "unix" {
-		defer os.Remove(addr)
-	}
-	announce(exports)
-	err = srv.Serve(ctx, l)
-	if errors.Is(ctx.Err(), context.Canceled) {
-		return nil
-	}
-	return err
+	return export.Serve(ctx, l, disks, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), announce)
 }
 
 // openBackup finds a backup (id or "latest") that can be read back and
@@ -359,13 +278,6 @@ func listenAddress(s string) (network, addr string, err error) {
 	return "tcp", s, nil
 }
 
-func nbdURL(network, addr, export string) string {
-	if network == "unix" {
-		return fmt.Sprintf("nbd+unix:///%s?socket=%s", export, addr)
-	}
-	return fmt.Sprintf("nbd://%s/%s", addr, export)
-}
-
 // liveRestore serves a backup point at once, writable, with each disk's
 // target image as its overlay, and copies every chunk the guest has not
 // written into the targets in the background. Until the copy is complete
@@ -389,7 +301,7 @@ func liveRestore(ctx context.Context, rec *contracts.BackupRecord, r *repo.Repos
 			return exitError{2, fmt.Errorf("restore %s: %w", rec.ID, err)}
 		}
 	}
-	disks, closeAll, err := openExports(ctx, r, rec, scfg, parallel, func(i int) (string, string) {
+	disks, closeAll, err := export.Open(ctx, r, rec, scfg.CacheMiB<<20, parallel, func(i int) (string, string) {
 		return paths[i] + ".partial", paths[i] + ".partial.map"
 	})
 	if err != nil {
@@ -406,10 +318,10 @@ func liveRestore(ctx context.Context, rec *contracts.BackupRecord, r *repo.Repos
 	}
 	copyDone := make(chan error, 1)
 	started := false
-	announce := func(exports []servedExport) {
+	announce := func(exports []export.Served) {
 		have, total := 0, 0
 		for _, d := range disks {
-			p, n := d.overlay.Progress()
+			p, n := d.Overlay.Progress()
 			have, total = have+p, total+n
 		}
 		resumed := ""
@@ -455,17 +367,17 @@ func liveRestore(ctx context.Context, rec *contracts.BackupRecord, r *repo.Repos
 
 // fillTargets copies each disk's missing chunks into its target, then
 // moves the complete target into place and drops its map.
-func fillTargets(ctx context.Context, disks []servedDisk, paths []string, mibPerSec int64, progress bool) error {
+func fillTargets(ctx context.Context, disks []export.Disk, paths []string, mibPerSec int64, progress bool) error {
 	for i, d := range disks {
 		opt := overlay.FillOptions{BytesPerSecond: mibPerSec << 20, FlushEvery: 64 << 20, FlushInterval: time.Second}
 		if progress {
-			size := d.overlay.Size()
+			size := d.Overlay.Size()
 			bar, report := restoreProgress(paths[i], size)
 			opt.Progress = func(present, total int) { report(int64(float64(size) * float64(present) / float64(max(1, total)))) }
 			defer bar.Finish()
 		}
 		// The budget is shared: one disk is copied at a time.
-		if err := d.overlay.Fill(ctx, opt); err != nil {
+		if err := d.Overlay.Fill(ctx, opt); err != nil {
 			return fmt.Errorf("%s: %w", paths[i], err)
 		}
 		// The open file follows the rename: the guest keeps writing to it.

@@ -73,6 +73,10 @@ type Config struct {
 	// ConsoleURL: the console as the reports' readers reach it, for their
 	// links (empty: no link).
 	ConsoleURL string `envconfig:"CONSOLE_URL"`
+	// Instant recovery: exports listen on this loopback host (a port each);
+	// ExportDir holds writable exports' overlays (empty: read-only only).
+	ExportHost string `envconfig:"API_EXPORT_HOST" default:"127.0.0.1"`
+	ExportDir  string `envconfig:"API_EXPORT_DIR"`
 }
 
 // Start serves the API until ctx ends.
@@ -96,6 +100,10 @@ func Serve(ctx context.Context, rt *runtime.Runtime, cfg Config) (net.Addr, erro
 		return nil, err
 	}
 	a.records, a.policies, a.fleet, a.bad, a.log = rt.Catalog, pols, f, rt.Bad, rt.Log
+	a.serviceCtx = ctx
+	if a.exports, err = newExports(cfg.ExportHost, cfg.ExportDir, rt.Log); err != nil {
+		return nil, err
+	}
 	a.request = func(ctx context.Context, subject string, req, reply contracts.Message) error {
 		return bus.Request(ctx, rt.Bus.NC, subject, req, reply)
 	}
@@ -234,6 +242,8 @@ type api struct {
 	jaeger     traces // nil: no timeline
 	jaegerUI   string
 	targets    notifyTargets
+	exports    *exports
+	serviceCtx context.Context  // the service's life: exports outlive their request
 	repo       *repo.Repository // files and restores (integration only)
 	restoreDir string
 	request    func(ctx context.Context, subject string, req, reply contracts.Message) error

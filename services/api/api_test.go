@@ -166,6 +166,7 @@ func testAPI(t *testing.T, addr, tokens string, allow []string) (*api, *[]string
 	a.bad, a.dlq, a.runs = fakeBad{}, fakeDLQ{}, fakeRuns{}
 	a.targets = &fakeTargets{by: map[string]contracts.NotifyTarget{"ops": {Schema: 1, Name: "ops", Kind: "webhook", URL: "https://hooks.example/x", SecretFile: "k", On: []string{"failure"}, UpdatedAt: now}}}
 	a.connected = func() bool { return true }
+	a.exports, _ = newExports("127.0.0.1", "", slog.New(slog.DiscardHandler))
 	a.log = slog.New(slog.DiscardHandler)
 	var mu sync.Mutex
 	asked := &[]string{}
@@ -270,13 +271,14 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 		"GET /v1/runs":                          {path: "/v1/runs?hours=2"},
 		"GET /v1/notify":                        {path: "/v1/notify"},
 		"GET /v1/running":                       {path: "/v1/running"},
+		"GET /v1/exports":                       {path: "/v1/exports"},
 		"PUT /v1/notify/{name}":                 {path: "/v1/notify/chat", body: `{"kind":"webhook","url":"https://hooks.example/strata","secret_file":"hook.key","on":["always"]}`},
 		"DELETE /v1/notify/{name}":              {path: "/v1/notify/ops"},
 	}
 	// Reading a disk's files and restoring it need a repository:
 	// TestAPIService (e2e) calls these on a real backup.
 	elsewhere := map[string]bool{"GET /v1/vms/{vm}/backups/{id}/files": true, "GET /v1/vms/{vm}/backups/{id}/download": true,
-		"POST /v1/vms/{vm}/backups/{id}/restore": true}
+		"POST /v1/vms/{vm}/backups/{id}/restore": true, "POST /v1/vms/{vm}/backups/{id}/exports": true, "DELETE /v1/exports/{id}": true}
 	tokenOf := map[string]string{"": "", "viewer": viewerToken, "operator": operatorToken, "admin": adminToken}
 	keys := slices.Sorted(maps.Keys(documented))
 	slices.SortStableFunc(keys, func(x, y string) int { // deletes last: the others read what they remove

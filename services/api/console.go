@@ -109,6 +109,23 @@ func (a *api) consoleRoutes(mux *http.ServeMux) {
 	mux.Handle("POST /ui/vms/{vm}/backups/{id}/restore", a.view(Operator, a.restoreAction))
 	mux.Handle("POST /ui/vms/{vm}/backups/{id}/verify", a.view(Operator, a.verifyAction))
 	mux.Handle("POST /ui/vms/{vm}/backups/{id}/cancel", a.view(Operator, a.cancelAction))
+	mux.Handle("POST /ui/vms/{vm}/backups/{id}/export", a.view(Operator, func(w http.ResponseWriter, r *http.Request, p *page) (string, error) {
+		rec, err := a.restorable(r.Context(), r.PathValue("vm"), r.PathValue("id"), 0)
+		if err != nil {
+			return "", err
+		}
+		if _, err := a.exports.start(a.serviceCtx, a.repo, rec, r.PostFormValue("writable") == "on"); err != nil {
+			return "", err
+		}
+		http.Redirect(w, r, "/ui/vms/"+url.PathEscape(rec.VM)+"/backups/"+url.PathEscape(rec.ID), http.StatusSeeOther)
+		return "", nil
+	}))
+	mux.Handle("POST /ui/exports/{eid}/stop", a.view(Operator, func(w http.ResponseWriter, r *http.Request, p *page) (string, error) {
+		if err := a.exports.stopExport(r.PathValue("eid")); err != nil {
+			return "", err
+		}
+		return message(p, "Export stopped", "The NBD export stopped.", cmpOr(r.PostFormValue("next"), "/"))
+	}))
 	mux.Handle("POST /ui/policies", a.view(Admin, a.policyAction))
 	mux.Handle("GET /ui/notify", a.view(Viewer, a.notifyPage))
 	mux.Handle("POST /ui/notify", a.view(Admin, a.notifyAction))
@@ -292,6 +309,9 @@ func (a *api) backupPage(w http.ResponseWriter, r *http.Request, p *page) (strin
 		return "", err
 	}
 	d := map[string]any{"Backup": rec, "Restorable": rec.State == contracts.StateVerified || rec.State == contracts.StateCommitted}
+	if a.exports != nil {
+		d["Exports"], d["CanWrite"] = a.exports.list(rec.VM, rec.ID), a.exports.dir != ""
+	}
 	if !rec.State.Final() {
 		p.Refresh = 2 // until it ends: verified, or failed with its reason
 		if t := rec.Segments(); t > 0 {

@@ -48,6 +48,9 @@ func (a *api) routes() []route {
 		{"POST", "/v1/vms/{vm}/backups/{id}/restore", Operator, a.restoreFile},
 		{"GET", "/v1/runs", Viewer, a.listRuns},
 		{"GET", "/v1/running", Viewer, a.listRunning},
+		{"POST", "/v1/vms/{vm}/backups/{id}/exports", Operator, a.startExport},
+		{"GET", "/v1/exports", Viewer, a.listExports},
+		{"DELETE", "/v1/exports/{id}", Operator, a.deleteExport},
 		{"POST", "/v1/vms/{vm}/backups/{id}/cancel", Operator, a.cancel},
 		{"POST", "/v1/backups", Operator, a.startBackup},
 		{"GET", "/v1/policies", Viewer, a.listPolicies},
@@ -645,4 +648,10 @@ func (a *api) listRunning(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, list)
 	return nil
+}
+
+func jsonDecoder(r *http.Request) *json.Decoder {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	return dec
 }
