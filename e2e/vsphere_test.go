@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -206,7 +207,8 @@ func copyDisks(t *testing.T, sim *vcsimcbt.Sim, vm *object.VirtualMachine, dir, 
 // datacenter's defaults.
 func TestVSphereRestoreTestAndRestoreToHypervisor(t *testing.T) {
 	sim := vcsimcbt.Start(t, "127.0.0.1:0")
-	st := startStack(t, stackOptions{chunkSize: 64 << 10, env: sim.Env()})
+	st := startStack(t, stackOptions{chunkSize: 64 << 10, env: sim.Env(),
+		extraEnv: map[string][]string{"api": {"STRATA_API_RESTORE_TARGETS=vsphere://" + sim.Host + "/"}}})
 	vm := sim.CreateVM("app-01", 64<<20)
 	img := filepath.Join(t.TempDir(), "disk.img")
 	testserver.PartitionedImage(t, img)
@@ -254,6 +256,28 @@ func TestVSphereRestoreTestAndRestoreToHypervisor(t *testing.T) {
 	if _, errOut, code := st.cli("restore", "--vm", "app-01", "--backup", rec.ID, "--to", "vsphere://"+sim.Host+"/app-01"); code == 0 || !strings.Contains(errOut, "exists already") {
 		t.Fatalf("restore onto an existing VM: exit %d, %s", code, errOut)
 	}
+
+	// The same through the operator API: a target outside
+	// STRATA_API_RESTORE_TARGETS is refused, one inside is a new VM.
+	apiRestore := func(target string) (int, string) {
+		resp, err := http.Post(st.http+"/v1/vms/app-01/backups/"+rec.ID+"/restore", "application/json", strings.NewReader(`{"target":"`+target+`"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := apiRestore("vsphere://vc.elsewhere.example/app-01-x"); code != http.StatusForbidden {
+		t.Fatalf("API restore to a host outside the allowed targets: %d %s", code, body)
+	}
+	if code, body := apiRestore("vsphere://" + sim.Host + "/app-01-api"); code != http.StatusOK {
+		t.Fatalf("API restore into vSphere: %d %s", code, body)
+	}
+	if !sim.VMExists("app-01-api") || sha256File(t, sim.FlatFile("app-01-api", 0)) != sha256File(t, img) {
+		t.Fatal("API restore: no VM, or its disk differs from the backed-up disk")
+	}
+	sameHardware("app-01-api")
 
 	// Disaster recovery: the backed-up VM is gone; the restore places the
 	// new VM in its datacenter's defaults.

@@ -30,11 +30,14 @@ import (
 	"github.com/strata-backup/strata/pkg/policy"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/runtime"
+	"github.com/strata-backup/strata/pkg/source"
 )
 
 // Config of the api service (prefix STRATA_).
 type Config struct {
 	runtime.Common
+	// Sources: the hypervisors' settings, for restores into them.
+	source.Config
 	// Addr: where the API listens. Beyond loopback it needs TokenFile.
 	Addr string `envconfig:"API_ADDR" default:"127.0.0.1:8080"`
 	// TokenFile: bearer tokens with roles (ReadTokens); empty: none
@@ -77,6 +80,10 @@ type Config struct {
 	// ExportDir holds writable exports' overlays (empty: read-only only).
 	ExportHost string `envconfig:"API_EXPORT_HOST" default:"127.0.0.1"`
 	ExportDir  string `envconfig:"API_EXPORT_DIR"`
+	// RestoreTargets: hypervisor URL prefixes a restore may create a VM
+	// under (vsphere://vc1/, libvirt+unix:///system/); empty: restores
+	// into hypervisors are off.
+	RestoreTargets []string `envconfig:"API_RESTORE_TARGETS"`
 }
 
 // Start serves the API until ctx ends.
@@ -101,6 +108,7 @@ func Serve(ctx context.Context, rt *runtime.Runtime, cfg Config) (net.Addr, erro
 	}
 	a.records, a.policies, a.fleet, a.bad, a.log = rt.Catalog, pols, f, rt.Bad, rt.Log
 	a.serviceCtx = ctx
+	a.sources = source.NewOpener(cfg.Config)
 	if a.exports, err = newExports(cfg.ExportHost, cfg.ExportDir, rt.Log); err != nil {
 		return nil, err
 	}
@@ -135,6 +143,10 @@ func newAPI(cfg Config) (*api, error) {
 		return nil, err
 	}
 	a.allow = cfg.SourceAllow
+	if err := contracts.CheckSourceAllow(cfg.RestoreTargets); err != nil {
+		return nil, fmt.Errorf("STRATA_API_RESTORE_TARGETS: %w", err)
+	}
+	a.restoreTargets = cfg.RestoreTargets
 	if cfg.RestoreDir != "" {
 		d, err := filepath.Abs(cfg.RestoreDir)
 		if err != nil {
@@ -230,25 +242,27 @@ func startNotifier(ctx context.Context, rt *runtime.Runtime, cfg Config, targets
 }
 
 type api struct {
-	tokens     *Tokens // nil: no tokens (loopback only)
-	loopback   bool
-	allow      []string
-	records    records
-	policies   policies
-	fleet      fleetView
-	bad        badList
-	dlq        deadLetters
-	runs       recentRuns
-	jaeger     traces // nil: no timeline
-	jaegerUI   string
-	targets    notifyTargets
-	exports    *exports
-	serviceCtx context.Context  // the service's life: exports outlive their request
-	repo       *repo.Repository // files and restores (integration only)
-	restoreDir string
-	request    func(ctx context.Context, subject string, req, reply contracts.Message) error
-	connected  func() bool
-	log        *slog.Logger
+	tokens         *Tokens // nil: no tokens (loopback only)
+	loopback       bool
+	allow          []string
+	records        records
+	policies       policies
+	fleet          fleetView
+	bad            badList
+	dlq            deadLetters
+	runs           recentRuns
+	jaeger         traces // nil: no timeline
+	jaegerUI       string
+	targets        notifyTargets
+	exports        *exports
+	sources        *source.Opener // restores into hypervisors
+	restoreTargets []string
+	serviceCtx     context.Context  // the service's life: exports outlive their request
+	repo           *repo.Repository // files and restores (integration only)
+	restoreDir     string
+	request        func(ctx context.Context, subject string, req, reply contracts.Message) error
+	connected      func() bool
+	log            *slog.Logger
 }
 
 // DeadLetters is the dead-letter stream's summary.

@@ -13,6 +13,7 @@ import (
 	"github.com/strata-backup/strata/pkg/guestfs"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/restore"
+	"github.com/strata-backup/strata/pkg/source"
 )
 
 // restorable returns a backup that can be read (committed or verified).
@@ -147,8 +148,9 @@ func (a *api) restoreTarget(p string) (string, error) {
 
 // RestoreResult is what a restore to a path wrote.
 type RestoreResult struct {
-	Path  string `json:"path"`
-	Bytes int64  `json:"bytes"`
+	Path   string `json:"path,omitempty"`
+	Target string `json:"target,omitempty"`
+	Bytes  int64  `json:"bytes"`
 }
 
 // restoreTo writes a backed-up disk to a file under the restore directory.
@@ -166,4 +168,46 @@ func (a *api) restoreTo(ctx context.Context, rec *contracts.BackupRecord, disk i
 	}
 	a.log.InfoContext(ctx, "restored to a path", "vm", rec.VM, "backup", rec.ID, "disk", disk, "path", target)
 	return &RestoreResult{Path: target, Bytes: man.DiskSize}, nil
+}
+
+// restoreToHypervisor makes a new VM from a backup: its disks restored into
+// scratch images, then the target's driver (vSphere, libvirt) creates the
+// VM from them. Only targets under STRATA_API_RESTORE_TARGETS.
+func (a *api) restoreToHypervisor(ctx context.Context, rec *contracts.BackupRecord, target string) (*RestoreResult, error) {
+	if len(a.restoreTargets) == 0 {
+		return nil, fail(http.StatusForbidden, "restores into hypervisors are off: set STRATA_API_RESTORE_TARGETS")
+	}
+	if !a.sources.RestoresTo(target) {
+		return nil, fail(http.StatusBadRequest, "target %q: not a hypervisor this build restores into (vsphere://HOST/NEW-VM, libvirt+…:///NEW-NAME)", target)
+	}
+	if !contracts.SourceUnder(a.restoreTargets, target) {
+		return nil, fail(http.StatusForbidden, "target %q: not under STRATA_API_RESTORE_TARGETS (%s)", target, strings.Join(a.restoreTargets, ", "))
+	}
+	if err := a.sources.CheckRestore(ctx, rec, target); err != nil {
+		return nil, fail(http.StatusConflict, "restore %s to %s: %v", rec.ID, target, err)
+	}
+	dir, err := os.MkdirTemp("", "strata-restore-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	var images []source.Image
+	var total int64
+	for i, disk := range rec.Disks {
+		man, err := a.repo.GetManifest(ctx, disk.Manifest)
+		if err != nil {
+			return nil, fmt.Errorf("backup %s: %w", rec.ID, err)
+		}
+		p := filepath.Join(dir, fmt.Sprintf("disk%d.img", i))
+		if _, err := restore.ToFile(ctx, a.repo, man, p, restore.Options{}); err != nil {
+			return nil, err
+		}
+		images = append(images, source.Image{Path: p, Size: disk.Size})
+		total += disk.Size
+	}
+	if err := a.sources.Restore(ctx, rec, target, images); err != nil {
+		return nil, fmt.Errorf("restore %s to %s: %w", rec.ID, target, err)
+	}
+	a.log.InfoContext(ctx, "restored into a hypervisor", "vm", rec.VM, "backup", rec.ID, "target", target)
+	return &RestoreResult{Target: target, Bytes: total}, nil
 }

@@ -504,7 +504,10 @@ func (a *api) downloadFile(w http.ResponseWriter, r *http.Request) error {
 // restore directory.
 type RestoreRequest struct {
 	Disk int    `json:"disk"`
-	Path string `json:"path"`
+	Path string `json:"path,omitempty"`
+	// Target: a hypervisor URL instead (vsphere://HOST/NEW-VM[?datastore=…],
+	// libvirt+unix:///system/NEW-NAME): a new VM from every disk.
+	Target string `json:"target,omitempty"`
 }
 
 func (a *api) restoreFile(w http.ResponseWriter, r *http.Request) error {
@@ -514,9 +517,20 @@ func (a *api) restoreFile(w http.ResponseWriter, r *http.Request) error {
 	if err := dec.Decode(&req); err != nil {
 		return fail(http.StatusBadRequest, "decode restore request: %v", err)
 	}
+	if (req.Path == "") == (req.Target == "") {
+		return fail(http.StatusBadRequest, "restore to a path or to a target (a hypervisor), one of them")
+	}
 	rec, err := a.restorable(r.Context(), r.PathValue("vm"), r.PathValue("id"), req.Disk)
 	if err != nil {
 		return err
+	}
+	if req.Target != "" {
+		res, err := a.restoreToHypervisor(r.Context(), rec, req.Target)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, res)
+		return nil
 	}
 	res, err := a.restoreTo(r.Context(), rec, req.Disk, req.Path)
 	if err != nil {
