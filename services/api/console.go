@@ -312,6 +312,7 @@ func (a *api) backupPage(w http.ResponseWriter, r *http.Request, p *page) (strin
 	if a.exports != nil {
 		d["Exports"], d["CanWrite"] = a.exports.list(rec.VM, rec.ID), a.exports.dir != ""
 	}
+	d["Targets"] = a.restoreTargets
 	if !rec.State.Final() {
 		p.Refresh = 2 // until it ends: verified, or failed with its reason
 		if t := rec.Segments(); t > 0 {
@@ -462,6 +463,12 @@ func (a *api) restoreAction(w http.ResponseWriter, r *http.Request, p *page) (st
 	rec, err := a.restorable(r.Context(), r.PathValue("vm"), r.PathValue("id"), disk)
 	if err != nil {
 		return "", err
+	}
+	if target := strings.TrimSpace(r.PostFormValue("target")); target != "" {
+		if _, err := a.restoreToHypervisor(r.Context(), rec, target); err != nil {
+			return "", err
+		}
+		return message(p, "Restored", fmt.Sprintf("Backup %s is a new VM at %s.", rec.ID, target), "/ui/vms/"+url.PathEscape(rec.VM)+"/backups/"+url.PathEscape(rec.ID))
 	}
 	res, err := a.restoreTo(r.Context(), rec, disk, r.PostFormValue("path"))
 	if err != nil {
