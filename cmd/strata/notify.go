@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -58,15 +59,11 @@ func newNotifySetCmd() *cobra.Command {
 			return exitError{2, err}
 		}
 		ctx := cmd.Context()
-		c, err := connect(ctx)
+		store, done, err := notifyTargets(ctx)
 		if err != nil {
 			return err
 		}
-		defer c.close()
-		store, err := notify.Open(ctx, c.bus.JS)
-		if err != nil {
-			return err
-		}
+		defer done()
 		if err := store.Put(ctx, &t); err != nil {
 			return err
 		}
@@ -84,15 +81,11 @@ func newNotifyLsCmd() *cobra.Command {
 	asJSON := cmd.Flags().Bool("json", false, "print JSON")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
-		c, err := connect(ctx)
+		store, done, err := notifyTargets(ctx)
 		if err != nil {
 			return err
 		}
-		defer c.close()
-		store, err := notify.Open(ctx, c.bus.JS)
-		if err != nil {
-			return err
-		}
+		defer done()
 		list, bad, err := store.List(ctx)
 		if err != nil {
 			return err
@@ -121,15 +114,11 @@ func newNotifyRmCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "rm NAME", Short: "remove a notification target", Args: usage(cobra.ExactArgs(1))}
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx := cmd.Context()
-		c, err := connect(ctx)
+		store, done, err := notifyTargets(ctx)
 		if err != nil {
 			return err
 		}
-		defer c.close()
-		store, err := notify.Open(ctx, c.bus.JS)
-		if err != nil {
-			return err
-		}
+		defer done()
 		if err := store.Delete(ctx, args[0]); err != nil {
 			if errors.Is(err, notify.ErrNotFound) {
 				return exitError{1, err}
@@ -140,4 +129,19 @@ func newNotifyRmCmd() *cobra.Command {
 		return nil
 	}
 	return cmd
+}
+
+// notifyTargets opens the notification targets; done closes the
+// connection.
+func notifyTargets(ctx context.Context) (*notify.Store, func(), error) {
+	c, err := connect(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	store, err := notify.Open(ctx, c.bus.JS)
+	if err != nil {
+		c.close()
+		return nil, nil, err
+	}
+	return store, c.close, nil
 }

@@ -332,18 +332,9 @@ func (a *api) getPolicy(w http.ResponseWriter, r *http.Request) error {
 // putPolicy sets a VM's policy: the body is a Policy whose vm is the
 // path's; updated_at is set here.
 func (a *api) putPolicy(w http.ResponseWriter, r *http.Request) error {
-	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	if err != nil {
-		return fail(http.StatusBadRequest, "read body: %v", err)
-	}
 	var p contracts.Policy
-	dec := json.NewDecoder(strings.NewReader(string(body)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil {
-		return fail(http.StatusBadRequest, "decode policy: %v", err)
-	}
-	if dec.More() {
-		return fail(http.StatusBadRequest, "decode policy: trailing data")
+	if err := decodeStrict(r, &p); err != nil {
+		return err
 	}
 	if p.VM == "" {
 		p.VM = r.PathValue("vm")
@@ -395,55 +386,55 @@ func (a *api) repository(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func (a *api) verify(w http.ResponseWriter, r *http.Request) error {
-	var req contracts.VerifyRequest
-	if err := decode(r, &req); err != nil {
+// relay is an operation that is a service's endpoint: the body decoded
+// strictly into the request, check may refuse it, the service's reply
+// written back.
+func relay[Req, Reply any, PReq interface {
+	*Req
+	contracts.Message
+}, PReply interface {
+	*Reply
+	contracts.Message
+}](a *api, w http.ResponseWriter, r *http.Request, subject string, timeout time.Duration, check func(PReq) error) error {
+	var req PReq = new(Req)
+	if err := decode(r, req); err != nil {
 		return err
 	}
-	var reply contracts.VerifyReply
-	if err := a.ask(r, 6*time.Hour, contracts.SubjectVerify, &req, &reply); err != nil {
+	if check != nil {
+		if err := check(req); err != nil {
+			return err
+		}
+	}
+	var reply PReply = new(Reply)
+	if err := a.ask(r, timeout, subject, req, reply); err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, &reply)
+	writeJSON(w, http.StatusOK, reply)
 	return nil
+}
+
+func (a *api) verify(w http.ResponseWriter, r *http.Request) error {
+	return relay[contracts.VerifyRequest, contracts.VerifyReply](a, w, r, contracts.SubjectVerify, 6*time.Hour, nil)
 }
 
 // prune: a dry run is an operator's; deleting backups is an admin's.
 func (a *api) prune(w http.ResponseWriter, r *http.Request) error {
-	var req contracts.PruneRequest
-	if err := decode(r, &req); err != nil {
-		return err
-	}
-	if !req.DryRun {
-		if err := a.need(r, Admin, "prune without dry_run deletes backups"); err != nil {
-			return err
+	return relay[contracts.PruneRequest, contracts.PruneReply](a, w, r, contracts.SubjectMergePrune, time.Hour, func(req *contracts.PruneRequest) error {
+		if req.DryRun {
+			return nil
 		}
-	}
-	var reply contracts.PruneReply
-	if err := a.ask(r, time.Hour, contracts.SubjectMergePrune, &req, &reply); err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, &reply)
-	return nil
+		return a.need(r, Admin, "prune without dry_run deletes backups")
+	})
 }
 
 // gc: a dry run is an operator's; collecting is an admin's.
 func (a *api) gc(w http.ResponseWriter, r *http.Request) error {
-	var req contracts.GCRequest
-	if err := decode(r, &req); err != nil {
-		return err
-	}
-	if !req.DryRun {
-		if err := a.need(r, Admin, "gc without dry_run deletes objects"); err != nil {
-			return err
+	return relay[contracts.GCRequest, contracts.GCReply](a, w, r, contracts.SubjectDedupGC, 24*time.Hour, func(req *contracts.GCRequest) error {
+		if req.DryRun {
+			return nil
 		}
-	}
-	var reply contracts.GCReply
-	if err := a.ask(r, 24*time.Hour, contracts.SubjectDedupGC, &req, &reply); err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, &reply)
-	return nil
+		return a.need(r, Admin, "gc without dry_run deletes objects")
+	})
 }
 
 func (a *api) need(r *http.Request, role Role, why string) error {
@@ -512,10 +503,8 @@ type RestoreRequest struct {
 
 func (a *api) restoreFile(w http.ResponseWriter, r *http.Request) error {
 	var req RestoreRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		return fail(http.StatusBadRequest, "decode restore request: %v", err)
+	if err := decodeStrict(r, &req); err != nil {
+		return err
 	}
 	if (req.Path == "") == (req.Target == "") {
 		return fail(http.StatusBadRequest, "restore to a path or to a target (a hypervisor), one of them")
@@ -570,13 +559,8 @@ func (a *api) listTargets(w http.ResponseWriter, r *http.Request) error {
 // name is the path's (schema and name may be left out).
 func (a *api) putTarget(w http.ResponseWriter, r *http.Request) error {
 	var t contracts.NotifyTarget
-	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&t); err != nil {
-		return fail(http.StatusBadRequest, "decode target: %v", err)
-	}
-	if dec.More() {
-		return fail(http.StatusBadRequest, "decode target: trailing data")
+	if err := decodeStrict(r, &t); err != nil {
+		return err
 	}
 	if t.Name == "" {
 		t.Name = r.PathValue("name")

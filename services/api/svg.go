@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
+
 	"github.com/strata-backup/strata/contracts"
 )
 
@@ -95,15 +97,5 @@ func bytesSVG(recs []*contracts.BackupRecord) template.HTML {
 	return template.HTML(b.String())
 }
 
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+// humanBytes: 8.0 MiB, 209 KiB.
+func humanBytes(n int64) string { return humanize.IBytes(uint64(max(n, 0))) }
