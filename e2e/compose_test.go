@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -297,6 +298,28 @@ func TestCompose(t *testing.T) {
 		}
 		if code := post("Bearer compose-e2e-token-0123456789", "file:///etc/passwd"); code != http.StatusForbidden {
 			t.Errorf("source outside the allow list: %d", code)
+		}
+		// The console and the API on the one published port.
+		res, err := http.Get(c.http + "/login")
+		if err != nil {
+			t.Fatal(err)
+		}
+		page, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 || !strings.Contains(string(page), "API token") {
+			t.Errorf("console login page: %d", res.StatusCode)
+		}
+		req, _ := http.NewRequest("GET", c.http+"/v1/vms", nil)
+		req.Header.Set("Authorization", "Bearer compose-e2e-token-0123456789")
+		res, err = http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var vms []struct{ Name string }
+		json.NewDecoder(res.Body).Decode(&vms)
+		res.Body.Close()
+		if res.StatusCode != 200 || len(vms) == 0 {
+			t.Errorf("GET /v1/vms: %d %+v", res.StatusCode, vms)
 		}
 	})
 
