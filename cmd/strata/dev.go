@@ -102,11 +102,15 @@ func newDevCmd() *cobra.Command {
 			{"merge", func(ctx context.Context, rt *runtime.Runtime) error { return merge.Start(ctx, rt, mergeCfg) }},
 			{"verifier", func(ctx context.Context, rt *runtime.Runtime) error { return verifier.Start(ctx, rt, verCfg) }},
 			{"api", func(ctx context.Context, rt *runtime.Runtime) error {
+				// A busy port costs the console, not the backups: dev goes on.
 				addr, err := api.Serve(ctx, rt, apiCfg)
-				if err == nil {
-					apiURL = "http://" + addr.String()
+				if err != nil {
+					fmt.Fprintf(os.Stderr, "strata dev: no API or console (%v); set STRATA_API_ADDR to another address\n", err)
+					apiURL = "(none)"
+					return nil
 				}
-				return err
+				apiURL = "http://" + addr.String()
+				return nil
 			}},
 		}
 		var started []*runtime.Runtime
@@ -128,7 +132,7 @@ func newDevCmd() *cobra.Command {
 			}
 		}
 		if err := common.ServeMetrics(ctx, "dev", started[0].Log); err != nil {
-			return err
+			fmt.Fprintf(os.Stderr, "strata dev: no metrics (%v)\n", err)
 		}
 		remove, err := writeDevState(devState{NATSURL: common.NATSURL, StoreDir: common.StoreDir, PID: os.Getpid()})
 		if err != nil {
