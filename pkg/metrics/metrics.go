@@ -54,6 +54,13 @@ func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
 	return c
 }
 
+func gaugeVec(name, help string, labels ...string) *prometheus.GaugeVec {
+	names = append(names, name)
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, labels)
+	Registry.MustRegister(g)
+	return g
+}
+
 func histogram(name, help string, buckets []float64) prometheus.Histogram {
 	names = append(names, name)
 	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets})
@@ -107,6 +114,11 @@ var (
 	// failed (damage found), error (could not be checked).
 	Verifications = counterVec("strata_verification_total", "Verifications run, by mode and result.", "mode", "result")
 	GCFreedBytes  = counter("strata_gc_freed_bytes_total", "Bytes of objects a collection deleted.")
+	// LockSoonest: under Object Lock, when the first of the backups a VM's
+	// retention keeps stops being immutable (set by each prune of the VM;
+	// every merge replica reports the VMs it pruned: max by (vm)).
+	LockSoonest = gaugeVec("strata_backup_lock_soonest_expiry_timestamp_seconds",
+		"When the Object Lock of the first backup the VM's retention keeps ends (Unix time).", "vm")
 	GCRuns        = counterVec("strata_gc_runs_total", "Collections run, by result (ok, error).", "result")
 )
 

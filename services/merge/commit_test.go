@@ -8,11 +8,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/strata-backup/strata/contracts"
 	"github.com/strata-backup/strata/pkg/bus"
 	"github.com/strata-backup/strata/pkg/catalog"
 	"github.com/strata-backup/strata/pkg/chunk"
 	"github.com/strata-backup/strata/pkg/manifest"
+	"github.com/strata-backup/strata/pkg/metrics"
 	"github.com/strata-backup/strata/pkg/objstore"
 	"github.com/strata-backup/strata/pkg/repo"
 	"github.com/strata-backup/strata/pkg/retention"
@@ -286,6 +289,10 @@ func TestPruneRespectsLocks(t *testing.T) {
 		if !l.Until.After(now) || (l.ID != "b1" && l.ID != "b2") {
 			t.Fatalf("locked entry %+v", l)
 		}
+	}
+	// The kept b3's lock (written an hour ago, 150 min) is the soonest.
+	if got, want := testutil.ToFloat64(metrics.LockSoonest.WithLabelValues("vm")), float64(now.Add(-time.Hour+150*time.Minute).UnixMilli())/1000; got != want {
+		t.Fatalf("soonest lock gauge %v, want %v", got, want)
 	}
 	for _, id := range []string{"b1", "b2", "b3"} {
 		if _, _, err := cat.Get(ctx, "vm", id); err != nil {

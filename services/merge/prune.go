@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/strata-backup/strata/contracts"
+	"github.com/strata-backup/strata/pkg/metrics"
 	"github.com/strata-backup/strata/pkg/objstore"
 	"github.com/strata-backup/strata/pkg/policy"
 	"github.com/strata-backup/strata/pkg/retention"
@@ -67,8 +68,20 @@ func (p *pruner) prune(ctx context.Context, vm string, rules retention.Rules, dr
 	}
 	keep, drop := retention.Plan(recs, rules)
 	reply := &contracts.PruneReply{Schema: contracts.SchemaVersion, DryRun: dryRun, Kept: []string{}, Pruned: []string{}}
+	var soonest time.Time
 	for _, r := range keep {
 		reply.Kept = append(reply.Kept, r.ID)
+		if p.lockedUntil != nil {
+			if u := p.lockedUntil(r.UpdatedAt); soonest.IsZero() || u.Before(soonest) {
+				soonest = u
+			}
+		}
+	}
+	// A backup kept longer than it is locked can be deleted by whoever
+	// holds the bucket's keys once its lock ends: the operator is warned
+	// (StrataLockExpiringSoon) before.
+	if !soonest.IsZero() && !dryRun {
+		metrics.LockSoonest.WithLabelValues(vm).Set(float64(soonest.UnixMilli()) / 1000)
 	}
 	for _, r := range drop {
 		if l := p.locked(r); l != nil {
