@@ -119,7 +119,7 @@ var (
 	// every merge replica reports the VMs it pruned: max by (vm)).
 	LockSoonest = gaugeVec("strata_backup_lock_soonest_expiry_timestamp_seconds",
 		"When the Object Lock of the first backup the VM's retention keeps ends (Unix time).", "vm")
-	GCRuns        = counterVec("strata_gc_runs_total", "Collections run, by result (ok, error).", "result")
+	GCRuns = counterVec("strata_gc_runs_total", "Collections run, by result (ok, error).", "result")
 )
 
 // Object store requests, per operation (get, put, put_if_absent, delete,
