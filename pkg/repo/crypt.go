@@ -213,18 +213,7 @@ func (k *Keys) sealFile(f *os.File, n int64, ad []byte) (*os.File, int64, error)
 		return nil, 0, err
 	}
 	w := bufio.NewWriterSize(out, 1<<20)
-	if err = k.sealStream(w, io.NewSectionReader(f, 0, n), n, ad); err == nil {
-		err = w.Flush()
-	}
-	var size int64
-	if err == nil {
-		size, err = out.Seek(0, io.SeekEnd)
-	}
-	if err != nil {
-		out.Close()
-		return nil, 0, err
-	}
-	return out, size, nil
+	return finishFile(out, w, k.sealStream(w, io.NewSectionReader(f, 0, n), n, ad))
 }
 
 // openFile opens the n sealed bytes of f into a new temporary file: a
@@ -248,6 +237,12 @@ func (k *Keys) openFile(f *os.File, n int64, ad []byte) (*os.File, int64, error)
 			}
 		}
 	}
+	return finishFile(out, w, err)
+}
+
+// finishFile ends writing a temporary file through w: flushed, its size
+// known; on any error (err included) closed (it is unlinked already).
+func finishFile(out *os.File, w *bufio.Writer, err error) (*os.File, int64, error) {
 	if err == nil {
 		err = w.Flush()
 	}

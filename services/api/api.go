@@ -139,7 +139,7 @@ func Serve(ctx context.Context, rt *runtime.Runtime, cfg Config) (net.Addr, erro
 // newAPI checks the settings before anything listens.
 func newAPI(cfg Config) (*api, error) {
 	a := &api{loopback: httpserve.IsLoopback(cfg.Addr)}
-	if err := checkAllow(cfg.SourceAllow); err != nil {
+	if err := contracts.CheckSourceAllow(cfg.SourceAllow); err != nil {
 		return nil, err
 	}
 	a.allow = cfg.SourceAllow

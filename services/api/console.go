@@ -6,6 +6,7 @@ package api
 // cookie; a form post must come from the console's own origin.
 
 import (
+	"cmp"
 	"embed"
 	"encoding/json"
 	"fmt"
@@ -124,7 +125,11 @@ func (a *api) consoleRoutes(mux *http.ServeMux) {
 		if err := a.exports.stopExport(r.PathValue("eid")); err != nil {
 			return "", err
 		}
-		return message(p, "Export stopped", "The NBD export stopped.", cmpOr(r.PostFormValue("next"), "/"))
+		next := r.PostFormValue("next")
+		if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") {
+			next = "/" // back into the console only
+		}
+		return message(p, "Export stopped", "The NBD export stopped.", next)
 	}))
 	mux.Handle("POST /ui/policies", a.view(Admin, a.policyAction))
 	mux.Handle("GET /ui/notify", a.view(Viewer, a.notifyPage))
@@ -242,10 +247,22 @@ func (a *api) fleetPage(w http.ResponseWriter, r *http.Request, p *page) (string
 	rank := map[string]int{"red": 0, "amber": 1, "green": 2, "none": 3}
 	slices.SortStableFunc(vms, func(x, y VM) int { return rank[x.Health] - rank[y.Health] })
 	var runs []runView
+	var running []Running
 	if a.runs != nil {
-		recent, err := a.runs.Recent(r.Context(), time.Now().Add(-24*time.Hour), 100)
+		// One read of the outcomes serves both tables: the running
+		// backups' window, of which the last day's newest are shown.
+		ended, err := a.runs.Recent(r.Context(), time.Now().Add(-runningWindow), maxRunsRead)
+		if err == nil {
+			running, err = a.runningFrom(r.Context(), ended)
+		}
 		if err != nil {
 			p.Flash, p.FlashKind = err.Error(), "error"
+		}
+		var recent []Run
+		for _, e := range ended {
+			if len(recent) < 100 && time.Since(e.At) < 24*time.Hour {
+				recent = append(recent, e)
+			}
 		}
 		for _, run := range recent {
 			v := runView{Run: run}
@@ -256,13 +273,6 @@ func (a *api) fleetPage(w http.ResponseWriter, r *http.Request, p *page) (string
 				}
 			}
 			runs = append(runs, v)
-		}
-	}
-	var running []Running
-	if a.runs != nil {
-		var err error
-		if running, err = a.running(r.Context()); err != nil {
-			p.Flash, p.FlashKind = err.Error(), "error"
 		}
 	}
 	p.Title, p.Refresh = "Fleet", 30
@@ -370,7 +380,7 @@ func (a *api) filesPage(w http.ResponseWriter, r *http.Request, p *page) (string
 	if err != nil {
 		return "", err
 	}
-	at := cmpOr(r.URL.Query().Get("path"), "/")
+	at := cmp.Or(r.URL.Query().Get("path"), "/")
 	l, err := a.list(r.Context(), rec, disk, at)
 	if err != nil {
 		return "", err
@@ -388,13 +398,6 @@ func (a *api) filesPage(w http.ResponseWriter, r *http.Request, p *page) (string
 	p.Title = "Files of " + rec.ID
 	p.Data = map[string]any{"Backup": rec, "Disk": disk, "Listing": l, "Base": template.URL(base), "Crumbs": crumbs}
 	return "files", nil
-}
-
-func cmpOr(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
 
 func (a *api) policiesPage(w http.ResponseWriter, r *http.Request, p *page) (string, error) {
@@ -456,7 +459,7 @@ func (a *api) backupAction(w http.ResponseWriter, r *http.Request, p *page) (str
 }
 
 func (a *api) restoreAction(w http.ResponseWriter, r *http.Request, p *page) (string, error) {
-	disk, err := strconv.Atoi(cmpOr(r.PostFormValue("disk"), "0"))
+	disk, err := strconv.Atoi(cmp.Or(r.PostFormValue("disk"), "0"))
 	if err != nil {
 		return "", fail(http.StatusBadRequest, "disk: not a number")
 	}

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	_ "embed"
 	"encoding/json"
@@ -306,8 +307,6 @@ func (a *api) sourceAllowed(src string) error {
 	return nil
 }
 
-func checkAllow(prefixes []string) error { return contracts.CheckSourceAllow(prefixes) }
-
 func (a *api) listPolicies(w http.ResponseWriter, r *http.Request) error {
 	list, err := a.policies.List(r.Context())
 	if err != nil {
@@ -475,7 +474,7 @@ func (a *api) listFiles(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	l, err := a.list(r.Context(), rec, disk, cmpOr(r.URL.Query().Get("path"), "/"))
+	l, err := a.list(r.Context(), rec, disk, cmp.Or(r.URL.Query().Get("path"), "/"))
 	if err != nil {
 		return err
 	}
@@ -611,12 +610,16 @@ const runningWindow = 48 * time.Hour
 // running lists the backups requested in the window that have no outcome
 // yet, each as its record now says (one read per running backup).
 func (a *api) running(ctx context.Context) ([]Running, error) {
-	since := time.Now().Add(-runningWindow)
-	started, err := a.runs.Started(ctx, since, 5000)
+	ended, err := a.runs.Recent(ctx, time.Now().Add(-runningWindow), maxRunsRead)
 	if err != nil {
 		return nil, err
 	}
-	ended, err := a.runs.Recent(ctx, since, maxRunsRead)
+	return a.runningFrom(ctx, ended)
+}
+
+// runningFrom is running given the window's outcomes (newest first).
+func (a *api) runningFrom(ctx context.Context, ended []Run) ([]Running, error) {
+	started, err := a.runs.Started(ctx, time.Now().Add(-runningWindow), 5000)
 	if err != nil {
 		return nil, err
 	}
